@@ -1,0 +1,3 @@
+from mapo.cli import main
+
+main()

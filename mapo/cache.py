@@ -1,0 +1,82 @@
+"""On-disk response cache: a rerun or a resume re-sends nothing already answered.
+
+The key hashes what determines the answer (logical model, served name, messages, sampling
+parameters, constraint, sample index) and leaves transport out (base_url, timeouts,
+retries): a server restarted on a new port, or a second replica, still hits the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(**parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """sqlite (WAL) so several processes of a sweep can share one cache file safely."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, "
+                "response TEXT NOT NULL, created REAL)"
+            )
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            return db
+        except sqlite3.DatabaseError as e:
+            # A cache is only a cache: set the damaged file aside (never silently read it) and start anew.
+            broken = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            self.path.rename(broken)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            log.warning("response cache %s is damaged (%s); moved to %s and starting empty", self.path, e, broken)
+            return self._open()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT response FROM responses WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except json.JSONDecodeError:
+            log.warning("cache entry %s is unreadable; it will be recomputed", key[:12])
+            return None
+
+    def put(self, key: str, model: str, response: dict) -> None:
+        blob = json.dumps(response, ensure_ascii=False)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?,?,?,?)",
+                (key, model, blob, time.time()),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,206 @@
+"""The main job: prompts -> feedback loop (N responses) -> best of N by the judge -> DPO/KTO.
+
+Items stream through a bounded pool of workers (``max_items_in_flight``): while one prompt
+is being judged others are being generated, so the servers stay busy. Every record is
+appended to JSONL as it finishes; a rerun into the same folder resumes, re-sending nothing
+already answered (the response cache) and writing nothing twice (keyed stores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+
+import openai
+from omegaconf import OmegaConf
+
+from mapo.cache import ResponseCache
+from mapo.client import EndpointUnavailable, LLMClient
+from mapo.config import RunConfig, cache_dir, validate
+from mapo.dataset import rows_for, save_datasets
+from mapo.feedback import FeedbackLoop
+from mapo.judge import Judge
+from mapo.progress import Progress
+from mapo.selection import SELECTORS
+from mapo.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
+from mapo.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on a fault it cannot ride out; everything finished so far is saved."""
+
+
+def make_client(cfg: RunConfig) -> LLMClient:
+    cache = None
+    if cfg.client.cache:
+        cache = ResponseCache(cfg.client.cache_path or cache_dir() / "responses.sqlite")
+    return LLMClient(cfg.models, cache=cache, registry=cfg.client.registry)
+
+
+async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]], width: int) -> None:
+    """Run ``worker`` over ``items`` with at most ``width`` in flight; items are pulled lazily
+    (memory flat), a slow item never blocks the others, and the first fatal error cancels the rest."""
+    iterator = iter(items)
+    lock = asyncio.Lock()
+
+    async def lane() -> None:
+        while True:
+            async with lock:
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            await worker(item)
+
+    tasks = [asyncio.create_task(lane()) for _ in range(width)]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_END = object()
+
+
+def item_failure(e: Exception) -> str | None:
+    """Faults that belong to one item (recorded, the run goes on); None = fatal for the run."""
+    if isinstance(e, openai.BadRequestError):
+        return f"request rejected: {e.message}"
+    return None
+
+
+def _write_config(cfg: RunConfig, run_dir: Path) -> None:
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def _models_manifest(cfg: RunConfig, names: Iterable[str]) -> dict:
+    return {n: {"served_name": cfg.models[n].served_name, "endpoint": cfg.models[n].endpoint, "base_url": cfg.models[n].base_url}
+            for n in dict.fromkeys(names)}
+
+
+async def build(cfg: RunConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.output_dir)
+    roles = cfg.roles
+    validate(cfg, ["generator", "reviewers", "judge"])
+    if cfg.prompts.source != "hf":
+        n_prompts = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
+    else:
+        n_prompts = cfg.prompts.limit
+    SELECTORS.get(cfg.selection.method, key="selection.method")
+    with RunLock(run_dir):
+        _write_config(cfg, run_dir)
+        t_start = time.time()
+        client = make_client(cfg)
+        used = [roles.generator, *roles.reviewers, roles.judge]
+        if cfg.client.check_endpoints:
+            await client.check(used)
+        if roles.judge == roles.generator:
+            log.warning("roles.judge %s also generated the responses it judges (self-preference bias)", roles.judge)
+        loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
+        judge = Judge(client, roles.judge, cfg.judge)
+        select = SELECTORS.get(cfg.selection.method)
+
+        gens = RecordStore(run_dir / "generations.jsonl")
+        sels = RecordStore(run_dir / "selections.jsonl")
+        dpo = RecordStore(run_dir / "dpo.jsonl")
+        kto = RecordStore(run_dir / "kto.jsonl")
+        # generations whose selection had not finished when the last run stopped
+        resumable = {r["key"]: r for r in gens if r["key"] not in sels}
+        counts = {"resumed_done": len(sels), "failed": 0, "identical_pairs_skipped": 0}
+        progress = Progress("build", n_prompts, client.stats, cfg.client.progress)
+        stage_s = {"feedback": 0.0, "selection": 0.0}
+
+        async def work(item: PromptItem) -> None:
+            if item.id in sels:
+                progress.update()
+                return
+            try:
+                rec = resumable.pop(item.id, None)
+                if rec is None:
+                    t0 = time.perf_counter()
+                    result = await loop.run(item.prompt)
+                    stage_s["feedback"] += time.perf_counter() - t0
+                    rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
+                    gens.append(rec)
+                responses = [it["response"] for it in rec["iterations"]]
+                scores = [it["score"] for it in rec["iterations"]]
+                t0 = time.perf_counter()
+                sel = await select(judge, item.prompt, responses)
+                stage_s["selection"] += time.perf_counter() - t0
+            except Exception as e:
+                reason = item_failure(e)
+                if reason is None:
+                    raise
+                sels.append({"key": item.id, "best": None, "failure": reason})
+                counts["failed"] += 1
+                progress.update(failed=True)
+                return
+            if sel.best is not None:
+                d, k, skipped = rows_for(item.id, item.prompt, responses, scores, sel.best, generator=roles.generator, judge=roles.judge)
+                counts["identical_pairs_skipped"] += skipped
+                for row in d:
+                    dpo.append(row)
+                for row in k:
+                    kto.append(row)
+            else:
+                counts["failed"] += 1
+            # the selection record goes last: it marks the item done for a resume
+            sels.append({"key": item.id, "best": sel.best, "method": sel.method, "scores": sel.scores,
+                         "judgements": sel.judgements, "failure": sel.failure})
+            progress.update(failed=sel.best is None)
+
+        source_stats = SourceStats()
+        status = "complete"
+        try:
+            await run_pool(iter_prompts(cfg.prompts, source_stats), work, cfg.max_items_in_flight)
+        except EndpointUnavailable as e:
+            status = "stopped"
+            raise RunStopped(f"run stopped: {e}. {len(sels)} items are saved in {run_dir}; rerun the same command to resume.") from e
+        finally:
+            progress.close()
+            for s in (gens, sels, dpo, kto):
+                s.close()
+            wall = time.time() - t_start
+            manifest = {
+                "command": "build", "status": status, "output_dir": str(run_dir),
+                "roles": {"generator": roles.generator, "reviewers": list(roles.reviewers), "judge": roles.judge},
+                "models": _models_manifest(cfg, used),
+                "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped,
+                            "skip_reasons": source_stats.reasons or {}},
+                "items": {"done": len(sels), **counts},
+                "usage": client.usage_table(),
+                "timings_s": {"wall": round(wall, 2), **{k: round(v, 2) for k, v in stage_s.items()}},
+                "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
+                               "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
+                "host": platform.node(),
+            }
+            if status == "complete":
+                card = _dataset_card(cfg, manifest)
+                manifest["rows"] = save_datasets(run_dir, push_to_hub=cfg.push_to_hub, card=card)
+            atomic_write_json(run_dir / "manifest.json", manifest)
+            await client.aclose()
+            if client.cache is not None:
+                client.cache.close()
+    return manifest
+
+
+def _dataset_card(cfg: RunConfig, manifest: dict) -> str:
+    return (
+        "# mapo preference dataset\n\n"
+        "Built by mapo (LLM feedback loop + LLM judge, arXiv 2408.08688).\n\n"
+        "- DPO split: conversational `prompt`/`chosen`/`rejected`; KTO split: `prompt`/`completion`/`label`.\n"
+        f"- generator: {manifest['roles']['generator']}; reviewers: {', '.join(manifest['roles']['reviewers'])}; "
+        f"judge: {manifest['roles']['judge']} ({cfg.judge.strategy}/{cfg.judge.scale}, selection {cfg.selection.method}).\n\n"
+        "## Config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "```\n"
+    )

@@ -1,0 +1,88 @@
+"""Shared value types: messages, verdicts and the pick labels every module speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+Pick = Literal["A", "B", "tie"]
+"""A judge's pick in the order the responses were *presented*: A = first, B = second."""
+
+Label = Literal["model_a", "model_b", "tie"]
+"""A pick in dataset terms (FairEval's ``winner`` column): independent of presentation order."""
+
+PICKS: tuple[Pick, ...] = ("A", "B", "tie")
+LABELS: tuple[Label, ...] = ("model_a", "model_b", "tie")
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one judge concluded about one pair, in presentation order.
+
+    Exactly one of ``pick`` and ``failure`` is set. A failure is never a tie and never a
+    score: aggregates leave it out and report its rate.
+    """
+
+    pick: Pick | None = None
+    score_a: float | None = None
+    score_b: float | None = None
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @classmethod
+    def failed(cls, reason: str) -> "Verdict":
+        return cls(failure=reason)
+
+    @classmethod
+    def from_scores(cls, score_a: float, score_b: float) -> "Verdict":
+        """The paper's pick rule: the higher score wins, equal scores are a tie."""
+        pick: Pick = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
+        return cls(pick=pick, score_a=score_a, score_b=score_b)
+
+
+def pick_to_label(pick: Pick, swapped: bool = False) -> Label:
+    """Map a presentation-order pick back to dataset terms (undoing a position swap)."""
+    if pick == "tie":
+        return "tie"
+    first_is_a = not swapped
+    return "model_a" if (pick == "A") == first_is_a else "model_b"
+
+
+@dataclass
+class Usage:
+    """Token and request accounting for one (role, model)."""
+
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    failures: int = 0
+    latency_s: float = 0.0
+
+    def add(self, other: "Usage") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One model answer as the client returns it; ``text`` is the raw output, always kept."""
+
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+    finish_reason: str | None = None
+    cache_key: str = ""
+    extra: dict = field(default_factory=dict)

