@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any, Callable
 
-from mapo.config import ConfigError, RunConfig, register_configs
+from mapo.config import REPO_ROOT, ConfigError, RunConfig, register_configs
 
 log = logging.getLogger("mapo")
 
@@ -79,7 +79,8 @@ def run_hydra(command: str, fn: Callable[[RunConfig], Any], argv: list[str]) -> 
         return result
 
     task.__name__ = command
-    main = hydra.main(version_base="1.3", config_path="../conf", config_name=command)(task)
+    # an absolute path: Hydra resolves relative ones against the calling *module*, which breaks under `python -m`
+    main = hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name=command)(task)
     sys.argv = [f"mapo {command}", *argv]
     main()
 

@@ -83,6 +83,7 @@ def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: 
     """Build DatasetDicts from the streamed JSONL (memory-mapped Arrow, flat memory)."""
     import datasets
 
+    datasets.disable_progress_bars()  # one line per run in logs, not a bar per split
     run_dir = Path(run_dir)
     counts = {}
     for name in ("dpo", "kto"):

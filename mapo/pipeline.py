@@ -180,7 +180,8 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                             "skip_reasons": source_stats.reasons or {}},
                 "items": {"done": len(sels), **counts},
                 "usage": client.usage_table(),
-                "timings_s": {"wall": round(wall, 2), **{k: round(v, 2) for k, v in stage_s.items()}},
+                # stage figures sum per-item time over concurrent items: busy time, not wall time
+                "timings_s": {"wall": round(wall, 2), **{f"{k}_busy": round(v, 2) for k, v in stage_s.items()}},
                 "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
                                "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
                 "host": platform.node(),
