@@ -181,6 +181,9 @@ class LLMClient:
                         f"Is the server up? (python -m serve status)"
                     ) from None
 
+    def max_tokens(self, name: str) -> int:
+        return self._configs[name].generation.max_tokens
+
     def supports_constraints(self, name: str) -> bool:
         return bool(self._configs[name].structured_output) if name in self._configs else False
 

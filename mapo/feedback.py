@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from mapo import prompts
 from mapo.client import Constraint, LLMClient
 from mapo.config import FeedbackConfig
-from mapo.parsers import PARSERS, constrained_regex
+from mapo.parsers import PARSERS, constrained_regex, text_budget
 from mapo.types import Message
 
 
@@ -105,7 +105,8 @@ class FeedbackLoop:
         constrained = self.config.constrained == "on" or (
             self.config.constrained == "auto" and self.client.supports_constraints(reviewer)
         )
-        constraint = Constraint(regex=constrained_regex("review", 10)) if constrained else None
+        budget = text_budget(self.client.max_tokens(reviewer))
+        constraint = Constraint(regex=constrained_regex("review", 10, text_chars=budget)) if constrained else None
         messages: list[Message] = [
             {"role": "system", "content": self._t("reviewer.system").render()},
             {"role": "user", "content": self._t("reviewer.user").render(

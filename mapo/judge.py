@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from mapo import prompts
 from mapo.client import Constraint, LLMClient
 from mapo.config import JudgeConfig
-from mapo.parsers import PARSERS, ParseResult, constrained_regex
+from mapo.parsers import PARSERS, ParseResult, constrained_regex, text_budget
 from mapo.registry import Registry
 from mapo.types import Label, Message, Verdict, pick_to_label
 
@@ -122,7 +122,10 @@ class Judge:
 
     async def converse(self, messages: list[Message], parse_kind: str, reask_name: str, order: str, **parse_kwargs) -> Attempt:
         """Ask, parse, and on failure re-ask (bounded) in the same conversation."""
-        constraint = Constraint(regex=constrained_regex(parse_kind, self.config.scale)) if self.constrained else None
+        constraint = None
+        if self.constrained:
+            budget = text_budget(self.client.max_tokens(self.model))
+            constraint = Constraint(regex=constrained_regex(parse_kind, self.config.scale, text_chars=budget))
         raws: list[str] = []
         totals = [0, 0, 0.0]
         cached = True

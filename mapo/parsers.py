@@ -372,10 +372,14 @@ def _decimal_range(hi: int) -> str:
     return f"({hi}(\\.0)?|{below}(\\.[0-9])?)"
 
 
-_EVIDENCE = "[^#]{1,800}"
+def text_budget(max_tokens: int) -> int:
+    """Free-text characters a constrained answer may use so that the scores still fit in
+    ``max_tokens`` (worst case ~2 characters a token, ~48 tokens of structure): a long
+    explanation must never push the verdict past the token limit."""
+    return max(16, (max_tokens - 48) * 2)
 
 
-def constrained_regex(kind: str, scale: int = 10) -> str:
+def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800) -> str:
     """A regex the model's output is forced into so that parser ``kind`` reads it.
 
     Python ``re`` and vLLM/xgrammar compatible: groups, classes, bounded repeats only.
@@ -385,6 +389,7 @@ def constrained_regex(kind: str, scale: int = 10) -> str:
     """
     scale = _check_scale(scale)
     n = _int_range(scale)
+    _EVIDENCE = f"[^#]{{1,{text_chars}}}"  # noqa: N806
     if kind == "pick":
         return f"### Evaluation Evidence:\\n{_EVIDENCE}\\n\\n### Answer:\\n(A|B|C)"
     if kind == "score":
@@ -397,6 +402,7 @@ def constrained_regex(kind: str, scale: int = 10) -> str:
     if kind == "review":
         if scale != 10:
             raise ValueError(f"constrained_regex: the review score is out of 10, got scale={scale}")
-        return (f"### Evaluation:\\n[^#]{{1,1500}}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
-                f"\\n\\n### Feedback:\\n[^#\\s][^#]{{0,1499}}")
+        half = max(8, text_chars // 2)
+        return (f"### Evaluation:\\n[^#]{{1,{half}}}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
+                f"\\n\\n### Feedback:\\n[^#\\s][^#]{{0,{half - 1}}}")
     raise ValueError(f"constrained_regex: unknown kind {kind!r}; known: debate_final, pick, review, score, score_pair")
