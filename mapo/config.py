@@ -8,7 +8,7 @@ component modules import them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -144,6 +144,8 @@ class DebateConfig:
     prompt_set: str = "paper"
     scale: int = 10
     constrained: str = "auto"
+    reask: int = 1
+    """Follow-up asks after an unparseable final-score answer before recording that referee's failure."""
 
 
 @dataclass
@@ -186,6 +188,12 @@ class PromptSourceConfig:
     """Take the first N prompts (after skipping invalid ones)."""
     on_invalid: str = "error"
     """error | skip (skipped prompts are counted in the manifest)."""
+    max_chars: int = 100_000
+    """Longer prompts are invalid (beyond any served context; caught before any call, not by a 400 per item)."""
+    shard_index: int = 0
+    """This task's shard, 0..shard_count-1 (a SLURM job array: slurm/array.sbatch)."""
+    shard_count: int = 1
+    """Shards the prompt set is split into; an item goes to sha256(id) % shard_count. 1 = all (mapo/shard.py)."""
 
 
 @dataclass
@@ -205,6 +213,18 @@ class ClientConfig:
 
 
 @dataclass
+class WinrateConfiguration:
+    """One feedback-loop setup compared by `mapo winrate` (a row of paper Table 6)."""
+
+    name: str = MISSING
+    """Row label, e.g. llama+gemma."""
+    generator: str = MISSING
+    """Model (a key of ``models``) that writes and revises."""
+    reviewers: list[str] = field(default_factory=list)
+    """One or two reviewers; empty = a single generation with no feedback."""
+
+
+@dataclass
 class RunConfig:
     """Everything a mapo command needs; each command uses the parts it reads."""
 
@@ -218,6 +238,10 @@ class RunConfig:
     prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
     eval_data: dict[str, Any] = field(default_factory=dict)
     """Human-labelled set for `mapo evaluate` (conf/eval_data/<name>.yaml)."""
+    evaluator: str = "judge"
+    """What `mapo evaluate` runs: judge (roles.judge) | jury (roles.jurors) | debate (roles.debaters)."""
+    configurations: list[WinrateConfiguration] = field(default_factory=list)
+    """Feedback-loop setups compared against roles.baselines by `mapo winrate`."""
     client: ClientConfig = field(default_factory=ClientConfig)
     run_name: str = "default"
     """Names the run folder (runs/<run_name>); rerunning the same command into it resumes."""
@@ -241,8 +265,26 @@ def register_configs() -> None:
     cs.store(name="mapo_schema", node=RunConfig)
 
 
+def _unknown_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Keys that are no field of the schema: Hydra's ``+key=value`` adds them even to a typed config."""
+    if is_dataclass(obj):
+        known = {f.name for f in fields(obj)}
+        out = [f"{prefix}{k}" for k in vars(obj) if k not in known]
+        for f in fields(obj):
+            out += _unknown_keys(getattr(obj, f.name), f"{prefix}{f.name}.")
+        return out
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in _unknown_keys(v, f"{prefix}{key}.")]
+    if isinstance(obj, list):
+        return [k for i, v in enumerate(obj) for k in _unknown_keys(v, f"{prefix[:-1]}[{i}].")]
+    return []
+
+
 def validate(cfg: RunConfig, roles_used: list[str]) -> None:
     """Fail before any model call: unknown models, missing keys, bad numbers, naming the key."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (a typo? see mapo/config.py for the fields)")
     models = cfg.models
     for role in roles_used:
         value = getattr(cfg.roles, role)
@@ -272,6 +314,9 @@ def validate(cfg: RunConfig, roles_used: list[str]) -> None:
         raise ConfigError(f"feedback.iterations must be >= 1, got {cfg.feedback.iterations}")
     if cfg.judge.scale not in (5, 10, 100):
         raise ConfigError(f"judge.scale must be 5, 10 or 100, got {cfg.judge.scale}")
+    if not 0 <= cfg.prompts.shard_index < cfg.prompts.shard_count:
+        raise ConfigError(f"prompts.shard_index={cfg.prompts.shard_index} must be in 0..prompts.shard_count-1 "
+                          f"(shard_count={cfg.prompts.shard_count})")
     if cfg.max_items_in_flight < 1:
         raise ConfigError(f"max_items_in_flight must be >= 1, got {cfg.max_items_in_flight}")
     for key, value, allowed in [

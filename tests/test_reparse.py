@@ -1,0 +1,137 @@
+"""``mapo reparse``: re-parsing stored raw texts reproduces the stored verdicts (no model call)
+and picks up changed texts, for evaluate (judge, both orders, jury, debate), winrate and build runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mapo.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.evaluate import evaluate
+from mapo.pipeline import build
+from mapo.reparse import _split_independent, main, reparse_run
+from tests.conftest import fake_model
+from tests.test_evaluate import write_items
+
+
+def eval_config(server, tmp_path: Path, run: str, **kw) -> RunConfig:
+    cfg = RunConfig(
+        models={n: fake_model(server, served_name=n) for n in ("j1", "j2", "j3")},
+        roles=RolesConfig(judge="j1", jurors=["j1", "j2", "j3"], debaters=["j1"]),
+        eval_data={"loader": "local", "path": str(write_items(tmp_path / "items.jsonl", 4))},
+        client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+        output_dir=str(tmp_path / run),
+        max_items_in_flight=4,
+    )
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def rewrite(path: Path, fn) -> None:
+    recs = lines(path)
+    path.write_text("".join(json.dumps(fn(r)) + "\n" for r in recs))
+
+
+@pytest.mark.parametrize("kw", [
+    {"judge": JudgeConfig(strategy="direct", both_orders=True)},
+    {"judge": JudgeConfig(strategy="combined", both_orders=True)},
+    {"judge": JudgeConfig(strategy="independent")},
+    {"evaluator": "jury", "judge": JudgeConfig(both_orders=True)},
+    {"evaluator": "debate", "judge": JudgeConfig(both_orders=True)},
+], ids=["direct", "combined", "independent", "jury", "debate"])
+async def test_reparse_reproduces_stored_verdicts(fake_server, tmp_path, kw):
+    await evaluate(eval_config(fake_server, tmp_path, "run", **kw))
+    sent = fake_server.n
+    summary = reparse_run(tmp_path / "run")
+    assert fake_server.n == sent
+    c = summary["judgements.jsonl"]
+    assert c["records"] > 0 and c["changed"] == 0 and c["scores_changed"] == 0 and c["notes"] == 0
+    reparsed = lines(tmp_path / "run" / "reparsed.jsonl")
+    stored = lines(tmp_path / "run" / "judgements.jsonl")
+    assert [r["key"] for r in reparsed] == [r["key"] for r in stored]
+    assert [r["label"] for r in reparsed] == [r["label"] for r in stored]
+    assert [r["pick"] for r in reparsed] == [r["pick"] for r in stored]
+
+
+async def test_a_changed_raw_text_changes_the_verdict_and_the_jury(fake_server, tmp_path):
+    await evaluate(eval_config(fake_server, tmp_path, "run", evaluator="jury", judge=JudgeConfig(strategy="direct")))
+    path = tmp_path / "run" / "judgements.jsonl"
+    target = next(r for r in lines(path) if r["kind"] == "juror" and r["label"] == "model_a")
+    jury_before = next(r for r in lines(path) if r["kind"] == "jury" and r["item_id"] == target["item_id"])
+
+    def edit(r):
+        if r["key"] == target["key"]:
+            r["detail"]["attempts"][0]["raw"] = ["### Evaluation Evidence:\nrethought\n\n### Answer:\nB"]
+        return r
+
+    rewrite(path, edit)
+    summary = reparse_run(tmp_path / "run")
+    out = {r["key"]: r for r in lines(tmp_path / "run" / "reparsed.jsonl")}
+    juror = out[target["key"]]
+    assert juror["label"] == "model_b" and juror["pick"] == "B" and juror["reparse"]["changed"]
+    assert juror["reparse"]["before"]["label"] == "model_a"
+    jury = out[jury_before["key"]]
+    assert jury["detail"]["members"][target["judge"]] == "model_b"
+    assert summary["judgements.jsonl"]["changed"] == 1 + (jury["label"] != jury_before["label"])
+
+
+async def test_unparseable_text_becomes_a_failure_never_a_tie(fake_server, tmp_path):
+    await evaluate(eval_config(fake_server, tmp_path, "run"))
+    path = tmp_path / "run" / "judgements.jsonl"
+    first = lines(path)[0]["key"]
+
+    def edit(r):
+        if r["key"] == first:
+            r["detail"]["attempts"][0]["raw"] = ["no scores at all", "still nothing"]
+        return r
+
+    rewrite(path, edit)
+    summary = reparse_run(tmp_path / "run")
+    assert summary["judgements.jsonl"]["failures_after"] == 1 and summary["judgements.jsonl"]["changed"] == 1
+    rec = lines(tmp_path / "run" / "reparsed.jsonl")[0]
+    assert rec["label"] is None and rec["failure"]
+
+
+async def test_build_run_selections_and_generations(fake_server, tmp_path, capsys):
+    cfg = RunConfig(
+        models={n: fake_model(fake_server, served_name=n) for n in ("gen", "rev", "judge")},
+        roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
+        prompts=PromptSourceConfig(source="builtin", limit=3),
+        client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+        output_dir=str(tmp_path / "build"),
+    )
+    await build(cfg)
+    summary = reparse_run(tmp_path / "build")
+    assert summary["selections.jsonl"]["changed"] == 0 and summary["generations.jsonl"]["reviews_changed"] == 0
+
+    def edit(r):
+        r["iterations"][0]["reviews"][0]["raw"] = ["### Evaluation:\nfine\n\n### Overall Score:\n9.9/10\n\n### Feedback:\nnone"]
+        return r
+
+    rewrite(tmp_path / "build" / "generations.jsonl", edit)
+    assert main([str(tmp_path / "build")]) == 0
+    out = capsys.readouterr().out
+    assert "selections.jsonl: 3 records, 0 verdicts changed" in out
+    assert "(3 of 9 review scores)" in out
+    gens = [r for r in lines(tmp_path / "build" / "reparsed.jsonl") if r["reparse"]["file"] == "generations.jsonl"]
+    assert all(g["iterations"][0]["reviews"][0]["score"] == 9.9 for g in gens)
+
+
+def test_main_on_a_folder_without_records(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no judgements.jsonl, selections.jsonl or generations.jsonl" in capsys.readouterr().err
+
+
+def test_split_independent():
+    ok, bad = "### Overall Score:\n7/10", "no score"
+    assert _split_independent([ok, ok], 10) == 1
+    assert _split_independent([bad, ok, ok], 10) == 2  # A re-asked once
+    assert _split_independent([ok, bad, ok], 10) == 1  # B re-asked once
+    assert _split_independent([bad, bad, bad], 10) is None  # ambiguous: kept as stored

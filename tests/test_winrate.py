@@ -1,0 +1,147 @@
+"""``mapo winrate`` on the fake server: table shape, half-win arithmetic, baselines, resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mapo.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
+from mapo.winrate import tally, winrate, winrate_table
+from tests.conftest import REPO, fake_model
+
+
+def outcomes(**counts):
+    out = []
+    for outcome, n in counts.items():
+        out += [{"configuration": "X", "baseline": "Y", "outcome": outcome}] * n
+    return out
+
+
+def test_half_win_arithmetic():
+    cell = tally(outcomes(win=3, tie=1, loss=1, failed=1))["X"]["Y"]
+    assert (cell["wins"], cell["ties"], cell["losses"], cell["failed"], cell["n"]) == (3, 1, 1, 1, 5)
+    assert cell["win_rate"] == pytest.approx(0.6)  # failures are not in n
+    assert cell["tie_rate"] == pytest.approx(0.2)
+    assert cell["win_rate_ties_half"] == pytest.approx(0.7)
+    only_failed = tally(outcomes(failed=2))["X"]["Y"]
+    assert only_failed["n"] == 0 and only_failed["win_rate"] is None
+
+
+def test_table_shape_rows_configurations_columns_baselines():
+    recs = [{"configuration": c, "baseline": b, "outcome": o}
+            for c, b, o in [("c1", "b1", "win"), ("c1", "b2", "tie"), ("c2", "b1", "loss"), ("c2", "b2", "win")]]
+    t = winrate_table(tally(recs), ["c1", "c2"], ["b1", "b2"])
+    rows = list(csv.reader(io.StringIO(t["csv"])))
+    assert [r[0] for r in rows] == ["configuration", "c1", "c2"]
+    assert rows[0][1:4] == ["vs b1 win%", "vs b1 tie%", "vs b1 win% (ties as half)"]
+    assert rows[1][1] == "100.0" and rows[1][6:9] == ["0.0", "100.0", "50.0"]  # c1 vs b2: one tie = half a win
+    assert "ties reported separately" in t["md"] and "ties counted as half-wins" in t["md"]
+    assert "| c2 | 0.0% (ties 0.0%, n=1) | 100.0% (ties 0.0%, n=1) |" in t["md"]
+
+
+def run_config(server, tmp_path, **kw) -> RunConfig:
+    models = {name: fake_model(server, served_name=name) for name in ("gen", "rev", "base1", "base2", "judge")}
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(judge="judge", baselines=["base1", "base2"]),
+        configurations=[WinrateConfiguration(name="gen+rev", generator="gen", reviewers=["rev"]),
+                        WinrateConfiguration(name="gen alone", generator="gen", reviewers=[])],
+        prompts=PromptSourceConfig(source="builtin", limit=4),
+        client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+        output_dir=str(tmp_path / "run"),
+        max_items_in_flight=4,
+    )
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
+    manifest = await winrate(run_config(fake_server, tmp_path))
+    run = tmp_path / "run"
+    for name in ("winrate.csv", "winrate.md", "winrate.json", "winrate.png", "manifest.json"):
+        assert (run / name).is_file(), name
+    assert (run / "winrate.png").read_bytes()[:4] == b"\x89PNG"
+    table = json.loads((run / "winrate.json").read_text())
+    assert table["rows"] == ["gen+rev", "gen alone"] and table["columns"] == ["base1", "base2"]
+    for c in table["rows"]:
+        for b in table["columns"]:
+            cell = table["table"][c][b]
+            assert cell["n"] + cell["failed"] == 4
+            assert cell["win_rate_ties_half"] == pytest.approx((cell["wins"] + cell["ties"] / 2) / cell["n"])
+    gens = lines(run / "generations.jsonl")
+    loop = [g for g in gens if g["configuration"] == "gen+rev"]
+    assert len(loop) == 4 and all(len(g["iterations"]) == 3 and g["final"] == g["iterations"][-1]["response"] for g in loop)
+    single = [g for g in gens if g["configuration"] == "gen alone"]
+    assert all(len(g["iterations"]) == 1 and g["iterations"][0]["reviews"] == [] for g in single)
+    # a baseline is one fresh generation by the baseline model: the prompt alone, nothing else
+    bases = lines(run / "baselines.jsonl")
+    assert sorted(b["baseline"] for b in bases) == ["base1"] * 4 + ["base2"] * 4
+    judgements = lines(run / "judgements.jsonl")
+    assert len(judgements) == 2 * 2 * 4
+    assert all(j["outcome"] in ("win", "loss", "tie", "failed") and j["judge"] == "judge" for j in judgements)
+    roles = {(u["role"], u["model"]) for u in manifest["usage"]}
+    assert {("baseline", "base1"), ("baseline", "base2"), ("judge", "judge"), ("reviewer", "rev"), ("generator", "gen")} <= roles
+    from mapo.reparse import reparse_run
+
+    summary = reparse_run(run)  # stored raw texts re-parse to the stored verdicts
+    assert summary["judgements.jsonl"]["changed"] == 0 and summary["generations.jsonl"]["reviews_changed"] == 0
+    sent = fake_server.n
+    manifest = await winrate(run_config(fake_server, tmp_path))
+    assert fake_server.n == sent and manifest["throughput"]["requests"] == 0
+    assert len(lines(run / "judgements.jsonl")) == 16
+
+
+async def test_identical_responses_are_a_tie_without_a_judge_call(fake_server, tmp_path):
+    # the single generation by "gen" and the baseline "gen" are the same request: same text
+    cfg = run_config(fake_server, tmp_path, roles=RolesConfig(judge="judge", baselines=["gen"]),
+                     configurations=[WinrateConfiguration(name="gen alone", generator="gen")])
+    await winrate(cfg)
+    judgements = lines(tmp_path / "run" / "judgements.jsonl")
+    assert all(j["identical"] and j["outcome"] == "tie" and j["raw"] == [] for j in judgements)
+    cell = json.loads((tmp_path / "run" / "winrate.json").read_text())["table"]["gen alone"]["gen"]
+    assert cell["win_rate"] == 0 and cell["win_rate_ties_half"] == pytest.approx(0.5)
+
+
+async def test_both_orders(fake_server, tmp_path):
+    cfg = run_config(fake_server, tmp_path)
+    cfg.judge.both_orders = True
+    await winrate(cfg)
+    j = next(x for x in lines(tmp_path / "run" / "judgements.jsonl") if not x["identical"])
+    assert [a["order"] for a in j["detail"]["attempts"]] == ["AB", "BA"] and j["setup"] == "combined10/both"
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"roles": RolesConfig(judge="judge", baselines=[])}, "roles.baselines is empty"),
+    ({"configurations": []}, "configurations is empty"),
+    ({"configurations": [WinrateConfiguration(name="x", generator="ghost", reviewers=[])]}, r"configurations\[0\].generator='ghost'"),
+    ({"configurations": [WinrateConfiguration(name="x", generator="gen", reviewers=["rev", "rev", "rev"])]}, "0, 1 or 2 reviewers"),
+    ({"configurations": [WinrateConfiguration(name="x", generator="gen"), WinrateConfiguration(name="x", generator="rev")]}, "used twice"),
+])
+async def test_config_errors_before_any_call(fake_server, tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        await winrate(run_config(fake_server, tmp_path, **kw))
+    assert fake_server.n == 0
+
+
+def test_cli_composes_conf_winrate(fake_server, tmp_path):
+    endpoints = [x for m in ("smollm2-135m", "gemma3-270m") for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={fake_server.base_url}")]
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("mapo")), "winrate", *endpoints, "client.progress=off", "prompts.limit=2",
+         "feedback.iterations=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((tmp_path / "run" / "winrate.json").read_text())
+    assert table["rows"] == ["smollm2+gemma3", "gemma3+smollm2", "smollm2+both"]
+    assert table["columns"] == ["smollm2-135m", "gemma3-270m"]
