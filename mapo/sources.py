@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from mapo.config import ConfigError, PromptSourceConfig
 from mapo.prompts import prompts_root
+from mapo.shard import shard_of
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,12 @@ def _rows(cfg: PromptSourceConfig) -> Iterator[tuple[str, int, dict]]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, int, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}:{lineno}: not UTF-8 (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -106,6 +111,10 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
                 problem = f"column {cfg.prompt_column!r} is {type(row[cfg.prompt_column]).__name__}, not text"
             elif not text.strip():
                 problem = f"empty prompt in column {cfg.prompt_column!r}"
+            elif len(text) > cfg.max_chars:
+                problem = f"prompt longer than prompts.max_chars={cfg.max_chars} ({len(text)} characters)"
+        if problem is None and cfg.id_column and cfg.id_column not in row:
+            problem = f"missing column {cfg.id_column!r} (prompts.id_column)"
         if problem is None:
             raw_id = row.get(cfg.id_column) if cfg.id_column else row.get("id", n)
             item_id = str(raw_id)
@@ -117,8 +126,10 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             stats.skip(problem.split(" (")[0])
             continue
         seen.add(item_id)
+        taken += 1  # limit counts the whole set, so the shards of a job array partition it
+        if cfg.shard_count > 1 and shard_of(item_id, cfg.shard_count) != cfg.shard_index:
+            continue
         stats.read += 1
-        taken += 1
         yield PromptItem(item_id, text)
 
 
