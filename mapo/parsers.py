@@ -372,6 +372,13 @@ def _decimal_range(hi: int) -> str:
     return f"({hi}(\\.0)?|{below}(\\.[0-9])?)"
 
 
+def _free_text(chars: int) -> str:
+    """Free text of at most ``chars`` characters, with no '#' (it would open the next section)
+    and not starting with '[' or a space: small models otherwise copy the prompt's
+    "[Add your feedback here]" placeholder instead of writing."""
+    return f"[^#\\[\\s][^#]{{0,{max(chars - 1, 1)}}}"
+
+
 def text_budget(max_tokens: int) -> int:
     """Free-text characters a constrained answer may use so that the scores still fit in
     ``max_tokens`` (worst case ~2 characters a token, ~48 tokens of structure): a long
@@ -389,7 +396,7 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800) -> str:
     """
     scale = _check_scale(scale)
     n = _int_range(scale)
-    _EVIDENCE = f"[^#]{{1,{text_chars}}}"  # noqa: N806
+    _EVIDENCE = _free_text(text_chars)  # noqa: N806
     if kind == "pick":
         return f"### Evaluation Evidence:\\n{_EVIDENCE}\\n\\n### Answer:\\n(A|B|C)"
     if kind == "score":
@@ -403,6 +410,6 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800) -> str:
         if scale != 10:
             raise ValueError(f"constrained_regex: the review score is out of 10, got scale={scale}")
         half = max(8, text_chars // 2)
-        return (f"### Evaluation:\\n[^#]{{1,{half}}}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
-                f"\\n\\n### Feedback:\\n[^#\\s][^#]{{0,{half - 1}}}")
+        return (f"### Evaluation:\\n{_free_text(half)}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
+                f"\\n\\n### Feedback:\\n{_free_text(half)}")
     raise ValueError(f"constrained_regex: unknown kind {kind!r}; known: debate_final, pick, review, score, score_pair")
