@@ -37,8 +37,8 @@ STRATEGIES = ("multi-rater10", "debate")
 CANONICAL = {
     "gpt-4o": "gpt-4o",
     "gpt-4o-mini": "gpt-4o-mini",
-    "Meta-Llama-3.1-8B-Instruct-Turbo": "llama-3.1-8b",
-    "Meta-Llama-3.1-70B-Instruct-Turbo": "llama-3.1-70b",
+    "Meta-Llama-3.1-8B-Instruct-Turbo": "llama31-8b",
+    "Meta-Llama-3.1-70B-Instruct-Turbo": "llama31-70b",
     "gemma-2-9b-it": "gemma-2-9b",
     "gemma-2-27b-it": "gemma-2-27b",
 }

@@ -13,7 +13,7 @@ A juror whose judgement failed (unparseable, refused) abstains: it is left out o
 aggregate and counted in ``n_failed``; when every juror fails the jury's verdict is a
 failure. Every juror's :class:`~mapo.judge.PairJudgement` (with its raw texts) is kept.
 
->>> # jury = Jury(client, ["gemma-2-9b", "gemma-2-27b", "llama-3.1-8b"], JudgeConfig(), JuryConfig())
+>>> # jury = Jury(client, ["gemma-2-9b", "gemma-2-27b", "llama31-8b"], JudgeConfig(), JuryConfig())
 >>> # j = await jury.judge_pair(question, response_a, response_b); j.label, j.members[0].label
 """
 

@@ -63,7 +63,7 @@ def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
         raise ConfigError("configurations is empty: list the feedback-loop setups to compare "
                           "(configurations: [{name, generator, reviewers}], conf/winrate.yaml)")
     if not cfg.roles.baselines:
-        raise ConfigError("roles.baselines is empty: name the single-model baselines (e.g. roles.baselines=[gpt-4o,llama-3.1-8b])")
+        raise ConfigError("roles.baselines is empty: name the single-model baselines (e.g. roles.baselines=[gpt-4o,llama31-8b])")
     validate(cfg, ["judge", "baselines"])
     names = [c.name for c in configs]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -1,7 +1,7 @@
 """``python -m serve {up,down,status,prepare}``: run vLLM servers for the models in conf/model/.
 
   python -m serve up                          # both embedded CPU models, detached
-  python -m serve up --model llama-3.1-8b --host 0.0.0.0 --foreground   # in a SLURM job
+  python -m serve up --model llama31-8b --host 0.0.0.0 --foreground   # in a SLURM job
   python -m serve status
   python -m serve down [--model NAME]
   python -m serve prepare --model gemma3-270m # fetch + convert weights only

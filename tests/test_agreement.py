@@ -170,9 +170,9 @@ def test_position_bias_reads_judge_attempts():
 
 # --------------------------------------------------------------------------- the paper's FairEval kappas, exactly
 
-PUBLISHED_JUDGE = {"gpt-4o": 0.3265, "gemma-2-27b": 0.3886, "llama-3.1-8b": 0.2063}
+PUBLISHED_JUDGE = {"gpt-4o": 0.3265, "gemma-2-27b": 0.3886, "llama31-8b": 0.2063}
 PUBLISHED_DEBATE = {"gpt-4o": 0.4043}
-BEST_JURY = (("gemma-2-27b", "gemma-2-9b", "gpt-4o-mini", "llama-3.1-8b"), 0.4283)
+BEST_JURY = (("gemma-2-27b", "gemma-2-9b", "gpt-4o-mini", "llama31-8b"), 0.4283)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_published_best_jury(faireval, source):
 def test_every_judge_is_within_rounding_of_the_paper_table(faireval, source):
     """method.md's table (3 decimals) for all six judges, combined scoring /10."""
     humans, runs = faireval
-    table = {"gemma-2-9b": 0.279, "llama-3.1-8b": 0.206, "gemma-2-27b": 0.389, "llama-3.1-70b": 0.257,
+    table = {"gemma-2-9b": 0.279, "llama31-8b": 0.206, "gemma-2-27b": 0.389, "llama31-70b": 0.257,
              "gpt-4o-mini": 0.333, "gpt-4o": 0.327}
     got = {j: cohen_kappa(_labels(recs, source), humans).kappa for j, recs in runs["multi-rater10"].items()}
     assert {j: round(k, 3) for j, k in got.items()} == {j: pytest.approx(v, abs=0.0011) for j, v in table.items()}

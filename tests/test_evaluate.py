@@ -242,7 +242,7 @@ def test_agreement_cli_on_the_authors_outputs_gives_the_published_kappas(tmp_pat
     assert kappa["debate[gpt-4o]"] == pytest.approx(0.4043, abs=1e-4)
     best = tables["jury_subsets"][0]["subsets"][0]
     assert best["kappa"] == pytest.approx(0.4283, abs=1e-4)
-    assert best["members"] == ["gemma-2-27b", "gemma-2-9b", "gpt-4o-mini", "llama-3.1-8b"]
+    assert best["members"] == ["gemma-2-27b", "gemma-2-9b", "gpt-4o-mini", "llama31-8b"]
     assert len(tables["jury_subsets"][0]["subsets"]) == 57  # every subset of 6 judges of size 2..6
 
 

@@ -29,7 +29,7 @@ def test_every_served_model_config_loads():
     assert set(launch.EMBEDDED) <= set(specs)
     assert specs["gemma3-270m"].chat_template == "serve/chat_templates/gemma3-base.jinja"
     assert (REPO / specs["gemma3-270m"].chat_template).is_file()
-    assert specs["llama-3.1-70b"].tensor_parallel_size == 4
+    assert specs["llama31-70b"].tensor_parallel_size == 4
 
 
 def test_unknown_serve_key_and_unknown_model_fail_clearly():
