@@ -26,6 +26,7 @@ Other commands:
   agreement   kappa tables from stored judgements or the authors' outputs (mapo agreement --help)
   report      HTML + Markdown report of a run folder (mapo report RUN_DIR)
   reparse     re-run the parsers over stored raw texts (mapo reparse RUN_DIR)
+  leaderboard judges x datasets from evaluate runs and sweeps (mapo leaderboard RUN_DIR...)
 """
 
 
@@ -50,7 +51,8 @@ def _hydra_commands() -> dict[str, Callable[[RunConfig], Any]]:
 
 def _plain_commands() -> dict[str, Callable[[list[str]], int]]:
     commands: dict[str, Callable[[list[str]], int]] = {}
-    for name, module in (("agreement", "mapo.agreement_cli"), ("report", "mapo.report"), ("reparse", "mapo.reparse")):
+    for name, module in (("agreement", "mapo.agreement_cli"), ("report", "mapo.report"), ("reparse", "mapo.reparse"),
+                         ("leaderboard", "mapo.leaderboard")):
         try:
             mod = __import__(module, fromlist=["main"])
             commands[name] = mod.main
@@ -67,11 +69,12 @@ def run_hydra(command: str, fn: Callable[[RunConfig], Any], argv: list[str]) -> 
 
     def task(cfg: DictConfig) -> Any:
         from mapo.pipeline import RunStopped
+        from mapo.store import RunLocked, StoreError
 
         try:
             run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
             result = asyncio.run(fn(run_cfg))
-        except (ConfigError, RunStopped) as e:
+        except (ConfigError, RunStopped, RunLocked, StoreError) as e:
             log.error("%s", e)
             sys.exit(2)
         if isinstance(result, dict):

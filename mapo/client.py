@@ -60,6 +60,8 @@ class _Replica:
     client: openai.AsyncOpenAI
     semaphore: asyncio.Semaphore
     in_flight: int = 0
+    errors: int = 0
+    """Connection failures in a row; replicas that answer are preferred over ones that don't."""
 
 
 @dataclass
@@ -167,6 +169,11 @@ class LLMClient:
             if r.base_url not in known:
                 log.warning("model %s: new endpoint %s from the registry", name, r.base_url)
                 model.replicas.append(r)
+        registered = {r.base_url for r in fresh}
+        gone = [r for r in model.replicas if r.base_url not in registered]
+        if gone and len(gone) < len(model.replicas):  # unregistered (e.g. restarted elsewhere): stop using it
+            log.warning("model %s: endpoint(s) %s left the registry", name, ", ".join(r.base_url for r in gone))
+            model.replicas = [r for r in model.replicas if r.base_url in registered]
 
     async def check(self, names: Sequence[str]) -> None:
         """Probe each model's endpoints (GET /models); fail naming the model and URL."""
@@ -249,7 +256,7 @@ class LLMClient:
         extra = constraint.request_fields() if constraint else {}
         last_error: Exception | None = None
         for attempt in range(m.config.max_retries + 1):
-            replica = min(m.replicas, key=lambda r: r.in_flight)
+            replica = min(m.replicas, key=lambda r: (r.errors, r.in_flight))
             replica.in_flight += 1
             try:
                 async with replica.semaphore:
@@ -262,6 +269,7 @@ class LLMClient:
                     finally:
                         self.stats.in_flight -= 1
                 latency = time.perf_counter() - t0
+                replica.errors = 0
                 choice = resp.choices[0] if resp.choices else None
                 text = choice.message.content if choice and choice.message else None
                 if text is None:
@@ -291,6 +299,7 @@ class LLMClient:
                 usage.retries += 1
                 self.stats.retries += 1
                 if isinstance(e, (openai.APIConnectionError, httpx.ConnectError)):
+                    replica.errors += 1
                     self._refresh(m.name)
                 await asyncio.sleep(self._backoff(attempt, e))
             finally:

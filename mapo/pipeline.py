@@ -21,11 +21,13 @@ from omegaconf import OmegaConf
 
 from mapo.cache import ResponseCache
 from mapo.client import EndpointUnavailable, LLMClient
-from mapo.config import RunConfig, cache_dir, validate
-from mapo.dataset import rows_for, save_datasets
+from mapo.config import ConfigError, RunConfig, cache_dir, validate
+from mapo.dataset import RowError, rows_for, save_datasets
 from mapo.feedback import FeedbackLoop
-from mapo.judge import Judge
+from mapo.judge import STRATEGIES, Judge
 from mapo.progress import Progress
+from mapo.prompts import prompts_root
+from mapo.registry import UnknownNameError
 from mapo.selection import SELECTORS
 from mapo.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
@@ -95,16 +97,33 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
     validate(cfg, ["generator", "reviewers", "judge"])
     if cfg.prompts.source != "hf":
         n_prompts = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
+        if n_prompts == 0 and cfg.prompts.shard_count == 1:
+            raise ConfigError(f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
+                              f"(empty, all invalid and skipped, or prompts.limit={cfg.prompts.limit})")
     else:
         n_prompts = cfg.prompts.limit
-    SELECTORS.get(cfg.selection.method, key="selection.method")
+    try:
+        SELECTORS.get(cfg.selection.method, key="selection.method")
+        STRATEGIES.get(cfg.judge.strategy, key="judge.strategy")
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    for key, prompt_set in (("judge.prompt_set", cfg.judge.prompt_set), ("feedback.prompt_set", cfg.feedback.prompt_set)):
+        if not (prompts_root() / prompt_set).is_dir():
+            raise ConfigError(f"{key}={prompt_set!r}: no folder prompts/{prompt_set}; "
+                              f"known: {', '.join(sorted(p.name for p in prompts_root().iterdir() if p.is_dir()))}")
     with RunLock(run_dir):
         _write_config(cfg, run_dir)
         t_start = time.time()
         client = make_client(cfg)
         used = [roles.generator, *roles.reviewers, roles.judge]
         if cfg.client.check_endpoints:
-            await client.check(used)
+            try:
+                await client.check(used)
+            except EndpointUnavailable as e:
+                await client.aclose()
+                if client.cache is not None:
+                    client.cache.close()
+                raise RunStopped(f"run stopped before any work: {e}") from e
         if roles.judge == roles.generator:
             log.warning("roles.judge %s also generated the responses it judges (self-preference bias)", roles.judge)
         loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
@@ -115,14 +134,13 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
         sels = RecordStore(run_dir / "selections.jsonl")
         dpo = RecordStore(run_dir / "dpo.jsonl")
         kto = RecordStore(run_dir / "kto.jsonl")
-        # generations whose selection had not finished when the last run stopped
-        resumable = {r["key"]: r for r in gens if r["key"] not in sels}
-        counts = {"resumed_done": len(sels), "failed": 0, "identical_pairs_skipped": 0}
+        resumable, redo, restored = _resume(gens, sels, dpo, kto, generator=roles.generator, judge=roles.judge)
+        counts = {"resumed_done": len(sels) - len(redo), "failed": 0, "identical_pairs_skipped": 0}
         progress = Progress("build", n_prompts, client.stats, cfg.client.progress)
         stage_s = {"feedback": 0.0, "selection": 0.0}
 
         async def work(item: PromptItem) -> None:
-            if item.id in sels:
+            if item.id in sels and item.id not in redo:
                 progress.update()
                 return
             try:
@@ -147,18 +165,22 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                 progress.update(failed=True)
                 return
             if sel.best is not None:
-                d, k, skipped = rows_for(item.id, item.prompt, responses, scores, sel.best, generator=roles.generator, judge=roles.judge)
+                try:
+                    d, k, skipped = rows_for(item.id, item.prompt, responses, scores, sel.best, generator=roles.generator, judge=roles.judge)
+                except RowError as e:  # e.g. an empty response: this item fails, the run goes on
+                    d, k, skipped = [], [], 0
+                    sel.best, sel.failure = None, f"row rejected: {e}"
                 counts["identical_pairs_skipped"] += skipped
                 for row in d:
                     dpo.append(row)
                 for row in k:
                     kto.append(row)
-            else:
+            if sel.failure is not None:
                 counts["failed"] += 1
             # the selection record goes last: it marks the item done for a resume
             sels.append({"key": item.id, "best": sel.best, "method": sel.method, "scores": sel.scores,
                          "judgements": sel.judgements, "failure": sel.failure})
-            progress.update(failed=sel.best is None)
+            progress.update(failed=sel.failure is not None)
 
         source_stats = SourceStats()
         status = "complete"
@@ -179,6 +201,8 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                 "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped,
                             "skip_reasons": source_stats.reasons or {}},
                 "items": {"done": len(sels), **counts},
+                "repairs": {"bytes_cut": {s.path.name: s.repaired_bytes for s in (gens, sels, dpo, kto) if s.repaired_bytes},
+                            "rows_restored": restored, "items_redone": len(redo)},
                 "usage": client.usage_table(),
                 # stage figures sum per-item time over concurrent items: busy time, not wall time
                 "timings_s": {"wall": round(wall, 2), **{f"{k}_busy": round(v, 2) for k, v in stage_s.items()}},
@@ -194,6 +218,36 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
             if client.cache is not None:
                 client.cache.close()
     return manifest
+
+
+def _resume(gens: RecordStore, sels: RecordStore, dpo: RecordStore, kto: RecordStore, *, generator: str,
+            judge: str) -> tuple[dict[str, dict], set[str], int]:
+    """What a rerun picks up: generations whose selection had not finished (``resumable``), and
+    repairs after a crash mid-write. A torn last line is cut when a store opens; if it held a
+    DPO/KTO row of a finished item, the row is rebuilt from the stored generation and pick
+    (``restored``); if it held the generation record, the item is redone from the cache (``redo``)."""
+    picked = {s["key"]: (s["best"] if s.get("failure") is None else None) for s in sels}
+    resumable: dict[str, dict] = {}
+    restored = 0
+    for rec in gens:
+        key = rec["key"]
+        if key not in picked:
+            resumable[key] = rec
+        elif picked[key] is not None:
+            its = rec["iterations"]
+            d, k, _ = rows_for(key, rec["prompt"], [it["response"] for it in its], [it["score"] for it in its],
+                               picked[key], generator=generator, judge=judge)
+            for store, rows in ((dpo, d), (kto, k)):
+                for row in rows:
+                    if row["key"] not in store:
+                        store.append(row)
+                        restored += 1
+    if restored:
+        log.warning("restored %d DPO/KTO rows lost in a crash mid-write", restored)
+    redo = {key for key, best in picked.items() if best is not None and key not in gens}  # failures stay failed
+    if redo:
+        log.warning("redoing %d finished items whose generation record was lost in a crash mid-write", len(redo))
+    return resumable, redo, restored
 
 
 def _dataset_card(cfg: RunConfig, manifest: dict) -> str:

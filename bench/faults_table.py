@@ -1,0 +1,41 @@
+"""The faults table for issue 8: for each injected fault, items in / out, failed (with a
+reason), duplicates, lost, and wall time. It runs tests/test_faults.py (loopback fake
+servers, real pipeline) and prints the rows those tests recorded as a Markdown table.
+
+    python bench/faults_table.py [extra pytest args]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str]) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "faults.json"
+        env = {**os.environ, "MAPO_FAULTS_TABLE": str(out)}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_faults.py", "-q", "-p", "no:cacheprovider", *argv],
+                              cwd=REPO, env=env, capture_output=True, text=True)
+        summary = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
+        if not out.exists():
+            print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
+            return proc.returncode or 1
+        rows = json.loads(out.read_text())
+    print("| fault | items in | items out | failed (with reason) | duplicates | lost | time (s) | note |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['fault']} | {r['items_in']} | {r['items_out']} | {r['failed']} | {r['duplicates']} | {r['lost']} "
+              f"| {r['time_s']} | {r['note']} |")
+    print(f"\n{summary[-1] if summary else ''}")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,369 @@
+"""Figures for ``mapo report`` and ``mapo leaderboard``: small pure functions, data in, PNG bytes out.
+
+Each function takes plain Python data (what the run folder's JSON/JSONL holds) and returns
+the PNG bytes of one figure. They use matplotlib's object API (``matplotlib.figure.Figure``
+rendered by the Agg canvas): no pyplot state, no display, safe on a headless node.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+from typing import Any, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+__all__ = [
+    "confusion_grid",
+    "jury_heatmap",
+    "kappa_bars",
+    "kappa_matrix",
+    "position_bias",
+    "score_trajectories",
+    "selection_counts",
+    "token_costs",
+    "winrate_bars",
+]
+
+DPI = 110
+COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
+KIND_COLORS = {"judge": "#4C72B0", "juror": "#8C8C8C", "jury": "#55A868", "debate": "#DD8452"}
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _short(s: str, n: int = 38) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#666")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def score_trajectories(series: Mapping[str, Sequence[Sequence[float | None]]], *, scale: float = 10.0,
+                       title: str = "Reviewer score over feedback iterations", max_lines: int = 150) -> bytes:
+    """``series``: group name (a reviewer or a configuration) -> one list of per-iteration
+    scores per prompt (None = no score). Thin lines: single prompts (at most ``max_lines``
+    per group); thick line: mean per iteration, with the interquartile band."""
+    fig = Figure(figsize=(7.0, 4.0))
+    ax = fig.add_subplot()
+    any_line = False
+    for g, (name, runs) in enumerate(series.items()):
+        color = COLORS[g % len(COLORS)]
+        n_iter = max((len(r) for r in runs), default=0)
+        for r in list(runs)[:max_lines]:
+            pts = [(i + 1, s) for i, s in enumerate(r) if s is not None]
+            if len(pts) > 1:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, alpha=0.12, lw=0.8)
+        xs, means, lo, hi, ns = [], [], [], [], []
+        for i in range(n_iter):
+            vals = sorted(r[i] for r in runs if i < len(r) and r[i] is not None)
+            if not vals:
+                continue
+            xs.append(i + 1)
+            means.append(statistics.fmean(vals))
+            q = statistics.quantiles(vals, n=4) if len(vals) > 1 else [vals[0]] * 3
+            lo.append(q[0])
+            hi.append(q[2])
+            ns.append(len(vals))
+        if xs:
+            any_line = True
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+            ax.plot(xs, means, color=color, lw=2.4, marker="o", label=f"{_short(name, 30)} (mean, IQR band; n={max(ns)})")
+            for x, m in zip(xs, means):
+                ax.annotate(f"{m:.2f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=color)
+    if not any_line:
+        _empty(ax, "no reviewer scores")
+    else:
+        n_iter = max(max((len(r) for r in runs), default=0) for runs in series.values())
+        ax.set_xticks(range(1, n_iter + 1))
+        ax.set_xlabel("feedback iteration")
+        ax.set_ylabel(f"reviewer score (/{scale:g})")
+        ax.set_ylim(0, scale * 1.05)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def selection_counts(counts: Mapping[int, int], failed: int = 0, *, title: str = "Which iteration the judge chose") -> bytes:
+    """Bar per iteration (1-based labels) with how often it was chosen; a grey bar for failures."""
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.add_subplot()
+    labels = [f"iter {i + 1}" for i in sorted(counts)]
+    values = [counts[i] for i in sorted(counts)]
+    colors = [COLORS[0]] * len(values)
+    if failed:
+        labels.append("no choice\n(failed)")
+        values.append(failed)
+        colors.append("#999999")
+    if not values:
+        _empty(ax, "no selections")
+    else:
+        total = sum(values)
+        bars = ax.bar(range(len(values)), values, color=colors)
+        for b, v in zip(bars, values):
+            ax.annotate(f"{v} ({100 * v / total:.0f}%)", (b.get_x() + b.get_width() / 2, v), textcoords="offset points",
+                        xytext=(0, 3), ha="center", fontsize=8)
+        ax.set_xticks(range(len(values)), labels)
+        ax.set_ylabel("prompts")
+        ax.set_ylim(0, max(values) * 1.2 + 0.5)
+        ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def token_costs(usage: Sequence[Mapping[str, Any]], *, title: str = "Tokens per role") -> bytes:
+    """Stacked prompt/completion tokens per (role, model) from a manifest's ``usage`` table."""
+    fig = Figure(figsize=(6.5, max(2.2, 0.45 * len(usage) + 1.2)))
+    ax = fig.add_subplot()
+    if not usage:
+        _empty(ax, "no usage recorded")
+    else:
+        names = [_short(f"{u['role']}: {u['model']}", 40) for u in usage]
+        prompt = [u.get("prompt_tokens", 0) for u in usage]
+        completion = [u.get("completion_tokens", 0) for u in usage]
+        ys = range(len(usage))
+        ax.barh(ys, prompt, color=COLORS[0], label="prompt tokens")
+        ax.barh(ys, completion, left=prompt, color=COLORS[1], label="completion tokens")
+        for y, p, c in zip(ys, prompt, completion):
+            ax.annotate(f"{p + c:,}", (p + c, y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
+        ax.set_yticks(list(ys), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("tokens (this run's requests; cache hits cost 0)")
+        ax.set_xlim(0, max(p + c for p, c in zip(prompt, completion)) * 1.18 + 1)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def winrate_bars(table: Mapping[str, Mapping[str, Mapping[str, Any] | None]], rows: Sequence[str], cols: Sequence[str], *,
+                 title: str = "Win rate against single-model baselines") -> bytes:
+    """One horizontal 100% bar per (configuration, baseline): wins / ties / losses of the judged
+    comparisons (failures excluded, noted in the label); a line at 50%."""
+    pairs = [(c, b, (table.get(c) or {}).get(b)) for c in rows for b in cols]
+    pairs = [(c, b, cell) for c, b, cell in pairs if cell]
+    fig = Figure(figsize=(7.5, max(2.2, 0.42 * len(pairs) + 1.3)))
+    ax = fig.add_subplot()
+    if not pairs:
+        _empty(ax, "no comparisons")
+    else:
+        labels, wins, ties, losses = [], [], [], []
+        for c, b, cell in pairs:
+            n = cell.get("n") or 0
+            labels.append(_short(f"{c} vs {b}", 40) + (f"  (failed {cell['failed']})" if cell.get("failed") else ""))
+            wins.append(100 * cell.get("wins", 0) / n if n else 0.0)
+            ties.append(100 * cell.get("ties", 0) / n if n else 0.0)
+            losses.append(100 * cell.get("losses", 0) / n if n else 0.0)
+        ys = list(range(len(pairs)))
+        ax.barh(ys, wins, color="#55A868", label="win")
+        ax.barh(ys, ties, left=wins, color="#CCCCCC", label="tie")
+        ax.barh(ys, losses, left=[w + t for w, t in zip(wins, ties)], color="#C44E52", label="loss")
+        for y, w, (_, _, cell) in zip(ys, wins, pairs):
+            ax.text(1.5, y, f"{w:.1f}% (n={cell.get('n', 0)})", va="center", fontsize=8, color="white", fontweight="bold")
+        ax.axvline(50, color="black", lw=0.8, ls="--")
+        ax.set_yticks(ys, labels)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of judged comparisons (configuration shown as A)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def kappa_bars(entries: Sequence[Mapping[str, Any]], *, title: str = "Cohen's kappa with human labels",
+               reference: Mapping[str, float] | None = None) -> bytes:
+    """One bar per judge / jury / debate (``agreement.json`` results), coloured by kind, with
+    n and failures in the label; ``reference``: optional name -> published kappa (markers)."""
+    entries = list(entries)
+    fig = Figure(figsize=(7.0, max(2.2, 0.4 * len(entries) + 1.3)))
+    ax = fig.add_subplot()
+    if not entries:
+        _empty(ax, "no agreement results")
+    else:
+        ys = list(range(len(entries)))
+        vals = [e.get("kappa") if e.get("kappa") is not None else 0.0 for e in entries]
+        colors = [KIND_COLORS.get(e.get("kind", "judge"), COLORS[0]) for e in entries]
+        ax.barh(ys, vals, color=colors)
+        for y, e, v in zip(ys, entries, vals):
+            text = "undefined" if e.get("kappa") is None else f"{v:.3f}"
+            text += f"  n={e.get('n', 0)}" + (f", failed {e['n_failed']}" if e.get("n_failed") else "")
+            ax.annotate(text, (max(v, 0), y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
+        if reference:
+            for y, e in zip(ys, entries):
+                ref = reference.get(e.get("judge", ""))
+                if ref is not None:
+                    ax.plot([ref], [y], marker="|", ms=14, mew=2, color="black")
+        ax.set_yticks(ys, [_short(f"{e.get('judge')} [{e.get('kind')}]", 44) for e in entries])
+        ax.invert_yaxis()
+        lo = min(0.0, min(vals) * 1.2)
+        ax.set_xlim(lo, max(1.0, max(vals) * 1.1))
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_xlabel("Cohen's kappa (3 classes: model_a / model_b / tie)")
+        ax.grid(axis="x", alpha=0.3)
+        handles = [Patch(color=c, label=k) for k, c in KIND_COLORS.items() if any(e.get("kind") == k for e in entries)]
+        if len(handles) > 1:
+            ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def _heat(ax: Any, matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], *,
+          fmt: str = "{:.3f}", vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> Any:
+    data = [[math.nan if v is None else float(v) for v in row] for row in matrix]
+    finite = [v for row in data for v in row if math.isfinite(v)]
+    lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
+    hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
+    if hi - lo < 1e-9:  # one value everywhere: a readable, non-degenerate colour scale
+        lo, hi = lo - 0.05, hi + 0.05
+    im = ax.imshow(data, cmap=cmap, aspect="auto", vmin=lo, vmax=hi)
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            if math.isfinite(v):
+                r, g, b, _ = im.cmap(im.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            else:
+                ax.text(j, i, "–", ha="center", va="center", fontsize=8, color="#888")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    return im
+
+
+def jury_heatmap(subsets: Sequence[Mapping[str, Any]], *, singles: Mapping[str, float | None] | None = None,
+                 title: str = "Jury subsets") -> bytes:
+    """Left: judges x jury size, cell = the best kappa among juries of that size that include
+    the judge (column 1 = the judge alone, from ``singles``). Right: every subset's kappa by
+    size, the best of each size in red with its value."""
+    judges = sorted({m for s in subsets for m in s.get("members", [])} | set(singles or {}))
+    sizes = sorted({len(s.get("members", [])) for s in subsets})
+    fig = Figure(figsize=(11.5, max(3.2, 0.5 * len(judges) + 1.9)))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0], "wspace": 0.5})
+    if not subsets:
+        _empty(ax1, "no jury subsets")
+        _empty(ax2, "")
+        return _png(fig)
+    cols = ([1] if singles else []) + sizes
+    matrix = []
+    for j in judges:
+        row: list[float | None] = [singles.get(j)] if singles else []
+        for k in sizes:
+            vals = [s["kappa"] for s in subsets if len(s["members"]) == k and j in s["members"] and s.get("kappa") is not None]
+            row.append(max(vals) if vals else None)
+        matrix.append(row)
+    im = _heat(ax1, matrix, [_short(j, 26) for j in judges], [("1 (alone)" if k == 1 else str(k)) for k in cols])
+    fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.03, label="kappa")
+    ax1.set_xlabel("jury size")
+    ax1.set_title("best kappa of juries that include the judge", fontsize=9)
+    for k in sizes:
+        ks = [s for s in subsets if len(s["members"]) == k and s.get("kappa") is not None]
+        if not ks:
+            continue
+        best = max(ks, key=lambda s: s["kappa"])
+        ax2.scatter([k] * len(ks), [s["kappa"] for s in ks], color=COLORS[0], alpha=0.5, s=18)
+        ax2.scatter([k], [best["kappa"]], color="#C44E52", s=34, zorder=3)
+        ax2.annotate(f"{best['kappa']:.3f}", (k, best["kappa"]), textcoords="offset points", xytext=(6, 0), va="center",
+                     fontsize=8, color="#C44E52")
+    if singles:
+        vals = [v for v in singles.values() if v is not None]
+        ax2.scatter([1] * len(vals), vals, color="#8C8C8C", alpha=0.7, s=18)
+    ax2.set_xticks(cols)
+    ax2.set_xlabel("jury size (1 = single judges)" if singles else "jury size")
+    ax2.set_ylabel("kappa")
+    ax2.grid(alpha=0.3)
+    ax2.set_title("every subset (red: best of its size)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def confusion_grid(entries: Sequence[Mapping[str, Any]], *, title: str = "Confusion matrices (rows: human, columns: judge)",
+                   per_row: int = 3) -> bytes:
+    """Small multiples of 3x3 count matrices (``confusion``/``labels`` of agreement results)."""
+    entries = [e for e in entries if e.get("confusion")]
+    n = max(1, len(entries))
+    cols = min(per_row, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.2 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for idx in range(rows * cols):
+        ax = axes[idx // cols][idx % cols]
+        if idx >= len(entries):
+            ax.axis("off")
+            continue
+        e = entries[idx]
+        labels = [str(x) for x in e.get("labels", ["model_a", "model_b", "tie"])]
+        total = sum(sum(r) for r in e["confusion"]) or 1
+        _heat(ax, e["confusion"], labels, labels, fmt="{:.0f}", vmin=0, vmax=max(max(r) for r in e["confusion"]) or 1, cmap="Blues")
+        k = e.get("kappa")
+        ax.set_title(_short(str(e.get("judge")), 30) + f"\nkappa {'–' if k is None else f'{k:.3f}'}, "
+                     f"acc {100 * sum(e['confusion'][i][i] for i in range(len(labels))) / total:.0f}%", fontsize=8)
+        ax.set_xlabel("judge", fontsize=8)
+        ax.set_ylabel("human", fontsize=8)
+    if not entries:
+        _empty(axes[0][0], "no confusion matrices")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def position_bias(entries: Sequence[Mapping[str, Any]], *, title: str = "Position bias (both presentation orders)") -> bytes:
+    """Per judge: share of decisive picks that went to the response shown first (0.5 = no
+    bias) and the share of pairs whose verdict survives swapping the order."""
+    entries = [e for e in entries if e.get("position_bias")]
+    fig = Figure(figsize=(10.0, max(2.2, 0.42 * len(entries) + 1.4)))
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    if not entries:
+        _empty(ax1, "judged in one order only: no position-bias figures")
+        _empty(ax2, "")
+        return _png(fig)
+    ys = list(range(len(entries)))
+    first = [e["position_bias"].get("first_rate") for e in entries]
+    cons = [e["position_bias"].get("consistency") for e in entries]
+    ax1.barh(ys, [v if v is not None else 0 for v in first], color=[KIND_COLORS.get(e.get("kind"), COLORS[0]) for e in entries])
+    ax1.axvline(0.5, color="black", ls="--", lw=0.8)
+    ax1.set_xlim(0, 1)
+    ax1.set_xlabel("P(picks the response shown first | decisive)")
+    ax2.barh(ys, [v if v is not None else 0 for v in cons], color=COLORS[2])
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel("swap consistency (same verdict in both orders)")
+    for ax, vals in ((ax1, first), (ax2, cons)):
+        for y, v in zip(ys, vals):
+            ax.annotate("–" if v is None else f"{v:.2f}", (v or 0, y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    ax1.set_yticks(ys, [_short(str(e.get("judge")), 34) for e in entries])
+    ax1.invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def kappa_matrix(matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], *,
+                 title: str = "Cohen's kappa: judges x datasets") -> bytes:
+    """Heatmap of a leaderboard (rows = judges, columns = datasets)."""
+    fig = Figure(figsize=(max(4.5, 1.4 * len(cols) + 3.5), max(2.2, 0.45 * len(rows) + 1.4)))
+    ax = fig.add_subplot()
+    if not rows or not cols:
+        _empty(ax, "no results")
+    else:
+        im = _heat(ax, matrix, [_short(r, 44) for r in rows], [_short(c, 18) for c in cols], vmin=min(
+            [0.0] + [v for row in matrix for v in row if v is not None]), vmax=max([0.5] + [v for row in matrix for v in row if v is not None]))
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="kappa")
+        ax.tick_params(axis="x", rotation=20)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)

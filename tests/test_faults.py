@@ -1,0 +1,638 @@
+"""Reliability under faults (issue 8): nothing lost, nothing twice.
+
+Every scenario drives the real main job (``mapo.pipeline.build``, or ``mapo build`` in a
+subprocess) against in-process fake servers on loopback, injects one kind of fault, and
+checks the run folder: every input item is present exactly once (done, or failed with a
+reason), no record is duplicated, and, where the model is deterministic, the records equal
+those of a fault-free run. Each scenario adds a row to the faults table (fault, items in,
+items out, duplicates, lost, time); ``python bench/faults_table.py`` prints it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mapo.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.pipeline import RunStopped, build
+from mapo.sources import iter_prompts
+from mapo.store import RunLocked, StoreError
+from tests.conftest import REPO, fake_model
+from tests.fake_openai import FakeServer, default_responder
+
+ITEMS = 8
+FILES = ("generations", "selections", "dpo", "kto")
+VOLATILE = {"latency_s", "cached"}  # differ between runs by nature (wall time, cache hits)
+TRANSIENT = ("429", "500", "503", "drop", "truncated", "nonutf8", "empty")
+TABLE: list[dict] = []
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def item_ids(n: int = ITEMS) -> list[str]:
+    return [p.id for p in iter_prompts(PromptSourceConfig(source="builtin", limit=n))]
+
+
+def run_config(tmp_path: Path, gen: FakeServer, judge: FakeServer | None = None, *, out: str = "run",
+               cache: str = "cache.sqlite", judge_overrides: dict | None = None, model_overrides: dict | None = None,
+               **kw) -> RunConfig:
+    """gen/rev on one server, the judge on another (or the same); ITEMS builtin prompts."""
+    judge = judge or gen
+    every = model_overrides or {}
+    cfg = RunConfig(
+        models={"gen": fake_model(gen, **every), "rev": fake_model(gen, **every),
+                "judge": fake_model(judge, **{**every, **(judge_overrides or {})})},
+        roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
+        prompts=PromptSourceConfig(source="builtin", limit=ITEMS),
+        client=ClientConfig(cache_path=str(tmp_path / cache), progress="off"),
+        output_dir=str(tmp_path / out),
+        max_items_in_flight=3,
+    )
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _strip(x):
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in VOLATILE}
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
+def read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def snapshot(run_dir: Path) -> dict[str, dict[str, dict]]:
+    """The four record files keyed by record key, volatile fields dropped (order-free)."""
+    return {name: {r["key"]: _strip(r) for r in read_lines(run_dir / f"{name}.jsonl")} for name in FILES}
+
+
+def audit(run_dir: Path, ids: list[str]) -> dict:
+    """Items in/out, duplicates (any record key twice in any file) and lost items."""
+    dups = 0
+    for name in FILES:
+        keys = [r["key"] for r in read_lines(run_dir / f"{name}.jsonl")]
+        dups += len(keys) - len(set(keys))
+    sels = {r["key"]: r for r in read_lines(run_dir / "selections.jsonl")}
+    failed = [k for k, s in sels.items() if s["best"] is None]
+    for k in failed:
+        assert sels[k]["failure"], f"item {k} has neither a pick nor a failure reason"
+    stray = set(sels) - set(ids)
+    assert not stray, f"records for items that were never input: {stray}"
+    return {"items_in": len(ids), "items_out": len(set(sels) & set(ids)), "failed": len(failed),
+            "duplicates": dups, "lost": len(set(ids) - set(sels))}
+
+
+def record_row(fault: str, audit_row: dict, seconds: float, note: str = "") -> None:
+    TABLE.append({"fault": fault, **audit_row, "time_s": round(seconds, 2), "note": note})
+
+
+def assert_complete(run_dir: Path, ids: list[str]) -> dict:
+    row = audit(run_dir, ids)
+    assert row["duplicates"] == 0 and row["lost"] == 0 and row["items_out"] == len(ids), row
+    return row
+
+
+def assert_same(a: dict, b: dict) -> None:
+    for name in FILES:
+        assert a[name].keys() == b[name].keys(), f"{name}.jsonl: keys differ"
+        for key in a[name]:
+            assert a[name][key] == b[name][key], f"{name}.jsonl: record {key} differs"
+
+
+def request_key(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+
+
+def is_judge(body: dict) -> bool:
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    return "Score Assistant A" in system
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """One fault-free run: the records every faulted run must reproduce, and its request count."""
+    tmp = tmp_path_factory.mktemp("reference")
+    with FakeServer() as server:
+        t0 = time.monotonic()
+        manifest = asyncio.run(build(run_config(tmp, server)))
+        seconds = time.monotonic() - t0
+        answered = sum(server.answered.values())
+        assert max(server.answered.values()) == 1
+    ids = item_ids()
+    row = assert_complete(tmp / "run", ids)
+    record_row("none (reference)", row, seconds)
+    return {"snap": snapshot(tmp / "run"), "answered": answered, "ids": ids, "manifest": manifest}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _faults_table():
+    yield
+    if not TABLE:
+        return
+    out = os.environ.get("MAPO_FAULTS_TABLE")
+    if out:
+        Path(out).write_text(json.dumps(TABLE, indent=1))
+    head = f"{'fault':<44} {'in':>3} {'out':>3} {'failed':>6} {'dup':>3} {'lost':>4} {'time_s':>7}"
+    print("\n" + head)
+    for r in TABLE:
+        print(f"{r['fault']:<44} {r['items_in']:>3} {r['items_out']:>3} {r['failed']:>6} {r['duplicates']:>3} "
+              f"{r['lost']:>4} {r['time_s']:>7}")
+
+
+async def wait_until(cond, timeout: float = 20.0, step: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)
+
+
+def retries(manifest: dict) -> int:
+    return sum(u["retries"] for u in manifest["usage"])
+
+
+# ---- the server dies mid-run and comes back -------------------------------------------------
+
+
+async def test_server_killed_and_restarted_on_the_same_port(tmp_path, reference):
+    server = FakeServer(latency_s=0.005).start()
+    try:
+        t0 = time.monotonic()
+        # max_retries=6: at least 15 s of backoff, far more than the outage even on a loaded machine
+        task = asyncio.create_task(build(run_config(tmp_path, server, model_overrides={"max_retries": 6})))
+        await wait_until(lambda: sum(server.answered.values()) >= 15 or task.done())
+        assert not task.done(), "the run finished before the fault was injected"
+        # down for 1 s (+ the time the stop takes)
+        await asyncio.to_thread(server.restart, 1.0)
+        manifest = await task
+        seconds = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert manifest["status"] == "complete"
+    assert retries(manifest) >= 1, "the outage was not ridden out by retries"
+    row = assert_complete(tmp_path / "run", reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), reference["snap"])
+    record_row("server killed, restarted same port (1 s down)", row, seconds, f"{retries(manifest)} retries")
+
+
+@pytest.mark.parametrize("old_entry", ["replaced", "left_dead"])
+async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, reference, old_entry):
+    """The server comes back on another port and registers there; the client re-reads the
+    registry after connection errors. The old entry is either replaced (a supervisor's
+    restart) or left behind pointing at a dead port (a crash nobody cleaned up)."""
+    if importlib.util.find_spec("mapo.endpoints") is None:
+        pytest.skip("mapo/endpoints.py (the endpoint registry) is not written yet")
+    from mapo import endpoints
+
+    registry = tmp_path / "endpoints.json"
+
+    def entry(server: FakeServer) -> "endpoints.Endpoint":
+        return endpoints.Endpoint(name="fake", base_url=server.base_url, served_name="fake", api_key_file=None,
+                                  host="127.0.0.1", port=server.port, pid=None, job_id=None, started_at=time.time())
+
+    old = FakeServer(latency_s=0.005).start()
+    new = FakeServer()
+    try:
+        endpoints.register(entry(old), registry)
+        cfg = run_config(tmp_path, old, model_overrides={"max_retries": 6})
+        for m in cfg.models.values():
+            m.base_url, m.endpoint = None, "fake"
+        cfg.client.registry = str(registry)
+        t0 = time.monotonic()
+        task = asyncio.create_task(build(cfg))
+        await wait_until(lambda: sum(old.answered.values()) >= 15 or task.done())
+        assert not task.done()
+        await asyncio.to_thread(old.stop)
+        await asyncio.sleep(0.3)
+        new.start()
+        if old_entry == "replaced":
+            endpoints.unregister(old.base_url, registry)
+        endpoints.register(entry(new), registry)
+        manifest = await task
+        seconds = time.monotonic() - t0
+    finally:
+        new.stop()
+    assert manifest["status"] == "complete"
+    assert sum(new.answered.values()) > 0
+    assert max(old.answered.values()) == 1 and max(new.answered.values()) == 1
+    assert not set(old.answered) & set(new.answered), "a request answered before the restart was sent again"
+    row = assert_complete(tmp_path / "run", reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), reference["snap"])
+    record_row(f"server back on a new port (old entry {old_entry.replace('_', ' ')})", row, seconds,
+               f"{retries(manifest)} retries")
+
+
+# ---- transient faults ------------------------------------------------------------------------
+
+
+async def test_thirty_percent_transient_faults_are_retried_and_counted(tmp_path, reference):
+    rng = random.Random(8)
+    injected: Counter = Counter()
+    server = FakeServer()
+
+    def faults(n: int, body: dict) -> str | None:
+        # at most 2 faults in a row per request: inside the retry budget (max_retries=4)
+        if server.requests[request_key(body)] <= 2 and rng.random() < 0.3:
+            kind = rng.choice(TRANSIENT)
+            injected[kind] += 1
+            return kind
+        return None
+
+    server.faults = faults
+    with server:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+    assert manifest["status"] == "complete"
+    assert set(injected) == set(TRANSIENT), f"not every fault kind was drawn: {injected}"
+    # each injected fault is exactly one retry, reported per (role, model) in manifest.json
+    assert retries(manifest) == sum(injected.values()) == manifest["throughput"]["retries"]
+    on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert retries(on_disk) == sum(injected.values())
+    assert all(u["failures"] == 0 for u in manifest["usage"])
+    row = assert_complete(tmp_path / "run", reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), reference["snap"])
+    total = sum(injected.values()) + sum(server.answered.values())
+    record_row("30% transient (429/500/503/drop/trunc/nonutf8/empty)", row, seconds,
+               f"{sum(injected.values())}/{total} requests faulted, all retried")
+
+
+async def test_hanging_requests_time_out_and_are_retried(tmp_path, reference):
+    judge = FakeServer(hang_s=3.0, faults=lambda n, body: "hang" if n <= 3 else None)
+    with FakeServer() as gen, judge:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, gen, judge, judge_overrides={"timeout_s": 1.0}))
+        seconds = time.monotonic() - t0
+    assert manifest["status"] == "complete"
+    judge_usage = [u for u in manifest["usage"] if u["role"] == "judge"]
+    judge_retries = sum(u["retries"] for u in judge_usage)
+    assert judge_retries >= 3  # one per hang (more only if the loaded machine is slower than 1 s)
+    row = assert_complete(tmp_path / "run", reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), reference["snap"])
+    record_row("3 judge requests hang (1 s timeout)", row, seconds, f"{judge_retries} retries")
+
+
+# ---- persistent failure: stop loudly, save everything, resume after recovery ----------------------
+
+
+async def test_persistent_endpoint_failure_stops_the_run_and_a_rerun_completes(tmp_path, reference):
+    broken = {"on": True}
+    judge = FakeServer(faults=lambda n, body: "503" if broken["on"] and n > 4 else None)
+    with FakeServer(latency_s=0.002) as gen, judge:
+        cfg = run_config(tmp_path, gen, judge, judge_overrides={"max_retries": 2})
+        t0 = time.monotonic()
+        with pytest.raises(RunStopped, match=r"model 'judge' failed 3 attempts") as err:
+            await build(cfg)
+        stop_s = time.monotonic() - t0
+        assert stop_s < 20, "a dead endpoint must stop the run within the retry budget"
+        assert "rerun the same command to resume" in str(err.value)
+        run = tmp_path / "run"
+        first = json.loads((run / "manifest.json").read_text())
+        assert first["status"] == "stopped"
+        partial = audit(run, reference["ids"])
+        assert partial["duplicates"] == 0 and 0 < partial["items_out"] < ITEMS
+        saved = snapshot(run)
+        # everything saved so far is final: it reappears unchanged after the rerun
+        for name in FILES:
+            for key, rec in saved[name].items():
+                assert reference["snap"][name][key] == rec
+
+        broken["on"] = False  # the endpoint recovers
+        t1 = time.monotonic()
+        manifest = await build(run_config(tmp_path, gen, judge, judge_overrides={"max_retries": 2}))
+        rerun_s = time.monotonic() - t1
+    assert manifest["status"] == "complete"
+    assert manifest["items"]["resumed_done"] == partial["items_out"]
+    # no request answered in the first run was sent again
+    assert max(gen.answered.values()) == 1 and max(judge.answered.values()) == 1
+    assert sum(gen.answered.values()) + sum(judge.answered.values()) == reference["answered"]
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    record_row("judge endpoint down for good (503), then rerun", row, stop_s + rerun_s,
+               f"stopped after {stop_s:.1f}s with {partial['items_out']} items saved")
+
+
+async def test_endpoint_down_at_start_stops_before_any_work(tmp_path):
+    with FakeServer() as gen:
+        dead = FakeServer().start()
+        dead.stop()  # a port nobody listens on
+        cfg = run_config(tmp_path, gen, dead)
+        with pytest.raises(RunStopped, match=r"model 'judge'.*unreachable"):
+            await build(cfg)
+    assert gen.n == 0
+
+
+# ---- garbage model output ----------------------------------------------------------------------
+
+
+async def test_garbage_judge_output_is_a_recorded_failure_never_a_score(tmp_path, reference):
+    judge = FakeServer(faults=lambda n, body: "garbage")
+    with FakeServer() as gen, judge:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, gen, judge))
+        seconds = time.monotonic() - t0
+    run = tmp_path / "run"
+    row = audit(run, reference["ids"])
+    assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == ITEMS
+    for sel in read_lines(run / "selections.jsonl"):
+        assert sel["best"] is None and "judge failed" in sel["failure"]
+        (j,) = sel["judgements"]
+        assert j["label"] is None and j["score_a"] is None and j["score_b"] is None and j["failure"]
+        (attempt,) = j["attempts"]
+        assert len(attempt["raw"]) == 2  # the answer and the re-ask, both kept verbatim
+        assert all(r.startswith("lorem ipsum") for r in attempt["raw"])
+        assert attempt["verdict"] == {"pick": None, "score_a": None, "score_b": None, "failure": attempt["verdict"]["failure"]}
+    assert read_lines(run / "dpo.jsonl") == [] and read_lines(run / "kto.jsonl") == []
+    assert manifest["items"]["failed"] == ITEMS and manifest["rows"] == {"dpo": 0, "kto": 0}
+    # the generations are untouched by the judge's failure
+    assert snapshot(run)["generations"] == reference["snap"]["generations"]
+    record_row("judge answers garbage (no format)", row, seconds, "all failed with raw text kept")
+
+
+async def test_empty_generator_response_fails_that_item_only(tmp_path, reference):
+    """A model that answers "" (a tiny model emitting EOS at once) cannot make a DPO/KTO row:
+    that item is a recorded failure, the others are untouched."""
+
+    def responder(body: dict) -> str:
+        first = body["messages"][0]
+        if first["role"] == "user" and "haiku" in first["content"] and body["messages"][-1]["role"] == "user":
+            return ""
+        return default_responder(body)
+
+    with FakeServer(responder=responder) as server:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+    run = tmp_path / "run"
+    row = audit(run, reference["ids"])
+    assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == 1
+    assert manifest["status"] == "complete" and manifest["items"]["failed"] == 1
+    sels = {s["key"]: s for s in read_lines(run / "selections.jsonl")}
+    assert "row rejected" in sels["haiku-autumn"]["failure"] and "non-empty" in sels["haiku-autumn"]["failure"]
+    snap, ref = snapshot(run), reference["snap"]
+    for name in ("dpo", "kto"):
+        assert {k for k in snap[name] if k.startswith("haiku-autumn/")} == set()
+        assert snap[name] == {k: v for k, v in ref[name].items() if not k.startswith("haiku-autumn/")}
+    record_row("generator answers empty text on one item", row, seconds, "that item failed with reason")
+
+
+async def test_rejected_request_fails_that_item_and_a_rerun_does_not_resend_it(tmp_path, reference):
+    """A 400 (e.g. a prompt beyond the context) is no transient fault: not retried, the item is
+    recorded as failed with the server's reason, the others complete, and a rerun leaves it be."""
+
+    def faults(n: int, body: dict) -> str | None:
+        first = body["messages"][0]
+        return "400" if first["role"] == "user" and "haiku" in first["content"] else None
+
+    with FakeServer(faults=faults) as server:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+        sent = server.n
+        again = await build(run_config(tmp_path, server))
+        assert server.n == sent, "the rerun re-sent requests"
+    run = tmp_path / "run"
+    row = audit(run, reference["ids"])
+    assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == 1
+    assert manifest["items"]["failed"] == 1 and again["items"]["resumed_done"] == ITEMS
+    assert all(u["retries"] == 0 for u in manifest["usage"])
+    sels = {s["key"]: s for s in read_lines(run / "selections.jsonl")}
+    assert sels["haiku-autumn"]["failure"].startswith("request rejected") and "injected 400" in sels["haiku-autumn"]["failure"]
+    ok = [i for i in reference["ids"] if i != "haiku-autumn"]
+    snap = snapshot(run)
+    assert set(snap["generations"]) == set(ok)
+    assert snap["kto"] == {k: v for k, v in reference["snap"]["kto"].items() if not k.startswith("haiku-autumn/")}
+    record_row("server rejects one item's request (400)", row, seconds, "that item failed with reason, not retried")
+
+
+# ---- damaged files: torn last lines, damaged middle lines, damaged cache -------------------------
+
+
+def _tear_last_line(path: Path) -> None:
+    data = path.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[: last + (len(data) - last) // 2])
+
+
+@pytest.mark.parametrize("torn", FILES)
+async def test_torn_last_line_is_cut_and_the_record_restored(tmp_path, reference, torn, caplog):
+    with FakeServer() as server:
+        await build(run_config(tmp_path, server))
+        run = tmp_path / "run"
+        _tear_last_line(run / f"{torn}.jsonl")
+        sent = sum(server.answered.values())
+        caplog.set_level(logging.WARNING)
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+        assert sum(server.answered.values()) == sent, "the repair re-sent requests the cache holds"
+    assert f"{torn}.jsonl: cut" in caplog.text
+    assert manifest["repairs"]["bytes_cut"][f"{torn}.jsonl"] > 0
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    assert manifest["rows"] == reference["manifest"]["rows"]
+    record_row(f"torn last line of {torn}.jsonl, rerun", row, seconds, "cut + restored, 0 requests")
+
+
+async def test_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path, reference):
+    with FakeServer() as server:
+        await build(run_config(tmp_path, server))
+        path = tmp_path / "run" / "selections.jsonl"
+        lines = path.read_bytes().splitlines(keepends=True)
+        lines[2] = lines[2][:40] + b"\n"
+        path.write_bytes(b"".join(lines))
+        before, damaged = server.n, path.read_bytes()
+        with pytest.raises(StoreError, match=r"selections\.jsonl:3: unreadable record"):
+            await build(run_config(tmp_path, server))
+        assert server.n == before
+        assert path.read_bytes() == damaged
+    record_row("damaged middle line of selections.jsonl", {"items_in": ITEMS, "items_out": ITEMS, "failed": 0,
+               "duplicates": 0, "lost": 0}, 0.0, "rerun refused before any request: StoreError names file:3; file left as is")
+
+
+@pytest.mark.parametrize("damage", ["truncate_half", "garbage_middle"])
+async def test_damaged_cache_is_set_aside_and_the_run_completes(tmp_path, reference, damage, caplog):
+    with FakeServer() as server:
+        await build(run_config(tmp_path, server, out="first"))
+        cache = tmp_path / "cache.sqlite"
+        size = cache.stat().st_size
+        with open(cache, "r+b") as fh:
+            if damage == "truncate_half":
+                fh.truncate(size // 2)
+            else:
+                fh.seek(size // 2)
+                fh.write(random.Random(0).randbytes(4096))
+        caplog.set_level(logging.WARNING)
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server, out="second"))
+        seconds = time.monotonic() - t0
+    assert "response cache" in caplog.text and "is damaged" in caplog.text
+    assert list(tmp_path.glob("cache.sqlite.corrupt-*")), "the damaged cache was not set aside"
+    assert manifest["throughput"]["cached"] == 0  # nothing was read from the damaged file
+    row = assert_complete(tmp_path / "second", reference["ids"])
+    assert_same(snapshot(tmp_path / "second"), reference["snap"])
+    record_row(f"response cache damaged ({damage})", row, seconds, "set aside, answers re-requested")
+
+
+# ---- two runs on one folder ----------------------------------------------------------------------
+
+
+async def test_second_run_on_the_same_folder_is_refused(tmp_path, reference):
+    with FakeServer(latency_s=0.01) as server:
+        t0 = time.monotonic()
+        first = asyncio.create_task(build(run_config(tmp_path, server)))
+        await asyncio.sleep(0)  # build takes the lock before its first await
+        with pytest.raises(RunLocked, match=rf"another mapo run \(pid {os.getpid()}\) is writing to .*run"):
+            await build(run_config(tmp_path, server))
+        manifest = await first
+        seconds = time.monotonic() - t0
+    assert manifest["status"] == "complete"
+    row = assert_complete(tmp_path / "run", reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), reference["snap"])
+    record_row("second run on the same folder (in-process)", row, seconds, "refused (RunLocked)")
+
+
+# ---- the CLI: SIGKILL mid-run, then the same command resumes ---------------------------------------
+
+CLI_MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+def cli_args(server: FakeServer, root: Path, run: str = "run", *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "mapo", "build", "prompts.limit=8", "max_items_in_flight=2", "client.progress=off",
+            f"client.cache_path={root / 'cache.sqlite'}", f"hydra.run.dir={root / run}"]
+    for m in CLI_MODELS:
+        args += [f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}", f"models.{m}.max_retries=2"]
+    return args + list(extra)
+
+
+def cli_env(root: Path) -> dict:
+    return {**os.environ, "MAPO_CACHE": str(root / "mapo-cache"), "MAPO_ENDPOINTS": str(root / "endpoints.json"),
+            "HF_DATASETS_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def count_complete_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cli-reference")
+    with FakeServer() as server:
+        p = subprocess.run(cli_args(server, root), cwd=REPO, env=cli_env(root), capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert max(server.answered.values()) == 1
+        return {"snap": snapshot(root / "run"), "answered": sum(server.answered.values()), "ids": item_ids(8)}
+
+
+@pytest.mark.timeout(240)  # three CLI start-ups: slow on a loaded 2-core machine
+def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path, cli_reference):
+    k = 3
+    with FakeServer(latency_s=0.02) as server:
+        args, env = cli_args(server, tmp_path), cli_env(tmp_path)
+        sels = tmp_path / "run" / "selections.jsonl"
+        t0 = time.monotonic()
+        with open(tmp_path / "first.log", "w") as log_fh:
+            proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 120
+                while count_complete_lines(sels) < k:
+                    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+                    assert time.monotonic() < deadline, "no records appeared"
+                    time.sleep(0.005)
+                # freeze the server so that every answer sent has reached the client, then kill it
+                server.hold()
+                time.sleep(0.4)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                server.release()
+        assert proc.returncode == -signal.SIGKILL
+        done_before = count_complete_lines(sels)
+        assert k <= done_before < 8, "the kill came after the run had finished"
+        answered_before = sum(server.answered.values())
+        assert server.held > 0, "no request was in flight when the process was killed"
+
+        rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        seconds = time.monotonic() - t0
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+        # nothing answered before the kill was asked again; both runs together == one clean run
+        assert max(server.answered.values()) == 1
+        assert sum(server.answered.values()) == cli_reference["answered"]
+        assert sum(server.answered.values()) > answered_before
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["items"]["resumed_done"] == done_before
+    row = assert_complete(tmp_path / "run", cli_reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), cli_reference["snap"])
+    record_row("SIGKILL of `mapo build` mid-run, same command again", row, seconds,
+               f"killed after {done_before} items; requests both runs = {cli_reference['answered']} = clean run")
+
+
+@pytest.mark.timeout(240)  # three CLI start-ups: slow on a loaded 2-core machine
+def test_cli_endpoint_down_at_start_exits_2_naming_the_model(tmp_path):
+    with FakeServer() as server:
+        args = cli_args(server, tmp_path)
+        dead = FakeServer().start()
+        dead.stop()
+        args += [f"models.gemma3-270m.base_url={dead.base_url}"]
+        t0 = time.monotonic()
+        p = subprocess.run(args, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=180)
+        assert time.monotonic() - t0 < 120  # no retries at start: fails at the first probe
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "model 'gemma3-270m'" in p.stdout + p.stderr
+    assert server.n == 0
+
+
+@pytest.mark.timeout(240)  # three CLI start-ups: slow on a loaded 2-core machine
+def test_cli_second_run_on_the_same_folder_is_refused(tmp_path, cli_reference):
+    with FakeServer(latency_s=0.02) as server:
+        args, env = cli_args(server, tmp_path), cli_env(tmp_path)
+        t0 = time.monotonic()
+        first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while server.n == 0:  # the first run holds the lock once it talks to the server
+                assert first.poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
+            server.hold()  # keep the first run busy (its requests wait) while the second one starts
+            try:
+                second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+            finally:
+                server.release()  # the held requests get a 503: retried, the first run goes on
+            out, _ = first.communicate(timeout=180)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        seconds = time.monotonic() - t0
+    assert first.returncode == 0, out[-2000:]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"another mapo run (pid {first.pid}) is writing to {tmp_path / 'run'}" in second.stdout + second.stderr
+    row = assert_complete(tmp_path / "run", cli_reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), cli_reference["snap"])
+    record_row("second `mapo build` on the same folder", row, seconds, f"refused, exit {second.returncode}")

@@ -1,0 +1,123 @@
+"""Progress displays: the one-line log mode (SLURM logs) and the tqdm bar, alone and inside the real main job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+import pytest
+
+from mapo.client import ClientStats
+from mapo.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.pipeline import build
+from mapo.progress import Progress, format_duration
+from tests.conftest import fake_model
+
+LINE = re.compile(
+    r"^(?P<desc>\w+): (?P<done>\d+)/(?P<total>\d+|\?) items( \((?P<pct>[\d.]+)%\))?, (?P<rate>[\d.]+ (items/s|s/item)), "
+    r"elapsed (?P<elapsed>\d+:\d\d:\d\d), eta (?P<eta>\d+:\d\d:\d\d|\?), in flight (?P<in_flight>\d+), requests (?P<requests>\d+), "
+    r"retries (?P<retries>\d+), cached (?P<cached>\d+), failed (?P<failed>\d+), (?P<tokens>\d+) tokens \((?P<tps>[\d.]+) tok/s\)"
+    r"( \(finished\))?$")
+
+
+def lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mapo.progress"]
+
+
+def test_format_duration():
+    assert format_duration(0) == "0:00:00"
+    assert format_duration(3725.4) == "1:02:05"
+    assert format_duration(None) == "?" and format_duration(float("nan")) == "?" and format_duration(float("inf")) == "?"
+
+
+def test_log_line_shows_done_total_rate_eta_in_flight_retries_tokens(caplog):
+    caplog.set_level(logging.INFO, logger="mapo.progress")
+    stats = ClientStats(in_flight=3, retries=2, requests=40, cached=5, completion_tokens=1234)
+    p = Progress("build", 10, stats, mode="log", every_s=0)
+    p.t0 -= 4.0  # as if 4 s had passed
+    for i in range(4):
+        p.update(failed=i == 3)
+    line = p.format_line()
+    m = LINE.match(line)
+    assert m, line
+    assert (m["desc"], m["done"], m["total"], m["pct"]) == ("build", "4", "10", "40.0")
+    assert (m["in_flight"], m["retries"], m["requests"], m["cached"], m["failed"], m["tokens"]) == ("3", "2", "40", "5", "1", "1234")
+    assert m["rate"].endswith("items/s") and 0.9 < float(m["rate"].split()[0]) <= 1.0
+    assert m["eta"] in ("0:00:06", "0:00:07")  # 6 items left at ~1 item/s
+    assert 250 < float(m["tps"]) <= 308.5
+    p.close()
+    logged = lines(caplog)
+    assert logged[0] == "build: started, 10 items"
+    assert logged[-1].endswith("(finished)") and LINE.match(logged[-1])
+    assert all(LINE.match(x) for x in logged[1:]), logged
+    p.close()  # idempotent
+    assert len(lines(caplog)) == len(logged)
+
+
+def test_log_mode_throttles_and_slow_stages_read_in_seconds_per_item(caplog):
+    caplog.set_level(logging.INFO, logger="mapo.progress")
+    p = Progress("evaluate", None, ClientStats(), mode="log", every_s=3600)
+    for _ in range(50):
+        p.update()
+    assert lines(caplog) == ["evaluate: started, ? items"], "no line before every_s has passed"
+    p.done, p.t0 = 1, time.monotonic() - 500
+    line = p.format_line()
+    assert "1/? items, 500 s/item" in line and "eta ?" in line and LINE.match(line)
+    p.close()
+
+
+def test_heartbeat_logs_a_stalled_stage(caplog):
+    """No item finishes, requests hang: the log still shows a line with what is in flight."""
+    caplog.set_level(logging.INFO, logger="mapo.progress")
+    stats = ClientStats(in_flight=7)
+    p = Progress("build", 100, stats, mode="log", every_s=0.2)
+    time.sleep(1.3)
+    p.close()
+    beats = [x for x in lines(caplog) if "in flight 7" in x and "(finished)" not in x]
+    assert len(beats) >= 2, lines(caplog)
+    assert all(x.startswith("build: 0/100 items (0.0%)") and "eta ?" in x for x in beats)
+    assert not p._heartbeat.is_alive()
+
+
+def test_off_and_unknown_modes(caplog):
+    caplog.set_level(logging.INFO, logger="mapo.progress")
+    p = Progress("x", 3, ClientStats(), mode="off")
+    p.update()
+    p.close()
+    assert lines(caplog) == []
+    with pytest.raises(ValueError, match="allowed: auto, bar, log, off"):
+        Progress("x", 3, ClientStats(), mode="loud")
+
+
+def test_bar_mode_postfix(capsys):
+    stats = ClientStats(in_flight=2, retries=1, completion_tokens=99, cached=4)
+    p = Progress("build", 5, stats, mode="bar")
+    for _ in range(5):
+        p.update()
+    p.close()
+    err = capsys.readouterr().err
+    assert "build" in err and "5/5" in err and "it" in err
+    for part in ("in_flight=2", "retries=1", "tok=99", "cached=4", "failed=0"):
+        assert part in err, err
+
+
+def test_build_logs_progress_lines_in_log_mode(fake_server, tmp_path, caplog, monkeypatch):
+    """The main job, non-interactive (as under SLURM): summary lines with real counters."""
+    caplog.set_level(logging.INFO, logger="mapo.progress")
+    monkeypatch.setenv("MAPO_PROGRESS_EVERY_S", "0")
+    models = {n: fake_model(fake_server) for n in ("gen", "rev", "judge")}
+    cfg = RunConfig(models=models, roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
+                    prompts=PromptSourceConfig(source="builtin", limit=5),
+                    client=ClientConfig(cache_path=str(tmp_path / "c.sqlite"), progress="log"),
+                    output_dir=str(tmp_path / "run"), max_items_in_flight=2)
+    manifest = asyncio.run(build(cfg))
+    logged = lines(caplog)
+    assert logged[0] == "build: started, 5 items"
+    final = LINE.match(logged[-1])
+    assert final and logged[-1].endswith("(finished)")
+    assert final["done"] == final["total"] == "5" and final["in_flight"] == "0"
+    assert int(final["requests"]) == manifest["throughput"]["requests"] > 0
+    assert int(final["tokens"]) == sum(u["completion_tokens"] for u in manifest["usage"]) > 0
+    assert len(logged) >= 3, "a line per finished item with every_s=0"
