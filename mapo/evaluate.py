@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -70,7 +69,7 @@ from mapo.debate import Debate, DebateJudgement
 from mapo.humans import LOADERS, HumanDataError, HumanRow
 from mapo.judge import STRATEGIES, Judge, PairJudgement
 from mapo.jury import TIE_BREAKS, Jury, JuryJudgement
-from mapo.pipeline import RunStopped, _models_manifest, _write_config, item_failure, make_client, run_pool
+from mapo.pipeline import RunStopped, _models_manifest, run_accounting, _write_config, item_failure, make_client, run_pool
 from mapo.progress import Progress
 from mapo.registry import UnknownNameError
 from mapo.store import RecordStore, RunLock, atomic_write_json, iter_records
@@ -462,13 +461,10 @@ async def _run(cfg: RunConfig, client, ev, items: list[HumanRow], data_info: dic
                 "models": _models_manifest(cfg, models),
                 "eval_data": data_info,
                 "items": {"total": len(items), **counts},
-                "usage": client.usage_table(),
                 # judging_summed adds every unit's time (they overlap); per_unit is its mean
                 "timings_s": {"wall": round(wall, 2), "judging_summed": round(judging_s[0], 2),
                               "per_unit": round(judging_s[0] / max(1, len(units) - counts["resumed_done"]), 3)},
-                "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
-                               "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
-                "host": platform.node(),
+                **run_accounting(client, wall),
             }
             if status == "complete":
                 wanted = {done_key(i, o) for i, o in units}

@@ -203,12 +203,9 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                 "items": {"done": len(sels), **counts},
                 "repairs": {"bytes_cut": {s.path.name: s.repaired_bytes for s in (gens, sels, dpo, kto) if s.repaired_bytes},
                             "rows_restored": restored, "items_redone": len(redo)},
-                "usage": client.usage_table(),
                 # stage figures sum per-item time over concurrent items: busy time, not wall time
                 "timings_s": {"wall": round(wall, 2), **{f"{k}_busy": round(v, 2) for k, v in stage_s.items()}},
-                "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
-                               "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
-                "host": platform.node(),
+                **run_accounting(client, wall),
             }
             if status == "complete":
                 card = _dataset_card(cfg, manifest)
@@ -248,6 +245,16 @@ def _resume(gens: RecordStore, sels: RecordStore, dpo: RecordStore, kto: RecordS
     if redo:
         log.warning("redoing %d finished items whose generation record was lost in a crash mid-write", len(redo))
     return resumable, redo, restored
+
+
+def run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
+    """The manifest fields every command reports: usage per (role, model), throughput, host."""
+    return {
+        "usage": client.usage_table(),
+        "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
+                       "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
+        "host": platform.node(),
+    }
 
 
 def _dataset_card(cfg: RunConfig, manifest: dict) -> str:

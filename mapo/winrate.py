@@ -29,7 +29,6 @@ import asyncio
 import csv
 import io
 import logging
-import platform
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,7 +39,7 @@ from mapo.config import ConfigError, RunConfig, WinrateConfiguration, validate
 from mapo.feedback import FeedbackLoop
 from mapo.judge import STRATEGIES, Judge, PairJudgement
 from mapo.jury import warn_self_judging
-from mapo.pipeline import RunStopped, _models_manifest, _write_config, item_failure, make_client, run_pool
+from mapo.pipeline import RunStopped, _models_manifest, run_accounting, _write_config, item_failure, make_client, run_pool
 from mapo.progress import Progress
 from mapo.registry import UnknownNameError
 from mapo.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
@@ -334,12 +333,9 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
                 "models": _models_manifest(cfg, used),
                 "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped},
                 "comparisons": {"done": len(keys), **counts},
-                "usage": client.usage_table(),
                 # stage times add up every prompt's time in that stage (prompts overlap)
                 "timings_s": {"wall": round(wall, 2), **{f"{k}_summed": round(v, 2) for k, v in stage_s.items()}},
-                "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
-                               "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
-                "host": platform.node(),
+                **run_accounting(client, wall),
             }
             if status == "complete":
                 records = [r for r in iter_records(run_dir / "judgements.jsonl") if r["key"] in keys]
