@@ -1,14 +1,19 @@
-"""Client memory is flat in the number of items: the real `mapo build` over N prompts
-(1k, 10k, ... ) against a fast fake OpenAI server in another process; peak RSS of the mapo
-process (psutil polling) per N.
+"""Client memory is flat in the number of items: the real `mapo build` over N distinct prompts
+against a fast fake OpenAI server (tests/fake_openai.FakeServer) in another process, so only
+mapo's own memory is counted. Per N: peak RSS of the mapo process (psutil polling every
+0.1 s), wall time, items/s, and the RSS at 25/50/75 % of the run (growth within one run).
 
-    python bench/memory.py --sizes 1000 10000 30000 --out bench/results
+    .venv/bin/python bench/memory.py --sizes 1000 10000 100000 --out bench/results
+
+The claim: peak RSS at the largest N is within ~1.5x of the smallest (the ~250 MB of imports
+is constant; what is left per item is the keys of the record stores and the prompt ids seen).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import socket
 import subprocess
 import sys
@@ -19,6 +24,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+MODELS = ("smollm2-135m", "gemma3-270m")
 
 
 def free_port() -> int:
@@ -27,67 +33,122 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(n: int, tmp: Path, port: int) -> dict:
+def start_server(port: int) -> subprocess.Popen:
+    """FakeServer in its own process: its memory and CPU are not the client's."""
+    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); "
+            f"from tests.fake_openai import FakeServer; FakeServer(port={port}).start(); time.sleep(10**7)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("fake server did not start")
+
+
+def build_command(prompts: Path, tmp: Path, n: int, port: int, iterations: int, width: int) -> list[str]:
+    overrides = [f"models.{m}.endpoint=null" for m in MODELS]
+    overrides += [f"models.{m}.base_url=http://127.0.0.1:{port}/v1" for m in MODELS]
+    return [sys.executable, "-m", "mapo", "build", "prompts.source=file", f"prompts.path={prompts}", "prompts.limit=null",
+            f"feedback.iterations={iterations}", "client.progress=log", f"client.cache_path={tmp}/cache-{n}.sqlite",
+            f"hydra.run.dir={tmp}/run-{n}", f"max_items_in_flight={width}", *overrides]
+
+
+def run(n: int, tmp: Path, port: int, iterations: int, width: int, log_dir: Path) -> dict:
     prompts = tmp / f"prompts-{n}.jsonl"
     with open(prompts, "w") as fh:
         for i in range(n):
             fh.write(json.dumps({"id": f"p{i}", "prompt": f"Write one sentence about the number {i}."}) + "\n")
-    overrides = [f"models.{m}.endpoint=null" for m in ("smollm2-135m", "gemma3-270m")]
-    overrides += [f"models.{m}.base_url=http://127.0.0.1:{port}/v1" for m in ("smollm2-135m", "gemma3-270m")]
-    cmd = [sys.executable, "-m", "mapo", "build", "prompts.source=file", f"prompts.path={prompts}", "prompts.limit=null",
-           "feedback.iterations=1", "client.progress=log", f"client.cache_path={tmp}/cache-{n}.sqlite",
-           f"hydra.run.dir={tmp}/run-{n}", "max_items_in_flight=64", *overrides]
+    cmd = build_command(prompts, tmp, n, port, iterations, width)
+    log_path = log_dir / f"memory-{n}.log"
+    samples: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, ps.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.2)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                samples.append((time.perf_counter() - t0, ps.memory_info().rss))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.1)
     wall = time.perf_counter() - t0
-    assert proc.returncode == 0, f"mapo build failed for n={n}"
-    done = json.loads((tmp / f"run-{n}" / "manifest.json").read_text())["items"]["done"]
+    if proc.returncode != 0:
+        raise RuntimeError(f"mapo build failed for n={n} (rc {proc.returncode}); see {log_path}")
+    manifest = json.loads((tmp / f"run-{n}" / "manifest.json").read_text())
+    done = manifest["items"]["done"]
     assert done == n, (done, n)
-    return {"items": n, "peak_rss_mb": round(peak / 2**20, 1), "wall_s": round(wall, 1), "items_per_s": round(n / wall, 1)}
+    mb = 2**20
+
+    def rss_at(frac: float) -> float:
+        t = frac * wall
+        return round(min(samples, key=lambda s: abs(s[0] - t))[1] / mb, 1)
+
+    return {"items": n, "peak_rss_mb": round(max(r for _, r in samples) / mb, 1), "wall_s": round(wall, 1),
+            "items_per_s": round(n / wall, 1), "rss_mb_at_25_50_75pct": [rss_at(f) for f in (0.25, 0.5, 0.75)],
+            "requests": manifest["throughput"]["requests"], "rows": manifest.get("rows"),
+            "build_wall_s": manifest["timings_s"]["wall"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 30000])
-    ap.add_argument("--out", default="bench/results")
-    args = ap.parse_args()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", f"import sys,time; sys.path.insert(0, {str(REPO)!r}); "
-                               f"from tests.fake_openai import FakeServer; FakeServer(port={port}).start(); time.sleep(10**6)"])
-    time.sleep(3)
-    rows = []
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            for n in args.sizes:
-                rows.append(run(n, Path(d), port))
-                print(json.dumps(rows[-1]), flush=True)
-    finally:
-        server.terminate()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "ratio_largest_to_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)}
-    (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
+def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot([r["items"] for r in rows], [r["peak_rss_mb"] for r in rows], marker="o")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [r["items"] for r in rows]
+    ax.plot(xs, [r["peak_rss_mb"] for r in rows], marker="o", label="peak RSS")
+    ax.plot(xs, [r["rss_mb_at_25_50_75pct"][1] for r in rows], marker="s", ls="--", label="RSS mid-run")
+    for r in rows:
+        ax.annotate(f"{r['peak_rss_mb']:.0f} MB", (r["items"], r["peak_rss_mb"]), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8)
     ax.set_xscale("log")
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("prompts")
-    ax.set_ylabel("peak RSS of mapo build (MB)")
+    ax.set_ylim(0, max(r["peak_rss_mb"] for r in rows) * 1.3)
+    ax.set_xlabel("prompts (N)")
+    ax.set_ylabel("mapo build RSS (MB)")
+    ax.set_title("client memory vs number of prompts", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "memory.png", dpi=120)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--iterations", type=int, default=1, help="feedback.iterations")
+    ap.add_argument("--width", type=int, default=64, help="max_items_in_flight")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = start_server(port)
+    log_dir = Path(tempfile.mkdtemp(prefix="mapo-memory-logs-"))  # kept: each run's log
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            for n in sorted(args.sizes):
+                rows.append(run(n, Path(d), port, args.iterations, args.width, log_dir))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+    result = {
+        "command": " ".join(["python bench/memory.py", "--sizes", *map(str, args.sizes), "--iterations", str(args.iterations),
+                             "--width", str(args.width)]),
+        "mapo_command": " ".join(build_command(Path("<prompts.jsonl>"), Path("<tmp>"), 0, 0, args.iterations, args.width)[1:]),
+        "host": {"cpus": psutil.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "rows": rows,
+        "ratio_largest_to_smallest": round(ratio, 3),
+        "per_item_kb": round((rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]) * 1024 / max(1, rows[-1]["items"] - rows[0]["items"]), 3),
+        "flat": ratio <= 1.5,
+    }
+    (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, out / "memory.png")
     print(json.dumps(result, indent=2))
 
 
