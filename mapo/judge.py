@@ -8,7 +8,7 @@ Optionally both presentation orders are judged and combined to cancel position b
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
 from mapo import prompts
@@ -49,10 +49,7 @@ class PairJudgement:
         return self.failure is None
 
     def to_record(self) -> dict[str, Any]:
-        d = asdict(self)
-        for a in d["attempts"]:
-            a["verdict"] = {k: v for k, v in a["verdict"].items()}
-        return d
+        return asdict(self)
 
 
 Strategy = Callable[["Judge", str, str, str, str], Awaitable[Attempt]]

@@ -12,9 +12,8 @@ import asyncio
 import logging
 import platform
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import openai
 from omegaconf import OmegaConf
