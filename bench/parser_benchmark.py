@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mapo.importers import STRATEGIES, AuthorRecord, default_root, iter_author_records
-from mapo.parsers import PARSERS
+from mapo.data.importers import STRATEGIES, AuthorRecord, default_root, iter_author_records
+from mapo.core.parsers import PARSERS
 
 _pair = PARSERS.get("score_pair")
 

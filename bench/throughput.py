@@ -36,13 +36,13 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mapo import endpoints  # noqa: E402
-from mapo.client import LLMClient  # noqa: E402
-from mapo.config import DebateConfig, FeedbackConfig, JudgeConfig, RunConfig  # noqa: E402
-from mapo.feedback import FeedbackLoop  # noqa: E402
-from mapo.judge import Judge  # noqa: E402
-from mapo.pipeline import run_pool  # noqa: E402
-from mapo.sources import iter_prompts  # noqa: E402
+from mapo.llm import endpoints  # noqa: E402
+from mapo.llm.client import LLMClient  # noqa: E402
+from mapo.core.config import DebateConfig, FeedbackConfig, JudgeConfig, RunConfig  # noqa: E402
+from mapo.generation.feedback import FeedbackLoop  # noqa: E402
+from mapo.judging.judge import Judge  # noqa: E402
+from mapo.runs.runner import run_pool  # noqa: E402
+from mapo.data.sources import iter_prompts  # noqa: E402
 
 
 @dataclass
@@ -77,7 +77,7 @@ def load_config(registry: str) -> RunConfig:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mapo.config import REPO_ROOT, register_configs
+    from mapo.core.config import REPO_ROOT, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
@@ -192,7 +192,7 @@ async def main(args: argparse.Namespace) -> dict:
         await run_pool(qs, loop.run, args.concurrency)
 
     async def debate_stage(client):
-        from mapo.debate import Debate
+        from mapo.judging.debate import Debate
 
         debate = Debate(client, [model], DebateConfig(rounds=1))
         await run_pool(pairs[: args.debates], lambda p: debate.judge_pair(*p), args.concurrency)

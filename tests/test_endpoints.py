@@ -1,4 +1,4 @@
-"""mapo.endpoints: the JSON endpoint registry (no server needed)."""
+"""mapo.llm.endpoints: the JSON endpoint registry (no server needed)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mapo import endpoints
-from mapo.endpoints import Endpoint, EndpointNotFound
+from mapo.llm import endpoints
+from mapo.llm.endpoints import Endpoint, EndpointNotFound
 
 
 def _ep(name: str = "smollm2-135m", port: int = 8000, pid: int | None = None, host: str | None = None,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mapo.evaluate import agreement_tables, combine_orders, load_items
-from mapo.config import ConfigError
+from mapo.runs.evaluate import agreement_tables, combine_orders, load_items
+from mapo.core.config import ConfigError
 from tests.conftest import REPO, shared_dir
 
 MAPO = str(Path(sys.executable).with_name("mapo"))
@@ -123,7 +123,7 @@ def test_multirun_sweeps_judges_and_strategies(fake_server, tmp_path):
     assert len(runs) == 4, runs
     assert all("judge=" in r and "eval_data.path" not in r for r in runs)
     # juries of separate judge runs, formed offline
-    from mapo.agreement_cli import main as agreement_main
+    from mapo.cli.agreement import main as agreement_main
 
     rc = agreement_main([r for r in runs if "judge=combined10" in r] + ["--jury-subsets", "--out", str(tmp_path / "a.json")])
     assert rc == 0
@@ -136,7 +136,7 @@ def compose(server, tmp_path: Path, *overrides: str):
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mapo.config import register_configs
+    from mapo.core.config import register_configs
 
     register_configs()
     endpoints = [x for m in ("smollm2-135m", "gemma3-270m") for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}")]
@@ -156,7 +156,7 @@ def compose(server, tmp_path: Path, *overrides: str):
     (("eval_data.limit=0",), "eval_data.limit must be >= 1"),
 ])
 async def test_config_errors_fail_before_any_model_call(fake_server, tmp_path, overrides, match):
-    from mapo.evaluate import evaluate
+    from mapo.runs.evaluate import evaluate
 
     with pytest.raises(ConfigError, match=match.replace("[", r"\[").replace("(", r"\(")):
         await evaluate(compose(fake_server, tmp_path, *overrides))
@@ -227,7 +227,7 @@ def test_load_items_errors(tmp_path):
 @pytest.mark.skipif(shared_dir() is None or not (shared_dir() / "data/faireval/mapo-judgments").is_dir(),
                     reason="the authors' FairEval judgments are not in ../shared (set MAPO_SHARED)")
 def test_agreement_cli_on_the_authors_outputs_gives_the_published_kappas(tmp_path, capsys):
-    from mapo.agreement_cli import main as agreement_main
+    from mapo.cli.agreement import main as agreement_main
 
     data = shared_dir() / "data" / "faireval"
     out = tmp_path / "authors.json"
@@ -247,7 +247,7 @@ def test_agreement_cli_on_the_authors_outputs_gives_the_published_kappas(tmp_pat
 
 
 def test_agreement_cli_usage_errors(tmp_path, capsys):
-    from mapo.agreement_cli import main as agreement_main
+    from mapo.cli.agreement import main as agreement_main
 
     assert agreement_main([]) == 2
     assert agreement_main([str(tmp_path / "missing")]) == 2

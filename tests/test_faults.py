@@ -1,6 +1,6 @@
 """Reliability under faults (issue 8): nothing lost, nothing twice.
 
-Every scenario drives the real main job (``mapo.pipeline.build``, or ``mapo build`` in a
+Every scenario drives the real main job (``mapo.runs.build.build``, or ``mapo build`` in a
 subprocess) against in-process fake servers on loopback, injects one kind of fault, and
 checks the run folder: every input item is present exactly once (done, or failed with a
 reason), no record is duplicated, and, where the model is deterministic, the records equal
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from mapo.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.pipeline import RunStopped, build
-from mapo.sources import iter_prompts
-from mapo.store import RunLocked, StoreError
+from mapo.core.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.runs.build import build
+from mapo.runs.runner import RunStopped
+from mapo.data.sources import iter_prompts
+from mapo.runs.store import RunLocked, StoreError
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer, default_responder
 
@@ -202,9 +203,9 @@ async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, re
     """The server comes back on another port and registers there; the client re-reads the
     registry after connection errors. The old entry is either replaced (a supervisor's
     restart) or left behind pointing at a dead port (a crash nobody cleaned up)."""
-    if importlib.util.find_spec("mapo.endpoints") is None:
-        pytest.skip("mapo/endpoints.py (the endpoint registry) is not written yet")
-    from mapo import endpoints
+    if importlib.util.find_spec("mapo.llm.endpoints") is None:
+        pytest.skip("mapo/llm/endpoints.py (the endpoint registry) is not written yet")
+    from mapo.llm import endpoints
 
     registry = tmp_path / "endpoints.json"
 

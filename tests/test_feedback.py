@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from mapo.cache import ResponseCache
-from mapo.client import LLMClient
-from mapo.config import FeedbackConfig
-from mapo.feedback import FeedbackLoop
+from mapo.llm.cache import ResponseCache
+from mapo.llm.client import LLMClient
+from mapo.core.config import FeedbackConfig
+from mapo.generation.feedback import FeedbackLoop
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mapo import humans
-from mapo.humans import (
+from mapo.data import humans
+from mapo.data.humans import (
     FIELDS,
     LOADERS,
     HumanDataError,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.importers import (
+from mapo.data.importers import (
     CANONICAL,
     STRATEGIES,
     AuthorRecord,

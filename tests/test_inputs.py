@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mapo.config import ClientConfig, ConfigError, FeedbackConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig, SelectionConfig
-from mapo.pipeline import build
-from mapo.sources import iter_prompts, validate_prompts
+from mapo.core.config import ClientConfig, ConfigError, FeedbackConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig, SelectionConfig
+from mapo.runs.build import build
+from mapo.data.sources import iter_prompts, validate_prompts
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer
 
@@ -203,7 +203,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mapo.config import register_configs
+    from mapo.core.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

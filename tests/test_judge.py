@@ -3,10 +3,10 @@ from __future__ import annotations
 import json
 import re
 
-from mapo.cache import ResponseCache
-from mapo.client import LLMClient
-from mapo.config import JudgeConfig
-from mapo.judge import Judge
+from mapo.llm.cache import ResponseCache
+from mapo.llm.client import LLMClient
+from mapo.core.config import JudgeConfig
+from mapo.judging.judge import Judge
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from mapo.client import LLMClient
-from mapo.config import ConfigError, JudgeConfig, JuryConfig
-from mapo.jury import Jury
+from mapo.llm.client import LLMClient
+from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
+from mapo.judging.jury import Jury
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 
@@ -91,7 +91,7 @@ async def test_every_juror_failing_is_a_failure_not_a_tie(server):
 
 
 async def test_majority_tie_break_first_juror_and_the_even_jury_warning(server, caplog):
-    with caplog.at_level(logging.WARNING, logger="mapo.jury"):
+    with caplog.at_level(logging.WARNING, logger="mapo.judging.jury"):
         j = await judge(server, ["j3", "j1"], jury_cfg=JuryConfig(aggregate="majority", tie_break="first_juror"))
     assert j.label == "model_b"  # 1-1 split: the first juror decides
     assert "even number of members (2)" in caplog.text
@@ -113,7 +113,7 @@ async def test_direct_strategy_jury(server):
 
 
 async def test_self_judging_warning(server, caplog):
-    with caplog.at_level(logging.WARNING, logger="mapo.jury"):
+    with caplog.at_level(logging.WARNING, logger="mapo.judging.jury"):
         await judge(server, ["j1", "j2", "j3"], producers=["J2", "someone-else"])
     assert "juror j2 also produced a response it judges" in caplog.text
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mapo.parsers import PARSERS, ParseResult, Review, constrained_regex, to_verdict
-from mapo.registry import UnknownNameError
-from mapo.types import Verdict
+from mapo.core.parsers import PARSERS, ParseResult, Review, constrained_regex, to_verdict
+from mapo.core.registry import UnknownNameError
+from mapo.core.types import Verdict
 
 SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 JUDGMENTS = SHARED / "data" / "faireval" / "mapo-judgments"
@@ -363,7 +363,7 @@ def test_non_text_is_a_failure_not_an_exception(bad):
 def author_records():
     if not JUDGMENTS.is_dir():
         pytest.skip(f"the authors' judge outputs are not at {JUDGMENTS} (set MAPO_SHARED to the shared/ folder)")
-    from mapo.importers import STRATEGIES, iter_author_records
+    from mapo.data.importers import STRATEGIES, iter_author_records
 
     return [r for s in STRATEGIES for r in iter_author_records(JUDGMENTS, s)]
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from mapo.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.pipeline import build, run_pool
+from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.runs.build import build
+from mapo.runs.runner import run_pool
 from tests.conftest import fake_model
 
 

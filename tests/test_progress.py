@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from mapo.client import ClientStats
-from mapo.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.pipeline import build
-from mapo.progress import Progress, format_duration
+from mapo.llm.client import ClientStats
+from mapo.core.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.runs.build import build
+from mapo.runs.progress import Progress, format_duration
 from tests.conftest import fake_model
 
 LINE = re.compile(
@@ -23,7 +23,7 @@ LINE = re.compile(
 
 
 def lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "mapo.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "mapo.runs.progress"]
 
 
 def test_format_duration():
@@ -33,7 +33,7 @@ def test_format_duration():
 
 
 def test_log_line_shows_done_total_rate_eta_in_flight_retries_tokens(caplog):
-    caplog.set_level(logging.INFO, logger="mapo.progress")
+    caplog.set_level(logging.INFO, logger="mapo.runs.progress")
     stats = ClientStats(in_flight=3, retries=2, requests=40, cached=5, completion_tokens=1234)
     p = Progress("build", 10, stats, mode="log", every_s=0)
     p.t0 -= 4.0  # as if 4 s had passed
@@ -57,7 +57,7 @@ def test_log_line_shows_done_total_rate_eta_in_flight_retries_tokens(caplog):
 
 
 def test_log_mode_throttles_and_slow_stages_read_in_seconds_per_item(caplog):
-    caplog.set_level(logging.INFO, logger="mapo.progress")
+    caplog.set_level(logging.INFO, logger="mapo.runs.progress")
     p = Progress("evaluate", None, ClientStats(), mode="log", every_s=3600)
     for _ in range(50):
         p.update()
@@ -70,7 +70,7 @@ def test_log_mode_throttles_and_slow_stages_read_in_seconds_per_item(caplog):
 
 def test_heartbeat_logs_a_stalled_stage(caplog):
     """No item finishes, requests hang: the log still shows a line with what is in flight."""
-    caplog.set_level(logging.INFO, logger="mapo.progress")
+    caplog.set_level(logging.INFO, logger="mapo.runs.progress")
     stats = ClientStats(in_flight=7)
     p = Progress("build", 100, stats, mode="log", every_s=0.2)
     time.sleep(1.3)
@@ -82,7 +82,7 @@ def test_heartbeat_logs_a_stalled_stage(caplog):
 
 
 def test_off_and_unknown_modes(caplog):
-    caplog.set_level(logging.INFO, logger="mapo.progress")
+    caplog.set_level(logging.INFO, logger="mapo.runs.progress")
     p = Progress("x", 3, ClientStats(), mode="off")
     p.update()
     p.close()
@@ -105,7 +105,7 @@ def test_bar_mode_postfix(capsys):
 
 def test_build_logs_progress_lines_in_log_mode(fake_server, tmp_path, caplog, monkeypatch):
     """The main job, non-interactive (as under SLURM): summary lines with real counters."""
-    caplog.set_level(logging.INFO, logger="mapo.progress")
+    caplog.set_level(logging.INFO, logger="mapo.runs.progress")
     monkeypatch.setenv("MAPO_PROGRESS_EVERY_S", "0")
     models = {n: fake_model(fake_server) for n in ("gen", "rev", "judge")}
     cfg = RunConfig(models=models, roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mapo.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.evaluate import evaluate
-from mapo.pipeline import build
-from mapo.reparse import _split_independent, main, reparse_run
+from mapo.core.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.runs.evaluate import evaluate
+from mapo.runs.build import build
+from mapo.runs.reparse import _split_independent, main, reparse_run
 from tests.conftest import fake_model
 from tests.test_evaluate import write_items
 

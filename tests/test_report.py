@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from mapo import leaderboard, report
+from mapo.report import leaderboard
+from mapo.report import render as report
 from mapo.cli import main as cli_main
-from mapo.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
-from mapo.evaluate import agreement_tables, evaluate
-from mapo.pipeline import build
-from mapo.winrate import winrate
+from mapo.core.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
+from mapo.runs.evaluate import agreement_tables, evaluate
+from mapo.runs.build import build
+from mapo.runs.winrate import winrate
 from tests.conftest import fake_model, shared_dir
 from tests.fake_openai import FakeServer, default_responder
 
@@ -272,8 +273,8 @@ def test_report_and_leaderboard_of_the_authors_faireval_judgements(tmp_path):
     shared = shared_dir()
     if shared is None or not (shared / "data" / "faireval" / "mapo-judgments").is_dir():
         pytest.skip("shared data absent: ../shared/data/faireval (set MAPO_SHARED)")
-    from mapo.humans import load_faireval
-    from mapo.importers import load_author_judgments
+    from mapo.data.humans import load_faireval
+    from mapo.data.importers import load_author_judgments
 
     humans = {r["id"]: r["human"] for r in load_faireval(shared / "data" / "faireval" / "fair_eval.jsonl")}
     judges = load_author_judgments(shared / "data" / "faireval" / "mapo-judgments", "multi-rater10")

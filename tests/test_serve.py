@@ -14,8 +14,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from mapo import endpoints
-from serve import launch, weights
+from mapo.llm import endpoints
+from mapo.serving import launch, weights
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CACHE = Path(os.environ.get("MAPO_CACHE") or Path.home() / ".cache" / "mapo").expanduser()
@@ -27,8 +27,8 @@ REAL_CACHE = Path(os.environ.get("MAPO_CACHE") or Path.home() / ".cache" / "mapo
 def test_every_served_model_config_loads():
     specs = launch.load_specs()
     assert set(launch.EMBEDDED) <= set(specs)
-    assert specs["gemma3-270m"].chat_template == "serve/chat_templates/gemma3-base.jinja"
-    assert (REPO / specs["gemma3-270m"].chat_template).is_file()
+    assert specs["gemma3-270m"].chat_template == "chat_templates/gemma3-base.jinja"
+    assert (launch.SERVING / specs["gemma3-270m"].chat_template).is_file()
     assert specs["llama31-70b"].tensor_parallel_size == 4
 
 
@@ -93,7 +93,7 @@ def test_gguf_chunks_are_assembled_in_order_and_verified(tmp_path):
 
 
 def test_gemma_chat_template_renders_gemma_turns():
-    template = jinja2.Environment().from_string((REPO / "serve/chat_templates/gemma3-base.jinja").read_text())
+    template = jinja2.Environment().from_string((REPO / "mapo/serving/chat_templates/gemma3-base.jinja").read_text())
     text = template.render(bos_token="<bos>", add_generation_prompt=True, messages=[
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},

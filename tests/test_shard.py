@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mapo.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, validate
-from mapo.pipeline import build
-from mapo.shard import MergeError, main, merge, shard_of, summary
-from mapo.sources import iter_prompts
+from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, validate
+from mapo.runs.build import build
+from mapo.runs.shard import MergeError, main, merge, shard_of, summary
+from mapo.data.sources import iter_prompts
 from tests.conftest import fake_model
 
 

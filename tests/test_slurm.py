@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo import endpoints
+from mapo.llm import endpoints
 from tests.conftest import REPO, shared_dir
 from tests.fake_openai import FakeServer
 
@@ -195,7 +195,7 @@ def test_hydra_sweep_through_submitit_then_summary(jobs, fake_endpoint):
     jobs.ids += sorted({p.name.split("_")[0] for p in submitit.glob("*")}) if submitit.is_dir() else []
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    summary = subprocess.run([sys.executable, "-m", "mapo.shard", "summary", str(sweep)],
+    summary = subprocess.run([sys.executable, "-m", "mapo.runs.shard", "summary", str(sweep)],
                              cwd=jobs.workdir, capture_output=True, text=True, timeout=60)
     assert summary.returncode == 0, summary.stderr
     with open(sweep / "summary.csv", newline="") as fh:

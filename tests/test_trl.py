@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from mapo.dataset import rows_for, save_datasets
+from mapo.generation.dataset import rows_for, save_datasets
 
 trl = pytest.importorskip("trl")
 

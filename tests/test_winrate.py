@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mapo.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
-from mapo.winrate import tally, winrate, winrate_table
+from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
+from mapo.runs.winrate import tally, winrate, winrate_table
 from tests.conftest import REPO, fake_model
 
 
@@ -93,7 +93,7 @@ async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
     assert all(j["outcome"] in ("win", "loss", "tie", "failed") and j["judge"] == "judge" for j in judgements)
     roles = {(u["role"], u["model"]) for u in manifest["usage"]}
     assert {("baseline", "base1"), ("baseline", "base2"), ("judge", "judge"), ("reviewer", "rev"), ("generator", "gen")} <= roles
-    from mapo.reparse import reparse_run
+    from mapo.runs.reparse import reparse_run
 
     summary = reparse_run(run)  # stored raw texts re-parse to the stored verdicts
     assert summary["judgements.jsonl"]["changed"] == 0 and summary["generations.jsonl"]["reviews_changed"] == 0

@@ -1,0 +1,320 @@
+"""Human-labelled pairwise evaluation sets, loaded into one row shape.
+
+Every loader returns ``list[HumanRow]``: ``{id, question, response_a, response_b, human}``
+with ``human`` a :data:`~mapo.core.types.Label` (model_a / model_b / tie). Bad input raises
+:class:`HumanDataError` naming the file (or dataset) and the line, row or key at fault.
+
+* :func:`load_faireval`: FairEval, local JSONL (``winner`` is already a label).
+* :func:`load_local`: any local JSONL / JSON / CSV, with a column mapping and a label-value
+  mapping.
+* Hugging Face sets, loaded lazily with ``datasets.load_dataset`` (the mapping of their rows
+  is separate and unit-tested): :func:`load_pandalm` (majority of 3 annotators),
+  :func:`load_mt_bench` (``lmsys/mt_bench_human_judgments``), :func:`load_alpaca_eval`
+  (AlpacaFarm cross-annotations, majority of the annotators of each pair).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from mapo.core.registry import Registry
+from mapo.core.types import LABELS, Label
+
+__all__ = [
+    "FIELDS",
+    "LOADERS",
+    "HumanDataError",
+    "HumanRow",
+    "alpaca_eval_rows",
+    "default_faireval_path",
+    "load_alpaca_eval",
+    "load_faireval",
+    "load_local",
+    "load_mt_bench",
+    "load_pandalm",
+    "mt_bench_rows",
+    "pandalm_rows",
+]
+
+
+class HumanRow(TypedDict):
+    id: str
+    question: str
+    response_a: str
+    response_b: str
+    human: Label
+
+
+FIELDS: tuple[str, ...] = ("id", "question", "response_a", "response_b", "human")
+IDENTITY_LABELS: dict[Any, Label] = {label: label for label in LABELS}
+
+
+class HumanDataError(ValueError):
+    """An evaluation set that cannot be read as human-labelled pairs; names file and line/key."""
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def default_faireval_path() -> Path:
+    """``$MAPO_SHARED/data/faireval/fair_eval.jsonl``, else ``../shared`` beside the checkout."""
+    shared = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+    return shared / "data" / "faireval" / "fair_eval.jsonl"
+
+
+def load_faireval(path: str | Path | None = None) -> list[HumanRow]:
+    """FairEval (80 Vicuna-80 questions; model_a = Vicuna-13B, model_b = GPT-3.5)."""
+    return load_local(path or default_faireval_path(), columns={"human": "winner"}, labels=IDENTITY_LABELS)
+
+
+def load_local(
+    path: str | Path,
+    columns: Mapping[str, str] | None = None,
+    labels: Mapping[Any, Label] | None = None,
+    *,
+    fmt: str | None = None,
+) -> list[HumanRow]:
+    """Rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.csv`` file.
+
+    ``columns`` maps our fields to the file's keys (unnamed fields keep their own name, e.g.
+    ``{"human": "winner", "question": "prompt"}``); ``labels`` maps the file's label values
+    to ours (default: the values already are model_a / model_b / tie). A missing ``id``
+    column falls back to the row's position.
+    """
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if not path.is_file():
+        raise HumanDataError(f"{path}: no such file")
+    records = _read(path, fmt)
+    cols = {f: f for f in FIELDS} | dict(columns or {})
+    unknown = set(cols) - set(FIELDS)
+    if unknown:
+        raise HumanDataError(f"{path}: column mapping names unknown fields {sorted(unknown)}; fields: {', '.join(FIELDS)}")
+    lab = dict(labels) if labels is not None else IDENTITY_LABELS
+    return [_row(rec, cols, lab, f"{path}: {where}", default_id=str(i)) for i, (where, rec) in enumerate(records)]
+
+
+def _read(path: Path, fmt: str) -> list[tuple[str, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    if fmt == "jsonl":
+        out = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HumanDataError(f"{path}: line {lineno}: broken JSON ({e.msg})") from None
+            out.append((f"line {lineno}", _object(rec, path, f"line {lineno}")))
+        return out
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HumanDataError(f"{path}: line {e.lineno}: broken JSON ({e.msg})") from None
+        if not isinstance(data, list):
+            raise HumanDataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        return [(f"item {i}", _object(rec, path, f"item {i}")) for i, rec in enumerate(data)]
+    if fmt == "csv":
+        reader = csv.DictReader(text.splitlines())
+        # line numbers count the header as line 1 (records with embedded newlines shift this)
+        return [(f"line {i + 2}", dict(rec)) for i, rec in enumerate(reader)]
+    raise HumanDataError(f"{path}: unknown format {fmt!r}; known: csv, json, jsonl")
+
+
+def _object(rec: Any, path: Path, where: str) -> dict[str, Any]:
+    if not isinstance(rec, dict):
+        raise HumanDataError(f"{path}: {where}: expected an object, got {type(rec).__name__}")
+    return rec
+
+
+def _row(rec: Mapping[str, Any], cols: Mapping[str, str], labels: Mapping[Any, Label], where: str, default_id: str) -> HumanRow:
+    def get(field: str) -> Any:
+        key = cols[field]
+        if key not in rec:
+            if field == "id":
+                return default_id
+            raise HumanDataError(f"{where}: missing column {key!r} (for {field}); has {', '.join(map(str, rec))}")
+        return rec[key]
+
+    value = get("human")
+    label = _lookup(labels, value)
+    if label is None:
+        raise HumanDataError(f"{where}: unknown label value {value!r} in column {cols['human']!r}; known: {', '.join(map(repr, labels))}")
+    text = {}
+    for field in ("question", "response_a", "response_b"):
+        v = get(field)
+        if not isinstance(v, str):
+            raise HumanDataError(f"{where}: column {cols[field]!r} is {type(v).__name__}, expected text")
+        text[field] = v
+    return HumanRow(id=str(get("id")), human=label, **text)  # type: ignore[typeddict-item]
+
+
+def _lookup(labels: Mapping[Any, Label], value: Any) -> Label | None:
+    """The label for a raw value; "1" in a CSV finds a mapping keyed 1 (1.0 finds 1, 1 finds "1")."""
+    candidates = [value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        candidates.append(str(value))
+    if isinstance(value, str):
+        s = value.strip()
+        candidates.append(s)
+        try:
+            candidates.append(float(s))
+        except ValueError:
+            pass
+    for c in candidates:
+        try:
+            if c in labels:
+                return labels[c]
+        except TypeError:  # unhashable value (a list, a dict)
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------- Hugging Face sets
+
+
+def _hub(name: str, *args: Any, **kwargs: Any) -> Any:
+    try:
+        import datasets
+    except ImportError as e:  # a loud, actionable failure (style: no silent fallback)
+        raise ImportError("loading Hugging Face evaluation sets needs `pip install datasets`") from e
+    return datasets.load_dataset(name, *args, **kwargs)
+
+
+def _majority(votes: Sequence[Label]) -> Label:
+    """Most common annotator label; a multi-way mode (e.g. 1-1-1, 2-2) is a tie."""
+    counts = Counter(votes).most_common()
+    top = [label for label, c in counts if c == counts[0][1]]
+    return top[0] if len(top) == 1 else "tie"
+
+
+PANDALM_LABELS: dict[Any, Label] = {0: "tie", 1: "model_a", 2: "model_b"}
+
+
+def pandalm_rows(records: Iterable[Mapping[str, Any]], source: str = "PandaLM") -> list[HumanRow]:
+    """PandaLM test set rows (``instruction``, ``input``, ``response1``, ``response2``,
+    ``annotator1..3`` with 0 = tie, 1 = response1, 2 = response2) -> majority of the 3."""
+    rows: list[HumanRow] = []
+    for i, rec in enumerate(records):
+        where = f"{source}: row {i}"
+        votes: list[Label] = []
+        for key in ("annotator1", "annotator2", "annotator3"):
+            if key not in rec:
+                raise HumanDataError(f"{where}: missing column {key!r}")
+            label = _lookup(PANDALM_LABELS, rec[key])
+            if label is None:
+                raise HumanDataError(f"{where}: unknown label value {rec[key]!r} in column {key!r}; known: 0, 1, 2")
+            votes.append(label)
+        extra = rec.get("input")
+        instruction = _need_text(rec, "instruction", where)
+        question = instruction + ("\n\n" + extra if isinstance(extra, str) and extra.strip() else "")
+        rows.append(HumanRow(id=str(rec.get("idx", i)), question=question,
+                             response_a=_need_text(rec, "response1", where),
+                             response_b=_need_text(rec, "response2", where), human=_majority(votes)))
+    return rows
+
+
+def load_pandalm(name: str = "WeOpenML/PandaLM", split: str = "test", *, data_files: str | None = None) -> list[HumanRow]:
+    """PandaLM-Eval (999 items, majority of 3 annotators). ``data_files`` may point the
+    ``json`` builder at a local/remote copy of ``data/testset-v1.json``."""
+    ds = _hub("json", data_files=data_files, split="train") if data_files else _hub(name, split=split)
+    return pandalm_rows(ds, source=data_files or name)
+
+
+MT_BENCH_LABELS: dict[Any, Label] = {"model_a": "model_a", "model_b": "model_b", "tie": "tie", "tie (bothbad)": "tie"}
+
+
+def mt_bench_rows(records: Iterable[Mapping[str, Any]], turn: int | None = None, source: str = "mt_bench") -> list[HumanRow]:
+    """MT-Bench human judgments (one row per judge vote). ``turn=1``/``2`` keeps one turn.
+
+    For turn 1 the question is the first user message and each response the first assistant
+    answer. For turn 2 the question is the second user message and each response is that
+    model's whole two-turn conversation, so the judge sees the context it is judging.
+    """
+    rows: list[HumanRow] = []
+    for i, rec in enumerate(records):
+        where = f"{source}: row {i}"
+        t = rec.get("turn")
+        if t not in (1, 2):
+            raise HumanDataError(f"{where}: column 'turn' is {t!r}, expected 1 or 2")
+        if turn is not None and t != turn:
+            continue
+        label = _lookup(MT_BENCH_LABELS, rec.get("winner"))
+        if label is None:
+            raise HumanDataError(f"{where}: unknown label value {rec.get('winner')!r} in column 'winner'; known: {', '.join(MT_BENCH_LABELS)}")
+        conv_a, conv_b = _conversation(rec, "conversation_a", where), _conversation(rec, "conversation_b", where)
+        users = [m["content"] for m in conv_a if m["role"] == "user"]
+        if len(users) < t:
+            raise HumanDataError(f"{where}: conversation_a has {len(users)} user turns, needs {t}")
+        rows.append(HumanRow(
+            id=f"{rec.get('question_id')}:{rec.get('model_a')}:{rec.get('model_b')}:t{t}:{rec.get('judge')}",
+            question=users[t - 1],
+            response_a=_answer(conv_a, t, where, "conversation_a"),
+            response_b=_answer(conv_b, t, where, "conversation_b"),
+            human=label,
+        ))
+    return rows
+
+
+def _conversation(rec: Mapping[str, Any], key: str, where: str) -> list[dict[str, str]]:
+    conv = rec.get(key)
+    if not isinstance(conv, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in conv):
+        raise HumanDataError(f"{where}: column {key!r} is not a list of {{role, content}} messages")
+    return conv
+
+
+def _answer(conv: list[dict[str, str]], turn: int, where: str, key: str) -> str:
+    answers = [m["content"] for m in conv if m["role"] == "assistant"]
+    if len(answers) < turn:
+        raise HumanDataError(f"{where}: {key} has {len(answers)} assistant turns, needs {turn}")
+    if turn == 1:
+        return answers[0]
+    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in conv)
+
+
+def load_mt_bench(split: str = "human", turn: int | None = None, name: str = "lmsys/mt_bench_human_judgments") -> list[HumanRow]:
+    return mt_bench_rows(_hub(name, split=split), turn=turn, source=f"{name}[{split}]")
+
+
+ALPACA_LABELS: dict[Any, Label] = {1: "model_a", 2: "model_b", 0: "tie", 1.5: "tie"}
+
+
+def alpaca_eval_rows(records: Iterable[Mapping[str, Any]], source: str = "alpaca_eval") -> list[HumanRow]:
+    """AlpacaFarm cross-annotations: several annotators per (instruction, output_1, output_2);
+    ``preference`` 1 = output_1, 2 = output_2 (0 or 1.5 = tie). One row per pair, labelled
+    with the annotators' majority (a multi-way mode, e.g. 2-2, is a tie)."""
+    groups: dict[tuple[str, str, str], list[Label]] = {}
+    for i, rec in enumerate(records):
+        where = f"{source}: row {i}"
+        key = (_need_text(rec, "instruction", where), _need_text(rec, "output_1", where), _need_text(rec, "output_2", where))
+        label = _lookup(ALPACA_LABELS, rec.get("preference"))
+        if label is None:
+            raise HumanDataError(f"{where}: unknown label value {rec.get('preference')!r} in column 'preference'; known: 0, 1, 1.5, 2")
+        groups.setdefault(key, []).append(label)
+    return [HumanRow(id=str(i), question=q, response_a=a, response_b=b, human=_majority(votes))
+            for i, ((q, a, b), votes) in enumerate(groups.items())]
+
+
+def load_alpaca_eval(name: str = "tatsu-lab/alpaca_eval", config: str = "alpaca_farm_human_crossannotations",
+                     split: str = "validation") -> list[HumanRow]:
+    return alpaca_eval_rows(_hub(name, config, split=split), source=f"{name}/{config}[{split}]")
+
+
+def _need_text(rec: Mapping[str, Any], key: str, where: str) -> str:
+    v = rec.get(key)
+    if not isinstance(v, str):
+        raise HumanDataError(f"{where}: column {key!r} is {'missing' if key not in rec else type(v).__name__}, expected text")
+    return v
+
+
+LOADERS: Registry[Callable[..., list[HumanRow]]] = Registry("human-labelled set")
+for _name, _fn in (("faireval", load_faireval), ("local", load_local), ("pandalm", load_pandalm),
+                   ("mt_bench", load_mt_bench), ("alpaca_eval", load_alpaca_eval)):
+    LOADERS.register(_name)(_fn)

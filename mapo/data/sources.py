@@ -1,0 +1,138 @@
+"""Where instructions come from: the built-in set, local files (JSONL/CSV/parquet), or
+Hugging Face datasets by name with a column mapping. Prompts stream lazily (memory flat);
+invalid ones are an error naming the file and line, or skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from mapo.core.config import ConfigError, PromptSourceConfig
+from mapo.core.prompts import prompts_root
+from mapo.runs.shard import shard_of
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    id: str
+    prompt: str
+
+
+@dataclass
+class SourceStats:
+    read: int = 0
+    skipped: int = 0
+    reasons: dict[str, int] | None = None
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.reasons = self.reasons or {}
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+
+def _text_of(value: Any) -> str | None:
+    """A plain string, or the first user turn of a chat list (capybara / no_robots style)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        for turn in value:
+            if isinstance(turn, dict) and turn.get("role") == "user" and isinstance(turn.get("content"), str):
+                return turn["content"]
+    return None
+
+
+def _rows(cfg: PromptSourceConfig) -> Iterator[tuple[str, int, dict]]:
+    """(where, line/row number, row) from the configured source."""
+    if cfg.source == "builtin":
+        path = prompts_root() / "instructions" / "builtin.jsonl"
+        yield from _jsonl(path)
+    elif cfg.source == "file":
+        if not cfg.path:
+            raise ConfigError("prompts.path is required when prompts.source=file")
+        path = Path(cfg.path)
+        if not path.is_file():
+            raise ConfigError(f"prompts.path: no such file {path}")
+        if path.suffix in (".jsonl", ".json"):
+            yield from _jsonl(path)
+        elif path.suffix in (".csv", ".parquet"):
+            import datasets
+
+            ds = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train", streaming=True)
+            for i, row in enumerate(ds, 1):
+                yield str(path), i + (1 if path.suffix == ".csv" else 0), row
+        else:
+            raise ConfigError(f"prompts.path: unsupported file type {path.suffix!r} (jsonl, csv, parquet)")
+    elif cfg.source == "hf":
+        if not cfg.path:
+            raise ConfigError("prompts.path must name the Hugging Face dataset when prompts.source=hf")
+        import datasets
+
+        ds = datasets.load_dataset(cfg.path, split=cfg.split, streaming=True)
+        for i, row in enumerate(ds):
+            yield f"{cfg.path}[{cfg.split}]", i, row
+    else:
+        raise ConfigError(f"prompts.source={cfg.source!r}; allowed: builtin, file, hf")
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, int, dict]]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}:{lineno}: not UTF-8 (byte {e.start + 1} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{lineno}: broken JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield str(path), lineno, row
+
+
+def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> Iterator[PromptItem]:
+    stats = stats if stats is not None else SourceStats()
+    seen: set[str] = set()
+    taken = 0
+    for where, n, row in _rows(cfg):
+        if cfg.limit is not None and taken >= cfg.limit:
+            return
+        problem = None
+        if cfg.prompt_column not in row:
+            problem = f"missing column {cfg.prompt_column!r} (prompts.prompt_column)"
+        else:
+            text = _text_of(row[cfg.prompt_column])
+            if text is None:
+                problem = f"column {cfg.prompt_column!r} is {type(row[cfg.prompt_column]).__name__}, not text"
+            elif not text.strip():
+                problem = f"empty prompt in column {cfg.prompt_column!r}"
+            elif len(text) > cfg.max_chars:
+                problem = f"prompt longer than prompts.max_chars={cfg.max_chars} ({len(text)} characters)"
+        if problem is None and cfg.id_column and cfg.id_column not in row:
+            problem = f"missing column {cfg.id_column!r} (prompts.id_column)"
+        if problem is None:
+            raw_id = row.get(cfg.id_column) if cfg.id_column else row.get("id", n)
+            item_id = str(raw_id)
+            if item_id in seen:
+                problem = f"duplicate id {item_id!r}"
+        if problem is not None:
+            if cfg.on_invalid == "error":
+                raise ConfigError(f"{where}:{n}: {problem} (set prompts.on_invalid=skip to skip and count)")
+            stats.skip(problem.split(" (")[0])
+            continue
+        seen.add(item_id)
+        taken += 1  # limit counts the whole set, so the shards of a job array partition it
+        if cfg.shard_count > 1 and shard_of(item_id, cfg.shard_count) != cfg.shard_index:
+            continue
+        stats.read += 1
+        yield PromptItem(item_id, text)
+
+
+def validate_prompts(cfg: PromptSourceConfig) -> int:
+    """Read the whole source once before any model call, so bad input fails first. Returns the count."""
+    return sum(1 for _ in iter_prompts(cfg))

@@ -1,0 +1,125 @@
+"""The LLM feedback loop (paper Tables 10-11): a generator writes, one or two reviewers
+return an evaluation, a score out of 10 and feedback, and the generator revises in the same
+growing conversation. Every iteration is kept, with every raw review.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from mapo.core import prompts
+from mapo.llm.client import Constraint, LLMClient
+from mapo.core.config import FeedbackConfig
+from mapo.core.parsers import PARSERS, constrained_regex, text_budget
+from mapo.core.types import Message
+
+
+@dataclass
+class Review:
+    reviewer: str
+    raw: list[str]
+    score: float | None
+    evaluation: str | None
+    feedback: str | None
+    failure: str | None = None
+
+
+@dataclass
+class Iteration:
+    index: int
+    response: str
+    finish_reason: str | None
+    reviews: list[Review] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        """Mean reviewer score; None when every review failed to parse."""
+        scores = [r.score for r in self.reviews if r.score is not None]
+        return sum(scores) / len(scores) if scores else None
+
+
+@dataclass
+class FeedbackResult:
+    generator: str
+    reviewers: list[str]
+    iterations: list[Iteration]
+    stopped_early: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        for it, obj in zip(d["iterations"], self.iterations):
+            it["score"] = obj.score
+        return d
+
+
+class FeedbackLoop:
+    def __init__(self, client: LLMClient, generator: str, reviewers: Sequence[str], config: FeedbackConfig) -> None:
+        if not 1 <= len(reviewers) <= 2:
+            raise ValueError(f"roles.reviewers: 1 or 2 reviewers, got {list(reviewers)}")
+        self.client = client
+        self.generator = generator
+        self.reviewers = list(reviewers)
+        self.config = config
+
+    def _t(self, name: str) -> prompts.Template:
+        return prompts.load(self.config.prompt_set, name)
+
+    async def run(self, question: str) -> FeedbackResult:
+        conversation: list[Message] = [{"role": "user", "content": question}]
+        iterations: list[Iteration] = []
+        stopped_early = False
+        for i in range(self.config.iterations):
+            completion = await self.client.chat(self.generator, conversation, role="generator")
+            response = completion.text
+            conversation.append({"role": "assistant", "content": response})
+            reviews = await asyncio.gather(*(self.review(r, question, response) for r in self.reviewers))
+            it = Iteration(index=i, response=response, finish_reason=completion.finish_reason, reviews=list(reviews))
+            iterations.append(it)
+            if i == self.config.iterations - 1:
+                break
+            if self._should_stop(iterations):
+                stopped_early = True
+                break
+            conversation.append({"role": "user", "content": self._revision_message(it.reviews)})
+        return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early)
+
+    def _should_stop(self, iterations: list[Iteration]) -> bool:
+        score = iterations[-1].score
+        if self.config.early_stop_score is not None and score is not None and score >= self.config.early_stop_score:
+            return True
+        if self.config.early_stop_no_improve and len(iterations) >= 2:
+            prev = iterations[-2].score
+            return score is not None and prev is not None and score <= prev
+        return False
+
+    def _revision_message(self, reviews: list[Review]) -> str:
+        # an unparseable review still carries words the generator can use: pass its raw text
+        texts = [r.feedback if r.feedback else r.raw[-1] for r in reviews]
+        if len(texts) == 1:
+            return self._t("generator_single_feedback").render(feedback=texts[0])
+        return self._t("generator_double_feedback").render(feedback_1=texts[0], feedback_2=texts[1])
+
+    async def review(self, reviewer: str, question: str, response: str) -> Review:
+        constrained = self.config.constrained == "on" or (
+            self.config.constrained == "auto" and self.client.supports_constraints(reviewer)
+        )
+        budget = text_budget(self.client.max_tokens(reviewer))
+        constraint = Constraint(regex=constrained_regex("review", 10, text_chars=budget)) if constrained else None
+        messages: list[Message] = [
+            {"role": "system", "content": self._t("reviewer.system").render()},
+            {"role": "user", "content": self._t("reviewer.user").render(
+                question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response))},
+        ]
+        raws: list[str] = []
+        for attempt in range(self.config.reask + 1):
+            c = await self.client.chat(reviewer, messages, role="reviewer", constraint=constraint)
+            raws.append(c.text)
+            result = PARSERS.get("review")(c.text)
+            if result.ok:
+                v = result.value
+                return Review(reviewer, raws, float(v.score), v.evaluation, v.feedback)
+            messages = [*messages, {"role": "assistant", "content": c.text},
+                        {"role": "user", "content": self._t("reask_review").render()}]
+        return Review(reviewer, raws, None, None, None, failure=result.error or "unparseable review")

@@ -1,0 +1,254 @@
+"""LLM debate after ChatEval (paper Tables 8-9): referees discuss, then each gives final scores.
+
+Roles (``debate.roles``; each a prompt file ``prompts/<set>/debate_role_<role>.txt``) speak
+in turn for ``debate.rounds`` rounds. Every turn is one conversation: the system prompt
+(``debate.system``) and one user message (``debate.user``) holding the question, both
+responses, the discussion history so far (every earlier turn, labelled with its speaker) and
+the speaker's role prompt. After the discussion each role gives final scores for both
+responses (``debate_final``, parsed by the ``debate_final`` parser, decoding constrained to
+that format where the model supports structured outputs). The debate's verdict
+(``debate.aggregate``):
+
+* ``mean_score`` (the paper): mean of the referees' final scores; the higher mean wins,
+  equal means are a tie;
+* ``votes``: each referee's pick (higher of its two scores), then the mode; a multi-way
+  mode is a tie.
+
+A referee whose final answer does not parse (after ``debate.reask`` re-asks) abstains and is
+counted; if all abstain the debate is a failure. Debaters (``roles.debaters``): one model
+for every role, or one per role, in role order. Every utterance is kept.
+
+The result, :class:`DebateJudgement`, has the shape of a :class:`~mapo.judging.judge.PairJudgement`
+(``label`` in dataset terms, ``score_a``/``score_b``, ``failure``, raw texts), so
+:mod:`mapo.metrics.agreement` treats judges, juries and debates alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from mapo.core import prompts
+from mapo.metrics.agreement import jury_pick, label_from_scores
+from mapo.llm.client import Constraint, LLMClient
+from mapo.core.config import ConfigError, DebateConfig
+from mapo.core.parsers import PARSERS, constrained_regex
+from mapo.core.types import Label, Message, Verdict
+
+__all__ = ["AGGREGATES", "Debate", "DebateJudgement", "FinalScore", "Utterance", "debate_name", "role_title"]
+
+AGGREGATES = ("mean_score", "votes")
+
+
+def role_title(role: str) -> str:
+    """``general_public`` -> ``General Public`` (the name the role prompt speaks as)."""
+    return role.replace("_", " ").title()
+
+
+def debate_name(debaters: Sequence[str]) -> str:
+    return "debate[" + "+".join(debaters) + "]"
+
+
+@dataclass
+class Utterance:
+    """One discussion turn."""
+
+    role: str
+    model: str
+    round: int
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+
+
+@dataclass
+class FinalScore:
+    """One referee's final scores (presentation order: a = shown first), with every raw text."""
+
+    role: str
+    model: str
+    raw: list[str]
+    score_a: float | None
+    score_b: float | None
+    failure: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class DebateJudgement:
+    judge: str
+    strategy: str
+    scale: int
+    prompt_sha: str
+    aggregate: str
+    utterances: list[Utterance]
+    finals: list[FinalScore]
+    label: Label | None
+    score_a: float | None = None
+    score_b: float | None = None
+    failure: str | None = None
+    n_failed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def raw(self) -> list[str]:
+        return [u.text for u in self.utterances] + [t for f in self.finals for t in f.raw]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(u.prompt_tokens for u in self.utterances) + sum(f.prompt_tokens for f in self.finals)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(u.completion_tokens for u in self.utterances) + sum(f.completion_tokens for f in self.finals)
+
+    @property
+    def latency_s(self) -> float:
+        return sum(u.latency_s for u in self.utterances) + max((f.latency_s for f in self.finals), default=0.0)
+
+    @property
+    def cached(self) -> bool:
+        return all(u.cached for u in self.utterances) and all(f.cached for f in self.finals)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def aggregate_finals(finals: Sequence[FinalScore], rule: str) -> tuple[Label | None, float | None, float | None]:
+    """(label, mean score a, mean score b) from the referees' finals; failed ones abstain."""
+    ok = [f for f in finals if f.ok and f.score_a is not None and f.score_b is not None]
+    if not ok:
+        return None, None, None
+    sa = sum(f.score_a for f in ok) / len(ok)  # type: ignore[misc]
+    sb = sum(f.score_b for f in ok) / len(ok)  # type: ignore[misc]
+    if rule == "mean_score":
+        return label_from_scores(sa, sb), sa, sb
+    if rule == "votes":
+        return jury_pick([label_from_scores(f.score_a, f.score_b) for f in ok], "mode"), sa, sb
+    raise ConfigError(f"debate.aggregate={rule!r}; allowed: {', '.join(AGGREGATES)}")
+
+
+class Debate:
+    def __init__(self, client: LLMClient, debaters: Sequence[str], config: DebateConfig, *, role: str = "debater") -> None:
+        roles = list(config.roles)
+        debaters = list(debaters)
+        if not roles:
+            raise ConfigError("debate.roles is empty: name at least one role (prompt file debate_role_<role>.txt)")
+        if len(debaters) not in (1, len(roles)):
+            raise ConfigError(
+                f"roles.debaters lists {len(debaters)} models {debaters}; give one model for every role or one per role "
+                f"({len(roles)}: {', '.join(roles)})"
+            )
+        if config.aggregate not in AGGREGATES:
+            raise ConfigError(f"debate.aggregate={config.aggregate!r}; allowed: {', '.join(AGGREGATES)}")
+        if config.rounds < 0:
+            raise ConfigError(f"debate.rounds must be >= 0, got {config.rounds}")
+        if config.scale not in (5, 10, 100):
+            raise ConfigError(f"debate.scale must be 5, 10 or 100, got {config.scale}")
+        if config.constrained not in ("auto", "on", "off"):
+            raise ConfigError(f"debate.constrained={config.constrained!r}; allowed: auto, on, off")
+        self.client = client
+        self.config = config
+        self.roles = roles
+        self.debaters = debaters
+        self.models = debaters * len(roles) if len(debaters) == 1 else debaters
+        self.role = role
+        self.name = debate_name(debaters)
+        # load every template now: a missing prompt or placeholder mismatch fails before any call
+        self._system = self._t("debate.system")
+        self._user = self._t("debate.user")
+        self._final = self._t("debate_final")
+        self._role_prompts = {r: self._t(f"debate_role_{r}") for r in roles}
+
+    def _t(self, name: str) -> prompts.Template:
+        return prompts.load(self.config.prompt_set, name)
+
+    @property
+    def prompt_sha(self) -> str:
+        texts = [self._system.text, self._user.text, self._final.text, *(self._role_prompts[r].text for r in self.roles)]
+        return hashlib.sha256("\n\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+
+    def _system_text(self) -> str:
+        return self._system.render(scale=self.config.scale) if "scale" in self._system.fields else self._system.render()
+
+    def _messages(self, question: str, first: str, second: str, history: list[Utterance], role_prompt: str) -> list[Message]:
+        hist = "\n\n".join(f"[{role_title(u.role)}]: {prompts.quote_untrusted(u.text)}" for u in history) or "(none yet)"
+        return [
+            {"role": "system", "content": self._system_text()},
+            {"role": "user", "content": self._user.render(
+                question=prompts.quote_untrusted(question),
+                response_a=prompts.quote_untrusted(first),
+                response_b=prompts.quote_untrusted(second),
+                history=hist,
+                role_prompt=role_prompt,
+            )},
+        ]
+
+    def _constraint(self, model: str) -> Constraint | None:
+        on = self.config.constrained == "on" or (self.config.constrained == "auto" and self.client.supports_constraints(model))
+        return Constraint(regex=constrained_regex("debate_final", self.config.scale)) if on else None
+
+    async def judge_pair(self, question: str, response_a: str, response_b: str) -> DebateJudgement:
+        """Debate one pair as presented: label model_a = ``response_a`` (shown as Assistant 1)."""
+        history: list[Utterance] = []
+        for rnd in range(self.config.rounds):
+            for role, model in zip(self.roles, self.models):
+                role_prompt = self._role_prompts[role].render()
+                c = await self.client.chat(model, self._messages(question, response_a, response_b, history, role_prompt), role=self.role)
+                history.append(Utterance(role, model, rnd, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s, c.cached))
+        finals = await asyncio.gather(*(self._final_scores(role, model, question, response_a, response_b, history)
+                                         for role, model in zip(self.roles, self.models)))
+        label, sa, sb = aggregate_finals(finals, self.config.aggregate)
+        n_failed = sum(not f.ok for f in finals)
+        failure = None
+        if label is None:
+            failure = "every referee's final scores failed to parse: " + "; ".join(f"{f.role}: {f.failure}" for f in finals if f.failure)
+        return DebateJudgement(
+            judge=self.name, strategy="debate", scale=self.config.scale, prompt_sha=self.prompt_sha,
+            aggregate=self.config.aggregate, utterances=history, finals=list(finals),
+            label=label, score_a=sa, score_b=sb, failure=failure, n_failed=n_failed,
+        )
+
+    async def _final_scores(self, role: str, model: str, question: str, first: str, second: str, history: list[Utterance]) -> FinalScore:
+        ask = self._final.render(**{k: v for k, v in {"role_name": role_title(role), "scale": self.config.scale}.items() if k in self._final.fields})
+        messages = self._messages(question, first, second, history, ask)
+        constraint = self._constraint(model)
+        parse = PARSERS.get("debate_final")
+        raws: list[str] = []
+        pt = ct = 0
+        lat = 0.0
+        cached = True
+        error = "unparseable"
+        for attempt in range(self.config.reask + 1):
+            c = await self.client.chat(model, messages, role=self.role, constraint=constraint)
+            raws.append(c.text)
+            pt, ct, lat, cached = pt + c.prompt_tokens, ct + c.completion_tokens, lat + c.latency_s, cached and c.cached
+            result = parse(c.text, scale=self.config.scale)
+            if result.ok:
+                a, b = result.value
+                return FinalScore(role, model, raws, float(a), float(b), None, pt, ct, lat, cached)
+            error = result.error or error
+            messages = [*messages, {"role": "assistant", "content": c.text}, {"role": "user", "content": ask}]
+        return FinalScore(role, model, raws, None, None, error, pt, ct, lat, cached)
+
+
+def final_verdict(final: FinalScore) -> Verdict:
+    """A referee's final as a presentation-order verdict (used by reparse and reports)."""
+    if not final.ok or final.score_a is None or final.score_b is None:
+        return Verdict.failed(final.failure or "unparseable")
+    return Verdict.from_scores(final.score_a, final.score_b)
+

