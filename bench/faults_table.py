@@ -1,5 +1,5 @@
 """The faults table for issue 8: for each injected fault, items in / out, failed (with a
-reason), duplicates, lost, and wall time. It runs tests/test_faults.py (loopback fake
+reason), duplicates, lost, and wall time. It runs tests/runs/test_faults.py (loopback fake
 servers, real pipeline) and prints the rows those tests recorded as a Markdown table.
 
     python bench/faults_table.py [extra pytest args]
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faults.json"
         env = {**os.environ, "MAPO_FAULTS_TABLE": str(out)}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_faults.py", "-q", "-p", "no:cacheprovider", *argv],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/runs/test_faults.py", "-q", "-p", "no:cacheprovider", *argv],
                               cwd=REPO, env=env, capture_output=True, text=True)
         summary = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
         if not out.exists():

@@ -5,7 +5,7 @@ judgement that failed (unparseable, refused, ...). A failure is never a tie: it 
 of the kappa and counted in ``n_failed``. Ties are a class of their own (3x3 kappa).
 
 How the paper's FairEval numbers come out (checked against the authors' own outputs in
-``shared/data/faireval/mapo-judgments``, see ``tests/test_agreement.py``):
+``shared/data/faireval/mapo-judgments``, see ``tests/metrics/test_agreement.py``):
 
 * **score -> pick**: ``score_1`` scores ``response_a`` (Vicuna-13B, ``model_a``) and
   ``score_2`` scores ``response_b`` (GPT-3.5, ``model_b``); the higher score wins and equal

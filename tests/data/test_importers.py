@@ -18,7 +18,7 @@ from mapo.data.importers import (
     load_author_judgments,
 )
 
-SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 JUDGMENTS = SHARED / "data" / "faireval" / "mapo-judgments"
 
 PAPER_ANSWER = "### Evaluation Evidence:\nA is deeper.\n\n### Score Assistant A:\n8/10\n\n### Score Assistant B:\n6/10"

@@ -13,7 +13,7 @@ from mapo.runs.evaluate import evaluate
 from mapo.runs.build import build
 from mapo.runs.reparse import _split_independent, main, reparse_run
 from tests.conftest import fake_model
-from tests.test_evaluate import write_items
+from tests.runs.test_evaluate import write_items
 
 
 def eval_config(server, tmp_path: Path, run: str, **kw) -> RunConfig:

@@ -23,7 +23,7 @@ from mapo.metrics.agreement import (
 )
 from mapo.core.registry import UnknownNameError
 
-SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 FAIREVAL = SHARED / "data" / "faireval"
 
 A, B, T = "model_a", "model_b", "tie"

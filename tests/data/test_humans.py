@@ -23,7 +23,7 @@ from mapo.data.humans import (
     pandalm_rows,
 )
 
-SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 FAIREVAL = SHARED / "data" / "faireval" / "fair_eval.jsonl"
 
 

@@ -15,7 +15,7 @@ from mapo.core.parsers import PARSERS, ParseResult, Review, constrained_regex, t
 from mapo.core.registry import UnknownNameError
 from mapo.core.types import Verdict
 
-SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 JUDGMENTS = SHARED / "data" / "faireval" / "mapo-judgments"
 
 pick = PARSERS.get("pick")

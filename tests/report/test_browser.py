@@ -22,9 +22,9 @@ import pytest
 
 from mapo.report import leaderboard
 from mapo.report import render as report
-from tests.test_report import build_run, evaluate_run, server, winrate_run  # noqa: F401 - server is a fixture
+from tests.report.test_report import build_run, evaluate_run, server, winrate_run  # noqa: F401 - server is a fixture
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = os.environ.get("MAPO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--remote-debugging-port=0",

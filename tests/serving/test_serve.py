@@ -17,7 +17,7 @@ import pytest
 from mapo.llm import endpoints
 from mapo.serving import launch, weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REAL_CACHE = Path(os.environ.get("MAPO_CACHE") or Path.home() / ".cache" / "mapo").expanduser()
 
 
