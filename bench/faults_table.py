@@ -21,8 +21,13 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faults.json"
         env = {**os.environ, "MAPO_FAULTS_TABLE": str(out)}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "tests/runs/test_faults.py", "-q", "-p", "no:cacheprovider", *argv],
-                              cwd=REPO, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/runs/test_faults.py", "-q", "-p", "no:cacheprovider", *argv],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         summary = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
         if not out.exists():
             print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
@@ -31,8 +36,10 @@ def main(argv: list[str]) -> int:
     print("| fault | items in | items out | failed (with reason) | duplicates | lost | time (s) | note |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['fault']} | {r['items_in']} | {r['items_out']} | {r['failed']} | {r['duplicates']} | {r['lost']} "
-              f"| {r['time_s']} | {r['note']} |")
+        print(
+            f"| {r['fault']} | {r['items_in']} | {r['items_out']} | {r['failed']} | {r['duplicates']} | {r['lost']} "
+            f"| {r['time_s']} | {r['note']} |"
+        )
     print(f"\n{summary[-1] if summary else ''}")
     return proc.returncode
 

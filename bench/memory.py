@@ -35,8 +35,10 @@ def free_port() -> int:
 
 def start_server(port: int) -> subprocess.Popen:
     """FakeServer in its own process: its memory and CPU are not the client's."""
-    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); "
-            f"from tests.fake_openai import FakeServer; FakeServer(port={port}).start(); time.sleep(10**7)")
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(REPO)!r}); "
+        f"from tests.fake_openai import FakeServer; FakeServer(port={port}).start(); time.sleep(10**7)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -51,9 +53,21 @@ def start_server(port: int) -> subprocess.Popen:
 def build_command(prompts: Path, tmp: Path, n: int, port: int, iterations: int, width: int) -> list[str]:
     overrides = [f"models.{m}.endpoint=null" for m in MODELS]
     overrides += [f"models.{m}.base_url=http://127.0.0.1:{port}/v1" for m in MODELS]
-    return [sys.executable, "-m", "mapo", "build", "prompts.source=file", f"prompts.path={prompts}", "prompts.limit=null",
-            f"feedback.iterations={iterations}", "client.progress=log", f"client.cache_path={tmp}/cache-{n}.sqlite",
-            f"hydra.run.dir={tmp}/run-{n}", f"max_items_in_flight={width}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "mapo",
+        "build",
+        "prompts.source=file",
+        f"prompts.path={prompts}",
+        "prompts.limit=null",
+        f"feedback.iterations={iterations}",
+        "client.progress=log",
+        f"client.cache_path={tmp}/cache-{n}.sqlite",
+        f"hydra.run.dir={tmp}/run-{n}",
+        f"max_items_in_flight={width}",
+        *overrides,
+    ]
 
 
 def run(n: int, tmp: Path, port: int, iterations: int, width: int, log_dir: Path) -> dict:
@@ -86,10 +100,16 @@ def run(n: int, tmp: Path, port: int, iterations: int, width: int, log_dir: Path
         t = frac * wall
         return round(min(samples, key=lambda s: abs(s[0] - t))[1] / mb, 1)
 
-    return {"items": n, "peak_rss_mb": round(max(r for _, r in samples) / mb, 1), "wall_s": round(wall, 1),
-            "items_per_s": round(n / wall, 1), "rss_mb_at_25_50_75pct": [rss_at(f) for f in (0.25, 0.5, 0.75)],
-            "requests": manifest["throughput"]["requests"], "rows": manifest.get("rows"),
-            "build_wall_s": manifest["timings_s"]["wall"]}
+    return {
+        "items": n,
+        "peak_rss_mb": round(max(r for _, r in samples) / mb, 1),
+        "wall_s": round(wall, 1),
+        "items_per_s": round(n / wall, 1),
+        "rss_mb_at_25_50_75pct": [rss_at(f) for f in (0.25, 0.5, 0.75)],
+        "requests": manifest["throughput"]["requests"],
+        "rows": manifest.get("rows"),
+        "build_wall_s": manifest["timings_s"]["wall"],
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -103,8 +123,14 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot(xs, [r["peak_rss_mb"] for r in rows], marker="o", label="peak RSS")
     ax.plot(xs, [r["rss_mb_at_25_50_75pct"][1] for r in rows], marker="s", ls="--", label="RSS mid-run")
     for r in rows:
-        ax.annotate(f"{r['peak_rss_mb']:.0f} MB", (r["items"], r["peak_rss_mb"]), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=8)
+        ax.annotate(
+            f"{r['peak_rss_mb']:.0f} MB",
+            (r["items"], r["peak_rss_mb"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
     ax.set_xscale("log")
     ax.set_ylim(0, max(r["peak_rss_mb"] for r in rows) * 1.3)
     ax.set_xlabel("prompts (N)")
@@ -138,13 +164,30 @@ def main() -> None:
         server.wait(10)
     ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
     result = {
-        "command": " ".join(["python bench/memory.py", "--sizes", *map(str, args.sizes), "--iterations", str(args.iterations),
-                             "--width", str(args.width)]),
-        "mapo_command": " ".join(build_command(Path("<prompts.jsonl>"), Path("<tmp>"), 0, 0, args.iterations, args.width)[1:]),
-        "host": {"cpus": psutil.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "command": " ".join(
+            [
+                "python bench/memory.py",
+                "--sizes",
+                *map(str, args.sizes),
+                "--iterations",
+                str(args.iterations),
+                "--width",
+                str(args.width),
+            ]
+        ),
+        "mapo_command": " ".join(
+            build_command(Path("<prompts.jsonl>"), Path("<tmp>"), 0, 0, args.iterations, args.width)[1:]
+        ),
+        "host": {
+            "cpus": psutil.cpu_count(),
+            "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+        },
         "rows": rows,
         "ratio_largest_to_smallest": round(ratio, 3),
-        "per_item_kb": round((rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]) * 1024 / max(1, rows[-1]["items"] - rows[0]["items"]), 3),
+        "per_item_kb": round(
+            (rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]) * 1024 / max(1, rows[-1]["items"] - rows[0]["items"]), 3
+        ),
         "flat": ratio <= 1.5,
     }
     (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")

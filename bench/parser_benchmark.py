@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mapo.data.importers import STRATEGIES, AuthorRecord, default_root, iter_author_records
 from mapo.core.parsers import PARSERS
+from mapo.data.importers import STRATEGIES, AuthorRecord, default_root, iter_author_records
 
 _pair = PARSERS.get("score_pair")
 
@@ -51,11 +51,20 @@ def run(root: Path) -> dict[str, Any]:
         "overall": _tally(every),
         "per_strategy": {s: _tally([r for r in every if r.strategy == s]) for s in STRATEGIES},
         "per_model": {j: _tally(recs) for j, recs in sorted(per_model.items())},
-        "per_model_strategy": {f"{j}/{s}": _tally(recs) for (s, j), recs in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0]))},
+        "per_model_strategy": {
+            f"{j}/{s}": _tally(recs) for (s, j), recs in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        },
         "failures": [
-            {"judge": r.judge, "strategy": r.strategy, "index": r.index, "recorded": r.recorded, "parsed": r.parsed,
-             "errors": list(r.parse_errors)}
-            for r in every if not r.agrees
+            {
+                "judge": r.judge,
+                "strategy": r.strategy,
+                "index": r.index,
+                "recorded": r.recorded,
+                "parsed": r.parsed,
+                "errors": list(r.parse_errors),
+            }
+            for r in every
+            if not r.agrees
         ],
     }
 
@@ -66,16 +75,20 @@ def _print(report: dict[str, Any]) -> None:
     rows = [("overall", report["overall"])] + list(report["per_strategy"].items()) + list(report["per_model"].items())
     rows += list(report["per_model_strategy"].items())
     for name, t in rows:
-        print(f"{name:28} {t['records_parsed']:>6}/{t['records']:<8} {t['records_agree']:>5}/{t['records']:<8} "
-              f"{t['picks_agree']:>5}/{t['records']:<6} {t['texts_parsed']:>5}/{t['texts']:<7} "
-              f"{t['discussion_turns_with_pair']:>8}/{t['discussion_turns']:<8}")
+        print(
+            f"{name:28} {t['records_parsed']:>6}/{t['records']:<8} {t['records_agree']:>5}/{t['records']:<8} "
+            f"{t['picks_agree']:>5}/{t['records']:<6} {t['texts_parsed']:>5}/{t['texts']:<7} "
+            f"{t['discussion_turns_with_pair']:>8}/{t['discussion_turns']:<8}"
+        )
     if report["failures"]:
         print(f"\n{len(report['failures'])} records disagree; first: {report['failures'][0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=None, help="mapo-judgments folder (default: ../shared or $MAPO_SHARED)")
+    ap.add_argument(
+        "--root", type=Path, default=None, help="mapo-judgments folder (default: ../shared or $MAPO_SHARED)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
     args = ap.parse_args(argv)
     root = args.root or default_root()

@@ -36,13 +36,13 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mapo.llm import endpoints  # noqa: E402
-from mapo.llm.client import LLMClient  # noqa: E402
 from mapo.core.config import DebateConfig, FeedbackConfig, JudgeConfig, RunConfig  # noqa: E402
+from mapo.data.sources import iter_prompts  # noqa: E402
 from mapo.generation.feedback import FeedbackLoop  # noqa: E402
 from mapo.judging.judge import Judge  # noqa: E402
+from mapo.llm import endpoints  # noqa: E402
+from mapo.llm.client import LLMClient  # noqa: E402
 from mapo.runs.runner import run_pool  # noqa: E402
-from mapo.data.sources import iter_prompts  # noqa: E402
 
 
 @dataclass
@@ -66,8 +66,14 @@ class Recorder:
         async def chat(model, messages, *, role, constraint=None, overrides=None, sample=0):
             c = await inner(model, messages, role=role, constraint=constraint, overrides=overrides, sample=sample)
             m = self.client._configs[model]
-            gen = {"temperature": m.generation.temperature, "max_tokens": m.generation.max_tokens, "seed": m.generation.seed}
-            self.requests.append(Recorded(model, [dict(x) for x in messages], constraint.request_fields() if constraint else {}, gen))
+            gen = {
+                "temperature": m.generation.temperature,
+                "max_tokens": m.generation.max_tokens,
+                "seed": m.generation.seed,
+            }
+            self.requests.append(
+                Recorded(model, [dict(x) for x in messages], constraint.request_fields() if constraint else {}, gen)
+            )
             return c
 
         self.client.chat = chat  # type: ignore[method-assign]
@@ -101,9 +107,16 @@ async def replay(cfg: RunConfig, registry: str, reqs: list[Recorded], concurrenc
     clients = {}
     for name in {r.model for r in reqs}:
         ep = endpoints.lookup(cfg.models[name].endpoint, registry)[0]
-        clients[name] = (openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key() or "EMPTY", max_retries=3, timeout=600,
-                                            http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency + 8))),
-                         cfg.models[name].served_name)
+        clients[name] = (
+            openai.AsyncOpenAI(
+                base_url=ep.base_url,
+                api_key=ep.api_key() or "EMPTY",
+                max_retries=3,
+                timeout=600,
+                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency + 8)),
+            ),
+            cfg.models[name].served_name,
+        )
     sem = asyncio.Semaphore(concurrency)
     tokens = 0
 
@@ -111,7 +124,9 @@ async def replay(cfg: RunConfig, registry: str, reqs: list[Recorded], concurrenc
         nonlocal tokens
         client, served = clients[r.model]
         async with sem:
-            resp = await client.chat.completions.create(model=served, messages=r.messages, extra_body=r.extra or None, **r.gen)
+            resp = await client.chat.completions.create(
+                model=served, messages=r.messages, extra_body=r.extra or None, **r.gen
+            )
         tokens += resp.usage.completion_tokens
 
     t0 = time.perf_counter()
@@ -137,11 +152,16 @@ async def reset_prefix_cache(cfg: RunConfig, registry: str, models: set[str]) ->
     for model in models:
         for ep in endpoints.lookup(cfg.models[model].endpoint, registry):
             async with httpx.AsyncClient() as c:
-                r = await c.post(ep.base_url.removesuffix("/v1") + "/reset_prefix_cache",
-                                 headers={"Authorization": f"Bearer {ep.api_key()}"})
+                r = await c.post(
+                    ep.base_url.removesuffix("/v1") + "/reset_prefix_cache",
+                    headers={"Authorization": f"Bearer {ep.api_key()}"},
+                )
                 if r.status_code != 200:
-                    print(f"warning: could not reset the prefix cache of {model} ({r.status_code}); "
-                          "start the server with VLLM_SERVER_DEV_MODE=1", file=sys.stderr)
+                    print(
+                        f"warning: could not reset the prefix cache of {model} ({r.status_code}); "
+                        "start the server with VLLM_SERVER_DEV_MODE=1",
+                        file=sys.stderr,
+                    )
 
 
 async def stage(name: str, cfg: RunConfig, registry: str, run, seq_sample: int, concurrency: int) -> dict:
@@ -162,10 +182,16 @@ async def stage(name: str, cfg: RunConfig, registry: str, run, seq_sample: int, 
     await reset_prefix_cache(cfg, registry, served)
     s_tokens, s_wall = await replay(cfg, registry, s_reqs, concurrency=1)
     out = {
-        "stage": name, "requests": len(rec.requests),
+        "stage": name,
+        "requests": len(rec.requests),
         "pipeline": {"tokens": tokens, "seconds": round(wall, 2), "tok_per_s": round(pipeline_tps, 1)},
         "ceiling": {"tokens": c_tokens, "seconds": round(c_wall, 2), "tok_per_s": round(c_tokens / c_wall, 1)},
-        "sequential": {"requests": len(s_reqs), "tokens": s_tokens, "seconds": round(s_wall, 2), "tok_per_s": round(s_tokens / s_wall, 1)},
+        "sequential": {
+            "requests": len(s_reqs),
+            "tokens": s_tokens,
+            "seconds": round(s_wall, 2),
+            "tok_per_s": round(s_tokens / s_wall, 1),
+        },
     }
     out["pipeline_over_ceiling"] = round(pipeline_tps / out["ceiling"]["tok_per_s"], 3)
     out["pipeline_over_sequential"] = round(pipeline_tps / out["sequential"]["tok_per_s"], 2)
@@ -179,8 +205,14 @@ async def main(args: argparse.Namespace) -> dict:
     for m in cfg.models.values():
         m.max_concurrency = args.concurrency
     prompts = [p.prompt for p in iter_prompts(cfg.prompts.__class__(source="builtin"))]
-    pairs = [(prompts[i % len(prompts)], f"Answer {i}: " + prompts[(i + 1) % len(prompts)], f"Reply {i}: " + prompts[(i + 2) % len(prompts)])
-             for i in range(args.pairs)]
+    pairs = [
+        (
+            prompts[i % len(prompts)],
+            f"Answer {i}: " + prompts[(i + 1) % len(prompts)],
+            f"Reply {i}: " + prompts[(i + 2) % len(prompts)],
+        )
+        for i in range(args.pairs)
+    ]
 
     async def judge_stage(client):
         judge = Judge(client, model, JudgeConfig(strategy="combined", scale=10))
@@ -217,7 +249,12 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     w = 0.25
     for k, kind in enumerate(kinds):
-        ax.bar([i + (k - 1) * w for i in range(len(stages))], [s[kind]["tok_per_s"] for s in results["stages"]], w, label=kind)
+        ax.bar(
+            [i + (k - 1) * w for i in range(len(stages))],
+            [s[kind]["tok_per_s"] for s in results["stages"]],
+            w,
+            label=kind,
+        )
     ax.set_xticks(range(len(stages)), stages)
     ax.set_ylabel("generated tokens / s")
     ax.set_title(f"mapo throughput on {results['model']} (vLLM)")
@@ -243,7 +280,9 @@ if __name__ == "__main__":
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--debates", type=int, default=8)
-    ap.add_argument("--concurrency", type=int, default=64, help="in-flight bound for the pipeline and the ceiling alike")
+    ap.add_argument(
+        "--concurrency", type=int, default=64, help="in-flight bound for the pipeline and the ceiling alike"
+    )
     ap.add_argument("--sequential", type=int, default=12, help="requests replayed one at a time")
     ap.add_argument("--stages", nargs="+", default=["judge", "feedback", "debate"])
     ap.add_argument("--out", default="bench/results")

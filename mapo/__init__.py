@@ -61,7 +61,44 @@ _EXPORTS: dict[str, str] = {
     "winrate": "mapo.runs.winrate",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ClientConfig",
+    "Completion",
+    "ConfigError",
+    "Constraint",
+    "Debate",
+    "DebateConfig",
+    "EndpointUnavailable",
+    "FeedbackConfig",
+    "FeedbackLoop",
+    "GenerationConfig",
+    "Judge",
+    "JudgeConfig",
+    "Jury",
+    "JuryConfig",
+    "LLMClient",
+    "Label",
+    "Message",
+    "ModelConfig",
+    "PARSERS",
+    "PairJudgement",
+    "Pick",
+    "PromptSourceConfig",
+    "RunConfig",
+    "SELECTORS",
+    "SelectionConfig",
+    "Verdict",
+    "build",
+    "cohen_kappa",
+    "constrained_regex",
+    "evaluate",
+    "jury_pick",
+    "jury_subsets",
+    "position_bias",
+    "rows_for",
+    "save_datasets",
+    "winrate",
+]
 
 
 def __getattr__(name: str) -> Any:

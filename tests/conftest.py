@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import GenerationConfig, ModelConfig
-
 from tests.fake_openai import FakeServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +31,14 @@ def fake_server():
 
 
 def fake_model(server: FakeServer, **overrides) -> ModelConfig:
-    cfg = ModelConfig(served_name="fake", base_url=server.base_url, max_concurrency=8, timeout_s=5.0, max_retries=4,
-                      generation=GenerationConfig(max_tokens=64))
+    cfg = ModelConfig(
+        served_name="fake",
+        base_url=server.base_url,
+        max_concurrency=8,
+        timeout_s=5.0,
+        max_retries=4,
+        generation=GenerationConfig(max_tokens=64),
+    )
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -60,13 +65,22 @@ def embedded_registry(tmp_path_factory):
     registry = tmp_path_factory.mktemp("vllm") / "endpoints.json"
     env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry)}
     args = [arg for m in EMBEDDED_MODELS for arg in ("--model", m)]
-    up = subprocess.run([sys.executable, "-m", "serve", "up", *args, "--registry", str(registry)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    up = subprocess.run(
+        [sys.executable, "-m", "serve", "up", *args, "--registry", str(registry)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     if up.returncode != 0:
-        subprocess.run([sys.executable, "-m", "serve", "down", "--registry", str(registry)], cwd=REPO, env=env, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "serve", "down", "--registry", str(registry)], cwd=REPO, env=env, timeout=120
+        )
         pytest.fail(f"python -m serve up failed ({up.returncode}):\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
     try:
         yield registry
     finally:
-        subprocess.run([sys.executable, "-m", "serve", "down", *args, "--registry", str(registry)],
-                       cwd=REPO, env=env, timeout=180)
+        subprocess.run(
+            [sys.executable, "-m", "serve", "down", *args, "--registry", str(registry)], cwd=REPO, env=env, timeout=180
+        )

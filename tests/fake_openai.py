@@ -20,8 +20,8 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aiohttp import web
 
@@ -94,10 +94,16 @@ class FakeServer:
         elif fault == "garbage":
             text = "lorem ipsum \x00 ??? no format here"
         payload = {
-            "id": f"fake-{self.n}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "id": f"fake-{self.n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
-                      "completion_tokens": len((text or "").split()), "total_tokens": 0},
+            "usage": {
+                "prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                "completion_tokens": len((text or "").split()),
+                "total_tokens": 0,
+            },
         }
         raw = json.dumps(payload).encode()
         if fault == "truncated":
@@ -115,7 +121,7 @@ class FakeServer:
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    def start(self) -> "FakeServer":
+    def start(self) -> FakeServer:
         if not self.port:
             with socket.socket() as s:
                 s.bind((self.host, 0))
@@ -163,13 +169,13 @@ class FakeServer:
         self._holding = False
         self._loop.call_soon_threadsafe(self._released.set)
 
-    def restart(self, pause_s: float = 0.0) -> "FakeServer":
+    def restart(self, pause_s: float = 0.0) -> FakeServer:
         """Kill and restart on the same port after ``pause_s`` (in-flight requests are cut off)."""
         self.stop()
         time.sleep(pause_s)
         return self.start()
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

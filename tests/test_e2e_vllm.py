@@ -14,8 +14,17 @@ pytestmark = pytest.mark.vllm
 
 
 def _build(registry, run_dir, cache, *extra, limit=4):
-    cmd = [sys.executable, "-m", "mapo", "build", f"prompts.limit={limit}", f"client.registry={registry}",
-           f"client.cache_path={cache}", f"hydra.run.dir={run_dir}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mapo",
+        "build",
+        f"prompts.limit={limit}",
+        f"client.registry={registry}",
+        f"client.cache_path={cache}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
 
 
@@ -66,9 +75,18 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
 
 
 def _mapo(command, registry, run_dir, cache, *extra, timeout=1800):
-    cmd = [sys.executable, "-m", "mapo", command, f"client.registry={registry}", f"client.cache_path={cache}",
-           f"hydra.run.dir={run_dir}", "models.smollm2-135m.generation.max_tokens=128",
-           "models.gemma3-270m.generation.max_tokens=128", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mapo",
+        command,
+        f"client.registry={registry}",
+        f"client.cache_path={cache}",
+        f"hydra.run.dir={run_dir}",
+        "models.smollm2-135m.generation.max_tokens=128",
+        "models.gemma3-270m.generation.max_tokens=128",
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"
     return proc
@@ -100,14 +118,30 @@ def test_jury_both_orders_and_debate_on_faireval(embedded_registry, tmp_path):
     if shared_dir() is None:
         pytest.skip("../shared (FairEval) is absent")
     jury = tmp_path / "jury"
-    _mapo("evaluate", embedded_registry, jury, tmp_path / "c.sqlite", "evaluator=jury",
-          "roles.jurors=[smollm2-135m,gemma3-270m]", "judge.both_orders=true", "eval_data.limit=2")
+    _mapo(
+        "evaluate",
+        embedded_registry,
+        jury,
+        tmp_path / "c.sqlite",
+        "evaluator=jury",
+        "roles.jurors=[smollm2-135m,gemma3-270m]",
+        "judge.both_orders=true",
+        "eval_data.limit=2",
+    )
     recs = _judgements(jury)
     assert {r["judge"] for r in recs} >= {"smollm2-135m", "gemma3-270m"}
     assert {r["order"] for r in recs} >= {"AB", "BA"}
     debate = tmp_path / "debate"
-    _mapo("evaluate", embedded_registry, debate, tmp_path / "c.sqlite", "evaluator=debate",
-          "roles.debaters=[smollm2-135m]", "debate.rounds=1", "eval_data.limit=2")
+    _mapo(
+        "evaluate",
+        embedded_registry,
+        debate,
+        tmp_path / "c.sqlite",
+        "evaluator=debate",
+        "roles.debaters=[smollm2-135m]",
+        "debate.rounds=1",
+        "eval_data.limit=2",
+    )
     drecs = _judgements(debate)
     assert len(drecs) >= 2 and all(r["raw"] for r in drecs)
 

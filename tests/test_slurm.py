@@ -52,16 +52,23 @@ def slurm_cluster():
         return
     script = (shared_dir() or Path("/nonexistent")) / "tools" / "start-local-slurm.sh"
     if os.environ.get("MAPO_START_SLURM") == "1" and script.is_file():
-        env = {**os.environ, "SLURM_FAKE_GPUS": os.environ.get("SLURM_FAKE_GPUS", "2"),
-               "SLURM_CPUS": os.environ.get("SLURM_CPUS", "8")}
+        env = {
+            **os.environ,
+            "SLURM_FAKE_GPUS": os.environ.get("SLURM_FAKE_GPUS", "2"),
+            "SLURM_CPUS": os.environ.get("SLURM_CPUS", "8"),
+        }
         subprocess.run(["bash", str(script)], env=env, check=True, timeout=600)
         if _node_state() in ("idle", "mix", "alloc", "comp"):
             return
     if shutil.which("sinfo") is None:
-        pytest.skip("no SLURM here (sinfo not found): run ../shared/tools/start-local-slurm.sh, "
-                    "or set MAPO_START_SLURM=1 to let the tests start it")
-    pytest.skip(f"SLURM is installed but no node is schedulable (sinfo: {_node_state()}): "
-                "run ../shared/tools/start-local-slurm.sh or set MAPO_START_SLURM=1")
+        pytest.skip(
+            "no SLURM here (sinfo not found): run ../shared/tools/start-local-slurm.sh, "
+            "or set MAPO_START_SLURM=1 to let the tests start it"
+        )
+    pytest.skip(
+        f"SLURM is installed but no node is schedulable (sinfo: {_node_state()}): "
+        "run ../shared/tools/start-local-slurm.sh or set MAPO_START_SLURM=1"
+    )
 
 
 class Jobs:
@@ -75,8 +82,9 @@ class Jobs:
 
     def sbatch(self, *args: str, env: dict | None = None) -> str:
         cmd = ["sbatch", "--parsable", f"--chdir={self.workdir}", f"--output={self.logs}/%x-%j.out", *args]
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60,
-                             env={**os.environ, **(env or {})})
+        out = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+        )
         assert out.returncode == 0, out.stderr
         job = out.stdout.strip().split(";")[0]
         self.ids.append(job)
@@ -91,8 +99,9 @@ class Jobs:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = self.states(job)
-            if states and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
-                              for s, _ in states):
+            if states and all(
+                s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL") for s, _ in states
+            ):
                 return states
             time.sleep(1)
         raise AssertionError(f"job {job} still running after {timeout}s: {self.states(job)}\n{self.log_tail()}")
@@ -135,9 +144,19 @@ def fake_endpoint(tmp_path):
     os.close(fd)
     with FakeServer(api_key=key) as server, FakeServer(api_key=key) as second:
         for name, srv in zip(EMBEDDED, (server, second)):  # one registry entry per base_url
-            endpoints.register(endpoints.Endpoint(
-                name=name, base_url=srv.base_url, served_name=name, api_key_file=str(key_file),
-                host=socket.gethostname(), port=srv.port, pid=None, job_id=None, started_at=time.time()))
+            endpoints.register(
+                endpoints.Endpoint(
+                    name=name,
+                    base_url=srv.base_url,
+                    served_name=name,
+                    api_key_file=str(key_file),
+                    host=socket.gethostname(),
+                    port=srv.port,
+                    pid=None,
+                    job_id=None,
+                    started_at=time.time(),
+                )
+            )
         yield server, key
 
 
@@ -159,11 +178,18 @@ def _keys(path: Path) -> list[str]:
 @pytest.mark.timeout(300)
 def test_array_shards_then_merge(jobs, fake_endpoint):
     server, key = fake_endpoint
-    array = jobs.sbatch("--array=0-2", "slurm/array.sbatch",
-                        "build", "run_name=arr", "roles.reviewers=[smollm2-135m]", "prompts.limit=7",
-                        "feedback.iterations=2")
-    merge = jobs.sbatch(f"--dependency=afterok:{array}", "slurm/merge.sbatch",
-                        "runs/arr/shard-*", "--out", "runs/arr/merged")
+    array = jobs.sbatch(
+        "--array=0-2",
+        "slurm/array.sbatch",
+        "build",
+        "run_name=arr",
+        "roles.reviewers=[smollm2-135m]",
+        "prompts.limit=7",
+        "feedback.iterations=2",
+    )
+    merge = jobs.sbatch(
+        f"--dependency=afterok:{array}", "slurm/merge.sbatch", "runs/arr/shard-*", "--out", "runs/arr/merged"
+    )
     assert jobs.wait(array, 180) == [("COMPLETED", "0:0")] * 3, jobs.log_tail()
     assert jobs.wait(merge, 120) == [("COMPLETED", "0:0")], jobs.log_tail()
 
@@ -186,17 +212,30 @@ def test_array_shards_then_merge(jobs, fake_endpoint):
 def test_hydra_sweep_through_submitit_then_summary(jobs, fake_endpoint):
     server, key = fake_endpoint
     sweep = jobs.workdir / "multirun" / "build"
-    cmd = [MAPO, "build", "-m", "hydra/launcher=slurm", "judge.strategy=direct,combined",
-           "roles.reviewers=[smollm2-135m]", "prompts.limit=2", "feedback.iterations=2",
-           "hydra.launcher.array_parallelism=2",
-           f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        MAPO,
+        "build",
+        "-m",
+        "hydra/launcher=slurm",
+        "judge.strategy=direct,combined",
+        "roles.reviewers=[smollm2-135m]",
+        "prompts.limit=2",
+        "feedback.iterations=2",
+        "hydra.launcher.array_parallelism=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=jobs.workdir, capture_output=True, text=True, timeout=240)
     submitit = sweep / ".submitit"
     jobs.ids += sorted({p.name.split("_")[0] for p in submitit.glob("*")}) if submitit.is_dir() else []
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    summary = subprocess.run([sys.executable, "-m", "mapo.runs.shard", "summary", str(sweep)],
-                             cwd=jobs.workdir, capture_output=True, text=True, timeout=60)
+    summary = subprocess.run(
+        [sys.executable, "-m", "mapo.runs.shard", "summary", str(sweep)],
+        cwd=jobs.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert summary.returncode == 0, summary.stderr
     with open(sweep / "summary.csv", newline="") as fh:
         reader = csv.DictReader(fh)
@@ -218,8 +257,9 @@ def _alive_with(marker: str) -> list[str]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("how", [["scancel"], ["scancel", "--batch", "--signal=TERM"]],
-                         ids=["scancel", "signal-batch-shell-only"])
+@pytest.mark.parametrize(
+    "how", [["scancel"], ["scancel", "--batch", "--signal=TERM"]], ids=["scancel", "signal-batch-shell-only"]
+)
 def test_cancel_leaves_no_orphan(jobs, fake_endpoint, how):
     """A cancelled job leaves no process: also when only the batch shell is signalled, where
     nothing but the script's trap (kill the process group) can stop the command."""
@@ -255,20 +295,36 @@ def test_server_job_then_dependent_pipeline_job(jobs, tmp_path):
 
     registry = endpoints.registry_path()
     t0 = time.monotonic()
-    server = jobs.sbatch("--gres=gpu:1", "--cpus-per-task=2", "--mem=8G", "--time=30",
-                         "slurm/serve.sbatch", "smollm2-135m",
-                         env={"MAPO_CACHE": str(REAL_CACHE)})  # weights are converted once, in the user's cache
-    pipeline = jobs.sbatch(f"--dependency=after:{server}", "--time=30", "slurm/pipeline.sbatch",
-                           "build", "run_name=vllm", "roles.reviewers=[smollm2-135m]",
-                           "prompts.limit=3", "feedback.iterations=2",
-                           env={"MAPO_WAIT_FOR": "smollm2-135m", "MAPO_WAIT_TIMEOUT": "1500"})
+    server = jobs.sbatch(
+        "--gres=gpu:1",
+        "--cpus-per-task=2",
+        "--mem=8G",
+        "--time=30",
+        "slurm/serve.sbatch",
+        "smollm2-135m",
+        env={"MAPO_CACHE": str(REAL_CACHE)},
+    )  # weights are converted once, in the user's cache
+    pipeline = jobs.sbatch(
+        f"--dependency=after:{server}",
+        "--time=30",
+        "slurm/pipeline.sbatch",
+        "build",
+        "run_name=vllm",
+        "roles.reviewers=[smollm2-135m]",
+        "prompts.limit=3",
+        "feedback.iterations=2",
+        env={"MAPO_WAIT_FOR": "smollm2-135m", "MAPO_WAIT_TIMEOUT": "1500"},
+    )
     run = jobs.workdir / "runs" / "vllm"
     t_ready = t_first = None
     ep = None
     while t_first is None:
         assert time.monotonic() - t0 < 1500, jobs.log_tail()
         states = jobs.states(pipeline)
-        assert not states or states[0][0] in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED"), (states, jobs.log_tail())
+        assert not states or states[0][0] in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED"), (
+            states,
+            jobs.log_tail(),
+        )
         if t_ready is None and registry.is_file():
             found = [e for e in endpoints.read_all(registry) if e.name == "smollm2-135m"]
             if found:

@@ -24,8 +24,9 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from mapo.metrics.agreement import cohen_kappa, jury_subsets
 from mapo.runs.evaluate import agreement_tables, combine_orders, format_table
@@ -49,8 +50,14 @@ def _record_files(paths: Iterable[str]) -> list[Path]:
     return files
 
 
-def run_tables(paths: Iterable[str], *, order_combine: str = "inconsistent_tie", subsets: bool = False,
-               rule: str = "mode", sizes: list[int] | None = None) -> dict[str, Any]:
+def run_tables(
+    paths: Iterable[str],
+    *,
+    order_combine: str = "inconsistent_tie",
+    subsets: bool = False,
+    rule: str = "mode",
+    sizes: list[int] | None = None,
+) -> dict[str, Any]:
     files = _record_files(paths)
     records = [r for f in files for r in iter_records(f) if r.get("kind") in ("judge", "juror", "jury", "debate")]
     if not records:
@@ -59,7 +66,9 @@ def run_tables(paths: Iterable[str], *, order_combine: str = "inconsistent_tie",
     tables["sources"] = [str(f) for f in files]
     if subsets:
         # juries of single judges (kind judge) that share a setup, e.g. from a multirun sweep
-        by_setup: dict[str, dict[str, dict[str, dict[str, Mapping[str, Any]]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+        by_setup: dict[str, dict[str, dict[str, dict[str, Mapping[str, Any]]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(dict))
+        )
         humans: dict[str, str] = {}
         for r in records:
             if r["kind"] == "judge":
@@ -72,19 +81,42 @@ def run_tables(paths: Iterable[str], *, order_combine: str = "inconsistent_tie",
             ids = sorted(set.intersection(*(set(v) for v in judges.values())), key=list(humans).index)
             verdicts = {j: {i: combine_orders(v[i].values(), order_combine) for i in ids} for j, v in judges.items()}
             labels = {j: [verdicts[j][i][0] for i in ids] for j in judges}
-            scores = {j: [(verdicts[j][i][1], verdicts[j][i][2]) if None not in verdicts[j][i][1:] else None for i in ids] for j in judges}
-            rows = jury_subsets(labels, [humans[i] for i in ids], sizes=sizes, rule=rule,
-                                per_judge_scores=scores if rule == "mean_score" else None)
-            extra.append({"jury": f"single judges ({len(judges)})", "setup": setup, "rule": rule, "tie_break": "tie",
-                          "subsets": [{**r.to_dict(), "size": len(r.members)} for r in rows]})
+            scores = {
+                j: [(verdicts[j][i][1], verdicts[j][i][2]) if None not in verdicts[j][i][1:] else None for i in ids]
+                for j in judges
+            }
+            rows = jury_subsets(
+                labels,
+                [humans[i] for i in ids],
+                sizes=sizes,
+                rule=rule,
+                per_judge_scores=scores if rule == "mean_score" else None,
+            )
+            extra.append(
+                {
+                    "jury": f"single judges ({len(judges)})",
+                    "setup": setup,
+                    "rule": rule,
+                    "tie_break": "tie",
+                    "subsets": [{**r.to_dict(), "size": len(r.members)} for r in rows],
+                }
+            )
         tables.setdefault("jury_subsets", []).extend(extra)
     elif "jury_subsets" in tables and not any(r["kind"] == "jury" for r in records):
         tables.pop("jury_subsets")
     return tables
 
 
-def authors_tables(root: str | Path, humans_path: str | Path | None, *, subsets: bool = False, rule: str = "mode",
-                   sizes: list[int] | None = None, recorded: bool = False, strategies: Iterable[str] = ("multi-rater10", "debate")) -> dict[str, Any]:
+def authors_tables(
+    root: str | Path,
+    humans_path: str | Path | None,
+    *,
+    subsets: bool = False,
+    rule: str = "mode",
+    sizes: list[int] | None = None,
+    recorded: bool = False,
+    strategies: Iterable[str] = ("multi-rater10", "debate"),
+) -> dict[str, Any]:
     """Kappa of each of the authors' judges (and debates) on FairEval; juries of their
     combined-scoring judges. ``recorded`` uses the scores their parser stored instead of
     mapo's re-parse of the raw texts."""
@@ -104,37 +136,68 @@ def authors_tables(root: str | Path, humans_path: str | Path | None, *, subsets:
             humans = [human_by_id[str(r.index)] for r in recs]
             a = cohen_kappa(labels, humans)
             kind = "debate" if strategy == "debate" else "judge"
-            results.append({"judge": judge if kind == "judge" else f"debate[{judge}]", "kind": kind,
-                            "setup": "combined10" if strategy == "multi-rater10" else "debate10/r2/mean_score",
-                            "models": [judge], "member_of": None, "source": strategy,
-                            "parse_mismatches": sum(not r.agrees for r in recs), **a.to_dict()})
+            results.append(
+                {
+                    "judge": judge if kind == "judge" else f"debate[{judge}]",
+                    "kind": kind,
+                    "setup": "combined10" if strategy == "multi-rater10" else "debate10/r2/mean_score",
+                    "models": [judge],
+                    "member_of": None,
+                    "source": strategy,
+                    "parse_mismatches": sum(not r.agrees for r in recs),
+                    **a.to_dict(),
+                }
+            )
             if strategy == "multi-rater10":
                 per_judge[judge] = labels
                 humans_order = humans
     results.sort(key=lambda e: (e["kind"], e["kappa"] is None, -(e["kappa"] or 0.0)))
-    out: dict[str, Any] = {"source": str(root), "humans": str(humans_path or "default FairEval"),
-                           "labels_from": "recorded scores" if recorded else "mapo re-parse of the raw texts", "results": results}
+    out: dict[str, Any] = {
+        "source": str(root),
+        "humans": str(humans_path or "default FairEval"),
+        "labels_from": "recorded scores" if recorded else "mapo re-parse of the raw texts",
+        "results": results,
+    }
     if subsets and len(per_judge) >= 2:
         js = jury_subsets(per_judge, humans_order, sizes=sizes, rule=rule)
-        out["jury_subsets"] = [{"jury": "authors' judges", "setup": "combined10", "rule": rule, "tie_break": "tie",
-                                "subsets": [{**r.to_dict(), "size": len(r.members)} for r in js]}]
+        out["jury_subsets"] = [
+            {
+                "jury": "authors' judges",
+                "setup": "combined10",
+                "rule": rule,
+                "tie_break": "tie",
+                "subsets": [{**r.to_dict(), "size": len(r.members)} for r in js],
+            }
+        ]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mapo agreement", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mapo agreement",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("runs", nargs="*", help="run folders (judgements.jsonl) or JSONL files of evaluate records")
     ap.add_argument("--authors", metavar="DIR", help="the authors' judgments folder (multi-rater10/, debate/)")
     ap.add_argument("--humans", metavar="FILE", help="FairEval JSONL with the human labels (default: the shared copy)")
     ap.add_argument("--jury-subsets", action="store_true", help="kappa of every jury formed from the single judges")
     ap.add_argument("--sizes", default=None, help="jury sizes, e.g. 2,3 (default 2..n)")
     ap.add_argument("--rule", default="mode", help="jury rule: mode (paper) | majority | mean_score")
-    ap.add_argument("--order-combine", default="inconsistent_tie", help="inconsistent_tie | mean_score (runs judged in both orders)")
-    ap.add_argument("--recorded", action="store_true", help="--authors: use the scores their parser recorded, not mapo's re-parse")
-    ap.add_argument("--strategy", choices=["multi-rater10", "debate", "all"], default="all", help="--authors: which outputs")
+    ap.add_argument(
+        "--order-combine", default="inconsistent_tie", help="inconsistent_tie | mean_score (runs judged in both orders)"
+    )
+    ap.add_argument(
+        "--recorded", action="store_true", help="--authors: use the scores their parser recorded, not mapo's re-parse"
+    )
+    ap.add_argument(
+        "--strategy", choices=["multi-rater10", "debate", "all"], default="all", help="--authors: which outputs"
+    )
     ap.add_argument("--top", type=int, default=10, help="jury subsets to print")
-    ap.add_argument("--out", metavar="FILE", help="JSON output (default: RUN/agreement.recomputed.json or ./agreement.authors.json)")
+    ap.add_argument(
+        "--out", metavar="FILE", help="JSON output (default: RUN/agreement.recomputed.json or ./agreement.authors.json)"
+    )
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
     if bool(args.authors) == bool(args.runs):
@@ -144,13 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.authors:
             strategies = ("multi-rater10", "debate") if args.strategy == "all" else (args.strategy,)
-            tables = authors_tables(args.authors, args.humans, subsets=args.jury_subsets, rule=args.rule, sizes=sizes,
-                                    recorded=args.recorded, strategies=strategies)
+            tables = authors_tables(
+                args.authors,
+                args.humans,
+                subsets=args.jury_subsets,
+                rule=args.rule,
+                sizes=sizes,
+                recorded=args.recorded,
+                strategies=strategies,
+            )
             out = Path(args.out or "agreement.authors.json")
         else:
-            tables = run_tables(args.runs, order_combine=args.order_combine, subsets=args.jury_subsets, rule=args.rule, sizes=sizes)
+            tables = run_tables(
+                args.runs, order_combine=args.order_combine, subsets=args.jury_subsets, rule=args.rule, sizes=sizes
+            )
             first = Path(args.runs[0])
-            out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "agreement.recomputed.json"
+            out = (
+                Path(args.out)
+                if args.out
+                else (first if first.is_dir() else first.parent) / "agreement.recomputed.json"
+            )
     except (FileNotFoundError, ValueError) as e:
         print(f"mapo agreement: {e}", file=sys.stderr)
         return 2

@@ -36,14 +36,28 @@ class Command:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
-        Command("build", "mapo.runs.build:build", "feedback loop -> best of N -> DPO/KTO dataset (the main job)", hydra=True),
-        Command("evaluate", "mapo.runs.evaluate:evaluate", "judge / jury / debate over a human-labelled set, with agreement", hydra=True),
-        Command("winrate", "mapo.runs.winrate:winrate", "feedback-loop configurations against single-model baselines", hydra=True),
+        Command(
+            "build", "mapo.runs.build:build", "feedback loop -> best of N -> DPO/KTO dataset (the main job)", hydra=True
+        ),
+        Command(
+            "evaluate",
+            "mapo.runs.evaluate:evaluate",
+            "judge / jury / debate over a human-labelled set, with agreement",
+            hydra=True,
+        ),
+        Command(
+            "winrate",
+            "mapo.runs.winrate:winrate",
+            "feedback-loop configurations against single-model baselines",
+            hydra=True,
+        ),
         Command("agreement", "mapo.cli.agreement:main", "kappa tables from stored judgements or the authors' outputs"),
         Command("report", "mapo.report.render:main", "HTML + Markdown report of a run folder (mapo report RUN_DIR)"),
         Command("reparse", "mapo.runs.reparse:main", "re-run the parsers over stored raw texts (mapo reparse RUN_DIR)"),
         Command("leaderboard", "mapo.report.leaderboard:main", "judges x datasets from evaluate runs and sweeps"),
-        Command("serve", "mapo.serving.__main__:main", "vLLM servers for conf/model/ (mapo serve up|down|status|prepare)"),
+        Command(
+            "serve", "mapo.serving.__main__:main", "vLLM servers for conf/model/ (mapo serve up|down|status|prepare)"
+        ),
     ]
 }
 

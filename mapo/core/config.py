@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -46,9 +46,9 @@ class GenerationConfig:
     """Upper bound on generated tokens per call."""
     top_p: float = 1.0
     """Nucleus sampling mass; 1.0 = off."""
-    seed: Optional[int] = 0
+    seed: int | None = 0
     """Sampling seed (vLLM and OpenAI honour it); part of the cache key."""
-    stop: Optional[list[str]] = None
+    stop: list[str] | None = None
     """Stop strings, if any."""
 
 
@@ -66,7 +66,7 @@ class ServeConfig:
     """GPUs one replica needs (SLURM --gres=gpu:N)."""
     data_parallel_replicas: int = 1
     """Independent server replicas; the client load-balances across them."""
-    chat_template: Optional[str] = None
+    chat_template: str | None = None
     """Jinja chat template for models that lack one: absolute, or relative to mapo/serving/ (chat_templates/...)."""
     extra_args: list[str] = field(default_factory=list)
     """Extra `vllm serve` arguments."""
@@ -78,11 +78,11 @@ class ModelConfig:
 
     served_name: str = MISSING
     """The model name sent in requests (vLLM --served-model-name, or the API model id)."""
-    base_url: Optional[str] = None
+    base_url: str | None = None
     """Explicit OpenAI-compatible base URL (API models, or a server you started yourself)."""
-    endpoint: Optional[str] = None
+    endpoint: str | None = None
     """Name in the endpoint registry written by ``serve/`` (served models). One of base_url/endpoint."""
-    api_key_env: Optional[str] = None
+    api_key_env: str | None = None
     """Environment variable that holds the API key (registry endpoints carry a key file instead)."""
     max_concurrency: int = 16
     """Requests in flight per endpoint replica."""
@@ -93,7 +93,7 @@ class ModelConfig:
     structured_output: bool = False
     """Server honours vLLM structured outputs (regex/choice/json); enables constrained judging."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    serve: Optional[ServeConfig] = None
+    serve: ServeConfig | None = None
 
 
 @dataclass
@@ -172,7 +172,7 @@ class FeedbackConfig:
     prompt_set: str = "paper"
     constrained: str = "auto"
     """Constrain reviewer output to the parseable format where supported."""
-    early_stop_score: Optional[float] = None
+    early_stop_score: float | None = None
     """Stop once the reviewer score reaches this (off by default, as the paper)."""
     early_stop_no_improve: bool = False
     """Stop when the score stops improving (off by default)."""
@@ -193,13 +193,13 @@ class PromptSourceConfig:
 
     source: str = "builtin"
     """builtin | file | hf."""
-    path: Optional[str] = None
+    path: str | None = None
     """Local JSONL/CSV/parquet for source=file; dataset name for source=hf."""
     split: str = "train"
     prompt_column: str = "prompt"
     """Column holding the instruction (a string, or a chat list whose first user turn is taken)."""
-    id_column: Optional[str] = None
-    limit: Optional[int] = None
+    id_column: str | None = None
+    limit: int | None = None
     """Take the first N prompts (after skipping invalid ones)."""
     on_invalid: str = "error"
     """error | skip (skipped prompts are counted in the manifest)."""
@@ -217,9 +217,9 @@ class ClientConfig:
 
     cache: bool = True
     """Content-hash response cache (sqlite): reruns and resumes re-send nothing."""
-    cache_path: Optional[str] = None
+    cache_path: str | None = None
     """Defaults to ${MAPO_CACHE:-~/.cache/mapo}/responses.sqlite."""
-    registry: Optional[str] = None
+    registry: str | None = None
     """Endpoint registry file; defaults to $MAPO_ENDPOINTS or ${MAPO_CACHE}/endpoints.json."""
     check_endpoints: bool = True
     """Probe every endpoint a role uses at start and fail fast if one is down."""
@@ -264,7 +264,7 @@ class RunConfig:
     """The run folder (set from Hydra's output dir)."""
     max_items_in_flight: int = 64
     """Items (prompts / pairs) processed concurrently; bounds memory, keeps servers busy."""
-    push_to_hub: Optional[str] = None
+    push_to_hub: str | None = None
     """Optional Hugging Face repo id to push the DPO/KTO DatasetDict to."""
 
 
@@ -299,7 +299,9 @@ def validate(cfg: RunConfig, roles_used: list[str]) -> None:
     """Fail before any model call: unknown models, missing keys, bad numbers, naming the key."""
     unknown = _unknown_keys(cfg)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (a typo? see mapo/core/config.py for the fields)")
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(unknown)} (a typo? see mapo/core/config.py for the fields)"
+        )
     models = cfg.models
     for role in roles_used:
         value = getattr(cfg.roles, role)
@@ -316,8 +318,7 @@ def validate(cfg: RunConfig, roles_used: list[str]) -> None:
                 raise ConfigError(f"models.{name}: set exactly one of base_url and endpoint")
             if m.api_key_env and not os.environ.get(m.api_key_env):
                 raise ConfigError(
-                    f"models.{name}.api_key_env: environment variable {m.api_key_env} is not set "
-                    f"(needed by {key})"
+                    f"models.{name}.api_key_env: environment variable {m.api_key_env} is not set (needed by {key})"
                 )
             if m.max_concurrency < 1:
                 raise ConfigError(f"models.{name}.max_concurrency must be >= 1, got {m.max_concurrency}")
@@ -330,8 +331,10 @@ def validate(cfg: RunConfig, roles_used: list[str]) -> None:
     if cfg.judge.scale not in (5, 10, 100):
         raise ConfigError(f"judge.scale must be 5, 10 or 100, got {cfg.judge.scale}")
     if not 0 <= cfg.prompts.shard_index < cfg.prompts.shard_count:
-        raise ConfigError(f"prompts.shard_index={cfg.prompts.shard_index} must be in 0..prompts.shard_count-1 "
-                          f"(shard_count={cfg.prompts.shard_count})")
+        raise ConfigError(
+            f"prompts.shard_index={cfg.prompts.shard_index} must be in 0..prompts.shard_count-1 "
+            f"(shard_count={cfg.prompts.shard_count})"
+        )
     if cfg.max_items_in_flight < 1:
         raise ConfigError(f"max_items_in_flight must be >= 1, got {cfg.max_items_in_flight}")
     for key, value, allowed in [

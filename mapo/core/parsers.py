@@ -138,7 +138,9 @@ def _fmt(x: float) -> str:
 _CHOICE = r"(?:(?i:option|assistant|response)\s*)?(?P<c>[ABC](?![\w/])|(?i:tie)\b)"
 _PICK_PATTERNS = [
     # "Answer: A", "**Answer:** B", "Final answer = C", "Verdict: tie", "### Answer:\nA"
-    re.compile(r"(?i:answer|verdict|decision|choice)[ \t]*(?:\*\*|__)?[ \t]*[:=\uff1a][\s*_\[\](>\"'`]{0,12}" + _CHOICE),
+    re.compile(
+        r"(?i:answer|verdict|decision|choice)[ \t]*(?:\*\*|__)?[ \t]*[:=\uff1a][\s*_\[\](>\"'`]{0,12}" + _CHOICE
+    ),
     # "### Answer\nB" (header without colon)
     re.compile(r"(?m)^[ \t]*#{1,6}[ \t]*(?i:final[ \t]+)?(?i:answer|verdict)[ \t]*$[\s*_\[\](>\"'`]{0,12}" + _CHOICE),
     # "The answer is B", "my verdict is: A"
@@ -183,7 +185,9 @@ def parse_pick(text: str, **_: Any) -> ParseResult:
 
 _SCORE_LABELLED = re.compile(
     r"\b(?i:(?:overall|final|total)\s+)?(?i:score|rating|grade)(?i:\s+(?:for|of)\s+(?:the\s+)?(?:response|answer))?"
-    + _SEP + _NUM + _DEN
+    + _SEP
+    + _NUM
+    + _DEN
 )
 _SCORE_WITH_DEN = re.compile(r"(?<![\d.\-])" + _NUM + r"[ \t*_]*(?:/|(?i:out\s+of))[ \t]*(?P<den>\d{1,6})")
 _LEADING = re.compile(r"[\s*_:=(\[]{0,12}" + _NUM + _DEN)
@@ -228,11 +232,16 @@ _PAIR_LABELLED = re.compile(
     # "Assistant 1 at" (a short connective; a bare number must still end its clause)
     + r"(?:['\u2019]s)?(?:[ \t]+(?i:response|answer))?(?:[ \t]+(?i:is|as|at|gets|deserves|receives|earns))?"
     + r"(?:[ \t]+(?i:an?|the))?(?:[ \t]*(?i:score|rating|overall\s+score)s?)?(?:[ \t]+(?i:of|at))?"
-    + _SEP + _NUM + _DEN
+    + _SEP
+    + _NUM
+    + _DEN
 )
 # "a score of 7/10 for Assistant 1": the number first, so its denominator is required
 _PAIR_REVERSED = re.compile(
-    r"(?<![\d.\-])" + _NUM + r"[ \t*_]*(?:/|(?i:out\s+of))[ \t]*(?P<den>\d{1,6})[ \t*_]+(?i:for|to)[ \t]+(?:(?i:the)[ \t]+)?" + _SIDE
+    r"(?<![\d.\-])"
+    + _NUM
+    + r"[ \t*_]*(?:/|(?i:out\s+of))[ \t]*(?P<den>\d{1,6})[ \t*_]+(?i:for|to)[ \t]+(?:(?i:the)[ \t]+)?"
+    + _SIDE
 )
 
 
@@ -332,7 +341,9 @@ def to_verdict(result: ParseResult, kind: str) -> Verdict:
     caller compares two independent scores). A failed parse is ``Verdict.failed(reason)``.
     """
     if kind not in ("pick", "score", "score_pair", "debate_final"):
-        raise ValueError(f"to_verdict: no verdict for parser kind {kind!r}; known: debate_final, pick, score, score_pair")
+        raise ValueError(
+            f"to_verdict: no verdict for parser kind {kind!r}; known: debate_final, pick, score, score_pair"
+        )
     if not result.ok:
         return Verdict.failed(result.error or f"unparseable {kind}")
     if kind == "pick":
@@ -402,14 +413,18 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800) -> str:
     if kind == "score":
         return f"### Evaluation Evidence:\\n{_EVIDENCE}\\n\\n### Overall Score:\\n{n}/{scale}"
     if kind == "score_pair":
-        return (f"### Evaluation Evidence:\\n{_EVIDENCE}\\n\\n### Score Assistant A:\\n{n}/{scale}"
-                f"\\n\\n### Score Assistant B:\\n{n}/{scale}")
+        return (
+            f"### Evaluation Evidence:\\n{_EVIDENCE}\\n\\n### Score Assistant A:\\n{n}/{scale}"
+            f"\\n\\n### Score Assistant B:\\n{n}/{scale}"
+        )
     if kind == "debate_final":
         return f"Assistant 1: {n}/{scale}\\nAssistant 2: {n}/{scale}"
     if kind == "review":
         if scale != 10:
             raise ValueError(f"constrained_regex: the review score is out of 10, got scale={scale}")
         half = max(8, text_chars // 2)
-        return (f"### Evaluation:\\n{_free_text(half)}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
-                f"\\n\\n### Feedback:\\n{_free_text(half)}")
+        return (
+            f"### Evaluation:\\n{_free_text(half)}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
+            f"\\n\\n### Feedback:\\n{_free_text(half)}"
+        )
     raise ValueError(f"constrained_regex: unknown kind {kind!r}; known: debate_final, pick, review, score, score_pair")

@@ -10,7 +10,7 @@ import hashlib
 import os
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from mapo.core.config import ConfigError, resource_dir
@@ -42,12 +42,14 @@ class Template:
         return self.text.format(**values)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(prompt_set: str, name: str) -> Template:
     path = prompts_root() / prompt_set / f"{name}.txt"
     if not path.is_file():
         available = sorted(p.stem for p in (prompts_root() / prompt_set).glob("*.txt"))
-        raise ConfigError(f"no prompt {name!r} in set {prompt_set!r} ({path}); available: {', '.join(available) or 'none'}")
+        raise ConfigError(
+            f"no prompt {name!r} in set {prompt_set!r} ({path}); available: {', '.join(available) or 'none'}"
+        )
     text = path.read_text(encoding="utf-8").rstrip("\n")
     try:
         fields = frozenset(f for _, f, _, _ in string.Formatter().parse(text) if f)
@@ -58,7 +60,17 @@ def load(prompt_set: str, name: str) -> Template:
 
 # Delimiters our templates own; look-alikes inside judged text are defused so a response
 # cannot close its own block or declare its own verdict.
-_DELIMITER_MARKERS = ("[The Start of", "[The End of", "[Start of", "[End of", "< Start of", "< End of", "< The Start of", "< The End of", "###")
+_DELIMITER_MARKERS = (
+    "[The Start of",
+    "[The End of",
+    "[Start of",
+    "[End of",
+    "< Start of",
+    "< End of",
+    "< The Start of",
+    "< The End of",
+    "###",
+)
 
 
 def quote_untrusted(text: str) -> str:

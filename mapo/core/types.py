@@ -38,11 +38,11 @@ class Verdict:
         return self.failure is None
 
     @classmethod
-    def failed(cls, reason: str) -> "Verdict":
+    def failed(cls, reason: str) -> Verdict:
         return cls(failure=reason)
 
     @classmethod
-    def from_scores(cls, score_a: float, score_b: float) -> "Verdict":
+    def from_scores(cls, score_a: float, score_b: float) -> Verdict:
         """The paper's pick rule: the higher score wins, equal scores are a tie."""
         pick: Pick = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
         return cls(pick=pick, score_a=score_a, score_b=score_b)
@@ -68,7 +68,7 @@ class Usage:
     failures: int = 0
     latency_s: float = 0.0
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 

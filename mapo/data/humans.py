@@ -95,7 +95,9 @@ def load_local(
     cols = {f: f for f in FIELDS} | dict(columns or {})
     unknown = set(cols) - set(FIELDS)
     if unknown:
-        raise HumanDataError(f"{path}: column mapping names unknown fields {sorted(unknown)}; fields: {', '.join(FIELDS)}")
+        raise HumanDataError(
+            f"{path}: column mapping names unknown fields {sorted(unknown)}; fields: {', '.join(FIELDS)}"
+        )
     lab = dict(labels) if labels is not None else IDENTITY_LABELS
     return [_row(rec, cols, lab, f"{path}: {where}", default_id=str(i)) for i, (where, rec) in enumerate(records)]
 
@@ -134,7 +136,9 @@ def _object(rec: Any, path: Path, where: str) -> dict[str, Any]:
     return rec
 
 
-def _row(rec: Mapping[str, Any], cols: Mapping[str, str], labels: Mapping[Any, Label], where: str, default_id: str) -> HumanRow:
+def _row(
+    rec: Mapping[str, Any], cols: Mapping[str, str], labels: Mapping[Any, Label], where: str, default_id: str
+) -> HumanRow:
     def get(field: str) -> Any:
         key = cols[field]
         if key not in rec:
@@ -146,7 +150,9 @@ def _row(rec: Mapping[str, Any], cols: Mapping[str, str], labels: Mapping[Any, L
     value = get("human")
     label = _lookup(labels, value)
     if label is None:
-        raise HumanDataError(f"{where}: unknown label value {value!r} in column {cols['human']!r}; known: {', '.join(map(repr, labels))}")
+        raise HumanDataError(
+            f"{where}: unknown label value {value!r} in column {cols['human']!r}; known: {', '.join(map(repr, labels))}"
+        )
     text = {}
     for field in ("question", "response_a", "response_b"):
         v = get(field)
@@ -215,13 +221,21 @@ def pandalm_rows(records: Iterable[Mapping[str, Any]], source: str = "PandaLM") 
         extra = rec.get("input")
         instruction = _need_text(rec, "instruction", where)
         question = instruction + ("\n\n" + extra if isinstance(extra, str) and extra.strip() else "")
-        rows.append(HumanRow(id=str(rec.get("idx", i)), question=question,
-                             response_a=_need_text(rec, "response1", where),
-                             response_b=_need_text(rec, "response2", where), human=_majority(votes)))
+        rows.append(
+            HumanRow(
+                id=str(rec.get("idx", i)),
+                question=question,
+                response_a=_need_text(rec, "response1", where),
+                response_b=_need_text(rec, "response2", where),
+                human=_majority(votes),
+            )
+        )
     return rows
 
 
-def load_pandalm(name: str = "WeOpenML/PandaLM", split: str = "test", *, data_files: str | None = None) -> list[HumanRow]:
+def load_pandalm(
+    name: str = "WeOpenML/PandaLM", split: str = "test", *, data_files: str | None = None
+) -> list[HumanRow]:
     """PandaLM-Eval (999 items, majority of 3 annotators). ``data_files`` may point the
     ``json`` builder at a local/remote copy of ``data/testset-v1.json``."""
     ds = _hub("json", data_files=data_files, split="train") if data_files else _hub(name, split=split)
@@ -231,7 +245,9 @@ def load_pandalm(name: str = "WeOpenML/PandaLM", split: str = "test", *, data_fi
 MT_BENCH_LABELS: dict[Any, Label] = {"model_a": "model_a", "model_b": "model_b", "tie": "tie", "tie (bothbad)": "tie"}
 
 
-def mt_bench_rows(records: Iterable[Mapping[str, Any]], turn: int | None = None, source: str = "mt_bench") -> list[HumanRow]:
+def mt_bench_rows(
+    records: Iterable[Mapping[str, Any]], turn: int | None = None, source: str = "mt_bench"
+) -> list[HumanRow]:
     """MT-Bench human judgments (one row per judge vote). ``turn=1``/``2`` keeps one turn.
 
     For turn 1 the question is the first user message and each response the first assistant
@@ -248,18 +264,22 @@ def mt_bench_rows(records: Iterable[Mapping[str, Any]], turn: int | None = None,
             continue
         label = _lookup(MT_BENCH_LABELS, rec.get("winner"))
         if label is None:
-            raise HumanDataError(f"{where}: unknown label value {rec.get('winner')!r} in column 'winner'; known: {', '.join(MT_BENCH_LABELS)}")
+            raise HumanDataError(
+                f"{where}: unknown label value {rec.get('winner')!r} in column 'winner'; known: {', '.join(MT_BENCH_LABELS)}"
+            )
         conv_a, conv_b = _conversation(rec, "conversation_a", where), _conversation(rec, "conversation_b", where)
         users = [m["content"] for m in conv_a if m["role"] == "user"]
         if len(users) < t:
             raise HumanDataError(f"{where}: conversation_a has {len(users)} user turns, needs {t}")
-        rows.append(HumanRow(
-            id=f"{rec.get('question_id')}:{rec.get('model_a')}:{rec.get('model_b')}:t{t}:{rec.get('judge')}",
-            question=users[t - 1],
-            response_a=_answer(conv_a, t, where, "conversation_a"),
-            response_b=_answer(conv_b, t, where, "conversation_b"),
-            human=label,
-        ))
+        rows.append(
+            HumanRow(
+                id=f"{rec.get('question_id')}:{rec.get('model_a')}:{rec.get('model_b')}:t{t}:{rec.get('judge')}",
+                question=users[t - 1],
+                response_a=_answer(conv_a, t, where, "conversation_a"),
+                response_b=_answer(conv_b, t, where, "conversation_b"),
+                human=label,
+            )
+        )
     return rows
 
 
@@ -279,7 +299,9 @@ def _answer(conv: list[dict[str, str]], turn: int, where: str, key: str) -> str:
     return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in conv)
 
 
-def load_mt_bench(split: str = "human", turn: int | None = None, name: str = "lmsys/mt_bench_human_judgments") -> list[HumanRow]:
+def load_mt_bench(
+    split: str = "human", turn: int | None = None, name: str = "lmsys/mt_bench_human_judgments"
+) -> list[HumanRow]:
     return mt_bench_rows(_hub(name, split=split), turn=turn, source=f"{name}[{split}]")
 
 
@@ -293,28 +315,44 @@ def alpaca_eval_rows(records: Iterable[Mapping[str, Any]], source: str = "alpaca
     groups: dict[tuple[str, str, str], list[Label]] = {}
     for i, rec in enumerate(records):
         where = f"{source}: row {i}"
-        key = (_need_text(rec, "instruction", where), _need_text(rec, "output_1", where), _need_text(rec, "output_2", where))
+        key = (
+            _need_text(rec, "instruction", where),
+            _need_text(rec, "output_1", where),
+            _need_text(rec, "output_2", where),
+        )
         label = _lookup(ALPACA_LABELS, rec.get("preference"))
         if label is None:
-            raise HumanDataError(f"{where}: unknown label value {rec.get('preference')!r} in column 'preference'; known: 0, 1, 1.5, 2")
+            raise HumanDataError(
+                f"{where}: unknown label value {rec.get('preference')!r} in column 'preference'; known: 0, 1, 1.5, 2"
+            )
         groups.setdefault(key, []).append(label)
-    return [HumanRow(id=str(i), question=q, response_a=a, response_b=b, human=_majority(votes))
-            for i, ((q, a, b), votes) in enumerate(groups.items())]
+    return [
+        HumanRow(id=str(i), question=q, response_a=a, response_b=b, human=_majority(votes))
+        for i, ((q, a, b), votes) in enumerate(groups.items())
+    ]
 
 
-def load_alpaca_eval(name: str = "tatsu-lab/alpaca_eval", config: str = "alpaca_farm_human_crossannotations",
-                     split: str = "validation") -> list[HumanRow]:
+def load_alpaca_eval(
+    name: str = "tatsu-lab/alpaca_eval", config: str = "alpaca_farm_human_crossannotations", split: str = "validation"
+) -> list[HumanRow]:
     return alpaca_eval_rows(_hub(name, config, split=split), source=f"{name}/{config}[{split}]")
 
 
 def _need_text(rec: Mapping[str, Any], key: str, where: str) -> str:
     v = rec.get(key)
     if not isinstance(v, str):
-        raise HumanDataError(f"{where}: column {key!r} is {'missing' if key not in rec else type(v).__name__}, expected text")
+        raise HumanDataError(
+            f"{where}: column {key!r} is {'missing' if key not in rec else type(v).__name__}, expected text"
+        )
     return v
 
 
 LOADERS: Registry[Callable[..., list[HumanRow]]] = Registry("human-labelled set")
-for _name, _fn in (("faireval", load_faireval), ("local", load_local), ("pandalm", load_pandalm),
-                   ("mt_bench", load_mt_bench), ("alpaca_eval", load_alpaca_eval)):
+for _name, _fn in (
+    ("faireval", load_faireval),
+    ("local", load_local),
+    ("pandalm", load_pandalm),
+    ("mt_bench", load_mt_bench),
+    ("alpaca_eval", load_alpaca_eval),
+):
     LOADERS.register(_name)(_fn)

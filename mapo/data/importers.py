@@ -25,11 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapo.metrics.agreement import label_from_scores
 from mapo.core.parsers import PARSERS
 from mapo.core.types import Label
+from mapo.metrics.agreement import label_from_scores
 
-__all__ = ["STRATEGIES", "AuthorRecord", "JudgmentsFormatError", "default_root", "iter_author_records", "load_author_judgments"]
+__all__ = [
+    "STRATEGIES",
+    "AuthorRecord",
+    "JudgmentsFormatError",
+    "default_root",
+    "iter_author_records",
+    "load_author_judgments",
+]
 
 STRATEGIES = ("multi-rater10", "debate")
 
@@ -98,7 +105,9 @@ def _score(record: dict[str, Any], key: str) -> float | None:
 def _text(record: dict[str, Any], key: str, where: str) -> str:
     v = record.get(key)
     if not isinstance(v, str):
-        raise JudgmentsFormatError(f"{where}: field {key!r} is {'missing' if v is None else type(v).__name__}, expected text")
+        raise JudgmentsFormatError(
+            f"{where}: field {key!r} is {'missing' if v is None else type(v).__name__}, expected text"
+        )
     return v
 
 

@@ -6,9 +6,10 @@ invalid ones are an error naming the file and line, or skipped and counted.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mapo.core.config import ConfigError, PromptSourceConfig
 from mapo.core.prompts import prompts_root

@@ -9,8 +9,9 @@ See https://huggingface.co/docs/trl/dataset_formats.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 DPO_COLUMNS = ("prompt", "chosen", "rejected")
 KTO_COLUMNS = ("prompt", "completion", "label")
@@ -28,27 +29,54 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def rows_for(prompt_id: str, question: str, responses: list[str], scores: list[float | None], best: int,
-             *, generator: str, judge: str) -> tuple[list[dict], list[dict], int]:
+def rows_for(
+    prompt_id: str,
+    question: str,
+    responses: list[str],
+    scores: list[float | None],
+    best: int,
+    *,
+    generator: str,
+    judge: str,
+) -> tuple[list[dict], list[dict], int]:
     """DPO and KTO rows for one prompt; returns (dpo, kto, n_pairs_skipped_as_identical)."""
     dpo, kto, skipped = [], [], 0
     chosen = responses[best]
     for i, text in enumerate(responses):
-        kto.append({
-            "key": f"{prompt_id}/{i}", "prompt": _user(question), "completion": _assistant(text), "label": i == best,
-            "prompt_id": prompt_id, "iteration": i, "score": scores[i], "model": generator, "judge": judge,
-        })
+        kto.append(
+            {
+                "key": f"{prompt_id}/{i}",
+                "prompt": _user(question),
+                "completion": _assistant(text),
+                "label": i == best,
+                "prompt_id": prompt_id,
+                "iteration": i,
+                "score": scores[i],
+                "model": generator,
+                "judge": judge,
+            }
+        )
         if i == best:
             continue
         if text.strip() == chosen.strip():
             skipped += 1  # identical texts teach nothing and break DPO's margin: counted, not written
             continue
-        dpo.append({
-            "key": f"{prompt_id}/{best}>{i}", "prompt": _user(question), "chosen": _assistant(chosen), "rejected": _assistant(text),
-            "prompt_id": prompt_id, "chosen_iteration": best, "rejected_iteration": i,
-            "chosen_score": scores[best], "rejected_score": scores[i],
-            "chosen_model": generator, "rejected_model": generator, "judge": judge,
-        })
+        dpo.append(
+            {
+                "key": f"{prompt_id}/{best}>{i}",
+                "prompt": _user(question),
+                "chosen": _assistant(chosen),
+                "rejected": _assistant(text),
+                "prompt_id": prompt_id,
+                "chosen_iteration": best,
+                "rejected_iteration": i,
+                "chosen_score": scores[best],
+                "rejected_score": scores[i],
+                "chosen_model": generator,
+                "rejected_model": generator,
+                "judge": judge,
+            }
+        )
     for row in dpo:
         validate_row(row, DPO_COLUMNS)
     for row in kto:
@@ -66,7 +94,11 @@ def validate_row(row: dict[str, Any], columns: tuple[str, ...]) -> None:
             if not isinstance(value, bool):
                 raise RowError(f"row {row.get('key')}: label must be bool")
             continue
-        if not (isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"].strip() for m in value)):
+        if not (
+            isinstance(value, list)
+            and value
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"].strip() for m in value)
+        ):
             raise RowError(f"row {row.get('key')}: column {col!r} must be a non-empty conversation")
 
 
@@ -91,7 +123,9 @@ def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: 
         if not src.exists() or src.stat().st_size == 0:
             counts[name] = 0
             continue
-        ds = datasets.Dataset.from_generator(_iter_jsonl, gen_kwargs={"path": src}, cache_dir=str(run_dir / ".hf-cache"))
+        ds = datasets.Dataset.from_generator(
+            _iter_jsonl, gen_kwargs={"path": src}, cache_dir=str(run_dir / ".hf-cache")
+        )
         dd = datasets.DatasetDict({"train": ds})
         out = run_dir / "dataset" / name
         tmp = out.with_name(f".{name}.tmp")

@@ -6,14 +6,15 @@ growing conversation. Every iteration is kept, with every raw review.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from mapo.core import prompts
-from mapo.llm.client import Constraint, LLMClient
 from mapo.core.config import FeedbackConfig
 from mapo.core.parsers import PARSERS, constrained_regex, text_budget
 from mapo.core.types import Message
+from mapo.llm.client import Constraint, LLMClient
 
 
 @dataclass
@@ -109,8 +110,12 @@ class FeedbackLoop:
         constraint = Constraint(regex=constrained_regex("review", 10, text_chars=budget)) if constrained else None
         messages: list[Message] = [
             {"role": "system", "content": self._t("reviewer.system").render()},
-            {"role": "user", "content": self._t("reviewer.user").render(
-                question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response))},
+            {
+                "role": "user",
+                "content": self._t("reviewer.user").render(
+                    question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
+                ),
+            },
         ]
         raws: list[str] = []
         for attempt in range(self.config.reask + 1):
@@ -120,6 +125,9 @@ class FeedbackLoop:
             if result.ok:
                 v = result.value
                 return Review(reviewer, raws, float(v.score), v.evaluation, v.feedback)
-            messages = [*messages, {"role": "assistant", "content": c.text},
-                        {"role": "user", "content": self._t("reask_review").render()}]
+            messages = [
+                *messages,
+                {"role": "assistant", "content": c.text},
+                {"role": "user", "content": self._t("reask_review").render()},
+            ]
         return Review(reviewer, raws, None, None, None, failure=result.error or "unparseable review")

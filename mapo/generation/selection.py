@@ -5,11 +5,12 @@ scoring all N at once. Every judge call's raw text is kept in the result.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-from mapo.judging.judge import Judge, PairJudgement
 from mapo.core.registry import Registry
+from mapo.judging.judge import Judge, PairJudgement
 
 
 @dataclass
@@ -34,7 +35,9 @@ async def tournament(judge: Judge, question: str, responses: Sequence[str]) -> S
         j: PairJudgement = await judge.judge_pair(question, responses[best], responses[challenger])
         records.append({"a": best, "b": challenger, **j.to_record()})
         if not j.ok:
-            return Selection(None, "tournament", records, failure=f"judge failed on {best} vs {challenger}: {j.failure}")
+            return Selection(
+                None, "tournament", records, failure=f"judge failed on {best} vs {challenger}: {j.failure}"
+            )
         if j.label == "model_b":
             best = challenger
     return Selection(best, "tournament", records)
@@ -45,7 +48,10 @@ async def score_all(judge: Judge, question: str, responses: Sequence[str]) -> Se
     """Score every response alone (independent scoring); the highest wins, ties go to the earliest."""
     attempts = await asyncio.gather(*(judge.score_single(question, r) for r in responses))
     scores: list[float | None] = [a.verdict.score_a if a.verdict.ok else None for a in attempts]
-    records = [{"index": i, "raw": a.raw, "score": s, "failure": a.verdict.failure} for i, (a, s) in enumerate(zip(attempts, scores))]
+    records = [
+        {"index": i, "raw": a.raw, "score": s, "failure": a.verdict.failure}
+        for i, (a, s) in enumerate(zip(attempts, scores))
+    ]
     if any(s is None for s in scores):
         return Selection(None, "score_all", records, scores, failure="a response could not be scored")
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))

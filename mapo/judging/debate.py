@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mapo.core import prompts
-from mapo.metrics.agreement import jury_pick, label_from_scores
-from mapo.llm.client import Constraint, LLMClient
 from mapo.core.config import ConfigError, DebateConfig
 from mapo.core.parsers import PARSERS, constrained_regex
 from mapo.core.types import Label, Message, Verdict
+from mapo.llm.client import Constraint, LLMClient
+from mapo.metrics.agreement import jury_pick, label_from_scores
 
 __all__ = ["AGGREGATES", "Debate", "DebateJudgement", "FinalScore", "Utterance", "debate_name", "role_title"]
 
@@ -143,7 +144,9 @@ def aggregate_finals(finals: Sequence[FinalScore], rule: str) -> tuple[Label | N
 
 
 class Debate:
-    def __init__(self, client: LLMClient, debaters: Sequence[str], config: DebateConfig, *, role: str = "debater") -> None:
+    def __init__(
+        self, client: LLMClient, debaters: Sequence[str], config: DebateConfig, *, role: str = "debater"
+    ) -> None:
         roles = list(config.roles)
         debaters = list(debaters)
         if not roles:
@@ -179,27 +182,41 @@ class Debate:
 
     @property
     def prompt_sha(self) -> str:
-        texts = [self._system.text, self._user.text, self._final.text, *(self._role_prompts[r].text for r in self.roles)]
+        texts = [
+            self._system.text,
+            self._user.text,
+            self._final.text,
+            *(self._role_prompts[r].text for r in self.roles),
+        ]
         return hashlib.sha256("\n\x00".join(texts).encode("utf-8")).hexdigest()[:16]
 
     def _system_text(self) -> str:
         return self._system.render(scale=self.config.scale) if "scale" in self._system.fields else self._system.render()
 
-    def _messages(self, question: str, first: str, second: str, history: list[Utterance], role_prompt: str) -> list[Message]:
-        hist = "\n\n".join(f"[{role_title(u.role)}]: {prompts.quote_untrusted(u.text)}" for u in history) or "(none yet)"
+    def _messages(
+        self, question: str, first: str, second: str, history: list[Utterance], role_prompt: str
+    ) -> list[Message]:
+        hist = (
+            "\n\n".join(f"[{role_title(u.role)}]: {prompts.quote_untrusted(u.text)}" for u in history) or "(none yet)"
+        )
         return [
             {"role": "system", "content": self._system_text()},
-            {"role": "user", "content": self._user.render(
-                question=prompts.quote_untrusted(question),
-                response_a=prompts.quote_untrusted(first),
-                response_b=prompts.quote_untrusted(second),
-                history=hist,
-                role_prompt=role_prompt,
-            )},
+            {
+                "role": "user",
+                "content": self._user.render(
+                    question=prompts.quote_untrusted(question),
+                    response_a=prompts.quote_untrusted(first),
+                    response_b=prompts.quote_untrusted(second),
+                    history=hist,
+                    role_prompt=role_prompt,
+                ),
+            },
         ]
 
     def _constraint(self, model: str) -> Constraint | None:
-        on = self.config.constrained == "on" or (self.config.constrained == "auto" and self.client.supports_constraints(model))
+        on = self.config.constrained == "on" or (
+            self.config.constrained == "auto" and self.client.supports_constraints(model)
+        )
         return Constraint(regex=constrained_regex("debate_final", self.config.scale)) if on else None
 
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> DebateJudgement:
@@ -208,23 +225,50 @@ class Debate:
         for rnd in range(self.config.rounds):
             for role, model in zip(self.roles, self.models):
                 role_prompt = self._role_prompts[role].render()
-                c = await self.client.chat(model, self._messages(question, response_a, response_b, history, role_prompt), role=self.role)
-                history.append(Utterance(role, model, rnd, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s, c.cached))
-        finals = await asyncio.gather(*(self._final_scores(role, model, question, response_a, response_b, history)
-                                         for role, model in zip(self.roles, self.models)))
+                c = await self.client.chat(
+                    model, self._messages(question, response_a, response_b, history, role_prompt), role=self.role
+                )
+                history.append(
+                    Utterance(role, model, rnd, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s, c.cached)
+                )
+        finals = await asyncio.gather(
+            *(
+                self._final_scores(role, model, question, response_a, response_b, history)
+                for role, model in zip(self.roles, self.models)
+            )
+        )
         label, sa, sb = aggregate_finals(finals, self.config.aggregate)
         n_failed = sum(not f.ok for f in finals)
         failure = None
         if label is None:
-            failure = "every referee's final scores failed to parse: " + "; ".join(f"{f.role}: {f.failure}" for f in finals if f.failure)
+            failure = "every referee's final scores failed to parse: " + "; ".join(
+                f"{f.role}: {f.failure}" for f in finals if f.failure
+            )
         return DebateJudgement(
-            judge=self.name, strategy="debate", scale=self.config.scale, prompt_sha=self.prompt_sha,
-            aggregate=self.config.aggregate, utterances=history, finals=list(finals),
-            label=label, score_a=sa, score_b=sb, failure=failure, n_failed=n_failed,
+            judge=self.name,
+            strategy="debate",
+            scale=self.config.scale,
+            prompt_sha=self.prompt_sha,
+            aggregate=self.config.aggregate,
+            utterances=history,
+            finals=list(finals),
+            label=label,
+            score_a=sa,
+            score_b=sb,
+            failure=failure,
+            n_failed=n_failed,
         )
 
-    async def _final_scores(self, role: str, model: str, question: str, first: str, second: str, history: list[Utterance]) -> FinalScore:
-        ask = self._final.render(**{k: v for k, v in {"role_name": role_title(role), "scale": self.config.scale}.items() if k in self._final.fields})
+    async def _final_scores(
+        self, role: str, model: str, question: str, first: str, second: str, history: list[Utterance]
+    ) -> FinalScore:
+        ask = self._final.render(
+            **{
+                k: v
+                for k, v in {"role_name": role_title(role), "scale": self.config.scale}.items()
+                if k in self._final.fields
+            }
+        )
         messages = self._messages(question, first, second, history, ask)
         constraint = self._constraint(model)
         parse = PARSERS.get("debate_final")
@@ -251,4 +295,3 @@ def final_verdict(final: FinalScore) -> Verdict:
     if not final.ok or final.score_a is None or final.score_b is None:
         return Verdict.failed(final.failure or "unparseable")
     return Verdict.from_scores(final.score_a, final.score_b)
-

@@ -8,15 +8,16 @@ Optionally both presentation orders are judged and combined to cancel position b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from mapo.core import prompts
-from mapo.llm.client import Constraint, LLMClient
 from mapo.core.config import JudgeConfig
 from mapo.core.parsers import PARSERS, ParseResult, constrained_regex, text_budget
 from mapo.core.registry import Registry
 from mapo.core.types import Label, Message, Verdict, pick_to_label
+from mapo.llm.client import Constraint, LLMClient
 
 
 @dataclass
@@ -80,14 +81,22 @@ class Judge:
         orders = ["AB", "BA"] if self.config.both_orders and self.config.strategy != "independent" else ["AB"]
         attempts = await asyncio.gather(
             *(
-                self._strategy(self, order, question, *((response_a, response_b) if order == "AB" else (response_b, response_a)))
+                self._strategy(
+                    self, order, question, *((response_a, response_b) if order == "AB" else (response_b, response_a))
+                )
                 for order in orders
             )
         )
         return self._combine(list(attempts))
 
     def _combine(self, attempts: list[Attempt]) -> PairJudgement:
-        base = dict(judge=self.model, strategy=self.config.strategy, scale=self.config.scale, prompt_sha=self.prompt_sha, attempts=attempts)
+        base = dict(
+            judge=self.model,
+            strategy=self.config.strategy,
+            scale=self.config.scale,
+            prompt_sha=self.prompt_sha,
+            attempts=attempts,
+        )
         ok = [a for a in attempts if a.verdict.ok]
         if not ok:
             return PairJudgement(**base, label=None, failure="; ".join(a.verdict.failure or "" for a in attempts))
@@ -112,12 +121,18 @@ class Judge:
         """One response scored alone out of ``scale`` in its own conversation (kept in verdict.score_a)."""
         messages: list[Message] = [
             {"role": "system", "content": _system(self, "judge_independent.system")},
-            {"role": "user", "content": self.template("judge_single.user").render(
-                question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response))},
+            {
+                "role": "user",
+                "content": self.template("judge_single.user").render(
+                    question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
+                ),
+            },
         ]
         return await self.converse(messages, "score", "reask_score", order, scale=self.config.scale)
 
-    async def converse(self, messages: list[Message], parse_kind: str, reask_name: str, order: str, **parse_kwargs) -> Attempt:
+    async def converse(
+        self, messages: list[Message], parse_kind: str, reask_name: str, order: str, **parse_kwargs
+    ) -> Attempt:
         """Ask, parse, and on failure re-ask (bounded) in the same conversation."""
         constraint = None
         if self.constrained:
@@ -142,7 +157,15 @@ class Judge:
             messages = [*messages, {"role": "assistant", "content": c.text}, {"role": "user", "content": text}]
         assert result is not None
         verdict = _verdict(parse_kind, result)
-        return Attempt(order=order, raw=raws, verdict=verdict, prompt_tokens=totals[0], completion_tokens=totals[1], latency_s=totals[2], cached=cached)
+        return Attempt(
+            order=order,
+            raw=raws,
+            verdict=verdict,
+            prompt_tokens=totals[0],
+            completion_tokens=totals[1],
+            latency_s=totals[2],
+            cached=cached,
+        )
 
 
 def _verdict(kind: str, result: ParseResult) -> Verdict:
@@ -200,6 +223,12 @@ async def _independent(judge: Judge, order: str, question: str, first: str, seco
         verdict = Verdict.failed(reason)
     else:
         verdict = Verdict.from_scores(a.verdict.score_a, b.verdict.score_a)
-    return Attempt(order=order, raw=raw, verdict=verdict, prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-                   completion_tokens=a.completion_tokens + b.completion_tokens, latency_s=max(a.latency_s, b.latency_s),
-                   cached=a.cached and b.cached)
+    return Attempt(
+        order=order,
+        raw=raw,
+        verdict=verdict,
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+        latency_s=max(a.latency_s, b.latency_s),
+        cached=a.cached and b.cached,
+    )

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from mapo.metrics.agreement import AGGREGATORS, jury_pick
-from mapo.llm.client import LLMClient
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
-from mapo.judging.judge import Judge, PairJudgement
 from mapo.core.types import Label
+from mapo.judging.judge import Judge, PairJudgement
+from mapo.llm.client import LLMClient
+from mapo.metrics.agreement import AGGREGATORS, jury_pick
 
 __all__ = ["Jury", "JuryJudgement", "TIE_BREAKS", "jury_name", "warn_self_judging"]
 
@@ -74,9 +75,17 @@ class JuryJudgement:
 
     def to_record(self) -> dict[str, Any]:
         return {
-            "judge": self.judge, "strategy": self.strategy, "scale": self.scale, "prompt_sha": self.prompt_sha,
-            "aggregate": self.aggregate, "tie_break": self.tie_break, "label": self.label,
-            "score_a": self.score_a, "score_b": self.score_b, "failure": self.failure, "n_failed": self.n_failed,
+            "judge": self.judge,
+            "strategy": self.strategy,
+            "scale": self.scale,
+            "prompt_sha": self.prompt_sha,
+            "aggregate": self.aggregate,
+            "tie_break": self.tie_break,
+            "label": self.label,
+            "score_a": self.score_a,
+            "score_b": self.score_b,
+            "failure": self.failure,
+            "n_failed": self.n_failed,
             "members": [m.to_record() for m in self.members],
         }
 
@@ -113,14 +122,23 @@ class Jury:
         if jury_config.tie_break not in TIE_BREAKS:
             raise ConfigError(f"jury.tie_break={jury_config.tie_break!r}; allowed: {', '.join(TIE_BREAKS)}")
         if jury_config.aggregate == "mean_score" and judge_config.strategy == "direct":
-            raise ConfigError("jury.aggregate=mean_score needs scores; judge.strategy=direct gives only picks (use mode or majority)")
+            raise ConfigError(
+                "jury.aggregate=mean_score needs scores; judge.strategy=direct gives only picks (use mode or majority)"
+            )
         dupes = sorted({j for j in jurors if jurors.count(j) > 1})
         if dupes:
-            raise ConfigError(f"roles.jurors lists {', '.join(dupes)} more than once: a juror votes once "
-                              "(at temperature 0 a repeated juror would only repeat its vote)")
+            raise ConfigError(
+                f"roles.jurors lists {', '.join(dupes)} more than once: a juror votes once "
+                "(at temperature 0 a repeated juror would only repeat its vote)"
+            )
         if len(jurors) % 2 == 0 and jury_config.aggregate != "mean_score":
-            log.warning("the jury has an even number of members (%d): split votes become %s", len(jurors),
-                        "ties" if jury_config.tie_break == "tie" or jury_config.aggregate == "mode" else f"decided by tie_break={jury_config.tie_break}")
+            log.warning(
+                "the jury has an even number of members (%d): split votes become %s",
+                len(jurors),
+                "ties"
+                if jury_config.tie_break == "tie" or jury_config.aggregate == "mode"
+                else f"decided by tie_break={jury_config.tie_break}",
+            )
         self.jurors = jurors
         self.judge_config = judge_config
         self.config = jury_config
@@ -131,22 +149,34 @@ class Jury:
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
         from mapo.runs.runner import item_failure
 
-        results = await asyncio.gather(*(j.judge_pair(question, response_a, response_b) for j in self.judges), return_exceptions=True)
+        results = await asyncio.gather(
+            *(j.judge_pair(question, response_a, response_b) for j in self.judges), return_exceptions=True
+        )
         members: list[PairJudgement] = []
         for judge, r in zip(self.judges, results):
             if isinstance(r, BaseException):
                 reason = item_failure(r) if isinstance(r, Exception) else None
                 if reason is None:
                     raise r
-                r = PairJudgement(judge=judge.model, strategy=self.judge_config.strategy, scale=self.judge_config.scale,
-                                  prompt_sha=judge.prompt_sha, attempts=[], label=None, failure=reason)
+                r = PairJudgement(
+                    judge=judge.model,
+                    strategy=self.judge_config.strategy,
+                    scale=self.judge_config.scale,
+                    prompt_sha=judge.prompt_sha,
+                    attempts=[],
+                    label=None,
+                    failure=reason,
+                )
             members.append(r)
         return self.aggregate(members)
 
     def aggregate(self, members: list[PairJudgement]) -> JuryJudgement:
         """Combine juror judgements (also used on stored ones: no model call)."""
         labels = [m.label if m.ok else None for m in members]
-        scores = [(m.score_a, m.score_b) if m.ok and m.score_a is not None and m.score_b is not None else None for m in members]
+        scores = [
+            (m.score_a, m.score_b) if m.ok and m.score_a is not None and m.score_b is not None else None
+            for m in members
+        ]
         label = jury_pick(labels, self.config.aggregate, scores=scores, tie_break=TIE_BREAKS[self.config.tie_break])  # type: ignore[arg-type]
         n_failed = sum(not m.ok for m in members)
         valid = [s for s in scores if s is not None]
@@ -154,10 +184,22 @@ class Jury:
         sb = sum(b for _, b in valid) / len(valid) if valid else None
         failure = None
         if label is None:
-            failure = (f"every juror failed ({n_failed}/{len(members)})" if n_failed == len(members)
-                       else f"no verdict under jury.aggregate={self.config.aggregate}, tie_break={self.config.tie_break}")
+            failure = (
+                f"every juror failed ({n_failed}/{len(members)})"
+                if n_failed == len(members)
+                else f"no verdict under jury.aggregate={self.config.aggregate}, tie_break={self.config.tie_break}"
+            )
         return JuryJudgement(
-            judge=self.name, strategy=self.judge_config.strategy, scale=self.judge_config.scale,
-            prompt_sha=self.judges[0].prompt_sha, aggregate=self.config.aggregate, tie_break=self.config.tie_break,
-            members=members, label=label, score_a=sa, score_b=sb, failure=failure, n_failed=n_failed,
+            judge=self.name,
+            strategy=self.judge_config.strategy,
+            scale=self.judge_config.scale,
+            prompt_sha=self.judges[0].prompt_sha,
+            aggregate=self.config.aggregate,
+            tie_break=self.config.tie_break,
+            members=members,
+            label=label,
+            score_a=sa,
+            score_b=sb,
+            failure=failure,
+            n_failed=n_failed,
         )

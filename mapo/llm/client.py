@@ -14,15 +14,16 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import httpx
 import openai
 
-from mapo.llm.cache import ResponseCache, cache_key
 from mapo.core.config import ConfigError, ModelConfig
 from mapo.core.types import Completion, Message, Usage
+from mapo.llm.cache import ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +232,14 @@ class LLMClient:
                 usage.cached += 1
                 self.stats.cached += 1
                 return Completion(
-                    text=hit["text"], model=model, prompt_tokens=hit.get("prompt_tokens", 0),
-                    completion_tokens=hit.get("completion_tokens", 0), latency_s=0.0, cached=True,
-                    finish_reason=hit.get("finish_reason"), cache_key=key,
+                    text=hit["text"],
+                    model=model,
+                    prompt_tokens=hit.get("prompt_tokens", 0),
+                    completion_tokens=hit.get("completion_tokens", 0),
+                    latency_s=0.0,
+                    cached=True,
+                    finish_reason=hit.get("finish_reason"),
+                    cache_key=key,
                 )
         # identical requests in flight at once (e.g. a shared tournament pair) are sent once
         if key in self._pending:
@@ -282,12 +288,22 @@ class LLMClient:
                 usage.latency_s += latency
                 self.stats.requests += 1
                 self.stats.completion_tokens += ct
-                record = {"text": text, "prompt_tokens": pt, "completion_tokens": ct, "finish_reason": choice.finish_reason}
+                record = {
+                    "text": text,
+                    "prompt_tokens": pt,
+                    "completion_tokens": ct,
+                    "finish_reason": choice.finish_reason,
+                }
                 if self.cache is not None:
                     self.cache.put(key, m.name, record)
                 return Completion(
-                    text=text, model=m.name, prompt_tokens=pt, completion_tokens=ct, latency_s=latency,
-                    finish_reason=choice.finish_reason, cache_key=key,
+                    text=text,
+                    model=m.name,
+                    prompt_tokens=pt,
+                    completion_tokens=ct,
+                    latency_s=latency,
+                    finish_reason=choice.finish_reason,
+                    cache_key=key,
                 )
             except Exception as e:
                 if not _retryable(e):
@@ -317,10 +333,7 @@ class LLMClient:
         return random.uniform(0.5, 1.0) * min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
 
     def usage_table(self) -> list[dict]:
-        return [
-            {"role": role, "model": model, **vars(u)}
-            for (role, model), u in sorted(self.usage.items())
-        ]
+        return [{"role": role, "model": model, **vars(u)} for (role, model), u in sorted(self.usage.items())]
 
     async def aclose(self) -> None:
         for m in self._models.values():
@@ -333,7 +346,9 @@ class _Garbage(Exception):
 
 
 def _retryable(e: Exception) -> bool:
-    if isinstance(e, (_Garbage, openai.APITimeoutError, openai.APIConnectionError, httpx.TransportError, asyncio.TimeoutError)):
+    if isinstance(
+        e, (_Garbage, openai.APITimeoutError, openai.APIConnectionError, httpx.TransportError, asyncio.TimeoutError)
+    ):
         return True
     if isinstance(e, openai.APIStatusError):
         return e.status_code in RETRYABLE_STATUS

@@ -148,7 +148,9 @@ AGGREGATORS: Registry[Aggregator] = Registry("jury aggregator")
 
 
 @AGGREGATORS.register("mode")
-def _mode(labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak) -> Label | None:
+def _mode(
+    labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak
+) -> Label | None:
     """Paper rule: the most common pick; a multi-way mode is a tie. Failed jurors abstain."""
     counts = Counter(x for x in labels if x is not None).most_common()
     if not counts:
@@ -158,7 +160,9 @@ def _mode(labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | N
 
 
 @AGGREGATORS.register("majority")
-def _majority(labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak) -> Label | None:
+def _majority(
+    labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak
+) -> Label | None:
     """A pick held by more than half of the jurors that answered; otherwise ``tie_break``:
     ``"tie"`` -> tie, ``"first"`` -> the first answering juror's pick (a chair),
     ``"abstain"`` -> no verdict (None, counted as a failure)."""
@@ -178,7 +182,9 @@ def _majority(labels: Sequence[Label | None], scores: Sequence[ScorePair | None]
 
 
 @AGGREGATORS.register("mean_score")
-def _mean_score(labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak) -> Label | None:
+def _mean_score(
+    labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak
+) -> Label | None:
     """Mean of the jurors' (score_a, score_b); higher mean wins, equal means are a tie."""
     if scores is None:
         raise ValueError("jury rule 'mean_score' needs the jurors' scores (scores=[(score_a, score_b) | None, ...])")
@@ -263,9 +269,13 @@ def jury_subsets(
         if not 1 <= size <= len(names):
             raise ValueError(f"jury size {size} is not in 1..{len(names)} (judges: {', '.join(names)})")
         for members in itertools.combinations(names, size):
-            labels = jury_labels(per_judge_labels, members, rule, per_judge_scores=per_judge_scores, tie_break=tie_break)
+            labels = jury_labels(
+                per_judge_labels, members, rule, per_judge_scores=per_judge_scores, tie_break=tie_break
+            )
             out.append(JuryAgreement(members, rule, cohen_kappa(labels, humans)))
-    return sorted(out, key=lambda r: (r.agreement.kappa is None, -(r.agreement.kappa or 0.0), len(r.members), r.members))
+    return sorted(
+        out, key=lambda r: (r.agreement.kappa is None, -(r.agreement.kappa or 0.0), len(r.members), r.members)
+    )
 
 
 # --------------------------------------------------------------------------- position bias

@@ -30,12 +30,25 @@ import math
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from mapo.report import plots
-from mapo.report.render import Document, Fig, Section, Table, Text, _agreement, _atomic_text, find_runs, load_run, render_html, render_markdown
+from mapo.report.render import (
+    Document,
+    Fig,
+    Section,
+    Table,
+    Text,
+    _agreement,
+    _atomic_text,
+    find_runs,
+    load_run,
+    render_html,
+    render_markdown,
+)
 
 __all__ = ["Entry", "collect", "main", "wide_table", "write_leaderboard"]
 
@@ -98,12 +111,23 @@ def collect(paths: Iterable[str | Path]) -> list[Entry]:
             k = (e.get("kind"), e.get("judge"), e.get("setup"), e.get("member_of"))
             items = int(e.get("n", 0)) + int(e.get("n_failed", 0))
             pb = e.get("position_bias") or {}
-            entry = Entry(dataset=dataset, judge=str(e.get("judge")), setup=str(e.get("setup")), kind=str(e.get("kind")),
-                          n=int(e.get("n", 0)), n_failed=int(e.get("n_failed", 0)), kappa=e.get("kappa"), accuracy=e.get("accuracy"),
-                          failure_rate=float(e.get("failure_rate") or 0.0),
-                          record_failure_rate=failed[k] / records[k] if records[k] else None,
-                          first_rate=pb.get("first_rate"), consistency=pb.get("consistency"), tokens=tokens[k],
-                          tokens_per_item=tokens[k] / items if items and records[k] else None, run=str(run.dir))
+            entry = Entry(
+                dataset=dataset,
+                judge=str(e.get("judge")),
+                setup=str(e.get("setup")),
+                kind=str(e.get("kind")),
+                n=int(e.get("n", 0)),
+                n_failed=int(e.get("n_failed", 0)),
+                kappa=e.get("kappa"),
+                accuracy=e.get("accuracy"),
+                failure_rate=float(e.get("failure_rate") or 0.0),
+                record_failure_rate=failed[k] / records[k] if records[k] else None,
+                first_rate=pb.get("first_rate"),
+                consistency=pb.get("consistency"),
+                tokens=tokens[k],
+                tokens_per_item=tokens[k] / items if items and records[k] else None,
+                run=str(run.dir),
+            )
             key = (dataset, entry.judge, entry.setup)
             old = best.get(key)
             rank = lambda x, t: (x.n + x.n_failed, x.kind != "juror", t)  # noqa: E731 - more items, a judge run, newer
@@ -126,14 +150,31 @@ def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
     for e in entries:
         by_name[e.name][e.dataset] = e
         kinds[e.name] = e.kind
-    header = ["judge (setup)", "kind", *[f"kappa {d}" for d in datasets], "mean kappa", "failure rate", "P(first)",
-              "swap consistency", "tokens / item"]
+    header = [
+        "judge (setup)",
+        "kind",
+        *[f"kappa {d}" for d in datasets],
+        "mean kappa",
+        "failure rate",
+        "P(first)",
+        "swap consistency",
+        "tokens / item",
+    ]
     rows = []
     for name, cells in by_name.items():
         es = list(cells.values())
-        rows.append([name, kinds[name], *[cells[d].kappa if d in cells else None for d in datasets], _mean(e.kappa for e in es),
-                     _mean(e.failure_rate for e in es), _mean(e.first_rate for e in es), _mean(e.consistency for e in es),
-                     _mean(e.tokens_per_item for e in es)])
+        rows.append(
+            [
+                name,
+                kinds[name],
+                *[cells[d].kappa if d in cells else None for d in datasets],
+                _mean(e.kappa for e in es),
+                _mean(e.failure_rate for e in es),
+                _mean(e.first_rate for e in es),
+                _mean(e.consistency for e in es),
+                _mean(e.tokens_per_item for e in es),
+            ]
+        )
     rows.sort(key=lambda r: (r[2 + len(datasets)] is None, -(r[2 + len(datasets)] or 0.0), r[0]))
     return header, rows
 
@@ -158,27 +199,67 @@ def document(entries: Sequence[Entry], sources: Sequence[str]) -> Document:
     for r in shown:  # percentages and token counts read better as such
         r[-4] = "–" if r[-4] is None else f"{100 * r[-4]:.1f}%"
         r[-1] = None if r[-1] is None else int(round(r[-1]))
-    long_header = ["dataset", "judge", "setup", "kind", "kappa", "n", "failed", "failure rate", "P(first)", "swap consistency",
-                   "tokens", "tokens / item"]
-    long_rows = [[e.dataset, e.judge, e.setup, e.kind, _r(e.kappa), e.n, e.n_failed, f"{100 * e.failure_rate:.1f}%", _r(e.first_rate),
-                  _r(e.consistency), e.tokens, None if e.tokens_per_item is None else int(round(e.tokens_per_item))] for e in entries]
+    long_header = [
+        "dataset",
+        "judge",
+        "setup",
+        "kind",
+        "kappa",
+        "n",
+        "failed",
+        "failure rate",
+        "P(first)",
+        "swap consistency",
+        "tokens",
+        "tokens / item",
+    ]
+    long_rows = [
+        [
+            e.dataset,
+            e.judge,
+            e.setup,
+            e.kind,
+            _r(e.kappa),
+            e.n,
+            e.n_failed,
+            f"{100 * e.failure_rate:.1f}%",
+            _r(e.first_rate),
+            _r(e.consistency),
+            e.tokens,
+            None if e.tokens_per_item is None else int(round(e.tokens_per_item)),
+        ]
+        for e in entries
+    ]
     matrix = [[r[2 + i] for i in range(len(datasets))] for r in rows]
     sections = [
-        Section("Leaderboard", [
-            Text("Cohen's kappa with human labels (3 classes, ties a class; failed judgements left out and counted in the failure "
-                 "rate). P(first): share of decisive picks given to the response shown first, 0.5 = unbiased (needs both orders). "
-                 "Tokens: prompt + completion tokens per judged item.", note=True),
-            Table(header, shown),
-            Fig("kappa_matrix", plots.kappa_matrix(matrix, [r[0] for r in rows], datasets), "Kappa per judge and dataset."),
-        ]),
+        Section(
+            "Leaderboard",
+            [
+                Text(
+                    "Cohen's kappa with human labels (3 classes, ties a class; failed judgements left out and counted in the failure "
+                    "rate). P(first): share of decisive picks given to the response shown first, 0.5 = unbiased (needs both orders). "
+                    "Tokens: prompt + completion tokens per judged item.",
+                    note=True,
+                ),
+                Table(header, shown),
+                Fig(
+                    "kappa_matrix",
+                    plots.kappa_matrix(matrix, [r[0] for r in rows], datasets),
+                    "Kappa per judge and dataset.",
+                ),
+            ],
+        ),
         Section("Every entry", [Table(long_header, long_rows)]),
         Section("Sources", [Table(["run folder"], [[s] for s in sorted({e.run for e in entries})])]),
     ]
-    return Document("mapo leaderboard: judges x datasets", f"{len(entries)} entries from {', '.join(sources)}", sections)
+    return Document(
+        "mapo leaderboard: judges x datasets", f"{len(entries)} entries from {', '.join(sources)}", sections
+    )
 
 
-def write_leaderboard(paths: Sequence[str | Path], out: str | Path = "leaderboard",
-                      entries: Sequence[Entry] | None = None) -> dict[str, Path]:
+def write_leaderboard(
+    paths: Sequence[str | Path], out: str | Path = "leaderboard", entries: Sequence[Entry] | None = None
+) -> dict[str, Path]:
     entries = collect(paths) if entries is None else entries
     out_dir = Path(out)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -187,8 +268,12 @@ def write_leaderboard(paths: Sequence[str | Path], out: str | Path = "leaderboar
     doc = document(entries, [str(p) for p in paths])
     for f in doc.figures():
         (out_dir / "figures" / f"{f.name}.png").write_bytes(f.png)
-    written = {"csv": out_dir / "leaderboard.csv", "wide_csv": out_dir / "leaderboard_wide.csv",
-               "md": out_dir / "leaderboard.md", "html": out_dir / "leaderboard.html"}
+    written = {
+        "csv": out_dir / "leaderboard.csv",
+        "wide_csv": out_dir / "leaderboard_wide.csv",
+        "md": out_dir / "leaderboard.md",
+        "html": out_dir / "leaderboard.html",
+    }
     _atomic_text(written["csv"], _csv(names, ([asdict(e)[n] for n in names] for e in entries)))
     _atomic_text(written["wide_csv"], _csv(header, rows))
     _atomic_text(written["md"], render_markdown(doc))
@@ -197,8 +282,10 @@ def write_leaderboard(paths: Sequence[str | Path], out: str | Path = "leaderboar
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mapo leaderboard",
-                                 description="Judges x datasets: kappa, parse failures, position bias, tokens (from mapo evaluate runs).")
+    ap = argparse.ArgumentParser(
+        prog="mapo leaderboard",
+        description="Judges x datasets: kappa, parse failures, position bias, tokens (from mapo evaluate runs).",
+    )
     ap.add_argument("runs", nargs="+", help="evaluate run folders or folders holding them (Hydra sweeps)")
     ap.add_argument("--out", default="leaderboard", help="output folder (default ./leaderboard)")
     args = ap.parse_args(argv)
@@ -208,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     entries = collect(args.runs)
     if not entries:
-        print(f"mapo leaderboard: no `mapo evaluate` runs (manifest.json with command evaluate) under {', '.join(args.runs)}",
-              file=sys.stderr)
+        print(
+            f"mapo leaderboard: no `mapo evaluate` runs (manifest.json with command evaluate) under {', '.join(args.runs)}",
+            file=sys.stderr,
+        )
         return 2
     paths = write_leaderboard(args.runs, args.out, entries)
     print(paths["md"].read_text(encoding="utf-8").split("## Every entry")[0].rstrip())

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import math
 import statistics
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -53,8 +54,13 @@ def _empty(ax: Any, text: str) -> None:
 # --------------------------------------------------------------------------- generation
 
 
-def score_trajectories(series: Mapping[str, Sequence[Sequence[float | None]]], *, scale: float = 10.0,
-                       title: str = "Reviewer score over feedback iterations", max_lines: int = 150) -> bytes:
+def score_trajectories(
+    series: Mapping[str, Sequence[Sequence[float | None]]],
+    *,
+    scale: float = 10.0,
+    title: str = "Reviewer score over feedback iterations",
+    max_lines: int = 150,
+) -> bytes:
     """``series``: group name (a reviewer or a configuration) -> one list of per-iteration
     scores per prompt (None = no score). Thin lines: single prompts (at most ``max_lines``
     per group); thick line: mean per iteration, with the interquartile band."""
@@ -82,9 +88,13 @@ def score_trajectories(series: Mapping[str, Sequence[Sequence[float | None]]], *
         if xs:
             any_line = True
             ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
-            ax.plot(xs, means, color=color, lw=2.4, marker="o", label=f"{_short(name, 30)} (mean, IQR band; n={max(ns)})")
+            ax.plot(
+                xs, means, color=color, lw=2.4, marker="o", label=f"{_short(name, 30)} (mean, IQR band; n={max(ns)})"
+            )
             for x, m in zip(xs, means):
-                ax.annotate(f"{m:.2f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=color)
+                ax.annotate(
+                    f"{m:.2f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=color
+                )
     if not any_line:
         _empty(ax, "no reviewer scores")
     else:
@@ -99,7 +109,9 @@ def score_trajectories(series: Mapping[str, Sequence[Sequence[float | None]]], *
     return _png(fig)
 
 
-def selection_counts(counts: Mapping[int, int], failed: int = 0, *, title: str = "Which iteration the judge chose") -> bytes:
+def selection_counts(
+    counts: Mapping[int, int], failed: int = 0, *, title: str = "Which iteration the judge chose"
+) -> bytes:
     """Bar per iteration (1-based labels) with how often it was chosen; a grey bar for failures."""
     fig = Figure(figsize=(5.5, 3.4))
     ax = fig.add_subplot()
@@ -116,8 +128,14 @@ def selection_counts(counts: Mapping[int, int], failed: int = 0, *, title: str =
         total = sum(values)
         bars = ax.bar(range(len(values)), values, color=colors)
         for b, v in zip(bars, values):
-            ax.annotate(f"{v} ({100 * v / total:.0f}%)", (b.get_x() + b.get_width() / 2, v), textcoords="offset points",
-                        xytext=(0, 3), ha="center", fontsize=8)
+            ax.annotate(
+                f"{v} ({100 * v / total:.0f}%)",
+                (b.get_x() + b.get_width() / 2, v),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=8,
+            )
         ax.set_xticks(range(len(values)), labels)
         ax.set_ylabel("prompts")
         ax.set_ylim(0, max(values) * 1.2 + 0.5)
@@ -151,8 +169,13 @@ def token_costs(usage: Sequence[Mapping[str, Any]], *, title: str = "Tokens per 
     return _png(fig)
 
 
-def winrate_bars(table: Mapping[str, Mapping[str, Mapping[str, Any] | None]], rows: Sequence[str], cols: Sequence[str], *,
-                 title: str = "Win rate against single-model baselines") -> bytes:
+def winrate_bars(
+    table: Mapping[str, Mapping[str, Mapping[str, Any] | None]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    title: str = "Win rate against single-model baselines",
+) -> bytes:
     """One horizontal 100% bar per (configuration, baseline): wins / ties / losses of the judged
     comparisons (failures excluded, noted in the label); a line at 50%."""
     pairs = [(c, b, (table.get(c) or {}).get(b)) for c in rows for b in cols]
@@ -174,7 +197,9 @@ def winrate_bars(table: Mapping[str, Mapping[str, Mapping[str, Any] | None]], ro
         ax.barh(ys, ties, left=wins, color="#CCCCCC", label="tie")
         ax.barh(ys, losses, left=[w + t for w, t in zip(wins, ties)], color="#C44E52", label="loss")
         for y, w, (_, _, cell) in zip(ys, wins, pairs):
-            ax.text(1.5, y, f"{w:.1f}% (n={cell.get('n', 0)})", va="center", fontsize=8, color="white", fontweight="bold")
+            ax.text(
+                1.5, y, f"{w:.1f}% (n={cell.get('n', 0)})", va="center", fontsize=8, color="white", fontweight="bold"
+            )
         ax.axvline(50, color="black", lw=0.8, ls="--")
         ax.set_yticks(ys, labels)
         ax.invert_yaxis()
@@ -188,8 +213,12 @@ def winrate_bars(table: Mapping[str, Mapping[str, Mapping[str, Any] | None]], ro
 # --------------------------------------------------------------------------- evaluation
 
 
-def kappa_bars(entries: Sequence[Mapping[str, Any]], *, title: str = "Cohen's kappa with human labels",
-               reference: Mapping[str, float] | None = None) -> bytes:
+def kappa_bars(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Cohen's kappa with human labels",
+    reference: Mapping[str, float] | None = None,
+) -> bytes:
     """One bar per judge / jury / debate (``agreement.json`` results), coloured by kind, with
     n and failures in the label; ``reference``: optional name -> published kappa (markers)."""
     entries = list(entries)
@@ -225,8 +254,17 @@ def kappa_bars(entries: Sequence[Mapping[str, Any]], *, title: str = "Cohen's ka
     return _png(fig)
 
 
-def _heat(ax: Any, matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], *,
-          fmt: str = "{:.3f}", vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> Any:
+def _heat(
+    ax: Any,
+    matrix: Sequence[Sequence[float | None]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    fmt: str = "{:.3f}",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+) -> Any:
     data = [[math.nan if v is None else float(v) for v in row] for row in matrix]
     finite = [v for row in data for v in row if math.isfinite(v)]
     lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
@@ -247,8 +285,12 @@ def _heat(ax: Any, matrix: Sequence[Sequence[float | None]], rows: Sequence[str]
     return im
 
 
-def jury_heatmap(subsets: Sequence[Mapping[str, Any]], *, singles: Mapping[str, float | None] | None = None,
-                 title: str = "Jury subsets") -> bytes:
+def jury_heatmap(
+    subsets: Sequence[Mapping[str, Any]],
+    *,
+    singles: Mapping[str, float | None] | None = None,
+    title: str = "Jury subsets",
+) -> bytes:
     """Left: judges x jury size, cell = the best kappa among juries of that size that include
     the judge (column 1 = the judge alone, from ``singles``). Right: every subset's kappa by
     size, the best of each size in red with its value."""
@@ -265,7 +307,11 @@ def jury_heatmap(subsets: Sequence[Mapping[str, Any]], *, singles: Mapping[str, 
     for j in judges:
         row: list[float | None] = [singles.get(j)] if singles else []
         for k in sizes:
-            vals = [s["kappa"] for s in subsets if len(s["members"]) == k and j in s["members"] and s.get("kappa") is not None]
+            vals = [
+                s["kappa"]
+                for s in subsets
+                if len(s["members"]) == k and j in s["members"] and s.get("kappa") is not None
+            ]
             row.append(max(vals) if vals else None)
         matrix.append(row)
     im = _heat(ax1, matrix, [_short(j, 26) for j in judges], [("1 (alone)" if k == 1 else str(k)) for k in cols])
@@ -279,8 +325,15 @@ def jury_heatmap(subsets: Sequence[Mapping[str, Any]], *, singles: Mapping[str, 
         best = max(ks, key=lambda s: s["kappa"])
         ax2.scatter([k] * len(ks), [s["kappa"] for s in ks], color=COLORS[0], alpha=0.5, s=18)
         ax2.scatter([k], [best["kappa"]], color="#C44E52", s=34, zorder=3)
-        ax2.annotate(f"{best['kappa']:.3f}", (k, best["kappa"]), textcoords="offset points", xytext=(6, 0), va="center",
-                     fontsize=8, color="#C44E52")
+        ax2.annotate(
+            f"{best['kappa']:.3f}",
+            (k, best["kappa"]),
+            textcoords="offset points",
+            xytext=(6, 0),
+            va="center",
+            fontsize=8,
+            color="#C44E52",
+        )
     if singles:
         vals = [v for v in singles.values() if v is not None]
         ax2.scatter([1] * len(vals), vals, color="#8C8C8C", alpha=0.7, s=18)
@@ -293,8 +346,12 @@ def jury_heatmap(subsets: Sequence[Mapping[str, Any]], *, singles: Mapping[str, 
     return _png(fig)
 
 
-def confusion_grid(entries: Sequence[Mapping[str, Any]], *, title: str = "Confusion matrices (rows: human, columns: judge)",
-                   per_row: int = 3) -> bytes:
+def confusion_grid(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Confusion matrices (rows: human, columns: judge)",
+    per_row: int = 3,
+) -> bytes:
     """Small multiples of 3x3 count matrices (``confusion``/``labels`` of agreement results)."""
     entries = [e for e in entries if e.get("confusion")]
     n = max(1, len(entries))
@@ -310,10 +367,22 @@ def confusion_grid(entries: Sequence[Mapping[str, Any]], *, title: str = "Confus
         e = entries[idx]
         labels = [str(x) for x in e.get("labels", ["model_a", "model_b", "tie"])]
         total = sum(sum(r) for r in e["confusion"]) or 1
-        _heat(ax, e["confusion"], labels, labels, fmt="{:.0f}", vmin=0, vmax=max(max(r) for r in e["confusion"]) or 1, cmap="Blues")
+        _heat(
+            ax,
+            e["confusion"],
+            labels,
+            labels,
+            fmt="{:.0f}",
+            vmin=0,
+            vmax=max(max(r) for r in e["confusion"]) or 1,
+            cmap="Blues",
+        )
         k = e.get("kappa")
-        ax.set_title(_short(str(e.get("judge")), 30) + f"\nkappa {'–' if k is None else f'{k:.3f}'}, "
-                     f"acc {100 * sum(e['confusion'][i][i] for i in range(len(labels))) / total:.0f}%", fontsize=8)
+        ax.set_title(
+            _short(str(e.get("judge")), 30) + f"\nkappa {'–' if k is None else f'{k:.3f}'}, "
+            f"acc {100 * sum(e['confusion'][i][i] for i in range(len(labels))) / total:.0f}%",
+            fontsize=8,
+        )
         ax.set_xlabel("judge", fontsize=8)
         ax.set_ylabel("human", fontsize=8)
     if not entries:
@@ -323,7 +392,9 @@ def confusion_grid(entries: Sequence[Mapping[str, Any]], *, title: str = "Confus
     return _png(fig)
 
 
-def position_bias(entries: Sequence[Mapping[str, Any]], *, title: str = "Position bias (both presentation orders)") -> bytes:
+def position_bias(
+    entries: Sequence[Mapping[str, Any]], *, title: str = "Position bias (both presentation orders)"
+) -> bytes:
     """Per judge: share of decisive picks that went to the response shown first (0.5 = no
     bias) and the share of pairs whose verdict survives swapping the order."""
     entries = [e for e in entries if e.get("position_bias")]
@@ -336,7 +407,11 @@ def position_bias(entries: Sequence[Mapping[str, Any]], *, title: str = "Positio
     ys = list(range(len(entries)))
     first = [e["position_bias"].get("first_rate") for e in entries]
     cons = [e["position_bias"].get("consistency") for e in entries]
-    ax1.barh(ys, [v if v is not None else 0 for v in first], color=[KIND_COLORS.get(e.get("kind"), COLORS[0]) for e in entries])
+    ax1.barh(
+        ys,
+        [v if v is not None else 0 for v in first],
+        color=[KIND_COLORS.get(e.get("kind"), COLORS[0]) for e in entries],
+    )
     ax1.axvline(0.5, color="black", ls="--", lw=0.8)
     ax1.set_xlim(0, 1)
     ax1.set_xlabel("P(picks the response shown first | decisive)")
@@ -345,7 +420,14 @@ def position_bias(entries: Sequence[Mapping[str, Any]], *, title: str = "Positio
     ax2.set_xlabel("swap consistency (same verdict in both orders)")
     for ax, vals in ((ax1, first), (ax2, cons)):
         for y, v in zip(ys, vals):
-            ax.annotate("–" if v is None else f"{v:.2f}", (v or 0, y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
+            ax.annotate(
+                "–" if v is None else f"{v:.2f}",
+                (v or 0, y),
+                textcoords="offset points",
+                xytext=(3, 0),
+                va="center",
+                fontsize=8,
+            )
         ax.grid(axis="x", alpha=0.3)
     ax1.set_yticks(ys, [_short(str(e.get("judge")), 34) for e in entries])
     ax1.invert_yaxis()
@@ -353,16 +435,27 @@ def position_bias(entries: Sequence[Mapping[str, Any]], *, title: str = "Positio
     return _png(fig)
 
 
-def kappa_matrix(matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], *,
-                 title: str = "Cohen's kappa: judges x datasets") -> bytes:
+def kappa_matrix(
+    matrix: Sequence[Sequence[float | None]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    title: str = "Cohen's kappa: judges x datasets",
+) -> bytes:
     """Heatmap of a leaderboard (rows = judges, columns = datasets)."""
     fig = Figure(figsize=(max(4.5, 1.4 * len(cols) + 3.5), max(2.2, 0.45 * len(rows) + 1.4)))
     ax = fig.add_subplot()
     if not rows or not cols:
         _empty(ax, "no results")
     else:
-        im = _heat(ax, matrix, [_short(r, 44) for r in rows], [_short(c, 18) for c in cols], vmin=min(
-            [0.0] + [v for row in matrix for v in row if v is not None]), vmax=max([0.5] + [v for row in matrix for v in row if v is not None]))
+        im = _heat(
+            ax,
+            matrix,
+            [_short(r, 44) for r in rows],
+            [_short(c, 18) for c in cols],
+            vmin=min([0.0] + [v for row in matrix for v in row if v is not None]),
+            vmax=max([0.5] + [v for row in matrix for v in row if v is not None]),
+        )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="kappa")
         ax.tick_params(axis="x", rotation=20)
     ax.set_title(title, fontsize=10)

@@ -33,16 +33,29 @@ import string
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from mapo.report import plots
 
 __all__ = [
-    "Code", "Document", "Example", "Fig", "Section", "Table", "Text",
-    "build_document", "find_runs", "load_run", "main", "render_html", "render_markdown", "write_report",
+    "Code",
+    "Document",
+    "Example",
+    "Fig",
+    "Section",
+    "Table",
+    "Text",
+    "build_document",
+    "find_runs",
+    "load_run",
+    "main",
+    "render_html",
+    "render_markdown",
+    "write_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,11 +195,14 @@ def _html_block(b: Any) -> str:
         return "\n".join(out)
     if isinstance(b, Fig):
         data = base64.b64encode(b.png).decode("ascii")
-        return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(b.caption)}">'
-                f"<figcaption>{_e(b.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(b.caption)}">'
+            f"<figcaption>{_e(b.caption)}</figcaption></figure>"
+        )
     if isinstance(b, Code):
         return f"<details><summary>{_e(b.summary)}</summary><pre>{_e(b.text)}</pre></details>"
     if isinstance(b, Example):
+
         def field_html(label: str, text: str) -> str:
             return f'<div><div class="field-label">{_e(label)}</div><pre>{_e(_cut(text))}</pre></div>'
 
@@ -211,7 +227,9 @@ def _version() -> str:
 
 def render_html(doc: Document) -> str:
     """The whole report as one HTML page (figures inline as data URIs)."""
-    template = string.Template((resources.files("mapo.report") / "templates" / "report.html").read_text(encoding="utf-8"))
+    template = string.Template(
+        (resources.files("mapo.report") / "templates" / "report.html").read_text(encoding="utf-8")
+    )
     body = []
     for s in doc.sections:
         tag = f"h{s.level}"
@@ -220,9 +238,15 @@ def render_html(doc: Document) -> str:
         body.append("</section>")
     nav = "\n".join(f'<a href="#{_e(s.anchor)}">{_e(s.title)}</a>' for s in doc.sections if s.level == 2)
     return template.substitute(
-        title=_e(doc.title), subtitle=_e(doc.subtitle), nav=nav, body="\n".join(body), version=_e(_version()),
-        footer=_e(f"mapo {_version()} · generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · "
-                  "every model and dataset text is shown escaped, as data"),
+        title=_e(doc.title),
+        subtitle=_e(doc.subtitle),
+        nav=nav,
+        body="\n".join(body),
+        version=_e(_version()),
+        footer=_e(
+            f"mapo {_version()} · generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · "
+            "every model and dataset text is shown escaped, as data"
+        ),
     )
 
 
@@ -246,8 +270,13 @@ def _md_block(b: Any) -> str:
     if isinstance(b, Table):
         lines = [f"*{_md_cell(b.caption)}*", ""] if b.caption else []
         lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-        lines.append("|" + "|".join("---:" if any(_is_num(r[i]) for r in b.rows if i < len(r)) else "---"
-                                    for i in range(len(b.header))) + "|")
+        lines.append(
+            "|"
+            + "|".join(
+                "---:" if any(_is_num(r[i]) for r in b.rows if i < len(r)) else "---" for i in range(len(b.header))
+            )
+            + "|"
+        )
         for i, row in enumerate(b.rows):
             cells = [_md_cell(v) for v in row]
             if b.total and i == len(b.rows) - 1:
@@ -333,7 +362,9 @@ def load_run(run_dir: str | Path) -> Run:
         elif (d / "generations.jsonl").exists():
             manifest = {"command": "build", "status": "no manifest (killed?)"}
         else:
-            raise FileNotFoundError(f"{d} is not a mapo run folder (no manifest.json, generations.jsonl or judgements.jsonl)")
+            raise FileNotFoundError(
+                f"{d} is not a mapo run folder (no manifest.json, generations.jsonl or judgements.jsonl)"
+            )
     cfg = d / "config.yaml"
     return Run(d, manifest, cfg.read_text(encoding="utf-8") if cfg.exists() else None)
 
@@ -364,24 +395,41 @@ def _overview(run: Run) -> Section:
     for key in ("items", "comparisons", "prompts", "eval_data", "rows"):
         v = m.get(key)
         if isinstance(v, Mapping):
-            rows.append([key, ", ".join(f"{k} {_num(x)}" for k, x in v.items() if not isinstance(x, (dict, list)) or x)])
+            rows.append(
+                [key, ", ".join(f"{k} {_num(x)}" for k, x in v.items() if not isinstance(x, (dict, list)) or x)]
+            )
     if m.get("evaluator"):
-        rows.append(["evaluator", f"{m['evaluator']}: {m.get('judge', '')} ({m.get('setup', '')}), orders {', '.join(m.get('orders', []))}"])
+        rows.append(
+            [
+                "evaluator",
+                f"{m['evaluator']}: {m.get('judge', '')} ({m.get('setup', '')}), orders {', '.join(m.get('orders', []))}",
+            ]
+        )
     tp = m.get("throughput") or {}
     if tp:
-        rows.append(["throughput", f"{_num(tp.get('completion_tokens_per_s'), 1)} completion tok/s, requests {_num(tp.get('requests'))}, "
-                                   f"cached {_num(tp.get('cached'))}, retries {_num(tp.get('retries'))}"])
+        rows.append(
+            [
+                "throughput",
+                f"{_num(tp.get('completion_tokens_per_s'), 1)} completion tok/s, requests {_num(tp.get('requests'))}, "
+                f"cached {_num(tp.get('cached'))}, retries {_num(tp.get('retries'))}",
+            ]
+        )
     blocks: list[Any] = [Table(["field", "value"], rows)]
     if m.get("status") not in (None, "complete"):
-        blocks.insert(0, Text(f"This run is not complete (status: {m.get('status')}): figures cover the records saved so far; "
-                              "rerun the same command to resume."))
+        blocks.insert(
+            0,
+            Text(
+                f"This run is not complete (status: {m.get('status')}): figures cover the records saved so far; "
+                "rerun the same command to resume."
+            ),
+        )
     return Section("Overview", blocks)
 
 
 def _role_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for role, v in (m.get("roles") or {}).items():
-        for name in ([v] if isinstance(v, str) else list(v or [])):
+        for name in [v] if isinstance(v, str) else list(v or []):
             out.append((role, name))
     if m.get("command") == "winrate":
         if m.get("judge"):
@@ -401,8 +449,11 @@ def _models(run: Run) -> Section:
     for role, name in _role_rows(m):
         info = models.get(name) or {}
         rows.append([role, name, info.get("served_name"), info.get("endpoint") or info.get("base_url")])
-    blocks: list[Any] = [Table(["role", "model (conf/model)", "served name", "endpoint / base_url"], rows)] if rows else \
-        [Text("The manifest names no roles.", note=True)]
+    blocks: list[Any] = (
+        [Table(["role", "model (conf/model)", "served name", "endpoint / base_url"], rows)]
+        if rows
+        else [Text("The manifest names no roles.", note=True)]
+    )
     return Section("Models per role", blocks)
 
 
@@ -415,24 +466,72 @@ def _costs(run: Run) -> Section:
         for u in usage:
             req = u.get("requests", 0)
             total = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
-            rows.append([u.get("role"), u.get("model"), req, u.get("cached", 0), u.get("retries", 0), u.get("failures", 0),
-                         u.get("prompt_tokens", 0), u.get("completion_tokens", 0), total, round(u.get("latency_s", 0.0), 2),
-                         round(u.get("latency_s", 0.0) / req, 3) if req else None])
+            rows.append(
+                [
+                    u.get("role"),
+                    u.get("model"),
+                    req,
+                    u.get("cached", 0),
+                    u.get("retries", 0),
+                    u.get("failures", 0),
+                    u.get("prompt_tokens", 0),
+                    u.get("completion_tokens", 0),
+                    total,
+                    round(u.get("latency_s", 0.0), 2),
+                    round(u.get("latency_s", 0.0) / req, 3) if req else None,
+                ]
+            )
             for k in ("requests", "cached", "retries", "failures", "prompt_tokens", "completion_tokens", "latency_s"):
                 tot[k] += u.get(k, 0)
-        rows.append(["total", "", tot["requests"], tot["cached"], tot["retries"], tot["failures"], tot["prompt_tokens"],
-                     tot["completion_tokens"], tot["prompt_tokens"] + tot["completion_tokens"], round(tot["latency_s"], 2),
-                     round(tot["latency_s"] / tot["requests"], 3) if tot["requests"] else None])
-        blocks.append(Table(["role", "model", "requests", "cache hits", "retries", "failures", "prompt tok", "completion tok",
-                             "total tok", "latency s (summed)", "s / request"], rows, total=True,
-                            caption="Requests sent by this invocation, per (role, model); a resumed run counts only what it sent."))
-        blocks.append(Fig("tokens_per_role", plots.token_costs(usage), "Prompt and completion tokens per role and model."))
+        rows.append(
+            [
+                "total",
+                "",
+                tot["requests"],
+                tot["cached"],
+                tot["retries"],
+                tot["failures"],
+                tot["prompt_tokens"],
+                tot["completion_tokens"],
+                tot["prompt_tokens"] + tot["completion_tokens"],
+                round(tot["latency_s"], 2),
+                round(tot["latency_s"] / tot["requests"], 3) if tot["requests"] else None,
+            ]
+        )
+        blocks.append(
+            Table(
+                [
+                    "role",
+                    "model",
+                    "requests",
+                    "cache hits",
+                    "retries",
+                    "failures",
+                    "prompt tok",
+                    "completion tok",
+                    "total tok",
+                    "latency s (summed)",
+                    "s / request",
+                ],
+                rows,
+                total=True,
+                caption="Requests sent by this invocation, per (role, model); a resumed run counts only what it sent.",
+            )
+        )
+        blocks.append(
+            Fig("tokens_per_role", plots.token_costs(usage), "Prompt and completion tokens per role and model.")
+        )
     else:
         blocks.append(Text("No usage recorded in manifest.json.", note=True))
     timings = m.get("timings_s") or {}
     if timings:
-        blocks.append(Table(["timer", "seconds"], [[k, _dur(v)] for k, v in timings.items()],
-                            caption="Stage timers add up per-item time over concurrent items (busy time), so they can exceed wall time."))
+        blocks.append(
+            Table(
+                ["timer", "seconds"],
+                [[k, _dur(v)] for k, v in timings.items()],
+                caption="Stage timers add up per-item time over concurrent items (busy time), so they can exceed wall time.",
+            )
+        )
     return Section("Costs: tokens and time per role", blocks)
 
 
@@ -455,7 +554,9 @@ def _iteration_scores(g: Mapping[str, Any], reviewer: str | None = None) -> list
     return out
 
 
-def _trajectory_section(gens: Sequence[Mapping[str, Any]], group_by: str | None, title: str, fig_name: str) -> Section | None:
+def _trajectory_section(
+    gens: Sequence[Mapping[str, Any]], group_by: str | None, title: str, fig_name: str
+) -> Section | None:
     scored = [g for g in gens if any(it.get("score") is not None for it in g.get("iterations") or [])]
     if not scored:
         return None
@@ -465,8 +566,11 @@ def _trajectory_section(gens: Sequence[Mapping[str, Any]], group_by: str | None,
 
     def count_failures(name: str, g: Mapping[str, Any], reviewer: str | None = None) -> None:
         for i, it in enumerate(g.get("iterations") or []):
-            failures[(name, i)] += sum(1 for r in it.get("reviews") or []
-                                       if r.get("failure") and (reviewer is None or r.get("reviewer") == reviewer))
+            failures[(name, i)] += sum(
+                1
+                for r in it.get("reviews") or []
+                if r.get("failure") and (reviewer is None or r.get("reviewer") == reviewer)
+            )
 
     for g in scored:
         if group_by:
@@ -483,8 +587,14 @@ def _trajectory_section(gens: Sequence[Mapping[str, Any]], group_by: str | None,
             name = f"reviewer {reviewers[0]}" if reviewers else "score"
             series[name].append(_iteration_scores(g))
             count_failures(name, g)
-    blocks: list[Any] = [Fig(fig_name, plots.score_trajectories(series), "Reviewer score (out of 10) of each iteration: thin lines "
-                             "are single prompts, the thick line the mean with its interquartile band.")]
+    blocks: list[Any] = [
+        Fig(
+            fig_name,
+            plots.score_trajectories(series),
+            "Reviewer score (out of 10) of each iteration: thin lines "
+            "are single prompts, the thick line the mean with its interquartile band.",
+        )
+    ]
     header = ["series", "iteration", "scored", "mean", "median", "min", "max", "improved vs iter 1", "review failures"]
     rows = []
     for name, runs in series.items():
@@ -492,10 +602,19 @@ def _trajectory_section(gens: Sequence[Mapping[str, Any]], group_by: str | None,
         for i in range(n_iter):
             vals = [r[i] for r in runs if i < len(r) and r[i] is not None]
             both = [(r[0], r[i]) for r in runs if i < len(r) and r[0] is not None and r[i] is not None]
-            rows.append([name, i + 1, len(vals), statistics.fmean(vals) if vals else None,
-                         statistics.median(vals) if vals else None, min(vals) if vals else None, max(vals) if vals else None,
-                         _pct(sum(b > a for a, b in both) / len(both)) if i and both else "",
-                         failures[(name, i)]])
+            rows.append(
+                [
+                    name,
+                    i + 1,
+                    len(vals),
+                    statistics.fmean(vals) if vals else None,
+                    statistics.median(vals) if vals else None,
+                    min(vals) if vals else None,
+                    max(vals) if vals else None,
+                    _pct(sum(b > a for a, b in both) / len(both)) if i and both else "",
+                    failures[(name, i)],
+                ]
+            )
     blocks.append(Table(header, rows))
     return Section(title, blocks)
 
@@ -512,14 +631,34 @@ def _winrate_section(wr: Mapping[str, Any]) -> Section:
                 rows.append([c, b, None, None, None, None, 0, 0])
                 continue
             n = cell.get("n") or 0
-            rows.append([c, b, _pct(cell.get("win_rate")), _pct(cell.get("tie_rate")), _pct(cell.get("losses", 0) / n if n else None),
-                         _pct(cell.get("win_rate_ties_half")), n, cell.get("failed", 0)])
-    note = (f"Judge {wr.get('judge', '?')} ({wr.get('setup', '?')}), {wr.get('n_prompts', '?')} prompts; the configuration is shown as A. "
-            "Rates are over judged comparisons (wins + ties + losses); judge failures are left out and counted.")
-    return Section("Win rate against baselines", [
-        Text(note, note=True), Table(header, rows),
-        Fig("winrate", plots.winrate_bars(table, rows_names, cols), "Wins, ties and losses of each configuration against each baseline."),
-    ])
+            rows.append(
+                [
+                    c,
+                    b,
+                    _pct(cell.get("win_rate")),
+                    _pct(cell.get("tie_rate")),
+                    _pct(cell.get("losses", 0) / n if n else None),
+                    _pct(cell.get("win_rate_ties_half")),
+                    n,
+                    cell.get("failed", 0),
+                ]
+            )
+    note = (
+        f"Judge {wr.get('judge', '?')} ({wr.get('setup', '?')}), {wr.get('n_prompts', '?')} prompts; the configuration is shown as A. "
+        "Rates are over judged comparisons (wins + ties + losses); judge failures are left out and counted."
+    )
+    return Section(
+        "Win rate against baselines",
+        [
+            Text(note, note=True),
+            Table(header, rows),
+            Fig(
+                "winrate",
+                plots.winrate_bars(table, rows_names, cols),
+                "Wins, ties and losses of each configuration against each baseline.",
+            ),
+        ],
+    )
 
 
 def _build_sections(run: Run, n_examples: int) -> list[Section]:
@@ -540,8 +679,13 @@ def _build_sections(run: Run, n_examples: int) -> list[Section]:
     counts.update({i: 0 for i in range(n_iter)})
     blocks: list[Any] = []
     if sels:
-        blocks.append(Fig("selection", plots.selection_counts(dict(counts), len(failed)),
-                          "How often the judge chose each feedback iteration as the best response."))
+        blocks.append(
+            Fig(
+                "selection",
+                plots.selection_counts(dict(counts), len(failed)),
+                "How often the judge chose each feedback iteration as the best response.",
+            )
+        )
         agree = 0
         chosen_scores: list[float] = []
         rejected_scores: list[float] = []
@@ -559,17 +703,28 @@ def _build_sections(run: Run, n_examples: int) -> list[Section]:
         judgements = [j for s in sels for j in s.get("judgements") or []]
         j_failed = sum(1 for j in judgements if j.get("failure"))
         reasks = sum(max(0, len(j.get("attempts") or []) - 1) for j in judgements)
-        rows = [["prompts selected", len(sels)], ["judge chose a best response", len(decided)], ["no choice (failed)", len(failed)],
-                ["pairwise judgements", len(judgements)], ["judgements that failed", j_failed],
-                ["extra attempts (re-asks, second orders)", reasks],
-                ["method", ", ".join(sorted({str(s.get("method")) for s in sels if s.get("method")})) or "–"]]
+        rows = [
+            ["prompts selected", len(sels)],
+            ["judge chose a best response", len(decided)],
+            ["no choice (failed)", len(failed)],
+            ["pairwise judgements", len(judgements)],
+            ["judgements that failed", j_failed],
+            ["extra attempts (re-asks, second orders)", reasks],
+            ["method", ", ".join(sorted({str(s.get("method")) for s in sels if s.get("method")})) or "–"],
+        ]
         if judged:
-            rows += [["judge's choice = reviewer's top score", f"{_pct(agree / judged)} of {judged}"],
-                     ["mean reviewer score, chosen", statistics.fmean(chosen_scores)],
-                     ["mean reviewer score, rejected", statistics.fmean(rejected_scores) if rejected_scores else None]]
+            rows += [
+                ["judge's choice = reviewer's top score", f"{_pct(agree / judged)} of {judged}"],
+                ["mean reviewer score, chosen", statistics.fmean(chosen_scores)],
+                ["mean reviewer score, rejected", statistics.fmean(rejected_scores) if rejected_scores else None],
+            ]
         blocks.append(Table(["selection", "value"], rows))
-        blocks.append(Table(["iteration", "chosen", "share"],
-                            [[i + 1, counts[i], _pct(counts[i] / len(decided)) if decided else None] for i in sorted(counts)]))
+        blocks.append(
+            Table(
+                ["iteration", "chosen", "share"],
+                [[i + 1, counts[i], _pct(counts[i] / len(decided)) if decided else None] for i in sorted(counts)],
+            )
+        )
     else:
         blocks.append(Text("No selection records (selections.jsonl is empty or missing).", note=True))
     sections.append(Section("Selection: which iteration was chosen", blocks))
@@ -592,16 +747,32 @@ def _build_sections(run: Run, n_examples: int) -> list[Section]:
         fields = [("prompt", prompt)]
         if judge_raw:
             fields.append((f"judge's verdict on this pair ({row.get('judge', '')}, raw text)", judge_raw))
-        fields += [(f"chosen: iteration {_num((row.get('chosen_iteration') or 0) + 1)}, reviewer score {_num(row.get('chosen_score'), 1)}",
-                    "\n\n".join(m.get("content", "") for m in row.get("chosen") or [])),
-                   (f"rejected: iteration {_num((row.get('rejected_iteration') or 0) + 1)}, reviewer score {_num(row.get('rejected_score'), 1)}",
-                    "\n\n".join(m.get("content", "") for m in row.get("rejected") or []))]
+        fields += [
+            (
+                f"chosen: iteration {_num((row.get('chosen_iteration') or 0) + 1)}, reviewer score {_num(row.get('chosen_score'), 1)}",
+                "\n\n".join(m.get("content", "") for m in row.get("chosen") or []),
+            ),
+            (
+                f"rejected: iteration {_num((row.get('rejected_iteration') or 0) + 1)}, reviewer score {_num(row.get('rejected_score'), 1)}",
+                "\n\n".join(m.get("content", "") for m in row.get("rejected") or []),
+            ),
+        ]
         ex_blocks.append(Example(f"{pid}", fields, side_by_side=True, open=len(shown) == 1))
         if len(shown) >= n_examples:
             break
     if ex_blocks:
-        sections.append(Section("Example chosen / rejected pairs", [Text(
-            f"{len(ex_blocks)} of {len(dpo)} DPO rows, one per prompt; every text is shown as data (escaped).", note=True), *ex_blocks]))
+        sections.append(
+            Section(
+                "Example chosen / rejected pairs",
+                [
+                    Text(
+                        f"{len(ex_blocks)} of {len(dpo)} DPO rows, one per prompt; every text is shown as data (escaped).",
+                        note=True,
+                    ),
+                    *ex_blocks,
+                ],
+            )
+        )
     wr = run.json("winrate.json")
     if wr:
         sections.append(_winrate_section(wr))
@@ -622,8 +793,11 @@ def _generation_failures(run: Run, gens: Sequence[Mapping[str, Any]], sels: Sequ
     sel_fail = Counter(_reason(s.get("failure") or "no choice") for s in sels if s.get("best") is None)
     prompts = m.get("prompts") or {}
     rows: list[list[Any]] = []
-    for stage, c in (("selection (item has no chosen response)", sel_fail), ("judge pairwise judgement", judge_fail),
-                     ("reviewer (score not parsed)", review_fail)):
+    for stage, c in (
+        ("selection (item has no chosen response)", sel_fail),
+        ("judge pairwise judgement", judge_fail),
+        ("reviewer (score not parsed)", review_fail),
+    ):
         for reason, n in c.most_common(10):
             rows.append([stage, reason, n])
     for reason, n in (prompts.get("skip_reasons") or {}).items():
@@ -636,8 +810,13 @@ def _generation_failures(run: Run, gens: Sequence[Mapping[str, Any]], sels: Sequ
     blocks: list[Any] = [Table(["stage", "reason", "count"], rows)] if rows else [Text("No failures recorded.")]
     failed_items = [s for s in sels if s.get("best") is None][:30]
     if failed_items:
-        blocks.append(Table(["item", "reason"], [[s["key"], s.get("failure") or "no choice"] for s in failed_items],
-                            caption="Items without a chosen response (first 30)."))
+        blocks.append(
+            Table(
+                ["item", "reason"],
+                [[s["key"], s.get("failure") or "no choice"] for s in failed_items],
+                caption="Items without a chosen response (first 30).",
+            )
+        )
     return Section("Failures", blocks)
 
 
@@ -657,7 +836,11 @@ def _winrate_run_sections(run: Run, n_examples: int) -> list[Section]:
     if wr:
         sections.append(_winrate_section(wr))
     else:
-        sections.append(Section("Win rate against baselines", [Text("winrate.json is missing (the run did not finish).", note=True)]))
+        sections.append(
+            Section(
+                "Win rate against baselines", [Text("winrate.json is missing (the run did not finish).", note=True)]
+            )
+        )
     gens = run.records("generations.jsonl")
     traj = _trajectory_section(gens, "configuration", "Score trajectories per configuration", "score_trajectories")
     if traj:
@@ -681,9 +864,18 @@ def _winrate_run_sections(run: Run, n_examples: int) -> list[Section]:
         fields = [("prompt", g.get("prompt") or b.get("prompt") or "")]
         if raw:
             fields.append((f"judge {j.get('judge', '')} (raw)", raw))
-        fields += [(f"A: {j['configuration']} (final iteration)", g.get("final", "")), (f"B: baseline {j['baseline']}", b.get("response", ""))]
-        ex.append(Example(f"{j['prompt_id']}: {j['configuration']} vs {j['baseline']}: {j.get('outcome')}", fields,
-                          side_by_side=True, open=not ex))
+        fields += [
+            (f"A: {j['configuration']} (final iteration)", g.get("final", "")),
+            (f"B: baseline {j['baseline']}", b.get("response", "")),
+        ]
+        ex.append(
+            Example(
+                f"{j['prompt_id']}: {j['configuration']} vs {j['baseline']}: {j.get('outcome')}",
+                fields,
+                side_by_side=True,
+                open=not ex,
+            )
+        )
     if ex:
         sections.append(Section("Example comparisons", ex))
     return sections
@@ -701,7 +893,9 @@ def _agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
         return None, None
     from mapo.runs.evaluate import agreement_tables
 
-    return agreement_tables(recs), "agreement.json is missing (the run did not finish): figures recomputed from judgements.jsonl."
+    return agreement_tables(
+        recs
+    ), "agreement.json is missing (the run did not finish): figures recomputed from judgements.jsonl."
 
 
 def _evaluate_sections(run: Run, n_examples: int) -> list[Section]:
@@ -714,45 +908,134 @@ def _evaluate_sections(run: Run, n_examples: int) -> list[Section]:
     if note:
         blocks.append(Text(note))
     ed = agreement.get("eval_data") or run.manifest.get("eval_data") or {}
-    blocks.append(Text(f"Data: {ed.get('loader', '?')} ({_num(ed.get('n_items'))} items). Orders judged: "
-                       f"{', '.join(agreement.get('orders') or run.manifest.get('orders') or ['AB'])}; orders combined by "
-                       f"{agreement.get('order_combine', '–')}. Failed judgements are left out of kappa and counted.", note=True))
+    blocks.append(
+        Text(
+            f"Data: {ed.get('loader', '?')} ({_num(ed.get('n_items'))} items). Orders judged: "
+            f"{', '.join(agreement.get('orders') or run.manifest.get('orders') or ['AB'])}; orders combined by "
+            f"{agreement.get('order_combine', '–')}. Failed judgements are left out of kappa and counted.",
+            note=True,
+        )
+    )
     rows = []
     for e in results:
         pb = e.get("position_bias") or {}
         bo = e.get("by_order") or {}
-        rows.append([e.get("judge"), e.get("kind"), e.get("setup"), e.get("kappa"), e.get("n"), e.get("n_failed"),
-                     _pct(e.get("failure_rate")), _pct(e.get("accuracy")),
-                     (bo.get("AB") or {}).get("kappa"), (bo.get("BA") or {}).get("kappa"),
-                     pb.get("first_rate"), pb.get("consistency")])
-    blocks.append(Table(["judge", "kind", "setup", "kappa", "n", "failed", "failure rate", "accuracy", "kappa AB", "kappa BA",
-                         "P(first)", "swap consistency"], rows))
-    blocks.append(Fig("kappa", plots.kappa_bars(results), "Cohen's kappa of each judge, juror, jury or debate with the human labels."))
+        rows.append(
+            [
+                e.get("judge"),
+                e.get("kind"),
+                e.get("setup"),
+                e.get("kappa"),
+                e.get("n"),
+                e.get("n_failed"),
+                _pct(e.get("failure_rate")),
+                _pct(e.get("accuracy")),
+                (bo.get("AB") or {}).get("kappa"),
+                (bo.get("BA") or {}).get("kappa"),
+                pb.get("first_rate"),
+                pb.get("consistency"),
+            ]
+        )
+    blocks.append(
+        Table(
+            [
+                "judge",
+                "kind",
+                "setup",
+                "kappa",
+                "n",
+                "failed",
+                "failure rate",
+                "accuracy",
+                "kappa AB",
+                "kappa BA",
+                "P(first)",
+                "swap consistency",
+            ],
+            rows,
+        )
+    )
+    blocks.append(
+        Fig(
+            "kappa",
+            plots.kappa_bars(results),
+            "Cohen's kappa of each judge, juror, jury or debate with the human labels.",
+        )
+    )
     sections.append(Section("Agreement with humans (Cohen's kappa)", blocks))
-    sections.append(Section("Confusion matrices", [Fig("confusion", plots.confusion_grid(results[:12]),
-                                                       "Rows: the human label; columns: the judge's (failures left out).")]))
+    sections.append(
+        Section(
+            "Confusion matrices",
+            [
+                Fig(
+                    "confusion",
+                    plots.confusion_grid(results[:12]),
+                    "Rows: the human label; columns: the judge's (failures left out).",
+                )
+            ],
+        )
+    )
     if any(e.get("position_bias") for e in results):
-        pb_rows = [[e["judge"], e.get("kind"), e["position_bias"].get("n_pairs"), e["position_bias"].get("n_failed"),
-                    e["position_bias"].get("first_rate"), e["position_bias"].get("tie_rate"), e["position_bias"].get("consistency")]
-                   for e in results if e.get("position_bias")]
-        sections.append(Section("Position bias", [
-            Table(["judge", "kind", "pairs", "failed", "P(first | decisive)", "tie rate", "swap consistency"], pb_rows),
-            Fig("position_bias", plots.position_bias(results), "Each pair judged in both orders: 0.5 = no position preference."),
-        ]))
+        pb_rows = [
+            [
+                e["judge"],
+                e.get("kind"),
+                e["position_bias"].get("n_pairs"),
+                e["position_bias"].get("n_failed"),
+                e["position_bias"].get("first_rate"),
+                e["position_bias"].get("tie_rate"),
+                e["position_bias"].get("consistency"),
+            ]
+            for e in results
+            if e.get("position_bias")
+        ]
+        sections.append(
+            Section(
+                "Position bias",
+                [
+                    Table(
+                        ["judge", "kind", "pairs", "failed", "P(first | decisive)", "tie rate", "swap consistency"],
+                        pb_rows,
+                    ),
+                    Fig(
+                        "position_bias",
+                        plots.position_bias(results),
+                        "Each pair judged in both orders: 0.5 = no position preference.",
+                    ),
+                ],
+            )
+        )
     sections.append(_parse_failures(run, results))
     for j in agreement.get("jury_subsets") or []:
         subsets = j.get("subsets") or []
-        rows = [[" + ".join(s["members"]), s.get("size", len(s["members"])), s.get("kappa"), s.get("n"), s.get("n_failed")]
-                for s in subsets[:15]]
+        rows = [
+            [" + ".join(s["members"]), s.get("size", len(s["members"])), s.get("kappa"), s.get("n"), s.get("n_failed")]
+            for s in subsets[:15]
+        ]
         safe = re.sub(r"[^A-Za-z0-9]+", "_", j.get("jury", "jury")).strip("_")[:60]
-        singles = {e["judge"]: e.get("kappa") for e in results if e.get("kind") == "juror" and e.get("member_of") == j.get("jury")}
-        sections.append(Section(f"Jury subsets: {j.get('jury')}", [
-            Text(f"Every subset of the jurors, combined from their stored labels with rule {j.get('rule')} "
-                 f"(tie break {j.get('tie_break')}); {len(subsets)} subsets, best 15 shown.", note=True),
-            Table(["members", "size", "kappa", "n", "failed"], rows),
-            Fig(f"jury_subsets_{safe}", plots.jury_heatmap(subsets, singles=singles, title=f"Jury subsets of {j.get('jury')}"),
-                "Left: best kappa among juries of each size that include the judge (1 = the judge alone). Right: every subset."),
-        ]))
+        singles = {
+            e["judge"]: e.get("kappa")
+            for e in results
+            if e.get("kind") == "juror" and e.get("member_of") == j.get("jury")
+        }
+        sections.append(
+            Section(
+                f"Jury subsets: {j.get('jury')}",
+                [
+                    Text(
+                        f"Every subset of the jurors, combined from their stored labels with rule {j.get('rule')} "
+                        f"(tie break {j.get('tie_break')}); {len(subsets)} subsets, best 15 shown.",
+                        note=True,
+                    ),
+                    Table(["members", "size", "kappa", "n", "failed"], rows),
+                    Fig(
+                        f"jury_subsets_{safe}",
+                        plots.jury_heatmap(subsets, singles=singles, title=f"Jury subsets of {j.get('jury')}"),
+                        "Left: best kappa among juries of each size that include the judge (1 = the judge alone). Right: every subset.",
+                    ),
+                ],
+            )
+        )
     ex = _disagreements(run, n_examples)
     if ex:
         sections.append(Section("Examples where the judge and the humans disagree", ex))
@@ -760,10 +1043,23 @@ def _evaluate_sections(run: Run, n_examples: int) -> list[Section]:
 
 
 def _parse_failures(run: Run, results: Sequence[Mapping[str, Any]]) -> Section:
-    rows = [[e.get("judge"), e.get("kind"), e.get("n", 0) + e.get("n_failed", 0), e.get("n_failed"), _pct(e.get("failure_rate"))]
-            for e in results]
-    blocks: list[Any] = [Table(["judge", "kind", "items", "failed", "failure rate"], rows,
-                               caption="Items whose judgement failed in every order (parse failure, refusal, rejected request).")]
+    rows = [
+        [
+            e.get("judge"),
+            e.get("kind"),
+            e.get("n", 0) + e.get("n_failed", 0),
+            e.get("n_failed"),
+            _pct(e.get("failure_rate")),
+        ]
+        for e in results
+    ]
+    blocks: list[Any] = [
+        Table(
+            ["judge", "kind", "items", "failed", "failure rate"],
+            rows,
+            caption="Items whose judgement failed in every order (parse failure, refusal, rejected request).",
+        )
+    ]
     reasons: Counter = Counter()
     per_order: Counter = Counter()
     for r in run.records("judgements.jsonl"):
@@ -771,9 +1067,13 @@ def _parse_failures(run: Run, results: Sequence[Mapping[str, Any]]) -> Section:
             reasons[(r.get("judge"), _reason(r["failure"]))] += 1
             per_order[(r.get("judge"), r.get("order"))] += 1
     if reasons:
-        blocks.append(Table(["judge", "reason", "records"],
-                            [[j, why, n] for (j, why), n in reasons.most_common(20)],
-                            caption="Failed records in judgements.jsonl (one per item and order)."))
+        blocks.append(
+            Table(
+                ["judge", "reason", "records"],
+                [[j, why, n] for (j, why), n in reasons.most_common(20)],
+                caption="Failed records in judgements.jsonl (one per item and order).",
+            )
+        )
     return Section("Parse failures", blocks)
 
 
@@ -787,12 +1087,21 @@ def _disagreements(run: Run, n: int) -> list[Example]:
             continue
         if r.get("label") is None or r.get("label") == r.get("human"):
             continue
-        scores = f", scores A {_num(r.get('score_a'), 1)} / B {_num(r.get('score_b'), 1)}" if r.get("score_a") is not None else ""
+        scores = (
+            f", scores A {_num(r.get('score_a'), 1)} / B {_num(r.get('score_b'), 1)}"
+            if r.get("score_a") is not None
+            else ""
+        )
         raw = r.get("raw") or []
         if not raw and (r.get("detail") or {}).get("members"):
             raw = [json.dumps(r["detail"]["members"], indent=1)]
-        out.append(Example(f"item {r.get('item_id')} ({r.get('order')}): human {r.get('human')}, {r.get('judge')} {r.get('label')}{scores}",
-                           [(f"raw text {i + 1}", t) for i, t in enumerate(raw[-3:])] or [("raw", "(none kept)")], open=not out))
+        out.append(
+            Example(
+                f"item {r.get('item_id')} ({r.get('order')}): human {r.get('human')}, {r.get('judge')} {r.get('label')}{scores}",
+                [(f"raw text {i + 1}", t) for i, t in enumerate(raw[-3:])] or [("raw", "(none kept)")],
+                open=not out,
+            )
+        )
     return out
 
 
@@ -846,7 +1155,10 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mapo report", description="HTML + Markdown report of a mapo run folder (or of every run in a sweep folder).")
+    ap = argparse.ArgumentParser(
+        prog="mapo report",
+        description="HTML + Markdown report of a mapo run folder (or of every run in a sweep folder).",
+    )
     ap.add_argument("run_dir", help="a run folder (manifest.json) or a folder of runs (Hydra multirun)")
     ap.add_argument("--out", help="output folder (default RUN_DIR/report; for a sweep, each run's own report/ folder)")
     ap.add_argument("--examples", type=int, default=3, help="example pairs to show (default 3)")

@@ -8,29 +8,33 @@ already answered (the response cache) and writing nothing twice (keyed stores).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import platform
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
-import openai
 from omegaconf import OmegaConf
 
-from mapo.llm.cache import ResponseCache
-from mapo.llm.client import EndpointUnavailable, LLMClient
-from mapo.core.config import ConfigError, RunConfig, cache_dir, validate
-from mapo.generation.dataset import RowError, rows_for, save_datasets
-from mapo.generation.feedback import FeedbackLoop
-from mapo.judging.judge import STRATEGIES, Judge
-from mapo.runs.progress import Progress
+from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.core.registry import UnknownNameError
-from mapo.generation.selection import SELECTORS
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
-from mapo.runs.runner import RunStopped, item_failure, make_client, models_manifest, run_accounting, run_pool, write_config
-from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
+from mapo.generation.dataset import RowError, rows_for, save_datasets
+from mapo.generation.feedback import FeedbackLoop
+from mapo.generation.selection import SELECTORS
+from mapo.judging.judge import STRATEGIES, Judge
+from mapo.llm.client import EndpointUnavailable
+from mapo.runs.progress import Progress
+from mapo.runs.runner import (
+    RunStopped,
+    item_failure,
+    make_client,
+    models_manifest,
+    run_accounting,
+    run_pool,
+    write_config,
+)
+from mapo.runs.store import RecordStore, RunLock, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,10 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
     if cfg.prompts.source != "hf":
         n_prompts = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
         if n_prompts == 0 and cfg.prompts.shard_count == 1:
-            raise ConfigError(f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
-                              f"(empty, all invalid and skipped, or prompts.limit={cfg.prompts.limit})")
+            raise ConfigError(
+                f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
+                f"(empty, all invalid and skipped, or prompts.limit={cfg.prompts.limit})"
+            )
     else:
         n_prompts = cfg.prompts.limit
     try:
@@ -51,10 +57,15 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
         STRATEGIES.get(cfg.judge.strategy, key="judge.strategy")
     except UnknownNameError as e:
         raise ConfigError(str(e)) from None
-    for key, prompt_set in (("judge.prompt_set", cfg.judge.prompt_set), ("feedback.prompt_set", cfg.feedback.prompt_set)):
+    for key, prompt_set in (
+        ("judge.prompt_set", cfg.judge.prompt_set),
+        ("feedback.prompt_set", cfg.feedback.prompt_set),
+    ):
         if not (prompts_root() / prompt_set).is_dir():
-            raise ConfigError(f"{key}={prompt_set!r}: no folder prompts/{prompt_set}; "
-                              f"known: {', '.join(sorted(p.name for p in prompts_root().iterdir() if p.is_dir()))}")
+            raise ConfigError(
+                f"{key}={prompt_set!r}: no folder prompts/{prompt_set}; "
+                f"known: {', '.join(sorted(p.name for p in prompts_root().iterdir() if p.is_dir()))}"
+            )
     with RunLock(run_dir):
         write_config(cfg, run_dir)
         t_start = time.time()
@@ -110,7 +121,9 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                 return
             if sel.best is not None:
                 try:
-                    d, k, skipped = rows_for(item.id, item.prompt, responses, scores, sel.best, generator=roles.generator, judge=roles.judge)
+                    d, k, skipped = rows_for(
+                        item.id, item.prompt, responses, scores, sel.best, generator=roles.generator, judge=roles.judge
+                    )
                 except RowError as e:  # e.g. an empty response: this item fails, the run goes on
                     d, k, skipped = [], [], 0
                     sel.best, sel.failure = None, f"row rejected: {e}"
@@ -122,8 +135,16 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
             if sel.failure is not None:
                 counts["failed"] += 1
             # the selection record goes last: it marks the item done for a resume
-            sels.append({"key": item.id, "best": sel.best, "method": sel.method, "scores": sel.scores,
-                         "judgements": sel.judgements, "failure": sel.failure})
+            sels.append(
+                {
+                    "key": item.id,
+                    "best": sel.best,
+                    "method": sel.method,
+                    "scores": sel.scores,
+                    "judgements": sel.judgements,
+                    "failure": sel.failure,
+                }
+            )
             progress.update(failed=sel.failure is not None)
 
         source_stats = SourceStats()
@@ -132,21 +153,32 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
             await run_pool(iter_prompts(cfg.prompts, source_stats), work, cfg.max_items_in_flight)
         except EndpointUnavailable as e:
             status = "stopped"
-            raise RunStopped(f"run stopped: {e}. {len(sels)} items are saved in {run_dir}; rerun the same command to resume.") from e
+            raise RunStopped(
+                f"run stopped: {e}. {len(sels)} items are saved in {run_dir}; rerun the same command to resume."
+            ) from e
         finally:
             progress.close()
             for s in (gens, sels, dpo, kto):
                 s.close()
             wall = time.time() - t_start
             manifest = {
-                "command": "build", "status": status, "output_dir": str(run_dir),
+                "command": "build",
+                "status": status,
+                "output_dir": str(run_dir),
                 "roles": {"generator": roles.generator, "reviewers": list(roles.reviewers), "judge": roles.judge},
                 "models": models_manifest(cfg, used),
-                "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped,
-                            "skip_reasons": source_stats.reasons or {}},
+                "prompts": {
+                    "source": cfg.prompts.source,
+                    "read": source_stats.read,
+                    "skipped": source_stats.skipped,
+                    "skip_reasons": source_stats.reasons or {},
+                },
                 "items": {"done": len(sels), **counts},
-                "repairs": {"bytes_cut": {s.path.name: s.repaired_bytes for s in (gens, sels, dpo, kto) if s.repaired_bytes},
-                            "rows_restored": restored, "items_redone": len(redo)},
+                "repairs": {
+                    "bytes_cut": {s.path.name: s.repaired_bytes for s in (gens, sels, dpo, kto) if s.repaired_bytes},
+                    "rows_restored": restored,
+                    "items_redone": len(redo),
+                },
                 # stage figures sum per-item time over concurrent items: busy time, not wall time
                 "timings_s": {"wall": round(wall, 2), **{f"{k}_busy": round(v, 2) for k, v in stage_s.items()}},
                 **run_accounting(client, wall),
@@ -161,8 +193,9 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
     return manifest
 
 
-def _resume(gens: RecordStore, sels: RecordStore, dpo: RecordStore, kto: RecordStore, *, generator: str,
-            judge: str) -> tuple[dict[str, dict], set[str], int]:
+def _resume(
+    gens: RecordStore, sels: RecordStore, dpo: RecordStore, kto: RecordStore, *, generator: str, judge: str
+) -> tuple[dict[str, dict], set[str], int]:
     """What a rerun picks up: generations whose selection had not finished (``resumable``), and
     repairs after a crash mid-write. A torn last line is cut when a store opens; if it held a
     DPO/KTO row of a finished item, the row is rebuilt from the stored generation and pick
@@ -176,8 +209,15 @@ def _resume(gens: RecordStore, sels: RecordStore, dpo: RecordStore, kto: RecordS
             resumable[key] = rec
         elif picked[key] is not None:
             its = rec["iterations"]
-            d, k, _ = rows_for(key, rec["prompt"], [it["response"] for it in its], [it["score"] for it in its],
-                               picked[key], generator=generator, judge=judge)
+            d, k, _ = rows_for(
+                key,
+                rec["prompt"],
+                [it["response"] for it in its],
+                [it["score"] for it in its],
+                picked[key],
+                generator=generator,
+                judge=judge,
+            )
             for store, rows in ((dpo, d), (kto, k)):
                 for row in rows:
                     if row["key"] not in store:

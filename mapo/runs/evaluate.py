@@ -59,21 +59,30 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
-from mapo.metrics.agreement import PositionBias, cohen_kappa, jury_subsets, label_from_scores, position_bias
-from mapo.llm.client import EndpointUnavailable
 from mapo.core.config import REPO_ROOT, ConfigError, RunConfig, validate
-from mapo.judging.debate import Debate, DebateJudgement
+from mapo.core.registry import UnknownNameError
+from mapo.core.types import Label
 from mapo.data.humans import LOADERS, HumanDataError, HumanRow
+from mapo.judging.debate import Debate, DebateJudgement
 from mapo.judging.judge import STRATEGIES, Judge, PairJudgement
 from mapo.judging.jury import TIE_BREAKS, Jury, JuryJudgement
-from mapo.runs.runner import RunStopped, item_failure, make_client, models_manifest, run_accounting, run_pool, write_config
+from mapo.llm.client import EndpointUnavailable
+from mapo.metrics.agreement import PositionBias, cohen_kappa, jury_subsets, label_from_scores, position_bias
 from mapo.runs.progress import Progress
-from mapo.core.registry import UnknownNameError
+from mapo.runs.runner import (
+    RunStopped,
+    item_failure,
+    make_client,
+    models_manifest,
+    run_accounting,
+    run_pool,
+    write_config,
+)
 from mapo.runs.store import RecordStore, RunLock, atomic_write_json, iter_records
-from mapo.core.types import Label
 
 __all__ = ["EVALUATORS", "agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
 
@@ -128,8 +137,12 @@ def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]
         if r["id"] in seen:
             raise ConfigError(f"eval_data ({loader}): duplicate item id {r['id']!r}")
         seen.add(r["id"])
-    info = {"loader": loader, **{k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))},
-            "limit": limit, "n_items": len(rows)}
+    info = {
+        "loader": loader,
+        **{k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))},
+        "limit": limit,
+        "n_items": len(rows),
+    }
     return rows, info
 
 
@@ -176,10 +189,15 @@ def _build(cfg: RunConfig, client) -> Judge | Jury | Debate:
     return ev
 
 
-def _base(item: HumanRow, order: str, kind: str, judge: str, setup: str, prompt_sha: str, version: int, evaluator: str) -> dict[str, Any]:
+def _base(
+    item: HumanRow, order: str, kind: str, judge: str, setup: str, prompt_sha: str, version: int, evaluator: str
+) -> dict[str, Any]:
     return {
         "key": "|".join([item["id"], judge, setup, f"v{version}", prompt_sha, order]),
-        "item_id": item["id"], "evaluator": evaluator, "kind": kind, "judge": judge,
+        "item_id": item["id"],
+        "evaluator": evaluator,
+        "kind": kind,
+        "judge": judge,
     }
 
 
@@ -192,23 +210,38 @@ def _verdict_fields(result: PairJudgement | JuryJudgement | DebateJudgement, ord
     return {
         "pick": _PICK[label] if label else None,
         "label": _SWAP[label] if (label and order == "BA") else label,
-        "score_a": sa, "score_b": sb, "failure": result.failure,
+        "score_a": sa,
+        "score_b": sb,
+        "failure": result.failure,
     }
 
 
-def _judge_record(cfg: RunConfig, item: HumanRow, order: str, j: PairJudgement, kind: str, member_of: str | None) -> dict[str, Any]:
+def _judge_record(
+    cfg: RunConfig, item: HumanRow, order: str, j: PairJudgement, kind: str, member_of: str | None
+) -> dict[str, Any]:
     setup = _judge_setup(cfg)
     # a juror's key names its jury: another jury reusing this juror gets its own records (cache hits)
     keyed = f"{member_of}/{j.judge}" if member_of else j.judge
     rec = _base(item, order, kind, keyed, setup, j.prompt_sha, cfg.judge.version, cfg.evaluator)
-    rec.update(judge=j.judge, models=[j.judge], member_of=member_of, setup=setup, strategy=j.strategy, scale=j.scale,
-               version=cfg.judge.version, order=order, prompt_sha=j.prompt_sha, **_verdict_fields(j, order),
-               human=item["human"], raw=[t for a in j.attempts for t in a.raw],
-               detail={"attempts": j.to_record()["attempts"]},
-               prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
-               completion_tokens=sum(a.completion_tokens for a in j.attempts),
-               latency_s=round(sum(a.latency_s for a in j.attempts), 4),
-               cached=bool(j.attempts) and all(a.cached for a in j.attempts))
+    rec.update(
+        judge=j.judge,
+        models=[j.judge],
+        member_of=member_of,
+        setup=setup,
+        strategy=j.strategy,
+        scale=j.scale,
+        version=cfg.judge.version,
+        order=order,
+        prompt_sha=j.prompt_sha,
+        **_verdict_fields(j, order),
+        human=item["human"],
+        raw=[t for a in j.attempts for t in a.raw],
+        detail={"attempts": j.to_record()["attempts"]},
+        prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
+        completion_tokens=sum(a.completion_tokens for a in j.attempts),
+        latency_s=round(sum(a.latency_s for a in j.attempts), 4),
+        cached=bool(j.attempts) and all(a.cached for a in j.attempts),
+    )
     return rec
 
 
@@ -220,13 +253,29 @@ def _jury_records(cfg: RunConfig, item: HumanRow, order: str, j: JuryJudgement) 
     out = [_judge_record(cfg, item, order, m, "juror", j.judge) for m in j.members]
     setup = _jury_setup(cfg)
     rec = _base(item, order, "jury", j.judge, setup, j.prompt_sha, cfg.judge.version, cfg.evaluator)
-    rec.update(models=[m.judge for m in j.members], member_of=None, setup=setup, strategy=j.strategy, scale=j.scale,
-               version=cfg.judge.version, order=order, prompt_sha=j.prompt_sha, **_verdict_fields(j, order),
-               human=item["human"], raw=[],  # the jurors' raw texts are in their own records
-               detail={"aggregate": j.aggregate, "tie_break": j.tie_break, "n_failed": j.n_failed,
-                       "members": {m.judge: (_SWAP[m.label] if m.label and order == "BA" else m.label) for m in j.members}},
-               prompt_tokens=sum(r["prompt_tokens"] for r in out), completion_tokens=sum(r["completion_tokens"] for r in out),
-               latency_s=max((r["latency_s"] for r in out), default=0.0), cached=all(r["cached"] for r in out))
+    rec.update(
+        models=[m.judge for m in j.members],
+        member_of=None,
+        setup=setup,
+        strategy=j.strategy,
+        scale=j.scale,
+        version=cfg.judge.version,
+        order=order,
+        prompt_sha=j.prompt_sha,
+        **_verdict_fields(j, order),
+        human=item["human"],
+        raw=[],  # the jurors' raw texts are in their own records
+        detail={
+            "aggregate": j.aggregate,
+            "tie_break": j.tie_break,
+            "n_failed": j.n_failed,
+            "members": {m.judge: (_SWAP[m.label] if m.label and order == "BA" else m.label) for m in j.members},
+        },
+        prompt_tokens=sum(r["prompt_tokens"] for r in out),
+        completion_tokens=sum(r["completion_tokens"] for r in out),
+        latency_s=max((r["latency_s"] for r in out), default=0.0),
+        cached=all(r["cached"] for r in out),
+    )
     return [*out, rec]
 
 
@@ -238,25 +287,69 @@ def _debate_record(cfg: RunConfig, item: HumanRow, order: str, d: DebateJudgemen
     setup = _debate_setup(cfg)
     rec = _base(item, order, "debate", d.judge, setup, d.prompt_sha, cfg.judge.version, cfg.evaluator)
     detail = d.to_record()
-    rec.update(models=list(cfg.roles.debaters), member_of=None, setup=setup, strategy="debate", scale=d.scale,
-               version=cfg.judge.version, order=order, prompt_sha=d.prompt_sha, **_verdict_fields(d, order),
-               human=item["human"], raw=d.raw,
-               detail={"roles": list(cfg.debate.roles), "rounds": cfg.debate.rounds, "aggregate": d.aggregate,
-                       "n_failed": d.n_failed, "utterances": detail["utterances"], "finals": detail["finals"]},
-               prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens, latency_s=round(d.latency_s, 4),
-               cached=d.cached)
+    rec.update(
+        models=list(cfg.roles.debaters),
+        member_of=None,
+        setup=setup,
+        strategy="debate",
+        scale=d.scale,
+        version=cfg.judge.version,
+        order=order,
+        prompt_sha=d.prompt_sha,
+        **_verdict_fields(d, order),
+        human=item["human"],
+        raw=d.raw,
+        detail={
+            "roles": list(cfg.debate.roles),
+            "rounds": cfg.debate.rounds,
+            "aggregate": d.aggregate,
+            "n_failed": d.n_failed,
+            "utterances": detail["utterances"],
+            "finals": detail["finals"],
+        },
+        prompt_tokens=d.prompt_tokens,
+        completion_tokens=d.completion_tokens,
+        latency_s=round(d.latency_s, 4),
+        cached=d.cached,
+    )
     return rec
 
 
 def _failed_records(cfg: RunConfig, ev, item: HumanRow, order: str, reason: str) -> list[dict[str, Any]]:
     """A per-item fault (e.g. a rejected request) recorded as a failure, so a rerun skips it."""
     name, setup, sha = _identity(cfg, ev)
-    rec = _base(item, order, {"judge": "judge", "jury": "jury", "debate": "debate"}[cfg.evaluator], name, setup, sha,
-                cfg.judge.version, cfg.evaluator)
-    rec.update(models=_models_of(cfg), member_of=None, setup=setup, strategy=cfg.judge.strategy if cfg.evaluator != "debate" else "debate",
-               scale=cfg.judge.scale if cfg.evaluator != "debate" else cfg.debate.scale, version=cfg.judge.version,
-               order=order, prompt_sha=sha, pick=None, label=None, score_a=None, score_b=None, failure=reason,
-               human=item["human"], raw=[], detail={}, prompt_tokens=0, completion_tokens=0, latency_s=0.0, cached=False)
+    rec = _base(
+        item,
+        order,
+        {"judge": "judge", "jury": "jury", "debate": "debate"}[cfg.evaluator],
+        name,
+        setup,
+        sha,
+        cfg.judge.version,
+        cfg.evaluator,
+    )
+    rec.update(
+        models=_models_of(cfg),
+        member_of=None,
+        setup=setup,
+        strategy=cfg.judge.strategy if cfg.evaluator != "debate" else "debate",
+        scale=cfg.judge.scale if cfg.evaluator != "debate" else cfg.debate.scale,
+        version=cfg.judge.version,
+        order=order,
+        prompt_sha=sha,
+        pick=None,
+        label=None,
+        score_a=None,
+        score_b=None,
+        failure=reason,
+        human=item["human"],
+        raw=[],
+        detail={},
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_s=0.0,
+        cached=False,
+    )
     return [rec]
 
 
@@ -276,7 +369,9 @@ def _models_of(cfg: RunConfig) -> list[str]:
 # --------------------------------------------------------------------------- agreement
 
 
-def combine_orders(records: Iterable[Mapping[str, Any]], rule: str = "inconsistent_tie") -> tuple[Label | None, float | None, float | None]:
+def combine_orders(
+    records: Iterable[Mapping[str, Any]], rule: str = "inconsistent_tie"
+) -> tuple[Label | None, float | None, float | None]:
     """One item's verdict from its per-order records (dataset terms), as :class:`mapo.judging.judge.Judge`
     combines orders: a failed order is left out; two orders that disagree are a tie
     (``inconsistent_tie``) or decided by the mean scores (``mean_score``)."""
@@ -294,15 +389,18 @@ def combine_orders(records: Iterable[Mapping[str, Any]], rule: str = "inconsiste
     return (r1["label"] if r1["label"] == r2["label"] else "tie"), sa, sb
 
 
-def agreement_tables(records: Iterable[Mapping[str, Any]], *, order_combine: str = "inconsistent_tie",
-                     subsets: bool = True) -> dict[str, Any]:
+def agreement_tables(
+    records: Iterable[Mapping[str, Any]], *, order_combine: str = "inconsistent_tie", subsets: bool = True
+) -> dict[str, Any]:
     """Agreement of every (judge, setup) in ``records`` (judgements.jsonl rows) with the humans.
 
     Each group is scored on the items it judged; the human label comes from the records.
     Juror groups of one jury are also combined into every jury subset (sizes 2..n) with the
     jury's own rule, from the stored labels.
     """
-    groups: dict[tuple[str, str, str, str | None], dict[str, dict[str, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    groups: dict[tuple[str, str, str, str | None], dict[str, dict[str, Mapping[str, Any]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
     humans: dict[str, Label] = {}
     jury_rules: dict[tuple[str, str], tuple[str, str]] = {}
     for r in records:
@@ -312,7 +410,10 @@ def agreement_tables(records: Iterable[Mapping[str, Any]], *, order_combine: str
         if r["kind"] == "jury":
             detail = r.get("detail") or {}
             if "aggregate" in detail:
-                jury_rules[(r["judge"], r["setup"].split("/")[0])] = (detail["aggregate"], detail.get("tie_break", "tie"))
+                jury_rules[(r["judge"], r["setup"].split("/")[0])] = (
+                    detail["aggregate"],
+                    detail.get("tie_break", "tie"),
+                )
     results = []
     combined: dict[tuple[str, str, str | None], dict[str, tuple[Label | None, float | None, float | None]]] = {}
     for (kind, judge, setup, member_of), by_item in groups.items():
@@ -322,16 +423,32 @@ def agreement_tables(records: Iterable[Mapping[str, Any]], *, order_combine: str
         combined[(kind, judge, setup, member_of)] = verdicts  # type: ignore[index]
         agreement = cohen_kappa([verdicts[i][0] for i in ids], human)
         first = next(iter(by_item[ids[0]].values()))
-        entry: dict[str, Any] = {"judge": judge, "kind": kind, "setup": setup, "member_of": member_of,
-                                 "models": first.get("models", [judge]), **agreement.to_dict()}
+        entry: dict[str, Any] = {
+            "judge": judge,
+            "kind": kind,
+            "setup": setup,
+            "member_of": member_of,
+            "models": first.get("models", [judge]),
+            **agreement.to_dict(),
+        }
         orders = sorted({o for recs in by_item.values() for o in recs})
         if len(orders) > 1:
-            entry["by_order"] = {o: cohen_kappa([by_item[i][o]["label"] if o in by_item[i] else None for i in ids], human).to_dict()
-                                 for o in orders}
-            pb: PositionBias = position_bias((by_item[i].get("AB", {}).get("pick"), by_item[i].get("BA", {}).get("pick")) for i in ids)
+            entry["by_order"] = {
+                o: cohen_kappa([by_item[i][o]["label"] if o in by_item[i] else None for i in ids], human).to_dict()
+                for o in orders
+            }
+            pb: PositionBias = position_bias(
+                (by_item[i].get("AB", {}).get("pick"), by_item[i].get("BA", {}).get("pick")) for i in ids
+            )
             entry["position_bias"] = pb.to_dict()
         results.append(entry)
-    results.sort(key=lambda e: ({"jury": 0, "debate": 0, "judge": 0, "juror": 1}[e["kind"]], e["kappa"] is None, -(e["kappa"] or 0.0)))
+    results.sort(
+        key=lambda e: (
+            {"jury": 0, "debate": 0, "judge": 0, "juror": 1}[e["kind"]],
+            e["kappa"] is None,
+            -(e["kappa"] or 0.0),
+        )
+    )
     out: dict[str, Any] = {"order_combine": order_combine, "results": results}
     if subsets:
         juries: dict[tuple[str, str], dict[str, dict[str, tuple]]] = defaultdict(dict)
@@ -346,11 +463,26 @@ def agreement_tables(records: Iterable[Mapping[str, Any]], *, order_combine: str
             ids = sorted(set.intersection(*(set(v) for v in members.values())), key=position.__getitem__)
             rule, tie_break = jury_rules.get((jury, setup), ("mode", "tie"))
             labels = {m: [v[i][0] for i in ids] for m, v in members.items()}
-            scores = {m: [(v[i][1], v[i][2]) if None not in (v[i][1], v[i][2]) else None for i in ids] for m, v in members.items()}
-            rows = jury_subsets(labels, [humans[i] for i in ids], rule=rule, tie_break=TIE_BREAKS.get(tie_break, tie_break),
-                                per_judge_scores=scores if rule == "mean_score" else None)
-            subset_out.append({"jury": jury, "setup": setup, "rule": rule, "tie_break": tie_break,
-                               "subsets": [{**r.to_dict(), "size": len(r.members)} for r in rows]})
+            scores = {
+                m: [(v[i][1], v[i][2]) if None not in (v[i][1], v[i][2]) else None for i in ids]
+                for m, v in members.items()
+            }
+            rows = jury_subsets(
+                labels,
+                [humans[i] for i in ids],
+                rule=rule,
+                tie_break=TIE_BREAKS.get(tie_break, tie_break),
+                per_judge_scores=scores if rule == "mean_score" else None,
+            )
+            subset_out.append(
+                {
+                    "jury": jury,
+                    "setup": setup,
+                    "rule": rule,
+                    "tie_break": tie_break,
+                    "subsets": [{**r.to_dict(), "size": len(r.members)} for r in rows],
+                }
+            )
         if subset_out:
             out["jury_subsets"] = subset_out
     return out
@@ -370,11 +502,15 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10) -> str:
     lines = [head, "-" * len(head)]
     for e in tables["results"]:
         pb = e.get("position_bias") or {}
-        lines.append(f"{_cut(e['judge'], 44):44} {e['kind']:6} {_cut(e['setup'], 30):30} {_fmt(e['kappa']):>6} {e['n']:>5} "
-                     f"{e['n_failed']:>5} {_fmt(e['accuracy']):>6} {_fmt(pb.get('first_rate'), 2):>6} {_fmt(pb.get('consistency'), 2):>7}")
+        lines.append(
+            f"{_cut(e['judge'], 44):44} {e['kind']:6} {_cut(e['setup'], 30):30} {_fmt(e['kappa']):>6} {e['n']:>5} "
+            f"{e['n_failed']:>5} {_fmt(e['accuracy']):>6} {_fmt(pb.get('first_rate'), 2):>6} {_fmt(pb.get('consistency'), 2):>7}"
+        )
     for j in tables.get("jury_subsets", []):
         lines.append("")
-        lines.append(f"jury subsets of {j['jury']} ({j['setup']}, rule {j['rule']}; a multi-way mode is a tie), best first:")
+        lines.append(
+            f"jury subsets of {j['jury']} ({j['setup']}, rule {j['rule']}; a multi-way mode is a tie), best first:"
+        )
         for s in j["subsets"][:top_subsets]:
             lines.append(f"  {_fmt(s['kappa']):>6}  n={s['n']:<4} fail={s['n_failed']:<3} {' + '.join(s['members'])}")
         if len(j["subsets"]) > top_subsets:
@@ -400,7 +536,9 @@ async def evaluate(cfg: RunConfig) -> dict[str, Any]:
             client.cache.close()
 
 
-async def _run(cfg: RunConfig, client, ev, items: list[HumanRow], data_info: dict[str, Any], orders: list[str]) -> dict[str, Any]:
+async def _run(
+    cfg: RunConfig, client, ev, items: list[HumanRow], data_info: dict[str, Any], orders: list[str]
+) -> dict[str, Any]:
     run_dir = Path(cfg.output_dir)
     with RunLock(run_dir):
         write_config(cfg, run_dir)
@@ -420,7 +558,9 @@ async def _run(cfg: RunConfig, client, ev, items: list[HumanRow], data_info: dic
             if done_key(item, order) in store:
                 progress.update()
                 return
-            first, second = (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])
+            first, second = (
+                (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])
+            )
             t0 = time.perf_counter()
             try:
                 result = await ev.judge_pair(item["question"], first, second)
@@ -449,40 +589,65 @@ async def _run(cfg: RunConfig, client, ev, items: list[HumanRow], data_info: dic
             await run_pool(iter_units(items, orders), work, cfg.max_items_in_flight)
         except EndpointUnavailable as e:
             status = "stopped"
-            raise RunStopped(f"run stopped: {e}. {len(store)} records are saved in {run_dir}; rerun the same command to resume.") from e
+            raise RunStopped(
+                f"run stopped: {e}. {len(store)} records are saved in {run_dir}; rerun the same command to resume."
+            ) from e
         finally:
             progress.close()
             store.close()
             wall = time.time() - t_start
             manifest: dict[str, Any] = {
-                "command": "evaluate", "status": status, "output_dir": str(run_dir), "evaluator": cfg.evaluator,
-                "judge": name, "setup": setup, "orders": orders,
+                "command": "evaluate",
+                "status": status,
+                "output_dir": str(run_dir),
+                "evaluator": cfg.evaluator,
+                "judge": name,
+                "setup": setup,
+                "orders": orders,
                 "roles": {EVALUATORS[cfg.evaluator]: cfg.roles.judge if cfg.evaluator == "judge" else models},
                 "models": models_manifest(cfg, models),
                 "eval_data": data_info,
                 "items": {"total": len(items), **counts},
                 # judging_summed adds every unit's time (they overlap); per_unit is its mean
-                "timings_s": {"wall": round(wall, 2), "judging_summed": round(judging_s[0], 2),
-                              "per_unit": round(judging_s[0] / max(1, len(units) - counts["resumed_done"]), 3)},
+                "timings_s": {
+                    "wall": round(wall, 2),
+                    "judging_summed": round(judging_s[0], 2),
+                    "per_unit": round(judging_s[0] / max(1, len(units) - counts["resumed_done"]), 3),
+                },
                 **run_accounting(client, wall),
             }
             if status == "complete":
                 wanted = {done_key(i, o) for i, o in units}
                 ids = {i["id"] for i in items}
                 # this run's records: the evaluator's own, plus (jury) its jurors' for the same items/orders
-                records = [r for r in iter_records(run_dir / "judgements.jsonl")
-                           if r["key"] in wanted or (r.get("member_of") == name and r["item_id"] in ids
-                                                     and r["setup"] == _judge_setup(cfg) and r["order"] in orders
-                                                     and r["prompt_sha"] == sha and r.get("version") == cfg.judge.version)]
-                tables = agreement_tables(records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury")
+                records = [
+                    r
+                    for r in iter_records(run_dir / "judgements.jsonl")
+                    if r["key"] in wanted
+                    or (
+                        r.get("member_of") == name
+                        and r["item_id"] in ids
+                        and r["setup"] == _judge_setup(cfg)
+                        and r["order"] in orders
+                        and r["prompt_sha"] == sha
+                        and r.get("version") == cfg.judge.version
+                    )
+                ]
+                tables = agreement_tables(
+                    records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury"
+                )
                 tables = {"eval_data": data_info, "evaluator": cfg.evaluator, "orders": orders, **tables}
                 atomic_write_json(run_dir / "agreement.json", tables)
                 main = next((e for e in tables["results"] if e["judge"] == name), None)
                 if main is not None:
-                    manifest["agreement"] = {k: main.get(k) for k in ("kappa", "n", "n_failed", "failure_rate", "accuracy")}
+                    manifest["agreement"] = {
+                        k: main.get(k) for k in ("kappa", "n", "n_failed", "failure_rate", "accuracy")
+                    }
                     if "position_bias" in main:
                         manifest["agreement"]["position_bias"] = main["position_bias"]
-                log.info("agreement with humans (%s, %d items):\n%s", data_info["loader"], len(items), format_table(tables))
+                log.info(
+                    "agreement with humans (%s, %d items):\n%s", data_info["loader"], len(items), format_table(tables)
+                )
             atomic_write_json(run_dir / "manifest.json", manifest)
     return manifest
 

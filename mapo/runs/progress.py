@@ -48,7 +48,9 @@ def _default_every_s() -> float:
 class Progress:
     """Counts items of one stage; ``mode``: auto (bar on a TTY, else log) | bar | log | off."""
 
-    def __init__(self, desc: str, total: int | None, stats: ClientStats, mode: str = "auto", every_s: float | None = None) -> None:
+    def __init__(
+        self, desc: str, total: int | None, stats: ClientStats, mode: str = "auto", every_s: float | None = None
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"progress mode {mode!r}; allowed: {', '.join(MODES)}")
         self.desc, self.total, self.stats = desc, total, stats
@@ -79,25 +81,43 @@ class Progress:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if (rate > 0 and self.total is not None) else None
-        return {"done": self.done, "total": self.total, "failed": self.failed, "elapsed_s": elapsed,
-                "rate": rate, "eta_s": max(eta, 0.0) if eta is not None else None,
-                "in_flight": s.in_flight, "requests": s.requests, "retries": s.retries, "cached": s.cached,
-                "tokens": s.completion_tokens, "tok_per_s": s.completion_tokens / elapsed}
+        return {
+            "done": self.done,
+            "total": self.total,
+            "failed": self.failed,
+            "elapsed_s": elapsed,
+            "rate": rate,
+            "eta_s": max(eta, 0.0) if eta is not None else None,
+            "in_flight": s.in_flight,
+            "requests": s.requests,
+            "retries": s.retries,
+            "cached": s.cached,
+            "tokens": s.completion_tokens,
+            "tok_per_s": s.completion_tokens / elapsed,
+        }
 
     def _postfix(self) -> dict:
         p = self.snapshot()
-        return {"in_flight": p["in_flight"], "retries": p["retries"], "failed": p["failed"],
-                "tok": p["tokens"], "tok/s": round(p["tok_per_s"], 1), "cached": p["cached"]}
+        return {
+            "in_flight": p["in_flight"],
+            "retries": p["retries"],
+            "failed": p["failed"],
+            "tok": p["tokens"],
+            "tok/s": round(p["tok_per_s"], 1),
+            "cached": p["cached"],
+        }
 
     def format_line(self) -> str:
         p = self.snapshot()
         total = p["total"]
         pct = f" ({100 * p['done'] / total:.1f}%)" if total else ""
         rate = f"{p['rate']:.2f} items/s" if p["rate"] >= 0.01 or p["done"] == 0 else f"{1 / p['rate']:.0f} s/item"
-        return (f"{self.desc}: {p['done']}/{total if total is not None else '?'} items{pct}, {rate}, "
-                f"elapsed {format_duration(p['elapsed_s'])}, eta {format_duration(p['eta_s'])}, "
-                f"in flight {p['in_flight']}, requests {p['requests']}, retries {p['retries']}, cached {p['cached']}, "
-                f"failed {p['failed']}, {p['tokens']} tokens ({p['tok_per_s']:.1f} tok/s)")
+        return (
+            f"{self.desc}: {p['done']}/{total if total is not None else '?'} items{pct}, {rate}, "
+            f"elapsed {format_duration(p['elapsed_s'])}, eta {format_duration(p['eta_s'])}, "
+            f"in flight {p['in_flight']}, requests {p['requests']}, retries {p['retries']}, cached {p['cached']}, "
+            f"failed {p['failed']}, {p['tokens']} tokens ({p['tok_per_s']:.1f} tok/s)"
+        )
 
     # ---- updates ---------------------------------------------------------------------
     def update(self, n: int = 1, failed: bool = False) -> None:
@@ -137,7 +157,7 @@ class Progress:
         elif self.mode == "log":
             log.info("%s (finished)", self.format_line())
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

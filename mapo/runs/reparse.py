@@ -23,16 +23,17 @@ import copy
 import json
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from mapo.metrics.agreement import jury_pick
-from mapo.judging.debate import FinalScore, aggregate_finals
-from mapo.runs.evaluate import combine_orders
-from mapo.judging.jury import TIE_BREAKS
 from mapo.core.parsers import PARSERS, ParseResult
-from mapo.runs.store import atomic_write_text, iter_records
 from mapo.core.types import Verdict, pick_to_label
+from mapo.judging.debate import FinalScore, aggregate_finals
+from mapo.judging.jury import TIE_BREAKS
+from mapo.metrics.agreement import jury_pick
+from mapo.runs.evaluate import combine_orders
+from mapo.runs.store import atomic_write_text, iter_records
 
 __all__ = ["main", "reparse_attempt", "reparse_run"]
 
@@ -75,7 +76,9 @@ def reparse_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> tu
     if strategy == "independent":
         k = _split_independent(raws, scale)
         if k is None:
-            return dict(attempt["verdict"]), f"independent attempt of {len(raws)} texts cannot be split into A and B; kept"
+            return dict(
+                attempt["verdict"]
+            ), f"independent attempt of {len(raws)} texts cannot be split into A and B; kept"
         a, b = _first_ok(raws[:k], "score", scale=scale), _first_ok(raws[k:], "score", scale=scale)
         if a.ok and b.ok:
             v = Verdict.from_scores(float(a.value), float(b.value))
@@ -137,8 +140,11 @@ def _reparse_debate(rec: dict[str, Any]) -> dict[str, Any]:
     finals = []
     for f in new["detail"]["finals"]:
         r = _first_ok(f["raw"], "debate_final", scale=new["scale"])
-        f.update(score_a=float(r.value[0]) if r.ok else None, score_b=float(r.value[1]) if r.ok else None,
-                 failure=None if r.ok else r.error)
+        f.update(
+            score_a=float(r.value[0]) if r.ok else None,
+            score_b=float(r.value[1]) if r.ok else None,
+            failure=None if r.ok else r.error,
+        )
         finals.append(FinalScore(f["role"], f["model"], f["raw"], f["score_a"], f["score_b"], f["failure"]))
     label, sa, sb = aggregate_finals(finals, new["detail"]["aggregate"])
     new["detail"]["n_failed"] = sum(not f.ok for f in finals)
@@ -160,17 +166,28 @@ def _reparse_jury(rec: dict[str, Any], jurors: Mapping[str, Mapping[str, Any]]) 
     if missing:
         return new, [f"juror records missing for {', '.join(missing)}; kept"]
     labels = [jurors[m].get("label") for m in members]
-    scores = [(jurors[m]["score_a"], jurors[m]["score_b"]) if jurors[m].get("label") is not None
-              and None not in (jurors[m].get("score_a"), jurors[m].get("score_b")) else None for m in members]
-    label = jury_pick(labels, detail["aggregate"], scores=scores, tie_break=TIE_BREAKS.get(detail.get("tie_break", "tie"), "tie"))  # type: ignore[arg-type]
+    scores = [
+        (jurors[m]["score_a"], jurors[m]["score_b"])
+        if jurors[m].get("label") is not None and None not in (jurors[m].get("score_a"), jurors[m].get("score_b"))
+        else None
+        for m in members
+    ]
+    label = jury_pick(
+        labels, detail["aggregate"], scores=scores, tie_break=TIE_BREAKS.get(detail.get("tie_break", "tie"), "tie")
+    )  # type: ignore[arg-type]
     valid = [s for s in scores if s is not None]
     sa = sum(a for a, _ in valid) / len(valid) if valid else None
     sb = sum(b for _, b in valid) / len(valid) if valid else None
     detail["members"] = dict(zip(members, labels))
     detail["n_failed"] = sum(x is None for x in labels)
     pick_label = _SWAP[label] if new.get("order") == "BA" else label
-    new.update(label=label, score_a=sa, score_b=sb, pick={"model_a": "A", "model_b": "B", "tie": "tie"}.get(pick_label) if pick_label else None,
-               failure=None if label is not None else "every juror failed")
+    new.update(
+        label=label,
+        score_a=sa,
+        score_b=sb,
+        pick={"model_a": "A", "model_b": "B", "tie": "tie"}.get(pick_label) if pick_label else None,
+        failure=None if label is not None else "every juror failed",
+    )
     return new, []
 
 
@@ -193,7 +210,9 @@ def _judgements(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[st
             jurors[(new.get("member_of"), new["item_id"], new["order"], new["prompt_sha"])][new["judge"]] = new
     for rec in records:
         if rec.get("kind") == "jury":
-            out[rec["key"]] = _reparse_jury(rec, jurors[(rec["judge"], rec["item_id"], rec["order"], rec["prompt_sha"])])
+            out[rec["key"]] = _reparse_jury(
+                rec, jurors[(rec["judge"], rec["item_id"], rec["order"], rec["prompt_sha"])]
+            )
     for rec in records:
         if rec["key"] in out:
             new, notes = out[rec["key"]]
@@ -213,8 +232,10 @@ def _selections(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[st
                 notes += n
             for j in js:
                 if j["a"] != best:
-                    notes.append(f"a re-parsed verdict changes which pair is judged next ({best} vs {j['b']}); "
-                                 "needs_model_call: choice kept")
+                    notes.append(
+                        f"a re-parsed verdict changes which pair is judged next ({best} vs {j['b']}); "
+                        "needs_model_call: choice kept"
+                    )
                     best = rec.get("best")
                     break
                 if j.get("label") is None:
@@ -232,8 +253,11 @@ def _selections(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[st
                 j["score"], j["failure"] = (float(r.value), None) if r.ok else (None, r.error)
                 scores.append(j["score"])
             new["scores"] = scores
-            new["best"] = (None if not scores or any(s is None for s in scores)
-                           else max(range(len(scores)), key=lambda i: (scores[i], -i)))
+            new["best"] = (
+                None
+                if not scores or any(s is None for s in scores)
+                else max(range(len(scores)), key=lambda i: (scores[i], -i))
+            )
         yield rec, new, notes
 
 
@@ -244,7 +268,12 @@ def _generations(path: Path) -> Iterable[tuple[dict[str, Any], dict[str, Any], l
             for rv in it.get("reviews") or []:
                 r = _first_ok(rv.get("raw") or [], "review")
                 if r.ok:
-                    rv.update(score=float(r.value.score), evaluation=r.value.evaluation, feedback=r.value.feedback, failure=None)
+                    rv.update(
+                        score=float(r.value.score),
+                        evaluation=r.value.evaluation,
+                        feedback=r.value.feedback,
+                        failure=None,
+                    )
                 else:
                     rv.update(score=None, evaluation=None, feedback=None, failure=r.error)
             scores = [rv["score"] for rv in it.get("reviews") or [] if rv.get("score") is not None]
@@ -266,8 +295,11 @@ def reparse_run(run_dir: str | Path) -> dict[str, Any]:
 
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         rule = ((cfg.get("judge") or {}).get("order_combine")) or rule
-    files = {"judgements.jsonl": lambda p: _judgements(p, rule), "selections.jsonl": lambda p: _selections(p, rule),
-             "generations.jsonl": _generations}
+    files = {
+        "judgements.jsonl": lambda p: _judgements(p, rule),
+        "selections.jsonl": lambda p: _selections(p, rule),
+        "generations.jsonl": _generations,
+    }
     present = [name for name in files if (run_dir / name).is_file()]
     if not present:
         raise FileNotFoundError(f"{run_dir}: no judgements.jsonl, selections.jsonl or generations.jsonl to reparse")
@@ -302,8 +334,9 @@ def reparse_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mapo reparse", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mapo reparse", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("run_dir", help="a run folder (runs/<name>) holding judgements/selections/generations.jsonl")
     args = ap.parse_args(argv)
     try:
@@ -325,4 +358,3 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"wrote {Path(args.run_dir) / 'reparsed.jsonl'}")
     return 0
-

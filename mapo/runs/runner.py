@@ -69,17 +69,25 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def models_manifest(cfg: RunConfig, names: Iterable[str]) -> dict:
-    return {n: {"served_name": cfg.models[n].served_name, "endpoint": cfg.models[n].endpoint, "base_url": cfg.models[n].base_url}
-            for n in dict.fromkeys(names)}
+    return {
+        n: {
+            "served_name": cfg.models[n].served_name,
+            "endpoint": cfg.models[n].endpoint,
+            "base_url": cfg.models[n].base_url,
+        }
+        for n in dict.fromkeys(names)
+    }
 
 
 def run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
     """The manifest fields every command reports: usage per (role, model), throughput, host."""
     return {
         "usage": client.usage_table(),
-        "throughput": {"completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
-                       "requests": client.stats.requests, "cached": client.stats.cached, "retries": client.stats.retries},
+        "throughput": {
+            "completion_tokens_per_s": round(client.stats.completion_tokens / wall, 2) if wall else None,
+            "requests": client.stats.requests,
+            "cached": client.stats.cached,
+            "retries": client.stats.retries,
+        },
         "host": platform.node(),
     }
-
-

@@ -25,8 +25,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 __all__ = ["MergeError", "shard_of", "merge", "summary", "main"]
 
@@ -106,15 +107,19 @@ def _check_shards(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         index_of[i] = d
     missing = sorted(set(range(count)) - set(index_of))
     if missing:
-        raise MergeError(f"missing shard(s) {missing} of {count}: the merge would lose their prompts "
-                         f"(got {', '.join(str(d) for d in run_dirs)})")
+        raise MergeError(
+            f"missing shard(s) {missing} of {count}: the merge would lose their prompts "
+            f"(got {', '.join(str(d) for d in run_dirs)})"
+        )
     base = {k: v for k, v in _flatten(configs[0]).items() if k not in _PER_SHARD_KEYS}
     for d, c in zip(run_dirs[1:], configs[1:]):
         flat = {k: v for k, v in _flatten(c).items() if k not in _PER_SHARD_KEYS}
         diff = sorted(k for k in base.keys() | flat.keys() if base.get(k) != flat.get(k))
         if diff:
-            raise MergeError(f"{d} was built with a different config from {run_dirs[0]} "
-                             f"(differs in {', '.join(diff[:8])}); these are not shards of one run")
+            raise MergeError(
+                f"{d} was built with a different config from {run_dirs[0]} "
+                f"(differs in {', '.join(diff[:8])}); these are not shards of one run"
+            )
     return configs
 
 
@@ -204,14 +209,20 @@ def merge(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
         "sources": [str(d) for d in dirs],
         "shard_count": int((configs[0].get("prompts") or {}).get("shard_count", 1)),
         "records": counts,
-        "items": {"done": counts["selections"],
-                  "failed": sum(int((m.get("items") or {}).get("failed", 0)) for m in manifests)},
+        "items": {
+            "done": counts["selections"],
+            "failed": sum(int((m.get("items") or {}).get("failed", 0)) for m in manifests),
+        },
         "usage": _sum_usage(manifests),
-        "timings_s": {"wall_max": max(float((m.get("timings_s") or {}).get("wall", 0.0)) for m in manifests),
-                      "wall_sum": round(sum(float((m.get("timings_s") or {}).get("wall", 0.0)) for m in manifests), 2)},
+        "timings_s": {
+            "wall_max": max(float((m.get("timings_s") or {}).get("wall", 0.0)) for m in manifests),
+            "wall_sum": round(sum(float((m.get("timings_s") or {}).get("wall", 0.0)) for m in manifests), 2),
+        },
     }
-    card = ("# mapo preference dataset (merged shards)\n\n"
-            f"Merged from {len(dirs)} shards of one job array: " + ", ".join(str(d) for d in dirs) + ".\n")
+    card = (
+        "# mapo preference dataset (merged shards)\n\n"
+        f"Merged from {len(dirs)} shards of one job array: " + ", ".join(str(d) for d in dirs) + ".\n"
+    )
     manifest["rows"] = save_datasets(out, card=card)
     for name in ("dpo", "kto"):
         if manifest["rows"].get(name, 0) != counts[name]:
@@ -316,8 +327,7 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     """Run, status, item and row counts, wall time always; other columns only where the runs differ."""
     if len(rows) > 1:
         fixed = {"run", "status", "items.done", "items.failed", "rows.dpo", "rows.kto", "timings_s.wall"}
-        columns = [c for c in columns
-                   if c in fixed or len({json.dumps(r[c], default=str) for r in rows if c in r}) > 1]
+        columns = [c for c in columns if c in fixed or len({json.dumps(r[c], default=str) for r in rows if c in r}) > 1]
 
     def fmt(v: Any) -> str:
         return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
@@ -346,15 +356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MergeError as e:
             print(f"merge failed: {e}", file=sys.stderr)
             return 1
-        print(f"merged {len(manifest['sources'])} shards into {manifest['output_dir']}: "
-              f"{manifest['items']['done']} prompts, rows {manifest['rows']}")
+        print(
+            f"merged {len(manifest['sources'])} shards into {manifest['output_dir']}: "
+            f"{manifest['items']['done']} prompts, rows {manifest['rows']}"
+        )
         return 0
     rows = summary(args.sweep_dir, args.out)
     out_dir = Path(args.out) if args.out else Path(args.sweep_dir)
     print((out_dir / "summary.md").read_text(encoding="utf-8"), end="")
     bad = [r["run"] for r in rows if r.get("status") != "complete"]
-    print(f"{len(rows)} runs; summary in {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}"
-          + (f"; not complete: {', '.join(bad)}" if bad else ""))
+    print(
+        f"{len(rows)} runs; summary in {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}"
+        + (f"; not complete: {', '.join(bad)}" if bad else "")
+    )
     return 0
 
 

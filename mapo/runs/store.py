@@ -11,8 +11,9 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class RecordStore:
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     rest = fh.read()
                     if rest.strip():
-                        raise StoreError(f"{self.path}:{lineno}: unreadable record ({e}); the file is damaged mid-way") from None
+                        raise StoreError(
+                            f"{self.path}:{lineno}: unreadable record ({e}); the file is damaged mid-way"
+                        ) from None
                     break  # the last line is garbage: a torn write
                 if not isinstance(record, dict) or not isinstance(record.get("key"), str):
                     raise StoreError(f"{self.path}:{lineno}: record has no 'key' (not a mapo record file?)")
@@ -59,7 +62,9 @@ class RecordStore:
         size = self.path.stat().st_size
         if size > good_end:
             self.repaired_bytes = size - good_end
-            log.warning("%s: cut %d bytes of a partial last record (crash during write)", self.path, self.repaired_bytes)
+            log.warning(
+                "%s: cut %d bytes of a partial last record (crash during write)", self.path, self.repaired_bytes
+            )
             with open(self.path, "r+b") as fh:
                 fh.truncate(good_end)
 
@@ -102,7 +107,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,7 +115,9 @@ class RunLock:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
-            raise RunLocked(f"another mapo run (pid {holder}) is writing to {self.path.parent}; wait for it or use another output_dir") from None
+            raise RunLocked(
+                f"another mapo run (pid {holder}) is writing to {self.path.parent}; wait for it or use another output_dir"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

@@ -31,18 +31,27 @@ import io
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from mapo.llm.client import EndpointUnavailable
 from mapo.core.config import ConfigError, RunConfig, WinrateConfiguration, validate
+from mapo.core.registry import UnknownNameError
+from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.judge import STRATEGIES, Judge, PairJudgement
 from mapo.judging.jury import warn_self_judging
-from mapo.runs.runner import RunStopped, item_failure, make_client, models_manifest, run_accounting, run_pool, write_config
+from mapo.llm.client import EndpointUnavailable
 from mapo.runs.progress import Progress
-from mapo.core.registry import UnknownNameError
-from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
+from mapo.runs.runner import (
+    RunStopped,
+    item_failure,
+    make_client,
+    models_manifest,
+    run_accounting,
+    run_pool,
+    write_config,
+)
 from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text, iter_records
 
 __all__ = ["OUTCOMES", "tally", "winrate", "winrate_table", "write_tables"]
@@ -59,10 +68,14 @@ OUTCOMES = {"model_a": "win", "model_b": "loss", "tie": "tie", None: "failed"}
 def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
     configs = list(cfg.configurations)
     if not configs:
-        raise ConfigError("configurations is empty: list the feedback-loop setups to compare "
-                          "(configurations: [{name, generator, reviewers}], conf/winrate.yaml)")
+        raise ConfigError(
+            "configurations is empty: list the feedback-loop setups to compare "
+            "(configurations: [{name, generator, reviewers}], conf/winrate.yaml)"
+        )
     if not cfg.roles.baselines:
-        raise ConfigError("roles.baselines is empty: name the single-model baselines (e.g. roles.baselines=[gpt-4o,llama31-8b])")
+        raise ConfigError(
+            "roles.baselines is empty: name the single-model baselines (e.g. roles.baselines=[gpt-4o,llama31-8b])"
+        )
     validate(cfg, ["judge", "baselines"])
     names = [c.name for c in configs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -74,8 +87,10 @@ def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
     for i, c in enumerate(configs):
         for key, model in [("generator", c.generator)] + [(f"reviewers[{j}]", r) for j, r in enumerate(c.reviewers)]:
             if model not in cfg.models:
-                raise ConfigError(f"configurations[{i}].{key}={model!r} ({c.name}) is not a known model; "
-                                  f"known: {', '.join(sorted(cfg.models))}")
+                raise ConfigError(
+                    f"configurations[{i}].{key}={model!r} ({c.name}) is not a known model; "
+                    f"known: {', '.join(sorted(cfg.models))}"
+                )
             m = cfg.models[model]
             if bool(m.base_url) == bool(m.endpoint):
                 raise ConfigError(f"models.{model}: set exactly one of base_url and endpoint")
@@ -102,7 +117,11 @@ def tally(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str,
     for (c, b), k in counts.items():
         n = k["win"] + k["loss"] + k["tie"]
         out.setdefault(c, {})[b] = {
-            "wins": k["win"], "losses": k["loss"], "ties": k["tie"], "failed": k["failed"], "n": n,
+            "wins": k["win"],
+            "losses": k["loss"],
+            "ties": k["tie"],
+            "failed": k["failed"],
+            "n": n,
             "win_rate": k["win"] / n if n else None,
             "tie_rate": k["tie"] / n if n else None,
             "win_rate_ties_half": (k["win"] + k["tie"] / 2) / n if n else None,
@@ -114,7 +133,9 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def winrate_table(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[str], cols: Sequence[str]) -> dict[str, str]:
+def winrate_table(
+    cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[str], cols: Sequence[str]
+) -> dict[str, str]:
     """The Table 6 shape as CSV and Markdown (rows = configurations, columns = baselines)."""
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -132,24 +153,48 @@ def winrate_table(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Se
             f = lambda x: "" if x is None else round(100 * x, 2)  # noqa: E731
             row += [f(cell["win_rate"]), f(cell["tie_rate"]), f(cell["win_rate_ties_half"]), cell["n"], cell["failed"]]
         w.writerow(row)
-    md = ["## Win rate: wins / judged, ties reported separately", "",
-          "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
+    md = [
+        "## Win rate: wins / judged, ties reported separately",
+        "",
+        "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for c in rows:
         cells_md = []
         for b in cols:
             cell = cells.get(c, {}).get(b)
-            cells_md.append("-" if cell is None else f"{_pct(cell['win_rate'])} (ties {_pct(cell['tie_rate'])}, n={cell['n']}"
-                            + (f", failed {cell['failed']}" if cell["failed"] else "") + ")")
+            cells_md.append(
+                "-"
+                if cell is None
+                else f"{_pct(cell['win_rate'])} (ties {_pct(cell['tie_rate'])}, n={cell['n']}"
+                + (f", failed {cell['failed']}" if cell["failed"] else "")
+                + ")"
+            )
         md.append(f"| {c} | " + " | ".join(cells_md) + " |")
-    md += ["", "## Win rate: ties counted as half-wins, (wins + ties/2) / judged", "",
-           "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |", "|---|" + "---|" * len(cols)]
+    md += [
+        "",
+        "## Win rate: ties counted as half-wins, (wins + ties/2) / judged",
+        "",
+        "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for c in rows:
-        md.append(f"| {c} | " + " | ".join(_pct((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half")) for b in cols) + " |")
+        md.append(
+            f"| {c} | "
+            + " | ".join(_pct((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half")) for b in cols)
+            + " |"
+        )
     md += ["", "Judged = wins + losses + ties; judge failures are left out of every rate and counted as `failed`."]
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
 
 
-def _plot(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[str], cols: Sequence[str], path: Path, title: str) -> None:
+def _plot(
+    cells: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: Path,
+    title: str,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,8 +206,14 @@ def _plot(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[s
     for j, b in enumerate(cols):
         xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
         wins = [100 * ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0) for c in rows]
-        half = [100 * (((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half") or 0.0)
-                       - ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0)) for c in rows]
+        half = [
+            100
+            * (
+                ((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half") or 0.0)
+                - ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0)
+            )
+            for c in rows
+        ]
         color = colors[j % len(colors)]
         ax.bar(xs, wins, width, color=color, label=f"vs {b}")
         ax.bar(xs, half, width, bottom=wins, color=color, alpha=0.35, hatch="//")
@@ -177,15 +228,31 @@ def _plot(cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[s
     plt.close(fig)
 
 
-def write_tables(run_dir: Path, records: Sequence[Mapping[str, Any]], rows: Sequence[str], cols: Sequence[str], meta: Mapping[str, Any]) -> dict[str, Any]:
+def write_tables(
+    run_dir: Path,
+    records: Sequence[Mapping[str, Any]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    meta: Mapping[str, Any],
+) -> dict[str, Any]:
     cells = tally(records)
     tables = winrate_table(cells, rows, cols)
     atomic_write_text(run_dir / "winrate.csv", tables["csv"])
-    atomic_write_text(run_dir / "winrate.md", f"# Win rates ({meta.get('judge')}, {meta.get('setup')})\n\n" + tables["md"])
-    out = {**meta, "rows": list(rows), "columns": list(cols),
-           "rates": {"win_rate": "wins / n", "tie_rate": "ties / n", "win_rate_ties_half": "(wins + ties/2) / n",
-                     "n": "wins + losses + ties (judge failures excluded, counted in failed)"},
-           "table": {c: {b: cells.get(c, {}).get(b) for b in cols} for c in rows}}
+    atomic_write_text(
+        run_dir / "winrate.md", f"# Win rates ({meta.get('judge')}, {meta.get('setup')})\n\n" + tables["md"]
+    )
+    out = {
+        **meta,
+        "rows": list(rows),
+        "columns": list(cols),
+        "rates": {
+            "win_rate": "wins / n",
+            "tie_rate": "ties / n",
+            "win_rate_ties_half": "(wins + ties/2) / n",
+            "n": "wins + losses + ties (judge failures excluded, counted in failed)",
+        },
+        "table": {c: {b: cells.get(c, {}).get(b) for b in cols} for c in rows},
+    }
     atomic_write_json(run_dir / "winrate.json", out)
     _plot(cells, rows, cols, run_dir / "winrate.png", f"win rate vs single-model baselines (judge {meta.get('judge')})")
     return out
@@ -195,9 +262,14 @@ def write_tables(run_dir: Path, records: Sequence[Mapping[str, Any]], rows: Sequ
 
 
 def _single_record(key: str, name: str, model: str, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {"key": key, "configuration": name, "generator": model, "reviewers": [],
-            "iterations": [{"index": 0, "response": text, "finish_reason": finish_reason, "reviews": [], "score": None}],
-            "final": text}
+    return {
+        "key": key,
+        "configuration": name,
+        "generator": model,
+        "reviewers": [],
+        "iterations": [{"index": 0, "response": text, "finish_reason": finish_reason, "reviews": [], "score": None}],
+        "final": text,
+    }
 
 
 async def winrate(cfg: RunConfig) -> dict[str, Any]:
@@ -207,7 +279,9 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
     if cfg.prompts.source != "hf":
         n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails before any model call
         if n_prompts == 0 and cfg.prompts.shard_count == 1:
-            raise ConfigError(f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} (prompts.limit={cfg.prompts.limit})")
+            raise ConfigError(
+                f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} (prompts.limit={cfg.prompts.limit})"
+            )
     else:
         n_prompts = cfg.prompts.limit
     with RunLock(run_dir):
@@ -220,7 +294,10 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
         sha = judge.prompt_sha
         producers = [c.generator for c in configs] + baselines
         warn_self_judging([cfg.roles.judge], producers, "roles.judge")
-        loops = {c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None for c in configs}
+        loops = {
+            c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None
+            for c in configs
+        }
         used = [cfg.roles.judge, *baselines, *(m for c in configs for m in (c.generator, *c.reviewers))]
 
         gens = RecordStore(run_dir / "generations.jsonl")
@@ -245,7 +322,12 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
                 rec = _single_record(key, c.name, c.generator, comp.text, comp.finish_reason)
             else:
                 result = await loop.run(item.prompt)
-                rec = {"key": key, "configuration": c.name, **result.to_record(), "final": result.iterations[-1].response}
+                rec = {
+                    "key": key,
+                    "configuration": c.name,
+                    **result.to_record(),
+                    "final": result.iterations[-1].response,
+                }
             stage_s["feedback"] += time.perf_counter() - t0
             rec["prompt_id"], rec["prompt"] = item.id, item.prompt
             gens.append(rec)
@@ -259,8 +341,16 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             comp = await client.chat(b, [{"role": "user", "content": item.prompt}], role="baseline")
             stage_s["baselines"] += time.perf_counter() - t0
-            bases.append({"key": key, "baseline": b, "prompt_id": item.id, "prompt": item.prompt,
-                          "response": comp.text, "finish_reason": comp.finish_reason})
+            bases.append(
+                {
+                    "key": key,
+                    "baseline": b,
+                    "prompt_id": item.id,
+                    "prompt": item.prompt,
+                    "response": comp.text,
+                    "finish_reason": comp.finish_reason,
+                }
+            )
             base_texts[key] = comp.text
             return comp.text
 
@@ -269,10 +359,22 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
             keys.add(key)
             if key in judgements:
                 return False
-            rec: dict[str, Any] = {"key": key, "kind": "winrate", "prompt_id": item.id, "configuration": c.name, "baseline": b,
-                                   "judge": cfg.roles.judge, "setup": setup, "strategy": cfg.judge.strategy, "scale": cfg.judge.scale,
-                                   "version": cfg.judge.version, "prompt_sha": sha, "both_orders": cfg.judge.both_orders,
-                                   "order_combine": cfg.judge.order_combine, "identical": x == y}
+            rec: dict[str, Any] = {
+                "key": key,
+                "kind": "winrate",
+                "prompt_id": item.id,
+                "configuration": c.name,
+                "baseline": b,
+                "judge": cfg.roles.judge,
+                "setup": setup,
+                "strategy": cfg.judge.strategy,
+                "scale": cfg.judge.scale,
+                "version": cfg.judge.version,
+                "prompt_sha": sha,
+                "both_orders": cfg.judge.both_orders,
+                "order_combine": cfg.judge.order_combine,
+                "identical": x == y,
+            }
             if x == y:
                 counts["identical"] += 1
                 rec.update(label="tie", score_a=None, score_b=None, failure=None, raw=[], detail={"attempts": []})
@@ -286,10 +388,16 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
                         raise
                     rec.update(label=None, score_a=None, score_b=None, failure=reason, raw=[], detail={"attempts": []})
                 else:
-                    rec.update(label=j.label if j.ok else None, score_a=j.score_a, score_b=j.score_b, failure=j.failure,
-                               raw=[t for a in j.attempts for t in a.raw], detail={"attempts": j.to_record()["attempts"]},
-                               prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
-                               completion_tokens=sum(a.completion_tokens for a in j.attempts))
+                    rec.update(
+                        label=j.label if j.ok else None,
+                        score_a=j.score_a,
+                        score_b=j.score_b,
+                        failure=j.failure,
+                        raw=[t for a in j.attempts for t in a.raw],
+                        detail={"attempts": j.to_record()["attempts"]},
+                        prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
+                        completion_tokens=sum(a.completion_tokens for a in j.attempts),
+                    )
                 stage_s["judging"] += time.perf_counter() - t0
             rec["outcome"] = OUTCOMES[rec["label"]]
             judgements.append(rec)
@@ -298,8 +406,10 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
 
         async def work(item: PromptItem) -> None:
             try:
-                texts = await asyncio.gather(*(config_final(c, item) for c in configs), *(baseline(b, item) for b in baselines))
-                xs, ys = texts[: len(configs)], texts[len(configs):]
+                texts = await asyncio.gather(
+                    *(config_final(c, item) for c in configs), *(baseline(b, item) for b in baselines)
+                )
+                xs, ys = texts[: len(configs)], texts[len(configs) :]
             except Exception as e:
                 reason = item_failure(e)
                 if reason is None:
@@ -308,7 +418,9 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
                 counts["failed"] += 1
                 progress.update(failed=True)
                 return
-            failed = await asyncio.gather(*(compare(c, b, item, x, y) for c, x in zip(configs, xs) for b, y in zip(baselines, ys)))
+            failed = await asyncio.gather(
+                *(compare(c, b, item, x, y) for c, x in zip(configs, xs) for b, y in zip(baselines, ys))
+            )
             progress.update(failed=any(failed))
 
         source_stats = SourceStats()
@@ -319,16 +431,23 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
             await run_pool(iter_prompts(cfg.prompts, source_stats), work, cfg.max_items_in_flight)
         except EndpointUnavailable as e:
             status = "stopped"
-            raise RunStopped(f"run stopped: {e}. Work so far is saved in {run_dir}; rerun the same command to resume.") from e
+            raise RunStopped(
+                f"run stopped: {e}. Work so far is saved in {run_dir}; rerun the same command to resume."
+            ) from e
         finally:
             progress.close()
             for s in (gens, bases, judgements):
                 s.close()
             wall = time.time() - t_start
             manifest: dict[str, Any] = {
-                "command": "winrate", "status": status, "output_dir": str(run_dir),
-                "judge": cfg.roles.judge, "setup": setup,
-                "configurations": [{"name": c.name, "generator": c.generator, "reviewers": list(c.reviewers)} for c in configs],
+                "command": "winrate",
+                "status": status,
+                "output_dir": str(run_dir),
+                "judge": cfg.roles.judge,
+                "setup": setup,
+                "configurations": [
+                    {"name": c.name, "generator": c.generator, "reviewers": list(c.reviewers)} for c in configs
+                ],
                 "baselines": baselines,
                 "models": models_manifest(cfg, used),
                 "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped},
@@ -339,8 +458,12 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
             }
             if status == "complete":
                 records = [r for r in iter_records(run_dir / "judgements.jsonl") if r["key"] in keys]
-                meta = {"judge": cfg.roles.judge, "setup": setup, "n_prompts": source_stats.read,
-                        "feedback_iterations": cfg.feedback.iterations}
+                meta = {
+                    "judge": cfg.roles.judge,
+                    "setup": setup,
+                    "n_prompts": source_stats.read,
+                    "feedback_iterations": cfg.feedback.iterations,
+                }
                 table = write_tables(run_dir, records, [c.name for c in configs], baselines, meta)
                 manifest["table"] = table["table"]
                 log.info("win rates (%s):\n%s", setup, (run_dir / "winrate.md").read_text())

@@ -1,10 +1,10 @@
 """``python -m serve {up,down,status,prepare}``: run vLLM servers for the models in conf/model/.
 
-  python -m serve up                          # both embedded CPU models, detached
-  python -m serve up --model llama31-8b --host 0.0.0.0 --foreground   # in a SLURM job
-  python -m serve status
-  python -m serve down [--model NAME]
-  python -m serve prepare --model gemma3-270m # fetch + convert weights only
+python -m serve up                          # both embedded CPU models, detached
+python -m serve up --model llama31-8b --host 0.0.0.0 --foreground   # in a SLURM job
+python -m serve status
+python -m serve down [--model NAME]
+python -m serve prepare --model gemma3-270m # fetch + convert weights only
 """
 
 from __future__ import annotations
@@ -33,22 +33,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, models_help: str) -> None:
         p.add_argument("--model", action="append", dest="models", metavar="NAME", help=models_help)
-        p.add_argument("--registry", metavar="PATH",
-                       help="endpoint registry (default $MAPO_ENDPOINTS or $MAPO_CACHE/endpoints.json)")
+        p.add_argument(
+            "--registry",
+            metavar="PATH",
+            help="endpoint registry (default $MAPO_ENDPOINTS or $MAPO_CACHE/endpoints.json)",
+        )
 
     p = sub.add_parser("up", help="start servers and register them")
     common(p, f"model from conf/model/ (repeatable; default: {' '.join(launch.EMBEDDED)})")
     p.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 registers the hostname")
     p.add_argument("--port", type=int, default=0, help="first port; 0 picks free ports")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness")
-    p.add_argument("--foreground", action="store_true",
-                   help="stay attached: unregister and stop the servers on SIGTERM/SIGINT or exit")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay attached: unregister and stop the servers on SIGTERM/SIGINT or exit",
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser("down", help="stop servers started on this host and unregister them")
@@ -68,8 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _up(args: argparse.Namespace) -> int:
     if not args.foreground:
-        servers = launch.up(args.models, registry=args.registry, host=args.host, port=args.port,
-                            timeout=args.timeout)
+        servers = launch.up(args.models, registry=args.registry, host=args.host, port=args.port, timeout=args.timeout)
         _print(servers)
         return 0
 
@@ -81,14 +87,20 @@ def _up(args: argparse.Namespace) -> int:
         signal.signal(sig, _exit)
     servers: list[launch.Server] = []
     try:
-        servers = launch.up(args.models, registry=args.registry, host=args.host, port=args.port,
-                            timeout=args.timeout, detach=False)
+        servers = launch.up(
+            args.models, registry=args.registry, host=args.host, port=args.port, timeout=args.timeout, detach=False
+        )
         _print(servers)
         while servers:
             for server in servers:
                 if (rc := server.proc.poll()) is not None:
-                    log.error("%s exited with code %s; end of %s:\n%s", server.endpoint.name, rc,
-                              server.log_path, launch.tail(server.log_path))
+                    log.error(
+                        "%s exited with code %s; end of %s:\n%s",
+                        server.endpoint.name,
+                        rc,
+                        server.log_path,
+                        launch.tail(server.log_path),
+                    )
                     return 1
             time.sleep(2)
         return 0
@@ -121,8 +133,10 @@ def _status(args: argparse.Namespace) -> int:
         state = "up" if launch._healthy(ep) else "DOWN"
         age = time.time() - ep.started_at
         job = f" job={ep.job_id}" if ep.job_id else ""
-        print(f"{state:4} {ep.name:16} {ep.base_url:32} served={ep.served_name} host={ep.host} "
-              f"pid={ep.pid}{job} age={age / 60:.0f}m")
+        print(
+            f"{state:4} {ep.name:16} {ep.base_url:32} served={ep.served_name} host={ep.host} "
+            f"pid={ep.pid}{job} age={age / 60:.0f}m"
+        )
     if not entries:
         print("no servers registered")
     return 0
@@ -139,8 +153,11 @@ def _prepare(args: argparse.Namespace) -> int:
 def _print(servers: list[launch.Server]) -> None:
     for server in servers:
         ep = server.endpoint
-        print(f"{ep.name} {ep.base_url} served={ep.served_name} pid={ep.pid} key_file={ep.api_key_file} "
-              f"log={server.log_path}", flush=True)
+        print(
+            f"{ep.name} {ep.base_url} served={ep.served_name} pid={ep.pid} key_file={ep.api_key_file} "
+            f"log={server.log_path}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from mapo.llm import endpoints
 from mapo.core.config import resource_dir
+from mapo.llm import endpoints
 from mapo.llm.endpoints import Endpoint
 
 from . import weights
@@ -228,8 +228,13 @@ def start_servers(
     for server in started:
         server.endpoint.started_at = time.time()
         endpoints.register(server.endpoint, registry)
-        log.info("%s ready at %s (pid %s, log %s)", server.endpoint.name, server.endpoint.base_url,
-                 server.endpoint.pid, server.log_path)
+        log.info(
+            "%s ready at %s (pid %s, log %s)",
+            server.endpoint.name,
+            server.endpoint.base_url,
+            server.endpoint.pid,
+            server.log_path,
+        )
     return started
 
 
@@ -247,18 +252,24 @@ def _plan(specs: list[ServeSpec], gpus: list[str]) -> list[tuple[ServeSpec, dict
                     f"(CUDA_VISIBLE_DEVICES={','.join(gpus)}); lower data_parallel_replicas or ask for more GPUs"
                 )
             mine, free = free[:need], free[need:]
-            plans.append((spec, {"CUDA_VISIBLE_DEVICES": ",".join(mine)},
-                          ["--tensor-parallel-size", str(spec.tensor_parallel_size)]))
+            plans.append(
+                (
+                    spec,
+                    {"CUDA_VISIBLE_DEVICES": ",".join(mine)},
+                    ["--tensor-parallel-size", str(spec.tensor_parallel_size)],
+                )
+            )
         return plans
     cpus = sorted(os.sched_getaffinity(0))
     for i, spec in enumerate(replicas):
         if spec.tensor_parallel_size != 1:
-            log.warning("%s: no GPU here, serving on CPU with tensor_parallel_size=1 (config says %d)",
-                        spec.name, spec.tensor_parallel_size)
+            log.warning(
+                "%s: no GPU here, serving on CPU with tensor_parallel_size=1 (config says %d)",
+                spec.name,
+                spec.tensor_parallel_size,
+            )
         args = ["--tensor-parallel-size", "1"]
-        if os.environ.get(CPU_COMPILE_ENV) != "1" and not any(
-            a.startswith(_COMPILE_FLAGS) for a in spec.extra_args
-        ):
+        if os.environ.get(CPU_COMPILE_ENV) != "1" and not any(a.startswith(_COMPILE_FLAGS) for a in spec.extra_args):
             args.append("--enforce-eager")
         plans.append((spec, _cpu_env(i, len(replicas), cpus), args))
     return plans
@@ -302,8 +313,9 @@ def _pick_ports(host: str, port: int, count: int) -> list[int]:
             sock.close()
 
 
-def _spawn(spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], host: str, port: int,
-           detach: bool) -> Server:
+def _spawn(
+    spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], host: str, port: int, detach: bool
+) -> Server:
     cache = weights.cache_root()
     model = weights.resolve(spec.name, spec.weights)
     if model is None:
@@ -316,11 +328,17 @@ def _spawn(spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], ho
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model,
-        "--served-model-name", spec.served_name,
-        "--host", host,
-        "--port", str(port),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        spec.served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
         *args_extra,
     ]
     if spec.max_model_len:
@@ -339,13 +357,23 @@ def _spawn(spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], ho
         log_file.write(f"\n=== {time.strftime('%F %T')} {here}: {' '.join(argv)}\n".encode())
         log_file.flush()
         proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             preexec_fn=_detached if detach else _tied,
         )
     endpoint = Endpoint(
-        name=spec.name, base_url=f"http://{url_host}:{port}/v1", served_name=spec.served_name,
-        api_key_file=str(key_file), host=here, port=port, pid=proc.pid,
-        job_id=os.environ.get("SLURM_JOB_ID"), started_at=time.time(),
+        name=spec.name,
+        base_url=f"http://{url_host}:{port}/v1",
+        served_name=spec.served_name,
+        api_key_file=str(key_file),
+        host=here,
+        port=port,
+        pid=proc.pid,
+        job_id=os.environ.get("SLURM_JOB_ID"),
+        started_at=time.time(),
     )
     log.info("starting %s on port %d (pid %d), log %s", spec.name, port, proc.pid, log_path)
     return Server(endpoint=endpoint, log_path=log_path, proc=proc)
@@ -380,15 +408,19 @@ def _wait_all(servers: list[Server], deadline: float) -> dict[str, str]:
     while waiting:
         for url, server in list(waiting.items()):
             if server.proc is not None and (rc := server.proc.poll()) is not None:
-                errors[url] = (f"{server.endpoint.name}: vLLM exited with code {rc} before it was ready; "
-                               f"end of {server.log_path}:\n{tail(server.log_path)}")
+                errors[url] = (
+                    f"{server.endpoint.name}: vLLM exited with code {rc} before it was ready; "
+                    f"end of {server.log_path}:\n{tail(server.log_path)}"
+                )
                 del waiting[url]
             elif _ready(server.endpoint):
                 del waiting[url]
         if waiting and time.monotonic() > deadline:
             for url, server in waiting.items():
-                errors[url] = (f"{server.endpoint.name}: not ready at {url} after the timeout "
-                               f"(--timeout); end of {server.log_path}:\n{tail(server.log_path)}")
+                errors[url] = (
+                    f"{server.endpoint.name}: not ready at {url} after the timeout "
+                    f"(--timeout); end of {server.log_path}:\n{tail(server.log_path)}"
+                )
             break
         if waiting:
             time.sleep(1)
@@ -438,8 +470,9 @@ def _registered(name: str, registry) -> list[Endpoint]:
 # down
 
 
-def down(names: list[str] | None = None, *, registry: str | os.PathLike | None = None,
-         grace: float = 30) -> tuple[list[Endpoint], list[Endpoint]]:
+def down(
+    names: list[str] | None = None, *, registry: str | os.PathLike | None = None, grace: float = 30
+) -> tuple[list[Endpoint], list[Endpoint]]:
     """Stop the registered servers of this host (all, or those of ``names``); unregister them.
 
     Returns (stopped, skipped): entries of other hosts are skipped, since their processes
@@ -458,8 +491,9 @@ def down(names: list[str] | None = None, *, registry: str | os.PathLike | None =
     return stopped, skipped
 
 
-def stop_server(server: Server, *, registry: str | os.PathLike | None = None, unregister: bool = True,
-                grace: float = 30) -> None:
+def stop_server(
+    server: Server, *, registry: str | os.PathLike | None = None, unregister: bool = True, grace: float = 30
+) -> None:
     """SIGTERM the server's process group, SIGKILL it after ``grace`` s, wait until it is empty.
 
     Then unregister the endpoint (unless ``unregister`` is False) and delete its key file.

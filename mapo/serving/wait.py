@@ -53,8 +53,9 @@ def _gone(pid: int | None) -> bool:
     return False
 
 
-def wait_for(names: list[str], *, timeout: float, registry: str | None = None, poll_s: float = 2.0,
-             pid: int | None = None) -> list[str]:
+def wait_for(
+    names: list[str], *, timeout: float, registry: str | None = None, poll_s: float = 2.0, pid: int | None = None
+) -> list[str]:
     """Wait until each model has an answering endpoint; return the models still missing at the
     timeout, or when process ``pid`` has ended."""
     deadline = time.monotonic() + timeout
@@ -81,13 +82,18 @@ def wait_for(names: list[str], *, timeout: float, registry: str | None = None, p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mapo.serving.wait", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", metavar="NAME[,NAME]",
-                        help="model(s) of conf/model/ to wait for (repeatable, or comma-separated; "
-                             "default: the embedded ones, as `serve up`)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="model(s) of conf/model/ to wait for (repeatable, or comma-separated; "
+        "default: the embedded ones, as `serve up`)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before giving up (default 3600)")
     parser.add_argument("--pid", type=int, help="give up as soon as this process (the `serve up`) has ended")
-    parser.add_argument("--registry", metavar="PATH",
-                        help="endpoint registry (default $MAPO_ENDPOINTS or $MAPO_CACHE/endpoints.json)")
+    parser.add_argument(
+        "--registry", metavar="PATH", help="endpoint registry (default $MAPO_ENDPOINTS or $MAPO_CACHE/endpoints.json)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s serve.wait: %(message)s", datefmt="%H:%M:%S")
     if args.model:
@@ -96,11 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         from mapo.serving.launch import EMBEDDED
 
         names = list(EMBEDDED)
-    log.info("waiting up to %.0f s for %s in %s", args.timeout, ", ".join(names), endpoints.registry_path(args.registry))
+    log.info(
+        "waiting up to %.0f s for %s in %s", args.timeout, ", ".join(names), endpoints.registry_path(args.registry)
+    )
     missing = wait_for(names, timeout=args.timeout, registry=args.registry, pid=args.pid)
     if missing:
-        log.error("no answering endpoint for %s after %.0f s (is its server job running? python -m serve status)",
-                  ", ".join(missing), args.timeout)
+        log.error(
+            "no answering endpoint for %s after %.0f s (is its server job running? python -m serve status)",
+            ", ".join(missing),
+            args.timeout,
+        )
         return 1
     return 0
 

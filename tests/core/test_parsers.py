@@ -146,7 +146,11 @@ PAIRS = [
     ("### Score Assistant 1: 9/10\n### Score Assistant 2: 8/10", 10, (9.0, 8.0)),
     ("Assistant 1: 9\nAssistant 2: 7", 10, (9.0, 7.0)),
     # repeated: the final pair wins
-    ("Assistant 1: 9/10\nAssistant 2: 7/10\n\nAfter the discussion I revise:\nAssistant 1: 8/10\nAssistant 2: 8/10", 10, (8.0, 8.0)),
+    (
+        "Assistant 1: 9/10\nAssistant 2: 7/10\n\nAfter the discussion I revise:\nAssistant 1: 8/10\nAssistant 2: 8/10",
+        10,
+        (8.0, 8.0),
+    ),
     ("Assistant 1: 9/10\nAssistant 2: 7/10\n\nThis slight adjustment acknowledges Assistant 2's tip.", 10, (9.0, 7.0)),
     # other phrasings
     ("Response A: 8/10, Response B: 6/10", 10, (8.0, 6.0)),
@@ -155,16 +159,32 @@ PAIRS = [
     ("- Assistant A - 6.5/10\n- Assistant B - 8/10", 10, (6.5, 8.0)),
     ("Assistant A: **8**/10\nAssistant B: **6**/10", 10, (8.0, 6.0)),
     ("Score for Assistant A: 7 out of 10\nScore for Assistant B: 9 out of 10", 10, (7.0, 9.0)),
-    ("I would give Assistant 1's response a score of 7.5/10 and Assistant 2's response a score of 8/10.", 10, (7.5, 8.0)),
+    (
+        "I would give Assistant 1's response a score of 7.5/10 and Assistant 2's response a score of 8/10.",
+        10,
+        (7.5, 8.0),
+    ),
     ("**Score for Assistant 1**: 6  \n**Score for Assistant 2**: 9", 10, (6.0, 9.0)),
     ("Score: Assistant 1 - 9, Assistant 2 - 7", 10, (9.0, 7.0)),
     ("I propose a score of 7/10 for Assistant 1 and 5/10 for Assistant 2.", 10, (7.0, 5.0)),
     ("I suggest scoring Assistant 1 at 8.5/10, and Assistant 2 at 7.5/10.", 10, (8.5, 7.5)),
     ("I'd give Assistant 1 a score of 8 and Assistant 2 a score of 7. ", 10, (8.0, 7.0)),
-    ("My revised ratings are: Assistant 1's answer is a 9 out of 10, and Assistant 2's answer is a 7.5 out of 10.", 10, (9.0, 7.5)),
-    ("I would rate Assistant 2's response as a 9 out of 10 and Assistant 1's response as an 8 out of 10.", 10, (8.0, 9.0)),
+    (
+        "My revised ratings are: Assistant 1's answer is a 9 out of 10, and Assistant 2's answer is a 7.5 out of 10.",
+        10,
+        (9.0, 7.5),
+    ),
+    (
+        "I would rate Assistant 2's response as a 9 out of 10 and Assistant 1's response as an 8 out of 10.",
+        10,
+        (8.0, 9.0),
+    ),
     # a numbered list after a label is not a score; the real scores come later
-    ("Response A: 1. Set clear goals\n2. Plan\n\n### Score Assistant A: 8/10\n### Score Assistant B: 6/10", 10, (8.0, 6.0)),
+    (
+        "Response A: 1. Set clear goals\n2. Plan\n\n### Score Assistant A: 8/10\n### Score Assistant B: 6/10",
+        10,
+        (8.0, 6.0),
+    ),
     # other totals (paper compared 5, 10 and 100)
     ("### Score Assistant A: 85/100\n### Score Assistant B: 90/100", 100, (85.0, 90.0)),
     ("### Score Assistant A: 4/5\n### Score Assistant B: 5/5", 5, (4.0, 5.0)),
@@ -204,15 +224,19 @@ def test_debate_final_is_the_pair_parser():
 
 REVIEW_OK = [
     ("### Evaluation: Clear.\n### Overall Score: 7.5/10\n### Feedback: Add sources.", ("Clear.", 7.5, "Add sources.")),
-    ("### Evaluation:\nClear.\n\n### Overall Score:\n8/10\n\n### Feedback:\nAdd sources.\nCut the intro.",
-     ("Clear.", 8.0, "Add sources.\nCut the intro.")),
+    (
+        "### Evaluation:\nClear.\n\n### Overall Score:\n8/10\n\n### Feedback:\nAdd sources.\nCut the intro.",
+        ("Clear.", 8.0, "Add sources.\nCut the intro."),
+    ),
     ("**Evaluation:** ok\n**Overall Score:** 6.26/10\n**Feedback:** more detail", ("ok", 6.3, "more detail")),
     ("### Evaluation\nok\n### Overall Score\n9\n### Feedback\nnone needed", ("ok", 9.0, "none needed")),
     # no evaluation header; score inline
     ("The answer is fine. Overall Score: 6/10\n### Feedback: more examples", ("", 6.0, "more examples")),
     # a "Score:" line inside the feedback neither cuts it nor overrides the overall score
-    ("### Evaluation: ok\n### Overall Score: 7/10\n### Feedback: The tone is fine.\nScore: 3/10 for style alone.",
-     ("ok", 7.0, "The tone is fine.\nScore: 3/10 for style alone.")),
+    (
+        "### Evaluation: ok\n### Overall Score: 7/10\n### Feedback: The tone is fine.\nScore: 3/10 for style alone.",
+        ("ok", 7.0, "The tone is fine.\nScore: 3/10 for style alone."),
+    ),
 ]
 
 REVIEW_FAILURES = [
@@ -242,7 +266,9 @@ def test_review_refuses(text):
 
 def test_to_verdict():
     assert to_verdict(pick("Answer: C"), "pick") == Verdict(pick="tie")
-    assert to_verdict(pair("Assistant A: 8/10\nAssistant B: 9/10"), "score_pair") == Verdict(pick="B", score_a=8.0, score_b=9.0)
+    assert to_verdict(pair("Assistant A: 8/10\nAssistant B: 9/10"), "score_pair") == Verdict(
+        pick="B", score_a=8.0, score_b=9.0
+    )
     assert to_verdict(pair("Assistant A: 7/10\nAssistant B: 7/10"), "score_pair").pick == "tie"
     failed = to_verdict(pair("nothing"), "score_pair")
     assert not failed.ok and failed.pick is None and "no score" in failed.failure
@@ -258,8 +284,17 @@ def test_unknown_parser_lists_known_names():
 
 # --------------------------------------------------------------------------- constrained decoding
 
-KINDS = [("pick", 10), ("score", 10), ("score", 5), ("score", 100), ("score_pair", 10), ("score_pair", 5),
-         ("score_pair", 100), ("debate_final", 10), ("review", 10)]
+KINDS = [
+    ("pick", 10),
+    ("score", 10),
+    ("score", 5),
+    ("score", 100),
+    ("score_pair", 10),
+    ("score_pair", 5),
+    ("score_pair", 100),
+    ("debate_final", 10),
+    ("review", 10),
+]
 
 
 @pytest.mark.parametrize("kind,scale", KINDS)
@@ -275,7 +310,11 @@ def test_constrained_regex_is_portable(kind, scale):
 @pytest.mark.parametrize("scale", [1, 5, 9, 10, 20, 57, 99, 100, 215])
 def test_integer_range_is_exact(scale):
     rx = constrained_regex("debate_final", scale)
-    ok = {v for v in map(str, range(2 * scale + 20)) if re.fullmatch(rx, f"Assistant 1: {v}/{scale}\nAssistant 2: 0/{scale}")}
+    ok = {
+        v
+        for v in map(str, range(2 * scale + 20))
+        if re.fullmatch(rx, f"Assistant 1: {v}/{scale}\nAssistant 2: 0/{scale}")
+    }
     assert ok == {str(i) for i in range(scale + 1)}
     assert not re.fullmatch(rx, f"Assistant 1: 01/{scale}\nAssistant 2: 0/{scale}")
 
@@ -296,7 +335,9 @@ def test_constrained_regex_rejects_unknown_kind():
         constrained_regex("review", 5)
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 
 
 @pytest.mark.parametrize("kind,scale", KINDS)
@@ -372,5 +413,7 @@ def test_real_outputs_reparse_to_the_recorded_scores(author_records):
     assert len(author_records) == 960
     texts = sum(len(r.texts) for r in author_records)
     assert texts == 480 + 1440
-    wrong = [(r.judge, r.strategy, r.index, r.parsed, r.recorded, r.parse_errors) for r in author_records if not r.agrees]
+    wrong = [
+        (r.judge, r.strategy, r.index, r.parsed, r.recorded, r.parse_errors) for r in author_records if not r.agrees
+    ]
     assert not wrong, wrong[:5]

@@ -44,11 +44,23 @@ def test_faireval():
 
 def test_jsonl_with_mapping(tmp_path):
     p = tmp_path / "set.jsonl"
-    p.write_text("\n".join(json.dumps({"qid": i, "prompt": f"q{i}", "response_a": "a", "response_b": "b", "pref": v})
-                           for i, v in enumerate(["first", "second", "same"])) + "\n\n")
-    rows = load_local(p, columns={"id": "qid", "question": "prompt", "human": "pref"},
-                      labels={"first": "model_a", "second": "model_b", "same": "tie"})
-    assert [(r["id"], r["question"], r["human"]) for r in rows] == [("0", "q0", "model_a"), ("1", "q1", "model_b"), ("2", "q2", "tie")]
+    p.write_text(
+        "\n".join(
+            json.dumps({"qid": i, "prompt": f"q{i}", "response_a": "a", "response_b": "b", "pref": v})
+            for i, v in enumerate(["first", "second", "same"])
+        )
+        + "\n\n"
+    )
+    rows = load_local(
+        p,
+        columns={"id": "qid", "question": "prompt", "human": "pref"},
+        labels={"first": "model_a", "second": "model_b", "same": "tie"},
+    )
+    assert [(r["id"], r["question"], r["human"]) for r in rows] == [
+        ("0", "q0", "model_a"),
+        ("1", "q1", "model_b"),
+        ("2", "q2", "tie"),
+    ]
 
 
 def test_json_and_csv(tmp_path):
@@ -58,7 +70,10 @@ def test_json_and_csv(tmp_path):
     c = tmp_path / "set.csv"
     c.write_text('question,response_a,response_b,label\n"q, with comma",a,b,1\nq2,a,b,2\n')
     rows = load_local(c, labels={1: "model_a", 2: "model_b"}, columns={"human": "label"})
-    assert [(r["id"], r["question"], r["human"]) for r in rows] == [("0", "q, with comma", "model_a"), ("1", "q2", "model_b")]
+    assert [(r["id"], r["question"], r["human"]) for r in rows] == [
+        ("0", "q, with comma", "model_a"),
+        ("1", "q2", "model_b"),
+    ]
     # JSON numbers find string-keyed mappings too
     j.write_text(json.dumps([{**_row(0), "winner": 2}]))
     assert load_local(j, columns={"human": "winner"}, labels={"1": "model_a", "2": "model_b"})[0]["human"] == "model_b"
@@ -96,7 +111,12 @@ def test_unknown_label_is_named(tmp_path):
         ("x.json", '{"a": 1}', {}, "expected a JSON list"),
         ("x.json", "[{", {}, "line 1: broken JSON"),
         ("x.txt", "", {}, "unknown format 'txt'"),
-        ("x.jsonl", json.dumps({**_row(0), "question": 3}), {"columns": {"human": "winner"}}, "column 'question' is int"),
+        (
+            "x.jsonl",
+            json.dumps({**_row(0), "question": 3}),
+            {"columns": {"human": "winner"}},
+            "column 'question' is int",
+        ),
         ("x.jsonl", json.dumps(_row(0)), {"columns": {"verdict": "winner"}}, "unknown fields"),
     ],
 )
@@ -116,13 +136,27 @@ def test_missing_file(tmp_path):
 
 
 def _panda(idx, votes, inp=None):
-    return {"idx": idx, "instruction": "Rewrite it.", "input": inp, "response1": "r1", "response2": "r2",
-            "annotator1": votes[0], "annotator2": votes[1], "annotator3": votes[2]}
+    return {
+        "idx": idx,
+        "instruction": "Rewrite it.",
+        "input": inp,
+        "response1": "r1",
+        "response2": "r2",
+        "annotator1": votes[0],
+        "annotator2": votes[1],
+        "annotator3": votes[2],
+    }
 
 
 def test_pandalm_majority_of_three():
-    rows = pandalm_rows([_panda(0, (2, 2, 1), "the text"), _panda(1, (1, 1, 1), float("nan")),
-                         _panda(2, (0, 0, 2)), _panda(3, (0, 1, 2))])
+    rows = pandalm_rows(
+        [
+            _panda(0, (2, 2, 1), "the text"),
+            _panda(1, (1, 1, 1), float("nan")),
+            _panda(2, (0, 0, 2)),
+            _panda(3, (0, 1, 2)),
+        ]
+    )
     assert [r["human"] for r in rows] == ["model_b", "model_a", "tie", "tie"]  # 0-1-2: a three-way split is a tie
     assert rows[0]["question"] == "Rewrite it.\n\nthe text" and rows[1]["question"] == "Rewrite it."
     assert (rows[0]["response_a"], rows[0]["response_b"], rows[0]["id"]) == ("r1", "r2", "0")
@@ -134,10 +168,22 @@ def test_pandalm_bad_vote():
 
 
 def _mt(winner, turn=1, judge="author_0"):
-    conv = lambda who: [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": f"{who}1"},
-                        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": f"{who}2"}]
-    return {"question_id": 81, "model_a": "gpt-4", "model_b": "vicuna", "winner": winner, "judge": judge,
-            "conversation_a": conv("a"), "conversation_b": conv("b"), "turn": turn}
+    conv = lambda who: [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": f"{who}1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": f"{who}2"},
+    ]
+    return {
+        "question_id": 81,
+        "model_a": "gpt-4",
+        "model_b": "vicuna",
+        "winner": winner,
+        "judge": judge,
+        "conversation_a": conv("a"),
+        "conversation_b": conv("b"),
+        "turn": turn,
+    }
 
 
 def test_mt_bench_rows():

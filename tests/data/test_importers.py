@@ -40,9 +40,15 @@ def _debate(finals: list[str], s1: float, s2: float) -> dict:
 
 
 def test_multi_rater_record(tmp_path):
-    _write(tmp_path, "multi-rater10", "gemma-2-9b-it_none.json",
-           [{"response": PAPER_ANSWER, "score_1": 8.0, "score_2": 6.0, "turns_to_answer": 1},
-            {"response": "I refuse.", "score_1": None, "score_2": None, "turns_to_answer": 3}])
+    _write(
+        tmp_path,
+        "multi-rater10",
+        "gemma-2-9b-it_none.json",
+        [
+            {"response": PAPER_ANSWER, "score_1": 8.0, "score_2": 6.0, "turns_to_answer": 1},
+            {"response": "I refuse.", "score_1": None, "score_2": None, "turns_to_answer": 3},
+        ],
+    )
     ok, failed = iter_author_records(tmp_path, "multi-rater10")
     assert isinstance(ok, AuthorRecord)
     assert (ok.judge, ok.model, ok.index) == ("gemma-2-9b", "gemma-2-9b-it", 0)
@@ -55,8 +61,11 @@ def test_multi_rater_record(tmp_path):
 
 
 def test_debate_record_is_the_mean_of_the_three_finals(tmp_path):
-    finals = ["Assistant 1: 9/10\nAssistant 2: 7/10", "### Score Assistant 1: 8/10\n### Score Assistant 2: 8/10",
-              "**Assistant 1:** 7/10\n**Assistant 2:** 9/10"]
+    finals = [
+        "Assistant 1: 9/10\nAssistant 2: 7/10",
+        "### Score Assistant 1: 8/10\n### Score Assistant 2: 8/10",
+        "**Assistant 1:** 7/10\n**Assistant 2:** 9/10",
+    ]
     _write(tmp_path, "debate", "gpt-4o_gpt-4o.json", [_debate(finals, 8.0, 8.0)])
     (rec,) = iter_author_records(tmp_path, "debate")
     assert rec.parsed == (8.0, 8.0) and rec.parsed_label == "tie" and rec.agrees
@@ -64,8 +73,16 @@ def test_debate_record_is_the_mean_of_the_three_finals(tmp_path):
 
 
 def test_debate_with_an_unreadable_final_is_not_guessed(tmp_path):
-    _write(tmp_path, "debate", "gpt-4o_gpt-4o.json",
-           [_debate(["Assistant 1: 9/10\nAssistant 2: 7/10", "no scores", "Assistant 1: 9/10\nAssistant 2: 7/10"], 9.0, 7.0)])
+    _write(
+        tmp_path,
+        "debate",
+        "gpt-4o_gpt-4o.json",
+        [
+            _debate(
+                ["Assistant 1: 9/10\nAssistant 2: 7/10", "no scores", "Assistant 1: 9/10\nAssistant 2: 7/10"], 9.0, 7.0
+            )
+        ],
+    )
     (rec,) = iter_author_records(tmp_path, "debate")
     assert rec.parsed is None and rec.parse_errors[0].startswith("text 2:")
 

@@ -22,7 +22,15 @@ def test_empty_text_is_rejected():
     with pytest.raises(RowError, match="chosen"):
         rows_for("p1", "Q?", ["", "b"], [1, 2], 0, generator="g", judge="j")
     with pytest.raises(RowError, match="label"):
-        validate_row({"key": "k", "prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant", "content": "y"}], "label": 1}, ("prompt", "completion", "label"))
+        validate_row(
+            {
+                "key": "k",
+                "prompt": [{"role": "user", "content": "x"}],
+                "completion": [{"role": "assistant", "content": "y"}],
+                "label": 1,
+            },
+            ("prompt", "completion", "label"),
+        )
 
 
 def test_trl_accepts_the_rows(tmp_path):
@@ -39,8 +47,8 @@ def test_trl_accepts_the_rows(tmp_path):
     assert counts == {"dpo": 2, "kto": 3}
     ds = datasets.load_from_disk(str(tmp_path / "dataset" / "dpo"))["train"]
     assert trl_utils.is_conversational(ds[0])
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from mapo.llm.cache import ResponseCache
-from mapo.llm.client import LLMClient
 from mapo.core.config import FeedbackConfig
 from mapo.generation.feedback import FeedbackLoop
+from mapo.llm.cache import ResponseCache
+from mapo.llm.client import LLMClient
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 

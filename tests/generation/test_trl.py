@@ -21,14 +21,24 @@ def tiny():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    words = "[UNK] [PAD] </s> say hi hello there hey".split()
+    words = ["[UNK]", "[PAD]", "</s>", "say", "hi", "hello", "there", "hey"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}<assistant>{% endif %}")
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     return model, tokenizer
 
 
@@ -36,7 +46,9 @@ def tiny():
 def saved(tmp_path):
     dpo, kto = [], []
     for i in range(3):
-        d, k, _ = rows_for(f"p{i}", "say hi", ["hi", "hello there", "hey"], [5.0, 6.5, None], i, generator="g", judge="j")
+        d, k, _ = rows_for(
+            f"p{i}", "say hi", ["hi", "hello there", "hey"], [5.0, 6.5, None], i, generator="g", judge="j"
+        )
         dpo += d
         kto += k
     for name, rows in (("dpo", dpo), ("kto", kto)):
@@ -46,8 +58,16 @@ def saved(tmp_path):
 
 
 def _args(cls, tmp_path):
-    return cls(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False, max_steps=1,
-               per_device_train_batch_size=2, logging_steps=1, save_strategy="no")
+    return cls(
+        output_dir=str(tmp_path / "trl"),
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+    )
 
 
 def test_dpo_trainer_prepares_and_steps(saved, tiny, tmp_path):
@@ -56,8 +76,13 @@ def test_dpo_trainer_prepares_and_steps(saved, tiny, tmp_path):
 
     model, tokenizer = tiny
     ds = datasets.load_from_disk(str(saved / "dpo"))["train"]
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=_args(DPOConfig, tmp_path), train_dataset=ds,
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=_args(DPOConfig, tmp_path),
+        train_dataset=ds,
+        processing_class=tokenizer,
+    )
     prepared = trainer.train_dataset
     assert len(prepared) == 6 and {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(prepared.column_names)
     assert all(row["chosen_ids"] != row["rejected_ids"] for row in prepared)
@@ -72,6 +97,11 @@ def test_kto_trainer_prepares(saved, tiny, tmp_path):
     model, tokenizer = tiny
     ds = datasets.load_from_disk(str(saved / "kto"))["train"]
     assert sum(ds["label"]) == 3 and len(ds) == 9
-    trainer = KTOTrainer(model=model, ref_model=copy.deepcopy(model), args=_args(KTOConfig, tmp_path), train_dataset=ds,
-                         processing_class=tokenizer)
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=_args(KTOConfig, tmp_path),
+        train_dataset=ds,
+        processing_class=tokenizer,
+    )
     assert {"prompt_ids", "completion_ids", "label"} <= set(trainer.train_dataset.column_names)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mapo.llm.client import LLMClient
 from mapo.core.config import ConfigError, DebateConfig
 from mapo.judging.debate import Debate, role_title
+from mapo.llm.client import LLMClient
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import json
 import re
 
-from mapo.llm.cache import ResponseCache
-from mapo.llm.client import LLMClient
 from mapo.core.config import JudgeConfig
 from mapo.judging.judge import Judge
+from mapo.llm.cache import ResponseCache
+from mapo.llm.client import LLMClient
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 
@@ -35,7 +35,9 @@ async def test_combined_scores_pick_higher(tmp_path):
 
 async def test_both_orders_cancel_a_position_biased_judge(tmp_path):
     # always prefers whatever is shown first: the swap exposes it and the pair becomes a tie
-    server, judge = judge_with(lambda r: "### Evaluation Evidence:\nx\n\n### Answer:\nA", tmp_path, strategy="direct", both_orders=True)
+    server, judge = judge_with(
+        lambda r: "### Evaluation Evidence:\nx\n\n### Answer:\nA", tmp_path, strategy="direct", both_orders=True
+    )
     j = await judge.judge_pair("q?", "one", "two")
     assert j.label == "tie"
     assert [a.order for a in j.attempts] == ["AB", "BA"]

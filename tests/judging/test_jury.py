@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from mapo.llm.client import LLMClient
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
 from mapo.judging.jury import Jury
+from mapo.llm.client import LLMClient
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 
@@ -118,12 +118,15 @@ async def test_self_judging_warning(server, caplog):
     assert "juror j2 also produced a response it judges" in caplog.text
 
 
-@pytest.mark.parametrize("jurors, judge_cfg, jury_cfg, match", [
-    ([], JudgeConfig(), JuryConfig(), "roles.jurors is empty"),
-    (["j1", "j1", "j2"], JudgeConfig(), JuryConfig(), "more than once"),
-    (["j1", "j2", "j3"], JudgeConfig(strategy="direct"), JuryConfig(aggregate="mean_score"), "needs scores"),
-    (["j1", "j2", "j3"], JudgeConfig(), JuryConfig(tie_break="coin"), "jury.tie_break"),
-])
+@pytest.mark.parametrize(
+    "jurors, judge_cfg, jury_cfg, match",
+    [
+        ([], JudgeConfig(), JuryConfig(), "roles.jurors is empty"),
+        (["j1", "j1", "j2"], JudgeConfig(), JuryConfig(), "more than once"),
+        (["j1", "j2", "j3"], JudgeConfig(strategy="direct"), JuryConfig(aggregate="mean_score"), "needs scores"),
+        (["j1", "j2", "j3"], JudgeConfig(), JuryConfig(tie_break="coin"), "jury.tie_break"),
+    ],
+)
 async def test_bad_jury_configs_fail_before_any_call(server, jurors, judge_cfg, jury_cfg, match):
     with pytest.raises(ConfigError, match=match):
         await judge(server, jurors, judge_cfg, jury_cfg)

@@ -14,7 +14,9 @@ MSG = [{"role": "user", "content": "hello"}]
 
 
 def make(server, tmp_path, **model_overrides):
-    return LLMClient({"m": fake_model(server, **model_overrides)}, cache=ResponseCache(tmp_path / "c.sqlite"), backoff_base_s=0.01)
+    return LLMClient(
+        {"m": fake_model(server, **model_overrides)}, cache=ResponseCache(tmp_path / "c.sqlite"), backoff_base_s=0.01
+    )
 
 
 async def test_cache_makes_a_rerun_free(fake_server, tmp_path):

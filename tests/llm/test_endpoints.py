@@ -18,10 +18,24 @@ from mapo.llm import endpoints
 from mapo.llm.endpoints import Endpoint, EndpointNotFound
 
 
-def _ep(name: str = "smollm2-135m", port: int = 8000, pid: int | None = None, host: str | None = None,
-        key_file: str | None = None) -> Endpoint:
-    return Endpoint(name=name, base_url=f"http://127.0.0.1:{port}/v1", served_name=name, api_key_file=key_file,
-                    host=host or socket.gethostname(), port=port, pid=pid, job_id=None, started_at=time.time())
+def _ep(
+    name: str = "smollm2-135m",
+    port: int = 8000,
+    pid: int | None = None,
+    host: str | None = None,
+    key_file: str | None = None,
+) -> Endpoint:
+    return Endpoint(
+        name=name,
+        base_url=f"http://127.0.0.1:{port}/v1",
+        served_name=name,
+        api_key_file=key_file,
+        host=host or socket.gethostname(),
+        port=port,
+        pid=pid,
+        job_id=None,
+        started_at=time.time(),
+    )
 
 
 def test_path_resolution(tmp_path, monkeypatch):

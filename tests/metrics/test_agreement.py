@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mapo.core.registry import UnknownNameError
 from mapo.metrics.agreement import (
     AGGREGATORS,
     Agreement,
@@ -21,7 +22,6 @@ from mapo.metrics.agreement import (
     label_from_scores,
     position_bias,
 )
-from mapo.core.registry import UnknownNameError
 
 SHARED = Path(os.environ.get("MAPO_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 FAIREVAL = SHARED / "data" / "faireval"
@@ -68,7 +68,12 @@ def test_undefined_kappa_is_none_not_nan():
 
 @pytest.mark.parametrize(
     "judge,human,match",
-    [([A], [A, B], "length"), ([A, "A"], [A, B], r"judge\[1\]"), ([A, B], [A, None], r"human\[1\]"), ([A], ["win"], "not a label")],
+    [
+        ([A], [A, B], "length"),
+        ([A, "A"], [A, B], r"judge\[1\]"),
+        ([A, B], [A, None], r"human\[1\]"),
+        ([A], ["win"], "not a label"),
+    ],
 )
 def test_bad_inputs_are_named(judge, human, match):
     with pytest.raises(ValueError, match=match):
@@ -100,7 +105,13 @@ def test_mode(labels, expected):
 
 @pytest.mark.parametrize(
     "labels,tie_break,expected",
-    [([A, A, B], "tie", A), ([A, B], "tie", T), ([B, A], "first", B), ([A, B, T], "abstain", None), ([A, A, B, B], "first", A)],
+    [
+        ([A, A, B], "tie", A),
+        ([A, B], "tie", T),
+        ([B, A], "first", B),
+        ([A, B, T], "abstain", None),
+        ([A, A, B, B], "first", A),
+    ],
 )
 def test_majority(labels, tie_break, expected):
     assert jury_pick(labels, "majority", tie_break=tie_break) == expected
@@ -182,7 +193,9 @@ def faireval():
 
     root = FAIREVAL / "mapo-judgments"
     if not (FAIREVAL / "fair_eval.jsonl").is_file() or not root.is_dir():
-        pytest.skip(f"FairEval and the authors' judge outputs are not under {FAIREVAL} (set MAPO_SHARED to the shared/ folder)")
+        pytest.skip(
+            f"FairEval and the authors' judge outputs are not under {FAIREVAL} (set MAPO_SHARED to the shared/ folder)"
+        )
     humans = [row["human"] for row in load_faireval(FAIREVAL / "fair_eval.jsonl")]
     return humans, {s: load_author_judgments(root, s) for s in ("multi-rater10", "debate")}
 
@@ -236,8 +249,14 @@ def test_published_best_jury(faireval, source):
 def test_every_judge_is_within_rounding_of_the_paper_table(faireval, source):
     """method.md's table (3 decimals) for all six judges, combined scoring /10."""
     humans, runs = faireval
-    table = {"gemma-2-9b": 0.279, "llama31-8b": 0.206, "gemma-2-27b": 0.389, "llama31-70b": 0.257,
-             "gpt-4o-mini": 0.333, "gpt-4o": 0.327}
+    table = {
+        "gemma-2-9b": 0.279,
+        "llama31-8b": 0.206,
+        "gemma-2-27b": 0.389,
+        "llama31-70b": 0.257,
+        "gpt-4o-mini": 0.333,
+        "gpt-4o": 0.327,
+    }
     got = {j: cohen_kappa(_labels(recs, source), humans).kappa for j, recs in runs["multi-rater10"].items()}
     assert {j: round(k, 3) for j, k in got.items()} == {j: pytest.approx(v, abs=0.0011) for j, v in table.items()}
 

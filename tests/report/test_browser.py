@@ -25,13 +25,30 @@ from mapo.report import render as report
 from tests.report.test_report import build_run, evaluate_run, server, winrate_run  # noqa: F401 - server is a fixture
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = os.environ.get("MAPO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--remote-debugging-port=0",
-         "--remote-allow-origins=*"]
+CHROMIUM = (
+    os.environ.get("MAPO_CHROMIUM")
+    or shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or "/usr/bin/chromium"
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="chromium is not installed: `apt-get install -y chromium` (Debian), or set MAPO_CHROMIUM")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="chromium is not installed: `apt-get install -y chromium` (Debian), or set MAPO_CHROMIUM",
+)
 
 
 class Browser:
@@ -44,14 +61,19 @@ class Browser:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
 
-    async def __aenter__(self) -> "Browser":
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    async def __aenter__(self) -> Browser:
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited {self.proc.returncode}: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(
+                    f"chromium exited {self.proc.returncode}: {self.proc.stderr.read().decode()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError("chromium did not open its DevTools port within 60 s")
             await asyncio.sleep(0.1)
@@ -134,9 +156,17 @@ class Browser:
 
     async def screenshot(self, path: Path) -> None:
         width = 1280
-        await self.page("Emulation.setDeviceMetricsOverride", width=width, height=800, deviceScaleFactor=1, mobile=False)
+        await self.page(
+            "Emulation.setDeviceMetricsOverride", width=width, height=800, deviceScaleFactor=1, mobile=False
+        )
         height = int(await self.eval("Math.ceil(document.documentElement.scrollHeight)"))
-        await self.page("Emulation.setDeviceMetricsOverride", width=width, height=min(height, 16000), deviceScaleFactor=1, mobile=False)
+        await self.page(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=min(height, 16000),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         shot = await self.page("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
@@ -194,14 +224,18 @@ async def _browse(tmp_path: Path, build: Path, jury: Path, wr: Path, lb: dict) -
 def test_the_harness_catches_broken_images_and_errors(tmp_path):
     """Negative control: the checks above would fail on a broken page."""
     page = tmp_path / "bad.html"
-    page.write_text('<html><body><img alt="bad" src="data:image/png;base64,AAAA"><script>console.error("boom"); '
-                    'undefinedFunction();</script></body></html>')
+    page.write_text(
+        '<html><body><img alt="bad" src="data:image/png;base64,AAAA"><script>console.error("boom"); '
+        "undefinedFunction();</script></body></html>"
+    )
 
     async def go() -> tuple[list, list]:
         async with Browser(tmp_path / "profile") as b:
             await b.open(page.resolve().as_uri())
             await asyncio.sleep(0.2)
-            broken = await b.eval("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)")
+            broken = await b.eval(
+                "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)"
+            )
             return broken, b.errors()
 
     broken, errors = asyncio.run(asyncio.wait_for(go(), 120))

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from mapo.report import leaderboard
-from mapo.report import render as report
 from mapo.cli import main as cli_main
 from mapo.core.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
-from mapo.runs.evaluate import agreement_tables, evaluate
+from mapo.report import leaderboard
+from mapo.report import render as report
 from mapo.runs.build import build
+from mapo.runs.evaluate import agreement_tables, evaluate
 from mapo.runs.winrate import winrate
 from tests.conftest import fake_model, shared_dir
 from tests.fake_openai import FakeServer, default_responder
 
 PNG = b"\x89PNG\r\n\x1a\n"
-INJECT = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"> ```` a | b </details> "
+INJECT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> ```` a | b </details> '
 LABELS = ["model_a", "model_b", "tie", "model_a", "model_b", "model_a", "model_b", "model_a"]
 
 
@@ -49,9 +49,14 @@ def _client(tmp_path: Path) -> ClientConfig:
 
 def build_run(server: FakeServer, tmp_path: Path, name: str = "build", limit: int = 6) -> Path:
     models = {n: fake_model(server, served_name=n) for n in ("gen", "rev", "judge")}
-    cfg = RunConfig(models=models, roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
-                    prompts=PromptSourceConfig(source="builtin", limit=limit), client=_client(tmp_path),
-                    output_dir=str(tmp_path / name), max_items_in_flight=4)
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
+        prompts=PromptSourceConfig(source="builtin", limit=limit),
+        client=_client(tmp_path),
+        output_dir=str(tmp_path / name),
+        max_items_in_flight=4,
+    )
     asyncio.run(build(cfg))
     return tmp_path / name
 
@@ -59,30 +64,59 @@ def build_run(server: FakeServer, tmp_path: Path, name: str = "build", limit: in
 def write_items(path: Path, n: int = 8) -> Path:
     with open(path, "w") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"Question {i}? {INJECT}", "response_a": f"Answer A to {i}.",
-                                 "response_b": f"Answer B to {i}, longer.", "human": LABELS[i % len(LABELS)]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": f"Question {i}? {INJECT}",
+                        "response_a": f"Answer A to {i}.",
+                        "response_b": f"Answer B to {i}, longer.",
+                        "human": LABELS[i % len(LABELS)],
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
-def evaluate_run(server: FakeServer, tmp_path: Path, evaluator: str = "jury", name: str = "eval", items: Path | None = None,
-                 both_orders: bool = True) -> Path:
+def evaluate_run(
+    server: FakeServer,
+    tmp_path: Path,
+    evaluator: str = "jury",
+    name: str = "eval",
+    items: Path | None = None,
+    both_orders: bool = True,
+) -> Path:
     models = {n: fake_model(server, served_name=n) for n in ("j1", "j2", "j3")}
     items = items or write_items(tmp_path / "items.jsonl")
-    cfg = RunConfig(models=models, roles=RolesConfig(judge="j1", jurors=["j1", "j2", "j3"], debaters=["j1", "j2", "j3"]),
-                    judge=JudgeConfig(both_orders=both_orders), evaluator=evaluator,
-                    eval_data={"loader": "local", "path": str(items)}, client=_client(tmp_path),
-                    output_dir=str(tmp_path / name), max_items_in_flight=4)
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(judge="j1", jurors=["j1", "j2", "j3"], debaters=["j1", "j2", "j3"]),
+        judge=JudgeConfig(both_orders=both_orders),
+        evaluator=evaluator,
+        eval_data={"loader": "local", "path": str(items)},
+        client=_client(tmp_path),
+        output_dir=str(tmp_path / name),
+        max_items_in_flight=4,
+    )
     asyncio.run(evaluate(cfg))
     return tmp_path / name
 
 
 def winrate_run(server: FakeServer, tmp_path: Path, name: str = "winrate") -> Path:
     models = {n: fake_model(server, served_name=n) for n in ("gen", "rev", "base1", "judge")}
-    cfg = RunConfig(models=models, roles=RolesConfig(judge="judge", baselines=["base1"]),
-                    configurations=[WinrateConfiguration(name="gen+rev", generator="gen", reviewers=["rev"]),
-                                    WinrateConfiguration(name="gen alone", generator="gen", reviewers=[])],
-                    prompts=PromptSourceConfig(source="builtin", limit=4), client=_client(tmp_path),
-                    output_dir=str(tmp_path / name), max_items_in_flight=4)
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(judge="judge", baselines=["base1"]),
+        configurations=[
+            WinrateConfiguration(name="gen+rev", generator="gen", reviewers=["rev"]),
+            WinrateConfiguration(name="gen alone", generator="gen", reviewers=[]),
+        ],
+        prompts=PromptSourceConfig(source="builtin", limit=4),
+        client=_client(tmp_path),
+        output_dir=str(tmp_path / name),
+        max_items_in_flight=4,
+    )
     asyncio.run(winrate(cfg))
     return tmp_path / name
 
@@ -98,11 +132,13 @@ def check_files(paths: dict[str, Path]) -> tuple[str, str]:
     assert pngs, "figures are saved beside the report"
     embedded = img_payloads(page)
     assert len(embedded) == len(pngs), "every figure is embedded, once"
-    assert sorted(hashlib.sha256(b).hexdigest() for b in embedded) == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in pngs)
+    assert sorted(hashlib.sha256(b).hexdigest() for b in embedded) == sorted(
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in pngs
+    )
     assert all(b.startswith(PNG) for b in embedded)
     for p in pngs:
         assert f"](figures/{p.name})" in md
-    assert "src=\"http" not in page and "<link" not in page, "self-contained: nothing fetched"
+    assert 'src="http' not in page and "<link" not in page, "self-contained: nothing fetched"
     return page, md
 
 
@@ -117,8 +153,15 @@ def test_build_report_shows_roles_costs_trajectories_selection_and_examples(serv
     names = {p.stem for p in paths["figures"].glob("*.png")}
     assert {"score_trajectories", "selection", "tokens_per_role"} <= names
     manifest = json.loads((run / "manifest.json").read_text())
-    for section in ("Models per role", "Score trajectories over feedback iterations", "Selection: which iteration was chosen",
-                    "Failures", "Example chosen / rejected pairs", "Costs: tokens and time per role", "Config"):
+    for section in (
+        "Models per role",
+        "Score trajectories over feedback iterations",
+        "Selection: which iteration was chosen",
+        "Failures",
+        "Example chosen / rejected pairs",
+        "Costs: tokens and time per role",
+        "Config",
+    ):
         assert section in page and f"## {section}" in md
     for u in manifest["usage"]:  # every (role, model) with its tokens
         total = u["prompt_tokens"] + u["completion_tokens"]
@@ -154,7 +197,9 @@ def test_cli_report_and_sweep_folder(server, tmp_path):
     assert e.value.code == 0
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "report.md").exists()
     assert report.main([str(tmp_path / "sweep")]) == 0  # no manifest: one report per run inside
-    assert (tmp_path / "sweep" / "0" / "report" / "report.html").exists() and (tmp_path / "sweep" / "1" / "report" / "report.html").exists()
+    assert (tmp_path / "sweep" / "0" / "report" / "report.html").exists() and (
+        tmp_path / "sweep" / "1" / "report" / "report.html"
+    ).exists()
     assert report.main([str(tmp_path / "nothing-here")]) == 2
     (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty")]) == 2
@@ -282,20 +327,49 @@ def test_report_and_leaderboard_of_the_authors_faireval_judgements(tmp_path):
     records = []
     for judge, recs in judges.items():
         for r in recs:
-            records.append({"key": f"{r.index}|{judge}", "item_id": str(r.index), "kind": "juror", "judge": judge, "member_of": jury,
-                            "models": [judge], "setup": "combined10", "order": "AB", "pick": None, "label": r.parsed_label,
-                            "score_a": r.parsed[0] if r.parsed else None, "score_b": r.parsed[1] if r.parsed else None,
-                            "failure": None if r.parsed else "unparsed", "human": humans[str(r.index)], "raw": list(r.texts),
-                            "prompt_tokens": 0, "completion_tokens": 0})
+            records.append(
+                {
+                    "key": f"{r.index}|{judge}",
+                    "item_id": str(r.index),
+                    "kind": "juror",
+                    "judge": judge,
+                    "member_of": jury,
+                    "models": [judge],
+                    "setup": "combined10",
+                    "order": "AB",
+                    "pick": None,
+                    "label": r.parsed_label,
+                    "score_a": r.parsed[0] if r.parsed else None,
+                    "score_b": r.parsed[1] if r.parsed else None,
+                    "failure": None if r.parsed else "unparsed",
+                    "human": humans[str(r.index)],
+                    "raw": list(r.texts),
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                }
+            )
     run = tmp_path / "faireval"
     run.mkdir()
     with open(run / "judgements.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     tables = agreement_tables(records)
-    (run / "agreement.json").write_text(json.dumps({"eval_data": {"loader": "faireval", "n_items": 80}, "evaluator": "jury",
-                                                    "orders": ["AB"], **tables}))
-    (run / "manifest.json").write_text(json.dumps({"command": "evaluate", "status": "complete", "evaluator": "jury", "judge": jury,
-                                                   "roles": {"jurors": sorted(judges)}, "eval_data": {"loader": "faireval"}}))
+    (run / "agreement.json").write_text(
+        json.dumps(
+            {"eval_data": {"loader": "faireval", "n_items": 80}, "evaluator": "jury", "orders": ["AB"], **tables}
+        )
+    )
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {
+                "command": "evaluate",
+                "status": "complete",
+                "evaluator": "jury",
+                "judge": jury,
+                "roles": {"jurors": sorted(judges)},
+                "eval_data": {"loader": "faireval"},
+            }
+        )
+    )
     _, md = check_files(report.write_report(run))
     assert "| gemma-2-27b + gemma-2-9b + gpt-4o-mini + llama31-8b | 4 | 0.428 | 80 | 0 |" in md
     assert "| gpt-4o | juror | combined10 | 0.327 | 80 |" in md  # paper Table: GPT-4o 0.327 on FairEval
@@ -306,6 +380,7 @@ def test_report_and_leaderboard_of_the_authors_faireval_judgements(tmp_path):
 
 def test_failures_are_counted_in_the_report(tmp_path):
     """Reviewers and judges that answer off-format: the report counts each failure by stage."""
+
     def flaky(request: dict) -> str:
         text = responder(request)
         digest = int(hashlib.sha256(json.dumps(request["messages"]).encode()).hexdigest(), 16)
@@ -328,4 +403,7 @@ def test_failures_are_counted_in_the_report(tmp_path):
     assert counted["reviewer"] == review_failures and counted["judge"] == judge_failures, (counted, section)
     assert counted["selection"] == sum(1 for sel in sels if sel["best"] is None)
     per_iter = md.split("## Score trajectories over feedback iterations")[1].split("\n## ")[0]
-    assert sum(int(r.strip("|").split("|")[-1]) for r in per_iter.splitlines() if r.startswith("| reviewer rev |")) == review_failures
+    assert (
+        sum(int(r.strip("|").split("|")[-1]) for r in per_iter.splitlines() if r.startswith("| reviewer rev |"))
+        == review_failures
+    )

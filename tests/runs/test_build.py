@@ -62,7 +62,9 @@ async def test_rerun_resumes_without_requests(fake_server, tmp_path):
 
 
 async def test_two_reviewers_use_the_double_feedback_message(fake_server, tmp_path):
-    cfg = run_config(fake_server, tmp_path, roles=RolesConfig(generator="gen", reviewers=["rev", "rev2"], judge="judge"))
+    cfg = run_config(
+        fake_server, tmp_path, roles=RolesConfig(generator="gen", reviewers=["rev", "rev2"], judge="judge")
+    )
     await build(cfg)
     gens = lines(tmp_path / "run" / "generations.jsonl")
     assert all(len(it["reviews"]) == 2 for g in gens for it in g["iterations"])

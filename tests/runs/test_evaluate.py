@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mapo.runs.evaluate import agreement_tables, combine_orders, load_items
 from mapo.core.config import ConfigError
+from mapo.runs.evaluate import agreement_tables, combine_orders, load_items
 from tests.conftest import REPO, shared_dir
 
 MAPO = str(Path(sys.executable).with_name("mapo"))
@@ -22,19 +22,39 @@ LABELS = ["model_a", "model_b", "tie", "model_a", "model_b", "model_a"]
 def write_items(path: Path, n: int = 6) -> Path:
     with open(path, "w") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "response_a": f"Answer A to {i}.",
-                                 "response_b": f"Answer B to {i}, longer.", "human": LABELS[i % len(LABELS)]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": f"Question {i}?",
+                        "response_a": f"Answer A to {i}.",
+                        "response_b": f"Answer B to {i}, longer.",
+                        "human": LABELS[i % len(LABELS)],
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
-def mapo(server, tmp_path: Path, *overrides: str, command: str = "evaluate", run: str = "run") -> subprocess.CompletedProcess:
+def mapo(
+    server, tmp_path: Path, *overrides: str, command: str = "evaluate", run: str = "run"
+) -> subprocess.CompletedProcess:
     endpoints = []
     for m in ("smollm2-135m", "gemma3-270m"):
         endpoints += [f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}"]
     flags = [o for o in overrides if o.startswith("-")]  # -m must come before the overrides
     overrides = tuple(o for o in overrides if not o.startswith("-"))
-    args = [MAPO, command, *flags, *endpoints, "client.progress=off", f"hydra.run.dir={tmp_path / run}",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    args = [
+        MAPO,
+        command,
+        *flags,
+        *endpoints,
+        "client.progress=off",
+        f"hydra.run.dir={tmp_path / run}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+    ]
     if command == "evaluate" and not any(o.startswith("eval_data") for o in overrides):
         args += ["eval_data=local", f"eval_data.path={write_items(tmp_path / 'items.jsonl')}"]
     return subprocess.run(args, cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
@@ -55,11 +75,33 @@ def test_judge_run_writes_records_agreement_and_manifest_and_resumes(fake_server
     recs = records(run)
     assert len(recs) == 6 and {r["order"] for r in recs} == {"AB"}
     r = recs[0]
-    for field in ("key", "item_id", "evaluator", "kind", "judge", "setup", "strategy", "scale", "order", "prompt_sha",
-                  "pick", "label", "score_a", "score_b", "failure", "human", "raw", "detail", "prompt_tokens",
-                  "completion_tokens", "latency_s"):
+    for field in (
+        "key",
+        "item_id",
+        "evaluator",
+        "kind",
+        "judge",
+        "setup",
+        "strategy",
+        "scale",
+        "order",
+        "prompt_sha",
+        "pick",
+        "label",
+        "score_a",
+        "score_b",
+        "failure",
+        "human",
+        "raw",
+        "detail",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_s",
+    ):
         assert field in r, field
-    assert r["judge"] == "smollm2-135m" and r["strategy"] == "combined" and r["scale"] == 10 and r["setup"] == "combined10"
+    assert (
+        r["judge"] == "smollm2-135m" and r["strategy"] == "combined" and r["scale"] == 10 and r["setup"] == "combined10"
+    )
     assert {x["human"] for x in recs} == set(LABELS)
     agreement = json.loads((run / "agreement.json").read_text())
     main = agreement["results"][0]
@@ -84,7 +126,12 @@ def test_both_orders_gives_one_record_per_order_and_position_bias(fake_server, t
     assert sorted(r["order"] for r in recs) == ["AB"] * 6 + ["BA"] * 6
     for r in recs:  # label undoes the swap: pick A on a BA record means response_b won
         if r["label"] and r["label"] != "tie":
-            assert r["label"] == {("AB", "A"): "model_a", ("AB", "B"): "model_b", ("BA", "A"): "model_b", ("BA", "B"): "model_a"}[(r["order"], r["pick"])]
+            assert (
+                r["label"]
+                == {("AB", "A"): "model_a", ("AB", "B"): "model_b", ("BA", "A"): "model_b", ("BA", "B"): "model_a"}[
+                    (r["order"], r["pick"])
+                ]
+            )
     assert len({r["key"] for r in recs}) == 12 and {r["setup"] for r in recs} == {"direct"}
     main = json.loads((tmp_path / "run" / "agreement.json").read_text())["results"][0]
     assert set(main["by_order"]) == {"AB", "BA"}
@@ -97,7 +144,10 @@ def test_jury_run_records_every_juror_and_every_subset(fake_server, tmp_path):
     kinds = [r["kind"] for r in recs]
     assert kinds.count("juror") == 12 and kinds.count("jury") == 6
     jury = next(r for r in recs if r["kind"] == "jury")
-    assert jury["judge"] == "jury[smollm2-135m+gemma3-270m]" and set(jury["detail"]["members"]) == {"smollm2-135m", "gemma3-270m"}
+    assert jury["judge"] == "jury[smollm2-135m+gemma3-270m]" and set(jury["detail"]["members"]) == {
+        "smollm2-135m",
+        "gemma3-270m",
+    }
     agreement = json.loads((tmp_path / "run" / "agreement.json").read_text())
     names = {e["judge"] for e in agreement["results"]}
     assert names == {"jury[smollm2-135m+gemma3-270m]", "smollm2-135m", "gemma3-270m"}
@@ -106,8 +156,18 @@ def test_jury_run_records_every_juror_and_every_subset(fake_server, tmp_path):
 
 
 def test_debate_run(fake_server, tmp_path):
-    ok(mapo(fake_server, tmp_path, "evaluator=debate", "roles.debaters=[smollm2-135m]", "debate.rounds=1", "eval_data.limit=2",
-            "eval_data=local", f"eval_data.path={write_items(tmp_path / 'items.jsonl')}"))
+    ok(
+        mapo(
+            fake_server,
+            tmp_path,
+            "evaluator=debate",
+            "roles.debaters=[smollm2-135m]",
+            "debate.rounds=1",
+            "eval_data.limit=2",
+            "eval_data=local",
+            f"eval_data.path={write_items(tmp_path / 'items.jsonl')}",
+        )
+    )
     recs = records(tmp_path / "run")
     assert len(recs) == 2 and all(r["kind"] == "debate" for r in recs)
     assert fake_server.n == 2 * (3 + 3)  # 3 turns + 3 finals per item
@@ -117,15 +177,27 @@ def test_debate_run(fake_server, tmp_path):
 
 
 def test_multirun_sweeps_judges_and_strategies(fake_server, tmp_path):
-    ok(mapo(fake_server, tmp_path, "-m", "judge=direct,combined10", "roles.judge=smollm2-135m,gemma3-270m", "eval_data.limit=2",
-            "eval_data=local", f"eval_data.path={write_items(tmp_path / 'items.jsonl')}"))
+    ok(
+        mapo(
+            fake_server,
+            tmp_path,
+            "-m",
+            "judge=direct,combined10",
+            "roles.judge=smollm2-135m,gemma3-270m",
+            "eval_data.limit=2",
+            "eval_data=local",
+            f"eval_data.path={write_items(tmp_path / 'items.jsonl')}",
+        )
+    )
     runs = sorted(str(p.parent) for p in (tmp_path / "sweep").rglob("agreement.json"))
     assert len(runs) == 4, runs
     assert all("judge=" in r and "eval_data.path" not in r for r in runs)
     # juries of separate judge runs, formed offline
     from mapo.cli.agreement import main as agreement_main
 
-    rc = agreement_main([r for r in runs if "judge=combined10" in r] + ["--jury-subsets", "--out", str(tmp_path / "a.json")])
+    rc = agreement_main(
+        [r for r in runs if "judge=combined10" in r] + ["--jury-subsets", "--out", str(tmp_path / "a.json")]
+    )
     assert rc == 0
     tables = json.loads((tmp_path / "a.json").read_text())
     assert tables["jury_subsets"][0]["subsets"][0]["members"] == ["gemma3-270m", "smollm2-135m"]
@@ -133,28 +205,38 @@ def test_multirun_sweeps_judges_and_strategies(fake_server, tmp_path):
 
 def compose(server, tmp_path: Path, *overrides: str):
     """conf/evaluate.yaml composed in-process (the same Hydra composition as the CLI, without a process)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     from mapo.core.config import register_configs
 
     register_configs()
-    endpoints = [x for m in ("smollm2-135m", "gemma3-270m") for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}")]
+    endpoints = [
+        x
+        for m in ("smollm2-135m", "gemma3-270m")
+        for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}")
+    ]
     data = ["eval_data=local", f"eval_data.path={write_items(tmp_path / 'items.jsonl')}"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("evaluate", [*endpoints, *data, "client.progress=off", f"output_dir={tmp_path / 'run'}", *overrides])
+        cfg = hydra_compose(
+            "evaluate", [*endpoints, *data, "client.progress=off", f"output_dir={tmp_path / 'run'}", *overrides]
+        )
     return OmegaConf.to_object(cfg)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (("roles.judge=nobody",), "roles.judge='nobody' is not a known model"),
-    (("evaluator=panel",), "evaluator='panel'"),
-    (("judge.strategy=vibes",), "unknown judge strategy 'vibes'"),
-    (("evaluator=debate", "roles.debaters=[smollm2-135m,gemma3-270m]"), "roles.debaters lists 2 models"),
-    (("evaluator=jury", "roles.jurors=[smollm2-135m,smollm2-135m]"), "more than once"),
-    (("evaluator=jury", "jury.aggregate=median"), "unknown jury aggregator 'median'"),
-    (("eval_data.limit=0",), "eval_data.limit must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (("roles.judge=nobody",), "roles.judge='nobody' is not a known model"),
+        (("evaluator=panel",), "evaluator='panel'"),
+        (("judge.strategy=vibes",), "unknown judge strategy 'vibes'"),
+        (("evaluator=debate", "roles.debaters=[smollm2-135m,gemma3-270m]"), "roles.debaters lists 2 models"),
+        (("evaluator=jury", "roles.jurors=[smollm2-135m,smollm2-135m]"), "more than once"),
+        (("evaluator=jury", "jury.aggregate=median"), "unknown jury aggregator 'median'"),
+        (("eval_data.limit=0",), "eval_data.limit must be >= 1"),
+    ],
+)
 async def test_config_errors_fail_before_any_model_call(fake_server, tmp_path, overrides, match):
     from mapo.runs.evaluate import evaluate
 
@@ -181,12 +263,19 @@ def test_bad_input_fails_before_any_model_call(fake_server, tmp_path):
     assert fake_server.n == 0
 
 
-@pytest.mark.skipif(shared_dir() is None or not (shared_dir() / "data/faireval/fair_eval.jsonl").is_file(),
-                    reason="FairEval is not in ../shared (set MAPO_SHARED)")
+@pytest.mark.skipif(
+    shared_dir() is None or not (shared_dir() / "data/faireval/fair_eval.jsonl").is_file(),
+    reason="FairEval is not in ../shared (set MAPO_SHARED)",
+)
 def test_faireval_default_set(fake_server, tmp_path):
     ok(mapo(fake_server, tmp_path, "eval_data.limit=4", "eval_data=faireval"))
     recs = records(tmp_path / "run")
-    assert [r["item_id"] for r in recs] == ["0", "1", "2", "3"] or sorted(r["item_id"] for r in recs) == ["0", "1", "2", "3"]
+    assert [r["item_id"] for r in recs] == ["0", "1", "2", "3"] or sorted(r["item_id"] for r in recs) == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["eval_data"]["loader"] == "faireval" and manifest["eval_data"]["n_items"] == 4
 
@@ -195,8 +284,11 @@ def test_faireval_default_set(fake_server, tmp_path):
 
 
 def test_combine_orders_mirrors_the_judge():
-    a, b, t = ({"label": "model_a", "score_a": 8, "score_b": 2}, {"label": "model_b", "score_a": 4, "score_b": 6},
-               {"label": "tie", "score_a": 5, "score_b": 5})
+    a, b, t = (
+        {"label": "model_a", "score_a": 8, "score_b": 2},
+        {"label": "model_b", "score_a": 4, "score_b": 6},
+        {"label": "tie", "score_a": 5, "score_b": 5},
+    )
     assert combine_orders([a, a]) == ("model_a", 8, 2)
     assert combine_orders([a, b])[0] == "tie"  # inconsistent orders
     assert combine_orders([a, b], "mean_score")[0] == "model_a"  # 6 vs 4
@@ -206,9 +298,21 @@ def test_combine_orders_mirrors_the_judge():
 
 
 def test_agreement_tables_leave_failures_out():
-    recs = [{"key": str(i), "item_id": str(i), "kind": "judge", "judge": "j", "setup": "direct", "order": "AB",
-             "label": lab, "pick": None, "human": h, "models": ["j"]}
-            for i, (lab, h) in enumerate([("model_a", "model_a"), ("model_b", "model_b"), (None, "tie"), ("tie", "tie")])]
+    recs = [
+        {
+            "key": str(i),
+            "item_id": str(i),
+            "kind": "judge",
+            "judge": "j",
+            "setup": "direct",
+            "order": "AB",
+            "label": lab,
+            "pick": None,
+            "human": h,
+            "models": ["j"],
+        }
+        for i, (lab, h) in enumerate([("model_a", "model_a"), ("model_b", "model_b"), (None, "tie"), ("tie", "tie")])
+    ]
     e = agreement_tables(recs)["results"][0]
     assert e["n"] == 3 and e["n_failed"] == 1 and e["kappa"] == pytest.approx(1.0)
 
@@ -224,15 +328,29 @@ def test_load_items_errors(tmp_path):
     assert len(rows) == 2 and info["n_items"] == 2
 
 
-@pytest.mark.skipif(shared_dir() is None or not (shared_dir() / "data/faireval/mapo-judgments").is_dir(),
-                    reason="the authors' FairEval judgments are not in ../shared (set MAPO_SHARED)")
+@pytest.mark.skipif(
+    shared_dir() is None or not (shared_dir() / "data/faireval/mapo-judgments").is_dir(),
+    reason="the authors' FairEval judgments are not in ../shared (set MAPO_SHARED)",
+)
 def test_agreement_cli_on_the_authors_outputs_gives_the_published_kappas(tmp_path, capsys):
     from mapo.cli.agreement import main as agreement_main
 
     data = shared_dir() / "data" / "faireval"
     out = tmp_path / "authors.json"
-    assert agreement_main(["--authors", str(data / "mapo-judgments"), "--humans", str(data / "fair_eval.jsonl"),
-                           "--jury-subsets", "--out", str(out)]) == 0
+    assert (
+        agreement_main(
+            [
+                "--authors",
+                str(data / "mapo-judgments"),
+                "--humans",
+                str(data / "fair_eval.jsonl"),
+                "--jury-subsets",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "jury subsets" in printed and f"wrote {out}" in printed
     tables = json.loads(out.read_text())

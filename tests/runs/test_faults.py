@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
 from mapo.runs.runner import RunStopped
-from mapo.data.sources import iter_prompts
 from mapo.runs.store import RunLocked, StoreError
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer, default_responder
@@ -50,15 +50,26 @@ def item_ids(n: int = ITEMS) -> list[str]:
     return [p.id for p in iter_prompts(PromptSourceConfig(source="builtin", limit=n))]
 
 
-def run_config(tmp_path: Path, gen: FakeServer, judge: FakeServer | None = None, *, out: str = "run",
-               cache: str = "cache.sqlite", judge_overrides: dict | None = None, model_overrides: dict | None = None,
-               **kw) -> RunConfig:
+def run_config(
+    tmp_path: Path,
+    gen: FakeServer,
+    judge: FakeServer | None = None,
+    *,
+    out: str = "run",
+    cache: str = "cache.sqlite",
+    judge_overrides: dict | None = None,
+    model_overrides: dict | None = None,
+    **kw,
+) -> RunConfig:
     """gen/rev on one server, the judge on another (or the same); ITEMS builtin prompts."""
     judge = judge or gen
     every = model_overrides or {}
     cfg = RunConfig(
-        models={"gen": fake_model(gen, **every), "rev": fake_model(gen, **every),
-                "judge": fake_model(judge, **{**every, **(judge_overrides or {})})},
+        models={
+            "gen": fake_model(gen, **every),
+            "rev": fake_model(gen, **every),
+            "judge": fake_model(judge, **{**every, **(judge_overrides or {})}),
+        },
         roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
         prompts=PromptSourceConfig(source="builtin", limit=ITEMS),
         client=ClientConfig(cache_path=str(tmp_path / cache), progress="off"),
@@ -101,8 +112,13 @@ def audit(run_dir: Path, ids: list[str]) -> dict:
         assert sels[k]["failure"], f"item {k} has neither a pick nor a failure reason"
     stray = set(sels) - set(ids)
     assert not stray, f"records for items that were never input: {stray}"
-    return {"items_in": len(ids), "items_out": len(set(sels) & set(ids)), "failed": len(failed),
-            "duplicates": dups, "lost": len(set(ids) - set(sels))}
+    return {
+        "items_in": len(ids),
+        "items_out": len(set(sels) & set(ids)),
+        "failed": len(failed),
+        "duplicates": dups,
+        "lost": len(set(ids) - set(sels)),
+    }
 
 
 def record_row(fault: str, audit_row: dict, seconds: float, note: str = "") -> None:
@@ -158,8 +174,10 @@ def _faults_table():
     head = f"{'fault':<44} {'in':>3} {'out':>3} {'failed':>6} {'dup':>3} {'lost':>4} {'time_s':>7}"
     print("\n" + head)
     for r in TABLE:
-        print(f"{r['fault']:<44} {r['items_in']:>3} {r['items_out']:>3} {r['failed']:>6} {r['duplicates']:>3} "
-              f"{r['lost']:>4} {r['time_s']:>7}")
+        print(
+            f"{r['fault']:<44} {r['items_in']:>3} {r['items_out']:>3} {r['failed']:>6} {r['duplicates']:>3} "
+            f"{r['lost']:>4} {r['time_s']:>7}"
+        )
 
 
 async def wait_until(cond, timeout: float = 20.0, step: float = 0.005) -> None:
@@ -209,9 +227,18 @@ async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, re
 
     registry = tmp_path / "endpoints.json"
 
-    def entry(server: FakeServer) -> "endpoints.Endpoint":
-        return endpoints.Endpoint(name="fake", base_url=server.base_url, served_name="fake", api_key_file=None,
-                                  host="127.0.0.1", port=server.port, pid=None, job_id=None, started_at=time.time())
+    def entry(server: FakeServer) -> endpoints.Endpoint:
+        return endpoints.Endpoint(
+            name="fake",
+            base_url=server.base_url,
+            served_name="fake",
+            api_key_file=None,
+            host="127.0.0.1",
+            port=server.port,
+            pid=None,
+            job_id=None,
+            started_at=time.time(),
+        )
 
     old = FakeServer(latency_s=0.005).start()
     new = FakeServer()
@@ -241,8 +268,12 @@ async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, re
     assert not set(old.answered) & set(new.answered), "a request answered before the restart was sent again"
     row = assert_complete(tmp_path / "run", reference["ids"])
     assert_same(snapshot(tmp_path / "run"), reference["snap"])
-    record_row(f"server back on a new port (old entry {old_entry.replace('_', ' ')})", row, seconds,
-               f"{retries(manifest)} retries")
+    record_row(
+        f"server back on a new port (old entry {old_entry.replace('_', ' ')})",
+        row,
+        seconds,
+        f"{retries(manifest)} retries",
+    )
 
 
 # ---- transient faults ------------------------------------------------------------------------
@@ -276,8 +307,12 @@ async def test_thirty_percent_transient_faults_are_retried_and_counted(tmp_path,
     row = assert_complete(tmp_path / "run", reference["ids"])
     assert_same(snapshot(tmp_path / "run"), reference["snap"])
     total = sum(injected.values()) + sum(server.answered.values())
-    record_row("30% transient (429/500/503/drop/trunc/nonutf8/empty)", row, seconds,
-               f"{sum(injected.values())}/{total} requests faulted, all retried")
+    record_row(
+        "30% transient (429/500/503/drop/trunc/nonutf8/empty)",
+        row,
+        seconds,
+        f"{sum(injected.values())}/{total} requests faulted, all retried",
+    )
 
 
 async def test_hanging_requests_time_out_and_are_retried(tmp_path, reference):
@@ -331,8 +366,12 @@ async def test_persistent_endpoint_failure_stops_the_run_and_a_rerun_completes(t
     assert sum(gen.answered.values()) + sum(judge.answered.values()) == reference["answered"]
     row = assert_complete(run, reference["ids"])
     assert_same(snapshot(run), reference["snap"])
-    record_row("judge endpoint down for good (503), then rerun", row, stop_s + rerun_s,
-               f"stopped after {stop_s:.1f}s with {partial['items_out']} items saved")
+    record_row(
+        "judge endpoint down for good (503), then rerun",
+        row,
+        stop_s + rerun_s,
+        f"stopped after {stop_s:.1f}s with {partial['items_out']} items saved",
+    )
 
 
 async def test_endpoint_down_at_start_stops_before_any_work(tmp_path):
@@ -364,7 +403,12 @@ async def test_garbage_judge_output_is_a_recorded_failure_never_a_score(tmp_path
         (attempt,) = j["attempts"]
         assert len(attempt["raw"]) == 2  # the answer and the re-ask, both kept verbatim
         assert all(r.startswith("lorem ipsum") for r in attempt["raw"])
-        assert attempt["verdict"] == {"pick": None, "score_a": None, "score_b": None, "failure": attempt["verdict"]["failure"]}
+        assert attempt["verdict"] == {
+            "pick": None,
+            "score_a": None,
+            "score_b": None,
+            "failure": attempt["verdict"]["failure"],
+        }
     assert read_lines(run / "dpo.jsonl") == [] and read_lines(run / "kto.jsonl") == []
     assert manifest["items"]["failed"] == ITEMS and manifest["rows"] == {"dpo": 0, "kto": 0}
     # the generations are untouched by the judge's failure
@@ -420,7 +464,10 @@ async def test_rejected_request_fails_that_item_and_a_rerun_does_not_resend_it(t
     assert manifest["items"]["failed"] == 1 and again["items"]["resumed_done"] == ITEMS
     assert all(u["retries"] == 0 for u in manifest["usage"])
     sels = {s["key"]: s for s in read_lines(run / "selections.jsonl")}
-    assert sels["haiku-autumn"]["failure"].startswith("request rejected") and "injected 400" in sels["haiku-autumn"]["failure"]
+    assert (
+        sels["haiku-autumn"]["failure"].startswith("request rejected")
+        and "injected 400" in sels["haiku-autumn"]["failure"]
+    )
     ok = [i for i in reference["ids"] if i != "haiku-autumn"]
     snap = snapshot(run)
     assert set(snap["generations"]) == set(ok)
@@ -469,8 +516,12 @@ async def test_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path, re
             await build(run_config(tmp_path, server))
         assert server.n == before
         assert path.read_bytes() == damaged
-    record_row("damaged middle line of selections.jsonl", {"items_in": ITEMS, "items_out": ITEMS, "failed": 0,
-               "duplicates": 0, "lost": 0}, 0.0, "rerun refused before any request: StoreError names file:3; file left as is")
+    record_row(
+        "damaged middle line of selections.jsonl",
+        {"items_in": ITEMS, "items_out": ITEMS, "failed": 0, "duplicates": 0, "lost": 0},
+        0.0,
+        "rerun refused before any request: StoreError names file:3; file left as is",
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncate_half", "garbage_middle"])
@@ -521,16 +572,30 @@ CLI_MODELS = ("smollm2-135m", "gemma3-270m")
 
 
 def cli_args(server: FakeServer, root: Path, run: str = "run", *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "mapo", "build", "prompts.limit=8", "max_items_in_flight=2", "client.progress=off",
-            f"client.cache_path={root / 'cache.sqlite'}", f"hydra.run.dir={root / run}"]
+    args = [
+        sys.executable,
+        "-m",
+        "mapo",
+        "build",
+        "prompts.limit=8",
+        "max_items_in_flight=2",
+        "client.progress=off",
+        f"client.cache_path={root / 'cache.sqlite'}",
+        f"hydra.run.dir={root / run}",
+    ]
     for m in CLI_MODELS:
         args += [f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}", f"models.{m}.max_retries=2"]
     return args + list(extra)
 
 
 def cli_env(root: Path) -> dict:
-    return {**os.environ, "MAPO_CACHE": str(root / "mapo-cache"), "MAPO_ENDPOINTS": str(root / "endpoints.json"),
-            "HF_DATASETS_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+    return {
+        **os.environ,
+        "MAPO_CACHE": str(root / "mapo-cache"),
+        "MAPO_ENDPOINTS": str(root / "endpoints.json"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HYDRA_FULL_ERROR": "0",
+    }
 
 
 def count_complete_lines(path: Path) -> int:
@@ -544,7 +609,9 @@ def count_complete_lines(path: Path) -> int:
 def cli_reference(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cli-reference")
     with FakeServer() as server:
-        p = subprocess.run(cli_args(server, root), cwd=REPO, env=cli_env(root), capture_output=True, text=True, timeout=180)
+        p = subprocess.run(
+            cli_args(server, root), cwd=REPO, env=cli_env(root), capture_output=True, text=True, timeout=180
+        )
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         assert max(server.answered.values()) == 1
         return {"snap": snapshot(root / "run"), "answered": sum(server.answered.values()), "ids": item_ids(8)}
@@ -591,8 +658,12 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path, cli_reference):
     assert manifest["status"] == "complete" and manifest["items"]["resumed_done"] == done_before
     row = assert_complete(tmp_path / "run", cli_reference["ids"])
     assert_same(snapshot(tmp_path / "run"), cli_reference["snap"])
-    record_row("SIGKILL of `mapo build` mid-run, same command again", row, seconds,
-               f"killed after {done_before} items; requests both runs = {cli_reference['answered']} = clean run")
+    record_row(
+        "SIGKILL of `mapo build` mid-run, same command again",
+        row,
+        seconds,
+        f"killed after {done_before} items; requests both runs = {cli_reference['answered']} = clean run",
+    )
 
 
 @pytest.mark.timeout(240)  # three CLI start-ups: slow on a loaded 2-core machine

@@ -24,10 +24,15 @@ with RunLock(sys.argv[1]):
 
 def test_second_lock_on_a_folder_is_refused_naming_pid_and_folder(tmp_path):
     with RunLock(tmp_path / "run"):
-        with pytest.raises(RunLocked, match=rf"another mapo run \(pid {os.getpid()}\) is writing to {tmp_path / 'run'}; "
-                                            r"wait for it or use another output_dir"):
-            with RunLock(tmp_path / "run"):
-                pass
+        with (
+            pytest.raises(
+                RunLocked,
+                match=rf"another mapo run \(pid {os.getpid()}\) is writing to {tmp_path / 'run'}; "
+                r"wait for it or use another output_dir",
+            ),
+            RunLock(tmp_path / "run"),
+        ):
+            pass
         with RunLock(tmp_path / "other"):  # another folder is independent
             pass
     with RunLock(tmp_path / "run"):  # released on exit
@@ -35,9 +40,8 @@ def test_second_lock_on_a_folder_is_refused_naming_pid_and_folder(tmp_path):
 
 
 def test_lock_is_released_when_the_body_raises(tmp_path):
-    with pytest.raises(ZeroDivisionError):
-        with RunLock(tmp_path):
-            1 / 0
+    with pytest.raises(ZeroDivisionError), RunLock(tmp_path):
+        1 / 0
     with RunLock(tmp_path):
         pass
 
@@ -51,9 +55,8 @@ def _hold_in_subprocess(folder):
 def test_lock_held_by_another_process_then_freed_by_its_sigkill(tmp_path):
     proc = _hold_in_subprocess(tmp_path)
     try:
-        with pytest.raises(RunLocked, match=rf"pid {proc.pid}\)"):
-            with RunLock(tmp_path):
-                pass
+        with pytest.raises(RunLocked, match=rf"pid {proc.pid}\)"), RunLock(tmp_path):
+            pass
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -80,8 +83,12 @@ except RunLocked as e:
     print("refused", e)
 """
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", racer, str(tmp_path / "run"), str(go)], stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", racer, str(tmp_path / "run"), str(go)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     go.touch()

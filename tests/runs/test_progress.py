@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mapo.llm.client import ClientStats
 from mapo.core.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.llm.client import ClientStats
 from mapo.runs.build import build
 from mapo.runs.progress import Progress, format_duration
 from tests.conftest import fake_model
@@ -19,7 +19,8 @@ LINE = re.compile(
     r"^(?P<desc>\w+): (?P<done>\d+)/(?P<total>\d+|\?) items( \((?P<pct>[\d.]+)%\))?, (?P<rate>[\d.]+ (items/s|s/item)), "
     r"elapsed (?P<elapsed>\d+:\d\d:\d\d), eta (?P<eta>\d+:\d\d:\d\d|\?), in flight (?P<in_flight>\d+), requests (?P<requests>\d+), "
     r"retries (?P<retries>\d+), cached (?P<cached>\d+), failed (?P<failed>\d+), (?P<tokens>\d+) tokens \((?P<tps>[\d.]+) tok/s\)"
-    r"( \(finished\))?$")
+    r"( \(finished\))?$"
+)
 
 
 def lines(caplog) -> list[str]:
@@ -29,7 +30,9 @@ def lines(caplog) -> list[str]:
 def test_format_duration():
     assert format_duration(0) == "0:00:00"
     assert format_duration(3725.4) == "1:02:05"
-    assert format_duration(None) == "?" and format_duration(float("nan")) == "?" and format_duration(float("inf")) == "?"
+    assert (
+        format_duration(None) == "?" and format_duration(float("nan")) == "?" and format_duration(float("inf")) == "?"
+    )
 
 
 def test_log_line_shows_done_total_rate_eta_in_flight_retries_tokens(caplog):
@@ -43,7 +46,14 @@ def test_log_line_shows_done_total_rate_eta_in_flight_retries_tokens(caplog):
     m = LINE.match(line)
     assert m, line
     assert (m["desc"], m["done"], m["total"], m["pct"]) == ("build", "4", "10", "40.0")
-    assert (m["in_flight"], m["retries"], m["requests"], m["cached"], m["failed"], m["tokens"]) == ("3", "2", "40", "5", "1", "1234")
+    assert (m["in_flight"], m["retries"], m["requests"], m["cached"], m["failed"], m["tokens"]) == (
+        "3",
+        "2",
+        "40",
+        "5",
+        "1",
+        "1234",
+    )
     assert m["rate"].endswith("items/s") and 0.9 < float(m["rate"].split()[0]) <= 1.0
     assert m["eta"] in ("0:00:06", "0:00:07")  # 6 items left at ~1 item/s
     assert 250 < float(m["tps"]) <= 308.5
@@ -108,10 +118,14 @@ def test_build_logs_progress_lines_in_log_mode(fake_server, tmp_path, caplog, mo
     caplog.set_level(logging.INFO, logger="mapo.runs.progress")
     monkeypatch.setenv("MAPO_PROGRESS_EVERY_S", "0")
     models = {n: fake_model(fake_server) for n in ("gen", "rev", "judge")}
-    cfg = RunConfig(models=models, roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
-                    prompts=PromptSourceConfig(source="builtin", limit=5),
-                    client=ClientConfig(cache_path=str(tmp_path / "c.sqlite"), progress="log"),
-                    output_dir=str(tmp_path / "run"), max_items_in_flight=2)
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
+        prompts=PromptSourceConfig(source="builtin", limit=5),
+        client=ClientConfig(cache_path=str(tmp_path / "c.sqlite"), progress="log"),
+        output_dir=str(tmp_path / "run"),
+        max_items_in_flight=2,
+    )
     manifest = asyncio.run(build(cfg))
     logged = lines(caplog)
     assert logged[0] == "build: started, 5 items"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.runs.evaluate import evaluate
 from mapo.runs.build import build
+from mapo.runs.evaluate import evaluate
 from mapo.runs.reparse import _split_independent, main, reparse_run
 from tests.conftest import fake_model
 from tests.runs.test_evaluate import write_items
@@ -39,13 +39,17 @@ def rewrite(path: Path, fn) -> None:
     path.write_text("".join(json.dumps(fn(r)) + "\n" for r in recs))
 
 
-@pytest.mark.parametrize("kw", [
-    {"judge": JudgeConfig(strategy="direct", both_orders=True)},
-    {"judge": JudgeConfig(strategy="combined", both_orders=True)},
-    {"judge": JudgeConfig(strategy="independent")},
-    {"evaluator": "jury", "judge": JudgeConfig(both_orders=True)},
-    {"evaluator": "debate", "judge": JudgeConfig(both_orders=True)},
-], ids=["direct", "combined", "independent", "jury", "debate"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"judge": JudgeConfig(strategy="direct", both_orders=True)},
+        {"judge": JudgeConfig(strategy="combined", both_orders=True)},
+        {"judge": JudgeConfig(strategy="independent")},
+        {"evaluator": "jury", "judge": JudgeConfig(both_orders=True)},
+        {"evaluator": "debate", "judge": JudgeConfig(both_orders=True)},
+    ],
+    ids=["direct", "combined", "independent", "jury", "debate"],
+)
 async def test_reparse_reproduces_stored_verdicts(fake_server, tmp_path, kw):
     await evaluate(eval_config(fake_server, tmp_path, "run", **kw))
     sent = fake_server.n
@@ -112,7 +116,9 @@ async def test_build_run_selections_and_generations(fake_server, tmp_path, capsy
     assert summary["selections.jsonl"]["changed"] == 0 and summary["generations.jsonl"]["reviews_changed"] == 0
 
     def edit(r):
-        r["iterations"][0]["reviews"][0]["raw"] = ["### Evaluation:\nfine\n\n### Overall Score:\n9.9/10\n\n### Feedback:\nnone"]
+        r["iterations"][0]["reviews"][0]["raw"] = [
+            "### Evaluation:\nfine\n\n### Overall Score:\n9.9/10\n\n### Feedback:\nnone"
+        ]
         return r
 
     rewrite(tmp_path / "build" / "generations.jsonl", edit)

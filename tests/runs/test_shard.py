@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, validate
+from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
 from mapo.runs.shard import MergeError, main, merge, shard_of, summary
-from mapo.data.sources import iter_prompts
 from tests.conftest import fake_model
 
 
@@ -143,12 +143,26 @@ def _fake_run(root: Path, sub: str, overrides: list[str], manifest: dict | None)
 
 def test_summary_gathers_every_run(tmp_path, capsys):
     sweep = tmp_path / "multirun" / "build"
-    base = {"command": "build", "status": "complete", "host": "n1", "roles": {"judge": "j", "reviewers": ["a", "b"]},
-            "usage": [{"role": "judge", "model": "j", "requests": 3}], "models": {"j": {"base_url": "x"}}}
-    _fake_run(sweep, "judge.strategy=direct", ["judge.strategy=direct"],
-              {**base, "items": {"done": 4, "failed": 0}, "rows": {"dpo": 5, "kto": 8}, "timings_s": {"wall": 3.5}})
-    _fake_run(sweep, "judge.strategy=combined", ["judge.strategy=combined"],
-              {**base, "items": {"done": 4, "failed": 1}, "rows": {"dpo": 4, "kto": 8}, "timings_s": {"wall": 4.0}})
+    base = {
+        "command": "build",
+        "status": "complete",
+        "host": "n1",
+        "roles": {"judge": "j", "reviewers": ["a", "b"]},
+        "usage": [{"role": "judge", "model": "j", "requests": 3}],
+        "models": {"j": {"base_url": "x"}},
+    }
+    _fake_run(
+        sweep,
+        "judge.strategy=direct",
+        ["judge.strategy=direct"],
+        {**base, "items": {"done": 4, "failed": 0}, "rows": {"dpo": 5, "kto": 8}, "timings_s": {"wall": 3.5}},
+    )
+    _fake_run(
+        sweep,
+        "judge.strategy=combined",
+        ["judge.strategy=combined"],
+        {**base, "items": {"done": 4, "failed": 1}, "rows": {"dpo": 4, "kto": 8}, "timings_s": {"wall": 4.0}},
+    )
     _fake_run(sweep, "judge.strategy=independent", ["judge.strategy=independent"], None)
     (sweep / ".submitit" / "123_0").mkdir(parents=True)
 

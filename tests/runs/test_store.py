@@ -69,13 +69,16 @@ def test_garbage_last_line_with_newline_is_cut(tmp_path):
     s.close()
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (b'{"key": "k2", "n": ', "unreadable record"),
-    (b"\xff\xfe not utf-8", "unreadable record"),
-    (b"", "unreadable record"),  # a blank line mid-file
-    (b'{"no_key": 1}', "record has no 'key'"),
-    (b'["k2"]', "record has no 'key'"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (b'{"key": "k2", "n": ', "unreadable record"),
+        (b"\xff\xfe not utf-8", "unreadable record"),
+        (b"", "unreadable record"),  # a blank line mid-file
+        (b'{"no_key": 1}', "record has no 'key'"),
+        (b'["k2"]', "record has no 'key'"),
+    ],
+)
 def test_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path, damage, reason):
     path = tmp_path / "r.jsonl"
     filled(path).close()

@@ -35,8 +35,10 @@ def test_half_win_arithmetic():
 
 
 def test_table_shape_rows_configurations_columns_baselines():
-    recs = [{"configuration": c, "baseline": b, "outcome": o}
-            for c, b, o in [("c1", "b1", "win"), ("c1", "b2", "tie"), ("c2", "b1", "loss"), ("c2", "b2", "win")]]
+    recs = [
+        {"configuration": c, "baseline": b, "outcome": o}
+        for c, b, o in [("c1", "b1", "win"), ("c1", "b2", "tie"), ("c2", "b1", "loss"), ("c2", "b2", "win")]
+    ]
     t = winrate_table(tally(recs), ["c1", "c2"], ["b1", "b2"])
     rows = list(csv.reader(io.StringIO(t["csv"])))
     assert [r[0] for r in rows] == ["configuration", "c1", "c2"]
@@ -51,8 +53,10 @@ def run_config(server, tmp_path, **kw) -> RunConfig:
     cfg = RunConfig(
         models=models,
         roles=RolesConfig(judge="judge", baselines=["base1", "base2"]),
-        configurations=[WinrateConfiguration(name="gen+rev", generator="gen", reviewers=["rev"]),
-                        WinrateConfiguration(name="gen alone", generator="gen", reviewers=[])],
+        configurations=[
+            WinrateConfiguration(name="gen+rev", generator="gen", reviewers=["rev"]),
+            WinrateConfiguration(name="gen alone", generator="gen", reviewers=[]),
+        ],
         prompts=PromptSourceConfig(source="builtin", limit=4),
         client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
         output_dir=str(tmp_path / "run"),
@@ -82,7 +86,9 @@ async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
             assert cell["win_rate_ties_half"] == pytest.approx((cell["wins"] + cell["ties"] / 2) / cell["n"])
     gens = lines(run / "generations.jsonl")
     loop = [g for g in gens if g["configuration"] == "gen+rev"]
-    assert len(loop) == 4 and all(len(g["iterations"]) == 3 and g["final"] == g["iterations"][-1]["response"] for g in loop)
+    assert len(loop) == 4 and all(
+        len(g["iterations"]) == 3 and g["final"] == g["iterations"][-1]["response"] for g in loop
+    )
     single = [g for g in gens if g["configuration"] == "gen alone"]
     assert all(len(g["iterations"]) == 1 and g["iterations"][0]["reviews"] == [] for g in single)
     # a baseline is one fresh generation by the baseline model: the prompt alone, nothing else
@@ -92,7 +98,13 @@ async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
     assert len(judgements) == 2 * 2 * 4
     assert all(j["outcome"] in ("win", "loss", "tie", "failed") and j["judge"] == "judge" for j in judgements)
     roles = {(u["role"], u["model"]) for u in manifest["usage"]}
-    assert {("baseline", "base1"), ("baseline", "base2"), ("judge", "judge"), ("reviewer", "rev"), ("generator", "gen")} <= roles
+    assert {
+        ("baseline", "base1"),
+        ("baseline", "base2"),
+        ("judge", "judge"),
+        ("reviewer", "rev"),
+        ("generator", "gen"),
+    } <= roles
     from mapo.runs.reparse import reparse_run
 
     summary = reparse_run(run)  # stored raw texts re-parse to the stored verdicts
@@ -105,8 +117,12 @@ async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
 
 async def test_identical_responses_are_a_tie_without_a_judge_call(fake_server, tmp_path):
     # the single generation by "gen" and the baseline "gen" are the same request: same text
-    cfg = run_config(fake_server, tmp_path, roles=RolesConfig(judge="judge", baselines=["gen"]),
-                     configurations=[WinrateConfiguration(name="gen alone", generator="gen")])
+    cfg = run_config(
+        fake_server,
+        tmp_path,
+        roles=RolesConfig(judge="judge", baselines=["gen"]),
+        configurations=[WinrateConfiguration(name="gen alone", generator="gen")],
+    )
     await winrate(cfg)
     judgements = lines(tmp_path / "run" / "judgements.jsonl")
     assert all(j["identical"] and j["outcome"] == "tie" and j["raw"] == [] for j in judgements)
@@ -122,13 +138,30 @@ async def test_both_orders(fake_server, tmp_path):
     assert [a["order"] for a in j["detail"]["attempts"]] == ["AB", "BA"] and j["setup"] == "combined10/both"
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"roles": RolesConfig(judge="judge", baselines=[])}, "roles.baselines is empty"),
-    ({"configurations": []}, "configurations is empty"),
-    ({"configurations": [WinrateConfiguration(name="x", generator="ghost", reviewers=[])]}, r"configurations\[0\].generator='ghost'"),
-    ({"configurations": [WinrateConfiguration(name="x", generator="gen", reviewers=["rev", "rev", "rev"])]}, "0, 1 or 2 reviewers"),
-    ({"configurations": [WinrateConfiguration(name="x", generator="gen"), WinrateConfiguration(name="x", generator="rev")]}, "used twice"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"roles": RolesConfig(judge="judge", baselines=[])}, "roles.baselines is empty"),
+        ({"configurations": []}, "configurations is empty"),
+        (
+            {"configurations": [WinrateConfiguration(name="x", generator="ghost", reviewers=[])]},
+            r"configurations\[0\].generator='ghost'",
+        ),
+        (
+            {"configurations": [WinrateConfiguration(name="x", generator="gen", reviewers=["rev", "rev", "rev"])]},
+            "0, 1 or 2 reviewers",
+        ),
+        (
+            {
+                "configurations": [
+                    WinrateConfiguration(name="x", generator="gen"),
+                    WinrateConfiguration(name="x", generator="rev"),
+                ]
+            },
+            "used twice",
+        ),
+    ],
+)
 async def test_config_errors_before_any_call(fake_server, tmp_path, kw, match):
     with pytest.raises(ConfigError, match=match):
         await winrate(run_config(fake_server, tmp_path, **kw))
@@ -136,11 +169,27 @@ async def test_config_errors_before_any_call(fake_server, tmp_path, kw, match):
 
 
 def test_cli_composes_conf_winrate(fake_server, tmp_path):
-    endpoints = [x for m in ("smollm2-135m", "gemma3-270m") for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={fake_server.base_url}")]
+    endpoints = [
+        x
+        for m in ("smollm2-135m", "gemma3-270m")
+        for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={fake_server.base_url}")
+    ]
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("mapo")), "winrate", *endpoints, "client.progress=off", "prompts.limit=2",
-         "feedback.iterations=2", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+        [
+            str(Path(sys.executable).with_name("mapo")),
+            "winrate",
+            *endpoints,
+            "client.progress=off",
+            "prompts.limit=2",
+            "feedback.iterations=2",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads((tmp_path / "run" / "winrate.json").read_text())
     assert table["rows"] == ["smollm2+gemma3", "gemma3+smollm2", "smollm2+both"]

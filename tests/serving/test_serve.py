@@ -48,17 +48,19 @@ def test_cpu_plan_splits_cores_and_runs_eager(monkeypatch):
     plans = launch._plan(specs, gpus=[])
     assert [env["VLLM_CPU_OMP_THREADS_BIND"] for _, env, _ in plans] == ["0", "1"]
     assert all(env["VLLM_CPU_KVCACHE_SPACE"] == "1" for _, env, _ in plans)
-    assert all("--enforce-eager" in args and args[args.index("--tensor-parallel-size") + 1] == "1"
-               for _, _, args in plans)
-    (_, alone, _), = launch._plan(specs[:1], gpus=[])
+    assert all(
+        "--enforce-eager" in args and args[args.index("--tensor-parallel-size") + 1] == "1" for _, _, args in plans
+    )
+    ((_, alone, _),) = launch._plan(specs[:1], gpus=[])
     assert "VLLM_CPU_OMP_THREADS_BIND" not in alone  # a lone server keeps vLLM's auto binding
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the user's setting wins
     assert all("VLLM_CPU_OMP_THREADS_BIND" not in env for _, env, _ in launch._plan(specs, gpus=[]))
 
 
 def test_gpu_plan_assigns_disjoint_devices_per_replica():
-    spec = launch.ServeSpec(name="big", served_name="big", weights="org/big", tensor_parallel_size=2,
-                            data_parallel_replicas=2)
+    spec = launch.ServeSpec(
+        name="big", served_name="big", weights="org/big", tensor_parallel_size=2, data_parallel_replicas=2
+    )
     plans = launch._plan([spec], gpus=["0", "1", "2", "3"])
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in plans] == ["0,1", "2,3"]
     assert all(args == ["--tensor-parallel-size", "2"] for _, _, args in plans)
@@ -94,14 +96,20 @@ def test_gguf_chunks_are_assembled_in_order_and_verified(tmp_path):
 
 def test_gemma_chat_template_renders_gemma_turns():
     template = jinja2.Environment().from_string((REPO / "mapo/serving/chat_templates/gemma3-base.jinja").read_text())
-    text = template.render(bos_token="<bos>", add_generation_prompt=True, messages=[
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": [{"type": "text", "text": "Which is better?"}]},
-    ])
-    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
-                    "<start_of_turn>user\nWhich is better?<end_of_turn>\n<start_of_turn>model\n")
+    text = template.render(
+        bos_token="<bos>",
+        add_generation_prompt=True,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": [{"type": "text", "text": "Which is better?"}]},
+        ],
+    )
+    assert text == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>user\nWhich is better?<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 # ---- the real server ----------------------------------------------------------------------------
@@ -109,8 +117,14 @@ def test_gemma_chat_template_renders_gemma_turns():
 
 def _serve(*args: str, registry: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry)}
-    return subprocess.run([sys.executable, "-m", "serve", *args, "--registry", str(registry)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "serve", *args, "--registry", str(registry)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _group_alive(pgid: int) -> bool:
@@ -125,7 +139,7 @@ def smollm2(tmp_path_factory):
     up = _serve("up", "--model", "smollm2-135m", registry=registry)
     try:
         assert up.returncode == 0, f"serve up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
-        ep, = endpoints.lookup("smollm2-135m", registry)
+        (ep,) = endpoints.lookup("smollm2-135m", registry)
         yield registry, ep
     finally:
         _serve("down", registry=registry, timeout=120)
@@ -153,8 +167,9 @@ def test_chat_completion_needs_the_key(smollm2):
 
     _, ep = smollm2
     good = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key())
-    reply = good.chat.completions.create(model=ep.served_name, messages=[{"role": "user", "content": "Say hi."}],
-                                         temperature=0, max_tokens=8)
+    reply = good.chat.completions.create(
+        model=ep.served_name, messages=[{"role": "user", "content": "Say hi."}], temperature=0, max_tokens=8
+    )
     assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
     for wrong in ("EMPTY", "not-the-key"):
         with pytest.raises(openai.AuthenticationError) as err:
@@ -170,11 +185,21 @@ def test_structured_outputs_regex_and_choice(smollm2):
     client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key())
     messages = [{"role": "user", "content": "Rate this answer out of 10: 'Paris is the capital of France.'"}]
     pattern = r"Score: (10|[0-9])\.[0-9]"
-    reply = client.chat.completions.create(model=ep.served_name, messages=messages, temperature=0, max_tokens=12,
-                                           extra_body={"structured_outputs": {"regex": pattern}})
+    reply = client.chat.completions.create(
+        model=ep.served_name,
+        messages=messages,
+        temperature=0,
+        max_tokens=12,
+        extra_body={"structured_outputs": {"regex": pattern}},
+    )
     assert re.fullmatch(pattern, reply.choices[0].message.content)
-    reply = client.chat.completions.create(model=ep.served_name, messages=messages, temperature=0, max_tokens=4,
-                                           extra_body={"structured_outputs": {"choice": ["A", "B", "tie"]}})
+    reply = client.chat.completions.create(
+        model=ep.served_name,
+        messages=messages,
+        temperature=0,
+        max_tokens=4,
+        extra_body={"structured_outputs": {"choice": ["A", "B", "tie"]}},
+    )
     assert reply.choices[0].message.content in {"A", "B", "tie"}
 
 
@@ -205,9 +230,14 @@ def test_foreground_unregisters_and_stops_on_sigterm(tmp_path):
     pytest.importorskip("vllm")
     registry = tmp_path / "endpoints.json"
     env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE)}
-    proc = subprocess.Popen([sys.executable, "-m", "serve", "up", "--model", "smollm2-135m", "--foreground",
-                             "--registry", str(registry)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serve", "up", "--model", "smollm2-135m", "--foreground", "--registry", str(registry)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and proc.poll() is None:
@@ -215,7 +245,7 @@ def test_foreground_unregisters_and_stops_on_sigterm(tmp_path):
                 break
             time.sleep(1)
         assert proc.poll() is None, proc.stdout.read()
-        ep, = endpoints.lookup("smollm2-135m", registry)
+        (ep,) = endpoints.lookup("smollm2-135m", registry)
         assert _group_alive(ep.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 128 + signal.SIGTERM
