@@ -92,6 +92,10 @@ class ModelConfig:
     """Retries on 429, 5xx, timeouts and dropped connections (exponential backoff + jitter)."""
     structured_output: bool = False
     """Server honours vLLM structured outputs (regex/choice/json); enables constrained judging."""
+    price_in_per_mtok: float | None = None
+    """US dollars per million input (prompt) tokens, for cost accounting; None = unknown (local models)."""
+    price_out_per_mtok: float | None = None
+    """US dollars per million output (completion) tokens; None = unknown."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     serve: ServeConfig | None = None
 
@@ -134,6 +138,10 @@ class JudgeConfig:
     """Follow-up asks after an unparseable answer before recording a failure."""
     version: int = 1
     """Bump when the prompt or parsing of this judge changes."""
+    scoring: str = "argmax"
+    """argmax (the score the judge wrote) | expected (probability-weighted score from the top logprobs)."""
+    explain: bool = True
+    """False = a score-only constrained answer (no explanation)."""
 
 
 @dataclass
@@ -185,6 +193,10 @@ class SelectionConfig:
 
     method: str = "tournament"
     """tournament (1 vs 2, winner vs 3: the authors' code) | score_all."""
+    on_tie: str = "drop"
+    """drop (a prompt whose best and worst tie gives no preference pair) | keep."""
+    allow_truncated: bool = False
+    """Whether a response cut by max_tokens (finish_reason=length) may be chosen."""
 
 
 @dataclass
@@ -225,6 +237,8 @@ class ClientConfig:
     """Probe every endpoint a role uses at start and fail fast if one is down."""
     progress: str = "auto"
     """auto (bar on a terminal, one-line summaries otherwise) | bar | log | off."""
+    budget_usd: float | None = None
+    """Stop the run (everything so far saved) before a request would take the priced cost past this; None = no limit."""
 
 
 @dataclass
@@ -260,6 +274,8 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     run_name: str = "default"
     """Names the run folder (runs/<run_name>); rerunning the same command into it resumes."""
+    on_config_change: str = "error"
+    """A resume whose config differs from the run folder's: error (refuse, naming the keys) | new_run."""
     output_dir: str = "runs/default"
     """The run folder (set from Hydra's output dir)."""
     max_items_in_flight: int = 64
