@@ -85,4 +85,7 @@ class Completion:
     cached: bool = False
     finish_reason: str | None = None
     cache_key: str = ""
+    top_logprobs: list[dict[str, float]] | None = None
+    """One ``token -> logprob`` dict per generated token, in order, when requested
+    (``LLMClient.chat(top_logprobs=N)``); None when not asked for or the server sent none."""
     extra: dict = field(default_factory=dict)

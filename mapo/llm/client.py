@@ -9,6 +9,7 @@ ask for a model by its config name and a role; they never see URLs or keys.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -27,11 +28,40 @@ from mapo.llm.cache import ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
 
+# The one place that keeps the HTTP libraries quiet: at INFO, httpx logs a line per request
+# (hundreds per run); their warnings and errors still show.
+for _noisy in ("httpx", "httpx2", "httpcore", "openai"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
+CHARS_PER_TOKEN = 4
+"""Budget estimate of prompt tokens from prompt characters (the usual English rule of thumb)."""
 
-class EndpointUnavailable(RuntimeError):
+
+class RunHalt(RuntimeError):
+    """A fault after which the run must stop, everything finished so far saved (the runner marks it
+    "stopped" with this message). Subclasses: :class:`EndpointUnavailable`, :class:`BudgetExceeded`."""
+
+
+class EndpointUnavailable(RunHalt):
     """A model stayed unreachable or failing through every retry: the run stops, work so far is saved."""
+
+
+class BudgetExceeded(RunHalt):
+    """The next request could take the priced cost past ``client.budget_usd``: it is not sent, the run stops."""
+
+
+class ItemFault(Exception):
+    """A fault that belongs to one request's item, not to the endpoint: the item fails, the run goes on."""
+
+
+class UnencodableText(ItemFault):
+    """A message holds text that cannot be encoded as UTF-8 (e.g. a lone surrogate): bad input, never sent."""
+
+
+class BadReply(ItemFault):
+    """The server answered, but with text mapo cannot store (e.g. a lone surrogate): never retried."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +118,10 @@ class LLMClient:
 
     ``models`` maps config names to :class:`ModelConfig`; endpoints named ``endpoint:`` are
     resolved through the registry written by ``serve/`` (several entries = replicas,
-    load-balanced by fewest requests in flight).
+    load-balanced by fewest requests in flight). Use it as ``async with LLMClient(...) as client:``:
+    leaving the block closes its HTTP clients and its response cache. ``budget_usd`` bounds the
+    priced cost (models with ``price_*_per_mtok``): a request that could exceed it raises
+    :class:`BudgetExceeded` before it is sent.
     """
 
     def __init__(
@@ -99,6 +132,7 @@ class LLMClient:
         registry: str | os.PathLike | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
+        budget_usd: float | None = None,
     ) -> None:
         self._configs = dict(models)
         self._models: dict[str, _Model] = {}
@@ -106,9 +140,21 @@ class LLMClient:
         self.registry = registry
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.budget_usd = budget_usd
         self.usage: dict[tuple[str, str], Usage] = defaultdict(Usage)
         self.stats = ClientStats()
         self._pending: dict[str, asyncio.Future] = {}
+        self._reserved_usd = 0.0
+        """Worst-case cost of the priced requests in flight (counted against the budget until they answer)."""
+        self._unpriced_warned: set[str] = set()
+        self._retired: list[openai.AsyncOpenAI] = []
+        self._closed = False
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # ---- endpoints -------------------------------------------------------------------
     def _resolve(self, name: str) -> _Model:
@@ -145,7 +191,8 @@ class LLMClient:
                     api_key=key or "EMPTY",
                     max_retries=0,  # retries are ours: one policy, counted
                     timeout=cfg.timeout_s,
-                    http_client=httpx.AsyncClient(
+                    # openai>=3 types this as its httpx2 fork; it accepts a plain httpx client too
+                    http_client=httpx.AsyncClient(  # type: ignore[arg-type]
                         limits=httpx.Limits(max_connections=cfg.max_concurrency + 4),
                         timeout=cfg.timeout_s,
                     ),
@@ -175,6 +222,8 @@ class LLMClient:
         if gone and len(gone) < len(model.replicas):  # unregistered (e.g. restarted elsewhere): stop using it
             log.warning("model %s: endpoint(s) %s left the registry", name, ", ".join(r.base_url for r in gone))
             model.replicas = [r for r in model.replicas if r.base_url in registered]
+            self._retired += [r.client for r in gone]  # requests may still be in flight on them: close at the end
+        self._retired += [r.client for r in fresh if r.base_url in known]  # duplicates of replicas we keep
 
     async def check(self, names: Sequence[str]) -> None:
         """Probe each model's endpoints (GET /models); fail naming the model and URL."""
@@ -205,8 +254,20 @@ class LLMClient:
         constraint: Constraint | None = None,
         overrides: Mapping[str, Any] | None = None,
         sample: int = 0,
+        top_logprobs: int | None = None,
     ) -> Completion:
-        """One chat completion. Cached by content; raises EndpointUnavailable after retries."""
+        """One chat completion. Cached by content.
+
+        ``top_logprobs=N`` asks the server for the N most likely tokens at each generated
+        position (``logprobs=True, top_logprobs=N``); they come back in
+        :attr:`Completion.top_logprobs` and are part of the cache key.
+
+        Raises:
+            EndpointUnavailable: the model failed every attempt (the run stops).
+            BudgetExceeded: the request could take the priced cost past ``budget_usd`` (not sent).
+            UnencodableText: a message cannot be encoded as UTF-8 (the item fails; nothing is sent).
+            BadReply: the reply cannot be stored (the item fails; not retried).
+        """
         m = self._resolve(model)
         gen = {
             "temperature": m.config.generation.temperature,
@@ -217,6 +278,9 @@ class LLMClient:
         }
         gen.update(overrides or {})
         msgs = [{"role": x["role"], "content": x["content"]} for x in messages]
+        _check_encodable(msgs, model)
+        # top_logprobs joins the key only when asked for, so the keys of earlier caches stay valid
+        logprob_key = {} if top_logprobs is None else {"top_logprobs": top_logprobs}
         key = cache_key(
             model=model,
             served=m.config.served_name,
@@ -224,6 +288,7 @@ class LLMClient:
             params=gen,
             constraint=constraint.key() if constraint else None,
             sample=sample,
+            **logprob_key,
         )
         usage = self.usage[(role, model)]
         if self.cache is not None:
@@ -240,6 +305,7 @@ class LLMClient:
                     cached=True,
                     finish_reason=hit.get("finish_reason"),
                     cache_key=key,
+                    top_logprobs=hit.get("top_logprobs"),
                 )
         # identical requests in flight at once (e.g. a shared tournament pair) are sent once
         if key in self._pending:
@@ -247,7 +313,7 @@ class LLMClient:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            result = await self._send(m, msgs, gen, constraint, key, usage)
+            result = await self._send(m, msgs, gen, constraint, key, usage, top_logprobs)
             fut.set_result(result)
             return result
         except BaseException as e:
@@ -257,9 +323,61 @@ class LLMClient:
         finally:
             del self._pending[key]
 
-    async def _send(self, m: _Model, msgs, gen, constraint, key, usage: Usage) -> Completion:
+    # ---- cost ------------------------------------------------------------------------
+    @staticmethod
+    def _cost(cfg: ModelConfig, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """US dollars for the tokens at the model's prices; None when the model has no price."""
+        if cfg.price_in_per_mtok is None and cfg.price_out_per_mtok is None:
+            return None
+        return (
+            prompt_tokens * (cfg.price_in_per_mtok or 0.0) + completion_tokens * (cfg.price_out_per_mtok or 0.0)
+        ) / 1e6
+
+    def cost_usd(self) -> float:
+        """Priced cost of every request answered so far (cached answers cost nothing)."""
+        return sum(
+            self._cost(self._configs[model], u.prompt_tokens, u.completion_tokens) or 0.0
+            for (_, model), u in self.usage.items()
+            if model in self._configs
+        )
+
+    def _reserve(self, m: _Model, msgs: list[dict], gen: Mapping[str, Any]) -> float:
+        """Count a request's worst-case cost against the budget before it is sent (prompt tokens
+        estimated from its length, completion at max_tokens); raise BudgetExceeded if it does not fit."""
+        if self.budget_usd is None:
+            return 0.0
+        chars = sum(len(x["content"]) for x in msgs)
+        estimate = self._cost(m.config, chars / CHARS_PER_TOKEN, gen.get("max_tokens") or 0)
+        if estimate is None:
+            if m.name not in self._unpriced_warned:
+                self._unpriced_warned.add(m.name)
+                log.warning(
+                    "model %s has no price (price_in_per_mtok, price_out_per_mtok): "
+                    "its requests do not count against client.budget_usd",
+                    m.name,
+                )
+            return 0.0
+        spent = self.cost_usd()
+        if spent + self._reserved_usd + estimate > self.budget_usd:
+            raise BudgetExceeded(
+                f"client.budget_usd={self.budget_usd:g} would be exceeded: ${spent:.4f} spent, "
+                f"${self._reserved_usd:.4f} in flight, and the next {m.name!r} request may cost up to ${estimate:.4f}"
+            )
+        self._reserved_usd += estimate
+        return estimate
+
+    async def _send(self, m: _Model, msgs, gen, constraint, key, usage: Usage, top_logprobs: int | None) -> Completion:
         body = {k: v for k, v in gen.items() if v is not None}
+        if top_logprobs is not None:
+            body |= {"logprobs": True, "top_logprobs": top_logprobs}
         extra = constraint.request_fields() if constraint else {}
+        reserved = self._reserve(m, msgs, gen)
+        try:
+            return await self._attempts(m, msgs, body, extra, key, usage)
+        finally:
+            self._reserved_usd -= reserved
+
+    async def _attempts(self, m: _Model, msgs, body, extra, key, usage: Usage) -> Completion:
         last_error: Exception | None = None
         for attempt in range(m.config.max_retries + 1):
             replica = min(m.replicas, key=lambda r: (r.errors, r.in_flight))
@@ -269,17 +387,20 @@ class LLMClient:
                     self.stats.in_flight += 1
                     t0 = time.perf_counter()
                     try:
-                        resp = await replica.client.chat.completions.create(
-                            model=m.config.served_name, messages=msgs, extra_body=extra or None, **body
-                        )
+                        # a total deadline per attempt: the HTTP timeout bounds only the gap between
+                        # bytes, so a server dripping one byte a second would hold a request forever
+                        async with asyncio.timeout(m.config.timeout_s):
+                            resp = await replica.client.chat.completions.create(
+                                model=m.config.served_name, messages=msgs, extra_body=extra or None, **body
+                            )
                     finally:
                         self.stats.in_flight -= 1
                 latency = time.perf_counter() - t0
                 replica.errors = 0
                 choice = resp.choices[0] if resp.choices else None
-                text = choice.message.content if choice and choice.message else None
-                if text is None:
+                if choice is None or choice.message is None or choice.message.content is None:
                     raise _Garbage("response had no message content")
+                text = choice.message.content
                 pt = resp.usage.prompt_tokens if resp.usage else 0
                 ct = resp.usage.completion_tokens if resp.usage else 0
                 usage.requests += 1
@@ -288,12 +409,21 @@ class LLMClient:
                 usage.latency_s += latency
                 self.stats.requests += 1
                 self.stats.completion_tokens += ct
+                if not _encodable(text):
+                    usage.failures += 1
+                    raise BadReply(
+                        f"model {m.name!r} replied with text that is not valid Unicode "
+                        f"(a lone surrogate at character {_first_bad(text)}); the item fails"
+                    )
+                logprobs = _top_logprobs(choice) if "top_logprobs" in body else None
                 record = {
                     "text": text,
                     "prompt_tokens": pt,
                     "completion_tokens": ct,
                     "finish_reason": choice.finish_reason,
                 }
+                if "top_logprobs" in body:
+                    record["top_logprobs"] = logprobs
                 if self.cache is not None:
                     self.cache.put(key, m.name, record)
                 return Completion(
@@ -304,10 +434,12 @@ class LLMClient:
                     latency_s=latency,
                     finish_reason=choice.finish_reason,
                     cache_key=key,
+                    top_logprobs=logprobs,
                 )
             except Exception as e:
                 if not _retryable(e):
-                    usage.failures += 1
+                    if not isinstance(e, BadReply):
+                        usage.failures += 1
                     raise
                 last_error = e
                 if attempt == m.config.max_retries:
@@ -333,12 +465,68 @@ class LLMClient:
         return random.uniform(0.5, 1.0) * min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
 
     def usage_table(self) -> list[dict]:
-        return [{"role": role, "model": model, **vars(u)} for (role, model), u in sorted(self.usage.items())]
+        """One row per (role, model): requests, tokens, retries, failures, latency and ``cost_usd``
+        (at the model's prices; None for a model without prices)."""
+        rows = []
+        for (role, model), u in sorted(self.usage.items()):
+            cfg = self._configs.get(model)
+            cost = self._cost(cfg, u.prompt_tokens, u.completion_tokens) if cfg is not None else None
+            rows.append({"role": role, "model": model, **vars(u), "cost_usd": None if cost is None else round(cost, 6)})
+        return rows
 
     async def aclose(self) -> None:
+        """Close every HTTP client and the response cache; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         for m in self._models.values():
             for r in m.replicas:
                 await r.client.close()
+        for client in self._retired:
+            await client.close()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_bad(text: str) -> int:
+    """1-based position of the first character UTF-8 cannot encode (a lone surrogate)."""
+    return next((i for i, ch in enumerate(text, 1) if "\ud800" <= ch <= "\udfff"), 0)
+
+
+def _check_encodable(msgs: list[dict], model: str) -> None:
+    for i, msg in enumerate(msgs):
+        if not _encodable(msg["content"]):
+            raise UnencodableText(
+                f"message {i} ({msg['role']}) for model {model!r} holds text that is not valid Unicode "
+                f"(a lone surrogate at character {_first_bad(msg['content'])}); it cannot be sent"
+            )
+
+
+def _top_logprobs(choice: Any) -> list[dict[str, float]] | None:
+    """``choice.logprobs.content`` -> one ``token -> logprob`` dict per generated token (the
+    chosen token always included), or None when the server sent none."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    out = []
+    for pos in content:
+        # tokens may be partial UTF-8 sequences (lone surrogates after JSON decoding): keep them storable
+        entry = {_safe(t.token): t.logprob for t in pos.top_logprobs or []}
+        entry.setdefault(_safe(pos.token), pos.logprob)
+        out.append(entry)
+    return out
+
+
+def _safe(token: str) -> str:
+    return token if _encodable(token) else token.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Garbage(Exception):
@@ -352,8 +540,9 @@ def _retryable(e: Exception) -> bool:
         return True
     if isinstance(e, openai.APIStatusError):
         return e.status_code in RETRYABLE_STATUS
-    # a body that is not JSON (truncated, non-UTF-8) surfaces as a decode error from the SDK
-    return isinstance(e, (ValueError, UnicodeDecodeError)) and not isinstance(e, ConfigError)
+    # a body that is not JSON (truncated, non-UTF-8) surfaces as a decode error from the SDK; other
+    # ValueErrors (e.g. text that cannot be encoded) are no transport fault and are not retried
+    return isinstance(e, (json.JSONDecodeError, UnicodeDecodeError))
 
 
 def _retry_after(e: Exception) -> float | None:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import sqlite3
 import time
 
 import pytest
 
+from mapo.core.config import ModelConfig
 from mapo.llm.cache import ResponseCache
 from mapo.llm.client import Constraint, EndpointUnavailable, LLMClient
 from tests.conftest import fake_model
@@ -107,8 +111,6 @@ async def test_identical_concurrent_requests_are_sent_once(fake_server, tmp_path
 
 
 async def test_unreachable_endpoint_fails_the_check_naming_the_model(tmp_path):
-    from mapo.core.config import ModelConfig
-
     client = LLMClient({"ghost": ModelConfig(served_name="x", base_url="http://127.0.0.1:9/v1", timeout_s=1)})
     with pytest.raises(EndpointUnavailable, match="'ghost'.*127.0.0.1:9"):
         await client.check(["ghost"])
@@ -119,3 +121,119 @@ async def test_api_key_is_sent(tmp_path, monkeypatch):
     with FakeServer(api_key="s3cret") as server:
         client = make(server, tmp_path, api_key_env="FAKE_KEY")
         assert (await client.chat("m", MSG, role="g")).text
+
+
+# ---- logprobs (seam 3) --------------------------------------------------------------------
+
+
+class LogprobServer(FakeServer):
+    """The fake server, plus OpenAI-shaped ``logprobs`` when a request asks for them."""
+
+    async def _chat(self, request):
+        from aiohttp import web
+
+        resp = await super()._chat(request)
+        body = await request.json()
+        payload = json.loads(resp.body)
+        if body.get("logprobs"):
+            n = body["top_logprobs"]
+            tokens = payload["choices"][0]["message"]["content"].split()[:3]
+            payload["choices"][0]["logprobs"] = {
+                "content": [
+                    {
+                        "token": tok,
+                        "logprob": -0.1,
+                        "bytes": None,
+                        "top_logprobs": [
+                            {"token": tok if k == 0 else f"{tok}~{k}", "logprob": -0.1 - k, "bytes": None}
+                            for k in range(n)
+                        ],
+                    }
+                    for tok in tokens
+                ]
+            }
+        return web.json_response(payload)
+
+
+async def test_top_logprobs_are_requested_returned_and_cached(tmp_path):
+    with LogprobServer() as server:
+        async with make(server, tmp_path) as client:
+            plain = await client.chat("m", MSG, role="judge")
+            assert plain.top_logprobs is None
+            first = await client.chat("m", MSG, role="judge", top_logprobs=2)
+            assert server.completed == 2  # top_logprobs is part of the cache key
+            assert first.top_logprobs is not None and len(first.top_logprobs) == 3
+            tok = first.text.split()[0]
+            assert first.top_logprobs[0] == {tok: -0.1, f"{tok}~1": -1.1}
+            again = await client.chat("m", MSG, role="judge", top_logprobs=2)
+            assert again.cached and again.top_logprobs == first.top_logprobs and server.completed == 2
+            other_n = await client.chat("m", MSG, role="judge", top_logprobs=3)
+            assert not other_n.cached and len(other_n.top_logprobs[0]) == 3
+
+
+async def test_top_logprobs_none_when_the_server_sends_none(fake_server, tmp_path):
+    async with make(fake_server, tmp_path) as client:
+        c = await client.chat("m", MSG, role="judge", top_logprobs=5)
+        assert c.top_logprobs is None
+        assert (await client.chat("m", MSG, role="judge", top_logprobs=5)).cached
+
+
+# ---- lifetime (seam 4) ---------------------------------------------------------------------
+
+
+async def test_async_with_closes_http_clients_and_cache(fake_server, tmp_path):
+    async with make(fake_server, tmp_path) as client:
+        await client.chat("m", MSG, role="g")
+        http = client._models["m"].replicas[0].client
+    assert http.is_closed()
+    with pytest.raises(sqlite3.ProgrammingError):  # the cache is closed too
+        len(client.cache)
+    await client.aclose()  # a second close is harmless
+
+
+# ---- a total deadline per attempt (issue 13 item 3) -------------------------------------------
+
+
+async def test_a_dripping_server_cannot_hold_a_request_past_its_timeout(tmp_path):
+    """A server that sends one byte every 0.2 s never trips the gap-between-bytes timeout; the
+    per-attempt deadline must still end each attempt after timeout_s."""
+    body = b'{"id": "x", "choices": []}' + b" " * 2000
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            writer.write(f"Content-Length: {len(body)}\r\n\r\n".encode())
+            for i in range(len(body)):
+                writer.write(body[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = ModelConfig(served_name="x", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0, max_retries=1)
+        async with LLMClient({"m": cfg}, backoff_base_s=0.01) as client:
+            t0 = time.monotonic()
+            with pytest.raises(EndpointUnavailable, match="failed 2 attempts.*TimeoutError"):
+                await asyncio.wait_for(client.chat("m", MSG, role="g"), timeout=20)
+            assert time.monotonic() - t0 < 5
+    finally:
+        server.close()
+
+
+# ---- logs (issue 17 item 4) -----------------------------------------------------------------
+
+
+async def test_no_log_line_per_http_request_at_info(fake_server, tmp_path, caplog):
+    caplog.set_level(logging.INFO)  # the CLI's default level
+    async with make(fake_server, tmp_path) as client:
+        for i in range(3):
+            await client.chat("m", [{"role": "user", "content": str(i)}], role="g")
+    assert fake_server.completed == 3
+    client_side = [r for r in caplog.records if not r.name.startswith("aiohttp")]  # not the fake server's log
+    assert [r.getMessage() for r in client_side if "HTTP" in r.getMessage()] == []
