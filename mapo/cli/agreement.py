@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.metrics.agreement import cohen_kappa, jury_subsets
-from mapo.runs.evaluate import agreement_tables, combine_orders, format_table
+from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.runs.store import iter_records
 
 __all__ = ["authors_tables", "main", "run_tables"]
