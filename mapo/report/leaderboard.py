@@ -36,25 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from mapo.report import plots
-from mapo.report.render import (
-    Document,
-    Fig,
-    Section,
-    Table,
-    Text,
-    _agreement,
-    _atomic_text,
-    find_runs,
-    load_run,
-    render_html,
-    render_markdown,
-)
+from mapo.report.document import Document, Fig, Section, Table, Text, render_html, render_markdown
+from mapo.report.run import find_runs, load_run
+from mapo.report.sections.evaluate import agreement
+from mapo.runs.store import atomic_write_text
 
 __all__ = ["Entry", "collect", "main", "wide_table", "write_leaderboard"]
 
 
 @dataclass
 class Entry:
+    """One (dataset, judge, setup) of the leaderboard, with its figures (columns: module doc)."""
+
     dataset: str
     judge: str
     setup: str
@@ -73,6 +66,7 @@ class Entry:
 
     @property
     def name(self) -> str:
+        """``judge (setup)``, the row name of the wide table."""
         return f"{self.judge} ({self.setup})"
 
 
@@ -94,10 +88,10 @@ def collect(paths: Iterable[str | Path]) -> list[Entry]:
         run = load_run(run_dir)
         if run.command != "evaluate":
             continue
-        agreement, _ = _agreement(run)
-        if not agreement:
+        tables, _ = agreement(run)
+        if not tables:
             continue
-        dataset = _dataset(agreement.get("eval_data") or run.manifest.get("eval_data") or {})
+        dataset = _dataset(tables.get("eval_data") or run.manifest.get("eval_data") or {})
         tokens: dict[tuple, int] = defaultdict(int)
         records: dict[tuple, int] = defaultdict(int)
         failed: dict[tuple, int] = defaultdict(int)
@@ -107,7 +101,7 @@ def collect(paths: Iterable[str | Path]) -> list[Entry]:
             records[k] += 1
             failed[k] += r.get("label") is None
         mtime = (run.dir / "agreement.json").stat().st_mtime if (run.dir / "agreement.json").exists() else 0.0
-        for e in agreement.get("results") or []:
+        for e in tables.get("results") or []:
             k = (e.get("kind"), e.get("judge"), e.get("setup"), e.get("member_of"))
             items = int(e.get("n", 0)) + int(e.get("n_failed", 0))
             pb = e.get("position_bias") or {}
@@ -175,7 +169,7 @@ def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
                 _mean(e.tokens_per_item for e in es),
             ]
         )
-    rows.sort(key=lambda r: (r[2 + len(datasets)] is None, -(r[2 + len(datasets)] or 0.0), r[0]))
+    rows.sort(key=lambda r: (r[2 + len(datasets)] is None, -float(r[2 + len(datasets)] or 0.0), str(r[0])))
     return header, rows
 
 
@@ -193,6 +187,7 @@ def _r(x: float | None, d: int = 3) -> float | None:
 
 
 def document(entries: Sequence[Entry], sources: Sequence[str]) -> Document:
+    """The leaderboard as a report document: the wide table, the kappa heatmap, every entry, the sources."""
     header, rows = wide_table(entries)
     datasets = sorted({e.dataset for e in entries})
     shown = [[(_r(v) if isinstance(v, float) else v) for v in r] for r in rows]
@@ -260,6 +255,7 @@ def document(entries: Sequence[Entry], sources: Sequence[str]) -> Document:
 def write_leaderboard(
     paths: Sequence[str | Path], out: str | Path = "leaderboard", entries: Sequence[Entry] | None = None
 ) -> dict[str, Path]:
+    """Write leaderboard.csv, leaderboard_wide.csv, .md, .html and figures/ under ``out``; return their paths."""
     entries = collect(paths) if entries is None else entries
     out_dir = Path(out)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -274,14 +270,15 @@ def write_leaderboard(
         "md": out_dir / "leaderboard.md",
         "html": out_dir / "leaderboard.html",
     }
-    _atomic_text(written["csv"], _csv(names, ([asdict(e)[n] for n in names] for e in entries)))
-    _atomic_text(written["wide_csv"], _csv(header, rows))
-    _atomic_text(written["md"], render_markdown(doc))
-    _atomic_text(written["html"], render_html(doc))
+    atomic_write_text(written["csv"], _csv(names, ([asdict(e)[n] for n in names] for e in entries)))
+    atomic_write_text(written["wide_csv"], _csv(header, rows))
+    atomic_write_text(written["md"], render_markdown(doc))
+    atomic_write_text(written["html"], render_html(doc))
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``mapo leaderboard``: 0 when written, 2 when there is no evaluate run."""
     ap = argparse.ArgumentParser(
         prog="mapo leaderboard",
         description="Judges x datasets: kappa, parse failures, position bias, tokens (from mapo evaluate runs).",

@@ -74,9 +74,13 @@ def score_trajectories(
             pts = [(i + 1, s) for i, s in enumerate(r) if s is not None]
             if len(pts) > 1:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, alpha=0.12, lw=0.8)
-        xs, means, lo, hi, ns = [], [], [], [], []
+        xs: list[int] = []
+        means: list[float] = []
+        lo: list[float] = []
+        hi: list[float] = []
+        ns: list[int] = []
         for i in range(n_iter):
-            vals = sorted(r[i] for r in runs if i < len(r) and r[i] is not None)
+            vals = sorted(x for x in (r[i] for r in runs if i < len(r)) if x is not None)
             if not vals:
                 continue
             xs.append(i + 1)
@@ -91,7 +95,7 @@ def score_trajectories(
             ax.plot(
                 xs, means, color=color, lw=2.4, marker="o", label=f"{_short(name, 30)} (mean, IQR band; n={max(ns)})"
             )
-            for x, m in zip(xs, means):
+            for x, m in zip(xs, means, strict=True):
                 ax.annotate(
                     f"{m:.2f}", (x, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8, color=color
                 )
@@ -127,7 +131,7 @@ def selection_counts(
     else:
         total = sum(values)
         bars = ax.bar(range(len(values)), values, color=colors)
-        for b, v in zip(bars, values):
+        for b, v in zip(bars, values, strict=True):
             ax.annotate(
                 f"{v} ({100 * v / total:.0f}%)",
                 (b.get_x() + b.get_width() / 2, v),
@@ -157,12 +161,12 @@ def token_costs(usage: Sequence[Mapping[str, Any]], *, title: str = "Tokens per 
         ys = range(len(usage))
         ax.barh(ys, prompt, color=COLORS[0], label="prompt tokens")
         ax.barh(ys, completion, left=prompt, color=COLORS[1], label="completion tokens")
-        for y, p, c in zip(ys, prompt, completion):
+        for y, p, c in zip(ys, prompt, completion, strict=True):
             ax.annotate(f"{p + c:,}", (p + c, y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
         ax.set_yticks(list(ys), names)
         ax.invert_yaxis()
         ax.set_xlabel("tokens (this run's requests; cache hits cost 0)")
-        ax.set_xlim(0, max(p + c for p, c in zip(prompt, completion)) * 1.18 + 1)
+        ax.set_xlim(0, max(p + c for p, c in zip(prompt, completion, strict=True)) * 1.18 + 1)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
@@ -178,8 +182,8 @@ def winrate_bars(
 ) -> bytes:
     """One horizontal 100% bar per (configuration, baseline): wins / ties / losses of the judged
     comparisons (failures excluded, noted in the label); a line at 50%."""
-    pairs = [(c, b, (table.get(c) or {}).get(b)) for c in rows for b in cols]
-    pairs = [(c, b, cell) for c, b, cell in pairs if cell]
+    found = [(c, b, (table.get(c) or {}).get(b)) for c in rows for b in cols]
+    pairs = [(c, b, cell) for c, b, cell in found if cell]
     fig = Figure(figsize=(7.5, max(2.2, 0.42 * len(pairs) + 1.3)))
     ax = fig.add_subplot()
     if not pairs:
@@ -195,8 +199,8 @@ def winrate_bars(
         ys = list(range(len(pairs)))
         ax.barh(ys, wins, color="#55A868", label="win")
         ax.barh(ys, ties, left=wins, color="#CCCCCC", label="tie")
-        ax.barh(ys, losses, left=[w + t for w, t in zip(wins, ties)], color="#C44E52", label="loss")
-        for y, w, (_, _, cell) in zip(ys, wins, pairs):
+        ax.barh(ys, losses, left=[w + t for w, t in zip(wins, ties, strict=True)], color="#C44E52", label="loss")
+        for y, w, (_, _, cell) in zip(ys, wins, pairs, strict=True):
             ax.text(
                 1.5, y, f"{w:.1f}% (n={cell.get('n', 0)})", va="center", fontsize=8, color="white", fontweight="bold"
             )
@@ -228,15 +232,15 @@ def kappa_bars(
         _empty(ax, "no agreement results")
     else:
         ys = list(range(len(entries)))
-        vals = [e.get("kappa") if e.get("kappa") is not None else 0.0 for e in entries]
+        vals = [float(e["kappa"]) if e.get("kappa") is not None else 0.0 for e in entries]
         colors = [KIND_COLORS.get(e.get("kind", "judge"), COLORS[0]) for e in entries]
         ax.barh(ys, vals, color=colors)
-        for y, e, v in zip(ys, entries, vals):
+        for y, e, v in zip(ys, entries, vals, strict=True):
             text = "undefined" if e.get("kappa") is None else f"{v:.3f}"
             text += f"  n={e.get('n', 0)}" + (f", failed {e['n_failed']}" if e.get("n_failed") else "")
             ax.annotate(text, (max(v, 0), y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
         if reference:
-            for y, e in zip(ys, entries):
+            for y, e in zip(ys, entries, strict=True):
                 ref = reference.get(e.get("judge", ""))
                 if ref is not None:
                     ax.plot([ref], [y], marker="|", ms=14, mew=2, color="black")
@@ -410,7 +414,7 @@ def position_bias(
     ax1.barh(
         ys,
         [v if v is not None else 0 for v in first],
-        color=[KIND_COLORS.get(e.get("kind"), COLORS[0]) for e in entries],
+        color=[KIND_COLORS.get(str(e.get("kind")), COLORS[0]) for e in entries],
     )
     ax1.axvline(0.5, color="black", ls="--", lw=0.8)
     ax1.set_xlim(0, 1)
@@ -419,7 +423,7 @@ def position_bias(
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("swap consistency (same verdict in both orders)")
     for ax, vals in ((ax1, first), (ax2, cons)):
-        for y, v in zip(ys, vals):
+        for y, v in zip(ys, vals, strict=True):
             ax.annotate(
                 "–" if v is None else f"{v:.2f}",
                 (v or 0, y),

@@ -121,6 +121,11 @@ def winrate_run(server: FakeServer, tmp_path: Path, name: str = "winrate") -> Pa
     return tmp_path / name
 
 
+def md_name(name: str) -> str:
+    """A name as report.md writes it: brackets and underscores escaped (``jury\\[j1+j2\\]``), so no link can form."""
+    return name.replace("[", "\\[").replace("]", "\\]").replace("_", "\\_")
+
+
 def img_payloads(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
@@ -189,6 +194,54 @@ def test_model_text_is_escaped_never_markup(server, tmp_path):
     assert "`````text" in block
 
 
+HOSTILE_ID = "[x](javascript:alert(1))"
+LIVE_LINK = re.compile(r"(?<!\\)\[[^\]\n]*(?<!\\)\]\((?!#|figures/)")  # [text](url) other than ours
+
+
+def test_markdown_of_a_hostile_prompt_id_and_response_is_literal_text(server, tmp_path):
+    """A prompt id like ``[x](javascript:alert(1))`` is data: report.md shows it, never links it."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": HOSTILE_ID, "prompt": "Say hi."}, {"id": "<b>*bold*</b> _it_ ![i](http://e/x.png)", "prompt": "Hi?"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    models = {n: fake_model(server, served_name=n) for n in ("gen", "rev", "judge")}
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(generator="gen", reviewers=["rev"], judge="judge"),
+        prompts=PromptSourceConfig(source="file", path=str(prompts), id_column="id"),
+        client=_client(tmp_path),
+        output_dir=str(tmp_path / "run"),
+    )
+    asyncio.run(build(cfg))
+    _, md_text = check_files(report.write_report(tmp_path / "run"))
+    assert not LIVE_LINK.search(md_text), LIVE_LINK.search(md_text)
+    assert "**\\[x\\](javascript:alert(1))**" in md_text, "the id is shown, escaped, as an example title"
+    assert "<b>" not in md_text and "![i](" not in md_text
+    assert "&lt;b>\\*bold\\*&lt;/b> \\_it\\_ \\!\\[i\\](http://e/x.png)" in md_text
+
+
+def test_markdown_escape_covers_every_inline_construct():
+    from mapo.report.document import Document, Example, Section, Table, Text, md_escape, render_markdown
+
+    assert md_escape(HOSTILE_ID) == "\\[x\\](javascript:alert(1))"
+    assert md_escape("a|b\nc `code` <https://x> &amp;") == "a\\|b c \\`code\\` &lt;https://x> \\&amp;"
+    assert md_escape("# title", line_start=True) == "\\# title" and md_escape("# t") == "\\# t".replace("\\", "")
+    assert md_escape("1. item", line_start=True) == "1\\. item"
+    assert md_escape(1234.5) == "1,234.500" and md_escape(None) == "–"
+    doc = Document(
+        HOSTILE_ID,
+        HOSTILE_ID,
+        [
+            Section(
+                HOSTILE_ID, [Text(HOSTILE_ID), Text("> quoted " + HOSTILE_ID), Table([HOSTILE_ID], [[HOSTILE_ID]])]
+            ),
+            Section("examples", [Example(HOSTILE_ID, [(HOSTILE_ID, HOSTILE_ID)])]),
+        ],
+    )
+    text = render_markdown(doc)
+    assert not LIVE_LINK.search(text.replace("```text\n" + HOSTILE_ID + "\n```", ""))  # only inside a code fence
+    assert "\n\\> quoted" in text, "a paragraph cannot open a block quote"
+
+
 def test_cli_report_and_sweep_folder(server, tmp_path):
     run = build_run(server, tmp_path / "sweep", name="0")
     build_run(server, tmp_path / "sweep", name="1", limit=3)
@@ -220,6 +273,17 @@ def test_stopped_run_with_a_torn_line_still_reports(server, tmp_path):
     assert "mapo build" in page
 
 
+def test_a_damaged_middle_line_is_named_and_skipped(server, tmp_path, caplog):
+    """The report reads through mapo.runs.store; a line the store refuses costs that record only."""
+    run = build_run(server, tmp_path)
+    lines = (run / "selections.jsonl").read_text().splitlines(keepends=True)
+    (run / "selections.jsonl").write_text("".join(lines[:2]) + "{not json\n" + "".join(lines[3:]))
+    with caplog.at_level("WARNING"):
+        _, md_text = check_files(report.write_report(run))
+    assert f"| prompts selected | {len(lines) - 1} |" in md_text
+    assert "selections.jsonl: line 3 is not JSON" in caplog.text
+
+
 def test_winrate_run_and_winrate_json_in_a_build_run(server, tmp_path):
     wr = winrate_run(server, tmp_path)
     page, md = check_files(report.write_report(wr))
@@ -244,7 +308,7 @@ def test_jury_evaluation_report_kappa_subsets_confusion_position_bias(server, tm
     agreement = json.loads((run / "agreement.json").read_text())
     for e in agreement["results"]:
         kappa = "–" if e["kappa"] is None else f"{e['kappa']:.3f}"
-        assert f"| {e['judge']} | {e['kind']} | {e['setup']} | {kappa} | {e['n']} |" in md
+        assert f"| {md_name(e['judge'])} | {e['kind']} | {md_name(e['setup'])} | {kappa} | {e['n']} |" in md
     names = {p.stem for p in paths["figures"].glob("*.png")}
     assert {"kappa", "confusion", "position_bias", "jury_subsets_jury_j1_j2_j3"} <= names
     assert "Jury subsets: jury[j1+j2+j3]" in page and "Parse failures" in page
@@ -268,7 +332,7 @@ def test_debate_report(server, tmp_path):
     page, md = check_files(report.write_report(run))
     main = json.loads((run / "agreement.json").read_text())["results"][0]
     assert main["kind"] == "debate"
-    assert f"| {main['judge']} | debate | {main['setup']} | {main['kappa']:.3f} |" in md
+    assert f"| {md_name(main['judge'])} | debate | {md_name(main['setup'])} | {main['kappa']:.3f} |" in md
     assert "mapo evaluate: debate[j1+j2+j3]" in page
 
 
@@ -285,7 +349,7 @@ def test_leaderboard_judges_by_datasets_from_a_sweep(server, tmp_path):
     build_run(server, sweep, name="3")  # not an evaluation: ignored
     out = tmp_path / "lb"
     assert leaderboard.main([str(sweep), "--out", str(out)]) == 0
-    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    rows = list(csv.DictReader((out / "leaderboard.csv").read_text().splitlines()))
     keys = [(r["dataset"], r["judge"], r["setup"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 * 4, keys  # 3 jurors + the jury, on 2 datasets
     assert {r["dataset"] for r in rows} == {"local:setA", "local:setB"}
@@ -299,7 +363,7 @@ def test_leaderboard_judges_by_datasets_from_a_sweep(server, tmp_path):
     recs = [json.loads(x) for x in (sweep / "0" / "judgements.jsonl").read_text().splitlines()]
     tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recs if r["kind"] == "jury")
     assert int(row["tokens"]) == tokens > 0
-    wide = list(csv.reader(open(out / "leaderboard_wide.csv")))
+    wide = list(csv.reader((out / "leaderboard_wide.csv").read_text().splitlines()))
     assert wide[0][:4] == ["judge (setup)", "kind", "kappa local:setA", "kappa local:setB"] and len(wide) == 5
     page, md = (out / "leaderboard.html").read_text(), (out / "leaderboard.md").read_text()
     assert len(img_payloads(page)) == 1 and "](figures/kappa_matrix.png)" in md
@@ -374,7 +438,7 @@ def test_report_and_leaderboard_of_the_authors_faireval_judgements(tmp_path):
     assert "| gemma-2-27b + gemma-2-9b + gpt-4o-mini + llama31-8b | 4 | 0.428 | 80 | 0 |" in md
     assert "| gpt-4o | juror | combined10 | 0.327 | 80 |" in md  # paper Table: GPT-4o 0.327 on FairEval
     assert leaderboard.main([str(run), "--out", str(tmp_path / "lb")]) == 0
-    rows = {r["judge"]: r for r in csv.DictReader(open(tmp_path / "lb" / "leaderboard.csv"))}
+    rows = {r["judge"]: r for r in csv.DictReader((tmp_path / "lb" / "leaderboard.csv").read_text().splitlines())}
     assert float(rows["gemma-2-9b"]["kappa"]) == pytest.approx(0.279, abs=5e-4)
 
 

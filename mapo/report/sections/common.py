@@ -1,0 +1,309 @@
+"""Sections every run report has (overview, models, costs, config) and the ones two run kinds share
+(score trajectories, the win-rate table)."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mapo.report import plots
+from mapo.report.document import Block, Code, Fig, Section, Table, Text, dur, num, pct
+from mapo.report.run import Run
+
+__all__ = [
+    "config",
+    "costs",
+    "iteration_scores",
+    "models",
+    "overview",
+    "reason",
+    "trajectory_section",
+    "winrate_section",
+]
+
+
+def reason(text: Any, n: int = 120) -> str:
+    """A failure message with its variable parts (long quotes, long or decimal numbers) folded, for counting."""
+    s = re.sub(r"'[^']{41,}'|\"[^\"]{41,}\"", "'…'", str(text))
+    s = re.sub(r"\d+\.\d+|\d{3,}", "N", s)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def overview(run: Run) -> Section:
+    """Command, status, folder, host, wall time, counts and throughput from the manifest."""
+    m = run.manifest
+    rows: list[list[Any]] = [["command", run.command], ["status", m.get("status", "–")], ["run folder", str(run.dir)]]
+    if m.get("host"):
+        rows.append(["host", m["host"]])
+    wall = (m.get("timings_s") or {}).get("wall")
+    if wall is not None:
+        rows.append(["wall time", dur(wall)])
+    for key in ("items", "comparisons", "prompts", "eval_data", "rows"):
+        v = m.get(key)
+        if isinstance(v, Mapping):
+            rows.append([key, ", ".join(f"{k} {num(x)}" for k, x in v.items() if not isinstance(x, (dict, list)) or x)])
+    if m.get("evaluator"):
+        rows.append(
+            [
+                "evaluator",
+                f"{m['evaluator']}: {m.get('judge', '')} ({m.get('setup', '')}), orders {', '.join(m.get('orders', []))}",
+            ]
+        )
+    tp = m.get("throughput") or {}
+    if tp:
+        rows.append(
+            [
+                "throughput",
+                f"{num(tp.get('completion_tokens_per_s'), 1)} completion tok/s, requests {num(tp.get('requests'))}, "
+                f"cached {num(tp.get('cached'))}, retries {num(tp.get('retries'))}",
+            ]
+        )
+    blocks: list[Block] = [Table(["field", "value"], rows)]
+    if m.get("status") not in (None, "complete"):
+        blocks.insert(
+            0,
+            Text(
+                f"This run is not complete (status: {m.get('status')}): figures cover the records saved so far; "
+                "rerun the same command to resume."
+            ),
+        )
+    return Section("Overview", blocks)
+
+
+def _role_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for role, v in (m.get("roles") or {}).items():
+        for name in [v] if isinstance(v, str) else list(v or []):
+            out.append((role, name))
+    if m.get("command") == "winrate":
+        if m.get("judge"):
+            out.append(("judge", m["judge"]))
+        for b in m.get("baselines") or []:
+            out.append(("baseline", b))
+        for c in m.get("configurations") or []:
+            out.append((f"generator ({c['name']})", c["generator"]))
+            out += [(f"reviewer ({c['name']})", r) for r in c.get("reviewers") or []]
+    return out
+
+
+def models(run: Run) -> Section:
+    """One row per (role, model) with its served name and endpoint."""
+    m = run.manifest
+    known = m.get("models") or {}
+    rows = []
+    for role, name in _role_rows(m):
+        info = known.get(name) or {}
+        rows.append([role, name, info.get("served_name"), info.get("endpoint") or info.get("base_url")])
+    blocks: list[Block] = (
+        [Table(["role", "model (conf/model)", "served name", "endpoint / base_url"], rows)]
+        if rows
+        else [Text("The manifest names no roles.", note=True)]
+    )
+    return Section("Models per role", blocks)
+
+
+_USAGE_SUMS = ("requests", "cached", "retries", "failures", "prompt_tokens", "completion_tokens", "latency_s")
+
+
+def costs(run: Run) -> Section:
+    """Requests, tokens and latency per (role, model), with a total row, and the stage timers."""
+    m = run.manifest
+    usage = list(m.get("usage") or [])
+    blocks: list[Block] = []
+    if usage:
+        rows: list[list[Any]] = []
+        tot: Counter[str] = Counter()
+        for u in usage:
+            req = u.get("requests", 0)
+            rows.append(
+                [
+                    u.get("role"),
+                    u.get("model"),
+                    req,
+                    u.get("cached", 0),
+                    u.get("retries", 0),
+                    u.get("failures", 0),
+                    u.get("prompt_tokens", 0),
+                    u.get("completion_tokens", 0),
+                    u.get("prompt_tokens", 0) + u.get("completion_tokens", 0),
+                    round(u.get("latency_s", 0.0), 2),
+                    round(u.get("latency_s", 0.0) / req, 3) if req else None,
+                ]
+            )
+            for k in _USAGE_SUMS:
+                tot[k] += u.get(k, 0)
+        rows.append(
+            [
+                "total",
+                "",
+                tot["requests"],
+                tot["cached"],
+                tot["retries"],
+                tot["failures"],
+                tot["prompt_tokens"],
+                tot["completion_tokens"],
+                tot["prompt_tokens"] + tot["completion_tokens"],
+                round(tot["latency_s"], 2),
+                round(tot["latency_s"] / tot["requests"], 3) if tot["requests"] else None,
+            ]
+        )
+        header = ["role", "model", "requests", "cache hits", "retries", "failures", "prompt tok", "completion tok"]
+        header += ["total tok", "latency s (summed)", "s / request"]
+        blocks.append(
+            Table(
+                header,
+                rows,
+                total=True,
+                caption="Requests sent by this invocation, per (role, model); a resumed run counts only what it sent.",
+            )
+        )
+        blocks.append(
+            Fig("tokens_per_role", plots.token_costs(usage), "Prompt and completion tokens per role and model.")
+        )
+    else:
+        blocks.append(Text("No usage recorded in manifest.json.", note=True))
+    timings = m.get("timings_s") or {}
+    if timings:
+        blocks.append(
+            Table(
+                ["timer", "seconds"],
+                [[k, dur(v)] for k, v in timings.items()],
+                caption="Stage timers add up per-item time over concurrent items (busy time), so they can exceed wall time.",
+            )
+        )
+    return Section("Costs: tokens and time per role", blocks)
+
+
+def config(run: Run) -> Section:
+    """The run's composed config.yaml, collapsed."""
+    if run.config_text is None:
+        return Section("Config", [Text("config.yaml is missing.", note=True)])
+    return Section("Config", [Code("config.yaml (the composed config of this run)", run.config_text, "yaml")])
+
+
+def iteration_scores(g: Mapping[str, Any], reviewer: str | None = None) -> list[float | None]:
+    """The score of each feedback iteration of a generation record (one reviewer's, or the combined one)."""
+    out: list[float | None] = []
+    for it in g.get("iterations") or []:
+        if reviewer is None:
+            out.append(it.get("score"))
+        else:
+            out.append(next((r.get("score") for r in it.get("reviews") or [] if r.get("reviewer") == reviewer), None))
+    return out
+
+
+def trajectory_section(
+    gens: Sequence[Mapping[str, Any]], group_by: str | None, title: str, fig_name: str
+) -> Section | None:
+    """Reviewer scores over the feedback iterations (figure + per-iteration table); None without scores.
+
+    ``group_by`` names the record field that makes a series (``configuration``); without it the
+    series are the reviewers (and their mean when there are several).
+    """
+    scored = [g for g in gens if any(it.get("score") is not None for it in g.get("iterations") or [])]
+    if not scored:
+        return None
+    series: dict[str, list[list[float | None]]] = defaultdict(list)
+    failures: Counter[tuple[str, int]] = Counter()  # (series, iteration) -> reviews whose score did not parse
+    reviewers = sorted({r for g in scored for r in g.get("reviewers") or []})
+
+    def count_failures(name: str, g: Mapping[str, Any], reviewer: str | None = None) -> None:
+        for i, it in enumerate(g.get("iterations") or []):
+            failures[(name, i)] += sum(
+                1
+                for r in it.get("reviews") or []
+                if r.get("failure") and (reviewer is None or r.get("reviewer") == reviewer)
+            )
+
+    for g in scored:
+        if group_by:
+            name = str(g.get(group_by))
+            series[name].append(iteration_scores(g))
+            count_failures(name, g)
+        elif len(reviewers) > 1:
+            for r in reviewers:
+                series[f"reviewer {r}"].append(iteration_scores(g, r))
+                count_failures(f"reviewer {r}", g, r)
+            series["mean of reviewers"].append(iteration_scores(g))
+            count_failures("mean of reviewers", g)
+        else:
+            name = f"reviewer {reviewers[0]}" if reviewers else "score"
+            series[name].append(iteration_scores(g))
+            count_failures(name, g)
+    blocks: list[Block] = [
+        Fig(
+            fig_name,
+            plots.score_trajectories(series),
+            "Reviewer score (out of 10) of each iteration: thin lines "
+            "are single prompts, the thick line the mean with its interquartile band.",
+        )
+    ]
+    header = ["series", "iteration", "scored", "mean", "median", "min", "max", "improved vs iter 1", "review failures"]
+    rows = []
+    for name, runs in series.items():
+        n_iter = max((len(r) for r in runs), default=0)
+        for i in range(n_iter):
+            vals = [x for x in (r[i] for r in runs if i < len(r)) if x is not None]
+            both = [(a, b) for a, b in ((r[0], r[i]) for r in runs if i < len(r)) if a is not None and b is not None]
+            rows.append(
+                [
+                    name,
+                    i + 1,
+                    len(vals),
+                    statistics.fmean(vals) if vals else None,
+                    statistics.median(vals) if vals else None,
+                    min(vals) if vals else None,
+                    max(vals) if vals else None,
+                    pct(sum(b > a for a, b in both) / len(both)) if i and both else "",
+                    failures[(name, i)],
+                ]
+            )
+    blocks.append(Table(header, rows))
+    return Section(title, blocks)
+
+
+def winrate_section(wr: Mapping[str, Any]) -> Section:
+    """The win-rate table of ``winrate.json`` (configurations x baselines) and its bars."""
+    rows_names, cols = list(wr.get("rows") or []), list(wr.get("columns") or [])
+    table = wr.get("table") or {}
+    header = ["configuration", "baseline", "win %", "tie %", "loss %", "win % (ties as half)", "judged n", "failed"]
+    rows: list[list[Any]] = []
+    for c in rows_names:
+        for b in cols:
+            cell = (table.get(c) or {}).get(b)
+            if not cell:
+                rows.append([c, b, None, None, None, None, 0, 0])
+                continue
+            n = cell.get("n") or 0
+            rows.append(
+                [
+                    c,
+                    b,
+                    pct(cell.get("win_rate")),
+                    pct(cell.get("tie_rate")),
+                    pct(cell.get("losses", 0) / n if n else None),
+                    pct(cell.get("win_rate_ties_half")),
+                    n,
+                    cell.get("failed", 0),
+                ]
+            )
+    note = (
+        f"Judge {wr.get('judge', '?')} ({wr.get('setup', '?')}), {wr.get('n_prompts', '?')} prompts; "
+        "the configuration is shown as A. "
+        "Rates are over judged comparisons (wins + ties + losses); judge failures are left out and counted."
+    )
+    return Section(
+        "Win rate against baselines",
+        [
+            Text(note, note=True),
+            Table(header, rows),
+            Fig(
+                "winrate",
+                plots.winrate_bars(table, rows_names, cols),
+                "Wins, ties and losses of each configuration against each baseline.",
+            ),
+        ],
+    )
