@@ -2,23 +2,123 @@
 
 DPO (preference): ``prompt``, ``chosen``, ``rejected`` — one row per (chosen, rejected) pair.
 KTO (unpaired preference): ``prompt``, ``completion``, ``label`` (bool).
-Provenance (models, scores, iterations, judge) rides along in extra columns, which TRL ignores.
-See https://huggingface.co/docs/trl/dataset_formats.
+Provenance (row key, models, scores, iterations, judge, margin, truncation) rides along in
+extra columns, which TRL ignores. See https://huggingface.co/docs/trl/dataset_formats.
+
+A preference needs a decision: a pair (best > other) is written only when the judge preferred
+one response over the other in the comparison that put the other out (see
+:func:`mapo.generation.selection.losses`); a tie gives no DPO pair and no KTO label, unless
+``selection.on_tie=keep`` (the paper's behaviour). Responses cut by ``max_tokens`` are left
+out unless ``selection.allow_truncated``.
+
+The published datasets (``dataset/{dpo,kto}`` and the parquet files) are rebuilt from the
+JSONL on every save and checked against it row for row (same count, same keys in order).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
+
+from mapo.generation.selection import TRUNCATED, Loss
 
 DPO_COLUMNS = ("prompt", "chosen", "rejected")
 KTO_COLUMNS = ("prompt", "completion", "label")
 
+_MESSAGES = [{"role": "string", "content": "string"}]
+# Every published column with its type: the schema is fixed, not guessed from the first rows
+# (a None score in the first rows and a float later would otherwise break the build).
+DPO_SCHEMA: dict[str, Any] = {
+    "key": "string",
+    "prompt": _MESSAGES,
+    "chosen": _MESSAGES,
+    "rejected": _MESSAGES,
+    "prompt_id": "string",
+    "chosen_iteration": "int64",
+    "rejected_iteration": "int64",
+    "chosen_score": "float64",
+    "rejected_score": "float64",
+    "margin": "float64",
+    "decisive": "bool",
+    "chosen_truncated": "bool",
+    "rejected_truncated": "bool",
+    "chosen_model": "string",
+    "rejected_model": "string",
+    "judge": "string",
+}
+KTO_SCHEMA: dict[str, Any] = {
+    "key": "string",
+    "prompt": _MESSAGES,
+    "completion": _MESSAGES,
+    "label": "bool",
+    "prompt_id": "string",
+    "iteration": "int64",
+    "score": "float64",
+    "decisive": "bool",
+    "truncated": "bool",
+    "model": "string",
+    "judge": "string",
+}
+SCHEMAS = {"dpo": DPO_SCHEMA, "kto": KTO_SCHEMA}
+
 
 class RowError(ValueError):
     pass
+
+
+class DatasetError(RuntimeError):
+    """A JSONL that cannot be published as a dataset (a damaged line, an unknown column)."""
+
+
+class DatasetMismatch(DatasetError):
+    """A published dataset artifact does not hold exactly the rows of its JSONL."""
+
+
+@dataclass
+class RowCounts:
+    """What :func:`rows_for` wrote and left out, summed over items (for the manifest and card)."""
+
+    items_with_pairs: int = 0
+    items_without_pairs: int = 0
+    """Items that gave no DPO pair (no decisive comparison, or every pair identical or excluded)."""
+    pairs_written: int = 0
+    kto_rows: int = 0
+    ties_dropped: Counter = field(default_factory=Counter)
+    """Comparisons that gave no pair, by reason (judge_tie, equal_scores, orders_disagree, ...)."""
+    ties_kept: int = 0
+    """Pairs written from a tie (``selection.on_tie=keep``); their ``decisive`` column is false."""
+    identical_pairs_skipped: int = 0
+    truncated_excluded: int = 0
+    """Responses cut by max_tokens left out of selection and rows (``selection.allow_truncated=false``)."""
+
+    def add(self, other: RowCounts) -> None:
+        """Add another item's counts into these."""
+        for name in ("items_with_pairs", "items_without_pairs", "pairs_written", "kto_rows", "ties_kept"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.identical_pairs_skipped += other.identical_pairs_skipped
+        self.truncated_excluded += other.truncated_excluded
+        self.ties_dropped.update(other.ties_dropped)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready counts."""
+        return {
+            "items_with_pairs": self.items_with_pairs,
+            "items_without_pairs": self.items_without_pairs,
+            "pairs_written": self.pairs_written,
+            "kto_rows": self.kto_rows,
+            "ties_dropped": sum(self.ties_dropped.values()),
+            "ties_dropped_by_reason": dict(sorted(self.ties_dropped.items())),
+            "ties_kept": self.ties_kept,
+            "identical_pairs_skipped": self.identical_pairs_skipped,
+            "truncated_excluded": self.truncated_excluded,
+        }
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -38,28 +138,48 @@ def rows_for(
     *,
     generator: str,
     judge: str,
-) -> tuple[list[dict], list[dict], int]:
-    """DPO and KTO rows for one prompt; returns (dpo, kto, n_pairs_skipped_as_identical)."""
-    dpo, kto, skipped = [], [], 0
+    losses: Mapping[int, Loss] | None = None,
+    finish_reasons: Sequence[str | None] | None = None,
+    on_tie: str = "drop",
+    allow_truncated: bool = False,
+) -> tuple[list[dict], list[dict], RowCounts]:
+    """DPO and KTO rows for one prompt; returns (dpo, kto, counts).
+
+    ``losses`` says how each other response lost to ``best`` (from the selection); None means
+    the caller vouches that the judge preferred ``best`` over every other response. A response
+    that lost by a tie gives no pair and no KTO label when ``on_tie="drop"``; ``best`` itself
+    is labelled desirable only when it won at least one decisive comparison. Responses whose
+    ``finish_reason`` is ``"length"`` are left out unless ``allow_truncated``. ``scores`` are
+    the per-response scores carried as provenance (``chosen_score``/``rejected_score``).
+    """
+    if on_tie not in ("drop", "keep"):
+        raise ValueError(f"selection.on_tie must be drop or keep, got {on_tie!r}")
+    counts = RowCounts()
+    truncated = [r == TRUNCATED for r in finish_reasons] if finish_reasons is not None else [False] * len(responses)
+    out = set() if allow_truncated else {i for i, t in enumerate(truncated) if t}
+    counts.truncated_excluded = len(out)
+    if best in out:  # only a selection stored before truncated responses were left out
+        counts.items_without_pairs = 1
+        return [], [], counts
     chosen = responses[best]
+    dpo: list[dict] = []
+    labels: dict[int, bool] = {}
+    decisive: dict[int, bool] = {}
     for i, text in enumerate(responses):
-        kto.append(
-            {
-                "key": f"{prompt_id}/{i}",
-                "prompt": _user(question),
-                "completion": _assistant(text),
-                "label": i == best,
-                "prompt_id": prompt_id,
-                "iteration": i,
-                "score": scores[i],
-                "model": generator,
-                "judge": judge,
-            }
-        )
-        if i == best:
+        if i == best or i in out:
             continue
+        loss = Loss(best, True, None) if losses is None else losses.get(i)
+        if loss is None:  # never judged (the selection stopped early): no decision
+            counts.ties_dropped["not_compared"] += 1
+            continue
+        if not loss.decisive:
+            if on_tie == "drop":
+                counts.ties_dropped[loss.reason or "tie"] += 1
+                continue
+            counts.ties_kept += 1
+        labels[i], decisive[i] = False, loss.decisive
         if text.strip() == chosen.strip():
-            skipped += 1  # identical texts teach nothing and break DPO's margin: counted, not written
+            counts.identical_pairs_skipped += 1  # identical texts teach nothing and break DPO's margin
             continue
         dpo.append(
             {
@@ -72,16 +192,69 @@ def rows_for(
                 "rejected_iteration": i,
                 "chosen_score": scores[best],
                 "rejected_score": scores[i],
+                "margin": loss.margin,
+                "decisive": loss.decisive,
+                "chosen_truncated": truncated[best],
+                "rejected_truncated": truncated[i],
                 "chosen_model": generator,
                 "rejected_model": generator,
                 "judge": judge,
             }
         )
+    # the best is desirable only if the judge preferred it over something (or ties are kept)
+    if losses is None or on_tie == "keep" or any(decisive.values()):
+        labels[best], decisive[best] = True, losses is None or any(decisive.values())
+    kto = [
+        {
+            "key": f"{prompt_id}/{i}",
+            "prompt": _user(question),
+            "completion": _assistant(responses[i]),
+            "label": labels[i],
+            "prompt_id": prompt_id,
+            "iteration": i,
+            "score": scores[i],
+            "decisive": decisive[i],
+            "truncated": truncated[i],
+            "model": generator,
+            "judge": judge,
+        }
+        for i in sorted(labels)
+    ]
     for row in dpo:
         validate_row(row, DPO_COLUMNS)
     for row in kto:
         validate_row(row, KTO_COLUMNS)
-    return dpo, kto, skipped
+    counts.pairs_written, counts.kto_rows = len(dpo), len(kto)
+    counts.items_with_pairs, counts.items_without_pairs = (1, 0) if dpo else (0, 1)
+    return dpo, kto, counts
+
+
+def item_rows(
+    key: str,
+    question: str,
+    iterations: Sequence[Mapping[str, Any]],
+    best: int,
+    losses: Mapping[int, Loss],
+    selection: Any,
+    *,
+    generator: str,
+    judge: str,
+) -> tuple[list[dict], list[dict], RowCounts]:
+    """:func:`rows_for` from a stored generation record's ``iterations`` and the run's
+    ``SelectionConfig`` (``on_tie``, ``allow_truncated``)."""
+    return rows_for(
+        key,
+        question,
+        [it["response"] for it in iterations],
+        [it.get("score") for it in iterations],
+        best,
+        generator=generator,
+        judge=judge,
+        losses=losses,
+        finish_reasons=[it.get("finish_reason") for it in iterations],
+        on_tie=str(getattr(selection, "on_tie", "drop")),
+        allow_truncated=bool(getattr(selection, "allow_truncated", False)),
+    )
 
 
 def validate_row(row: dict[str, Any], columns: tuple[str, ...]) -> None:
@@ -102,43 +275,156 @@ def validate_row(row: dict[str, Any], columns: tuple[str, ...]) -> None:
             raise RowError(f"row {row.get('key')}: column {col!r} must be a non-empty conversation")
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict]:
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every complete line; a torn last line (no newline) is not a record."""
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             if line.endswith("\n"):
-                row = json.loads(line)
-                row.pop("key", None)
-                yield row
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path}:{lineno}: not a JSON record ({e})") from None
+
+
+def _rows(path: str, schema: Mapping[str, Any]) -> Iterator[dict]:
+    """The JSONL rows in the published schema: a column a row lacks (written by an older
+    version) is null; a column the schema does not know is an error, never dropped silently."""
+    for lineno, row in _iter_jsonl(Path(path)):
+        unknown = set(row) - set(schema)
+        if unknown:
+            raise DatasetError(f"{path}:{lineno}: columns {sorted(unknown)} are not in the dataset schema")
+        yield {col: row.get(col) for col in schema}
+
+
+def _jsonl_keys(path: Path) -> Iterator[str]:
+    for lineno, row in _iter_jsonl(path):
+        if not isinstance(row.get("key"), str):
+            raise DatasetMismatch(f"{path}:{lineno}: row without a string key")
+        yield row["key"]
+
+
+def _arrow_keys(batches: Iterable[Any]) -> Iterator[str]:
+    for batch in batches:
+        yield from batch.column("key").to_pylist()
+
+
+def _check_same(src: Path, artifact: Path, keys: Iterator[str]) -> int:
+    """Compare the artifact's row keys with the JSONL's, in order; the row count when equal."""
+    n = 0
+    for n, (want, got) in enumerate(zip_longest(_jsonl_keys(src), keys), 1):
+        if want != got:
+            if got is None:
+                what = f"has {n - 1} rows, {src.name} has more"
+            elif want is None:
+                what = f"has more rows than the {n - 1} in {src.name}"
+            else:
+                what = f"row {n} is {got!r}, {src.name} line {n} is {want!r}"
+            raise DatasetMismatch(f"{artifact} does not match {src}: it {what} (published dataset is stale or torn)")
+    return n
+
+
+def _features(schema: Mapping[str, Any]) -> Any:
+    import datasets
+
+    def one(t: Any) -> Any:
+        if isinstance(t, list):
+            return [one(t[0])]
+        if isinstance(t, dict):
+            return {k: one(v) for k, v in t.items()}
+        return datasets.Value(t)
+
+    return datasets.Features({k: one(v) for k, v in schema.items()})
 
 
 def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: str | None = None) -> dict[str, int]:
-    """Build DatasetDicts from the streamed JSONL (memory-mapped Arrow, flat memory)."""
+    """Publish ``dpo.jsonl`` and ``kto.jsonl`` as DatasetDicts (``dataset/{dpo,kto}``) and parquet
+    files, rebuilt from the JSONL every time and verified against it; returns the row counts.
+
+    The rows stream into Arrow files in a fresh scratch folder (memory stays flat) that is
+    removed afterwards: nothing is reused from an earlier save, so a resumed run never
+    publishes stale rows. Raises :class:`DatasetMismatch` (nothing pushed) when a written
+    artifact does not hold the JSONL's rows (see :func:`check_published`).
+    """
     import datasets
 
     datasets.disable_progress_bars()  # one line per run in logs, not a bar per split
     run_dir = Path(run_dir)
-    counts = {}
-    for name in ("dpo", "kto"):
+    # an earlier version cached by path here, which is what published stale rows: never reuse it
+    shutil.rmtree(run_dir / ".hf-cache", ignore_errors=True)
+    scratch = run_dir / f".hf-build-{os.getpid()}"
+    try:
+        for name, schema in SCHEMAS.items():
+            src = run_dir / f"{name}.jsonl"
+            out = run_dir / "dataset" / name
+            parquet = run_dir / "dataset" / f"{name}.parquet"
+            if not src.exists() or next(_iter_jsonl(src), None) is None:
+                # nothing to publish: no artifact may claim otherwise
+                shutil.rmtree(out, ignore_errors=True)
+                parquet.unlink(missing_ok=True)
+                continue
+            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                ds = datasets.Dataset.from_generator(
+                    _rows,
+                    features=_features(schema),
+                    gen_kwargs={"path": str(src), "schema": schema},
+                    cache_dir=str(scratch),
+                )
+            except datasets.exceptions.DatasetGenerationError as e:
+                if isinstance(e.__cause__, DatasetError):  # ours names the file and line: say that, not theirs
+                    raise e.__cause__ from None
+                raise
+            tmp = out.with_name(f".{name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp))
+            if card:
+                (tmp / "README.md").write_text(card, encoding="utf-8")
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+            tmp_parquet = parquet.with_name(f".{parquet.name}.tmp")
+            ds.to_parquet(str(tmp_parquet))
+            os.replace(tmp_parquet, parquet)
+            del ds
+            shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    counts = check_published(run_dir)  # read back what was published, not what was meant to be
+    if push_to_hub:
+        for name, n in counts.items():
+            if n:
+                dd = datasets.load_from_disk(str(run_dir / "dataset" / name))
+                dd.push_to_hub(push_to_hub, config_name=name)
+    return counts
+
+
+def check_published(run_dir: str | Path) -> dict[str, int]:
+    """Check that ``dataset/{dpo,kto}`` and ``dataset/{dpo,kto}.parquet`` hold exactly the rows
+    of ``{dpo,kto}.jsonl`` (same count, same keys in the same order); returns the row counts.
+
+    An empty or missing JSONL must have no artifact. Raises :class:`DatasetMismatch` naming the
+    artifact and the first row that differs. Reads keys only, batch by batch (flat memory).
+    """
+    import datasets
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    counts: dict[str, int] = {}
+    for name in SCHEMAS:
         src = run_dir / f"{name}.jsonl"
-        if not src.exists() or src.stat().st_size == 0:
+        out = run_dir / "dataset" / name
+        parquet = run_dir / "dataset" / f"{name}.parquet"
+        if not src.exists() or next(_iter_jsonl(src), None) is None:
+            for artifact in (out, parquet):
+                if artifact.exists():
+                    raise DatasetMismatch(f"{artifact} exists but {src} holds no rows (stale dataset)")
             counts[name] = 0
             continue
-        ds = datasets.Dataset.from_generator(
-            _iter_jsonl, gen_kwargs={"path": src}, cache_dir=str(run_dir / ".hf-cache")
-        )
-        dd = datasets.DatasetDict({"train": ds})
-        out = run_dir / "dataset" / name
-        tmp = out.with_name(f".{name}.tmp")
-        dd.save_to_disk(str(tmp))
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        tmp.rename(out)
-        ds.to_parquet(str(run_dir / "dataset" / f"{name}.parquet"))
-        if card:
-            (out / "README.md").write_text(card, encoding="utf-8")
-        if push_to_hub:
-            dd.push_to_hub(push_to_hub, config_name=name)
-        counts[name] = len(ds)
+        for artifact in (out, parquet):
+            if not artifact.exists():
+                raise DatasetMismatch(f"{artifact} is missing; {src} holds rows")
+        saved = datasets.load_from_disk(str(out))
+        if list(saved) != ["train"]:
+            raise DatasetMismatch(f"{out}: splits {list(saved)}, expected only 'train'")
+        counts[name] = _check_same(src, out, _arrow_keys(saved["train"].data.to_batches()))
+        _check_same(src, parquet, _arrow_keys(pq.ParquetFile(parquet).iter_batches(columns=["key"])))
     return counts

@@ -1,37 +1,87 @@
 """Best of N by the judge: the authors' pairwise tournament (1 vs 2, winner vs 3, ...) or
 scoring all N at once. Every judge call's raw text is kept in the result.
+
+A selection also says how each other response lost to the chosen one (:func:`losses`): by a
+decision of the judge, or by a tie. The datasets are built from that (a preference needs a
+decision, see :mod:`mapo.generation.dataset`). Responses cut by ``max_tokens`` can be left
+out of the selection (:func:`excluded`) so that they are never chosen.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mapo.core.registry import Registry
+from mapo.core.types import pick_to_label
 from mapo.judging.judge import Judge, PairJudgement
+
+TRUNCATED = "length"
+"""The OpenAI ``finish_reason`` of a response cut by ``max_tokens``."""
 
 
 @dataclass
 class Selection:
     best: int | None
-    """Index of the chosen response; None when the judge could not decide (a recorded failure)."""
+    """Index of the chosen response; None when none could be chosen (``failure`` says why)."""
     method: str
     judgements: list[dict[str, Any]] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     failure: str | None = None
 
+    def losses(self) -> dict[int, Loss]:
+        """How each other judged response lost to the chosen one (see :func:`losses`)."""
+        return losses(self.method, self.best, self.judgements, self.scores)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The comparison that put one response out of the running."""
+
+    winner: int
+    """The response it lost to: the chosen one, or (in a tournament) the incumbent of that round."""
+    decisive: bool
+    """True when the judge preferred the winner (a pick, or a higher score); False for a tie."""
+    margin: float | None
+    """Winner's score minus this response's score in that comparison; None for a pick-only judge."""
+    reason: str | None = None
+    """Why it was not decisive: ``judge_tie`` | ``equal_scores`` | ``orders_disagree``."""
+
+
+def excluded(iterations: Sequence[Mapping[str, Any]], allow_truncated: bool) -> list[int]:
+    """Indices of responses that may not be chosen: those cut by ``max_tokens`` unless
+    ``allow_truncated``. A record without ``finish_reason`` counts as not truncated."""
+    if allow_truncated:
+        return []
+    return [i for i, it in enumerate(iterations) if it.get("finish_reason") == TRUNCATED]
+
 
 SELECTORS: Registry = Registry("selection method")
 
 
+def _no_candidate(method: str, n: int, skip: Collection[int]) -> Selection:
+    return Selection(
+        None,
+        method,
+        failure=f"no response may be chosen: all {n} were cut by max_tokens (selection.allow_truncated=false)"
+        if skip
+        else "no responses",
+    )
+
+
 @SELECTORS.register("tournament")
-async def tournament(judge: Judge, question: str, responses: Sequence[str]) -> Selection:
-    """Incumbent vs challenger; a tie keeps the incumbent (the earlier response)."""
-    best = 0
+async def tournament(judge: Judge, question: str, responses: Sequence[str], *, skip: Collection[int] = ()) -> Selection:
+    """Incumbent vs challenger; a tie keeps the incumbent (the earlier response).
+
+    Responses in ``skip`` take no part (they are never judged, chosen or rejected)."""
+    candidates = [i for i in range(len(responses)) if i not in skip]
+    if not candidates:
+        return _no_candidate("tournament", len(responses), skip)
+    best = candidates[0]
     records = []
-    for challenger in range(1, len(responses)):
+    for challenger in candidates[1:]:
         j: PairJudgement = await judge.judge_pair(question, responses[best], responses[challenger])
         records.append({"a": best, "b": challenger, **j.to_record()})
         if not j.ok:
@@ -44,15 +94,70 @@ async def tournament(judge: Judge, question: str, responses: Sequence[str]) -> S
 
 
 @SELECTORS.register("score_all")
-async def score_all(judge: Judge, question: str, responses: Sequence[str]) -> Selection:
-    """Score every response alone (independent scoring); the highest wins, ties go to the earliest."""
-    attempts = await asyncio.gather(*(judge.score_single(question, r) for r in responses))
-    scores: list[float | None] = [a.verdict.score_a if a.verdict.ok else None for a in attempts]
-    records = [
-        {"index": i, "raw": a.raw, "score": s, "failure": a.verdict.failure}
-        for i, (a, s) in enumerate(zip(attempts, scores))
-    ]
-    if any(s is None for s in scores):
+async def score_all(judge: Judge, question: str, responses: Sequence[str], *, skip: Collection[int] = ()) -> Selection:
+    """Score every response alone (independent scoring); the highest wins, ties go to the earliest.
+
+    Responses in ``skip`` are not scored (their score is None) and cannot win."""
+    candidates = [i for i in range(len(responses)) if i not in skip]
+    if not candidates:
+        return _no_candidate("score_all", len(responses), skip)
+    attempts = await asyncio.gather(*(judge.score_single(question, responses[i]) for i in candidates))
+    scores: list[float | None] = [None] * len(responses)
+    records = []
+    for i, a in zip(candidates, attempts, strict=True):
+        scores[i] = a.verdict.score_a if a.verdict.ok else None
+        records.append({"index": i, "raw": a.raw, "score": scores[i], "failure": a.verdict.failure})
+    if any(scores[i] is None for i in candidates):
         return Selection(None, "score_all", records, scores, failure="a response could not be scored")
-    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    best = max(candidates, key=lambda i: (scores[i], -i))
     return Selection(best, "score_all", records, scores)
+
+
+def losses(
+    method: str, best: int | None, judgements: Sequence[Mapping[str, Any]], scores: Sequence[float | None]
+) -> dict[int, Loss]:
+    """How each judged response other than ``best`` lost, from a selection (or its stored record).
+
+    Tournament: the round that put it out (a loss to the incumbent or challenger that the
+    judge preferred, or a tie, which keeps the incumbent). Score all: its score against the
+    best score (equal scores are a tie). Responses never judged are absent.
+    """
+    if best is None:
+        return {}
+    out: dict[int, Loss] = {}
+    if method == "score_all":
+        top = scores[best]
+        for i, s in enumerate(scores):
+            if i == best or s is None or top is None:
+                continue
+            out[i] = Loss(best, top > s, top - s, None if top > s else "equal_scores")
+        return out
+    for j in judgements:
+        a, b, label = j["a"], j["b"], j.get("label")
+        sa, sb = j.get("score_a"), j.get("score_b")
+        if label == "model_b":
+            out[a] = Loss(b, True, _diff(sb, sa))
+        elif label == "model_a":
+            out[b] = Loss(a, True, _diff(sa, sb))
+        elif label == "tie":
+            out[b] = Loss(a, False, _diff(sa, sb), _tie_reason(j))
+    return out
+
+
+def _diff(x: float | None, y: float | None) -> float | None:
+    return None if x is None or y is None else x - y
+
+
+def _tie_reason(judgement: Mapping[str, Any]) -> str:
+    """Why a pair judgement is a tie: the two presentation orders disagreed, the scores were
+    equal, or the judge itself answered tie."""
+    labels = {
+        pick_to_label(v["pick"], a.get("order") == "BA")
+        for a in judgement.get("attempts") or []
+        if (v := a.get("verdict") or {}).get("failure") is None and v.get("pick") is not None
+    }
+    if len(labels) > 1:
+        return "orders_disagree"
+    if judgement.get("score_a") is not None and judgement.get("score_b") is not None:
+        return "equal_scores"
+    return "judge_tie"

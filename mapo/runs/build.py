@@ -19,9 +19,9 @@ from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.core.registry import UnknownNameError
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
-from mapo.generation.dataset import RowError, rows_for, save_datasets
+from mapo.generation.dataset import RowCounts, RowError, item_rows, save_datasets
 from mapo.generation.feedback import FeedbackLoop
-from mapo.generation.selection import SELECTORS
+from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.judge import STRATEGIES, Judge
 from mapo.llm.client import EndpointUnavailable
 from mapo.runs.progress import Progress
@@ -89,7 +89,10 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
         sels = RecordStore(run_dir / "selections.jsonl")
         dpo = RecordStore(run_dir / "dpo.jsonl")
         kto = RecordStore(run_dir / "kto.jsonl")
-        resumable, redo, restored = _resume(gens, sels, dpo, kto, generator=roles.generator, judge=roles.judge)
+        pairs = RowCounts()  # over the whole dataset: _resume adds the items finished before
+        resumable, redo, restored = _resume(
+            gens, sels, dpo, kto, generator=roles.generator, judge=roles.judge, selection=cfg.selection, pairs=pairs
+        )
         counts = {"resumed_done": len(sels) - len(redo), "failed": 0, "identical_pairs_skipped": 0}
         progress = Progress("build", n_prompts, client.stats, cfg.client.progress)
         stage_s = {"feedback": 0.0, "selection": 0.0}
@@ -107,9 +110,9 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                     rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
                     gens.append(rec)
                 responses = [it["response"] for it in rec["iterations"]]
-                scores = [it["score"] for it in rec["iterations"]]
                 t0 = time.perf_counter()
-                sel = await select(judge, item.prompt, responses)
+                skip = excluded(rec["iterations"], cfg.selection.allow_truncated)  # cut by max_tokens
+                sel = await select(judge, item.prompt, responses, skip=skip)
                 stage_s["selection"] += time.perf_counter() - t0
             except Exception as e:
                 reason = item_failure(e)
@@ -121,13 +124,21 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                 return
             if sel.best is not None:
                 try:
-                    d, k, skipped = rows_for(
-                        item.id, item.prompt, responses, scores, sel.best, generator=roles.generator, judge=roles.judge
+                    d, k, rc = item_rows(
+                        item.id,
+                        item.prompt,
+                        rec["iterations"],
+                        sel.best,
+                        sel.losses(),
+                        cfg.selection,
+                        generator=roles.generator,
+                        judge=roles.judge,
                     )
                 except RowError as e:  # e.g. an empty response: this item fails, the run goes on
-                    d, k, skipped = [], [], 0
+                    d, k, rc = [], [], RowCounts()
                     sel.best, sel.failure = None, f"row rejected: {e}"
-                counts["identical_pairs_skipped"] += skipped
+                counts["identical_pairs_skipped"] += rc.identical_pairs_skipped
+                pairs.add(rc)
                 for row in d:
                     dpo.append(row)
                 for row in k:
@@ -174,6 +185,7 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
                     "skip_reasons": source_stats.reasons or {},
                 },
                 "items": {"done": len(sels), **counts},
+                "pairs": pairs.to_dict(),  # what the dataset holds and left out (ties, truncation)
                 "repairs": {
                     "bytes_cut": {s.path.name: s.repaired_bytes for s in (gens, sels, dpo, kto) if s.repaired_bytes},
                     "rows_restored": restored,
@@ -194,30 +206,45 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _resume(
-    gens: RecordStore, sels: RecordStore, dpo: RecordStore, kto: RecordStore, *, generator: str, judge: str
+    gens: RecordStore,
+    sels: RecordStore,
+    dpo: RecordStore,
+    kto: RecordStore,
+    *,
+    generator: str,
+    judge: str,
+    selection: Any,
+    pairs: RowCounts,
 ) -> tuple[dict[str, dict], set[str], int]:
     """What a rerun picks up: generations whose selection had not finished (``resumable``), and
     repairs after a crash mid-write. A torn last line is cut when a store opens; if it held a
     DPO/KTO row of a finished item, the row is rebuilt from the stored generation and pick
-    (``restored``); if it held the generation record, the item is redone from the cache (``redo``)."""
+    (``restored``); if it held the generation record, the item is redone from the cache (``redo``).
+    The row counts of the finished items are added to ``pairs``."""
     picked = {s["key"]: (s["best"] if s.get("failure") is None else None) for s in sels}
+    lost = {
+        s["key"]: losses(s.get("method", "tournament"), s["best"], s.get("judgements") or [], s.get("scores") or [])
+        for s in sels
+        if s.get("failure") is None and s["best"] is not None
+    }
     resumable: dict[str, dict] = {}
     restored = 0
     for rec in gens:
         key = rec["key"]
         if key not in picked:
             resumable[key] = rec
-        elif picked[key] is not None:
-            its = rec["iterations"]
-            d, k, _ = rows_for(
+        elif (best := picked[key]) is not None:
+            d, k, rc = item_rows(
                 key,
                 rec["prompt"],
-                [it["response"] for it in its],
-                [it["score"] for it in its],
-                picked[key],
+                rec["iterations"],
+                best,
+                lost[key],
+                selection,
                 generator=generator,
                 judge=judge,
             )
+            pairs.add(rc)
             for store, rows in ((dpo, d), (kto, k)):
                 for row in rows:
                     if row["key"] not in store:
@@ -237,6 +264,27 @@ def _dataset_card(cfg: RunConfig, manifest: dict) -> str:
         "Built by mapo (LLM feedback loop + LLM judge, arXiv 2408.08688).\n\n"
         "- DPO split: conversational `prompt`/`chosen`/`rejected`; KTO split: `prompt`/`completion`/`label`.\n"
         f"- generator: {manifest['roles']['generator']}; reviewers: {', '.join(manifest['roles']['reviewers'])}; "
-        f"judge: {manifest['roles']['judge']} ({cfg.judge.strategy}/{cfg.judge.scale}, selection {cfg.selection.method}).\n\n"
+        f"judge: {manifest['roles']['judge']} ({cfg.judge.strategy}/{cfg.judge.scale}, selection {cfg.selection.method}).\n"
+        + _pairs_card(cfg, manifest.get("pairs") or {})
+        + "\n"
         "## Config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "```\n"
+    )
+
+
+def _pairs_card(cfg: RunConfig, pairs: dict) -> str:
+    """The dataset card's account of what became a pair and what was left out, and why."""
+    reasons = ", ".join(f"{k} {v}" for k, v in (pairs.get("ties_dropped_by_reason") or {}).items()) or "none"
+    keep = cfg.selection.on_tie == "keep"
+    return (
+        f"- pairs: {pairs.get('pairs_written', 0)} DPO pairs from {pairs.get('items_with_pairs', 0)} prompts "
+        f"({pairs.get('items_without_pairs', 0)} prompts gave none); {pairs.get('kto_rows', 0)} KTO rows.\n"
+        + (
+            f"- ties kept as pairs (selection.on_tie=keep, column `decisive` false): {pairs.get('ties_kept', 0)}.\n"
+            if keep
+            else f"- a pair needs a decision of the judge (selection.on_tie=drop): ties dropped "
+            f"{pairs.get('ties_dropped', 0)} ({reasons}).\n"
+        )
+        + f"- identical chosen/rejected skipped: {pairs.get('identical_pairs_skipped', 0)}; responses cut by "
+        f"max_tokens {'allowed' if cfg.selection.allow_truncated else 'left out'}: "
+        f"{pairs.get('truncated_excluded', 0)} left out. Each DPO row carries the judge's `margin`.\n"
     )

@@ -1,21 +1,33 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from mapo.generation.dataset import RowError, rows_for, save_datasets, validate_row
+from mapo.generation.dataset import (
+    DatasetError,
+    DatasetMismatch,
+    RowCounts,
+    RowError,
+    check_published,
+    rows_for,
+    save_datasets,
+    validate_row,
+)
+from mapo.generation.selection import Loss
 
 
 def test_rows_pair_chosen_with_each_rejected():
-    dpo, kto, skipped = rows_for("p1", "Q?", ["a", "b", "c"], [5.0, 7.0, None], 1, generator="g", judge="j")
+    dpo, kto, counts = rows_for("p1", "Q?", ["a", "b", "c"], [5.0, 7.0, None], 1, generator="g", judge="j")
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in dpo] == [("b", "a"), ("b", "c")]
     assert [r["label"] for r in kto] == [False, True, False]
     assert dpo[0]["prompt"] == [{"role": "user", "content": "Q?"}]
-    assert skipped == 0
+    assert counts.identical_pairs_skipped == 0 and counts.pairs_written == 2 and counts.kto_rows == 3
 
 
 def test_identical_rejected_is_skipped_and_counted():
-    dpo, kto, skipped = rows_for("p1", "Q?", ["same", "same ", "other"], [1, 2, 3], 0, generator="g", judge="j")
-    assert skipped == 1 and len(dpo) == 1 and len(kto) == 3
+    dpo, kto, counts = rows_for("p1", "Q?", ["same", "same ", "other"], [1, 2, 3], 0, generator="g", judge="j")
+    assert counts.identical_pairs_skipped == 1 and len(dpo) == 1 and len(kto) == 3
 
 
 def test_empty_text_is_rejected():
@@ -33,10 +45,165 @@ def test_empty_text_is_rejected():
         )
 
 
+# ---- a preference needs a decision ---------------------------------------------------
+
+# a tournament over 4 responses: 0 vs 1 tie (1 out by a tie), 0 vs 2: 2 wins by 3, 2 vs 3: 2 wins by 1
+LOSSES = {1: Loss(0, False, 0.0, "equal_scores"), 0: Loss(2, True, 3.0), 3: Loss(2, True, 1.0)}
+TEXTS = ["r0", "r1", "r2", "r3"]
+
+
+def test_a_tie_gives_no_pair_and_no_label():
+    dpo, kto, counts = rows_for("p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j", losses=LOSSES)
+    assert [(r["chosen_iteration"], r["rejected_iteration"], r["margin"]) for r in dpo] == [(2, 0, 3.0), (2, 3, 1.0)]
+    assert all(r["decisive"] for r in dpo)
+    assert [(r["iteration"], r["label"]) for r in kto] == [(0, False), (2, True), (3, False)]
+    assert counts.ties_dropped == {"equal_scores": 1} and counts.pairs_written == 2 and counts.items_with_pairs == 1
+
+
+def test_no_decisive_comparison_gives_nothing():
+    ties = {1: Loss(0, False, 0.0, "equal_scores"), 2: Loss(0, False, None, "orders_disagree")}
+    dpo, kto, counts = rows_for("p", "Q?", TEXTS[:3], [1, 1, 1], 0, generator="g", judge="j", losses=ties)
+    assert dpo == [] and kto == []  # the best is not desirable without a decision either
+    assert counts.items_without_pairs == 1 and counts.ties_dropped == {"equal_scores": 1, "orders_disagree": 1}
+
+
+def test_on_tie_keep_is_the_papers_behaviour_marked():
+    dpo, kto, counts = rows_for(
+        "p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j", losses=LOSSES, on_tie="keep"
+    )
+    legacy, legacy_kto, _ = rows_for("p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j")
+    assert [r["key"] for r in dpo] == [r["key"] for r in legacy] == ["p/2>0", "p/2>1", "p/2>3"]
+    assert [r["label"] for r in kto] == [r["label"] for r in legacy_kto]
+    assert [r["decisive"] for r in dpo] == [True, False, True] and counts.ties_kept == 1
+    with pytest.raises(ValueError, match="on_tie"):
+        rows_for("p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j", losses=LOSSES, on_tie="maybe")
+
+
+def test_a_pick_only_judge_gives_no_margin():
+    picks = {1: Loss(0, True, None)}
+    dpo, _, _ = rows_for("p", "Q?", ["a", "b"], [None, None], 0, generator="g", judge="j", losses=picks)
+    assert dpo[0]["margin"] is None and dpo[0]["decisive"] is True
+
+
+def test_truncated_responses_are_left_out_and_counted():
+    reasons = ["stop", "length", "stop", None]  # None: the server said nothing (not truncated)
+    dpo, kto, counts = rows_for(
+        "p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j", losses=LOSSES, finish_reasons=reasons
+    )
+    assert 1 not in {r["rejected_iteration"] for r in dpo} and 1 not in {r["iteration"] for r in kto}
+    assert counts.truncated_excluded == 1 and counts.ties_dropped == {}  # the tie was the truncated one
+    keep, kkto, counts = rows_for(
+        "p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j", finish_reasons=reasons, allow_truncated=True
+    )
+    assert [r["rejected_truncated"] for r in keep] == [False, True, False]
+    assert [r["truncated"] for r in kkto] == [False, True, False, False] and counts.truncated_excluded == 0
+
+
+def test_row_counts_add_up():
+    total = RowCounts()
+    for losses in (LOSSES, {1: Loss(0, False, 0.0, "judge_tie")}):
+        total.add(rows_for("p", "Q?", TEXTS[:2] if len(losses) == 1 else TEXTS, [1] * 4, 2 if len(losses) > 1 else 0,
+                           generator="g", judge="j", losses=losses)[2])  # fmt: skip
+    assert total.to_dict() == {
+        "items_with_pairs": 1,
+        "items_without_pairs": 1,
+        "pairs_written": 2,
+        "kto_rows": 3,
+        "ties_dropped": 2,
+        "ties_dropped_by_reason": {"equal_scores": 1, "judge_tie": 1},
+        "ties_kept": 0,
+        "identical_pairs_skipped": 0,
+        "truncated_excluded": 0,
+    }
+
+
+# ---- the published datasets equal the JSONL ---------------------------------------------
+
+
+def _append(run, ids, **kw):
+    for i in ids:
+        d, k, _ = rows_for(f"p{i}", "Q?", ["a", "b", "c"], [None, 2, 3.5], 1, generator="g", judge="j", **kw)
+        for name, rows in (("dpo", d), ("kto", k)):
+            with open(run / f"{name}.jsonl", "a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _published_keys(run, name):
+    import datasets
+    import pyarrow.parquet as pq
+
+    saved = datasets.load_from_disk(str(run / "dataset" / name))["train"]["key"]
+    parquet = pq.read_table(run / "dataset" / f"{name}.parquet", columns=["key"]).column("key").to_pylist()
+    return saved, parquet
+
+
+def _jsonl_keys(run, name):
+    return [json.loads(x)["key"] for x in (run / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_a_republish_after_more_rows_is_not_stale(tmp_path):
+    """Regression: the Arrow cache was keyed by path, so the second save published the first rows."""
+    pytest.importorskip("datasets")
+    _append(tmp_path, range(2))
+    assert save_datasets(tmp_path) == {"dpo": 4, "kto": 6}
+    _append(tmp_path, range(2, 5))
+    counts = save_datasets(tmp_path)
+    assert counts == {"dpo": 10, "kto": 15}
+    for name in ("dpo", "kto"):
+        saved, parquet = _published_keys(tmp_path, name)
+        assert saved == parquet == _jsonl_keys(tmp_path, name)
+    assert not list(tmp_path.glob(".hf-*"))  # no scratch left behind
+
+
+def test_check_published_names_a_stale_artifact(tmp_path):
+    pytest.importorskip("datasets")
+    _append(tmp_path, range(2))
+    save_datasets(tmp_path)
+    _append(tmp_path, [7])  # rows the published dataset does not hold yet
+    with pytest.raises(DatasetMismatch, match=r"dataset/dpo does not match .*dpo.jsonl: it has 4 rows"):
+        check_published(tmp_path)
+    save_datasets(tmp_path)
+    assert check_published(tmp_path) == {"dpo": 6, "kto": 9}
+
+
+def test_an_emptied_jsonl_leaves_no_stale_artifact(tmp_path):
+    pytest.importorskip("datasets")
+    _append(tmp_path, range(2))
+    save_datasets(tmp_path)
+    (tmp_path / "dpo.jsonl").write_text("")
+    with pytest.raises(DatasetMismatch, match="holds no rows"):
+        check_published(tmp_path)
+    assert save_datasets(tmp_path) == {"dpo": 0, "kto": 6}
+    assert not (tmp_path / "dataset" / "dpo").exists() and not (tmp_path / "dataset" / "dpo.parquet").exists()
+
+
+def test_schema_is_fixed_and_old_rows_get_nulls(tmp_path):
+    """A null score first and floats later, and rows without the newer columns, publish fine."""
+    datasets = pytest.importorskip("datasets")
+    _append(tmp_path, range(1))
+    old = {"key": "old/1>0", "prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "x"}],
+           "rejected": [{"role": "assistant", "content": "y"}], "prompt_id": "old", "chosen_iteration": 1,
+           "rejected_iteration": 0, "chosen_score": 5, "rejected_score": None}  # fmt: skip
+    with open(tmp_path / "dpo.jsonl", "a") as fh:
+        fh.write(json.dumps(old) + "\n")
+    save_datasets(tmp_path)
+    ds = datasets.load_from_disk(str(tmp_path / "dataset" / "dpo"))["train"]
+    assert ds["chosen_score"] == [2.0, 2.0, 5.0] and ds["margin"] == [None, None, None]
+    assert ds.features["rejected_score"].dtype == "float64"
+
+
+def test_an_unknown_column_is_refused_not_dropped(tmp_path):
+    pytest.importorskip("datasets")
+    _append(tmp_path, range(1))
+    row = json.loads((tmp_path / "kto.jsonl").read_text().splitlines()[0])
+    with open(tmp_path / "kto.jsonl", "a") as fh:
+        fh.write(json.dumps({**row, "key": "x/0", "surprise": 1}) + "\n")
+    with pytest.raises(DatasetError, match=r"kto.jsonl:4: columns \['surprise'\]"):
+        save_datasets(tmp_path)
+
+
 def test_trl_accepts_the_rows(tmp_path):
     """TRL's own data preparation runs on our rows (training itself is not needed)."""
-    import json
-
     datasets = pytest.importorskip("datasets")
     trl_utils = pytest.importorskip("trl.data_utils")
     dpo, kto, _ = rows_for("p1", "Say hi.", ["hello", "hi there", "hey"], [5, 6, 7], 2, generator="g", judge="j")
@@ -59,3 +226,13 @@ def test_trl_accepts_the_rows(tmp_path):
     kto_ds = datasets.load_from_disk(str(tmp_path / "dataset" / "kto"))["train"]
     krow = trl_utils.maybe_apply_chat_template(kto_ds[0], tokenizer)
     assert "completion" in krow and isinstance(kto_ds[0]["label"], bool)
+
+
+def test_a_damaged_middle_line_is_named(tmp_path):
+    pytest.importorskip("datasets")
+    _append(tmp_path, range(2))
+    text = (tmp_path / "dpo.jsonl").read_text().splitlines(keepends=True)
+    text[1] = text[1][:30] + "\n"
+    (tmp_path / "dpo.jsonl").write_text("".join(text))
+    with pytest.raises(DatasetError, match=r"dpo.jsonl:2: not a JSON record"):
+        save_datasets(tmp_path)
