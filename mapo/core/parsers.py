@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mapo.core.registry import Registry
@@ -50,10 +50,14 @@ class ParseResult:
     ok: bool
     value: Any = None
     error: str | None = None
+    spans: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+    """Where each read value sits in the text (start, end), in the order of ``value``: the score,
+    both scores (A, B) or the pick; empty where not tracked. Logprob-weighted scoring reads the
+    token distribution at these offsets (:mod:`mapo.judging.scoring`)."""
 
     @classmethod
-    def success(cls, value: Any) -> ParseResult:
-        return cls(ok=True, value=value)
+    def success(cls, value: Any, spans: tuple[tuple[int, int], ...] = ()) -> ParseResult:
+        return cls(ok=True, value=value, spans=spans)
 
     @classmethod
     def fail(cls, error: str) -> ParseResult:
@@ -105,6 +109,7 @@ class _Hit:
     value: float
     den: int | None
     side: str = ""
+    span: tuple[int, int] = (0, 0)
 
 
 def _hits(pattern: re.Pattern[str], text: str) -> list[_Hit]:
@@ -116,7 +121,8 @@ def _hits(pattern: re.Pattern[str], text: str) -> list[_Hit]:
             continue
         value = float(m.group("num"))
         side = m.groupdict().get("side") or ""
-        out.append(_Hit(m.start(), value, int(den) if den else None, {"1": "A", "2": "B"}.get(side, side)))
+        side = {"1": "A", "2": "B"}.get(side, side)
+        out.append(_Hit(m.start(), value, int(den) if den else None, side, m.span("num")))
     return out
 
 
@@ -164,21 +170,22 @@ def parse_pick(text: str, **_: Any) -> ParseResult:
     """
     if (bad := _not_text(text)) is not None:
         return bad
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, int, str]] = []
     for pattern in _PICK_PATTERNS:
         for m in pattern.finditer(text):
             if _PLACEHOLDER.match(text, m.end()):
                 continue
-            found.append((m.start("c"), m.group("c")))
+            found.append((m.start("c"), m.end("c"), m.group("c")))
     if not found:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-        m = _LAST_LINE.match(lines[-1].strip()) if lines else None
-        if m is None:
+        last = _LAST_LINE.match(lines[-1].strip()) if lines else None
+        if last is None:
             return ParseResult.fail("no answer (A, B or C) found")
-        found.append((0, m.group("c")))
-    choice = max(found)[1]
+        at = text.rindex(lines[-1].strip()) + last.start("c")
+        found.append((at, at + len(last.group("c")), last.group("c")))
+    start, end, choice = max(found)
     pick: Pick = _PICK_OF[choice.upper()]  # type: ignore[assignment]
-    return ParseResult.success(pick)
+    return ParseResult.success(pick, ((start, end),))
 
 
 # --------------------------------------------------------------------------- one score
@@ -202,7 +209,7 @@ def _one_score(text: str, scale: int) -> ParseResult:
     last = max(hits, key=lambda h: h.pos)
     if (err := _validate(last, scale)) is not None:
         return ParseResult.fail(err)
-    return ParseResult.success(last.value)
+    return ParseResult.success(last.value, (last.span,))
 
 
 @PARSERS.register("score")
@@ -267,7 +274,10 @@ def parse_score_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
     for side in "AB":
         if (err := _validate(last[side], scale, f"score of {side}")) is not None:  # type: ignore[arg-type]
             return ParseResult.fail(err)
-    return ParseResult.success((last["A"].value, last["B"].value))  # type: ignore[union-attr]
+    return ParseResult.success(
+        (last["A"].value, last["B"].value),  # type: ignore[union-attr]
+        (last["A"].span, last["B"].span),  # type: ignore[union-attr]
+    )
 
 
 # a debate's final turn ("Assistant 1: X/10\nAssistant 2: Y/10") reads like a score pair
@@ -397,10 +407,12 @@ def text_budget(max_tokens: int) -> int:
     return max(16, (max_tokens - 48) * 2)
 
 
-def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800) -> str:
+def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800, explain: bool = True) -> str:
     """A regex the model's output is forced into so that parser ``kind`` reads it.
 
     Python ``re`` and vLLM/xgrammar compatible: groups, classes, bounded repeats only.
+    ``explain=False`` drops the "### Evaluation Evidence" text of pick / score / score_pair: a
+    score-only answer (``judge.explain=false``, for tiny judges).
 
     >>> print(constrained_regex("debate_final", 10))
     Assistant 1: (10|[0-9])/10\\nAssistant 2: (10|[0-9])/10
@@ -408,6 +420,9 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800) -> str:
     scale = _check_scale(scale)
     n = _int_range(scale)
     _EVIDENCE = _free_text(text_chars)  # noqa: N806
+    if not explain and kind in ("pick", "score", "score_pair"):
+        # the same answer sections, without the evidence before them
+        return constrained_regex(kind, scale, text_chars).split("\\n\\n", 1)[1]
     if kind == "pick":
         return f"### Evaluation Evidence:\\n{_EVIDENCE}\\n\\n### Answer:\\n(A|B|C)"
     if kind == "score":

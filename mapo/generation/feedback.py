@@ -12,9 +12,10 @@ from typing import Any
 
 from mapo.core import prompts
 from mapo.core.config import FeedbackConfig
-from mapo.core.parsers import PARSERS, constrained_regex, text_budget
+from mapo.core.parsers import PARSERS
 from mapo.core.types import Message
-from mapo.llm.client import Constraint, LLMClient
+from mapo.judging.base import ask, constraint_for
+from mapo.llm.client import LLMClient
 
 
 @dataclass
@@ -50,7 +51,7 @@ class FeedbackResult:
 
     def to_record(self) -> dict[str, Any]:
         d = asdict(self)
-        for it, obj in zip(d["iterations"], self.iterations):
+        for it, obj in zip(d["iterations"], self.iterations, strict=True):
             it["score"] = obj.score
         return d
 
@@ -103,11 +104,7 @@ class FeedbackLoop:
         return self._t("generator_double_feedback").render(feedback_1=texts[0], feedback_2=texts[1])
 
     async def review(self, reviewer: str, question: str, response: str) -> Review:
-        constrained = self.config.constrained == "on" or (
-            self.config.constrained == "auto" and self.client.supports_constraints(reviewer)
-        )
-        budget = text_budget(self.client.max_tokens(reviewer))
-        constraint = Constraint(regex=constrained_regex("review", 10, text_chars=budget)) if constrained else None
+        """One reviewer's evaluation, score and feedback (re-asked, bounded, while unparseable)."""
         messages: list[Message] = [
             {"role": "system", "content": self._t("reviewer.system").render()},
             {
@@ -117,17 +114,17 @@ class FeedbackLoop:
                 ),
             },
         ]
-        raws: list[str] = []
-        for attempt in range(self.config.reask + 1):
-            c = await self.client.chat(reviewer, messages, role="reviewer", constraint=constraint)
-            raws.append(c.text)
-            result = PARSERS.get("review")(c.text)
-            if result.ok:
-                v = result.value
-                return Review(reviewer, raws, float(v.score), v.evaluation, v.feedback)
-            messages = [
-                *messages,
-                {"role": "assistant", "content": c.text},
-                {"role": "user", "content": self._t("reask_review").render()},
-            ]
-        return Review(reviewer, raws, None, None, None, failure=result.error or "unparseable review")
+        answer = await ask(
+            self.client,
+            reviewer,
+            messages,
+            role="reviewer",
+            parse=PARSERS.get("review"),
+            reask=lambda: self._t("reask_review").render(),
+            reasks=self.config.reask,
+            constraint=constraint_for(self.config.constrained, self.client, reviewer, "review", 10),
+        )
+        if answer.result.ok:
+            v = answer.result.value
+            return Review(reviewer, answer.raw, float(v.score), v.evaluation, v.feedback)
+        return Review(reviewer, answer.raw, None, None, None, failure=answer.result.error or "unparseable review")

@@ -18,9 +18,14 @@ A referee whose final answer does not parse (after ``debate.reask`` re-asks) abs
 counted; if all abstain the debate is a failure. Debaters (``roles.debaters``): one model
 for every role, or one per role, in role order. Every utterance is kept.
 
-The result, :class:`DebateJudgement`, has the shape of a :class:`~mapo.judging.judge.PairJudgement`
+The result, :class:`DebateJudgement`, is a :class:`~mapo.judging.base.Judgement` like a judge's
 (``label`` in dataset terms, ``score_a``/``score_b``, ``failure``, raw texts), so
 :mod:`mapo.metrics.agreement` treats judges, juries and debates alike.
+
+Scheduling: a turn waits only for the turn before it in its own debate (each speaker sees every
+earlier turn); nothing else is awaited between turns, so the turns of concurrent debates
+(``max_items_in_flight`` of them in a run) interleave on the servers, and the referees' final
+scores, which depend only on the finished discussion, are asked all at once.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 from mapo.core import prompts
 from mapo.core.config import ConfigError, DebateConfig
-from mapo.core.parsers import PARSERS, constrained_regex
+from mapo.core.parsers import PARSERS
 from mapo.core.types import Label, Message, Verdict
-from mapo.llm.client import Constraint, LLMClient
+from mapo.judging.base import Evaluator, Judgement, ask, constraint_for
+from mapo.llm.client import LLMClient
 from mapo.metrics.agreement import jury_pick, label_from_scores
 
 __all__ = ["AGGREGATES", "Debate", "DebateJudgement", "FinalScore", "Utterance", "debate_name", "role_title"]
@@ -86,24 +92,23 @@ class FinalScore:
         return self.failure is None
 
 
-@dataclass
-class DebateJudgement:
-    judge: str
-    strategy: str
-    scale: int
-    prompt_sha: str
+@dataclass(kw_only=True)
+class DebateJudgement(Judgement):
+    """A debate's verdict on one pair (:class:`~mapo.judging.base.Judgement`), every turn and final kept."""
+
+    kind: ClassVar[str] = "debate"
+
     aggregate: str
-    utterances: list[Utterance]
-    finals: list[FinalScore]
-    label: Label | None
-    score_a: float | None = None
-    score_b: float | None = None
-    failure: str | None = None
+    utterances: list[Utterance] = field(default_factory=list)
+    finals: list[FinalScore] = field(default_factory=list)
     n_failed: int = 0
+    roles: list[str] = field(default_factory=list)
+    rounds: int = 0
+    debaters: list[str] = field(default_factory=list)
 
     @property
-    def ok(self) -> bool:
-        return self.failure is None
+    def models(self) -> list[str]:
+        return list(self.debaters)
 
     @property
     def raw(self) -> list[str]:
@@ -125,8 +130,15 @@ class DebateJudgement:
     def cached(self) -> bool:
         return all(u.cached for u in self.utterances) and all(f.cached for f in self.finals)
 
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+    def detail(self, order: str) -> dict[str, Any]:
+        return {
+            "roles": list(self.roles),
+            "rounds": self.rounds,
+            "aggregate": self.aggregate,
+            "n_failed": self.n_failed,
+            "utterances": [asdict(u) for u in self.utterances],
+            "finals": [asdict(f) for f in self.finals],
+        }
 
 
 def aggregate_finals(finals: Sequence[FinalScore], rule: str) -> tuple[Label | None, float | None, float | None]:
@@ -143,7 +155,11 @@ def aggregate_finals(finals: Sequence[FinalScore], rule: str) -> tuple[Label | N
     raise ConfigError(f"debate.aggregate={rule!r}; allowed: {', '.join(AGGREGATES)}")
 
 
-class Debate:
+class Debate(Evaluator):
+    """Referees (one model for every role, or one per role) discuss the pair, then each scores it."""
+
+    kind: ClassVar[str] = "debate"
+
     def __init__(
         self, client: LLMClient, debaters: Sequence[str], config: DebateConfig, *, role: str = "debater"
     ) -> None:
@@ -168,14 +184,35 @@ class Debate:
         self.config = config
         self.roles = roles
         self.debaters = debaters
-        self.models = debaters * len(roles) if len(debaters) == 1 else debaters
+        self.speakers = debaters * len(roles) if len(debaters) == 1 else debaters
+        """The model speaking for each role, in role order."""
         self.role = role
-        self.name = debate_name(debaters)
         # load every template now: a missing prompt or placeholder mismatch fails before any call
         self._system = self._t("debate.system")
         self._user = self._t("debate.user")
         self._final = self._t("debate_final")
         self._role_prompts = {r: self._t(f"debate_role_{r}") for r in roles}
+
+    # ---- identity (Evaluator) ----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return debate_name(self.debaters)
+
+    @property
+    def setup(self) -> str:
+        return f"debate{self.config.scale}/r{self.config.rounds}/{self.config.aggregate}/" + ",".join(self.roles)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.debaters)
+
+    @property
+    def strategy(self) -> str:
+        return "debate"
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
 
     def _t(self, name: str) -> prompts.Template:
         return prompts.load(self.config.prompt_set, name)
@@ -213,17 +250,11 @@ class Debate:
             },
         ]
 
-    def _constraint(self, model: str) -> Constraint | None:
-        on = self.config.constrained == "on" or (
-            self.config.constrained == "auto" and self.client.supports_constraints(model)
-        )
-        return Constraint(regex=constrained_regex("debate_final", self.config.scale)) if on else None
-
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> DebateJudgement:
         """Debate one pair as presented: label model_a = ``response_a`` (shown as Assistant 1)."""
         history: list[Utterance] = []
         for rnd in range(self.config.rounds):
-            for role, model in zip(self.roles, self.models):
+            for role, model in zip(self.roles, self.speakers, strict=True):  # each turn needs every turn before it
                 role_prompt = self._role_prompts[role].render()
                 c = await self.client.chat(
                     model, self._messages(question, response_a, response_b, history, role_prompt), role=self.role
@@ -234,9 +265,9 @@ class Debate:
         finals = await asyncio.gather(
             *(
                 self._final_scores(role, model, question, response_a, response_b, history)
-                for role, model in zip(self.roles, self.models)
+                for role, model in zip(self.roles, self.speakers, strict=True)
             )
-        )
+        )  # the finals depend only on the finished discussion: all asked at once
         label, sa, sb = aggregate_finals(finals, self.config.aggregate)
         n_failed = sum(not f.ok for f in finals)
         failure = None
@@ -249,7 +280,11 @@ class Debate:
             strategy="debate",
             scale=self.config.scale,
             prompt_sha=self.prompt_sha,
+            setup=self.setup,
             aggregate=self.config.aggregate,
+            roles=list(self.roles),
+            rounds=self.config.rounds,
+            debaters=list(self.debaters),
             utterances=history,
             finals=list(finals),
             label=label,
@@ -262,32 +297,37 @@ class Debate:
     async def _final_scores(
         self, role: str, model: str, question: str, first: str, second: str, history: list[Utterance]
     ) -> FinalScore:
-        ask = self._final.render(
+        final_ask = self._final.render(
             **{
                 k: v
                 for k, v in {"role_name": role_title(role), "scale": self.config.scale}.items()
                 if k in self._final.fields
             }
         )
-        messages = self._messages(question, first, second, history, ask)
-        constraint = self._constraint(model)
         parse = PARSERS.get("debate_final")
-        raws: list[str] = []
-        pt = ct = 0
-        lat = 0.0
-        cached = True
-        error = "unparseable"
-        for attempt in range(self.config.reask + 1):
-            c = await self.client.chat(model, messages, role=self.role, constraint=constraint)
-            raws.append(c.text)
-            pt, ct, lat, cached = pt + c.prompt_tokens, ct + c.completion_tokens, lat + c.latency_s, cached and c.cached
-            result = parse(c.text, scale=self.config.scale)
-            if result.ok:
-                a, b = result.value
-                return FinalScore(role, model, raws, float(a), float(b), None, pt, ct, lat, cached)
-            error = result.error or error
-            messages = [*messages, {"role": "assistant", "content": c.text}, {"role": "user", "content": ask}]
-        return FinalScore(role, model, raws, None, None, error, pt, ct, lat, cached)
+        answer = await ask(
+            self.client,
+            model,
+            self._messages(question, first, second, history, final_ask),
+            role=self.role,
+            parse=lambda text: parse(text, scale=self.config.scale),
+            reask=lambda: final_ask,  # the same request again
+            reasks=self.config.reask,
+            constraint=constraint_for(self.config.constrained, self.client, model, "debate_final", self.config.scale),
+        )
+        a, b = (float(x) for x in answer.result.value) if answer.result.ok else (None, None)
+        return FinalScore(
+            role,
+            model,
+            answer.raw,
+            a,
+            b,
+            None if answer.result.ok else answer.result.error or "unparseable",
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            answer.latency_s,
+            answer.cached,
+        )
 
 
 def final_verdict(final: FinalScore) -> Verdict:

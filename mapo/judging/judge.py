@@ -3,21 +3,38 @@
 A judge takes a question and two responses and returns a :class:`PairJudgement`: the pick
 in dataset terms (model_a / model_b / tie) or a recorded failure, with every raw text.
 Optionally both presentation orders are judged and combined to cancel position bias.
+
+``judge.scoring``: ``argmax`` takes the score (or pick) the judge wrote; ``expected`` weighs
+every value by its probability (:mod:`mapo.judging.scoring`): the expected score for the
+scoring strategies, P(A) against P(B) for direct comparison. Where the server sends no
+logprobs the judge says so once and keeps the written value, counted in
+:attr:`Judge.scoring_counts`. ``judge.explain=false`` asks for the answer only (the
+``*_score_only`` prompts, and a constraint without free text): no "Evaluation Evidence".
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from mapo.core import prompts
 from mapo.core.config import JudgeConfig
-from mapo.core.parsers import PARSERS, ParseResult, constrained_regex, text_budget
+from mapo.core.parsers import PARSERS, to_verdict
 from mapo.core.registry import Registry
-from mapo.core.types import Label, Message, Verdict, pick_to_label
-from mapo.llm.client import Constraint, LLMClient
+from mapo.core.types import Message, Verdict, pick_to_label
+from mapo.judging.base import Answer, Evaluator, Judgement, ask, constraint_for, use_constraint
+from mapo.judging.scoring import TOP_LOGPROBS, VALUE_NAMES, ValueDistribution, expected_verdict, locate
+from mapo.llm.client import LLMClient
+
+__all__ = ["STRATEGIES", "Attempt", "Judge", "PairJudgement", "judge_setup"]
+
+log = logging.getLogger(__name__)
+
+_WARNED: set[tuple[str, str]] = set()  # (model, reason) already logged: a fallback is said once
 
 
 @dataclass
@@ -31,34 +48,73 @@ class Attempt:
     completion_tokens: int = 0
     latency_s: float = 0.0
     cached: bool = False
-
-
-@dataclass
-class PairJudgement:
-    judge: str
-    strategy: str
-    scale: int
-    prompt_sha: str
-    attempts: list[Attempt]
-    label: Label | None
-    score_a: float | None = None
-    score_b: float | None = None
-    failure: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
+    # judge.scoring=expected only (left out of the record otherwise):
+    scoring: str | None = None
+    """``expected``, or why the written value was kept (``argmax: ...``)."""
+    argmax: Verdict | None = None
+    """The verdict as written (``verdict`` holds the weighted one)."""
+    logprobs: list[ValueDistribution] | None = None
+    """The distribution at each value (:mod:`mapo.judging.scoring`): recomputes either scoring."""
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("scoring", "argmax", "logprobs") and value is None:
+                continue
+            out[f.name] = vars(value).copy() if isinstance(value, Verdict) else value
+        return out
+
+
+@dataclass(kw_only=True)
+class PairJudgement(Judgement):
+    """One judge's verdict on one pair (every attempt kept; :class:`~mapo.judging.base.Judgement`)."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def raw(self) -> list[str]:
+        return [t for a in self.attempts for t in a.raw]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens for a in self.attempts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion_tokens for a in self.attempts)
+
+    @property
+    def latency_s(self) -> float:
+        return sum(a.latency_s for a in self.attempts)
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.attempts) and all(a.cached for a in self.attempts)
+
+    def detail(self, order: str) -> dict[str, Any]:
+        return {"attempts": [a.to_record() for a in self.attempts]}
 
 
 Strategy = Callable[["Judge", str, str, str, str], Awaitable[Attempt]]
 STRATEGIES: Registry[Strategy] = Registry("judge strategy")
 
 
-class Judge:
+def judge_setup(config: JudgeConfig) -> str:
+    """``direct``, ``combined10``, ``independent5``; ``+expected`` for logprob-weighted scoring and
+    ``+score_only`` without the explanation (the defaults add nothing, so stored keys stay valid)."""
+    setup = str(config.strategy) if config.strategy == "direct" else f"{config.strategy}{config.scale}"
+    if getattr(config, "scoring", "argmax") == "expected":
+        setup += "+expected"
+    if not getattr(config, "explain", True):
+        setup += "+score_only"
+    return setup
+
+
+class Judge(Evaluator):
     """One model judging with one strategy. Stateless across items; safe to share."""
+
+    kind: ClassVar[str] = "judge"
 
     def __init__(self, client: LLMClient, model: str, config: JudgeConfig, *, role: str = "judge") -> None:
         self.client = client
@@ -66,17 +122,52 @@ class Judge:
         self.config = config
         self.role = role
         self._strategy = STRATEGIES.get(config.strategy, key="judge.strategy")
-        self.constrained = config.constrained == "on" or (
-            config.constrained == "auto" and client.supports_constraints(model)
-        )
+        self.constrained = use_constraint(config.constrained, client, model)
+        self.scoring: str = getattr(config, "scoring", "argmax")
+        self.explain: bool = getattr(config, "explain", True)
+        self._scoring_counts: Counter[str] = Counter()
+
+    # ---- identity (Evaluator) ----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def setup(self) -> str:
+        return judge_setup(self.config)
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model]
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def scoring_counts(self) -> Counter[str]:
+        """judge.scoring=expected: answers weighed (``expected``) and kept as written (``argmax: <why>``)."""
+        return self._scoring_counts
 
     def template(self, name: str) -> prompts.Template:
         return prompts.load(self.config.prompt_set, name)
 
+    def _variant(self, name: str) -> str:
+        """``judge_combined.system`` -> ``judge_combined_score_only.system`` when explain=false."""
+        if self.explain:
+            return name
+        stem, dot, rest = name.partition(".")
+        return f"{stem}_score_only{dot}{rest}"
+
     @property
     def prompt_sha(self) -> str:
-        return self.template(f"judge_{self.config.strategy}.system").sha
+        return self.template(self._variant(f"judge_{self.config.strategy}.system")).sha
 
+    # ---- judging -----------------------------------------------------------------------
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> PairJudgement:
         orders = ["AB", "BA"] if self.config.both_orders and self.config.strategy != "independent" else ["AB"]
         attempts = await asyncio.gather(
@@ -89,14 +180,21 @@ class Judge:
         )
         return self._combine(list(attempts))
 
-    def _combine(self, attempts: list[Attempt]) -> PairJudgement:
-        base = dict(
+    def failed(self, reason: str) -> PairJudgement:
+        """A judgement that never happened (e.g. its request was rejected), as a failure."""
+        return PairJudgement(**self._identity_fields(), attempts=[], label=None, failure=reason)
+
+    def _identity_fields(self) -> dict[str, Any]:
+        return dict(
             judge=self.model,
             strategy=self.config.strategy,
             scale=self.config.scale,
             prompt_sha=self.prompt_sha,
-            attempts=attempts,
+            setup=self.setup,
         )
+
+    def _combine(self, attempts: list[Attempt]) -> PairJudgement:
+        base = dict(self._identity_fields(), attempts=attempts)
         ok = [a for a in attempts if a.verdict.ok]
         if not ok:
             return PairJudgement(**base, label=None, failure="; ".join(a.verdict.failure or "" for a in attempts))
@@ -105,16 +203,16 @@ class Judge:
         for a in ok:
             swapped = a.order == "BA"
             sa, sb = (a.verdict.score_b, a.verdict.score_a) if swapped else (a.verdict.score_a, a.verdict.score_b)
-            labelled.append((pick_to_label(a.verdict.pick, swapped), sa, sb))
+            labelled.append((pick_to_label(a.verdict.pick, swapped), sa, sb))  # type: ignore[arg-type]
         if len(labelled) == 1:
             label, sa, sb = labelled[0]
             return PairJudgement(**base, label=label, score_a=sa, score_b=sb)
         (l1, a1, b1), (l2, a2, b2) = labelled
         if self.config.order_combine == "mean_score" and None not in (a1, b1, a2, b2):
-            sa, sb = (a1 + a2) / 2, (b1 + b2) / 2
+            sa, sb = (a1 + a2) / 2, (b1 + b2) / 2  # type: ignore[operator]
             v = Verdict.from_scores(sa, sb)
-            return PairJudgement(**base, label=pick_to_label(v.pick), score_a=sa, score_b=sb)
-        both = lambda x, y: None if None in (x, y) else (x + y) / 2  # noqa: E731
+            return PairJudgement(**base, label=pick_to_label(v.pick), score_a=sa, score_b=sb)  # type: ignore[arg-type]
+        both = lambda x, y: None if x is None or y is None else (x + y) / 2  # noqa: E731
         return PairJudgement(**base, label=l1 if l1 == l2 else "tie", score_a=both(a1, a2), score_b=both(b1, b2))
 
     async def score_single(self, question: str, response: str, order: str = "AB") -> Attempt:
@@ -131,59 +229,63 @@ class Judge:
         return await self.converse(messages, "score", "reask_score", order, scale=self.config.scale)
 
     async def converse(
-        self, messages: list[Message], parse_kind: str, reask_name: str, order: str, **parse_kwargs
+        self, messages: list[Message], parse_kind: str, reask_name: str, order: str, **parse_kwargs: Any
     ) -> Attempt:
-        """Ask, parse, and on failure re-ask (bounded) in the same conversation."""
-        constraint = None
-        if self.constrained:
-            budget = text_budget(self.client.max_tokens(self.model))
-            constraint = Constraint(regex=constrained_regex(parse_kind, self.config.scale, text_chars=budget))
-        raws: list[str] = []
-        totals = [0, 0, 0.0]
-        cached = True
-        result: ParseResult | None = None
-        for attempt in range(self.config.reask + 1):
-            c = await self.client.chat(self.model, messages, role=self.role, constraint=constraint)
-            raws.append(c.text)
-            totals[0] += c.prompt_tokens
-            totals[1] += c.completion_tokens
-            totals[2] += c.latency_s
-            cached = cached and c.cached
-            result = PARSERS.get(parse_kind)(c.text, **parse_kwargs)
-            if result.ok or attempt == self.config.reask:
-                break
-            reask = self.template(reask_name)
-            text = reask.render(scale=self.config.scale) if "scale" in reask.fields else reask.render()
-            messages = [*messages, {"role": "assistant", "content": c.text}, {"role": "user", "content": text}]
-        assert result is not None
-        verdict = _verdict(parse_kind, result)
-        return Attempt(
-            order=order,
-            raw=raws,
-            verdict=verdict,
-            prompt_tokens=totals[0],
-            completion_tokens=totals[1],
-            latency_s=totals[2],
-            cached=cached,
+        """Ask, parse, and on failure re-ask (bounded) in the same conversation (:func:`~mapo.judging.base.ask`)."""
+        parse = PARSERS.get(parse_kind)
+        answer = await ask(
+            self.client,
+            self.model,
+            messages,
+            role=self.role,
+            parse=lambda text: parse(text, **parse_kwargs),
+            reask=lambda: _render(self.template(self._variant(reask_name)), self.config.scale),
+            reasks=self.config.reask,
+            constraint=constraint_for(
+                self.config.constrained, self.client, self.model, parse_kind, self.config.scale, explain=self.explain
+            ),
+            top_logprobs=TOP_LOGPROBS if self.scoring == "expected" else None,
         )
+        attempt = Attempt(
+            order=order,
+            raw=answer.raw,
+            verdict=to_verdict(answer.result, parse_kind),
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            latency_s=answer.latency_s,
+            cached=answer.cached,
+        )
+        if self.scoring == "expected" and attempt.verdict.ok:
+            self._weigh(attempt, answer, parse_kind)
+        return attempt
+
+    def _weigh(self, attempt: Attempt, answer: Answer, kind: str) -> None:
+        """Replace the written verdict by the logprob-weighted one, or say why not (once) and count it."""
+        attempt.argmax = attempt.verdict
+        if answer.top_logprobs is None:
+            return self._keep(attempt, "the server sent no logprobs")
+        dists = locate(answer.raw[-1], answer.top_logprobs, answer.result.spans, VALUE_NAMES[kind])
+        attempt.logprobs = dists
+        weighted = expected_verdict(kind, dists, self.config.scale) if dists else None
+        if weighted is None:
+            return self._keep(attempt, "the logprobs do not locate the answer's value")
+        attempt.verdict, attempt.scoring = weighted, "expected"
+        self._scoring_counts["expected"] += 1
+
+    def _keep(self, attempt: Attempt, why: str) -> None:
+        attempt.scoring = f"argmax: {why}"
+        self._scoring_counts[attempt.scoring] += 1
+        if (self.model, why) not in _WARNED:
+            _WARNED.add((self.model, why))
+            log.warning("judge %s: %s; keeping the written value (argmax scoring) where so, counted", self.model, why)
 
 
-def _verdict(kind: str, result: ParseResult) -> Verdict:
-    if not result.ok:
-        return Verdict.failed(result.error or "unparseable")
-    if kind == "pick":
-        return Verdict(pick=result.value)
-    if kind == "score":  # one response scored alone (independent strategy); kept in score_a
-        return Verdict(score_a=float(result.value))
-    if kind == "score_pair":
-        a, b = result.value
-        return Verdict.from_scores(float(a), float(b))
-    raise ValueError(kind)
+def _render(template: prompts.Template, scale: int) -> str:
+    return template.render(scale=scale) if "scale" in template.fields else template.render()
 
 
 def _system(judge: Judge, name: str) -> str:
-    t = judge.template(name)
-    return t.render(scale=judge.config.scale) if "scale" in t.fields else t.render()
+    return _render(judge.template(judge._variant(name)), judge.config.scale)
 
 
 def _pair_user(judge: Judge, question: str, first: str, second: str) -> str:
@@ -222,8 +324,8 @@ async def _independent(judge: Judge, order: str, question: str, first: str, seco
         reason = "; ".join(f"{side}: {x.verdict.failure}" for side, x in (("A", a), ("B", b)) if not x.verdict.ok)
         verdict = Verdict.failed(reason)
     else:
-        verdict = Verdict.from_scores(a.verdict.score_a, b.verdict.score_a)
-    return Attempt(
+        verdict = Verdict.from_scores(a.verdict.score_a, b.verdict.score_a)  # type: ignore[arg-type]
+    attempt = Attempt(
         order=order,
         raw=raw,
         verdict=verdict,
@@ -232,3 +334,15 @@ async def _independent(judge: Judge, order: str, question: str, first: str, seco
         latency_s=max(a.latency_s, b.latency_s),
         cached=a.cached and b.cached,
     )
+    if a.scoring is not None or b.scoring is not None:
+        # one pair of values: A's score and B's, each weighed in its own conversation
+        attempt.scoring = next((x.scoring for x in (a, b) if x.scoring != "expected"), "expected")
+        if a.argmax is not None or b.argmax is not None:
+            sa, sb = ((x.argmax or x.verdict).score_a for x in (a, b))
+            attempt.argmax = Verdict.from_scores(sa, sb) if sa is not None and sb is not None else None
+        attempt.logprobs = [
+            ValueDistribution(**{**d, "value": name})
+            for x, name in ((a, "score_a"), (b, "score_b"))
+            for d in x.logprobs or []
+        ] or None
+    return attempt

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
-from mapo.core.types import Label
-from mapo.judging.judge import Judge, PairJudgement
+from mapo.judging.base import Evaluator, Judgement, RecordContext, dataset_label
+from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
 from mapo.metrics.agreement import AGGREGATORS, jury_pick
 
@@ -43,35 +44,61 @@ def jury_name(jurors: Sequence[str]) -> str:
     return "jury[" + "+".join(jurors) + "]"
 
 
-@dataclass
-class JuryJudgement:
-    """A jury's verdict on one pair, shaped like a :class:`~mapo.judging.judge.PairJudgement`.
+@dataclass(kw_only=True)
+class JuryJudgement(Judgement):
+    """A jury's verdict on one pair (:class:`~mapo.judging.base.Judgement`).
 
     ``label`` is in dataset terms for the order the pair was given (model_a = first);
     ``score_a``/``score_b`` are the mean of the answering jurors' scores (None for the direct
-    strategy); ``members`` keeps every juror's judgement, failed ones included.
+    strategy); ``members`` keeps every juror's judgement, failed ones included. Its records are
+    every juror's (kind ``juror``) and then its own.
     """
 
-    judge: str
-    strategy: str
-    scale: int
-    prompt_sha: str
+    kind: ClassVar[str] = "jury"
+
     aggregate: str
     tie_break: str
-    members: list[PairJudgement]
-    label: Label | None
-    score_a: float | None = None
-    score_b: float | None = None
-    failure: str | None = None
+    members: list[PairJudgement] = field(default_factory=list)
     n_failed: int = 0
 
     @property
-    def ok(self) -> bool:
-        return self.failure is None
+    def raw(self) -> list[str]:
+        return [t for m in self.members for t in m.raw]
 
     @property
-    def raw(self) -> list[str]:
-        return [t for m in self.members for a in m.attempts for t in a.raw]
+    def models(self) -> list[str]:
+        return [m.judge for m in self.members]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(m.prompt_tokens for m in self.members)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(m.completion_tokens for m in self.members)
+
+    @property
+    def latency_s(self) -> float:
+        """The slowest juror's (they judge concurrently)."""
+        return max((round(m.latency_s, 4) for m in self.members), default=0.0)
+
+    @property
+    def cached(self) -> bool:
+        return all(m.cached for m in self.members)
+
+    def record_raw(self) -> list[str]:
+        return []  # the jurors' raw texts are in their own records
+
+    def detail(self, order: str) -> dict[str, Any]:
+        return {
+            "aggregate": self.aggregate,
+            "tie_break": self.tie_break,
+            "n_failed": self.n_failed,
+            "members": {m.judge: dataset_label(m.label, order) for m in self.members},
+        }
+
+    def records(self, ctx: RecordContext) -> list[dict[str, Any]]:
+        return [*(m.record(ctx, kind="juror", member_of=self.judge) for m in self.members), self.record(ctx)]
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -102,8 +129,10 @@ def warn_self_judging(judges: Iterable[str], producers: Iterable[str], what: str
     return hits
 
 
-class Jury:
+class Jury(Evaluator):
     """Jurors judging concurrently, aggregated by ``jury_config.aggregate``."""
+
+    kind: ClassVar[str] = "jury"
 
     def __init__(
         self,
@@ -142,9 +171,38 @@ class Jury:
         self.jurors = jurors
         self.judge_config = judge_config
         self.config = jury_config
-        self.name = jury_name(jurors)
         self.judges = [Judge(client, m, judge_config, role=role) for m in jurors]
         warn_self_judging(jurors, producers, "juror")
+
+    # ---- identity (Evaluator) ----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return jury_name(self.jurors)
+
+    @property
+    def setup(self) -> str:
+        return f"{judge_setup(self.judge_config)}/{self.config.aggregate}-{self.config.tie_break}"
+
+    @property
+    def prompt_sha(self) -> str:
+        return self.judges[0].prompt_sha
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.jurors)
+
+    @property
+    def strategy(self) -> str:
+        return self.judge_config.strategy
+
+    @property
+    def scale(self) -> int:
+        return self.judge_config.scale
+
+    @property
+    def scoring_counts(self) -> Counter[str]:
+        """The jurors' :attr:`Judge.scoring_counts`, summed."""
+        return sum((j.scoring_counts for j in self.judges), Counter())
 
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
         from mapo.runs.runner import item_failure
@@ -153,20 +211,12 @@ class Jury:
             *(j.judge_pair(question, response_a, response_b) for j in self.judges), return_exceptions=True
         )
         members: list[PairJudgement] = []
-        for judge, r in zip(self.judges, results):
+        for judge, r in zip(self.judges, results, strict=True):
             if isinstance(r, BaseException):
                 reason = item_failure(r) if isinstance(r, Exception) else None
                 if reason is None:
                     raise r
-                r = PairJudgement(
-                    judge=judge.model,
-                    strategy=self.judge_config.strategy,
-                    scale=self.judge_config.scale,
-                    prompt_sha=judge.prompt_sha,
-                    attempts=[],
-                    label=None,
-                    failure=reason,
-                )
+                r = judge.failed(reason)
             members.append(r)
         return self.aggregate(members)
 
@@ -194,6 +244,7 @@ class Jury:
             strategy=self.judge_config.strategy,
             scale=self.judge_config.scale,
             prompt_sha=self.judges[0].prompt_sha,
+            setup=self.setup,
             aggregate=self.config.aggregate,
             tie_break=self.config.tie_break,
             members=members,

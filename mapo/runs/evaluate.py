@@ -65,22 +65,14 @@ from typing import Any
 from mapo.core.config import REPO_ROOT, ConfigError, RunConfig, validate
 from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, HumanDataError, HumanRow
-from mapo.judging.debate import Debate, DebateJudgement
-from mapo.judging.judge import STRATEGIES, Judge, PairJudgement
-from mapo.judging.jury import TIE_BREAKS, Jury, JuryJudgement
-from mapo.llm.client import EndpointUnavailable
+from mapo.judging.base import Evaluator, Judgement, RecordContext
+from mapo.judging.debate import Debate
+from mapo.judging.judge import STRATEGIES, Judge, judge_setup
+from mapo.judging.jury import TIE_BREAKS, Jury
+from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
-from mapo.runs.progress import Progress
-from mapo.runs.runner import (
-    RunStopped,
-    item_failure,
-    make_client,
-    models_manifest,
-    run_accounting,
-    run_pool,
-    write_config,
-)
-from mapo.runs.store import RecordStore, RunLock, atomic_write_json, iter_records
+from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
+from mapo.runs.store import atomic_write_json, iter_records
 
 __all__ = ["EVALUATORS", "agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
 
@@ -148,7 +140,7 @@ def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]
 
 
 def _judge_setup(cfg: RunConfig) -> str:
-    return cfg.judge.strategy if cfg.judge.strategy == "direct" else f"{cfg.judge.strategy}{cfg.judge.scale}"
+    return judge_setup(cfg.judge)
 
 
 def _orders(cfg: RunConfig) -> list[str]:
@@ -172,191 +164,42 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"jury.tie_break={cfg.jury.tie_break!r}; allowed: {', '.join(TIE_BREAKS)}")
 
 
-def _build(cfg: RunConfig, client) -> Judge | Jury | Debate:
+def _build(cfg: RunConfig, client) -> Evaluator:
+    """The configured evaluator (``evaluator``), its prompts loaded: a bad name fails before any call."""
     judge_cfg = dataclasses.replace(cfg.judge, both_orders=False)  # orders are ours: one record per order
     try:
+        ev: Evaluator
         if cfg.evaluator == "judge":
-            ev: Judge | Jury | Debate = Judge(client, cfg.roles.judge, judge_cfg)
+            ev = Judge(client, cfg.roles.judge, judge_cfg)
         elif cfg.evaluator == "jury":
             ev = Jury(client, cfg.roles.jurors, judge_cfg, cfg.jury)
         else:
             ev = Debate(client, cfg.roles.debaters, cfg.debate)
-        _ = ev.prompt_sha if not isinstance(ev, Jury) else ev.judges[0].prompt_sha  # prompts exist
+        _ = ev.prompt_sha  # prompts exist
     except UnknownNameError as e:
         raise ConfigError(str(e)) from None
     return ev
 
 
-def _base(
-    item: HumanRow, order: str, kind: str, judge: str, setup: str, prompt_sha: str, version: int, evaluator: str
-) -> dict[str, Any]:
-    return {
-        "key": "|".join([item["id"], judge, setup, f"v{version}", prompt_sha, order]),
-        "item_id": item["id"],
-        "evaluator": evaluator,
-        "kind": kind,
-        "judge": judge,
-    }
-
-
-def _verdict_fields(result: PairJudgement | JuryJudgement | DebateJudgement, order: str) -> dict[str, Any]:
-    """Presentation-order result -> pick (as shown) and label/scores in dataset terms."""
-    label = result.label if result.ok else None
-    sa, sb = result.score_a, result.score_b
-    if order == "BA":
-        sa, sb = sb, sa
-    return {
-        "pick": _PICK[label] if label else None,
-        "label": _SWAP[label] if (label and order == "BA") else label,
-        "score_a": sa,
-        "score_b": sb,
-        "failure": result.failure,
-    }
-
-
-def _judge_record(
-    cfg: RunConfig, item: HumanRow, order: str, j: PairJudgement, kind: str, member_of: str | None
-) -> dict[str, Any]:
-    setup = _judge_setup(cfg)
-    # a juror's key names its jury: another jury reusing this juror gets its own records (cache hits)
-    keyed = f"{member_of}/{j.judge}" if member_of else j.judge
-    rec = _base(item, order, kind, keyed, setup, j.prompt_sha, cfg.judge.version, cfg.evaluator)
-    rec.update(
-        judge=j.judge,
-        models=[j.judge],
-        member_of=member_of,
-        setup=setup,
-        strategy=j.strategy,
-        scale=j.scale,
-        version=cfg.judge.version,
-        order=order,
-        prompt_sha=j.prompt_sha,
-        **_verdict_fields(j, order),
-        human=item["human"],
-        raw=[t for a in j.attempts for t in a.raw],
-        detail={"attempts": j.to_record()["attempts"]},
-        prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
-        completion_tokens=sum(a.completion_tokens for a in j.attempts),
-        latency_s=round(sum(a.latency_s for a in j.attempts), 4),
-        cached=bool(j.attempts) and all(a.cached for a in j.attempts),
+def _context(cfg: RunConfig, item: HumanRow, order: str) -> RecordContext:
+    return RecordContext(
+        item_id=item["id"], human=item["human"], order=order, version=cfg.judge.version, evaluator=cfg.evaluator
     )
-    return rec
 
 
-def _jury_setup(cfg: RunConfig) -> str:
-    return f"{_judge_setup(cfg)}/{cfg.jury.aggregate}-{cfg.jury.tie_break}"
+def _records(cfg: RunConfig, ev: Evaluator, item: HumanRow, order: str, result: Judgement) -> list[dict[str, Any]]:
+    """The records of one judged unit (a jury's jurors first); the evaluator's own record is last."""
+    return result.records(_context(cfg, item, order))
 
 
-def _jury_records(cfg: RunConfig, item: HumanRow, order: str, j: JuryJudgement) -> list[dict[str, Any]]:
-    out = [_judge_record(cfg, item, order, m, "juror", j.judge) for m in j.members]
-    setup = _jury_setup(cfg)
-    rec = _base(item, order, "jury", j.judge, setup, j.prompt_sha, cfg.judge.version, cfg.evaluator)
-    rec.update(
-        models=[m.judge for m in j.members],
-        member_of=None,
-        setup=setup,
-        strategy=j.strategy,
-        scale=j.scale,
-        version=cfg.judge.version,
-        order=order,
-        prompt_sha=j.prompt_sha,
-        **_verdict_fields(j, order),
-        human=item["human"],
-        raw=[],  # the jurors' raw texts are in their own records
-        detail={
-            "aggregate": j.aggregate,
-            "tie_break": j.tie_break,
-            "n_failed": j.n_failed,
-            "members": {m.judge: (_SWAP[m.label] if m.label and order == "BA" else m.label) for m in j.members},
-        },
-        prompt_tokens=sum(r["prompt_tokens"] for r in out),
-        completion_tokens=sum(r["completion_tokens"] for r in out),
-        latency_s=max((r["latency_s"] for r in out), default=0.0),
-        cached=all(r["cached"] for r in out),
-    )
-    return [*out, rec]
-
-
-def _debate_setup(cfg: RunConfig) -> str:
-    return f"debate{cfg.debate.scale}/r{cfg.debate.rounds}/{cfg.debate.aggregate}/" + ",".join(cfg.debate.roles)
-
-
-def _debate_record(cfg: RunConfig, item: HumanRow, order: str, d: DebateJudgement) -> dict[str, Any]:
-    setup = _debate_setup(cfg)
-    rec = _base(item, order, "debate", d.judge, setup, d.prompt_sha, cfg.judge.version, cfg.evaluator)
-    detail = d.to_record()
-    rec.update(
-        models=list(cfg.roles.debaters),
-        member_of=None,
-        setup=setup,
-        strategy="debate",
-        scale=d.scale,
-        version=cfg.judge.version,
-        order=order,
-        prompt_sha=d.prompt_sha,
-        **_verdict_fields(d, order),
-        human=item["human"],
-        raw=d.raw,
-        detail={
-            "roles": list(cfg.debate.roles),
-            "rounds": cfg.debate.rounds,
-            "aggregate": d.aggregate,
-            "n_failed": d.n_failed,
-            "utterances": detail["utterances"],
-            "finals": detail["finals"],
-        },
-        prompt_tokens=d.prompt_tokens,
-        completion_tokens=d.completion_tokens,
-        latency_s=round(d.latency_s, 4),
-        cached=d.cached,
-    )
-    return rec
-
-
-def _failed_records(cfg: RunConfig, ev, item: HumanRow, order: str, reason: str) -> list[dict[str, Any]]:
+def _failed_records(cfg: RunConfig, ev: Evaluator, item: HumanRow, order: str, reason: str) -> list[dict[str, Any]]:
     """A per-item fault (e.g. a rejected request) recorded as a failure, so a rerun skips it."""
-    name, setup, sha = _identity(cfg, ev)
-    rec = _base(
-        item,
-        order,
-        {"judge": "judge", "jury": "jury", "debate": "debate"}[cfg.evaluator],
-        name,
-        setup,
-        sha,
-        cfg.judge.version,
-        cfg.evaluator,
-    )
-    rec.update(
-        models=_models_of(cfg),
-        member_of=None,
-        setup=setup,
-        strategy=cfg.judge.strategy if cfg.evaluator != "debate" else "debate",
-        scale=cfg.judge.scale if cfg.evaluator != "debate" else cfg.debate.scale,
-        version=cfg.judge.version,
-        order=order,
-        prompt_sha=sha,
-        pick=None,
-        label=None,
-        score_a=None,
-        score_b=None,
-        failure=reason,
-        human=item["human"],
-        raw=[],
-        detail={},
-        prompt_tokens=0,
-        completion_tokens=0,
-        latency_s=0.0,
-        cached=False,
-    )
-    return [rec]
+    return ev.failed_records(_context(cfg, item, order), reason)
 
 
-def _identity(cfg: RunConfig, ev) -> tuple[str, str, str]:
-    if isinstance(ev, Judge):
-        return ev.model, _judge_setup(cfg), ev.prompt_sha
-    if isinstance(ev, Jury):
-        return ev.name, _jury_setup(cfg), ev.judges[0].prompt_sha
-    return ev.name, _debate_setup(cfg), ev.prompt_sha
+def _identity(cfg: RunConfig, ev: Evaluator) -> tuple[str, str, str]:
+    """(name, setup, prompt_sha): what keys the evaluator's records."""
+    return ev.identity()
 
 
 def _models_of(cfg: RunConfig) -> list[str]:
@@ -373,138 +216,144 @@ def _models_of(cfg: RunConfig) -> list[str]:
 # --------------------------------------------------------------------------- the command
 
 
+class Evaluate(RunCommand):
+    """``mapo evaluate`` on the run skeleton (:mod:`mapo.runs.runner`): one unit per (item, order)."""
+
+    name = "evaluate"
+    stores = ("judgements",)
+
+    def check(self) -> None:
+        _check(self.cfg)
+        self.items_, self.data_info = load_items(self.cfg.eval_data)  # bad input fails before any model call
+        self.orders = _orders(self.cfg)
+        self.units = [(item, order) for item in self.items_ for order in self.orders]
+        self.counts = {"units": len(self.units), "resumed_done": 0, "failed": 0}
+        self.judging_s = 0.0
+
+    def setup(self, client: LLMClient) -> None:
+        self.ev = _build(self.cfg, client)  # unknown names, prompts, debaters: still before any call or file
+        self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
+
+    def models(self) -> list[str]:
+        return _models_of(self.cfg)
+
+    def fingerprint(self) -> dict[str, Any]:
+        cfg = self.cfg
+        keys: dict[str, Any] = {
+            "evaluator": cfg.evaluator,
+            f"roles.{EVALUATORS[cfg.evaluator]}": self.models(),
+            **model_keys(cfg, self.models()),
+            **{f"eval_data.{k}": v for k, v in self.data_info.items() if k not in ("limit", "n_items")},
+            "prompt_sha": self.prompt_sha,
+        }
+        if cfg.evaluator == "debate":
+            keys.update(section_keys("debate", cfg.debate))
+            keys.update(section_keys("judge", cfg.judge, only=("version", "both_orders")))
+        else:
+            keys.update(section_keys("judge", cfg.judge))
+            if cfg.evaluator == "jury":
+                keys.update(section_keys("jury", cfg.jury))
+        return keys
+
+    def total(self) -> int:
+        return len(self.units)
+
+    def _done_key(self, item: HumanRow, order: str) -> str:
+        return "|".join(
+            [item["id"], self.judge_name, self.judge_setup, f"v{self.cfg.judge.version}", self.prompt_sha, order]
+        )
+
+    def resume(self) -> None:
+        self.store = self.run.stores["judgements"]
+        self.counts["resumed_done"] = sum(self._done_key(i, o) in self.store for i, o in self.units)
+
+    def items(self) -> Iterator[tuple[HumanRow, str]]:
+        return iter_units(self.items_, self.orders)
+
+    async def work(self, unit: tuple[HumanRow, str]) -> None:
+        cfg, ev, progress = self.cfg, self.ev, self.run.progress
+        item, order = unit
+        if self._done_key(item, order) in self.store:
+            progress.update()
+            return
+        first, second = (
+            (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])
+        )
+        t0 = time.perf_counter()
+        try:
+            result = await ev.judge_pair(item["question"], first, second)
+        except Exception as e:
+            reason = item_failure(e)
+            if reason is None:
+                raise
+            recs = _failed_records(cfg, ev, item, order, reason)
+        else:
+            recs = _records(cfg, ev, item, order, result)
+        self.judging_s += time.perf_counter() - t0
+        for rec in recs:  # the evaluator's own record goes last: it marks the unit done
+            self.store.append(rec)
+        failed = recs[-1]["label"] is None
+        self.counts["failed"] += failed
+        progress.update(failed=failed)
+
+    def fields(self) -> dict[str, Any]:
+        cfg, models = self.cfg, self.models()
+        done_now = max(1, len(self.units) - self.counts["resumed_done"])
+        return {
+            "evaluator": cfg.evaluator,
+            "judge": self.judge_name,
+            "setup": self.judge_setup,
+            "orders": self.orders,
+            "roles": {EVALUATORS[cfg.evaluator]: cfg.roles.judge if cfg.evaluator == "judge" else models},
+            "models": models_manifest(cfg, models),
+            "eval_data": self.data_info,
+            "items": {"total": len(self.items_), **self.counts},
+            # judging_summed adds every unit's time (they overlap); per_unit is its mean
+            "timings_s": {"judging_summed": round(self.judging_s, 2), "per_unit": round(self.judging_s / done_now, 3)},
+        }
+
+    def publish(self, manifest: dict[str, Any]) -> None:
+        """agreement.json from this run's records, its headline figures in the manifest."""
+        cfg, name, sha, orders = self.cfg, self.judge_name, self.prompt_sha, self.orders
+        wanted = {self._done_key(i, o) for i, o in self.units}
+        ids = {i["id"] for i in self.items_}
+        # this run's records: the evaluator's own, plus (jury) its jurors' for the same items/orders
+        records = [
+            r
+            for r in iter_records(self.run.dir / "judgements.jsonl")
+            if r["key"] in wanted
+            or (
+                r.get("member_of") == name
+                and r["item_id"] in ids
+                and r["setup"] == _judge_setup(cfg)
+                and r["order"] in orders
+                and r["prompt_sha"] == sha
+                and r.get("version") == cfg.judge.version
+            )
+        ]
+        tables = agreement_tables(records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury")
+        tables = {"eval_data": self.data_info, "evaluator": cfg.evaluator, "orders": orders, **tables}
+        atomic_write_json(self.run.dir / "agreement.json", tables)
+        main = next((e for e in tables["results"] if e["judge"] == name), None)
+        if main is not None:
+            manifest["agreement"] = {k: main.get(k) for k in ("kappa", "n", "n_failed", "failure_rate", "accuracy")}
+            if "position_bias" in main:
+                manifest["agreement"]["position_bias"] = main["position_bias"]
+        log.info(
+            "agreement with humans (%s, %d items):\n%s",
+            self.data_info["loader"],
+            len(self.items_),
+            format_table(tables),
+        )
+
+
 async def evaluate(cfg: RunConfig) -> dict[str, Any]:
     """Run the configured evaluator over ``eval_data`` and compute its agreement (module doc)."""
-    _check(cfg)
-    items, data_info = load_items(cfg.eval_data)  # bad input fails here, before any model call
-    orders = _orders(cfg)
-    client = make_client(cfg)
-    try:
-        ev = _build(cfg, client)  # unknown names, prompts, debaters: still before any call or file
-        return await _run(cfg, client, ev, items, data_info, orders)
-    finally:
-        await client.aclose()
-        if client.cache is not None:
-            client.cache.close()
-
-
-async def _run(
-    cfg: RunConfig, client, ev, items: list[HumanRow], data_info: dict[str, Any], orders: list[str]
-) -> dict[str, Any]:
-    run_dir = Path(cfg.output_dir)
-    with RunLock(run_dir):
-        write_config(cfg, run_dir)
-        t_start = time.time()
-        models = _models_of(cfg)
-        store = RecordStore(run_dir / "judgements.jsonl")
-        name, setup, sha = _identity(cfg, ev)
-        done_key = lambda item, order: "|".join([item["id"], name, setup, f"v{cfg.judge.version}", sha, order])  # noqa: E731
-        units = [(item, order) for item in items for order in orders]
-        counts = {"units": len(units), "resumed_done": sum(done_key(i, o) in store for i, o in units), "failed": 0}
-        progress = Progress("evaluate", len(units), client.stats, cfg.client.progress)
-        judging_s = [0.0]
-        status = "complete"
-
-        async def work(unit: tuple[HumanRow, str]) -> None:
-            item, order = unit
-            if done_key(item, order) in store:
-                progress.update()
-                return
-            first, second = (
-                (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])
-            )
-            t0 = time.perf_counter()
-            try:
-                result = await ev.judge_pair(item["question"], first, second)
-            except Exception as e:
-                reason = item_failure(e)
-                if reason is None:
-                    raise
-                recs = _failed_records(cfg, ev, item, order, reason)
-            else:
-                if isinstance(result, JuryJudgement):
-                    recs = _jury_records(cfg, item, order, result)
-                elif isinstance(result, DebateJudgement):
-                    recs = [_debate_record(cfg, item, order, result)]
-                else:
-                    recs = [_judge_record(cfg, item, order, result, "judge", None)]
-            judging_s[0] += time.perf_counter() - t0
-            for rec in recs:  # the evaluator's own record goes last: it marks the unit done
-                store.append(rec)
-            failed = recs[-1]["label"] is None
-            counts["failed"] += failed
-            progress.update(failed=failed)
-
-        try:
-            if cfg.client.check_endpoints:
-                await client.check(models)
-            await run_pool(iter_units(items, orders), work, cfg.max_items_in_flight)
-        except EndpointUnavailable as e:
-            status = "stopped"
-            raise RunStopped(
-                f"run stopped: {e}. {len(store)} records are saved in {run_dir}; rerun the same command to resume."
-            ) from e
-        finally:
-            progress.close()
-            store.close()
-            wall = time.time() - t_start
-            manifest: dict[str, Any] = {
-                "command": "evaluate",
-                "status": status,
-                "output_dir": str(run_dir),
-                "evaluator": cfg.evaluator,
-                "judge": name,
-                "setup": setup,
-                "orders": orders,
-                "roles": {EVALUATORS[cfg.evaluator]: cfg.roles.judge if cfg.evaluator == "judge" else models},
-                "models": models_manifest(cfg, models),
-                "eval_data": data_info,
-                "items": {"total": len(items), **counts},
-                # judging_summed adds every unit's time (they overlap); per_unit is its mean
-                "timings_s": {
-                    "wall": round(wall, 2),
-                    "judging_summed": round(judging_s[0], 2),
-                    "per_unit": round(judging_s[0] / max(1, len(units) - counts["resumed_done"]), 3),
-                },
-                **run_accounting(client, wall),
-            }
-            if status == "complete":
-                wanted = {done_key(i, o) for i, o in units}
-                ids = {i["id"] for i in items}
-                # this run's records: the evaluator's own, plus (jury) its jurors' for the same items/orders
-                records = [
-                    r
-                    for r in iter_records(run_dir / "judgements.jsonl")
-                    if r["key"] in wanted
-                    or (
-                        r.get("member_of") == name
-                        and r["item_id"] in ids
-                        and r["setup"] == _judge_setup(cfg)
-                        and r["order"] in orders
-                        and r["prompt_sha"] == sha
-                        and r.get("version") == cfg.judge.version
-                    )
-                ]
-                tables = agreement_tables(
-                    records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury"
-                )
-                tables = {"eval_data": data_info, "evaluator": cfg.evaluator, "orders": orders, **tables}
-                atomic_write_json(run_dir / "agreement.json", tables)
-                main = next((e for e in tables["results"] if e["judge"] == name), None)
-                if main is not None:
-                    manifest["agreement"] = {
-                        k: main.get(k) for k in ("kappa", "n", "n_failed", "failure_rate", "accuracy")
-                    }
-                    if "position_bias" in main:
-                        manifest["agreement"]["position_bias"] = main["position_bias"]
-                log.info(
-                    "agreement with humans (%s, %d items):\n%s", data_info["loader"], len(items), format_table(tables)
-                )
-            atomic_write_json(run_dir / "manifest.json", manifest)
-    return manifest
+    return await execute(Evaluate(cfg))
 
 
 def iter_units(items: list[HumanRow], orders: list[str]) -> Iterator[tuple[HumanRow, str]]:
+    """Every (item, order) unit, lazily."""
     for item in items:
         for order in orders:
             yield item, order

@@ -1,0 +1,373 @@
+"""What every evaluator shares: the interface, the result base, and the one ask -> parse -> re-ask loop.
+
+An evaluator (:class:`Evaluator`; in the spirit of TRL's ``BasePairwiseJudge``) judges one pair:
+``await ev.judge_pair(question, response_a, response_b)`` returns a :class:`Judgement` in the
+order the responses were given (``model_a`` = ``response_a``). :class:`~mapo.judging.judge.Judge`,
+:class:`~mapo.judging.jury.Jury` and :class:`~mapo.judging.debate.Debate` implement it; each
+names itself (``name``, ``kind``, ``setup``, ``prompt_sha``, ``models``) so a run keys and
+resumes its records without asking what type of evaluator it holds.
+
+A :class:`Judgement` (``PairJudgement``, ``JuryJudgement``, ``DebateJudgement``) carries the
+shared verdict fields and turns itself into ``judgements.jsonl`` records
+(:meth:`Judgement.records`; the schema is documented in :mod:`mapo.runs.evaluate`).
+
+:func:`ask` is the only place a judging conversation is held: ask, parse, and on an
+unparseable answer re-ask (bounded) in the same conversation. :func:`constraint_for` is the only
+place the constrained-decoding setting (``on | off | auto``) is decided.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from mapo.core.parsers import ParseResult, constrained_regex, text_budget
+from mapo.core.types import Label, Message
+from mapo.llm.client import Constraint, LLMClient
+
+__all__ = ["Answer", "Evaluator", "Judgement", "RecordContext", "ask", "constraint_for", "use_constraint"]
+
+_PICK: dict[Label, str] = {"model_a": "A", "model_b": "B", "tie": "tie"}
+_SWAP: dict[Label, Label] = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """Where a judgement was made: the item, its presentation order and the run's identity."""
+
+    item_id: str
+    human: str | None
+    order: str
+    """AB = the item's response_a shown first; BA = swapped (the judgement is in presentation order)."""
+    version: int
+    """``judge.version``: part of every record key."""
+    evaluator: str
+    """The run's evaluator (judge | jury | debate)."""
+
+
+def _record(
+    ctx: RecordContext,
+    *,
+    kind: str,
+    judge: str,
+    keyed: str,
+    models: list[str],
+    member_of: str | None,
+    setup: str,
+    strategy: str,
+    scale: int,
+    prompt_sha: str,
+    label: Label | None,
+    score_a: float | None,
+    score_b: float | None,
+    failure: str | None,
+    raw: list[str],
+    detail: dict[str, Any],
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_s: float,
+    cached: bool,
+) -> dict[str, Any]:
+    """One judgements.jsonl record; a presentation-order verdict is turned into dataset terms."""
+    if ctx.order == "BA":
+        score_a, score_b = score_b, score_a
+    return {
+        "key": "|".join([ctx.item_id, keyed, setup, f"v{ctx.version}", prompt_sha, ctx.order]),
+        "item_id": ctx.item_id,
+        "evaluator": ctx.evaluator,
+        "kind": kind,
+        "judge": judge,
+        "models": models,
+        "member_of": member_of,
+        "setup": setup,
+        "strategy": strategy,
+        "scale": scale,
+        "version": ctx.version,
+        "order": ctx.order,
+        "prompt_sha": prompt_sha,
+        "pick": _PICK[label] if label else None,
+        "label": _SWAP[label] if (label and ctx.order == "BA") else label,
+        "score_a": score_a,
+        "score_b": score_b,
+        "failure": failure,
+        "human": ctx.human,
+        "raw": raw,
+        "detail": detail,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "latency_s": round(latency_s, 4),
+        "cached": cached,
+    }
+
+
+def dataset_label(label: Label | None, order: str) -> Label | None:
+    """A presentation-order label in dataset terms (undoing a BA swap)."""
+    return _SWAP[label] if label and order == "BA" else label
+
+
+@dataclass(kw_only=True)
+class Judgement:
+    """The verdict fields every evaluator's result shares, in presentation order.
+
+    ``label`` is ``model_a`` (the first response given), ``model_b`` or ``tie``, or None with
+    ``failure`` saying why there is no verdict (a failure is never a tie); ``score_a`` /
+    ``score_b`` are the scores behind it where there are any. ``setup`` names how it was judged
+    (it keys the records; it is not part of :meth:`to_record`).
+    """
+
+    kind: ClassVar[str] = "judge"
+    """What this result's own record is: judge | jury | debate."""
+
+    judge: str
+    strategy: str
+    scale: int
+    prompt_sha: str
+    label: Label | None = None
+    score_a: float | None = None
+    score_b: float | None = None
+    failure: str | None = None
+    setup: str = field(default="", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def raw(self) -> list[str]:
+        """Every raw model text behind this judgement, in the order produced."""
+        return []
+
+    @property
+    def models(self) -> list[str]:
+        """The models behind this judgement."""
+        return [self.judge]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return 0
+
+    @property
+    def latency_s(self) -> float:
+        return 0.0
+
+    @property
+    def cached(self) -> bool:
+        """Every call behind it was a cache hit."""
+        return False
+
+    def detail(self, order: str) -> dict[str, Any]:
+        """The record's ``detail`` (what is specific to this kind of judgement)."""
+        return {}
+
+    def record_raw(self) -> list[str]:
+        """The raw texts its own record keeps (a jury's live in its jurors' records)."""
+        return self.raw
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field as plain data (selection and win-rate records embed it)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "setup"}
+
+    def record(self, ctx: RecordContext, *, kind: str | None = None, member_of: str | None = None) -> dict[str, Any]:
+        """This judgement's own judgements.jsonl record (``kind`` juror + ``member_of`` for a jury member)."""
+        return _record(
+            ctx,
+            kind=kind or self.kind,
+            judge=self.judge,
+            # a juror's key names its jury: another jury reusing this juror gets its own records (cache hits)
+            keyed=f"{member_of}/{self.judge}" if member_of else self.judge,
+            models=self.models,
+            member_of=member_of,
+            setup=self.setup,
+            strategy=self.strategy,
+            scale=self.scale,
+            prompt_sha=self.prompt_sha,
+            label=self.label if self.ok else None,
+            score_a=self.score_a,
+            score_b=self.score_b,
+            failure=self.failure,
+            raw=self.record_raw(),
+            detail=self.detail(ctx.order),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_s=self.latency_s,
+            cached=self.cached,
+        )
+
+    def records(self, ctx: RecordContext) -> list[dict[str, Any]]:
+        """Every record this judgement writes, its own last (it marks the unit done)."""
+        return [self.record(ctx)]
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses (with their own ``to_record``) and containers of them as plain data."""
+    if hasattr(value, "to_record"):
+        return value.to_record()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
+# --------------------------------------------------------------------------- the evaluator interface
+
+
+class Evaluator(ABC):
+    """Anything that judges a pair: a judge, a jury, a debate.
+
+    Implementations name themselves; a run needs nothing else to key, resume and record them.
+    """
+
+    kind: ClassVar[str]
+    """judge | jury | debate (the ``kind`` of its own records)."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The ``judge`` field of its records: a model name, ``jury[a+b]``, ``debate[a+b]``."""
+
+    @property
+    @abstractmethod
+    def setup(self) -> str:
+        """How it judges, e.g. ``combined10``, ``combined10/mode-tie``, ``debate10/r2/mean_score/...``."""
+
+    @property
+    @abstractmethod
+    def prompt_sha(self) -> str:
+        """Hash of the prompt text(s) it uses."""
+
+    @property
+    @abstractmethod
+    def models(self) -> list[str]:
+        """The models behind it (conf/model names)."""
+
+    @property
+    @abstractmethod
+    def strategy(self) -> str:
+        """The judge strategy (``debate`` for a debate)."""
+
+    @property
+    @abstractmethod
+    def scale(self) -> int:
+        """Score total."""
+
+    @abstractmethod
+    async def judge_pair(self, question: str, response_a: str, response_b: str) -> Judgement:
+        """Judge one pair as presented (``model_a`` = ``response_a``, shown first)."""
+
+    @property
+    def scoring_counts(self) -> Counter[str]:
+        """How its answers were scored under ``judge.scoring=expected`` (``expected`` / ``argmax: <why>``)."""
+        return Counter()
+
+    def identity(self) -> tuple[str, str, str]:
+        """(name, setup, prompt_sha): what keys its records."""
+        return self.name, self.setup, self.prompt_sha
+
+    def failed_records(self, ctx: RecordContext, reason: str) -> list[dict[str, Any]]:
+        """A per-item fault (e.g. a rejected request) as a failure record, so a rerun skips it."""
+        return [
+            _record(
+                ctx,
+                kind=self.kind,
+                judge=self.name,
+                keyed=self.name,
+                models=self.models,
+                member_of=None,
+                setup=self.setup,
+                strategy=self.strategy,
+                scale=self.scale,
+                prompt_sha=self.prompt_sha,
+                label=None,
+                score_a=None,
+                score_b=None,
+                failure=reason,
+                raw=[],
+                detail={},
+                prompt_tokens=0,
+                completion_tokens=0,
+                latency_s=0.0,
+                cached=False,
+            )
+        ]
+
+
+# --------------------------------------------------------------------------- asking
+
+
+@dataclass
+class Answer:
+    """What one bounded ask -> parse -> re-ask conversation produced."""
+
+    raw: list[str] = field(default_factory=list)
+    """Every answer, in order (the last is the one parsed or the last that failed)."""
+    result: ParseResult = field(default_factory=lambda: ParseResult.fail("unparseable"))
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = True
+    top_logprobs: list[dict[str, float]] | None = None
+    """Of the last answer, when asked for and the server sent them."""
+
+
+async def ask(
+    client: LLMClient,
+    model: str,
+    messages: Sequence[Message],
+    *,
+    role: str,
+    parse: Callable[[str], ParseResult],
+    reask: Callable[[], str],
+    reasks: int,
+    constraint: Constraint | None = None,
+    top_logprobs: int | None = None,
+) -> Answer:
+    """Ask ``model``; parse the answer; while it does not parse, re-ask (``reask()``, at most
+    ``reasks`` times) in the same conversation. Every raw text and the summed accounting are kept."""
+    answer = Answer()
+    extra: dict[str, Any] = {"top_logprobs": top_logprobs} if top_logprobs else {}
+    convo = list(messages)
+    for attempt in range(reasks + 1):
+        c = await client.chat(model, convo, role=role, constraint=constraint, **extra)
+        answer.raw.append(c.text)
+        answer.prompt_tokens += c.prompt_tokens
+        answer.completion_tokens += c.completion_tokens
+        answer.latency_s += c.latency_s
+        answer.cached = answer.cached and c.cached
+        answer.top_logprobs = getattr(c, "top_logprobs", None)
+        answer.result = parse(c.text)
+        if answer.result.ok or attempt == reasks:
+            break
+        convo = [*convo, {"role": "assistant", "content": c.text}, {"role": "user", "content": reask()}]
+    return answer
+
+
+def use_constraint(setting: str, client: LLMClient, model: str) -> bool:
+    """``constrained``: on | off | auto (on where the model's server honours structured outputs)."""
+    return setting == "on" or (setting == "auto" and client.supports_constraints(model))
+
+
+def constraint_for(
+    setting: str, client: LLMClient, model: str, kind: str, scale: int = 10, *, explain: bool = True
+) -> Constraint | None:
+    """The structured-output constraint that makes ``model``'s answer readable by parser ``kind``,
+    or None when ``setting`` leaves it unconstrained. Free text is sized so the verdict fits
+    ``max_tokens``; ``explain=False`` leaves only the answer sections."""
+    if not use_constraint(setting, client, model):
+        return None
+    budget = text_budget(client.max_tokens(model))
+    if explain:
+        return Constraint(regex=constrained_regex(kind, scale, text_chars=budget))
+    return Constraint(regex=constrained_regex(kind, scale, text_chars=budget, explain=False))
