@@ -7,10 +7,12 @@ component modules import them.
 
 from __future__ import annotations
 
+import enum
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from omegaconf import MISSING
 
@@ -36,6 +38,170 @@ class ConfigError(ValueError):
     """A config problem found before any model is called; the message names the key."""
 
 
+# ---- choices ----------------------------------------------------------------------------------
+# Every choice is a StrEnum whose member names equal their values: OmegaConf looks enum members up
+# by name, so YAML and command-line strings parse, a wrong value fails when Hydra composes the config
+# (naming the key and the allowed values), and members still compare equal to, hash like, format
+# and json.dumps as the plain strings the rest of mapo speaks.
+
+
+class Choice(enum.StrEnum):
+    """Base of the config choices."""
+
+    @classmethod
+    def parse(cls, value: object, key: str) -> Self:
+        """``value`` as a member, or a ConfigError naming ``key`` and the allowed values."""
+        if isinstance(value, str) and value in cls._value2member_map_:
+            return cls(value)
+        raise ConfigError(f"{key}={value!r}; allowed: {', '.join(m.value for m in cls)}")
+
+
+class JudgeStrategy(Choice):
+    """``judge.strategy`` (paper Table 7). A new strategy: a member here and its function in
+    ``mapo.judging.judge.STRATEGIES`` (tests/core/test_config.py keeps the two equal)."""
+
+    direct = "direct"
+    independent = "independent"
+    combined = "combined"
+
+
+class OrderCombine(Choice):
+    """``judge.order_combine``: how the two presentation orders of ``both_orders`` combine."""
+
+    inconsistent_tie = "inconsistent_tie"
+    mean_score = "mean_score"
+
+
+class Constrained(Choice):
+    """``judge/debate/feedback.constrained``: structured-output decoding."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Scoring(Choice):
+    """``judge.scoring``: the score as written, or its expectation under the top logprobs."""
+
+    argmax = "argmax"
+    expected = "expected"
+
+
+class JuryAggregate(Choice):
+    """``jury.aggregate`` (``mapo.metrics.agreement.AGGREGATORS``)."""
+
+    mode = "mode"
+    majority = "majority"
+    mean_score = "mean_score"
+
+
+class TieBreak(Choice):
+    """``jury.tie_break`` for ``majority`` (``first`` is an alias of ``first_juror``)."""
+
+    tie = "tie"
+    first_juror = "first_juror"
+    first = "first"
+    abstain = "abstain"
+
+
+class DebateAggregate(Choice):
+    """``debate.aggregate``."""
+
+    mean_score = "mean_score"
+    votes = "votes"
+
+
+class SelectionMethod(Choice):
+    """``selection.method`` (``mapo.generation.selection.SELECTORS``)."""
+
+    tournament = "tournament"
+    score_all = "score_all"
+
+
+class OnTie(Choice):
+    """``selection.on_tie``."""
+
+    drop = "drop"
+    keep = "keep"
+
+
+class PromptSource(Choice):
+    """``prompts.source``."""
+
+    builtin = "builtin"
+    file = "file"
+    hf = "hf"
+
+
+class OnInvalid(Choice):
+    """``prompts.on_invalid``."""
+
+    error = "error"
+    skip = "skip"
+
+
+class ProgressMode(Choice):
+    """``client.progress``."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    off = "off"
+
+
+class EvaluatorKind(Choice):
+    """``evaluator``: what ``mapo evaluate`` runs."""
+
+    judge = "judge"
+    jury = "jury"
+    debate = "debate"
+
+
+class OnConfigChange(Choice):
+    """``on_config_change``: a resume whose config differs from the run folder's."""
+
+    error = "error"
+    new_run = "new_run"
+
+
+# ---- range checks -------------------------------------------------------------------------------
+
+
+def _at_least(key: str, value: float | None, low: float, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key} must be >= {low:g}{' or null' if optional else ''}, got {value}")
+
+
+def _above(key: str, value: float | None, low: float, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value <= low:
+        raise ConfigError(f"{key} must be > {low:g}{' or null' if optional else ''}, got {value}")
+
+
+def _scale(key: str, value: int) -> None:
+    if value not in (5, 10, 100):
+        raise ConfigError(f"{key} must be 5, 10 or 100, got {value}")
+
+
+def check_run_name(name: object) -> str:
+    """``run_name`` names a folder under runs/: no path separator, no ``..``, not empty."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(s in name for s in ("/", "\\", "..")):
+        raise ConfigError(
+            f"run_name={name!r}: a plain folder name under runs/ (no '/', '\\' or '..'); use output_dir for a path"
+        )
+    return name
+
+
+# ---- configs ------------------------------------------------------------------------------------
+# Each config has one validator, ``check(key)``: it turns choice strings into their enum, range-checks
+# every number and names the full key. RunConfig.check walks them all with their keys; it runs when
+# OmegaConf builds the RunConfig (__post_init__, i.e. as Hydra composes the command's config) and again
+# in ``validate`` before any model call (a config built or changed in Python).
+
+
 @dataclass
 class GenerationConfig:
     """Sampling parameters sent with every request (the paper: temperature 0)."""
@@ -50,6 +216,13 @@ class GenerationConfig:
     """Sampling seed (vLLM and OpenAI honour it); part of the cache key."""
     stop: list[str] | None = None
     """Stop strings, if any."""
+
+    def check(self, key: str = "generation") -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.temperature", self.temperature, 0)
+        _at_least(f"{key}.max_tokens", self.max_tokens, 1)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{key}.top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -71,6 +244,13 @@ class ServeConfig:
     extra_args: list[str] = field(default_factory=list)
     """Extra `vllm serve` arguments."""
 
+    def check(self, key: str = "serve") -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.max_model_len", self.max_model_len, 1)
+        _at_least(f"{key}.tensor_parallel_size", self.tensor_parallel_size, 1)
+        _at_least(f"{key}.gpus", self.gpus, 0)
+        _at_least(f"{key}.data_parallel_replicas", self.data_parallel_replicas, 1)
+
 
 @dataclass
 class ModelConfig:
@@ -87,7 +267,7 @@ class ModelConfig:
     max_concurrency: int = 16
     """Requests in flight per endpoint replica."""
     timeout_s: float = 120.0
-    """Per-request timeout."""
+    """Total time one attempt of a request may take (retries get their own)."""
     max_retries: int = 6
     """Retries on 429, 5xx, timeouts and dropped connections (exponential backoff + jitter)."""
     structured_output: bool = False
@@ -98,6 +278,17 @@ class ModelConfig:
     """US dollars per million output (completion) tokens; None = unknown."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     serve: ServeConfig | None = None
+
+    def check(self, key: str = "model") -> None:
+        """Validate, naming keys under ``key`` (``models.<name>``)."""
+        _at_least(f"{key}.max_concurrency", self.max_concurrency, 1)
+        _above(f"{key}.timeout_s", self.timeout_s, 0)
+        _at_least(f"{key}.max_retries", self.max_retries, 0)
+        _at_least(f"{key}.price_in_per_mtok", self.price_in_per_mtok, 0, optional=True)
+        _at_least(f"{key}.price_out_per_mtok", self.price_out_per_mtok, 0, optional=True)
+        self.generation.check(f"{key}.generation")
+        if self.serve is not None:
+            self.serve.check(f"{key}.serve")
 
 
 @dataclass
@@ -122,7 +313,7 @@ class RolesConfig:
 class JudgeConfig:
     """A judging strategy (paper Table 7)."""
 
-    strategy: str = "combined"
+    strategy: JudgeStrategy = JudgeStrategy.combined
     """direct | independent | combined."""
     scale: int = 10
     """Score total for scoring strategies: 5, 10 or 100."""
@@ -130,28 +321,43 @@ class JudgeConfig:
     """Folder under prompts/ holding the templates."""
     both_orders: bool = False
     """Judge (A,B) and (B,A) and combine, to cancel position bias."""
-    order_combine: str = "inconsistent_tie"
+    order_combine: OrderCombine = OrderCombine.inconsistent_tie
     """inconsistent_tie (disagreeing orders = tie) | mean_score."""
-    constrained: str = "auto"
+    constrained: Constrained = Constrained.auto
     """auto (use structured outputs where the model supports them) | on | off."""
     reask: int = 1
     """Follow-up asks after an unparseable answer before recording a failure."""
     version: int = 1
     """Bump when the prompt or parsing of this judge changes."""
-    scoring: str = "argmax"
+    scoring: Scoring = Scoring.argmax
     """argmax (the score the judge wrote) | expected (probability-weighted score from the top logprobs)."""
     explain: bool = True
     """False = a score-only constrained answer (no explanation)."""
+
+    def check(self, key: str = "judge") -> None:
+        """Validate, naming keys under ``key``."""
+        self.strategy = JudgeStrategy.parse(self.strategy, f"{key}.strategy")
+        self.order_combine = OrderCombine.parse(self.order_combine, f"{key}.order_combine")
+        self.constrained = Constrained.parse(self.constrained, f"{key}.constrained")
+        self.scoring = Scoring.parse(self.scoring, f"{key}.scoring")
+        _scale(f"{key}.scale", self.scale)
+        _at_least(f"{key}.reask", self.reask, 0)
+        _at_least(f"{key}.version", self.version, 1)
 
 
 @dataclass
 class JuryConfig:
     """LLMs-as-a-jury: every juror judges with ``judge``; picks are aggregated."""
 
-    aggregate: str = "mode"
+    aggregate: JuryAggregate = JuryAggregate.mode
     """mode (multi-way mode = tie, the paper) | majority | mean_score."""
-    tie_break: str = "tie"
-    """For majority: tie | first_juror."""
+    tie_break: TieBreak = TieBreak.tie
+    """For majority: tie | first_juror | abstain."""
+
+    def check(self, key: str = "jury") -> None:
+        """Validate, naming keys under ``key``."""
+        self.aggregate = JuryAggregate.parse(self.aggregate, f"{key}.aggregate")
+        self.tie_break = TieBreak.parse(self.tie_break, f"{key}.tie_break")
 
 
 @dataclass
@@ -162,13 +368,23 @@ class DebateConfig:
     """Speaker roles, each a prompt file debate_role_<name>.txt."""
     rounds: int = 2
     """Discussion rounds before the final scores."""
-    aggregate: str = "mean_score"
+    aggregate: DebateAggregate = DebateAggregate.mean_score
     """mean_score | votes."""
     prompt_set: str = "paper"
     scale: int = 10
-    constrained: str = "auto"
+    constrained: Constrained = Constrained.auto
     reask: int = 1
     """Follow-up asks after an unparseable final-score answer before recording that referee's failure."""
+
+    def check(self, key: str = "debate") -> None:
+        """Validate, naming keys under ``key``."""
+        if not self.roles:
+            raise ConfigError(f"{key}.roles is empty: name at least one role (prompt file debate_role_<role>.txt)")
+        self.aggregate = DebateAggregate.parse(self.aggregate, f"{key}.aggregate")
+        self.constrained = Constrained.parse(self.constrained, f"{key}.constrained")
+        _at_least(f"{key}.rounds", self.rounds, 0)
+        _scale(f"{key}.scale", self.scale)
+        _at_least(f"{key}.reask", self.reask, 0)
 
 
 @dataclass
@@ -178,7 +394,7 @@ class FeedbackConfig:
     iterations: int = 3
     """Responses per prompt (N); every iteration is kept."""
     prompt_set: str = "paper"
-    constrained: str = "auto"
+    constrained: Constrained = Constrained.auto
     """Constrain reviewer output to the parseable format where supported."""
     early_stop_score: float | None = None
     """Stop once the reviewer score reaches this (off by default, as the paper)."""
@@ -186,24 +402,36 @@ class FeedbackConfig:
     """Stop when the score stops improving (off by default)."""
     reask: int = 1
 
+    def check(self, key: str = "feedback") -> None:
+        """Validate, naming keys under ``key``."""
+        self.constrained = Constrained.parse(self.constrained, f"{key}.constrained")
+        _at_least(f"{key}.iterations", self.iterations, 1)
+        _at_least(f"{key}.early_stop_score", self.early_stop_score, 0, optional=True)
+        _at_least(f"{key}.reask", self.reask, 0)
+
 
 @dataclass
 class SelectionConfig:
     """Best of N by the judge."""
 
-    method: str = "tournament"
+    method: SelectionMethod = SelectionMethod.tournament
     """tournament (1 vs 2, winner vs 3: the authors' code) | score_all."""
-    on_tie: str = "drop"
+    on_tie: OnTie = OnTie.drop
     """drop (a prompt whose best and worst tie gives no preference pair) | keep."""
     allow_truncated: bool = False
     """Whether a response cut by max_tokens (finish_reason=length) may be chosen."""
+
+    def check(self, key: str = "selection") -> None:
+        """Validate, naming keys under ``key``."""
+        self.method = SelectionMethod.parse(self.method, f"{key}.method")
+        self.on_tie = OnTie.parse(self.on_tie, f"{key}.on_tie")
 
 
 @dataclass
 class PromptSourceConfig:
     """Where instructions come from."""
 
-    source: str = "builtin"
+    source: PromptSource = PromptSource.builtin
     """builtin | file | hf."""
     path: str | None = None
     """Local JSONL/CSV/parquet for source=file; dataset name for source=hf."""
@@ -213,7 +441,7 @@ class PromptSourceConfig:
     id_column: str | None = None
     limit: int | None = None
     """Take the first N prompts (after skipping invalid ones)."""
-    on_invalid: str = "error"
+    on_invalid: OnInvalid = OnInvalid.error
     """error | skip (skipped prompts are counted in the manifest)."""
     max_chars: int = 100_000
     """Longer prompts are invalid (beyond any served context; caught before any call, not by a 400 per item)."""
@@ -221,6 +449,19 @@ class PromptSourceConfig:
     """This task's shard, 0..shard_count-1 (a SLURM job array: slurm/array.sbatch)."""
     shard_count: int = 1
     """Shards the prompt set is split into; an item goes to sha256(id) % shard_count. 1 = all (mapo/runs/shard.py)."""
+
+    def check(self, key: str = "prompts") -> None:
+        """Validate, naming keys under ``key``."""
+        self.source = PromptSource.parse(self.source, f"{key}.source")
+        self.on_invalid = OnInvalid.parse(self.on_invalid, f"{key}.on_invalid")
+        _at_least(f"{key}.limit", self.limit, 1, optional=True)
+        _at_least(f"{key}.max_chars", self.max_chars, 1)
+        _at_least(f"{key}.shard_count", self.shard_count, 1)
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ConfigError(
+                f"{key}.shard_index={self.shard_index} must be in 0..{key}.shard_count-1 "
+                f"(shard_count={self.shard_count})"
+            )
 
 
 @dataclass
@@ -235,10 +476,15 @@ class ClientConfig:
     """Endpoint registry file; defaults to $MAPO_ENDPOINTS or ${MAPO_CACHE}/endpoints.json."""
     check_endpoints: bool = True
     """Probe every endpoint a role uses at start and fail fast if one is down."""
-    progress: str = "auto"
+    progress: ProgressMode = ProgressMode.auto
     """auto (bar on a terminal, one-line summaries otherwise) | bar | log | off."""
     budget_usd: float | None = None
-    """Stop the run (everything so far saved) before a request would take the priced cost past this; None = no limit."""
+    """Stop the run (everything so far saved) before a request could take the priced cost past this; None = no limit."""
+
+    def check(self, key: str = "client") -> None:
+        """Validate, naming keys under ``key``."""
+        self.progress = ProgressMode.parse(self.progress, f"{key}.progress")
+        _above(f"{key}.budget_usd", self.budget_usd, 0, optional=True)
 
 
 @dataclass
@@ -252,10 +498,20 @@ class WinrateConfiguration:
     reviewers: list[str] = field(default_factory=list)
     """One or two reviewers; empty = a single generation with no feedback."""
 
+    def check(self, key: str = "configuration") -> None:
+        """Validate, naming keys under ``key`` (``configurations[i]``)."""
+        if "|" in self.name or not self.name:
+            raise ConfigError(f"{key}.name={self.name!r}: a non-empty name without '|'")
+        if len(self.reviewers) > 2:
+            raise ConfigError(f"{key}.reviewers ({self.name}): 0, 1 or 2 reviewers, got {list(self.reviewers)}")
+
 
 @dataclass
 class RunConfig:
-    """Everything a mapo command needs; each command uses the parts it reads."""
+    """Everything a mapo command needs; each command uses the parts it reads.
+
+    Built (by Hydra through OmegaConf, or in Python) it validates itself: :meth:`check`.
+    """
 
     models: dict[str, ModelConfig] = field(default_factory=dict)
     roles: RolesConfig = field(default_factory=RolesConfig)
@@ -267,14 +523,14 @@ class RunConfig:
     prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
     eval_data: dict[str, Any] = field(default_factory=dict)
     """Human-labelled set for `mapo evaluate` (conf/eval_data/<name>.yaml)."""
-    evaluator: str = "judge"
+    evaluator: EvaluatorKind = EvaluatorKind.judge
     """What `mapo evaluate` runs: judge (roles.judge) | jury (roles.jurors) | debate (roles.debaters)."""
     configurations: list[WinrateConfiguration] = field(default_factory=list)
     """Feedback-loop setups compared against roles.baselines by `mapo winrate`."""
     client: ClientConfig = field(default_factory=ClientConfig)
     run_name: str = "default"
-    """Names the run folder (runs/<run_name>); rerunning the same command into it resumes."""
-    on_config_change: str = "error"
+    """Names the run folder (runs/<run_name>); rerunning the same command into it resumes. A plain name."""
+    on_config_change: OnConfigChange = OnConfigChange.error
     """A resume whose config differs from the run folder's: error (refuse, naming the keys) | new_run."""
     output_dir: str = "runs/default"
     """The run folder (set from Hydra's output dir)."""
@@ -283,17 +539,58 @@ class RunConfig:
     push_to_hub: str | None = None
     """Optional Hugging Face repo id to push the DPO/KTO DatasetDict to."""
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Validate every part, naming the full key (``models.<name>.generation.max_tokens``): choices
+        become their enums, numbers are range-checked. Raises ConfigError."""
+        check_run_name(self.run_name)
+        self.evaluator = EvaluatorKind.parse(self.evaluator, "evaluator")
+        self.on_config_change = OnConfigChange.parse(self.on_config_change, "on_config_change")
+        _at_least("max_items_in_flight", self.max_items_in_flight, 1)
+        for name, model in self.models.items():
+            model.check(f"models.{name}")
+        self.judge.check("judge")
+        self.jury.check("jury")
+        self.debate.check("debate")
+        self.feedback.check("feedback")
+        self.selection.check("selection")
+        self.prompts.check("prompts")
+        self.client.check("client")
+        for i, configuration in enumerate(self.configurations):
+            configuration.check(f"configurations[{i}]")
+        if isinstance(self.eval_data, Mapping) and "limit" in self.eval_data:
+            _at_least("eval_data.limit", self.eval_data["limit"], 1, optional=True)
+
 
 def cache_dir() -> Path:
+    """``$MAPO_CACHE``, else ``~/.cache/mapo``."""
     return Path(os.environ.get("MAPO_CACHE", Path.home() / ".cache" / "mapo")).expanduser()
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore (conf/*.yaml extend it)."""
+    """Register the schema with Hydra's ConfigStore (conf/*.yaml extend it) and the
+    ``mapo_run_name`` resolver the conf files put in ``hydra.run.dir``: Hydra creates that folder
+    before any command code runs, so a ``run_name`` that would leave runs/ is refused there."""
     from hydra.core.config_store import ConfigStore
+    from hydra.errors import CompactHydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    class RunNameError(ConfigError, InterpolationResolutionError, CompactHydraException):
+        """Raised inside ``hydra.run.dir``: OmegaConf passes it on unwrapped, Hydra prints its one line."""
+
+    def run_name(name: object) -> str:
+        try:
+            return check_run_name(name)
+        except ConfigError as e:
+            raise RunNameError(str(e)) from None
 
     cs = ConfigStore.instance()
     cs.store(name="mapo_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("mapo_run_name"):
+        OmegaConf.register_new_resolver("mapo_run_name", run_name)
 
 
 def _unknown_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -312,12 +609,15 @@ def _unknown_keys(obj: Any, prefix: str = "") -> list[str]:
 
 
 def validate(cfg: RunConfig, roles_used: list[str]) -> None:
-    """Fail before any model call: unknown models, missing keys, bad numbers, naming the key."""
+    """Fail before any model call, naming the key: unknown keys, every choice and range
+    (:meth:`RunConfig.check`, again: the config may have changed since it was built), and the
+    models of ``roles_used`` (known, reachable one way, their key variable set)."""
     unknown = _unknown_keys(cfg)
     if unknown:
         raise ConfigError(
             f"unknown config key(s): {', '.join(unknown)} (a typo? see mapo/core/config.py for the fields)"
         )
+    cfg.check()
     models = cfg.models
     for role in roles_used:
         value = getattr(cfg.roles, role)
@@ -336,29 +636,5 @@ def validate(cfg: RunConfig, roles_used: list[str]) -> None:
                 raise ConfigError(
                     f"models.{name}.api_key_env: environment variable {m.api_key_env} is not set (needed by {key})"
                 )
-            if m.max_concurrency < 1:
-                raise ConfigError(f"models.{name}.max_concurrency must be >= 1, got {m.max_concurrency}")
-            if m.timeout_s <= 0:
-                raise ConfigError(f"models.{name}.timeout_s must be > 0, got {m.timeout_s}")
     if "reviewers" in roles_used and not 1 <= len(cfg.roles.reviewers) <= 2:
         raise ConfigError(f"roles.reviewers must list 1 or 2 models, got {list(cfg.roles.reviewers)}")
-    if cfg.feedback.iterations < 1:
-        raise ConfigError(f"feedback.iterations must be >= 1, got {cfg.feedback.iterations}")
-    if cfg.judge.scale not in (5, 10, 100):
-        raise ConfigError(f"judge.scale must be 5, 10 or 100, got {cfg.judge.scale}")
-    if not 0 <= cfg.prompts.shard_index < cfg.prompts.shard_count:
-        raise ConfigError(
-            f"prompts.shard_index={cfg.prompts.shard_index} must be in 0..prompts.shard_count-1 "
-            f"(shard_count={cfg.prompts.shard_count})"
-        )
-    if cfg.max_items_in_flight < 1:
-        raise ConfigError(f"max_items_in_flight must be >= 1, got {cfg.max_items_in_flight}")
-    for key, value, allowed in [
-        ("judge.constrained", cfg.judge.constrained, ("auto", "on", "off")),
-        ("feedback.constrained", cfg.feedback.constrained, ("auto", "on", "off")),
-        ("judge.order_combine", cfg.judge.order_combine, ("inconsistent_tie", "mean_score")),
-        ("selection.method", cfg.selection.method, ("tournament", "score_all")),
-        ("prompts.on_invalid", cfg.prompts.on_invalid, ("error", "skip")),
-    ]:
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r}; allowed: {', '.join(allowed)}")

@@ -1,0 +1,252 @@
+"""mapo.core.config: typed choices (StrEnums) and one validator per config.
+
+A wrong choice fails when Hydra composes the config (naming the key, listing the allowed
+values); a number out of range fails when the RunConfig is built (OmegaConf.to_object, before
+any command code) or in ``validate`` (a config changed in Python), naming the full key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from mapo.core import config as C
+from mapo.core.config import ConfigError, JudgeConfig, JudgeStrategy, RunConfig, validate
+from tests.conftest import REPO, fake_model
+from tests.fake_openai import FakeServer
+
+
+def compose(command: str, overrides: list[str], *, hydra: bool = False):
+    """The DictConfig Hydra composes for ``mapo <command> <overrides>``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    C.register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(command, overrides=["output_dir=unused", *overrides], return_hydra_config=hydra)
+
+
+def build(command: str, overrides: list[str]) -> RunConfig:
+    return OmegaConf.to_object(compose(command, overrides))  # type: ignore[return-value]
+
+
+# ---- the choices ---------------------------------------------------------------------------------
+
+CHOICES = {
+    "judge.strategy": C.JudgeStrategy,
+    "judge.order_combine": C.OrderCombine,
+    "judge.constrained": C.Constrained,
+    "judge.scoring": C.Scoring,
+    "jury.aggregate": C.JuryAggregate,
+    "jury.tie_break": C.TieBreak,
+    "debate.aggregate": C.DebateAggregate,
+    "debate.constrained": C.Constrained,
+    "feedback.constrained": C.Constrained,
+    "selection.method": C.SelectionMethod,
+    "selection.on_tie": C.OnTie,
+    "prompts.source": C.PromptSource,
+    "prompts.on_invalid": C.OnInvalid,
+    "client.progress": C.ProgressMode,
+    "evaluator": C.EvaluatorKind,
+    "on_config_change": C.OnConfigChange,
+}
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_a_wrong_choice_fails_at_compose_naming_key_and_allowed_values(key):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("evaluate", [f"{key}=bogus"])
+    message = str(err.value.__cause__)
+    allowed = ", ".join(m.value for m in CHOICES[key])
+    assert f"full_key: {key}" in message and f"expected one of [{allowed}]" in message
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_every_allowed_choice_composes_into_its_enum(key):
+    enum = CHOICES[key]
+    for member in enum:
+        cfg = build("evaluate", [f"{key}={member.value}"])
+        got = cfg
+        for part in key.split("."):
+            got = getattr(got, part)
+        assert got is member
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_a_wrong_choice_set_in_python_fails_in_validate(key):
+    cfg = RunConfig()
+    *parents, leaf = key.split(".")
+    target = cfg
+    for part in parents:
+        target = getattr(target, part)
+    setattr(target, leaf, "bogus")
+    allowed = ", ".join(m.value for m in CHOICES[key])
+    with pytest.raises(ConfigError, match=f"^{key}='bogus'; allowed: {allowed}$"):
+        validate(cfg, [])
+
+
+def test_choices_behave_as_the_strings_they_were():
+    cfg = build("evaluate", ["judge=direct", "jury.tie_break=first_juror"])
+    s = cfg.judge.strategy
+    assert s == "direct" and s in ("direct", "combined") and f"{s}" == "direct" and str(s) == "direct"
+    assert {"direct": 1}[s] == 1 and json.dumps({"s": s, s: 1}) == '{"s": "direct", "direct": 1}'
+    # what the run folder's config.yaml holds re-composes into the same config
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    assert "strategy: direct" in text and "tie_break: first_juror" in text
+    again = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text)))
+    assert again == cfg
+    json.dumps(dataclasses.asdict(cfg))
+
+
+def test_a_string_set_in_python_becomes_the_enum():
+    judge = JudgeConfig(strategy="direct")  # type: ignore[arg-type]
+    judge.check()
+    assert judge.strategy is JudgeStrategy.direct
+
+
+def test_the_enums_list_exactly_what_the_code_implements():
+    """A member without an implementation (or the reverse) would pass composition and fail mid-run."""
+    from mapo.generation.selection import SELECTORS
+    from mapo.judging.debate import AGGREGATES
+    from mapo.judging.judge import STRATEGIES
+    from mapo.judging.jury import TIE_BREAKS
+    from mapo.metrics.agreement import AGGREGATORS
+    from mapo.runs.evaluate import EVALUATORS
+    from mapo.runs.progress import MODES
+
+    for enum, names in [
+        (C.JudgeStrategy, STRATEGIES.names()),
+        (C.SelectionMethod, SELECTORS.names()),
+        (C.JuryAggregate, AGGREGATORS.names()),
+        (C.TieBreak, TIE_BREAKS),
+        (C.DebateAggregate, AGGREGATES),
+        (C.EvaluatorKind, EVALUATORS),
+        (C.ProgressMode, MODES),
+    ]:
+        assert sorted(m.value for m in enum) == sorted(names), enum.__name__
+
+
+# ---- every number is range-checked, naming the full key ---------------------------------------------
+
+M = "models.gemma3-270m"
+BAD_NUMBERS = [
+    (f"{M}.max_retries=-1", f"{M}.max_retries must be >= 0, got -1"),
+    (f"{M}.max_concurrency=0", f"{M}.max_concurrency must be >= 1, got 0"),
+    (f"{M}.timeout_s=0", f"{M}.timeout_s must be > 0, got 0"),
+    (f"{M}.timeout_s=-3", f"{M}.timeout_s must be > 0, got -3"),
+    (f"{M}.price_in_per_mtok=-1", f"{M}.price_in_per_mtok must be >= 0 or null, got -1"),
+    (f"{M}.price_out_per_mtok=-0.5", f"{M}.price_out_per_mtok must be >= 0 or null, got -0.5"),
+    (f"{M}.generation.max_tokens=-5", f"{M}.generation.max_tokens must be >= 1, got -5"),
+    (f"{M}.generation.max_tokens=0", f"{M}.generation.max_tokens must be >= 1, got 0"),
+    (f"{M}.generation.temperature=-0.1", f"{M}.generation.temperature must be >= 0, got -0.1"),
+    (f"{M}.generation.top_p=0", f"{M}.generation.top_p must be in (0, 1], got 0"),
+    (f"{M}.generation.top_p=1.5", f"{M}.generation.top_p must be in (0, 1], got 1.5"),
+    (f"{M}.serve.max_model_len=0", f"{M}.serve.max_model_len must be >= 1, got 0"),
+    ("models.llama31-8b.serve.tensor_parallel_size=0", "models.llama31-8b.serve.tensor_parallel_size must be >= 1"),
+    ("models.llama31-8b.serve.gpus=-1", "models.llama31-8b.serve.gpus must be >= 0, got -1"),
+    ("models.llama31-8b.serve.data_parallel_replicas=0", "models.llama31-8b.serve.data_parallel_replicas must be >= 1"),
+    ("judge.reask=-1", "judge.reask must be >= 0, got -1"),
+    ("judge.scale=7", "judge.scale must be 5, 10 or 100, got 7"),
+    ("judge.version=0", "judge.version must be >= 1, got 0"),
+    ("debate.reask=-1", "debate.reask must be >= 0, got -1"),
+    ("debate.rounds=-1", "debate.rounds must be >= 0, got -1"),
+    ("debate.scale=3", "debate.scale must be 5, 10 or 100, got 3"),
+    ("debate.roles=[]", "debate.roles is empty"),
+    ("feedback.reask=-1", "feedback.reask must be >= 0, got -1"),
+    ("feedback.iterations=0", "feedback.iterations must be >= 1, got 0"),
+    ("feedback.early_stop_score=-1", "feedback.early_stop_score must be >= 0 or null, got -1"),
+    ("prompts.limit=0", "prompts.limit must be >= 1 or null, got 0"),
+    ("prompts.max_chars=0", "prompts.max_chars must be >= 1, got 0"),
+    ("prompts.shard_count=0", "prompts.shard_count must be >= 1, got 0"),
+    ("prompts.shard_index=-1", "prompts.shard_index=-1 must be in 0..prompts.shard_count-1"),
+    ("prompts.shard_index=2", "prompts.shard_index=2 must be in 0..prompts.shard_count-1 (shard_count=1)"),
+    ("client.budget_usd=0", "client.budget_usd must be > 0 or null, got 0"),
+    ("client.budget_usd=-2", "client.budget_usd must be > 0 or null, got -2"),
+    ("max_items_in_flight=0", "max_items_in_flight must be >= 1, got 0"),
+    ("eval_data.limit=0", "eval_data.limit must be >= 1 or null, got 0"),
+    ("configurations=[{name: 'a|b', generator: x}]", "configurations[0].name='a|b': a non-empty name without '|'"),
+    ("configurations=[{name: a, generator: x, reviewers: [p, q, r]}]", "configurations[0].reviewers (a): 0, 1 or 2"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_NUMBERS, ids=[o for o, _ in BAD_NUMBERS])
+def test_a_number_out_of_range_fails_when_the_config_is_built(override, message):
+    composed = compose("evaluate", [override])  # composes: the type is right
+    with pytest.raises(ConfigError) as err:
+        OmegaConf.to_object(composed)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_the_shipped_configs_are_valid():
+    for command in ("build", "evaluate", "winrate"):
+        cfg = build(command, [])
+        validate(cfg, [])
+        assert cfg.models["gpt-4o"].price_in_per_mtok == 5.0 and cfg.models["gpt-4o"].price_out_per_mtok == 15.0
+        assert cfg.models["gpt-4o-mini"].price_in_per_mtok == 0.15
+        assert cfg.models["gpt-4o-mini"].price_out_per_mtok == 0.6
+    # and the boundaries are allowed
+    build("evaluate", ["client.budget_usd=0.01", "debate.rounds=0", "judge.reask=0", f"{M}.max_retries=0"])
+    build("evaluate", [f"{M}.generation.top_p=1", f"{M}.generation.temperature=0", "prompts.limit=null"])
+
+
+def test_a_value_changed_in_python_is_checked_by_validate():
+    cfg = RunConfig(models={"m": fake_model(FakeServer())})
+    cfg.models["m"].generation.max_tokens = -5
+    with pytest.raises(ConfigError, match=r"^models\.m\.generation\.max_tokens must be >= 1, got -5$"):
+        validate(cfg, [])
+    with pytest.raises(ConfigError, match=r"^judge\.reask must be >= 0, got -2$"):
+        RunConfig(judge=JudgeConfig(reask=-2))
+
+
+# ---- run_name stays under runs/ ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/abs", "a\\b", "x..y", ""])
+def test_run_name_with_a_path_is_refused(name):
+    with pytest.raises(ConfigError, match="run_name="):
+        RunConfig(run_name=name)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b"])
+def test_run_name_with_a_path_is_refused_before_hydra_makes_the_folder(name):
+    from omegaconf.errors import InterpolationResolutionError
+
+    cfg = compose("build", [f"run_name={name}"], hydra=True)
+    for key in ("run", "sweep"):
+        with pytest.raises(InterpolationResolutionError, match="a plain folder name under runs/"):
+            OmegaConf.select(cfg, f"hydra.{key}.dir", throw_on_resolution_failure=True)
+    assert OmegaConf.to_container(compose("build", ["run_name=ok-name_1.2"], hydra=True).hydra.run)["dir"]
+
+
+# ---- the command line: one line, no request ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,code,message",
+    [
+        ("models.smollm2-135m.max_retries=-1", 2, "models.smollm2-135m.max_retries must be >= 0, got -1"),
+        ("judge.reask=-1", 2, "judge.reask must be >= 0, got -1"),
+        ("selection.on_tie=maybe", 1, "expected one of [drop, keep]"),
+        ("run_name=../../outside", 1, "run_name='../../outside': a plain folder name under runs/"),
+    ],
+)
+def test_cli_refuses_bad_values_before_any_request(tmp_path, override, code, message):
+    with FakeServer() as server:
+        args = [sys.executable, "-m", "mapo", "build", "client.progress=off", override]
+        for m in ("smollm2-135m", "gemma3-270m"):
+            args += [f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}"]
+        env = {**os.environ, "MAPO_CACHE": str(tmp_path / "mc"), "HF_DATASETS_OFFLINE": "1"}
+        p = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert server.n == 0
+    out = p.stdout + p.stderr
+    assert p.returncode == code, out[-2000:]
+    assert message in out and "Traceback" not in out
+    assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
