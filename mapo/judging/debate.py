@@ -165,21 +165,12 @@ class Debate(Evaluator):
     ) -> None:
         roles = list(config.roles)
         debaters = list(debaters)
-        if not roles:
-            raise ConfigError("debate.roles is empty: name at least one role (prompt file debate_role_<role>.txt)")
+        config.check("debate")  # roles, aggregate, rounds, scale, constrained, reask (mapo.core.config)
         if len(debaters) not in (1, len(roles)):
             raise ConfigError(
                 f"roles.debaters lists {len(debaters)} models {debaters}; give one model for every role or one per role "
                 f"({len(roles)}: {', '.join(roles)})"
             )
-        if config.aggregate not in AGGREGATES:
-            raise ConfigError(f"debate.aggregate={config.aggregate!r}; allowed: {', '.join(AGGREGATES)}")
-        if config.rounds < 0:
-            raise ConfigError(f"debate.rounds must be >= 0, got {config.rounds}")
-        if config.scale not in (5, 10, 100):
-            raise ConfigError(f"debate.scale must be 5, 10 or 100, got {config.scale}")
-        if config.constrained not in ("auto", "on", "off"):
-            raise ConfigError(f"debate.constrained={config.constrained!r}; allowed: auto, on, off")
         self.client = client
         self.config = config
         self.roles = roles

@@ -30,7 +30,7 @@ from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
 from mapo.judging.base import Evaluator, Judgement, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
-from mapo.metrics.agreement import AGGREGATORS, jury_pick
+from mapo.metrics.agreement import jury_pick
 
 __all__ = ["Jury", "JuryJudgement", "TIE_BREAKS", "jury_name", "warn_self_judging"]
 
@@ -147,9 +147,7 @@ class Jury(Evaluator):
         jurors = list(jurors)
         if not jurors:
             raise ConfigError("roles.jurors is empty: a jury needs at least one juror (two or more to aggregate)")
-        AGGREGATORS.get(jury_config.aggregate, key="jury.aggregate")
-        if jury_config.tie_break not in TIE_BREAKS:
-            raise ConfigError(f"jury.tie_break={jury_config.tie_break!r}; allowed: {', '.join(TIE_BREAKS)}")
+        jury_config.check("jury")  # aggregate and tie_break (mapo.core.config: one validator per config)
         if jury_config.aggregate == "mean_score" and judge_config.strategy == "direct":
             raise ConfigError(
                 "jury.aggregate=mean_score needs scores; judge.strategy=direct gives only picks (use mode or majority)"
