@@ -1,0 +1,172 @@
+"""The typed config of ``mapo train`` (conf/train.yaml + the conf/train/ group).
+
+mapo owns what ties the run together (dataset, base model, split, LoRA, the run folder); the
+trainer itself is configured by ``trl:``, a dict merged into TRL's ``DPOConfig`` / ``KTOConfig``
+so that every TRL option is settable from the command line (``++trl.warmup_steps=10``). Its keys
+are checked against the TRL dataclass before anything is loaded, and an unknown key is an error
+that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from mapo.core.config import ConfigError, ModelConfig
+
+__all__ = [
+    "METHODS",
+    "MANAGED_TRL_KEYS",
+    "LoraSettings",
+    "SplitConfig",
+    "TrainRunConfig",
+    "check",
+    "register_schema",
+    "trl_config_class",
+]
+
+METHODS = ("dpo", "kto")
+"""Preference-optimisation methods: DPO (paired, TRL DPOTrainer), KTO (unpaired, TRL KTOTrainer)."""
+
+MANAGED_TRL_KEYS = {
+    "output_dir": "checkpoints go to <output_dir>/checkpoints (set output_dir or run_name instead)",
+    "resume_from_checkpoint": "a rerun of the same command resumes from the last checkpoint by itself",
+    "push_to_hub": "the trained model is written to <output_dir>/model and a model config (see the manifest)",
+}
+"""TRL/transformers fields that mapo sets itself; setting them in ``trl`` is an error that says why."""
+
+PROGRESS = ("auto", "bar", "log", "off")
+SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class SplitConfig:
+    """Train/eval split by prompt id: every row of a prompt lands on the same side."""
+
+    eval_fraction: float = 0.1
+    """Share of the prompts held out for evaluation (0 = no eval split)."""
+    seed: int = 0
+    """Salt of the hash that assigns prompts; the same seed gives every dataset of one build the same split."""
+
+
+@dataclass
+class LoraSettings:
+    """Optional LoRA through peft (``pip install peft``); the adapter is merged into the saved model."""
+
+    enabled: bool = False
+    """Train a LoRA adapter instead of the full model."""
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: Any = "all-linear"
+    """Module names (a list) or ``all-linear``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Any other ``peft.LoraConfig`` field, passed through (checked against its fields)."""
+
+
+@dataclass
+class TrainRunConfig:
+    """Everything ``mapo train`` reads. The method-specific part comes from conf/train/<method>.yaml."""
+
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    """Model configs (conf/model/): the base model is looked up here."""
+    base_model: str = "smollm2-135m"
+    """The model to train: a name in ``models`` (its serve.weights) or a local model folder."""
+    dataset: str = "runs/build"
+    """A `mapo build` run folder (uses dataset/<method>), a saved DatasetDict / Dataset, or a JSONL file."""
+    method: str = MISSING
+    """dpo | kto (set by the train group: ``train=dpo`` or ``train=kto``)."""
+    trl: dict[str, Any] = field(default_factory=dict)
+    """Fields of trl.DPOConfig / trl.KTOConfig, passed through (``++trl.KEY=VALUE`` adds any)."""
+    name: str | None = None
+    """Name of the trained model's config and endpoint; default ``<base_model>-<method>``."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    save_dtype: str = "auto"
+    """dtype of the saved model: auto (bfloat16 after bf16 training, else float32) | float32 | bfloat16 | float16."""
+    progress: str = "auto"
+    """auto (a bar on a terminal, a log line per logging step otherwise) | bar | log | off."""
+    run_name: str = "train"
+    """Names the run folder (runs/<run_name>); rerunning the same command resumes from the last checkpoint."""
+    output_dir: str = "runs/train"
+    """The run folder (set from Hydra's output dir)."""
+
+
+def trl_config_class(method: str) -> type:
+    """``trl.DPOConfig`` or ``trl.KTOConfig``."""
+    import trl
+
+    return trl.DPOConfig if method == "dpo" else trl.KTOConfig
+
+
+def _unknown(keys: list[str], known: set[str], where: str, what: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{where}.{key}: not a field of {what}{hint}")
+
+
+def _forced_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Keys Hydra's ``+key=value`` forced into the typed sections (the dicts ``models``, ``trl`` and
+    ``lora.options`` are checked elsewhere)."""
+    if not dataclasses.is_dataclass(obj):
+        return []
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    out = [f"{prefix}{k}" for k in vars(obj) if k not in known]
+    for f in known.values():
+        out += _forced_keys(getattr(obj, f.name), f"{prefix}{f.name}.")
+    return out
+
+
+def check(cfg: TrainRunConfig) -> None:
+    """Fail before any model or dataset is loaded, naming the key."""
+    forced = _forced_keys(cfg)
+    if forced:
+        raise ConfigError(f"unknown config key(s): {', '.join(forced)} (see mapo/training/config.py for the fields)")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method={cfg.method!r}; allowed: {', '.join(METHODS)} (choose with train=dpo|kto)")
+    import trl
+
+    cls = trl_config_class(cfg.method)
+    _unknown(
+        list(cfg.trl), {f.name for f in dataclasses.fields(cls)}, "trl", f"trl.{cls.__name__} (TRL {trl.__version__})"
+    )
+    for key, why in MANAGED_TRL_KEYS.items():
+        if key in cfg.trl:
+            raise ConfigError(f"trl.{key} is set by mapo: {why}")
+    if not 0 <= cfg.split.eval_fraction < 1:
+        raise ConfigError(f"split.eval_fraction must be in [0, 1), got {cfg.split.eval_fraction}")
+    if cfg.save_dtype not in SAVE_DTYPES:
+        raise ConfigError(f"save_dtype={cfg.save_dtype!r}; allowed: {', '.join(SAVE_DTYPES)}")
+    if cfg.progress not in PROGRESS:
+        raise ConfigError(f"progress={cfg.progress!r}; allowed: {', '.join(PROGRESS)}")
+    if cfg.name is not None and (not cfg.name or "/" in cfg.name or "." in cfg.name):
+        raise ConfigError(f"name={cfg.name!r}: a model name without '/' or '.' (Hydra keys cannot hold dots)")
+    if cfg.lora.enabled:
+        if cfg.lora.r < 1:
+            raise ConfigError(f"lora.r must be >= 1, got {cfg.lora.r}")
+        try:
+            import peft
+        except ImportError:
+            raise ConfigError("lora.enabled=true needs peft: pip install peft (or mapo[train])") from None
+        _unknown(
+            list(cfg.lora.options),
+            {f.name for f in dataclasses.fields(peft.LoraConfig)},
+            "lora.options",
+            f"peft.LoraConfig (peft {peft.__version__})",
+        )
+
+
+def register_schema() -> None:
+    """Register the schema (``train_schema``) that conf/train.yaml extends."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainRunConfig)
