@@ -67,8 +67,8 @@ from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, RecordContext
 from mapo.judging.debate import Debate
-from mapo.judging.judge import STRATEGIES, Judge, judge_setup
-from mapo.judging.jury import TIE_BREAKS, Jury
+from mapo.judging.judge import Judge, judge_setup
+from mapo.judging.jury import Jury
 from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
@@ -149,19 +149,9 @@ def _orders(cfg: RunConfig) -> list[str]:
 
 
 def _check(cfg: RunConfig) -> None:
-    """Everything that can be checked without a model call."""
-    if cfg.evaluator not in EVALUATORS:
-        raise ConfigError(f"evaluator={cfg.evaluator!r}; allowed: {', '.join(EVALUATORS)}")
+    """Everything that can be checked without a model call (choices and ranges: RunConfig.check)."""
+    cfg.check()  # first: a valid evaluator names the role to validate
     validate(cfg, [EVALUATORS[cfg.evaluator]])
-    try:
-        if cfg.evaluator in ("judge", "jury"):
-            STRATEGIES.get(cfg.judge.strategy, key="judge.strategy")
-    except UnknownNameError as e:
-        raise ConfigError(str(e)) from None
-    if cfg.judge.reask < 0:
-        raise ConfigError(f"judge.reask must be >= 0, got {cfg.judge.reask}")
-    if cfg.evaluator == "jury" and cfg.jury.tie_break not in TIE_BREAKS:
-        raise ConfigError(f"jury.tie_break={cfg.jury.tie_break!r}; allowed: {', '.join(TIE_BREAKS)}")
 
 
 def _build(cfg: RunConfig, client) -> Evaluator:
