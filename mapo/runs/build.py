@@ -17,12 +17,11 @@ from omegaconf import OmegaConf
 
 from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.prompts import prompts_root
-from mapo.core.registry import UnknownNameError
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.dataset import RowCounts, RowError, item_rows, save_datasets
 from mapo.generation.feedback import FeedbackLoop
 from mapo.generation.selection import SELECTORS, excluded, losses
-from mapo.judging.judge import STRATEGIES, Judge
+from mapo.judging.judge import Judge
 from mapo.llm.client import EndpointUnavailable
 from mapo.runs.progress import Progress
 from mapo.runs.runner import (
@@ -52,11 +51,6 @@ async def build(cfg: RunConfig) -> dict[str, Any]:
             )
     else:
         n_prompts = cfg.prompts.limit
-    try:
-        SELECTORS.get(cfg.selection.method, key="selection.method")
-        STRATEGIES.get(cfg.judge.strategy, key="judge.strategy")
-    except UnknownNameError as e:
-        raise ConfigError(str(e)) from None
     for key, prompt_set in (
         ("judge.prompt_set", cfg.judge.prompt_set),
         ("feedback.prompt_set", cfg.feedback.prompt_set),

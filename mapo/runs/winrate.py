@@ -36,10 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.config import ConfigError, RunConfig, WinrateConfiguration, validate
-from mapo.core.registry import UnknownNameError
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FeedbackLoop
-from mapo.judging.judge import STRATEGIES, Judge, PairJudgement
+from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import EndpointUnavailable
 from mapo.runs.progress import Progress
@@ -94,14 +93,6 @@ def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
             m = cfg.models[model]
             if bool(m.base_url) == bool(m.endpoint):
                 raise ConfigError(f"models.{model}: set exactly one of base_url and endpoint")
-        if len(c.reviewers) > 2:
-            raise ConfigError(f"configurations[{i}].reviewers ({c.name}): 0, 1 or 2 reviewers, got {list(c.reviewers)}")
-        if "|" in c.name or not c.name:
-            raise ConfigError(f"configurations[{i}].name={c.name!r}: a non-empty name without '|'")
-    try:
-        STRATEGIES.get(cfg.judge.strategy, key="judge.strategy")
-    except UnknownNameError as e:
-        raise ConfigError(str(e)) from None
     return configs
 
 
