@@ -34,8 +34,6 @@ __all__ = ["STRATEGIES", "Attempt", "Judge", "PairJudgement", "judge_setup"]
 
 log = logging.getLogger(__name__)
 
-_WARNED: set[tuple[str, str]] = set()  # (model, reason) already logged: a fallback is said once
-
 
 @dataclass
 class Attempt:
@@ -126,6 +124,7 @@ class Judge(Evaluator):
         self.scoring: str = getattr(config, "scoring", "argmax")
         self.explain: bool = getattr(config, "explain", True)
         self._scoring_counts: Counter[str] = Counter()
+        self._said: set[str] = set()  # fallback reasons already logged: each is said once
 
     # ---- identity (Evaluator) ----------------------------------------------------------
     @property
@@ -275,9 +274,9 @@ class Judge(Evaluator):
     def _keep(self, attempt: Attempt, why: str) -> None:
         attempt.scoring = f"argmax: {why}"
         self._scoring_counts[attempt.scoring] += 1
-        if (self.model, why) not in _WARNED:
-            _WARNED.add((self.model, why))
-            log.warning("judge %s: %s; keeping the written value (argmax scoring) where so, counted", self.model, why)
+        if why not in self._said:
+            self._said.add(why)
+            log.warning("judge %s: %s; keeping the written value (argmax scoring) there, counted", self.model, why)
 
 
 def _render(template: prompts.Template, scale: int) -> str:

@@ -31,7 +31,7 @@ tie, wins only when they are equal).
 
 What is kept: one :class:`ValueDistribution` per located value, stored with the attempt
 (``detail.attempts[i].logprobs``), so ``mapo reparse`` can recompute either scoring
-(:func:`expected_verdict`) with no model call.
+(:func:`rescore_attempt`) with no model call.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ __all__ = [
     "expected_verdict",
     "locate",
     "pick_probabilities",
+    "rescore_attempt",
     "value_probabilities",
 ]
 
@@ -205,3 +206,17 @@ def expected_verdict(kind: str, dists: Sequence[Mapping[str, Any]], scale: int) 
         ea, eb = expected_value(by_name["score_a"], scale), expected_value(by_name["score_b"], scale)
         return None if ea is None or eb is None else Verdict.from_scores(ea, eb)
     raise ValueError(f"expected_verdict: no logprob scoring for parser kind {kind!r}; known: {', '.join(VALUE_NAMES)}")
+
+
+_KIND_OF_STRATEGY = {"direct": "pick", "combined": "score_pair", "independent": "score_pair"}
+
+
+def rescore_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> Verdict | None:
+    """The logprob-weighted verdict of a stored attempt (a record's ``detail.attempts[i]``) from the
+    distributions it kept (an independent attempt keeps ``score_a`` and ``score_b``); None when it
+    kept none. The written (argmax) verdict is the parser's reading of its raw text, as ever."""
+    dists = attempt.get("logprobs")
+    kind = _KIND_OF_STRATEGY.get(str(strategy))
+    if not dists or kind is None:
+        return None
+    return expected_verdict(kind, dists, scale)

@@ -123,3 +123,36 @@ async def test_bad_debate_configs():
         await run(FINALS, aggregate="median")
     with pytest.raises(ConfigError, match="no prompt 'debate_role_judge'"):
         await run(FINALS, roles=["general_public", "judge"], debaters=("m1",))
+
+
+class Counting(FakeServer):
+    """Records the most requests in flight at once (each answer takes ``latency_s``)."""
+
+    in_flight: int = 0
+    peak: int = 0
+
+    async def _chat(self, request):
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super()._chat(request)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_debates_interleave_and_the_finals_are_asked_at_once():
+    import asyncio
+
+    # alone: the discussion goes one turn at a time; the three finals overlap
+    with Counting(latency_s=0.2) as server:
+        client = LLMClient({"m1": fake_model(server, served_name="m1", max_concurrency=32)})
+        try:
+            debate = Debate(client, ["m1"], DebateConfig(rounds=1))
+            await debate.judge_pair("q?", "a", "b")
+            assert server.n == 6 and server.peak == 3
+            # four debates at once: no debate waits on another, so their turns share the server
+            server.peak = 0
+            await asyncio.gather(*(debate.judge_pair(f"q{i}?", "a", "b") for i in range(4)))
+            assert server.peak >= 4 * 3  # the finals of all four together (each discussion turn: 4 in flight)
+        finally:
+            await client.aclose()

@@ -134,5 +134,5 @@ async def test_bad_jury_configs_fail_before_any_call(server, jurors, judge_cfg, 
 
 
 async def test_unknown_aggregate_names_the_key(server):
-    with pytest.raises(KeyError, match="jury.aggregate"):
+    with pytest.raises(ConfigError, match="jury.aggregate='median'; allowed: mode, majority, mean_score"):
         await judge(server, ["j1", "j2", "j3"], jury_cfg=JuryConfig(aggregate="median"))
