@@ -5,6 +5,7 @@ invalid ones are an error naming the file and line, or skipped and counted.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,17 +19,22 @@ from mapo.runs.shard import shard_of
 
 @dataclass(frozen=True)
 class PromptItem:
+    """One instruction and its id (the source's id column, else its line/row number)."""
+
     id: str
     prompt: str
 
 
 @dataclass
 class SourceStats:
+    """Prompts read and skipped (by reason), for the manifest."""
+
     read: int = 0
     skipped: int = 0
     reasons: dict[str, int] | None = None
 
     def skip(self, reason: str) -> None:
+        """Count one skipped prompt under ``reason``."""
         self.skipped += 1
         self.reasons = self.reasons or {}
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
@@ -42,6 +48,16 @@ def _text_of(value: Any) -> str | None:
         for turn in value:
             if isinstance(turn, dict) and turn.get("role") == "user" and isinstance(turn.get("content"), str):
                 return turn["content"]
+    return None
+
+
+def _unencodable_at(text: str) -> int | None:
+    """1-based position of the first character UTF-8 cannot encode (a lone surrogate, which valid
+    JSON such as ``"\\ud800"`` can hold), or None: such text can be neither sent nor stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start + 1
     return None
 
 
@@ -81,6 +97,10 @@ def _rows(cfg: PromptSourceConfig) -> Iterator[tuple[str, int, dict]]:
 def _jsonl(path: Path) -> Iterator[tuple[str, int, dict]]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(
+                codecs.BOM_UTF8
+            ):  # as written by some editors; the CSV reader accepts it too
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -97,6 +117,8 @@ def _jsonl(path: Path) -> Iterator[tuple[str, int, dict]]:
 
 
 def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> Iterator[PromptItem]:
+    """The configured prompts, lazily, in source order: invalid ones raise a ConfigError naming the
+    file and line (``on_invalid=error``) or are skipped and counted in ``stats`` (``skip``)."""
     stats = stats if stats is not None else SourceStats()
     seen: set[str] = set()
     taken = 0
@@ -114,6 +136,8 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
                 problem = f"empty prompt in column {cfg.prompt_column!r}"
             elif len(text) > cfg.max_chars:
                 problem = f"prompt longer than prompts.max_chars={cfg.max_chars} ({len(text)} characters)"
+            elif (bad := _unencodable_at(text)) is not None:
+                problem = f"prompt is not valid Unicode (a lone surrogate at character {bad}; it cannot be sent)"
         if problem is None and cfg.id_column and cfg.id_column not in row:
             problem = f"missing column {cfg.id_column!r} (prompts.id_column)"
         if problem is None:
@@ -121,6 +145,8 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             item_id = str(raw_id)
             if item_id in seen:
                 problem = f"duplicate id {item_id!r}"
+            elif (bad := _unencodable_at(item_id)) is not None:
+                problem = f"id is not valid Unicode (a lone surrogate at character {bad})"
         if problem is not None:
             if cfg.on_invalid == "error":
                 raise ConfigError(f"{where}:{n}: {problem} (set prompts.on_invalid=skip to skip and count)")
@@ -131,6 +157,7 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
         if cfg.shard_count > 1 and shard_of(item_id, cfg.shard_count) != cfg.shard_index:
             continue
         stats.read += 1
+        assert text is not None  # no problem: the prompt column held text
         yield PromptItem(item_id, text)
 
 

@@ -10,7 +10,15 @@ import pytest
 
 from mapo.core.config import ModelConfig
 from mapo.llm.cache import ResponseCache
-from mapo.llm.client import Constraint, EndpointUnavailable, LLMClient
+from mapo.llm.client import (
+    BadReply,
+    Constraint,
+    EndpointUnavailable,
+    ItemFault,
+    LLMClient,
+    RunHalt,
+    UnencodableText,
+)
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
 
@@ -237,3 +245,29 @@ async def test_no_log_line_per_http_request_at_info(fake_server, tmp_path, caplo
     assert fake_server.completed == 3
     client_side = [r for r in caplog.records if not r.name.startswith("aiohttp")]  # not the fake server's log
     assert [r.getMessage() for r in client_side if "HTTP" in r.getMessage()] == []
+
+
+# ---- text mapo cannot encode (issue 13 item 5) --------------------------------------------------
+
+
+async def test_a_prompt_with_a_lone_surrogate_is_refused_unsent(fake_server, tmp_path):
+    async with make(fake_server, tmp_path) as client:
+        with pytest.raises(UnencodableText, match=r"message 1 \(user\).*lone surrogate at character 5"):
+            await client.chat(
+                "m", [{"role": "system", "content": "ok"}, {"role": "user", "content": "Say \ud800"}], role="g"
+            )
+        assert fake_server.n == 0 and client.usage[("g", "m")].retries == 0
+        assert isinstance(UnencodableText("x"), ItemFault) and not isinstance(UnencodableText("x"), RunHalt)
+
+
+async def test_a_reply_with_a_lone_surrogate_fails_the_item_without_retries(tmp_path):
+    replies = iter(["bad \ud800 reply", "fine reply"])
+    with FakeServer(responder=lambda req: next(replies)) as server:
+        async with make(server, tmp_path) as client:
+            with pytest.raises(BadReply, match=r"model 'm' replied with text that is not valid Unicode"):
+                await client.chat("m", MSG, role="judge")
+            assert server.n == 1  # not retried as if the transport had failed
+            u = client.usage[("judge", "m")]
+            assert u.retries == 0 and u.failures == 1
+            # nothing was cached: the same request asks again (and gets the good reply)
+            assert (await client.chat("m", MSG, role="judge")).text == "fine reply"

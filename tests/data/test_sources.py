@@ -1,0 +1,63 @@
+"""mapo.data.sources: text mapo cannot encode is bad input, named by file and line; a BOM is fine."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+
+import pytest
+
+from mapo.core.config import ConfigError, PromptSourceConfig
+from mapo.data.sources import SourceStats, iter_prompts, validate_prompts
+
+# json.dumps writes a lone surrogate as the valid JSON escape "\ud800"; json.loads turns it back
+# into a Python str that UTF-8 cannot encode
+SURROGATE_PROMPT = json.dumps({"id": "bad", "prompt": "Say \ud800 twice."})
+SURROGATE_ID = json.dumps({"id": "x\udfff", "prompt": "Fine text."})
+
+
+def write(path: Path, lines: list[str], *, bom: bool = False) -> Path:
+    data = "\n".join(lines).encode("utf-8") + b"\n"
+    path.write_bytes((codecs.BOM_UTF8 if bom else b"") + data)
+    return path
+
+
+def good(i: int) -> str:
+    return json.dumps({"id": f"p{i}", "prompt": f"Name a colour ({i})."})
+
+
+@pytest.mark.parametrize(
+    "bad,line,what",
+    [(SURROGATE_PROMPT, 2, "prompt is not valid Unicode"), (SURROGATE_ID, 3, "id is not valid Unicode")],
+)
+def test_a_lone_surrogate_is_an_input_error_naming_file_and_line(tmp_path, bad, line, what):
+    lines = [good(1), good(2), good(3)]
+    lines.insert(line - 1, bad)
+    path = write(tmp_path / "p.jsonl", lines)
+    with pytest.raises(ConfigError, match=rf"p\.jsonl:{line}: {what} \(a lone surrogate at character \d+"):
+        validate_prompts(PromptSourceConfig(source="file", path=str(path)))
+
+
+def test_a_lone_surrogate_is_skipped_and_counted_when_asked(tmp_path):
+    path = write(tmp_path / "p.jsonl", [good(1), SURROGATE_PROMPT, SURROGATE_ID, good(2)])
+    stats = SourceStats()
+    items = list(iter_prompts(PromptSourceConfig(source="file", path=str(path), on_invalid="skip"), stats))
+    assert [i.id for i in items] == ["p1", "p2"]
+    for item in items:
+        item.prompt.encode("utf-8")  # everything kept can be sent and stored
+    assert stats.skipped == 2
+    assert stats.reasons == {"prompt is not valid Unicode": 1, "id is not valid Unicode": 1}
+
+
+def test_a_jsonl_file_starting_with_a_utf8_bom_is_read(tmp_path):
+    path = write(tmp_path / "p.jsonl", [good(1), good(2)], bom=True)
+    items = list(iter_prompts(PromptSourceConfig(source="file", path=str(path))))
+    assert [i.id for i in items] == ["p1", "p2"] and items[0].prompt == "Name a colour (1)."
+
+
+def test_a_bom_later_in_the_file_is_still_broken_json(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(good(1).encode() + b"\n" + codecs.BOM_UTF8 + good(2).encode() + b"\n")
+    with pytest.raises(ConfigError, match=r"p\.jsonl:2: broken JSON"):
+        validate_prompts(PromptSourceConfig(source="file", path=str(path)))
