@@ -4,6 +4,13 @@ Every loader returns ``list[HumanRow]``: ``{id, question, response_a, response_b
 with ``human`` a :data:`~mapo.core.types.Label` (model_a / model_b / tie). Bad input raises
 :class:`HumanDataError` naming the file (or dataset) and the line, row or key at fault.
 
+Agreement needs only an id and a label, so a text field (question, responses) holding
+something other than text never refuses the file: the value is kept as text (a number as
+``str``, a list or object as JSON, null as ``""``), the row lists it under ``odd_fields``
+(e.g. ``["response_b: list"]``) and one warning names the file and the first such rows.
+``need_text=False`` (``mapo agreement --humans``) loads id and label only: the text columns
+may be absent.
+
 * :func:`load_faireval`: FairEval, local JSONL (``winner`` is already a label).
 * :func:`load_local`: any local JSONL / JSON / CSV, with a column mapping and a label-value
   mapping.
@@ -15,13 +22,15 @@ with ``human`` a :data:`~mapo.core.types.Label` (model_a / model_b / tie). Bad i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from mapo.core.registry import Registry
 from mapo.core.types import LABELS, Label
@@ -43,15 +52,20 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+
 class HumanRow(TypedDict):
     id: str
     question: str
     response_a: str
     response_b: str
     human: Label
+    odd_fields: NotRequired[list[str]]  # text fields that held no text: "<field>: <type>" (module doc)
 
 
 FIELDS: tuple[str, ...] = ("id", "question", "response_a", "response_b", "human")
+TEXT_FIELDS: tuple[str, ...] = ("question", "response_a", "response_b")
 IDENTITY_LABELS: dict[Any, Label] = {label: label for label in LABELS}
 
 
@@ -68,9 +82,11 @@ def default_faireval_path() -> Path:
     return shared / "data" / "faireval" / "fair_eval.jsonl"
 
 
-def load_faireval(path: str | Path | None = None) -> list[HumanRow]:
+def load_faireval(path: str | Path | None = None, *, need_text: bool = True) -> list[HumanRow]:
     """FairEval (80 Vicuna-80 questions; model_a = Vicuna-13B, model_b = GPT-3.5)."""
-    return load_local(path or default_faireval_path(), columns={"human": "winner"}, labels=IDENTITY_LABELS)
+    return load_local(
+        path or default_faireval_path(), columns={"human": "winner"}, labels=IDENTITY_LABELS, need_text=need_text
+    )
 
 
 def load_local(
@@ -79,13 +95,15 @@ def load_local(
     labels: Mapping[Any, Label] | None = None,
     *,
     fmt: str | None = None,
+    need_text: bool = True,
 ) -> list[HumanRow]:
     """Rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.csv`` file.
 
     ``columns`` maps our fields to the file's keys (unnamed fields keep their own name, e.g.
     ``{"human": "winner", "question": "prompt"}``); ``labels`` maps the file's label values
     to ours (default: the values already are model_a / model_b / tie). A missing ``id``
-    column falls back to the row's position.
+    column falls back to the row's position. Non-text values in text columns are kept and
+    flagged (module doc); ``need_text=False`` lets the text columns be absent.
     """
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
@@ -99,7 +117,46 @@ def load_local(
             f"{path}: column mapping names unknown fields {sorted(unknown)}; fields: {', '.join(FIELDS)}"
         )
     lab = dict(labels) if labels is not None else IDENTITY_LABELS
-    return [_row(rec, cols, lab, f"{path}: {where}", default_id=str(i)) for i, (where, rec) in enumerate(records)]
+    rows = [
+        _row(rec, cols, lab, f"{where}", default_id=str(i), need_text=need_text, path=path)
+        for i, (where, rec) in enumerate(records)
+    ]
+    _warn_odd(rows, [w for w, _ in records], str(path))
+    return rows
+
+
+def _warn_odd(rows: Sequence[HumanRow], wheres: Sequence[str], source: str) -> None:
+    odd = [(w, r["odd_fields"]) for w, r in zip(wheres, rows, strict=True) if r.get("odd_fields")]
+    if odd:
+        first = "; ".join(f"{w}: {', '.join(f)}" for w, f in odd[:3])
+        log.warning(
+            "%s: %d of %d rows hold non-text values in text fields, kept as text and flagged in odd_fields (%s%s)",
+            source,
+            len(odd),
+            len(rows),
+            first,
+            ", ..." if len(odd) > 3 else "",
+        )
+
+
+def _lenient_text(rec: Mapping[str, Any], key: str, field: str, where: str, odd: list[str]) -> str:
+    """``rec[key]`` as text; a non-text value is converted and noted in ``odd`` (a missing key is an error)."""
+    if key not in rec:
+        raise HumanDataError(f"{where}: missing column {key!r}")
+    v = rec[key]
+    if not isinstance(v, str):
+        odd.append(f"{field}: {type(v).__name__}")
+        return _as_text(v)
+    return v
+
+
+def _as_text(value: Any) -> str:
+    """A non-text field value as text: null -> "", a number -> str, a list/object -> JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _read(path: Path, fmt: str) -> list[tuple[str, dict[str, Any]]]:
@@ -137,13 +194,24 @@ def _object(rec: Any, path: Path, where: str) -> dict[str, Any]:
 
 
 def _row(
-    rec: Mapping[str, Any], cols: Mapping[str, str], labels: Mapping[Any, Label], where: str, default_id: str
+    rec: Mapping[str, Any],
+    cols: Mapping[str, str],
+    labels: Mapping[Any, Label],
+    where: str,
+    default_id: str,
+    *,
+    need_text: bool = True,
+    path: Path | None = None,
 ) -> HumanRow:
+    where = f"{path}: {where}" if path is not None else where
+
     def get(field: str) -> Any:
         key = cols[field]
         if key not in rec:
             if field == "id":
                 return default_id
+            if not need_text and field in TEXT_FIELDS:
+                return ""
             raise HumanDataError(f"{where}: missing column {key!r} (for {field}); has {', '.join(map(str, rec))}")
         return rec[key]
 
@@ -153,13 +221,18 @@ def _row(
         raise HumanDataError(
             f"{where}: unknown label value {value!r} in column {cols['human']!r}; known: {', '.join(map(repr, labels))}"
         )
-    text = {}
-    for field in ("question", "response_a", "response_b"):
+    text: dict[str, str] = {}
+    odd: list[str] = []
+    for field in TEXT_FIELDS:
         v = get(field)
         if not isinstance(v, str):
-            raise HumanDataError(f"{where}: column {cols[field]!r} is {type(v).__name__}, expected text")
+            odd.append(f"{field}: {type(v).__name__}")
+            v = _as_text(v)
         text[field] = v
-    return HumanRow(id=str(get("id")), human=label, **text)  # type: ignore[typeddict-item]
+    row = HumanRow(id=str(get("id")), human=label, **text)  # type: ignore[typeddict-item]
+    if odd:
+        row["odd_fields"] = odd
+    return row
 
 
 def _lookup(labels: Mapping[Any, Label], value: Any) -> Label | None:
@@ -170,10 +243,8 @@ def _lookup(labels: Mapping[Any, Label], value: Any) -> Label | None:
     if isinstance(value, str):
         s = value.strip()
         candidates.append(s)
-        try:
+        with contextlib.suppress(ValueError):
             candidates.append(float(s))
-        except ValueError:
-            pass
     for c in candidates:
         try:
             if c in labels:
@@ -206,8 +277,10 @@ PANDALM_LABELS: dict[Any, Label] = {0: "tie", 1: "model_a", 2: "model_b"}
 
 def pandalm_rows(records: Iterable[Mapping[str, Any]], source: str = "PandaLM") -> list[HumanRow]:
     """PandaLM test set rows (``instruction``, ``input``, ``response1``, ``response2``,
-    ``annotator1..3`` with 0 = tie, 1 = response1, 2 = response2) -> majority of the 3."""
+    ``annotator1..3`` with 0 = tie, 1 = response1, 2 = response2) -> majority of the 3.
+    Non-text responses (the public test set has some) are kept as text and flagged."""
     rows: list[HumanRow] = []
+    wheres: list[str] = []
     for i, rec in enumerate(records):
         where = f"{source}: row {i}"
         votes: list[Label] = []
@@ -218,18 +291,22 @@ def pandalm_rows(records: Iterable[Mapping[str, Any]], source: str = "PandaLM") 
             if label is None:
                 raise HumanDataError(f"{where}: unknown label value {rec[key]!r} in column {key!r}; known: 0, 1, 2")
             votes.append(label)
+        odd: list[str] = []
         extra = rec.get("input")
-        instruction = _need_text(rec, "instruction", where)
+        instruction = _lenient_text(rec, "instruction", "question", where, odd)
         question = instruction + ("\n\n" + extra if isinstance(extra, str) and extra.strip() else "")
-        rows.append(
-            HumanRow(
-                id=str(rec.get("idx", i)),
-                question=question,
-                response_a=_need_text(rec, "response1", where),
-                response_b=_need_text(rec, "response2", where),
-                human=_majority(votes),
-            )
+        row = HumanRow(
+            id=str(rec.get("idx", i)),
+            question=question,
+            response_a=_lenient_text(rec, "response1", "response_a", where, odd),
+            response_b=_lenient_text(rec, "response2", "response_b", where, odd),
+            human=_majority(votes),
         )
+        if odd:
+            row["odd_fields"] = odd
+        rows.append(row)
+        wheres.append(f"row {i}")
+    _warn_odd(rows, wheres, source)
     return rows
 
 

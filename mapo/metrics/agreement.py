@@ -116,14 +116,14 @@ def _pairs(judge: Sequence[Label | None], human: Sequence[Label]) -> tuple[list[
         raise ValueError(f"judge labels ({len(judge)}) and human labels ({len(human)}) differ in length")
     _check_labels(human, "human", allow_none=False)
     _check_labels(judge, "judge", allow_none=True)
-    kept = [(j, h) for j, h in zip(judge, human) if j is not None]
+    kept = [(j, h) for j, h in zip(judge, human, strict=True) if j is not None]
     return [j for j, _ in kept], [h for _, h in kept], len(judge) - len(kept)
 
 
 def confusion_matrix(judge: Sequence[Label | None], human: Sequence[Label]) -> tuple[tuple[int, ...], ...]:
     """3x3 counts, rows = human, columns = judge, in the order model_a, model_b, tie."""
     j, h, _ = _pairs(judge, human)
-    counts = Counter(zip(h, j))
+    counts = Counter(zip(h, j, strict=True))
     return tuple(tuple(counts[(hl, jl)] for jl in LABELS) for hl in LABELS)
 
 

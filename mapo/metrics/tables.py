@@ -1,9 +1,16 @@
 """Agreement tables of ``judgements.jsonl`` records: kappa per judge / juror / jury / debate,
-per order, position bias and every jury subset; a plain-text rendering.
+per order, position bias and every jury subset, each with its bootstrap interval and a
+verdict against a reference evaluator; a plain-text rendering.
 
-Moved here from :mod:`mapo.runs.evaluate` (which re-exports :func:`agreement_tables`,
-:func:`combine_orders` and :func:`format_table`) so that ``mapo agreement``, ``mapo report``
-and ``mapo reparse`` share them without importing the run machinery.
+:mod:`mapo.runs.evaluate` re-exports :func:`agreement_tables`, :func:`combine_orders` and
+:func:`format_table`; ``mapo agreement``, ``mapo report`` and ``mapo reparse`` use them too.
+
+Uncertainty (:mod:`mapo.metrics.uncertainty`): every entry (and every jury subset) gets
+``kappa_ci`` and ``accuracy_ci`` ([low, high], a seeded bootstrap over the table's items) and
+``vs_reference``: the paired difference of its kappa from the reference's (default: the best
+judge / jury / debate of the table) with its interval and a verdict (``not_worse`` by more
+than ``margin``, ``worse``, or ``cannot_tell`` with the number of items that would decide).
+The settings are in ``tables["uncertainty"]``.
 """
 
 from __future__ import annotations
@@ -12,11 +19,45 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from mapo.core.types import Label
 from mapo.judging.jury import TIE_BREAKS
-from mapo.metrics.agreement import PositionBias, cohen_kappa, jury_subsets, label_from_scores, position_bias
+from mapo.metrics.agreement import (
+    PositionBias,
+    ScorePair,
+    TieBreak,
+    cohen_kappa,
+    jury_labels,
+    jury_subsets,
+    label_from_scores,
+    position_bias,
+)
+from mapo.metrics.uncertainty import (
+    CONFIDENCE,
+    MARGIN,
+    N_RESAMPLES,
+    SEED,
+    Bootstrap,
+    PairedComparison,
+    kappa_intervals,
+    needed_text,
+    ratio_intervals,
+    verdict,
+)
 
-__all__ = ["agreement_tables", "combine_orders", "format_table"]
+__all__ = [
+    "LABELS_KEY",
+    "add_uncertainty",
+    "agreement_tables",
+    "build_tables",
+    "combine_orders",
+    "format_table",
+    "jury_subset_block",
+]
+
+LABELS_KEY = "_labels"
+"""Private key of a table entry during construction: item id -> label; removed by :func:`add_uncertainty`."""
 
 
 def combine_orders(
@@ -39,15 +80,74 @@ def combine_orders(
     return (r1["label"] if r1["label"] == r2["label"] else "tie"), sa, sb
 
 
+def jury_subset_block(
+    per_judge: Mapping[str, Mapping[str, Label | None]],
+    humans: Mapping[str, Label],
+    *,
+    jury: str,
+    setup: str,
+    rule: str = "mode",
+    tie_break: str = "tie",
+    sizes: Iterable[int] | None = None,
+    per_judge_scores: Mapping[str, Mapping[str, ScorePair | None]] | None = None,
+) -> dict[str, Any] | None:
+    """Every jury formed from ``per_judge`` (judge -> item id -> label) on the items all of them
+    judged, best first, as a ``jury_subsets`` block of a table (None when < 2 judges)."""
+    if len(per_judge) < 2:
+        return None
+    position = {i: n for n, i in enumerate(humans)}
+    ids = sorted(set.intersection(*(set(v) for v in per_judge.values())), key=position.__getitem__)
+    labels = {j: [v[i] for i in ids] for j, v in per_judge.items()}
+    scores = {j: [v.get(i) for i in ids] for j, v in per_judge_scores.items()} if per_judge_scores else None
+    tb: TieBreak = TIE_BREAKS.get(tie_break, tie_break)  # type: ignore[assignment]
+    rows = jury_subsets(
+        labels,
+        [humans[i] for i in ids],
+        sizes=sizes,
+        rule=rule,
+        tie_break=tb,
+        per_judge_scores=scores if rule == "mean_score" else None,
+    )
+    subsets = []
+    for r in rows:
+        picks = jury_labels(
+            labels, r.members, rule, per_judge_scores=scores if rule == "mean_score" else None, tie_break=tb
+        )
+        subsets.append({**r.to_dict(), "size": len(r.members), LABELS_KEY: dict(zip(ids, picks, strict=True))})
+    return {"jury": jury, "setup": setup, "rule": rule, "tie_break": tie_break, "subsets": subsets}
+
+
 def agreement_tables(
-    records: Iterable[Mapping[str, Any]], *, order_combine: str = "inconsistent_tie", subsets: bool = True
+    records: Iterable[Mapping[str, Any]],
+    *,
+    order_combine: str = "inconsistent_tie",
+    subsets: bool = True,
+    intervals: bool = True,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+    margin: float = MARGIN,
+    reference: str | None = None,
 ) -> dict[str, Any]:
     """Agreement of every (judge, setup) in ``records`` (judgements.jsonl rows) with the humans.
 
     Each group is scored on the items it judged; the human label comes from the records.
     Juror groups of one jury are also combined into every jury subset (sizes 2..n) with the
-    jury's own rule, from the stored labels.
+    jury's own rule, from the stored labels. ``intervals`` adds bootstrap intervals and the
+    verdicts against ``reference`` (module doc; settings ``n_resamples``, ``seed``,
+    ``confidence``, ``margin``: :func:`mapo.metrics.uncertainty.stats_options` reads them from a config).
     """
+    out, humans = build_tables(records, order_combine=order_combine, subsets=subsets)
+    settings = Bootstrap(n_resamples=n_resamples, seed=seed, confidence=confidence)
+    add_uncertainty(out, humans, settings=settings, margin=margin, reference=reference, intervals=intervals)
+    return out
+
+
+def build_tables(
+    records: Iterable[Mapping[str, Any]], *, order_combine: str = "inconsistent_tie", subsets: bool = True
+) -> tuple[dict[str, Any], dict[str, Label]]:
+    """The point estimates of :func:`agreement_tables` and the human labels (item id -> label);
+    entries still carry their labels (:data:`LABELS_KEY`) for :func:`add_uncertainty`."""
     groups: dict[tuple[str, str, str, str | None], dict[str, dict[str, Mapping[str, Any]]]] = defaultdict(
         lambda: defaultdict(dict)
     )
@@ -65,12 +165,12 @@ def agreement_tables(
                     detail.get("tie_break", "tie"),
                 )
     results = []
-    combined: dict[tuple[str, str, str | None], dict[str, tuple[Label | None, float | None, float | None]]] = {}
+    combined: dict[tuple[str, str, str, str | None], dict[str, tuple[Label | None, float | None, float | None]]] = {}
     for (kind, judge, setup, member_of), by_item in groups.items():
         ids = list(by_item)
         human = [humans[i] for i in ids]
         verdicts = {i: combine_orders(by_item[i].values(), order_combine) for i in ids}
-        combined[(kind, judge, setup, member_of)] = verdicts  # type: ignore[index]
+        combined[(kind, judge, setup, member_of)] = verdicts
         agreement = cohen_kappa([verdicts[i][0] for i in ids], human)
         first = next(iter(by_item[ids[0]].values()))
         entry: dict[str, Any] = {
@@ -80,17 +180,21 @@ def agreement_tables(
             "member_of": member_of,
             "models": first.get("models", [judge]),
             **agreement.to_dict(),
+            LABELS_KEY: {i: v[0] for i, v in verdicts.items()},
         }
         orders = sorted({o for recs in by_item.values() for o in recs})
         if len(orders) > 1:
             entry["by_order"] = {
-                o: cohen_kappa([by_item[i][o]["label"] if o in by_item[i] else None for i in ids], human).to_dict()
+                o: {
+                    **cohen_kappa([by_item[i][o]["label"] if o in by_item[i] else None for i in ids], human).to_dict(),
+                    LABELS_KEY: {i: by_item[i][o]["label"] if o in by_item[i] else None for i in ids},
+                }
                 for o in orders
             }
-            pb: PositionBias = position_bias(
-                (by_item[i].get("AB", {}).get("pick"), by_item[i].get("BA", {}).get("pick")) for i in ids
-            )
+            picks = [(by_item[i].get("AB", {}).get("pick"), by_item[i].get("BA", {}).get("pick")) for i in ids]
+            pb: PositionBias = position_bias(picks)
             entry["position_bias"] = pb.to_dict()
+            entry["_picks"] = picks
         results.append(entry)
     results.sort(
         key=lambda e: (
@@ -107,35 +211,129 @@ def agreement_tables(
                 juries[(member_of, setup)][judge] = verdicts
         subset_out = []
         for (jury, setup), members in juries.items():
-            if len(members) < 2:
-                continue
-            position = {i: n for n, i in enumerate(humans)}
-            ids = sorted(set.intersection(*(set(v) for v in members.values())), key=position.__getitem__)
             rule, tie_break = jury_rules.get((jury, setup), ("mode", "tie"))
-            labels = {m: [v[i][0] for i in ids] for m, v in members.items()}
-            scores = {
-                m: [(v[i][1], v[i][2]) if None not in (v[i][1], v[i][2]) else None for i in ids]
-                for m, v in members.items()
-            }
-            rows = jury_subsets(
-                labels,
-                [humans[i] for i in ids],
+            block = jury_subset_block(
+                {m: {i: x[0] for i, x in v.items()} for m, v in members.items()},
+                humans,
+                jury=jury,
+                setup=setup,
                 rule=rule,
-                tie_break=TIE_BREAKS.get(tie_break, tie_break),
-                per_judge_scores=scores if rule == "mean_score" else None,
+                tie_break=tie_break,
+                per_judge_scores={
+                    m: {i: (x[1], x[2]) if None not in (x[1], x[2]) else None for i, x in v.items()}
+                    for m, v in members.items()
+                },
             )
-            subset_out.append(
-                {
-                    "jury": jury,
-                    "setup": setup,
-                    "rule": rule,
-                    "tie_break": tie_break,
-                    "subsets": [{**r.to_dict(), "size": len(r.members)} for r in rows],
-                }
-            )
+            if block is not None:
+                subset_out.append(block)
         if subset_out:
             out["jury_subsets"] = subset_out
-    return out
+    return out, humans
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def _entries(tables: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every entry that carries a kappa: results, then every jury subset."""
+    return list(tables.get("results", [])) + [s for j in tables.get("jury_subsets", []) for s in j["subsets"]]
+
+
+def _name(entry: Mapping[str, Any]) -> str:
+    return entry["judge"] if "judge" in entry else "+".join(entry["members"])
+
+
+def _reference(tables: Mapping[str, Any], entries: list[dict[str, Any]], reference: str | None) -> int | None:
+    """Index (into ``entries``) of the reference: the named evaluator, else the best judge / jury / debate."""
+    if reference is not None:
+        for i, e in enumerate(entries):
+            if _name(e) == reference:
+                return i
+        known = ", ".join(dict.fromkeys(_name(e) for e in tables.get("results", [])))
+        raise ValueError(f"reference {reference!r} is not in the table; evaluators: {known}")
+    candidates = [
+        i for i, e in enumerate(tables.get("results", [])) if e["kind"] != "juror" and e.get("kappa") is not None
+    ]
+    return max(candidates, key=lambda i: entries[i]["kappa"]) if candidates else None
+
+
+def _ci(lo: Any, hi: Any) -> list[float | None]:
+    return [None if not np.isfinite(lo) else float(lo), None if not np.isfinite(hi) else float(hi)]
+
+
+def add_uncertainty(
+    tables: dict[str, Any],
+    humans: Mapping[str, Label],
+    *,
+    settings: Bootstrap | None = None,
+    margin: float = MARGIN,
+    reference: str | None = None,
+    intervals: bool = True,
+) -> None:
+    """Add ``kappa_ci``, ``accuracy_ci`` and ``vs_reference`` to every entry of ``tables``
+    (entries carry their labels under :data:`LABELS_KEY`, which is removed), and the
+    settings under ``tables["uncertainty"]``. ``humans``: item id -> human label."""
+    settings = settings or Bootstrap()
+    entries = _entries(tables)
+    if intervals and entries:
+        items = list(humans)
+        human = [humans[i] for i in items]
+        ref = _reference(tables, entries, reference)
+        columns = [[e[LABELS_KEY].get(i) for i in items] for e in entries]
+        r = kappa_intervals(columns, human, reference=ref, settings=settings)
+        ref_name = _name(entries[ref]) if ref is not None else None
+        for k, e in enumerate(entries):
+            e["kappa_ci"] = _ci(r["kappa_low"][k], r["kappa_high"][k])
+            e["accuracy_ci"] = _ci(r["accuracy_low"][k], r["accuracy_high"][k])
+            if ref is None or ref_name is None:
+                continue
+            if k == ref:
+                e["vs_reference"] = {"reference": ref_name, "verdict": "reference", "text": "reference"}
+                continue
+            d = None if e.get("kappa") is None or entries[ref].get("kappa") is None else float(r["diff"][k])
+            lo, hi = _ci(r["diff_low"][k], r["diff_high"][k])
+            n = sum(a is not None and b is not None for a, b in zip(columns[k], columns[ref], strict=True))
+            v, need = verdict(d, lo, hi, n, margin)
+            e["vs_reference"] = PairedComparison(_name(e), ref_name, "kappa", d, lo, hi, n, margin, v, need).to_dict()
+        for e in tables.get("results", []):
+            for sub in (e.get("by_order") or {}).values():
+                rr = kappa_intervals([[sub[LABELS_KEY].get(i) for i in items]], human, settings=settings)
+                sub["kappa_ci"] = _ci(rr["kappa_low"][0], rr["kappa_high"][0])
+            if "_picks" in e and e.get("position_bias"):
+                e["position_bias"].update(_position_intervals(e["_picks"], settings))
+        tables["uncertainty"] = {
+            **settings.to_dict(),
+            "method": f"{settings.method} bootstrap over items",
+            "n_items": len(items),
+            "reference": ref_name,
+            "margin": margin,
+            "verdicts": "not_worse: diff_ci low > -margin; worse: diff_ci high < -margin; else cannot_tell",
+        }
+    for e in entries:
+        e.pop(LABELS_KEY, None)
+        e.pop("_picks", None)
+        for sub in (e.get("by_order") or {}).values():
+            sub.pop(LABELS_KEY, None)
+
+
+def _position_intervals(picks: list[tuple[Any, Any]], settings: Bootstrap) -> dict[str, list[float | None]]:
+    """Intervals of position_bias' first_rate and consistency over the pairs judged in both orders."""
+    from mapo.core.types import pick_to_label
+
+    both = [(a, b) for a, b in picks if a is not None and b is not None]
+    if not both:
+        return {}
+    first = np.array([(a == "A") + (b == "A") for a, b in both], dtype=float)
+    decisive = np.array([(a != "tie") + (b != "tie") for a, b in both], dtype=float)
+    consistent = np.array([pick_to_label(a) == pick_to_label(b, swapped=True) for a, b in both], dtype=float)
+    r = ratio_intervals(np.stack([first, consistent]), np.stack([decisive, np.ones(len(both))]), settings=settings)
+    return {
+        "first_rate_ci": _ci(r["rate_low"][0], r["rate_high"][0]),
+        "consistency_ci": _ci(r["rate_low"][1], r["rate_high"][1]),
+    }
+
+
+# --------------------------------------------------------------------------- text
 
 
 def _cut(s: str, n: int) -> str:
@@ -146,15 +344,41 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def format_table(tables: Mapping[str, Any], top_subsets: int = 10) -> str:
-    """A plain-text table of ``agreement_tables`` output (kappa, n, failures, position bias)."""
-    head = f"{'judge':44} {'kind':6} {'setup':30} {'kappa':>6} {'n':>5} {'fail':>5} {'acc':>6} {'P(1st)':>6} {'consist':>7}"
+def _with_ci(x: float | None, ci: list[float | None] | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if not ci or ci[0] is None or ci[1] is None:
+        return _fmt(x, digits)
+    return f"{_fmt(x, digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def _verdict_cell(e: Mapping[str, Any]) -> str:
+    v = e.get("vs_reference") or {}
+    if not v:
+        return ""
+    if v["verdict"] == "reference":
+        return "reference"
+    diff = f"{v['diff']:+.3f} " if v.get("diff") is not None else ""
+    if v["verdict"] == "cannot_tell":
+        return f"{diff}cannot tell with n={v['n']}{needed_text(v.get('n_needed'))}"
+    return diff + ("not worse" if v["verdict"] == "not_worse" else "worse")
+
+
+def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: str | None = "agreement.json") -> str:
+    """A plain-text table of ``agreement_tables`` output: kappa with its interval, n, failures,
+    accuracy, position bias and the verdict against the reference. ``json_path`` names the
+    file holding the full table (in the "... more in" hint)."""
+    head = (
+        f"{'judge':40} {'kind':6} {'setup':24} {'kappa [95% CI]':>22} {'n':>4} {'fail':>4} {'acc':>5} "
+        f"{'P(1st)':>6} {'consist':>7}  vs reference"
+    )
     lines = [head, "-" * len(head)]
     for e in tables["results"]:
         pb = e.get("position_bias") or {}
         lines.append(
-            f"{_cut(e['judge'], 44):44} {e['kind']:6} {_cut(e['setup'], 30):30} {_fmt(e['kappa']):>6} {e['n']:>5} "
-            f"{e['n_failed']:>5} {_fmt(e['accuracy']):>6} {_fmt(pb.get('first_rate'), 2):>6} {_fmt(pb.get('consistency'), 2):>7}"
+            f"{_cut(e['judge'], 40):40} {e['kind']:6} {_cut(e['setup'], 24):24} "
+            f"{_with_ci(e['kappa'], e.get('kappa_ci')):>22} {e['n']:>4} {e['n_failed']:>4} {_fmt(e['accuracy'], 2):>5} "
+            f"{_fmt(pb.get('first_rate'), 2):>6} {_fmt(pb.get('consistency'), 2):>7}  {_verdict_cell(e)}"
         )
     for j in tables.get("jury_subsets", []):
         lines.append("")
@@ -162,7 +386,24 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10) -> str:
             f"jury subsets of {j['jury']} ({j['setup']}, rule {j['rule']}; a multi-way mode is a tie), best first:"
         )
         for s in j["subsets"][:top_subsets]:
-            lines.append(f"  {_fmt(s['kappa']):>6}  n={s['n']:<4} fail={s['n_failed']:<3} {' + '.join(s['members'])}")
+            lines.append(
+                f"  {_with_ci(s['kappa'], s.get('kappa_ci')):>22}  n={s['n']:<4} fail={s['n_failed']:<3} "
+                f"{' + '.join(s['members'])}   {_verdict_cell(s)}"
+            )
         if len(j["subsets"]) > top_subsets:
-            lines.append(f"  ... {len(j['subsets']) - top_subsets} more in agreement.json")
+            where = f" in {json_path}" if json_path else " (not shown)"
+            lines.append(f"  ... {len(j['subsets']) - top_subsets} more{where}")
+    u = tables.get("uncertainty")
+    if u:
+        lines.append("")
+        lines.append(
+            f"[low, high]: {100 * u['confidence']:g}% {u['method']} ({u['n_items']} items, "
+            f"{u['n_resamples']} resamples, seed {u['seed']})."
+        )
+        if u.get("reference"):
+            lines.append(
+                f"vs reference = kappa - kappa({u['reference']}), paired bootstrap: 'not worse' = not worse by more "
+                f"than {u['margin']:g}; 'worse' = worse by more than {u['margin']:g}; n needed assumes the "
+                "interval shrinks like 1/sqrt(n)."
+            )
     return "\n".join(lines)

@@ -111,12 +111,6 @@ def test_unknown_label_is_named(tmp_path):
         ("x.json", '{"a": 1}', {}, "expected a JSON list"),
         ("x.json", "[{", {}, "line 1: broken JSON"),
         ("x.txt", "", {}, "unknown format 'txt'"),
-        (
-            "x.jsonl",
-            json.dumps({**_row(0), "question": 3}),
-            {"columns": {"human": "winner"}},
-            "column 'question' is int",
-        ),
         ("x.jsonl", json.dumps(_row(0)), {"columns": {"verdict": "winner"}}, "unknown fields"),
     ],
 )
@@ -162,18 +156,58 @@ def test_pandalm_majority_of_three():
     assert (rows[0]["response_a"], rows[0]["response_b"], rows[0]["id"]) == ("r1", "r2", "0")
 
 
+def test_non_text_fields_are_kept_and_flagged_not_refused(tmp_path, caplog):
+    """A response field holding a list / number / null never refuses the file (kappa needs an id
+    and a label): the value is kept as text and the row names the odd field."""
+    p = tmp_path / "set.jsonl"
+    rows = [_row(0), {**_row(1), "response_b": ["a", "list"]}, {**_row(2), "question": 3, "response_a": None}]
+    p.write_text("\n".join(map(json.dumps, rows)))
+    with caplog.at_level("WARNING", logger="mapo.data.humans"):
+        got = load_local(p, columns={"human": "winner"})
+    assert [r["human"] for r in got] == ["model_a"] * 3 and "odd_fields" not in got[0]
+    assert got[1]["response_b"] == '["a", "list"]' and got[1]["odd_fields"] == ["response_b: list"]
+    assert (got[2]["question"], got[2]["response_a"]) == ("3", "")
+    assert got[2]["odd_fields"] == ["question: int", "response_a: NoneType"]
+    assert "2 of 3 rows hold non-text values" in caplog.text and "line 2: response_b: list" in caplog.text
+
+
+def test_id_and_label_only(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("question_id,verdict\n7,1\n8,2\n9,0\n")
+    with pytest.raises(HumanDataError, match="missing column 'question'"):
+        load_local(p, columns={"id": "question_id", "human": "verdict"}, labels={1: "model_a", 2: "model_b", 0: "tie"})
+    got = load_local(
+        p,
+        columns={"id": "question_id", "human": "verdict"},
+        labels={1: "model_a", 2: "model_b", 0: "tie"},
+        need_text=False,
+    )
+    assert [(r["id"], r["human"]) for r in got] == [("7", "model_a"), ("8", "model_b"), ("9", "tie")]
+
+
+def test_pandalm_non_text_response_is_flagged_not_refused(caplog):
+    """PandaLM's public test set has items whose response is not text."""
+    rec = {**_panda(5, (1, 1, 2)), "response2": 42}
+    with caplog.at_level("WARNING", logger="mapo.data.humans"):
+        (row,) = pandalm_rows([rec])
+    assert row["human"] == "model_a" and row["response_b"] == "42" and row["odd_fields"] == ["response_b: int"]
+    assert "PandaLM: 1 of 1 rows" in caplog.text
+
+
 def test_pandalm_bad_vote():
     with pytest.raises(HumanDataError, match=r"row 0: unknown label value 3 in column 'annotator2'"):
         pandalm_rows([_panda(0, (1, 3, 1))])
 
 
 def _mt(winner, turn=1, judge="author_0"):
-    conv = lambda who: [
-        {"role": "user", "content": "Q1"},
-        {"role": "assistant", "content": f"{who}1"},
-        {"role": "user", "content": "Q2"},
-        {"role": "assistant", "content": f"{who}2"},
-    ]
+    def conv(who):
+        return [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": f"{who}1"},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": f"{who}2"},
+        ]
+
     return {
         "question_id": 81,
         "model_a": "gpt-4",
