@@ -180,7 +180,15 @@ class LLMClient:
             from mapo.llm import endpoints
 
             for ep in endpoints.lookup(cfg.endpoint, self.registry):
-                targets.append((ep.base_url, ep.api_key()))
+                try:
+                    key = ep.api_key()
+                except OSError as e:
+                    raise ConfigError(
+                        f"models.{name}: endpoint {cfg.endpoint!r} ({ep.base_url}) names the API key file "
+                        f"{ep.api_key_file}, which cannot be read ({e.strerror or e}); restart the server "
+                        f"(python -m serve up --model {cfg.endpoint}) or fix the registry"
+                    ) from None
+                targets.append((ep.base_url, key))
         else:
             raise ConfigError(f"models.{name}: set base_url or endpoint")
         return [

@@ -17,14 +17,32 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Endpoint", "EndpointNotFound", "lookup", "prune", "read_all", "register", "registry_path", "unregister"]
+from mapo.core.config import ConfigError
+
+__all__ = [
+    "Endpoint",
+    "EndpointNotFound",
+    "RegistryCorrupt",
+    "lookup",
+    "prune",
+    "read_all",
+    "register",
+    "registry_path",
+    "unregister",
+]
+
+log = logging.getLogger(__name__)
+
+_warned_key_files: set[str] = set()
 
 
 @dataclass
@@ -50,14 +68,31 @@ class Endpoint:
     """Unix time the server became ready."""
 
     def api_key(self) -> str | None:
-        """The server's API key, read from :attr:`api_key_file`."""
+        """The server's API key, read from :attr:`api_key_file` (OSError if it cannot be read; a
+        warning, once per file, if other users may read it)."""
         if self.api_key_file is None:
             return None
-        return Path(self.api_key_file).read_text().strip()
+        path = Path(self.api_key_file)
+        with path.open() as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            key = handle.read().strip()
+        if mode & 0o077 and self.api_key_file not in _warned_key_files:
+            _warned_key_files.add(self.api_key_file)
+            log.warning(
+                "API key file %s of endpoint %s is readable by other users (mode %04o); chmod 600 it",
+                path,
+                self.name,
+                mode,
+            )
+        return key
 
 
-class EndpointNotFound(LookupError):
-    """No server is registered for a model."""
+class EndpointNotFound(ConfigError, LookupError):
+    """No server is registered for a model (a start failure: the message names the model and file)."""
+
+
+class RegistryCorrupt(ConfigError):
+    """The registry file is not a registry; the message names the file."""
 
 
 def registry_path(path: str | os.PathLike | None = None) -> Path:
@@ -165,7 +200,11 @@ def _read(file: Path) -> list[Endpoint]:
         data = json.loads(text) if text.strip() else {"endpoints": []}
         return [Endpoint(**item) for item in data["endpoints"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"endpoint registry {file} is corrupt ({exc}); fix or delete it") from exc
+        problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise RegistryCorrupt(
+            f"endpoint registry {file} is corrupt ({problem}); fix or delete it, then restart the servers "
+            f"(python -m serve up)"
+        ) from None
 
 
 def _write(file: Path, entries: list[Endpoint]) -> None:

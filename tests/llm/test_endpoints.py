@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from mapo.core.config import ConfigError, ModelConfig
 from mapo.llm import endpoints
-from mapo.llm.endpoints import Endpoint, EndpointNotFound
+from mapo.llm.client import LLMClient
+from mapo.llm.endpoints import Endpoint, EndpointNotFound, RegistryCorrupt
 
 
 def _ep(
@@ -125,3 +127,82 @@ def test_concurrent_register_from_processes_loses_nothing(tmp_path):
     assert len({e.base_url for e in entries}) == 6 * 15
     json.loads(Path(reg).read_text())  # still one valid document
     assert not [p for p in Path(reg).parent.iterdir() if p.name.startswith(".endpoints.json.")]  # no temp left
+
+
+# ---- start failures are one clear line (issue 13 item 7) and key files are private (item 8) ------
+
+
+def test_a_corrupt_registry_is_a_config_error_naming_the_file(tmp_path):
+    reg = tmp_path / "endpoints.json"
+    for text in ("{not json", '{"endpoints": [{"name": "x"}]}', '{"other": []}', "[1, 2]"):
+        reg.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            endpoints.lookup("smollm2-135m", reg)
+        message = str(err.value)
+        assert isinstance(err.value, RegistryCorrupt) and "\n" not in message
+        assert message.startswith(f"endpoint registry {reg} is corrupt (") and "fix or delete it" in message
+
+
+def _client_for(reg: Path) -> LLMClient:
+    model = ModelConfig(served_name="smollm2-135m", endpoint="smollm2-135m", timeout_s=2)
+    return LLMClient({"smollm2-135m": model}, registry=reg)
+
+
+async def test_the_client_reports_registry_problems_as_config_errors(tmp_path):
+    reg = tmp_path / "endpoints.json"
+    # nothing registered: the model, the file and the command that starts one
+    async with _client_for(reg) as client:
+        with pytest.raises(ConfigError, match=r"no endpoint registered for model 'smollm2-135m' in .*serve up"):
+            await client.check(["smollm2-135m"])
+    # a registered key file that is gone
+    endpoints.register(_ep(port=1, key_file=str(tmp_path / "gone.key")), reg)
+    async with _client_for(reg) as client:
+        with pytest.raises(ConfigError) as err:
+            await client.check(["smollm2-135m"])
+    assert str(err.value).startswith(
+        f"models.smollm2-135m: endpoint 'smollm2-135m' (http://127.0.0.1:1/v1) names the API key file "
+        f"{tmp_path / 'gone.key'}, which cannot be read (No such file or directory)"
+    )
+    # a damaged registry
+    reg.write_text("{not json")
+    async with _client_for(reg) as client:
+        with pytest.raises(ConfigError, match=rf"endpoint registry {reg} is corrupt"):
+            await client.check(["smollm2-135m"])
+
+
+def test_a_key_file_readable_by_others_is_used_with_one_warning(tmp_path, caplog):
+    key = tmp_path / "open.key"
+    key.write_text("s3cret\n")
+    key.chmod(0o644)
+    ep = _ep(key_file=str(key))
+    assert ep.api_key() == "s3cret" and ep.api_key() == "s3cret"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"API key file {key} of endpoint smollm2-135m is readable by other users (mode 0644); chmod 600 it"
+    ]
+    private = tmp_path / "private.key"
+    private.write_text("s3cret\n")
+    private.chmod(0o600)
+    caplog.clear()
+    assert _ep(key_file=str(private)).api_key() == "s3cret" and not caplog.records
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "missing_key", "unregistered"])
+def test_cli_start_failures_are_one_line_without_traceback(tmp_path, problem):
+    reg = tmp_path / "endpoints.json"
+    if problem == "corrupt":
+        reg.write_text("{not json")
+    elif problem == "missing_key":
+        endpoints.register(_ep(port=9, key_file=str(tmp_path / "gone.key")), reg)
+        endpoints.register(_ep("gemma3-270m", port=10, key_file=str(tmp_path / "gone.key")), reg)
+    env = {**os.environ, "MAPO_CACHE": str(tmp_path / "mc"), "MAPO_ENDPOINTS": str(reg), "HF_DATASETS_OFFLINE": "1"}
+    args = [sys.executable, "-m", "mapo", "build", "client.progress=off", "prompts.limit=1"]
+    p = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "Traceback" not in out, out[-3000:]
+    expected = {
+        "corrupt": f"endpoint registry {reg} is corrupt",
+        "missing_key": f"names the API key file {tmp_path / 'gone.key'}, which cannot be read",
+        "unregistered": "no endpoint registered for model 'smollm2-135m'",
+    }[problem]
+    assert expected in out, out[-3000:]
