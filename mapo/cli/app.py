@@ -3,6 +3,11 @@
 Hydra commands compose ``conf/<command>.yaml`` and take ``key=value`` overrides (``-m`` for
 sweeps); plain commands take ordinary arguments. Each command names the module that
 implements it, imported only when that command runs, so ``mapo --help`` stays fast.
+
+A Hydra command ends with one line (no traceback; ``hydra.verbose=mapo`` logs it) and an
+exit code: 0 complete; 2 a config error, a locked folder, a damaged record file or a stopped
+run (endpoint, credentials, budget, disk full); 130 interrupted (Ctrl-C, or SIGTERM, which
+SLURM's scancel sends: both stop cleanly, everything finished saved); 1 failed (internal error).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ class Command:
 
     def load(self) -> Callable[..., Any]:
         module, function = self.target.split(":")
-        return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), function)
 
 
 COMMANDS: dict[str, Command] = {
@@ -86,8 +92,8 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     from omegaconf import DictConfig, OmegaConf
 
     from mapo.core.config import ConfigError, RunConfig, register_configs, resource_dir
-    from mapo.runs.runner import RunStopped
-    from mapo.runs.store import RunLocked, StoreError
+    from mapo.runs.runner import RunFailed, RunInterrupted, RunStopped
+    from mapo.runs.store import RunLocked, StoreError, WriteFailed
 
     register_configs()
 
@@ -95,9 +101,22 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
         try:
             run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
             result = asyncio.run(fn(run_cfg))
-        except (ConfigError, RunStopped, RunLocked, StoreError) as e:
+        except (ConfigError, RunStopped, RunLocked, StoreError, WriteFailed) as e:
             log.error("%s", e)
             sys.exit(2)
+        except (RunInterrupted, KeyboardInterrupt, asyncio.CancelledError) as e:
+            log.error("%s", e if isinstance(e, RunInterrupted) else "interrupted before any work")
+            sys.exit(130)
+        except RunFailed as e:
+            log.error("%s", e)
+            log.debug("traceback", exc_info=True)
+            sys.exit(1)
+        except Exception as e:  # a bug outside the run skeleton: still one line at the default level
+            log.error(
+                "mapo %s: internal error %s: %s (hydra.verbose=mapo shows the traceback)", command, type(e).__name__, e
+            )
+            log.debug("traceback", exc_info=True)
+            sys.exit(1)
         if isinstance(result, dict):
             log.info("done: %s", {k: result[k] for k in ("output_dir", "items", "rows", "timings_s") if k in result})
         return result
@@ -107,6 +126,10 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     main = hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name=command)(task)
     sys.argv = [f"mapo {command}", *argv]
     main()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,6 +149,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mapo: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     if command.hydra:
-        run_hydra(name, command.load(), rest)
+        # SIGTERM (SLURM's scancel, `kill`) stops a run as Ctrl-C does; the runner catches both
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            run_hydra(name, command.load(), rest)
+        except KeyboardInterrupt:
+            print(f"mapo {name}: interrupted before any work", file=sys.stderr)
+            sys.exit(130)
         return
     sys.exit(command.load()(rest))

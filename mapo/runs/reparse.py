@@ -97,7 +97,7 @@ def _vdict(v: Verdict) -> dict[str, Any]:
 
 def _combine_attempts(attempts: list[dict[str, Any]], rule: str) -> tuple[str | None, float | None, float | None]:
     """Attempts (presentation order each) -> dataset-terms verdict, as mapo.judging.judge.Judge does."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a in attempts:
         v = a["verdict"]
         if v.get("failure") is not None or v.get("pick") is None:
@@ -113,7 +113,7 @@ def _reparse_judged(rec: dict[str, Any], rule: str) -> tuple[dict[str, Any], lis
     """A record with detail.attempts (evaluate judge/juror, winrate, build selections)."""
     new = copy.deepcopy(rec)
     attempts = (new.get("detail") or {}).get("attempts") if "detail" in new else new.get("attempts")
-    notes = []
+    notes: list[str] = []
     if not attempts:
         return new, notes
     for a in attempts:
@@ -146,6 +146,7 @@ def _reparse_debate(rec: dict[str, Any]) -> dict[str, Any]:
             failure=None if r.ok else r.error,
         )
         finals.append(FinalScore(f["role"], f["model"], f["raw"], f["score_a"], f["score_b"], f["failure"]))
+    label: str | None
     label, sa, sb = aggregate_finals(finals, new["detail"]["aggregate"])
     new["detail"]["n_failed"] = sum(not f.ok for f in finals)
     new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
@@ -172,13 +173,12 @@ def _reparse_jury(rec: dict[str, Any], jurors: Mapping[str, Mapping[str, Any]]) 
         else None
         for m in members
     ]
-    label = jury_pick(
-        labels, detail["aggregate"], scores=scores, tie_break=TIE_BREAKS.get(detail.get("tie_break", "tie"), "tie")
-    )  # type: ignore[arg-type]
+    tie_break: Any = TIE_BREAKS.get(detail.get("tie_break", "tie"), "tie")
+    label = jury_pick(labels, detail["aggregate"], scores=scores, tie_break=tie_break)
     valid = [s for s in scores if s is not None]
     sa = sum(a for a, _ in valid) / len(valid) if valid else None
     sb = sum(b for _, b in valid) / len(valid) if valid else None
-    detail["members"] = dict(zip(members, labels))
+    detail["members"] = dict(zip(members, labels, strict=True))
     detail["n_failed"] = sum(x is None for x in labels)
     pick_label = _SWAP[label] if new.get("order") == "BA" else label
     new.update(
@@ -195,8 +195,10 @@ def _summary(rec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: rec.get(k) for k in ("label", "score_a", "score_b", "failure")}
 
 
-def _judgements(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
-    records = list(iter_records(path))
+def _judgements(
+    path: Path, rule: str, damaged: list[int]
+) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    records = list(iter_records(path, on_damaged="skip", damaged=damaged))
     out: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for rec in records:
         kind = rec.get("kind")
@@ -205,7 +207,7 @@ def _judgements(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[st
         elif kind in ("judge", "juror", "winrate"):
             out[rec["key"]] = _reparse_judged(rec, rec.get("order_combine", rule))
     jurors: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
-    for key, (new, _) in out.items():
+    for new, _ in out.values():
         if new.get("kind") == "juror":
             jurors[(new.get("member_of"), new["item_id"], new["order"], new["prompt_sha"])][new["judge"]] = new
     for rec in records:
@@ -219,13 +221,15 @@ def _judgements(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[st
             yield rec, new, notes
 
 
-def _selections(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
-    for rec in iter_records(path):
+def _selections(
+    path: Path, rule: str, damaged: list[int]
+) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    for rec in iter_records(path, on_damaged="skip", damaged=damaged):
         new = copy.deepcopy(rec)
         notes: list[str] = []
         js = new.get("judgements") or []
         if new.get("method") == "tournament":
-            best = 0
+            best: int | None = 0
             for j in js:
                 j2, n = _reparse_judged(j, rule)
                 j.update(j2)
@@ -261,8 +265,8 @@ def _selections(path: Path, rule: str) -> Iterable[tuple[dict[str, Any], dict[st
         yield rec, new, notes
 
 
-def _generations(path: Path) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
-    for rec in iter_records(path):
+def _generations(path: Path, damaged: list[int]) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
+    for rec in iter_records(path, on_damaged="skip", damaged=damaged):
         new = copy.deepcopy(rec)
         for it in new.get("iterations") or []:
             for rv in it.get("reviews") or []:
@@ -296,8 +300,8 @@ def reparse_run(run_dir: str | Path) -> dict[str, Any]:
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         rule = ((cfg.get("judge") or {}).get("order_combine")) or rule
     files = {
-        "judgements.jsonl": lambda p: _judgements(p, rule),
-        "selections.jsonl": lambda p: _selections(p, rule),
+        "judgements.jsonl": lambda p, d: _judgements(p, rule, d),
+        "selections.jsonl": lambda p, d: _selections(p, rule, d),
         "generations.jsonl": _generations,
     }
     present = [name for name in files if (run_dir / name).is_file()]
@@ -307,11 +311,16 @@ def reparse_run(run_dir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name in present:
         c: Counter = Counter()
-        for old, new, notes in files[name](run_dir / name):
+        damaged: list[int] = []  # unreadable lines: warned about and skipped, as `mapo report` does
+        before: Any
+        after: Any
+        for old, new, notes in files[name](run_dir / name, damaged):
             if name == "generations.jsonl":
                 before, after = _gen_summary(old), _gen_summary(new)
                 c["reviews"] += sum(len(x) for x in before)
-                c["reviews_changed"] += sum(a != b for x, y in zip(before, after) for a, b in zip(x, y))
+                c["reviews_changed"] += sum(
+                    a != b for x, y in zip(before, after, strict=False) for a, b in zip(x, y, strict=False)
+                )
                 changed = before != after
             elif name == "selections.jsonl":
                 before, after = {"best": old.get("best")}, {"best": new.get("best")}
@@ -328,6 +337,8 @@ def reparse_run(run_dir: str | Path) -> dict[str, Any]:
             c["needs_model_call"] += any("needs_model_call" in n for n in notes)
             new["reparse"] = {"file": name, "changed": changed, "before": before, "note": "; ".join(notes) or None}
             lines.append(json.dumps(new, ensure_ascii=False))
+        if damaged:
+            c["damaged_lines_skipped"] = len(damaged)
         summary[name] = dict(c)
     atomic_write_text(run_dir / "reparsed.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     return summary
@@ -341,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         summary = reparse_run(args.run_dir)
-    except FileNotFoundError as e:
+    except OSError as e:  # no record file; or reparsed.jsonl cannot be written (e.g. disk full)
         print(f"mapo reparse: {e}", file=sys.stderr)
         return 2
     for name, c in summary.items():
@@ -355,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             line += f"; {c['needs_model_call']} would need a model call (choice kept)"
         elif c.get("notes"):
             line += f"; {c['notes']} with notes (see reparse.note)"
+        if c.get("damaged_lines_skipped"):
+            line += f"; {c['damaged_lines_skipped']} damaged lines skipped (named above)"
         print(line)
     print(f"wrote {Path(args.run_dir) / 'reparsed.jsonl'}")
     return 0

@@ -1,31 +1,91 @@
-"""What every run command shares: the client, the bounded item pool, the manifest fields."""
+"""The run skeleton every command uses (build, evaluate, winrate and the commands to come).
+
+A command is a :class:`RunCommand`: it supplies its checks, its per-item work, its resume
+logic, its own manifest fields and its publishing step. :func:`execute` does everything
+else, in this order, the same for every command:
+
+1. ``check()``: config and input, before any file or model call;
+2. the client (``async with LLMClient``: the one place that closes it and its response cache),
+   then ``setup(client)``: evaluators and loops (unknown names or prompts fail before any file);
+3. the run folder: the config fingerprint of the keys that change outputs (``fingerprint()``)
+   is compared with the one the folder holds. A resume whose keys differ is refused, naming
+   them (old -> new); with ``on_config_change=new_run`` the run goes to a fresh folder
+   ``<folder>-2`` (``-3``, ...; one holding the same fingerprint is resumed). Keys that do not
+   change outputs (concurrency, progress, ``prompts.limit``, ...) are not part of it;
+4. the lock, the record stores (each record stamped with the fingerprint, ``config_fingerprint``,
+   except derived dataset rows), ``config.yaml`` and ``fingerprint.json``;
+5. the endpoint check (a dead endpoint stops the run before any work), ``resume()``, then the
+   bounded lazy pool over ``items()`` running ``work(item)``;
+6. ``manifest.json`` names how the run ended: ``complete``; ``stopped`` with a ``reason``
+   (endpoint unavailable, credentials rejected, budget exhausted, disk full); ``interrupted``
+   (SIGINT or SIGTERM: in-flight items are dropped, everything finished is saved, a rerun
+   resumes); ``failed`` with the ``error`` (an internal error). Only a complete run publishes
+   (``publish(manifest)``): a run that did not finish never says complete.
+
+Each ending raises what the CLI turns into a one-line message and an exit code:
+:class:`RunStopped` (2), :class:`RunInterrupted` (130), :class:`RunFailed` (1).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import enum
+import errno
+import hashlib
+import json
+import logging
 import platform
-from collections.abc import Awaitable, Callable, Iterable
+import signal
+import sqlite3
+import threading
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 from omegaconf import OmegaConf
 
-from mapo.core.config import RunConfig, cache_dir
+from mapo.core.config import ConfigError, RunConfig, cache_dir
+from mapo.core.prompts import prompts_root
 from mapo.llm.cache import ResponseCache
-from mapo.llm.client import LLMClient
-from mapo.runs.store import atomic_write_text
+from mapo.llm.client import BudgetExceeded, EndpointUnavailable, ItemFault, LLMClient, RunHalt
+from mapo.runs.progress import Progress
+from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "fingerprint.json"
+"""In the run folder: the fingerprint of the config that produced its records."""
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class RunStopped(RuntimeError):
     """The run stopped on a fault it cannot ride out; everything finished so far is saved."""
 
 
+class RunInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run; everything finished so far is saved, a rerun resumes."""
+
+
+class RunFailed(RuntimeError):
+    """An internal error ended the run; everything finished so far is saved, manifest.json holds the error."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
 def make_client(cfg: RunConfig) -> LLMClient:
+    """The client of a run, over ``cfg.models`` with the response cache (closed by ``async with``)."""
     cache = None
     if cfg.client.cache:
         cache = ResponseCache(cfg.client.cache_path or cache_dir() / "responses.sqlite")
-    return LLMClient(cfg.models, cache=cache, registry=cfg.client.registry)
+    return LLMClient(cfg.models, cache=cache, registry=cfg.client.registry, budget_usd=cfg.client.budget_usd)
 
 
 async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]], width: int) -> None:
@@ -46,8 +106,9 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
-            if t.exception() is not None:
-                raise t.exception()
+            error = t.exception()
+            if error is not None:
+                raise error
     finally:
         for t in tasks:
             t.cancel()
@@ -59,16 +120,20 @@ _END = object()
 
 def item_failure(e: Exception) -> str | None:
     """Faults that belong to one item (recorded, the run goes on); None = fatal for the run."""
+    if isinstance(e, ItemFault):
+        return str(e)
     if isinstance(e, openai.BadRequestError):
         return f"request rejected: {e.message}"
     return None
 
 
 def write_config(cfg: RunConfig, run_dir: Path) -> None:
+    """The composed config as ``config.yaml`` in the run folder."""
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def models_manifest(cfg: RunConfig, names: Iterable[str]) -> dict:
+    """How each model was reached, for the manifest."""
     return {
         n: {
             "served_name": cfg.models[n].served_name,
@@ -91,3 +156,379 @@ def run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
         },
         "host": platform.node(),
     }
+
+
+# --------------------------------------------------------------------------- the config fingerprint
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def section_keys(prefix: str, section: Any, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """``{"<prefix>.<field>": value}`` for the fields of a config section (all, or ``only``)."""
+    names = list(only) if only is not None else [f.name for f in dataclasses.fields(section)]
+    return {f"{prefix}.{n}": _plain(getattr(section, n)) for n in names}
+
+
+PROMPT_SOURCE_KEYS = ("source", "path", "split", "prompt_column", "id_column")
+"""The prompt keys that decide what an item id stands for (``limit`` and sharding only choose items)."""
+
+
+def model_keys(cfg: RunConfig, names: Iterable[str]) -> dict[str, Any]:
+    """The output-changing keys of each model: the served name, the generation parameters and
+    whether constrained decoding is used (not the URL, the concurrency or the retries)."""
+    out: dict[str, Any] = {}
+    for n in dict.fromkeys(names):
+        m = cfg.models[n]
+        out[f"models.{n}.served_name"] = m.served_name
+        out.update(section_keys(f"models.{n}.generation", m.generation))
+        out[f"models.{n}.structured_output"] = m.structured_output
+    return out
+
+
+FEEDBACK_TEMPLATES = ("generator_", "reviewer", "reask_review")
+"""Name prefixes of the feedback loop's templates (for :func:`templates_sha`)."""
+
+
+def templates_sha(prompt_set: str, prefixes: Sequence[str]) -> str:
+    """SHA-256 (16 hex) of the templates ``prompts/<set>/<prefix>*.txt``: an edited prompt text
+    changes the fingerprint of the runs that use it."""
+    h = hashlib.sha256()
+    folder = prompts_root() / prompt_set
+    for path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+        if path.name.startswith(tuple(prefixes)):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """The keys of a run's config that change its outputs, and their short hash (``id``)."""
+
+    keys: dict[str, Any]
+
+    @classmethod
+    def of(cls, keys: Mapping[str, Any]) -> Fingerprint:
+        return cls(json.loads(json.dumps(_plain(dict(keys)), sort_keys=True, default=str)))
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(json.dumps(self.keys, sort_keys=True).encode()).hexdigest()[:12]
+
+    def changes(self, old: Mapping[str, Any]) -> list[str]:
+        """``key: old -> new`` for each key both configs name and that differs (a key only one of
+        them names came with another mapo version and is not compared)."""
+        return [
+            f"{k}: {json.dumps(old[k])} -> {json.dumps(self.keys[k])}"
+            for k in sorted(old.keys() & self.keys.keys())
+            if old[k] != self.keys[k]
+        ]
+
+
+def _stored_changes(run_dir: Path, fp: Fingerprint) -> list[str] | None:
+    """The keys that differ from the fingerprint stored in ``run_dir``; None when there is none to compare."""
+    path = run_dir / FINGERPRINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        old = stored["keys"]
+        if not isinstance(old, dict):
+            raise TypeError("keys is not a mapping")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{path}: unreadable ({e}); it records the config of the run in {run_dir}: restore it, or delete it "
+            "to resume without a check"
+        ) from None
+    if stored.get("id") == fp.id:
+        return None
+    return fp.changes(old)
+
+
+def _run_folder(cfg: RunConfig, fp: Fingerprint) -> Path:
+    """The folder this run writes: ``output_dir``, unless its records came from another config."""
+    base = Path(cfg.output_dir)
+    changes = _stored_changes(base, fp)
+    if not changes:
+        return base
+    listed = "; ".join(changes)
+    if str(getattr(cfg, "on_config_change", "error")) != "new_run":
+        raise ConfigError(
+            f"{base} holds a run made with another config; these keys differ (old -> new): {listed}. "
+            "Rerun with the old values to resume it, choose another run_name, "
+            "or set on_config_change=new_run to start a fresh folder"
+        )
+    n = 2
+    while True:
+        candidate = base.with_name(f"{base.name}-{n}")
+        if not _stored_changes(candidate, fp):
+            log.warning("%s holds a run made with another config (%s); this run goes to %s", base, listed, candidate)
+            return candidate
+        n += 1
+
+
+# --------------------------------------------------------------------------- the command interface
+
+
+@dataclasses.dataclass
+class Run:
+    """What :func:`execute` opened for a command: its folder, client, stores and progress."""
+
+    cfg: RunConfig
+    dir: Path
+    client: LLMClient
+    stores: dict[str, RecordStore]
+    progress: Progress
+    fingerprint: Fingerprint
+
+    def saved(self) -> str:
+        """What the folder holds, for messages: ``3 generations, 3 selections, ...``."""
+        return ", ".join(f"{len(s)} {name}" for name, s in self.stores.items()) + " records"
+
+
+class RunCommand(ABC):
+    """A command run by :func:`execute`; its hooks are called in the order listed here."""
+
+    name: ClassVar[str]
+    """The command (``manifest.command``, the progress label)."""
+    stores: ClassVar[tuple[str, ...]]
+    """Its record files: ``<name>.jsonl`` in the run folder, opened as ``run.stores[name]``."""
+    unstamped: ClassVar[tuple[str, ...]] = ()
+    """Stores whose rows are derived from the others (dataset rows with a fixed schema): not stamped."""
+    run: Run
+    """Set by :func:`execute` before ``resume()``."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Config and input checks: before any file or model call."""
+
+    def setup(self, client: LLMClient) -> None:  # noqa: B027 - optional hook
+        """Build what calls the models (evaluators, loops); config errors still come before any file."""
+
+    @abstractmethod
+    def models(self) -> list[str]:
+        """The models this run calls (probed at start)."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """The config keys that change this command's outputs (see :func:`section_keys`, :func:`model_keys`)."""
+
+    def total(self) -> int | None:
+        """Items expected, for the progress display (None = unknown)."""
+        return None
+
+    def resume(self) -> None:  # noqa: B027 - optional hook
+        """Pick up what an earlier run into this folder left (``self.run.stores`` are open)."""
+
+    @abstractmethod
+    def items(self) -> Iterable[Any]:
+        """The items, pulled lazily by the pool."""
+
+    @abstractmethod
+    async def work(self, item: Any) -> None:
+        """One item: skip it if done, else do it and append its records (its own faults recorded)."""
+
+    @abstractmethod
+    def fields(self) -> dict[str, Any]:
+        """This command's manifest fields, whatever the ending (a ``timings_s`` dict joins ``wall``)."""
+
+    def publish(self, manifest: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Only after a complete run: tables, datasets; may add fields to ``manifest``."""
+
+
+# --------------------------------------------------------------------------- the skeleton
+
+
+async def execute(command: RunCommand) -> dict[str, Any]:
+    """Run ``command`` through the skeleton (module doc); returns its manifest or raises
+    :class:`RunStopped`, :class:`RunInterrupted`, :class:`RunFailed` (a config problem found before
+    any work stays a ``ConfigError``; a locked folder ``RunLocked``; a damaged record file ``StoreError``)."""
+    command.check()
+    async with make_client(command.cfg) as client:
+        command.setup(client)
+        fp = Fingerprint.of({"command": command.name, **command.fingerprint()})
+        run_dir = _run_folder(command.cfg, fp)
+        if str(run_dir) != command.cfg.output_dir:
+            command.cfg = dataclasses.replace(command.cfg, output_dir=str(run_dir))
+        with RunLock(run_dir):
+            if _stored_changes(run_dir, fp):  # another run changed it while we waited for the lock
+                raise ConfigError(f"{run_dir}: its config changed while this run started; rerun")
+            stores: dict[str, RecordStore] = {}
+            try:
+                for name in command.stores:
+                    stamp = {} if name in command.unstamped else {"config_fingerprint": fp.id}
+                    stores[name] = RecordStore(run_dir / f"{name}.jsonl", stamp=stamp)
+                write_config(command.cfg, run_dir)
+                atomic_write_json(run_dir / FINGERPRINT_FILE, {"id": fp.id, "keys": fp.keys})
+                progress = Progress(command.name, command.total(), client.stats, command.cfg.client.progress)
+                command.run = Run(command.cfg, run_dir, client, stores, progress, fp)
+                return await _drive(command)
+            finally:
+                for s in stores.values():
+                    s.close()
+
+
+@dataclasses.dataclass
+class _Ending:
+    status: str
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    raise_: BaseException | None = None
+    cause: BaseException | None = None
+
+
+@dataclasses.dataclass
+class _Signals:
+    caught: str | None = None
+    finishing: bool = False
+
+
+async def _drive(command: RunCommand) -> dict[str, Any]:
+    run = command.run
+    cfg = run.cfg
+    t_start = time.time()
+    signals = _Signals()
+    with _stop_on_signals(signals):
+        try:
+            if cfg.client.check_endpoints:
+                try:
+                    await run.client.check(command.models())
+                except EndpointUnavailable as e:
+                    raise RunStopped(f"run stopped before any work: {e}") from e
+            command.resume()
+            await run_pool(command.items(), command.work, cfg.max_items_in_flight)
+            ending = _Ending("complete")
+        except BaseException as e:  # every ending is named in the manifest, then raised as its kind
+            ending = _ending(e, run, signals)
+        finally:
+            signals.finishing = True  # a signal now only logs: the run is already writing its ending
+            run.progress.close()
+        fields = command.fields()
+        wall = time.time() - t_start
+        manifest: dict[str, Any] = {
+            "command": command.name,
+            "status": ending.status,
+            **ending.detail,
+            "output_dir": str(run.dir),
+            "config_fingerprint": run.fingerprint.id,
+            **fields,
+            "timings_s": {"wall": round(wall, 2), **fields.get("timings_s", {})},
+            **run_accounting(run.client, wall),
+        }
+        if ending.status == "complete":
+            try:
+                command.publish(manifest)
+            except Exception as e:
+                ending = _ending(e, run, signals)
+                manifest.update(status=ending.status, **ending.detail)
+        try:
+            atomic_write_json(run.dir / "manifest.json", manifest)
+        except OSError as e:
+            log.error("the run's ending (%s) could not be recorded in manifest.json: %s", ending.status, e)
+            if ending.status == "complete":
+                ending = _ending(e, run, signals)
+    if ending.raise_ is not None:
+        raise ending.raise_ from ending.cause
+    return manifest
+
+
+def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:
+    """How an exception ends a run: its status, the manifest detail, what to raise."""
+    resume = f"{run.saved()} are saved in {run.dir}; rerun the same command to resume"
+    if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+        by = signals.caught or ("SIGINT" if isinstance(e, KeyboardInterrupt) else "cancelled")
+        if signals.caught is None:  # not our signal (a caller cancelled us): keep asyncio's semantics
+            return _Ending("interrupted", {"reason": f"interrupted ({by})"}, e, None)
+        msg = f"run interrupted by {by}: {resume}."
+        return _Ending("interrupted", {"reason": f"interrupted by {by}"}, RunInterrupted(msg), None)
+    if not isinstance(e, Exception):
+        return _Ending("failed", {"error": {"type": type(e).__name__, "message": str(e)}}, e, None)
+    reason = _stop_reason(e)
+    if reason is not None:
+        if isinstance(e, RunStopped):
+            return _Ending("stopped", {"reason": reason}, e, e.__cause__)
+        return _Ending("stopped", {"reason": reason}, RunStopped(f"run stopped: {reason}. {resume}."), e)
+    detail = {
+        "error": {
+            "type": type(e).__name__,
+            "message": str(e),
+            "traceback": "".join(traceback.format_exception(e)[-12:]),
+        }
+    }
+    if isinstance(e, ConfigError):  # found mid-run (e.g. a template): a config problem, not a crash
+        return _Ending("failed", detail, e, None)
+    msg = f"run failed: internal error {type(e).__name__}: {e} (traceback in {run.dir / 'manifest.json'}); {resume}."
+    return _Ending("failed", detail, RunFailed(msg), e)
+
+
+def _stop_reason(e: Exception) -> str | None:
+    """Why a fault the run cannot ride out stops it (None: not such a fault)."""
+    if isinstance(e, RunStopped):
+        return str(e)
+    if isinstance(e, EndpointUnavailable):
+        return f"endpoint unavailable: {e}"
+    if isinstance(e, BudgetExceeded):
+        return f"budget exhausted: {e}"
+    if isinstance(e, RunHalt):
+        return str(e)
+    if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return f"credentials rejected (HTTP {e.status_code}{_url(e)}): {e.message}; check the API key"
+    if isinstance(e, openai.APIStatusError):  # not retryable, not one item's fault (400 is)
+        return f"the endpoint refused the request (HTTP {e.status_code}{_url(e)}): {e.message}"
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        return f"disk full: {e}"
+    if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+        return f"disk full: the response cache: {e}"
+    return None
+
+
+def _url(e: openai.APIStatusError) -> str:
+    with contextlib.suppress(Exception):
+        return f" from {e.request.url.copy_with(query=None)}"
+    return ""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(signals: _Signals) -> Iterator[None]:
+    """SIGINT and SIGTERM (SLURM's scancel) cancel the run's task: the pool stops, the items in
+    flight are dropped (their finished records are kept), the manifest says interrupted."""
+    task = asyncio.current_task()
+    if task is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if signals.finishing:
+            log.warning("%s received while the run writes its ending; it exits right after", sig.name)
+            return
+        if signals.caught is None:
+            log.warning("%s received: stopping; everything finished is saved", sig.name)
+        signals.caught = signals.caught or sig.name
+        task.cancel()
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        previous[sig] = handler
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)

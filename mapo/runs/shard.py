@@ -100,7 +100,7 @@ def _check_shards(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         raise MergeError(f"the runs disagree on prompts.shard_count: {sorted(counts)}")
     count = counts.pop()
     index_of: dict[int, Path] = {}
-    for d, c in zip(run_dirs, configs):
+    for d, c in zip(run_dirs, configs, strict=True):
         i = int((c.get("prompts") or {}).get("shard_index", 0))
         if i in index_of:
             raise MergeError(f"shard {i} of {count} given twice: {index_of[i]} and {d}")
@@ -112,7 +112,7 @@ def _check_shards(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             f"(got {', '.join(str(d) for d in run_dirs)})"
         )
     base = {k: v for k, v in _flatten(configs[0]).items() if k not in _PER_SHARD_KEYS}
-    for d, c in zip(run_dirs[1:], configs[1:]):
+    for d, c in zip(run_dirs[1:], configs[1:], strict=True):
         flat = {k: v for k, v in _flatten(c).items() if k not in _PER_SHARD_KEYS}
         diff = sorted(k for k in base.keys() | flat.keys() if base.get(k) != flat.get(k))
         if diff:
@@ -192,7 +192,9 @@ def merge(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
         for name in ("dpo", "kto"):
             stray = {rec.get("prompt_id") for _, rec in _read_jsonl(tmp / f"{name}.jsonl")} - prompt_ids
             if stray:
-                raise MergeError(f"{name}.jsonl has rows for prompts with no selection record: {sorted(stray)[:5]}")
+                raise MergeError(
+                    f"{name}.jsonl has rows for prompts with no selection record: {sorted(stray, key=str)[:5]}"
+                )
         if out.exists():
             out.rmdir()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,42 +1,66 @@
-"""Append-only JSONL record stores with resume, and a run lock.
+"""Append-only JSONL record stores with resume, a run lock and atomic file writes.
 
 Every record carries a ``key``; a rerun skips keys already present. A crash during a write
 leaves at most one partial last line: it is detected on open and cut off (reported), never
-read as data. Damage anywhere else is an error naming the file and line.
+read as data. Damage anywhere else is an error naming the file and line. A write that fails
+(a full disk) is undone before the error is raised, and the error names the file: the store
+and the folder stay resumable, and no temporary file is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
-    pass
+    """A record file that cannot be used as it is (damaged mid-way, not a mapo record file)."""
 
 
 class RunLocked(RuntimeError):
-    pass
+    """Another run holds the folder's lock."""
+
+
+class WriteFailed(OSError):
+    """Writing a run file failed (e.g. ``ENOSPC``, disk full); ``filename`` names the file and
+    nothing partial of this write is left in it."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class RecordStore:
-    """One JSONL file of records keyed by ``record["key"]``."""
+    """One JSONL file of records keyed by ``record["key"]``.
 
-    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+    ``stamp`` (e.g. ``{"config_fingerprint": ...}``) is added to every record appended, so a
+    record names what produced it.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False, stamp: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        self.stamp = dict(stamp or {})
         self.repaired_bytes = 0
         self._keys: set[str] = set()
+        self._end = 0
+        self._failed: WriteFailed | None = None
         self._scan()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def _scan(self) -> None:
         if not self.path.exists():
@@ -59,6 +83,7 @@ class RecordStore:
                     raise StoreError(f"{self.path}:{lineno}: record has no 'key' (not a mapo record file?)")
                 self._keys.add(record["key"])
                 good_end += len(line)
+        self._end = good_end
         size = self.path.stat().st_size
         if size > good_end:
             self.repaired_bytes = size - good_end
@@ -75,28 +100,70 @@ class RecordStore:
         return len(self._keys)
 
     def append(self, record: dict[str, Any]) -> None:
+        """Write ``record`` as one line (once per key: a resumed record already saved is skipped).
+
+        A failed write (disk full) is cut back off the file, so it never leaves a partial line
+        mid-file; the store then refuses further writes with the same :class:`WriteFailed`.
+        """
         key = record["key"]
         if key in self._keys:
             return  # resumed work that was already saved: never a duplicate
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        if self._failed is not None:
+            raise self._failed
+        data = (json.dumps({**record, **self.stamp}, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            _write_all(self._fd, data)
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)  # freeing the partial line needs no space
+            self._failed = WriteFailed(e.errno, e.strerror, str(self.path))
+            raise self._failed from e
+        self._end += len(data)
         self._keys.add(key)
 
     def close(self) -> None:
-        self._fh.close()
+        """Close the file (safe to call twice)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter_records(self.path)
 
 
-def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream records from a JSONL file (memory flat in the number of records)."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.endswith("\n"):
-                yield json.loads(line)
+def iter_records(
+    path: str | Path, *, on_damaged: str = "raise", damaged: list[int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream records from a JSONL file (memory flat in the number of records); a partial last
+    line (a crash mid-write) is left out. A line that is not a JSON record raises
+    (``on_damaged="raise"``) or is skipped with a warning naming the file and line (``"skip"``,
+    for readers such as ``mapo reparse`` that should show what they can; the skipped line
+    numbers are appended to ``damaged``)."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.endswith(b"\n"):
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if on_damaged != "skip":
+                    raise
+                log.warning("%s:%d: unreadable record (%s); skipped", path, lineno, e)
+                if damaged is not None:
+                    damaged.append(lineno)
+                continue
+            if on_damaged == "skip" and not (isinstance(record, dict) and isinstance(record.get("key"), str)):
+                log.warning("%s:%d: not a mapo record (no key); skipped", path, lineno)
+                if damaged is not None:
+                    damaged.append(lineno)
+                continue
+            yield record
 
 
 class RunLock:
@@ -105,7 +172,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / ".lock"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = None
+        self._fh: IO[str] | None = None
 
     def __enter__(self) -> RunLock:
         fh = open(self.path, "a+")
@@ -132,11 +199,26 @@ class RunLock:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once: readers see the old file or the new one. On any
+    error the temporary file is removed; an OS error is a :class:`WriteFailed` naming ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    data = text.encode("utf-8")  # before the file exists: text that cannot be encoded leaves nothing
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
+            raise WriteFailed(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """:func:`atomic_write_text` of ``obj`` as indented JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -31,7 +31,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +40,19 @@ from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_pr
 from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.jury import warn_self_judging
-from mapo.llm.client import EndpointUnavailable
-from mapo.runs.progress import Progress
+from mapo.llm.client import LLMClient
 from mapo.runs.runner import (
-    RunStopped,
+    FEEDBACK_TEMPLATES,
+    PROMPT_SOURCE_KEYS,
+    RunCommand,
+    execute,
     item_failure,
-    make_client,
+    model_keys,
     models_manifest,
-    run_accounting,
-    run_pool,
-    write_config,
+    section_keys,
+    templates_sha,
 )
-from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text, iter_records
+from mapo.runs.store import atomic_write_json, atomic_write_text, iter_records
 
 __all__ = ["OUTCOMES", "tally", "winrate", "winrate_table", "write_tables"]
 
@@ -263,203 +264,241 @@ def _single_record(key: str, name: str, model: str, text: str, finish_reason: st
     }
 
 
-async def winrate(cfg: RunConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.output_dir)
-    configs = _check(cfg)
-    baselines = list(cfg.roles.baselines)
-    if cfg.prompts.source != "hf":
-        n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails before any model call
-        if n_prompts == 0 and cfg.prompts.shard_count == 1:
-            raise ConfigError(
-                f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} (prompts.limit={cfg.prompts.limit})"
-            )
-    else:
-        n_prompts = cfg.prompts.limit
-    with RunLock(run_dir):
-        write_config(cfg, run_dir)
-        t_start = time.time()
-        client = make_client(cfg)
-        judge = Judge(client, cfg.roles.judge, cfg.judge)
-        setup = cfg.judge.strategy if cfg.judge.strategy == "direct" else f"{cfg.judge.strategy}{cfg.judge.scale}"
-        setup += "/both" if cfg.judge.both_orders and cfg.judge.strategy != "independent" else ""
-        sha = judge.prompt_sha
-        producers = [c.generator for c in configs] + baselines
-        warn_self_judging([cfg.roles.judge], producers, "roles.judge")
-        loops = {
-            c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None
-            for c in configs
-        }
-        used = [cfg.roles.judge, *baselines, *(m for c in configs for m in (c.generator, *c.reviewers))]
+class Winrate(RunCommand):
+    """``mapo winrate`` on the run skeleton (:mod:`mapo.runs.runner`): one item per prompt."""
 
-        gens = RecordStore(run_dir / "generations.jsonl")
-        bases = RecordStore(run_dir / "baselines.jsonl")
-        judgements = RecordStore(run_dir / "judgements.jsonl")
-        finals: dict[str, str] = {r["key"]: r["final"] for r in gens}
-        base_texts: dict[str, str] = {r["key"]: r["response"] for r in bases}
-        jkey = lambda c, b, pid: "|".join([c, b, pid, setup, f"v{cfg.judge.version}", sha])  # noqa: E731
-        keys: set[str] = set()
-        counts = {"failed": 0, "identical": 0}
-        stage_s = {"feedback": 0.0, "baselines": 0.0, "judging": 0.0}
-        progress = Progress("winrate", n_prompts, client.stats, cfg.client.progress)
+    name = "winrate"
+    stores = ("generations", "baselines", "judgements")
 
-        async def config_final(c: WinrateConfiguration, item: PromptItem) -> str:
-            key = f"{c.name}|{item.id}"
-            if key in finals:
-                return finals[key]
-            t0 = time.perf_counter()
-            loop = loops[c.name]
-            if loop is None:
-                comp = await client.chat(c.generator, [{"role": "user", "content": item.prompt}], role="generator")
-                rec = _single_record(key, c.name, c.generator, comp.text, comp.finish_reason)
-            else:
-                result = await loop.run(item.prompt)
-                rec = {
-                    "key": key,
-                    "configuration": c.name,
-                    **result.to_record(),
-                    "final": result.iterations[-1].response,
-                }
-            stage_s["feedback"] += time.perf_counter() - t0
-            rec["prompt_id"], rec["prompt"] = item.id, item.prompt
-            gens.append(rec)
-            finals[key] = rec["final"]
-            return rec["final"]
-
-        async def baseline(b: str, item: PromptItem) -> str:
-            key = f"{b}|{item.id}"
-            if key in base_texts:
-                return base_texts[key]
-            t0 = time.perf_counter()
-            comp = await client.chat(b, [{"role": "user", "content": item.prompt}], role="baseline")
-            stage_s["baselines"] += time.perf_counter() - t0
-            bases.append(
-                {
-                    "key": key,
-                    "baseline": b,
-                    "prompt_id": item.id,
-                    "prompt": item.prompt,
-                    "response": comp.text,
-                    "finish_reason": comp.finish_reason,
-                }
-            )
-            base_texts[key] = comp.text
-            return comp.text
-
-        async def compare(c: WinrateConfiguration, b: str, item: PromptItem, x: str, y: str) -> bool:
-            key = jkey(c.name, b, item.id)
-            keys.add(key)
-            if key in judgements:
-                return False
-            rec: dict[str, Any] = {
-                "key": key,
-                "kind": "winrate",
-                "prompt_id": item.id,
-                "configuration": c.name,
-                "baseline": b,
-                "judge": cfg.roles.judge,
-                "setup": setup,
-                "strategy": cfg.judge.strategy,
-                "scale": cfg.judge.scale,
-                "version": cfg.judge.version,
-                "prompt_sha": sha,
-                "both_orders": cfg.judge.both_orders,
-                "order_combine": cfg.judge.order_combine,
-                "identical": x == y,
-            }
-            if x == y:
-                counts["identical"] += 1
-                rec.update(label="tie", score_a=None, score_b=None, failure=None, raw=[], detail={"attempts": []})
-            else:
-                t0 = time.perf_counter()
-                try:
-                    j: PairJudgement = await judge.judge_pair(item.prompt, x, y)
-                except Exception as e:
-                    reason = item_failure(e)
-                    if reason is None:
-                        raise
-                    rec.update(label=None, score_a=None, score_b=None, failure=reason, raw=[], detail={"attempts": []})
-                else:
-                    rec.update(
-                        label=j.label if j.ok else None,
-                        score_a=j.score_a,
-                        score_b=j.score_b,
-                        failure=j.failure,
-                        raw=[t for a in j.attempts for t in a.raw],
-                        detail={"attempts": j.to_record()["attempts"]},
-                        prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
-                        completion_tokens=sum(a.completion_tokens for a in j.attempts),
-                    )
-                stage_s["judging"] += time.perf_counter() - t0
-            rec["outcome"] = OUTCOMES[rec["label"]]
-            judgements.append(rec)
-            counts["failed"] += rec["label"] is None
-            return rec["label"] is None
-
-        async def work(item: PromptItem) -> None:
-            try:
-                texts = await asyncio.gather(
-                    *(config_final(c, item) for c in configs), *(baseline(b, item) for b in baselines)
+    def check(self) -> None:
+        cfg = self.cfg
+        self.configs = _check(cfg)
+        self.baselines = list(cfg.roles.baselines)
+        if cfg.prompts.source != "hf":
+            self.n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails before any model call
+            if self.n_prompts == 0 and cfg.prompts.shard_count == 1:
+                raise ConfigError(
+                    f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
+                    f"(prompts.limit={cfg.prompts.limit})"
                 )
-                xs, ys = texts[: len(configs)], texts[len(configs) :]
+        else:
+            self.n_prompts = cfg.prompts.limit
+        self.setup_name = (
+            cfg.judge.strategy if cfg.judge.strategy == "direct" else f"{cfg.judge.strategy}{cfg.judge.scale}"
+        )
+        self.setup_name += "/both" if cfg.judge.both_orders and cfg.judge.strategy != "independent" else ""
+        self.keys: set[str] = set()
+        self.counts = {"failed": 0, "identical": 0}
+        self.stage_s = {"feedback": 0.0, "baselines": 0.0, "judging": 0.0}
+        self.source_stats = SourceStats()
+
+    def setup(self, client: LLMClient) -> None:
+        cfg = self.cfg
+        self.client = client
+        self.judge = Judge(client, cfg.roles.judge, cfg.judge)
+        self.sha = self.judge.prompt_sha
+        warn_self_judging([cfg.roles.judge], [c.generator for c in self.configs] + self.baselines, "roles.judge")
+        self.loops = {
+            c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None
+            for c in self.configs
+        }
+
+    def models(self) -> list[str]:
+        return [
+            self.cfg.roles.judge,
+            *self.baselines,
+            *(m for c in self.configs for m in (c.generator, *c.reviewers)),
+        ]
+
+    def fingerprint(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "roles.judge": cfg.roles.judge,
+            "roles.baselines": self.baselines,
+            **{f"configurations.{c.name}.generator": c.generator for c in self.configs},
+            **{f"configurations.{c.name}.reviewers": list(c.reviewers) for c in self.configs},
+            **model_keys(cfg, self.models()),
+            **section_keys("judge", cfg.judge),
+            **section_keys("feedback", cfg.feedback),
+            **section_keys("prompts", cfg.prompts, only=PROMPT_SOURCE_KEYS),
+            "prompt_sha.judge": self.sha,
+            "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
+        }
+
+    def total(self) -> int | None:
+        return self.n_prompts
+
+    def resume(self) -> None:
+        stores = self.run.stores
+        self.gens, self.bases, self.judgements = stores["generations"], stores["baselines"], stores["judgements"]
+        self.finals: dict[str, str] = {r["key"]: r["final"] for r in self.gens}
+        self.base_texts: dict[str, str] = {r["key"]: r["response"] for r in self.bases}
+
+    def items(self) -> Iterator[PromptItem]:
+        return iter_prompts(self.cfg.prompts, self.source_stats)
+
+    def _jkey(self, c: str, b: str, pid: str) -> str:
+        return "|".join([c, b, pid, self.setup_name, f"v{self.cfg.judge.version}", self.sha])
+
+    async def _config_final(self, c: WinrateConfiguration, item: PromptItem) -> str:
+        key = f"{c.name}|{item.id}"
+        if key in self.finals:
+            return self.finals[key]
+        t0 = time.perf_counter()
+        loop = self.loops[c.name]
+        if loop is None:
+            comp = await self.client.chat(c.generator, [{"role": "user", "content": item.prompt}], role="generator")
+            rec = _single_record(key, c.name, c.generator, comp.text, comp.finish_reason)
+        else:
+            result = await loop.run(item.prompt)
+            rec = {"key": key, "configuration": c.name, **result.to_record(), "final": result.iterations[-1].response}
+        self.stage_s["feedback"] += time.perf_counter() - t0
+        rec["prompt_id"], rec["prompt"] = item.id, item.prompt
+        self.gens.append(rec)
+        self.finals[key] = rec["final"]
+        return str(rec["final"])
+
+    async def _baseline(self, b: str, item: PromptItem) -> str:
+        key = f"{b}|{item.id}"
+        if key in self.base_texts:
+            return self.base_texts[key]
+        t0 = time.perf_counter()
+        comp = await self.client.chat(b, [{"role": "user", "content": item.prompt}], role="baseline")
+        self.stage_s["baselines"] += time.perf_counter() - t0
+        self.bases.append(
+            {
+                "key": key,
+                "baseline": b,
+                "prompt_id": item.id,
+                "prompt": item.prompt,
+                "response": comp.text,
+                "finish_reason": comp.finish_reason,
+            }
+        )
+        self.base_texts[key] = comp.text
+        return comp.text
+
+    async def _compare(self, c: WinrateConfiguration, b: str, item: PromptItem, x: str, y: str) -> bool:
+        cfg = self.cfg
+        key = self._jkey(c.name, b, item.id)
+        self.keys.add(key)
+        if key in self.judgements:
+            return False
+        rec: dict[str, Any] = {
+            "key": key,
+            "kind": "winrate",
+            "prompt_id": item.id,
+            "configuration": c.name,
+            "baseline": b,
+            "judge": cfg.roles.judge,
+            "setup": self.setup_name,
+            "strategy": cfg.judge.strategy,
+            "scale": cfg.judge.scale,
+            "version": cfg.judge.version,
+            "prompt_sha": self.sha,
+            "both_orders": cfg.judge.both_orders,
+            "order_combine": cfg.judge.order_combine,
+            "identical": x == y,
+        }
+        if x == y:
+            self.counts["identical"] += 1
+            rec.update(label="tie", score_a=None, score_b=None, failure=None, raw=[], detail={"attempts": []})
+        else:
+            t0 = time.perf_counter()
+            try:
+                j: PairJudgement = await self.judge.judge_pair(item.prompt, x, y)
             except Exception as e:
                 reason = item_failure(e)
                 if reason is None:
                     raise
-                log.warning("prompt %s: generation failed (%s); it is left out of every win rate", item.id, reason)
-                counts["failed"] += 1
-                progress.update(failed=True)
-                return
-            failed = await asyncio.gather(
-                *(compare(c, b, item, x, y) for c, x in zip(configs, xs) for b, y in zip(baselines, ys))
-            )
-            progress.update(failed=any(failed))
+                rec.update(label=None, score_a=None, score_b=None, failure=reason, raw=[], detail={"attempts": []})
+            else:
+                rec.update(
+                    label=j.label if j.ok else None,
+                    score_a=j.score_a,
+                    score_b=j.score_b,
+                    failure=j.failure,
+                    raw=[t for a in j.attempts for t in a.raw],
+                    detail={"attempts": j.to_record()["attempts"]},
+                    prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
+                    completion_tokens=sum(a.completion_tokens for a in j.attempts),
+                )
+            self.stage_s["judging"] += time.perf_counter() - t0
+        rec["outcome"] = OUTCOMES[rec["label"]]
+        self.judgements.append(rec)
+        self.counts["failed"] += rec["label"] is None
+        return rec["label"] is None
 
-        source_stats = SourceStats()
-        status = "complete"
+    async def work(self, item: PromptItem) -> None:
+        configs, baselines = self.configs, self.baselines
         try:
-            if cfg.client.check_endpoints:
-                await client.check(used)
-            await run_pool(iter_prompts(cfg.prompts, source_stats), work, cfg.max_items_in_flight)
-        except EndpointUnavailable as e:
-            status = "stopped"
-            raise RunStopped(
-                f"run stopped: {e}. Work so far is saved in {run_dir}; rerun the same command to resume."
-            ) from e
-        finally:
-            progress.close()
-            for s in (gens, bases, judgements):
-                s.close()
-            wall = time.time() - t_start
-            manifest: dict[str, Any] = {
-                "command": "winrate",
-                "status": status,
-                "output_dir": str(run_dir),
-                "judge": cfg.roles.judge,
-                "setup": setup,
-                "configurations": [
-                    {"name": c.name, "generator": c.generator, "reviewers": list(c.reviewers)} for c in configs
-                ],
-                "baselines": baselines,
-                "models": models_manifest(cfg, used),
-                "prompts": {"source": cfg.prompts.source, "read": source_stats.read, "skipped": source_stats.skipped},
-                "comparisons": {"done": len(keys), **counts},
-                # stage times add up every prompt's time in that stage (prompts overlap)
-                "timings_s": {"wall": round(wall, 2), **{f"{k}_summed": round(v, 2) for k, v in stage_s.items()}},
-                **run_accounting(client, wall),
-            }
-            if status == "complete":
-                records = [r for r in iter_records(run_dir / "judgements.jsonl") if r["key"] in keys]
-                meta = {
-                    "judge": cfg.roles.judge,
-                    "setup": setup,
-                    "n_prompts": source_stats.read,
-                    "feedback_iterations": cfg.feedback.iterations,
-                }
-                table = write_tables(run_dir, records, [c.name for c in configs], baselines, meta)
-                manifest["table"] = table["table"]
-                log.info("win rates (%s):\n%s", setup, (run_dir / "winrate.md").read_text())
-            atomic_write_json(run_dir / "manifest.json", manifest)
-            await client.aclose()
-            if client.cache is not None:
-                client.cache.close()
-    return manifest
+            texts = await asyncio.gather(
+                *(self._config_final(c, item) for c in configs), *(self._baseline(b, item) for b in baselines)
+            )
+            xs, ys = texts[: len(configs)], texts[len(configs) :]
+        except Exception as e:
+            reason = item_failure(e)
+            if reason is None:
+                raise
+            log.warning("prompt %s: generation failed (%s); it is left out of every win rate", item.id, reason)
+            self.counts["failed"] += 1
+            self.run.progress.update(failed=True)
+            return
+        failed = await asyncio.gather(
+            *(
+                self._compare(c, b, item, x, y)
+                for c, x in zip(configs, xs, strict=True)
+                for b, y in zip(baselines, ys, strict=True)
+            )
+        )
+        self.run.progress.update(failed=any(failed))
+
+    def fields(self) -> dict[str, Any]:
+        cfg, stats = self.cfg, self.source_stats
+        return {
+            "judge": cfg.roles.judge,
+            "setup": self.setup_name,
+            "configurations": [
+                {"name": c.name, "generator": c.generator, "reviewers": list(c.reviewers)} for c in self.configs
+            ],
+            "baselines": self.baselines,
+            "models": models_manifest(cfg, self.models()),
+            "prompts": {"source": cfg.prompts.source, "read": stats.read, "skipped": stats.skipped},
+            "comparisons": {"done": len(self.keys), **self.counts},
+            "truncated_responses": _truncated(self.run.dir),
+            # stage times add up every prompt's time in that stage (prompts overlap)
+            "timings_s": {f"{k}_summed": round(v, 2) for k, v in self.stage_s.items()},
+        }
+
+    def publish(self, manifest: dict[str, Any]) -> None:
+        """winrate.{csv,md,json,png} from this run's judgements; the table in the manifest."""
+        cfg, run_dir = self.cfg, self.run.dir
+        records = [r for r in iter_records(run_dir / "judgements.jsonl") if r["key"] in self.keys]
+        meta = {
+            "judge": cfg.roles.judge,
+            "setup": self.setup_name,
+            "n_prompts": self.source_stats.read,
+            "feedback_iterations": cfg.feedback.iterations,
+        }
+        table = write_tables(run_dir, records, [c.name for c in self.configs], self.baselines, meta)
+        manifest["table"] = table["table"]
+        log.info("win rates (%s):\n%s", self.setup_name, (run_dir / "winrate.md").read_text())
+
+
+def _truncated(run_dir: Path) -> dict[str, int]:
+    """Responses cut by max_tokens (``finish_reason: length``), per record file."""
+    gens = run_dir / "generations.jsonl"
+    bases = run_dir / "baselines.jsonl"
+    return {
+        "generations": sum(
+            it.get("finish_reason") == "length"
+            for r in (iter_records(gens) if gens.exists() else [])
+            for it in r.get("iterations", [])
+        ),
+        "baselines": sum(r.get("finish_reason") == "length" for r in (iter_records(bases) if bases.exists() else [])),
+    }
+
+
+async def winrate(cfg: RunConfig) -> dict[str, Any]:
+    """Compare every configuration with every baseline over the prompts (module doc)."""
+    return await execute(Winrate(cfg))
