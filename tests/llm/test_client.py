@@ -12,6 +12,7 @@ from mapo.core.config import ModelConfig
 from mapo.llm.cache import ResponseCache
 from mapo.llm.client import (
     BadReply,
+    BudgetExceeded,
     Constraint,
     EndpointUnavailable,
     ItemFault,
@@ -271,3 +272,68 @@ async def test_a_reply_with_a_lone_surrogate_fails_the_item_without_retries(tmp_
             assert u.retries == 0 and u.failures == 1
             # nothing was cached: the same request asks again (and gets the good reply)
             assert (await client.chat("m", MSG, role="judge")).text == "fine reply"
+
+
+# ---- cost and budget (issue 17 item 5) -------------------------------------------------------------
+
+
+def priced(server, tmp_path, budget_usd=None, **overrides):
+    # $1000 per million output tokens = $0.001 a token; max_tokens 64 -> at most $0.064 a request
+    model = fake_model(server, price_in_per_mtok=0.0, price_out_per_mtok=1000.0, **overrides)
+    return LLMClient(
+        {"m": model, "free": fake_model(server)},
+        cache=ResponseCache(tmp_path / "c.sqlite"),
+        backoff_base_s=0.01,
+        budget_usd=budget_usd,
+    )
+
+
+async def test_cost_per_role_from_the_model_prices(fake_server, tmp_path):
+    async with priced(fake_server, tmp_path) as client:
+        a = await client.chat("m", MSG, role="judge")
+        await client.chat("m", MSG, role="judge")  # cached: free
+        b = await client.chat("m", [{"role": "user", "content": "other"}], role="generator")
+        await client.chat("free", MSG, role="judge", sample=1)
+        rows = {(r["role"], r["model"]): r for r in client.usage_table()}
+        assert rows[("judge", "m")]["cost_usd"] == pytest.approx(a.completion_tokens * 0.001)
+        assert rows[("generator", "m")]["cost_usd"] == pytest.approx(b.completion_tokens * 0.001)
+        assert rows[("judge", "free")]["cost_usd"] is None  # no price: unknown, not zero
+        assert client.cost_usd() == pytest.approx((a.completion_tokens + b.completion_tokens) * 0.001)
+        json.dumps(client.usage_table())
+
+
+async def test_the_budget_stops_before_the_request_that_could_exceed_it(fake_server, tmp_path):
+    async with priced(fake_server, tmp_path, budget_usd=0.069) as client:
+        first = await client.chat("m", [{"role": "user", "content": "one"}], role="g")
+        second = await client.chat("m", [{"role": "user", "content": "two"}], role="g")
+        spent = client.cost_usd()
+        assert spent == pytest.approx((first.completion_tokens + second.completion_tokens) * 0.001)
+        # spent + a worst case of 64 tokens ($0.064) > $0.069: the third is never sent
+        with pytest.raises(BudgetExceeded, match=r"client\.budget_usd=0\.069 would be exceeded"):
+            await client.chat("m", [{"role": "user", "content": "three"}], role="g")
+        assert fake_server.n == 2 and client.cost_usd() == spent
+        assert isinstance(BudgetExceeded("x"), RunHalt) and not isinstance(BudgetExceeded("x"), EndpointUnavailable)
+        # what is cached costs nothing and is still served; unpriced models do not count
+        assert (await client.chat("m", [{"role": "user", "content": "one"}], role="g")).cached
+        assert (await client.chat("free", [{"role": "user", "content": "three"}], role="g")).text
+
+
+async def test_the_budget_counts_requests_in_flight(tmp_path):
+    with FakeServer(latency_s=0.3) as server:
+        async with priced(server, tmp_path, budget_usd=0.1) as client:
+            results = await asyncio.gather(
+                *(client.chat("m", [{"role": "user", "content": str(i)}], role="g") for i in range(4)),
+                return_exceptions=True,
+            )
+        # one worst case ($0.064) fits in $0.1, a second in flight at the same time would not
+        assert sum(isinstance(r, BudgetExceeded) for r in results) == 3
+        assert server.n == 1
+
+
+async def test_a_prompt_longer_than_the_budget_is_refused(fake_server, tmp_path):
+    client = priced(fake_server, tmp_path, budget_usd=1.0)
+    client._configs["m"].price_in_per_mtok = 1_000_000.0  # $1 a token: 8 characters ~ 2 tokens ~ $2
+    async with client:
+        with pytest.raises(BudgetExceeded, match="may cost up to"):
+            await client.chat("m", [{"role": "user", "content": "8 chars!"}], role="g")
+        assert fake_server.n == 0
