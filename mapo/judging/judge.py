@@ -102,9 +102,9 @@ def judge_setup(config: JudgeConfig) -> str:
     """``direct``, ``combined10``, ``independent5``; ``+expected`` for logprob-weighted scoring and
     ``+score_only`` without the explanation (the defaults add nothing, so stored keys stay valid)."""
     setup = str(config.strategy) if config.strategy == "direct" else f"{config.strategy}{config.scale}"
-    if getattr(config, "scoring", "argmax") == "expected":
+    if config.scoring == "expected":
         setup += "+expected"
-    if not getattr(config, "explain", True):
+    if not config.explain:
         setup += "+score_only"
     return setup
 
@@ -121,8 +121,8 @@ class Judge(Evaluator):
         self.role = role
         self._strategy = STRATEGIES.get(config.strategy, key="judge.strategy")
         self.constrained = use_constraint(config.constrained, client, model)
-        self.scoring: str = getattr(config, "scoring", "argmax")
-        self.explain: bool = getattr(config, "explain", True)
+        self.scoring: str = config.scoring
+        self.explain: bool = config.explain
         self._scoring_counts: Counter[str] = Counter()
         self._said: set[str] = set()  # fallback reasons already logged: each is said once
 
