@@ -33,6 +33,7 @@ from mapo.metrics.agreement import (
     label_from_scores,
     position_bias,
 )
+from mapo.metrics.bias import position_intervals
 from mapo.metrics.uncertainty import (
     CONFIDENCE,
     MARGIN,
@@ -42,7 +43,6 @@ from mapo.metrics.uncertainty import (
     PairedComparison,
     kappa_intervals,
     needed_text,
-    ratio_intervals,
     verdict,
 )
 
@@ -300,7 +300,7 @@ def add_uncertainty(
                 rr = kappa_intervals([[sub[LABELS_KEY].get(i) for i in items]], human, settings=settings)
                 sub["kappa_ci"] = _ci(rr["kappa_low"][0], rr["kappa_high"][0])
             if "_picks" in e and e.get("position_bias"):
-                e["position_bias"].update(_position_intervals(e["_picks"], settings))
+                e["position_bias"].update(position_intervals(e["_picks"], settings))
         tables["uncertainty"] = {
             **settings.to_dict(),
             "method": f"{settings.method} bootstrap over items",
@@ -314,23 +314,6 @@ def add_uncertainty(
         e.pop("_picks", None)
         for sub in (e.get("by_order") or {}).values():
             sub.pop(LABELS_KEY, None)
-
-
-def _position_intervals(picks: list[tuple[Any, Any]], settings: Bootstrap) -> dict[str, list[float | None]]:
-    """Intervals of position_bias' first_rate and consistency over the pairs judged in both orders."""
-    from mapo.core.types import pick_to_label
-
-    both = [(a, b) for a, b in picks if a is not None and b is not None]
-    if not both:
-        return {}
-    first = np.array([(a == "A") + (b == "A") for a, b in both], dtype=float)
-    decisive = np.array([(a != "tie") + (b != "tie") for a, b in both], dtype=float)
-    consistent = np.array([pick_to_label(a) == pick_to_label(b, swapped=True) for a, b in both], dtype=float)
-    r = ratio_intervals(np.stack([first, consistent]), np.stack([decisive, np.ones(len(both))]), settings=settings)
-    return {
-        "first_rate_ci": _ci(r["rate_low"][0], r["rate_high"][0]),
-        "consistency_ci": _ci(r["rate_low"][1], r["rate_high"][1]),
-    }
 
 
 # --------------------------------------------------------------------------- text
