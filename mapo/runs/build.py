@@ -3,13 +3,18 @@
 Items stream through a bounded pool of workers (``max_items_in_flight``): while one prompt
 is being judged others are being generated, so the servers stay busy. Every record is
 appended to JSONL as it finishes; a rerun into the same folder resumes, re-sending nothing
-already answered (the response cache) and writing nothing twice (keyed stores).
+already answered (the response cache) and writing nothing twice (keyed stores). The run
+skeleton (folder, config check, client, stores, endpoint check, manifest, how the run ends)
+is :mod:`mapo.runs.runner`'s; this module supplies the per-prompt work, the resume and the
+publishing of the datasets. Each generated response keeps its ``finish_reason``; the manifest
+counts those cut by max_tokens (``truncated_responses``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,181 +27,207 @@ from mapo.generation.dataset import RowCounts, RowError, item_rows, save_dataset
 from mapo.generation.feedback import FeedbackLoop
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.judge import Judge
-from mapo.llm.client import EndpointUnavailable
-from mapo.runs.progress import Progress
+from mapo.llm.client import LLMClient
 from mapo.runs.runner import (
-    RunStopped,
+    FEEDBACK_TEMPLATES,
+    PROMPT_SOURCE_KEYS,
+    RunCommand,
+    execute,
     item_failure,
-    make_client,
+    model_keys,
     models_manifest,
-    run_accounting,
-    run_pool,
-    write_config,
+    section_keys,
+    templates_sha,
 )
-from mapo.runs.store import RecordStore, RunLock, atomic_write_json
+from mapo.runs.store import RecordStore, iter_records
 
 log = logging.getLogger(__name__)
 
 
-async def build(cfg: RunConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.output_dir)
-    roles = cfg.roles
-    validate(cfg, ["generator", "reviewers", "judge"])
-    if cfg.prompts.source != "hf":
-        n_prompts = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
-        if n_prompts == 0 and cfg.prompts.shard_count == 1:
-            raise ConfigError(
-                f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
-                f"(empty, all invalid and skipped, or prompts.limit={cfg.prompts.limit})"
-            )
-    else:
-        n_prompts = cfg.prompts.limit
-    for key, prompt_set in (
-        ("judge.prompt_set", cfg.judge.prompt_set),
-        ("feedback.prompt_set", cfg.feedback.prompt_set),
-    ):
-        if not (prompts_root() / prompt_set).is_dir():
-            raise ConfigError(
-                f"{key}={prompt_set!r}: no folder prompts/{prompt_set}; "
-                f"known: {', '.join(sorted(p.name for p in prompts_root().iterdir() if p.is_dir()))}"
-            )
-    with RunLock(run_dir):
-        write_config(cfg, run_dir)
-        t_start = time.time()
-        client = make_client(cfg)
-        used = [roles.generator, *roles.reviewers, roles.judge]
-        if cfg.client.check_endpoints:
-            try:
-                await client.check(used)
-            except EndpointUnavailable as e:
-                await client.aclose()
-                if client.cache is not None:
-                    client.cache.close()
-                raise RunStopped(f"run stopped before any work: {e}") from e
+class Build(RunCommand):
+    """``mapo build`` on the run skeleton (:mod:`mapo.runs.runner`): one item per prompt."""
+
+    name = "build"
+    stores = ("generations", "selections", "dpo", "kto")
+    unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
+
+    def check(self) -> None:
+        cfg = self.cfg
+        validate(cfg, ["generator", "reviewers", "judge"])
+        if cfg.prompts.source != "hf":
+            self.n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
+            if self.n_prompts == 0 and cfg.prompts.shard_count == 1:
+                raise ConfigError(
+                    f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
+                    f"(empty, all invalid and skipped, or prompts.limit={cfg.prompts.limit})"
+                )
+        else:
+            self.n_prompts = cfg.prompts.limit
+        for key, prompt_set in (
+            ("judge.prompt_set", cfg.judge.prompt_set),
+            ("feedback.prompt_set", cfg.feedback.prompt_set),
+        ):
+            if not (prompts_root() / prompt_set).is_dir():
+                raise ConfigError(
+                    f"{key}={prompt_set!r}: no folder prompts/{prompt_set}; "
+                    f"known: {', '.join(sorted(p.name for p in prompts_root().iterdir() if p.is_dir()))}"
+                )
+        self.counts = {"resumed_done": 0, "failed": 0, "identical_pairs_skipped": 0}
+        self.stage_s = {"feedback": 0.0, "selection": 0.0}
+        self.source_stats = SourceStats()
+        self.pairs = RowCounts()  # over the whole dataset: resume() adds the items finished before
+        self.resumable: dict[str, dict] = {}
+        self.redo: set[str] = set()
+        self.restored = 0
+
+    def setup(self, client: LLMClient) -> None:
+        cfg, roles = self.cfg, self.cfg.roles
         if roles.judge == roles.generator:
             log.warning("roles.judge %s also generated the responses it judges (self-preference bias)", roles.judge)
-        loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
-        judge = Judge(client, roles.judge, cfg.judge)
-        select = SELECTORS.get(cfg.selection.method)
+        self.loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
+        self.judge = Judge(client, roles.judge, cfg.judge)
+        self.select = SELECTORS.get(cfg.selection.method)
 
-        gens = RecordStore(run_dir / "generations.jsonl")
-        sels = RecordStore(run_dir / "selections.jsonl")
-        dpo = RecordStore(run_dir / "dpo.jsonl")
-        kto = RecordStore(run_dir / "kto.jsonl")
-        pairs = RowCounts()  # over the whole dataset: _resume adds the items finished before
+    def models(self) -> list[str]:
+        roles = self.cfg.roles
+        return [roles.generator, *roles.reviewers, roles.judge]
+
+    def fingerprint(self) -> dict[str, Any]:
+        cfg, roles = self.cfg, self.cfg.roles
+        return {
+            "roles.generator": roles.generator,
+            "roles.reviewers": list(roles.reviewers),
+            "roles.judge": roles.judge,
+            **model_keys(cfg, self.models()),
+            **section_keys("feedback", cfg.feedback),
+            **section_keys("judge", cfg.judge),
+            **section_keys("selection", cfg.selection),
+            **section_keys("prompts", cfg.prompts, only=PROMPT_SOURCE_KEYS),
+            "prompt_sha.judge": self.judge.prompt_sha,
+            "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
+        }
+
+    def total(self) -> int | None:
+        return self.n_prompts
+
+    def resume(self) -> None:
+        cfg, roles, stores = self.cfg, self.cfg.roles, self.run.stores
+        self.gens, self.sels, self.dpo, self.kto = (stores[n] for n in self.stores)
+        pairs = self.pairs
+        gens, sels, dpo, kto = self.gens, self.sels, self.dpo, self.kto
         resumable, redo, restored = _resume(
             gens, sels, dpo, kto, generator=roles.generator, judge=roles.judge, selection=cfg.selection, pairs=pairs
         )
-        counts = {"resumed_done": len(sels) - len(redo), "failed": 0, "identical_pairs_skipped": 0}
-        progress = Progress("build", n_prompts, client.stats, cfg.client.progress)
-        stage_s = {"feedback": 0.0, "selection": 0.0}
+        self.resumable, self.redo, self.restored = resumable, redo, restored
+        self.counts["resumed_done"] = len(sels) - len(redo)
 
-        async def work(item: PromptItem) -> None:
-            if item.id in sels and item.id not in redo:
-                progress.update()
-                return
-            try:
-                rec = resumable.pop(item.id, None)
-                if rec is None:
-                    t0 = time.perf_counter()
-                    result = await loop.run(item.prompt)
-                    stage_s["feedback"] += time.perf_counter() - t0
-                    rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
-                    gens.append(rec)
-                responses = [it["response"] for it in rec["iterations"]]
-                t0 = time.perf_counter()
-                skip = excluded(rec["iterations"], cfg.selection.allow_truncated)  # cut by max_tokens
-                sel = await select(judge, item.prompt, responses, skip=skip)
-                stage_s["selection"] += time.perf_counter() - t0
-            except Exception as e:
-                reason = item_failure(e)
-                if reason is None:
-                    raise
-                sels.append({"key": item.id, "best": None, "failure": reason})
-                counts["failed"] += 1
-                progress.update(failed=True)
-                return
-            if sel.best is not None:
-                try:
-                    d, k, rc = item_rows(
-                        item.id,
-                        item.prompt,
-                        rec["iterations"],
-                        sel.best,
-                        sel.losses(),
-                        cfg.selection,
-                        generator=roles.generator,
-                        judge=roles.judge,
-                    )
-                except RowError as e:  # e.g. an empty response: this item fails, the run goes on
-                    d, k, rc = [], [], RowCounts()
-                    sel.best, sel.failure = None, f"row rejected: {e}"
-                counts["identical_pairs_skipped"] += rc.identical_pairs_skipped
-                pairs.add(rc)
-                for row in d:
-                    dpo.append(row)
-                for row in k:
-                    kto.append(row)
-            if sel.failure is not None:
-                counts["failed"] += 1
-            # the selection record goes last: it marks the item done for a resume
-            sels.append(
-                {
-                    "key": item.id,
-                    "best": sel.best,
-                    "method": sel.method,
-                    "scores": sel.scores,
-                    "judgements": sel.judgements,
-                    "failure": sel.failure,
-                }
-            )
-            progress.update(failed=sel.failure is not None)
+    def items(self) -> Iterator[PromptItem]:
+        return iter_prompts(self.cfg.prompts, self.source_stats)
 
-        source_stats = SourceStats()
-        status = "complete"
+    async def work(self, item: PromptItem) -> None:
+        cfg, roles, progress, counts = self.cfg, self.cfg.roles, self.run.progress, self.counts
+        gens, sels, dpo, kto, pairs = self.gens, self.sels, self.dpo, self.kto, self.pairs
+        if item.id in sels and item.id not in self.redo:
+            progress.update()
+            return
         try:
-            await run_pool(iter_prompts(cfg.prompts, source_stats), work, cfg.max_items_in_flight)
-        except EndpointUnavailable as e:
-            status = "stopped"
-            raise RunStopped(
-                f"run stopped: {e}. {len(sels)} items are saved in {run_dir}; rerun the same command to resume."
-            ) from e
-        finally:
-            progress.close()
-            for s in (gens, sels, dpo, kto):
-                s.close()
-            wall = time.time() - t_start
-            manifest = {
-                "command": "build",
-                "status": status,
-                "output_dir": str(run_dir),
-                "roles": {"generator": roles.generator, "reviewers": list(roles.reviewers), "judge": roles.judge},
-                "models": models_manifest(cfg, used),
-                "prompts": {
-                    "source": cfg.prompts.source,
-                    "read": source_stats.read,
-                    "skipped": source_stats.skipped,
-                    "skip_reasons": source_stats.reasons or {},
-                },
-                "items": {"done": len(sels), **counts},
-                "pairs": pairs.to_dict(),  # what the dataset holds and left out (ties, truncation)
-                "repairs": {
-                    "bytes_cut": {s.path.name: s.repaired_bytes for s in (gens, sels, dpo, kto) if s.repaired_bytes},
-                    "rows_restored": restored,
-                    "items_redone": len(redo),
-                },
-                # stage figures sum per-item time over concurrent items: busy time, not wall time
-                "timings_s": {"wall": round(wall, 2), **{f"{k}_busy": round(v, 2) for k, v in stage_s.items()}},
-                **run_accounting(client, wall),
+            rec = self.resumable.pop(item.id, None)
+            if rec is None:
+                t0 = time.perf_counter()
+                result = await self.loop.run(item.prompt)
+                self.stage_s["feedback"] += time.perf_counter() - t0
+                rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
+                gens.append(rec)
+            responses = [it["response"] for it in rec["iterations"]]
+            t0 = time.perf_counter()
+            skip = excluded(rec["iterations"], cfg.selection.allow_truncated)  # cut by max_tokens
+            sel = await self.select(self.judge, item.prompt, responses, skip=skip)
+            self.stage_s["selection"] += time.perf_counter() - t0
+        except Exception as e:
+            reason = item_failure(e)
+            if reason is None:
+                raise
+            sels.append({"key": item.id, "best": None, "failure": reason})
+            counts["failed"] += 1
+            progress.update(failed=True)
+            return
+        if sel.best is not None:
+            try:
+                d, k, rc = item_rows(
+                    item.id,
+                    item.prompt,
+                    rec["iterations"],
+                    sel.best,
+                    sel.losses(),
+                    cfg.selection,
+                    generator=roles.generator,
+                    judge=roles.judge,
+                )
+            except RowError as e:  # e.g. an empty response: this item fails, the run goes on
+                d, k, rc = [], [], RowCounts()
+                sel.best, sel.failure = None, f"row rejected: {e}"
+            counts["identical_pairs_skipped"] += rc.identical_pairs_skipped
+            pairs.add(rc)
+            for row in d:
+                dpo.append(row)
+            for row in k:
+                kto.append(row)
+        if sel.failure is not None:
+            counts["failed"] += 1
+        # the selection record goes last: it marks the item done for a resume
+        sels.append(
+            {
+                "key": item.id,
+                "best": sel.best,
+                "method": sel.method,
+                "scores": sel.scores,
+                "judgements": sel.judgements,
+                "failure": sel.failure,
             }
-            if status == "complete":
-                card = _dataset_card(cfg, manifest)
-                manifest["rows"] = save_datasets(run_dir, push_to_hub=cfg.push_to_hub, card=card)
-            atomic_write_json(run_dir / "manifest.json", manifest)
-            await client.aclose()
-            if client.cache is not None:
-                client.cache.close()
-    return manifest
+        )
+        progress.update(failed=sel.failure is not None)
+
+    def fields(self) -> dict[str, Any]:
+        cfg, roles, stats = self.cfg, self.cfg.roles, self.source_stats
+        stores = list(self.run.stores.values())
+        return {
+            "roles": {"generator": roles.generator, "reviewers": list(roles.reviewers), "judge": roles.judge},
+            "models": models_manifest(cfg, self.models()),
+            "prompts": {
+                "source": cfg.prompts.source,
+                "read": stats.read,
+                "skipped": stats.skipped,
+                "skip_reasons": stats.reasons or {},
+            },
+            "items": {"done": len(self.run.stores["selections"]), **self.counts},
+            "pairs": self.pairs.to_dict(),  # what the dataset holds and left out (ties, truncation)
+            "truncated_responses": _truncated(self.run.dir / "generations.jsonl"),
+            "repairs": {
+                "bytes_cut": {s.path.name: s.repaired_bytes for s in stores if s.repaired_bytes},
+                "rows_restored": self.restored,
+                "items_redone": len(self.redo),
+            },
+            # stage figures sum per-item time over concurrent items: busy time, not wall time
+            "timings_s": {f"{k}_busy": round(v, 2) for k, v in self.stage_s.items()},
+        }
+
+    def publish(self, manifest: dict[str, Any]) -> None:
+        """The DPO/KTO datasets (dataset/, parquet, the Hub), only after a complete run."""
+        cfg, run_dir = self.cfg, self.run.dir
+        card = _dataset_card(cfg, manifest)
+        manifest["rows"] = save_datasets(run_dir, push_to_hub=cfg.push_to_hub, card=card)
+
+
+async def build(cfg: RunConfig) -> dict[str, Any]:
+    """Build the DPO/KTO datasets of ``cfg`` (module doc); returns the manifest."""
+    return await execute(Build(cfg))
+
+
+def _truncated(path: Path) -> int:
+    """Generated responses cut by max_tokens (``finish_reason: length``) in a generations file."""
+    if not path.exists():
+        return 0
+    return sum(it.get("finish_reason") == "length" for r in iter_records(path) for it in r.get("iterations", []))
 
 
 def _resume(
