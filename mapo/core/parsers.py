@@ -8,7 +8,12 @@ outside ``[0, scale]`` (or written over another denominator) is refused, not cli
 Rules shared by all parsers:
 
 * **the last answer wins**: models restate and revise ("Assistant 1: 9/10 ... on reflection
-  Assistant 1: 8/10"), so the last well-formed occurrence is taken;
+  Assistant 1: 8/10"), so the last well-formed occurrence is taken. For a pair of scores
+  this holds per side: when a judge states a second pair after re-evaluating, the second
+  pair is kept; when the restatement names one side only, that side takes its new score and
+  the other keeps its last one. (The original authors' parser took the *first* match of each
+  side instead; on their published FairEval outputs both rules read the same scores, so the
+  paper's kappas are unchanged: ``tests/data/test_importers.py``.) Example below;
 * markdown (``**bold**``, ``### headers``, ``__x__``) around labels and numbers is ignored;
 * a value may sit on the line after its header (``### Score Assistant A:\\n8/10``);
 * A/B and Assistant 1/2 name the same positions (first / second presented).
@@ -21,6 +26,10 @@ Rules shared by all parsers:
 (8.0, 6.0)
 >>> PARSERS.get("score_pair")("Assistant 1: 9/10\\nAssistant 2: 7/10").value
 (9.0, 7.0)
+>>> PARSERS.get("score_pair")(
+...     "Assistant 1: 9/10\\nAssistant 2: 7/10\\nOn re-evaluation:\\nAssistant 1: 6/10\\nAssistant 2: 8/10"
+... ).value                                   # a second pair: the last pair is kept
+(6.0, 8.0)
 >>> PARSERS.get("score")("Score: 11/10").error
 'score 11 is outside [0, 10]'
 
