@@ -582,6 +582,7 @@ def register_configs() -> None:
         """Raised inside ``hydra.run.dir``: OmegaConf passes it on unwrapped, Hydra prints its one line."""
 
     def run_name(name: object) -> str:
+        """check_run_name, raising what Hydra prints as one line."""
         try:
             return check_run_name(name)
         except ConfigError as e:

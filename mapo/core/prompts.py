@@ -17,11 +17,14 @@ from mapo.core.config import ConfigError, resource_dir
 
 
 def prompts_root() -> Path:
+    """``$MAPO_PROMPTS``, else the shipped prompts/ folder."""
     return Path(os.environ.get("MAPO_PROMPTS", resource_dir("prompts")))
 
 
 @dataclass(frozen=True)
 class Template:
+    """One prompt file: its text and the ``{field}`` placeholders it needs."""
+
     set: str
     name: str
     text: str
@@ -29,9 +32,11 @@ class Template:
 
     @property
     def sha(self) -> str:
+        """First 16 hex digits of the text's SHA-256: recorded with every result it produced."""
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
 
     def render(self, **values: object) -> str:
+        """The text with ``values`` filled in; exactly the template's placeholders must be given."""
         missing = self.fields - values.keys()
         extra = values.keys() - self.fields
         if missing or extra:
@@ -44,6 +49,7 @@ class Template:
 
 @cache
 def load(prompt_set: str, name: str) -> Template:
+    """``prompts/<prompt_set>/<name>.txt`` (cached); ConfigError naming the file when missing or malformed."""
     path = prompts_root() / prompt_set / f"{name}.txt"
     if not path.is_file():
         available = sorted(p.stem for p in (prompts_root() / prompt_set).glob("*.txt"))
@@ -74,6 +80,7 @@ _DELIMITER_MARKERS = (
 
 
 def quote_untrusted(text: str) -> str:
+    """``text`` with our block delimiters defused (a zero-width space after their first character)."""
     for marker in _DELIMITER_MARKERS:
         if marker in text:
             text = text.replace(marker, marker[0] + "\u200b" + marker[1:])

@@ -16,11 +16,15 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
+    """Components of one ``kind`` (judge strategies, selection methods, ...) by name."""
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: register the decorated object under ``name`` (once)."""
+
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -30,6 +34,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str, *, key: str | None = None) -> T:
+        """The component named ``name``; UnknownNameError naming ``key`` and the known names."""
         try:
             return self._items[name]
         except KeyError:
@@ -45,4 +50,5 @@ class Registry(Generic[T]):
         return iter(sorted(self._items))
 
     def names(self) -> list[str]:
+        """Registered names, sorted."""
         return sorted(self._items)

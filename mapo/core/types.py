@@ -16,6 +16,8 @@ LABELS: tuple[Label, ...] = ("model_a", "model_b", "tie")
 
 
 class Message(TypedDict):
+    """One chat message as sent to a model."""
+
     role: Literal["system", "user", "assistant"]
     content: str
 
@@ -35,10 +37,12 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
+        """No failure: a pick was made."""
         return self.failure is None
 
     @classmethod
     def failed(cls, reason: str) -> Verdict:
+        """A verdict that records why no pick was made."""
         return cls(failure=reason)
 
     @classmethod
@@ -69,6 +73,7 @@ class Usage:
     latency_s: float = 0.0
 
     def add(self, other: Usage) -> None:
+        """Add ``other``'s counts to these."""
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_key(**parts: Any) -> str:
+    """SHA-256 of the parts as canonical JSON."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -55,6 +56,7 @@ class ResponseCache:
             return self._open()
 
     def get(self, key: str) -> dict | None:
+        """The stored response for ``key``, or None (absent or unreadable)."""
         with self._lock:
             row = self._db.execute("SELECT response FROM responses WHERE key=?", (key,)).fetchone()
         if row is None:
@@ -66,6 +68,7 @@ class ResponseCache:
             return None
 
     def put(self, key: str, model: str, response: dict) -> None:
+        """Store (or replace) the response for ``key``."""
         blob = json.dumps(response, ensure_ascii=False)
         with self._lock:
             self._db.execute(
@@ -78,5 +81,6 @@ class ResponseCache:
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
+        """Close the database; safe to call twice."""
         with self._lock:
             self._db.close()

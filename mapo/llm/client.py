@@ -73,6 +73,7 @@ class Constraint:
     json_schema: dict | None = None
 
     def request_fields(self) -> dict:
+        """The request body fields that carry this constraint."""
         if self.regex is not None:
             return {"structured_outputs": {"regex": self.regex}}
         if self.choice is not None:
@@ -82,6 +83,7 @@ class Constraint:
         return {}
 
     def key(self) -> dict:
+        """What the cache key hashes for this constraint."""
         return {"regex": self.regex, "choice": self.choice, "json": self.json_schema}
 
 
@@ -247,9 +249,11 @@ class LLMClient:
                     ) from None
 
     def max_tokens(self, name: str) -> int:
+        """Model ``name``'s configured max_tokens."""
         return self._configs[name].generation.max_tokens
 
     def supports_constraints(self, name: str) -> bool:
+        """Whether model ``name``'s server honours structured outputs."""
         return bool(self._configs[name].structured_output) if name in self._configs else False
 
     # ---- calls -----------------------------------------------------------------------
