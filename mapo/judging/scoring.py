@@ -52,6 +52,7 @@ __all__ = [
     "locate",
     "pick_probabilities",
     "rescore_attempt",
+    "stored_verdict",
     "value_probabilities",
 ]
 
@@ -220,3 +221,31 @@ def rescore_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> Ve
     if not dists or kind is None:
         return None
     return expected_verdict(kind, dists, scale)
+
+
+def _verdict_of(stored: Mapping[str, Any]) -> Verdict:
+    return Verdict(
+        pick=stored.get("pick"),
+        score_a=stored.get("score_a"),
+        score_b=stored.get("score_b"),
+        failure=stored.get("failure"),
+    )
+
+
+def stored_verdict(attempt: Mapping[str, Any], strategy: str, scale: int, scoring: str) -> tuple[Verdict, str]:
+    """A stored attempt's verdict under ``scoring`` (``argmax`` | ``expected``), whichever scoring
+    its run used, and how it was reached: ``argmax``, ``expected``, or ``argmax: <why>`` where the
+    attempt kept no usable distribution (the written value stands, as the judge does live).
+
+    The written verdict is the attempt's ``argmax`` (kept by an expected-scoring run) or else its
+    ``verdict``; a failed attempt stays failed under both scorings.
+    """
+    written = _verdict_of(attempt.get("argmax") or attempt["verdict"])
+    if str(scoring) == "argmax" or not written.ok:
+        return written, "argmax"
+    if not attempt.get("logprobs"):
+        return written, "argmax: no logprobs stored"
+    weighted = rescore_attempt(attempt, strategy, scale)
+    if weighted is None:
+        return written, "argmax: the stored logprobs hold no value"
+    return weighted, "expected"
