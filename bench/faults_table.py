@@ -1,6 +1,8 @@
-"""The faults table for issue 8: for each injected fault, items in / out, failed (with a
-reason), duplicates, lost, and wall time. It runs tests/runs/test_faults.py (loopback fake
-servers, real pipeline) and prints the rows those tests recorded as a Markdown table.
+"""The faults table (issues 8 and 13): for each injected fault, items in / out, failed (with a
+reason), duplicates, lost, wall time, and whether the published dataset (Arrow, parquet,
+manifest.rows) equals the JSONL it is built from ("not published" when the run was left
+unfinished). It runs tests/runs/test_faults.py (loopback fake servers, the real pipeline and
+the real `mapo build` CLI) and prints the rows those tests recorded as a Markdown table.
 
     python bench/faults_table.py [extra pytest args]
 """
@@ -33,12 +35,14 @@ def main(argv: list[str]) -> int:
             print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
             return proc.returncode or 1
         rows = json.loads(out.read_text())
-    print("| fault | items in | items out | failed (with reason) | duplicates | lost | time (s) | note |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "| fault | items in | items out | failed (with reason) | duplicates | lost | time (s) | dataset == jsonl | note |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         print(
             f"| {r['fault']} | {r['items_in']} | {r['items_out']} | {r['failed']} | {r['duplicates']} | {r['lost']} "
-            f"| {r['time_s']} | {r['note']} |"
+            f"| {r['time_s']} | {r.get('dataset_equals_jsonl', '-')} | {r['note']} |"
         )
     print(f"\n{summary[-1] if summary else ''}")
     return proc.returncode

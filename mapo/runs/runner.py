@@ -261,7 +261,7 @@ def _run_folder(cfg: RunConfig, fp: Fingerprint) -> Path:
     if not changes:
         return base
     listed = "; ".join(changes)
-    if str(getattr(cfg, "on_config_change", "error")) != "new_run":
+    if _plain(getattr(cfg, "on_config_change", "error")) != "new_run":
         raise ConfigError(
             f"{base} holds a run made with another config; these keys differ (old -> new): {listed}. "
             "Rerun with the old values to resume it, choose another run_name, "

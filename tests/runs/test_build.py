@@ -6,11 +6,13 @@ import asyncio
 import json
 
 import pytest
+from aiohttp import web
 
 from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
 from mapo.runs.build import build
 from mapo.runs.runner import run_pool
 from tests.conftest import fake_model
+from tests.fake_openai import FakeServer
 
 
 def run_config(server, tmp_path, **kw) -> RunConfig:
@@ -92,3 +94,27 @@ async def test_run_pool_bounds_in_flight_and_propagates_errors():
     with pytest.raises(RuntimeError, match="boom"):
         await run_pool(range(100), work, 5)
     assert peak == 5
+
+
+class CuttingServer(FakeServer):
+    """Answers generator requests (the default responder's "Response <n>: ..." texts) whose n is
+    odd with ``finish_reason: length``, as a server does when max_tokens cuts the text."""
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        response = await super()._chat(request)
+        if not isinstance(response, web.Response) or response.status != 200 or response.body is None:
+            return response
+        payload = json.loads(bytes(response.body))  # type: ignore[arg-type]
+        text = payload["choices"][0]["message"]["content"] or ""
+        if text.startswith("Response ") and int(text.split()[1].rstrip(":")) % 2:
+            payload["choices"][0]["finish_reason"] = "length"
+        return web.json_response(payload)
+
+
+async def test_each_response_keeps_its_finish_reason_and_the_manifest_counts_the_cut_ones(tmp_path):
+    with CuttingServer() as server:
+        manifest = await build(run_config(server, tmp_path))
+        again = await build(run_config(server, tmp_path))  # from the cache: the same finish reasons
+    reasons = [it["finish_reason"] for g in lines(tmp_path / "run" / "generations.jsonl") for it in g["iterations"]]
+    assert set(reasons) == {"stop", "length"}
+    assert manifest["truncated_responses"] == reasons.count("length") == again["truncated_responses"]

@@ -370,3 +370,29 @@ def test_agreement_cli_usage_errors(tmp_path, capsys):
     assert agreement_main([]) == 2
     assert agreement_main([str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+async def test_a_resume_with_another_judge_config_is_refused_naming_the_keys(fake_server, tmp_path):
+    from mapo.core.config import ClientConfig, RolesConfig, RunConfig
+    from mapo.runs.evaluate import evaluate
+    from tests.conftest import fake_model
+
+    def config(**judge) -> RunConfig:
+        cfg = RunConfig(
+            models={"j1": fake_model(fake_server, served_name="j1")},
+            roles=RolesConfig(judge="j1"),
+            eval_data={"loader": "local", "path": str(write_items(tmp_path / "items.jsonl", 4))},
+            client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+            output_dir=str(tmp_path / "run"),
+        )
+        for k, v in judge.items():
+            setattr(cfg.judge, k, v)
+        return cfg
+
+    await evaluate(config())
+    sent = fake_server.n
+    with pytest.raises(ConfigError, match=r"judge\.reask: 1 -> 2") as refused:
+        await evaluate(config(reask=2))
+    assert "judge.version" not in str(refused.value) and fake_server.n == sent
+    again = await evaluate(config())  # the same config resumes
+    assert again["items"]["resumed_done"] == 4 and fake_server.n == sent

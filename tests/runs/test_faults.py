@@ -1,22 +1,26 @@
-"""Reliability under faults (issue 8): nothing lost, nothing twice.
+"""Reliability under faults (issues 8 and 13): nothing lost, nothing twice, every ending named.
 
 Every scenario drives the real main job (``mapo.runs.build.build``, or ``mapo build`` in a
 subprocess) against in-process fake servers on loopback, injects one kind of fault, and
 checks the run folder: every input item is present exactly once (done, or failed with a
 reason), no record is duplicated, and, where the model is deterministic, the records equal
-those of a fault-free run. Each scenario adds a row to the faults table (fault, items in,
-items out, duplicates, lost, time); ``python bench/faults_table.py`` prints it.
+those of a fault-free run. A run that did not finish says why in manifest.json (stopped,
+interrupted, failed), never "complete", and publishes nothing. Each scenario adds a row to
+the faults table (fault, items in, items out, duplicates, lost, time, published dataset ==
+JSONL); ``python bench/faults_table.py`` prints it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import importlib.util
 import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,11 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from mapo.core.config import ClientConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.core.prompts import prompts_root
 from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
 from mapo.runs.runner import RunStopped
-from mapo.runs.store import RunLocked, StoreError
+from mapo.runs.store import RunLocked, StoreError, WriteFailed
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer, default_responder
 
@@ -121,8 +126,55 @@ def audit(run_dir: Path, ids: list[str]) -> dict:
     }
 
 
-def record_row(fault: str, audit_row: dict, seconds: float, note: str = "") -> None:
-    TABLE.append({"fault": fault, **audit_row, "time_s": round(seconds, 2), "note": note})
+def _same_value(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(_same_value(v, b.get(k)) for k, v in a.items()) and all(b[k] is None for k in b.keys() - a.keys())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool | None):
+        return float(a) == float(b)
+    return a == b
+
+
+def published_vs_jsonl(run_dir: Path) -> str:
+    """Whether the published datasets (dataset/<name> Arrow, dataset/<name>.parquet, manifest.rows)
+    hold exactly the rows of <name>.jsonl: "yes", "not published" (the run never completed) or
+    "no: <what differs>"."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if manifest.get("status") != "complete":
+        published = [p.name for p in (run_dir / "dataset").glob("*")] if (run_dir / "dataset").exists() else []
+        return f"no: not complete but published {published}" if published else "not published"
+    for name in ("dpo", "kto"):
+        rows = {r["key"]: r for r in read_lines(run_dir / f"{name}.jsonl")}
+        if manifest.get("rows", {}).get(name) != len(rows):
+            return f"no: manifest.rows.{name}={manifest.get('rows', {}).get(name)} for {len(rows)} rows"
+        parquet, arrow = run_dir / "dataset" / f"{name}.parquet", run_dir / "dataset" / name
+        if not rows:
+            if parquet.exists() or arrow.exists():
+                return f"no: {name} published with an empty jsonl"
+            continue
+        for where, got in (
+            ("parquet", pq.read_table(parquet).to_pylist()),
+            ("arrow", datasets.load_from_disk(str(arrow))["train"].to_list()),
+        ):
+            by_key = {r.get("key"): r for r in got}
+            if len(got) != len(rows) or by_key.keys() != rows.keys():
+                return f"no: {name} {where} has {len(got)} rows for {len(rows)} in the jsonl"
+            bad = [k for k, r in rows.items() if not _same_value(r, by_key[k])]
+            if bad:
+                return f"no: {name} {where} row {bad[0]} differs from the jsonl"
+    return "yes"
+
+
+def record_row(fault: str, audit_row: dict, seconds: float, note: str = "", run_dir: Path | None = None) -> None:
+    published = published_vs_jsonl(run_dir) if run_dir is not None else "-"
+    TABLE.append(
+        {"fault": fault, **audit_row, "time_s": round(seconds, 2), "note": note, "dataset_equals_jsonl": published}
+    )
 
 
 def assert_complete(run_dir: Path, ids: list[str]) -> dict:
@@ -159,7 +211,7 @@ def reference(tmp_path_factory) -> dict:
         assert max(server.answered.values()) == 1
     ids = item_ids()
     row = assert_complete(tmp / "run", ids)
-    record_row("none (reference)", row, seconds)
+    record_row("none (reference)", row, seconds, run_dir=tmp / "run")
     return {"snap": snapshot(tmp / "run"), "answered": answered, "ids": ids, "manifest": manifest}
 
 
@@ -171,12 +223,12 @@ def _faults_table():
     out = os.environ.get("MAPO_FAULTS_TABLE")
     if out:
         Path(out).write_text(json.dumps(TABLE, indent=1))
-    head = f"{'fault':<44} {'in':>3} {'out':>3} {'failed':>6} {'dup':>3} {'lost':>4} {'time_s':>7}"
+    head = f"{'fault':<44} {'in':>3} {'out':>3} {'failed':>6} {'dup':>3} {'lost':>4} {'time_s':>7}  dataset==jsonl"
     print("\n" + head)
     for r in TABLE:
         print(
             f"{r['fault']:<44} {r['items_in']:>3} {r['items_out']:>3} {r['failed']:>6} {r['duplicates']:>3} "
-            f"{r['lost']:>4} {r['time_s']:>7}"
+            f"{r['lost']:>4} {r['time_s']:>7}  {r['dataset_equals_jsonl']}"
         )
 
 
@@ -213,7 +265,9 @@ async def test_server_killed_and_restarted_on_the_same_port(tmp_path, reference)
     assert retries(manifest) >= 1, "the outage was not ridden out by retries"
     row = assert_complete(tmp_path / "run", reference["ids"])
     assert_same(snapshot(tmp_path / "run"), reference["snap"])
-    record_row("server killed, restarted same port (1 s down)", row, seconds, f"{retries(manifest)} retries")
+    record_row(
+        "server killed, restarted same port (1 s down)", row, seconds, f"{retries(manifest)} retries", tmp_path / "run"
+    )
 
 
 @pytest.mark.parametrize("old_entry", ["replaced", "left_dead"])
@@ -273,6 +327,7 @@ async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, re
         row,
         seconds,
         f"{retries(manifest)} retries",
+        tmp_path / "run",
     )
 
 
@@ -312,6 +367,7 @@ async def test_thirty_percent_transient_faults_are_retried_and_counted(tmp_path,
         row,
         seconds,
         f"{sum(injected.values())}/{total} requests faulted, all retried",
+        tmp_path / "run",
     )
 
 
@@ -327,7 +383,7 @@ async def test_hanging_requests_time_out_and_are_retried(tmp_path, reference):
     assert judge_retries >= 3  # one per hang (more only if the loaded machine is slower than 1 s)
     row = assert_complete(tmp_path / "run", reference["ids"])
     assert_same(snapshot(tmp_path / "run"), reference["snap"])
-    record_row("3 judge requests hang (1 s timeout)", row, seconds, f"{judge_retries} retries")
+    record_row("3 judge requests hang (1 s timeout)", row, seconds, f"{judge_retries} retries", tmp_path / "run")
 
 
 # ---- persistent failure: stop loudly, save everything, resume after recovery ----------------------
@@ -371,6 +427,7 @@ async def test_persistent_endpoint_failure_stops_the_run_and_a_rerun_completes(t
         row,
         stop_s + rerun_s,
         f"stopped after {stop_s:.1f}s with {partial['items_out']} items saved",
+        run,
     )
 
 
@@ -413,7 +470,7 @@ async def test_garbage_judge_output_is_a_recorded_failure_never_a_score(tmp_path
     assert manifest["items"]["failed"] == ITEMS and manifest["rows"] == {"dpo": 0, "kto": 0}
     # the generations are untouched by the judge's failure
     assert snapshot(run)["generations"] == reference["snap"]["generations"]
-    record_row("judge answers garbage (no format)", row, seconds, "all failed with raw text kept")
+    record_row("judge answers garbage (no format)", row, seconds, "all failed with raw text kept", run)
 
 
 async def test_empty_generator_response_fails_that_item_only(tmp_path, reference):
@@ -440,7 +497,7 @@ async def test_empty_generator_response_fails_that_item_only(tmp_path, reference
     for name in ("dpo", "kto"):
         assert {k for k in snap[name] if k.startswith("haiku-autumn/")} == set()
         assert snap[name] == {k: v for k, v in ref[name].items() if not k.startswith("haiku-autumn/")}
-    record_row("generator answers empty text on one item", row, seconds, "that item failed with reason")
+    record_row("generator answers empty text on one item", row, seconds, "that item failed with reason", run)
 
 
 async def test_rejected_request_fails_that_item_and_a_rerun_does_not_resend_it(tmp_path, reference):
@@ -472,7 +529,9 @@ async def test_rejected_request_fails_that_item_and_a_rerun_does_not_resend_it(t
     snap = snapshot(run)
     assert set(snap["generations"]) == set(ok)
     assert snap["kto"] == {k: v for k, v in reference["snap"]["kto"].items() if not k.startswith("haiku-autumn/")}
-    record_row("server rejects one item's request (400)", row, seconds, "that item failed with reason, not retried")
+    record_row(
+        "server rejects one item's request (400)", row, seconds, "that item failed with reason, not retried", run
+    )
 
 
 # ---- damaged files: torn last lines, damaged middle lines, damaged cache -------------------------
@@ -501,7 +560,7 @@ async def test_torn_last_line_is_cut_and_the_record_restored(tmp_path, reference
     row = assert_complete(run, reference["ids"])
     assert_same(snapshot(run), reference["snap"])
     assert manifest["rows"] == reference["manifest"]["rows"]
-    record_row(f"torn last line of {torn}.jsonl, rerun", row, seconds, "cut + restored, 0 requests")
+    record_row(f"torn last line of {torn}.jsonl, rerun", row, seconds, "cut + restored, 0 requests", run)
 
 
 async def test_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path, reference):
@@ -521,6 +580,7 @@ async def test_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path, re
         {"items_in": ITEMS, "items_out": ITEMS, "failed": 0, "duplicates": 0, "lost": 0},
         0.0,
         "rerun refused before any request: StoreError names file:3; file left as is",
+        tmp_path / "run",
     )
 
 
@@ -545,7 +605,9 @@ async def test_damaged_cache_is_set_aside_and_the_run_completes(tmp_path, refere
     assert manifest["throughput"]["cached"] == 0  # nothing was read from the damaged file
     row = assert_complete(tmp_path / "second", reference["ids"])
     assert_same(snapshot(tmp_path / "second"), reference["snap"])
-    record_row(f"response cache damaged ({damage})", row, seconds, "set aside, answers re-requested")
+    record_row(
+        f"response cache damaged ({damage})", row, seconds, "set aside, answers re-requested", tmp_path / "second"
+    )
 
 
 # ---- two runs on one folder ----------------------------------------------------------------------
@@ -563,7 +625,7 @@ async def test_second_run_on_the_same_folder_is_refused(tmp_path, reference):
     assert manifest["status"] == "complete"
     row = assert_complete(tmp_path / "run", reference["ids"])
     assert_same(snapshot(tmp_path / "run"), reference["snap"])
-    record_row("second run on the same folder (in-process)", row, seconds, "refused (RunLocked)")
+    record_row("second run on the same folder (in-process)", row, seconds, "refused (RunLocked)", tmp_path / "run")
 
 
 # ---- the CLI: SIGKILL mid-run, then the same command resumes ---------------------------------------
@@ -663,6 +725,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path, cli_reference):
         row,
         seconds,
         f"killed after {done_before} items; requests both runs = {cli_reference['answered']} = clean run",
+        tmp_path / "run",
     )
 
 
@@ -707,4 +770,408 @@ def test_cli_second_run_on_the_same_folder_is_refused(tmp_path, cli_reference):
     assert f"another mapo run (pid {first.pid}) is writing to {tmp_path / 'run'}" in second.stdout + second.stderr
     row = assert_complete(tmp_path / "run", cli_reference["ids"])
     assert_same(snapshot(tmp_path / "run"), cli_reference["snap"])
-    record_row("second `mapo build` on the same folder", row, seconds, f"refused, exit {second.returncode}")
+    record_row(
+        "second `mapo build` on the same folder", row, seconds, f"refused, exit {second.returncode}", tmp_path / "run"
+    )
+
+
+# ---- how a run ends: every ending is named in manifest.json (issue 13) ------------------------------
+
+
+def manifest_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def temp_files(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob(".*.tmp-*"))
+
+
+def assert_whole_lines(run_dir: Path) -> None:
+    """Every record file ends on a newline and every line parses: no partial line anywhere."""
+    for name in FILES:
+        path = run_dir / f"{name}.jsonl"
+        if path.exists() and path.stat().st_size:
+            assert path.read_bytes().endswith(b"\n"), f"{name}.jsonl ends mid-line"
+            read_lines(path)
+
+
+def run_cli(args: list[str], env: dict, sig: signal.Signals, sels: Path, k: int, server: FakeServer, log_path: Path):
+    """Start ``mapo build``, let it finish ``k`` items, freeze the server (every answer sent has
+    reached the client), send ``sig``; return (exit code, output)."""
+    with open(log_path, "w") as log_fh:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while count_complete_lines(sels) < k:
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, "no records appeared"
+                time.sleep(0.005)
+            server.hold()
+            time.sleep(0.4)
+            proc.send_signal(sig)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            server.release()
+    return proc.returncode, log_path.read_text()
+
+
+@pytest.mark.timeout(300)  # CLI start-ups: slow on a loaded 2-core machine
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_run_stops_cleanly_then_the_same_command_resumes(tmp_path, cli_reference, sig):
+    """Ctrl-C, or SLURM's scancel (SIGTERM): the run stops at once, everything finished is saved,
+    manifest.json says interrupted (never complete), nothing is published, exit code 130 with one
+    line; the same command then resumes to complete with nothing lost, nothing twice."""
+    k = 3
+    with FakeServer(latency_s=0.02) as server:
+        args, env = cli_args(server, tmp_path), cli_env(tmp_path)
+        run = tmp_path / "run"
+        t0 = time.monotonic()
+        code, out = run_cli(args, env, sig, run / "selections.jsonl", k, server, tmp_path / "first.log")
+        assert code == 130, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        assert sum(f"run interrupted by {sig.name}" in line for line in out.splitlines()) == 1, out[-3000:]
+        first = manifest_of(run)
+        assert first["status"] == "interrupted" and first["reason"] == f"interrupted by {sig.name}"
+        assert "rows" not in first and not (run / "dataset").exists(), "an interrupted run published its dataset"
+        assert_whole_lines(run)
+        partial = audit(run, cli_reference["ids"])
+        assert partial["duplicates"] == 0 and k <= partial["items_out"] < 8
+        answered_before = sum(server.answered.values())
+
+        rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        seconds = time.monotonic() - t0
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+        # nothing answered before the signal was asked again; both runs together == one clean run
+        assert max(server.answered.values()) == 1
+        assert sum(server.answered.values()) == cli_reference["answered"] > answered_before
+    manifest = manifest_of(run)
+    assert manifest["status"] == "complete" and manifest["items"]["resumed_done"] == partial["items_out"]
+    row = assert_complete(run, cli_reference["ids"])
+    assert_same(snapshot(run), cli_reference["snap"])
+    assert published_vs_jsonl(run) == "yes"
+    record_row(
+        f"{sig.name} to `mapo build` mid-run, same command again",
+        row,
+        seconds,
+        f"exit 130, manifest interrupted after {partial['items_out']} items, not published; rerun complete",
+        run,
+    )
+
+
+async def test_key_revoked_mid_run_stops_naming_credentials_then_a_rerun_completes(tmp_path, reference, monkeypatch):
+    """A 401 (a key revoked mid-run) is no transient fault and no item's fault: the run stops at
+    once, saved work kept, manifest stopped with a reason naming the credentials; with a valid
+    key the same run resumes to the reference records."""
+    monkeypatch.setenv("MAPO_FAKE_KEY", "key-1")
+    server = FakeServer(latency_s=0.002, api_key="key-1")
+
+    def revoke(n: int, body: dict) -> str | None:
+        if n == 15:
+            server.api_key = "key-2"  # from the next request on, key-1 gets 401
+        return None
+
+    server.faults = revoke
+    with server:
+        cfg = run_config(tmp_path, server, model_overrides={"api_key_env": "MAPO_FAKE_KEY"})
+        t0 = time.monotonic()
+        with pytest.raises(RunStopped, match=r"credentials rejected \(HTTP 401 from http://127\.0\.0\.1:\d+/v1/"):
+            await build(cfg)
+        stop_s = time.monotonic() - t0
+        run = tmp_path / "run"
+        first = manifest_of(run)
+        assert first["status"] == "stopped" and first["reason"].startswith("credentials rejected (HTTP 401")
+        assert "rows" not in first and not (run / "dataset").exists()
+        assert retries(first) == 0, "a 401 is not retried"
+        partial = audit(run, reference["ids"])
+        assert partial["duplicates"] == 0 and partial["items_out"] < ITEMS
+        for name, recs in snapshot(run).items():  # what was saved is final
+            assert all(reference["snap"][name][key] == rec for key, rec in recs.items())
+
+        monkeypatch.setenv("MAPO_FAKE_KEY", "key-2")  # a new key
+        t1 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server, model_overrides={"api_key_env": "MAPO_FAKE_KEY"}))
+        rerun_s = time.monotonic() - t1
+    assert manifest["status"] == "complete"
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    record_row(
+        "API key revoked mid-run (401), new key, rerun",
+        row,
+        stop_s + rerun_s,
+        f"stopped at once naming credentials with {partial['items_out']} items saved; rerun complete",
+        run,
+    )
+
+
+FAIL_AFTER = """
+import os
+_after = int(os.environ.get("MAPO_TEST_FAIL_AFTER", "0"))
+if _after:  # a bug that strikes mid-run: the (_after + 1)-th feedback loop raises
+    from mapo.generation import feedback as _feedback
+
+    _run, _calls = _feedback.FeedbackLoop.run, [0]
+
+    async def run(self, question):
+        _calls[0] += 1
+        if _calls[0] > _after:
+            raise RuntimeError("injected internal error")
+        return await _run(self, question)
+
+    _feedback.FeedbackLoop.run = run
+"""
+
+
+@pytest.mark.timeout(300)  # CLI start-ups: slow on a loaded 2-core machine
+def test_internal_error_mid_run_is_failed_with_one_line_then_a_rerun_completes(tmp_path, cli_reference):
+    """A bug mid-run: manifest failed with the error (and its traceback), nothing published, the
+    CLI prints one line and exits 1; the saved records are sound and a rerun completes."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAIL_AFTER)
+    with FakeServer() as server:
+        args, env = cli_args(server, tmp_path), cli_env(tmp_path)
+        run = tmp_path / "run"
+        t0 = time.monotonic()
+        failing = {**env, "PYTHONPATH": str(hook), "MAPO_TEST_FAIL_AFTER": "3"}
+        p = subprocess.run(args, cwd=REPO, env=failing, capture_output=True, text=True, timeout=180)
+        out = p.stdout + p.stderr
+        assert p.returncode == 1, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        lines = [line for line in out.splitlines() if "run failed" in line]
+        assert len(lines) == 1 and "internal error RuntimeError: injected internal error" in lines[0], out[-3000:]
+        first = manifest_of(run)
+        assert first["status"] == "failed" and first["error"]["type"] == "RuntimeError"
+        assert "injected internal error" in first["error"]["traceback"]
+        assert "rows" not in first and not (run / "dataset").exists()
+        assert_whole_lines(run)
+        partial = audit(run, cli_reference["ids"])
+        assert partial["duplicates"] == 0 and partial["items_out"] < 8
+
+        rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        seconds = time.monotonic() - t0
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert manifest_of(run)["status"] == "complete"
+    row = assert_complete(run, cli_reference["ids"])
+    assert_same(snapshot(run), cli_reference["snap"])
+    record_row(
+        "internal error mid-run (`mapo build`), rerun",
+        row,
+        seconds,
+        f"exit 1, one line, manifest failed + traceback after {partial['items_out']} items; rerun complete",
+        run,
+    )
+
+
+async def test_a_resume_with_another_config_is_refused_naming_the_keys(tmp_path, reference, monkeypatch):
+    """Records must not mix configurations: a rerun whose output-changing keys differ is refused
+    before any request, naming each key (old -> new); keys that change no output do not block;
+    on_config_change=new_run starts run-2 (and resumes run-2 when rerun)."""
+    prompts = tmp_path / "prompts"
+    shutil.copytree(prompts_root(), prompts)
+    monkeypatch.setenv("MAPO_PROMPTS", str(prompts))
+    with FakeServer() as server:
+        t0 = time.monotonic()
+        await build(run_config(tmp_path, server))
+        run = tmp_path / "run"
+        saved = {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
+        sent = server.n
+
+        changed = run_config(tmp_path, server)
+        changed.feedback.iterations = 2
+        changed.models["judge"].generation.max_tokens = 32
+        reviewer = prompts / "paper" / "reviewer.system.txt"
+        reviewer.write_text(reviewer.read_text() + "\nBe brief.\n")
+        with pytest.raises(ConfigError) as refused:
+            await build(changed)
+        message = str(refused.value)
+        for key in (
+            "feedback.iterations: 3 -> 2",
+            "models.judge.generation.max_tokens: 64 -> 32",
+            "prompt_sha.feedback: ",
+            "on_config_change=new_run",
+        ):
+            assert key in message, message
+        assert "max_retries" not in message and "max_items_in_flight" not in message
+        assert server.n == sent, "a refused resume sent requests"
+        assert {p.name: p.read_bytes() for p in run.glob("*.jsonl")} == saved
+
+        # keys that change no output (concurrency, retries, timeouts, progress) do not block a resume
+        reviewer.write_text(reviewer.read_text().removesuffix("\nBe brief.\n"))
+        same = run_config(tmp_path, server, max_items_in_flight=1, model_overrides={"max_retries": 1, "timeout_s": 9.0})
+        same.client.check_endpoints = False
+        resumed = await build(same)
+        assert resumed["status"] == "complete" and resumed["items"]["resumed_done"] == ITEMS and server.n == sent
+
+        changed.on_config_change = "new_run"
+        reviewer.write_text(reviewer.read_text() + "\nBe brief.\n")
+        fresh = await build(changed)
+        assert fresh["status"] == "complete" and fresh["output_dir"] == str(tmp_path / "run-2")
+        assert all(len(g["iterations"]) == 2 for g in read_lines(tmp_path / "run-2" / "generations.jsonl"))
+        assert {p.name: p.read_bytes() for p in run.glob("*.jsonl")} == saved, "the old run was touched"
+        sent2 = server.n
+        again = await build(changed)  # the same changed config again: resumes run-2
+        assert again["output_dir"] == str(tmp_path / "run-2") and server.n == sent2
+        assert not (tmp_path / "run-3").exists()
+        seconds = time.monotonic() - t0
+    # every record names the config that produced it
+    stamps = {
+        r["config_fingerprint"] for name in ("generations", "selections") for r in read_lines(run / f"{name}.jsonl")
+    }
+    assert stamps == {manifest_of(run)["config_fingerprint"]}
+    stamps2 = {r["config_fingerprint"] for r in read_lines(tmp_path / "run-2" / "generations.jsonl")}
+    assert stamps2 == {fresh["config_fingerprint"]} != stamps
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    record_row(
+        "config changed between runs (iterations, judge max_tokens, prompt text)",
+        row,
+        seconds,
+        "refused before any request naming the 3 keys; on_config_change=new_run -> run-2",
+        run,
+    )
+
+
+async def test_a_larger_prompt_limit_continues_the_same_run(tmp_path, reference):
+    with FakeServer() as server:
+        small = run_config(tmp_path, server)
+        small.prompts.limit = ITEMS // 2
+        t0 = time.monotonic()
+        first = await build(small)
+        assert first["status"] == "complete" and first["items"]["done"] == ITEMS // 2
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+    run = tmp_path / "run"
+    assert manifest["items"]["resumed_done"] == ITEMS // 2 and manifest["output_dir"] == str(run)
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    assert published_vs_jsonl(run) == "yes"
+    record_row(f"prompts.limit {ITEMS // 2} -> {ITEMS} into the same folder", row, seconds, "continued", run)
+
+
+def full_disk(monkeypatch, under: Path, *, free: int, spare: tuple[str, ...] = (), only: str = "") -> dict:
+    """Writes (os.write) to files below ``under`` (those whose name ends with ``only``, none whose
+    name holds one of ``spare``) get ``free`` bytes in all, then ENOSPC; the write that crosses
+    the limit lands in part first, as write(2) can."""
+    real = os.write
+    state = {"free": free, "refused": 0}
+
+    def write(fd: int, data) -> int:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        name = os.path.basename(target)
+        if not target.startswith(str(under)) or not name.endswith(only) or any(x in name for x in spare):
+            return real(fd, data)
+        if state["free"] <= 0:
+            state["refused"] += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real(fd, bytes(data)[: state["free"]])
+        state["free"] -= n
+        return n
+
+    monkeypatch.setattr(os, "write", write)
+    return state
+
+
+async def test_disk_full_while_appending_stops_naming_the_file_and_a_rerun_completes(tmp_path, reference, monkeypatch):
+    """ENOSPC on a record file: the partial line is cut back, the run stops (status recorded, the
+    reason names the file), no temporary file is left; with space again the rerun completes."""
+    run = tmp_path / "run"
+    with FakeServer() as server:
+        state = full_disk(monkeypatch, run, free=9000, only=".jsonl")
+        t0 = time.monotonic()
+        with pytest.raises(RunStopped, match=r"disk full: cannot write .*/run/\w+\.jsonl: No space left on device"):
+            await build(run_config(tmp_path, server))
+        stop_s = time.monotonic() - t0
+        assert state["refused"] >= 1
+        first = manifest_of(run)
+        assert first["status"] == "stopped" and first["reason"].startswith("disk full: cannot write ")
+        assert "rows" not in first and not (run / "dataset").exists()
+        assert temp_files(tmp_path) == []
+        assert_whole_lines(run)
+        partial = audit(run, reference["ids"])
+        assert partial["duplicates"] == 0 and partial["items_out"] < ITEMS
+
+        monkeypatch.undo()  # space again
+        t1 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        rerun_s = time.monotonic() - t1
+    assert manifest["status"] == "complete"
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    record_row(
+        "disk full (ENOSPC) appending records, then space again",
+        row,
+        stop_s + rerun_s,
+        f"stopped naming the file with {partial['items_out']} items; no partial line, no temp file",
+        run,
+    )
+
+
+async def test_disk_full_everywhere_leaves_no_temp_file(tmp_path, reference, monkeypatch, caplog):
+    """No space even for manifest.json: the error still names the file, the failed manifest
+    write is reported and leaves no ``.manifest.json.tmp-PID`` behind."""
+    run = tmp_path / "run"
+    caplog.set_level(logging.ERROR)
+    with FakeServer() as server:
+        full_disk(monkeypatch, run, free=0)
+        t0 = time.monotonic()
+        with pytest.raises(WriteFailed, match=r"cannot write .*/run/config\.yaml: No space left on device"):
+            await build(run_config(tmp_path, server))
+        assert temp_files(tmp_path) == []
+        monkeypatch.undo()
+        # the disk fills up after the start: some records fit, the rest and the manifest do not
+        full_disk(monkeypatch, run, free=5000, spare=("config.yaml", "fingerprint.json"))
+        with pytest.raises(RunStopped, match=r"disk full: cannot write .*\.jsonl"):
+            await build(run_config(tmp_path, server))
+        assert temp_files(tmp_path) == []
+        assert "could not be recorded in manifest.json" in caplog.text and "manifest.json: No space" in caplog.text
+        assert not (run / "manifest.json").exists()
+        assert_whole_lines(run)
+        partial = audit(run, reference["ids"])
+        assert partial["duplicates"] == 0
+        monkeypatch.undo()  # space again
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+    assert manifest["status"] == "complete"
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    record_row(
+        "disk full (ENOSPC) for every file incl. manifest.json, then space again",
+        row,
+        seconds,
+        f"errors name the file; no .manifest.json.tmp-PID left; {partial['items_out']} items kept",
+        run,
+    )
+
+
+async def test_reparse_warns_on_a_damaged_middle_line_and_goes_on(tmp_path, reference, caplog, capsys):
+    from mapo.runs.reparse import main as reparse_main
+
+    with FakeServer() as server:
+        await build(run_config(tmp_path, server))
+    run = tmp_path / "run"
+    row = assert_complete(run, reference["ids"])
+    path = run / "generations.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3][:40] + b"\n"
+    path.write_bytes(b"".join(lines))
+    caplog.set_level(logging.WARNING)
+    t0 = time.monotonic()
+    assert reparse_main([str(run)]) == 0
+    seconds = time.monotonic() - t0
+    assert f"{path}:4: unreadable record" in caplog.text
+    out = capsys.readouterr().out
+    assert f"generations.jsonl: {ITEMS - 1} records" in out and "1 damaged lines skipped" in out, out
+    reparsed = read_lines(run / "reparsed.jsonl")
+    assert len(reparsed) == 2 * ITEMS - 1
+    record_row(
+        "damaged middle line of generations.jsonl, `mapo reparse`",
+        row,
+        seconds,
+        "warned naming file:4, the other records re-parsed, exit 0",
+        run,
+    )

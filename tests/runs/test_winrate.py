@@ -194,3 +194,21 @@ def test_cli_composes_conf_winrate(fake_server, tmp_path):
     table = json.loads((tmp_path / "run" / "winrate.json").read_text())
     assert table["rows"] == ["smollm2+gemma3", "gemma3+smollm2", "smollm2+both"]
     assert table["columns"] == ["smollm2-135m", "gemma3-270m"]
+
+
+async def test_a_resume_with_another_config_is_refused_naming_the_keys(fake_server, tmp_path):
+    await winrate(run_config(fake_server, tmp_path))
+    sent = fake_server.n
+    changed = run_config(fake_server, tmp_path)
+    changed.configurations[0].reviewers = ["base1"]
+    changed.models["base2"].generation.temperature = 0.7
+    with pytest.raises(ConfigError) as refused:
+        await winrate(changed)
+    for key in ('configurations.gen+rev.reviewers: ["rev"] -> ["base1"]', "models.base2.generation.temperature: 0.0"):
+        assert key in str(refused.value), str(refused.value)
+    assert fake_server.n == sent
+    changed.on_config_change = "new_run"
+    manifest = await winrate(changed)
+    assert manifest["status"] == "complete" and manifest["output_dir"] == str(tmp_path / "run-2")
+    stamps = {r["config_fingerprint"] for r in lines(tmp_path / "run-2" / "judgements.jsonl")}
+    assert stamps == {manifest["config_fingerprint"]}

@@ -1,0 +1,51 @@
+"""The run skeleton (mapo/runs/runner.py) in-process: signals, cancellation, the fingerprint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+
+from mapo.runs.build import build
+from mapo.runs.runner import Fingerprint, RunInterrupted
+from tests.fake_openai import FakeServer
+from tests.runs.test_faults import run_config
+
+
+async def _after_records(path, n: int) -> None:
+    while not path.exists() or path.read_bytes().count(b"\n") < n:
+        await asyncio.sleep(0.005)
+
+
+async def test_sigterm_in_process_interrupts_and_restores_the_handlers(tmp_path):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with FakeServer(latency_s=0.01) as server:
+        task = asyncio.create_task(build(run_config(tmp_path, server)))
+        await _after_records(tmp_path / "run" / "selections.jsonl", 2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(RunInterrupted, match=r"run interrupted by SIGTERM: .* rerun the same command to resume"):
+            await task
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["reason"] == "interrupted by SIGTERM"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+async def test_a_caller_cancelling_the_run_gets_cancelled_error_and_the_manifest_says_so(tmp_path):
+    with FakeServer(latency_s=0.01) as server:
+        task = asyncio.create_task(build(run_config(tmp_path, server)))
+        await _after_records(tmp_path / "run" / "selections.jsonl", 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "rows" not in manifest
+
+
+def test_fingerprint_names_changed_keys_and_ignores_keys_one_side_lacks():
+    old = Fingerprint.of({"judge.scale": 10, "feedback.iterations": 3, "models.a.generation.stop": None})
+    new = Fingerprint.of({"judge.scale": 5, "feedback.iterations": 3, "judge.scoring": "argmax"})
+    assert new.changes(old.keys) == ["judge.scale: 10 -> 5"]
+    assert Fingerprint.of({"x": (1, 2)}).id == Fingerprint.of({"x": [1, 2]}).id != new.id
