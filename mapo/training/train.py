@@ -146,6 +146,7 @@ def _trl_args(cfg: TrainRunConfig, run_dir: Path, n_eval: int, weights: tuple[fl
     if "disable_tqdm" not in kwargs:
         kwargs["disable_tqdm"] = _progress(cfg) != "bar"
     kwargs.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning is for copies to a GPU
+    kwargs.setdefault("use_cpu", not torch.cuda.is_available())  # as the PartialState made in _train
     if n_eval:
         kwargs.setdefault("eval_strategy", "steps")
         if kwargs["eval_strategy"] == "steps":
@@ -215,8 +216,9 @@ class _Manifest:
             atomic_write_json(self.path, self.data)
 
 
-async def train(cfg: TrainRunConfig) -> dict[str, Any]:
-    """Run the training (async only to fit the CLI's command shape; it blocks)."""
+async def train(cfg: TrainRunConfig) -> dict[str, Any] | None:
+    """Run the training (async only to fit the CLI's command shape; it blocks). Returns the
+    manifest in process 0, None in the other processes of an ``accelerate launch``."""
     check(cfg)
     run_dir = Path(cfg.output_dir)
     main = _rank() == 0
@@ -225,13 +227,16 @@ async def train(cfg: TrainRunConfig) -> dict[str, Any]:
         return _train(cfg, run_dir, main)
 
 
-def _train(cfg: TrainRunConfig, run_dir: Path, main: bool) -> dict[str, Any]:
+def _train(cfg: TrainRunConfig, run_dir: Path, main: bool) -> dict[str, Any] | None:
     import torch
     from accelerate import PartialState
 
     t_start = time.time()
     changed = _check_resume(run_dir, cfg)
-    state = PartialState()  # joins the process group under accelerate launch; a no-op alone
+    # joins the process group under accelerate launch (a no-op alone); without a GPU the processes
+    # are CPU workers (gloo), which accelerate only assumes when told cpu=True
+    cpu = bool(cfg.trl.get("use_cpu")) or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
     if main:
         atomic_write_text(run_dir / "config.yaml", _config_yaml(cfg))
     with state.main_process_first():  # process 0 converts the embedded weights, the others reuse them
@@ -275,7 +280,7 @@ def _train(cfg: TrainRunConfig, run_dir: Path, main: bool) -> dict[str, Any]:
     manifest.write(status="complete", **result)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         state.wait_for_everyone()
-    return manifest.data
+    return manifest.data if main else None  # one "done" line per run, not one per process
 
 
 def _versions() -> dict[str, str]:
@@ -383,10 +388,11 @@ def _fit(
     trainer.train(resume_from_checkpoint=last)
     train_s = time.time() - t0
     steps = trainer.state.global_step - (int(Path(last).name.split("-")[-1]) if last else step0)
-    records = metrics.read_metrics(metrics_path) if main else []
-    if eval_rows is not None and _eval_summary(records, trainer.state.global_step) is None:
+    # every process decides alike (evaluate is collective): from the trainer state, not from our file
+    done = trainer.state.global_step
+    if eval_rows is not None and not any("eval_loss" in h and h.get("step") == done for h in trainer.state.log_history):
         trainer.evaluate()
-        records = metrics.read_metrics(metrics_path) if main else []
+    records = metrics.read_metrics(metrics_path) if main else []
 
     dtype = export.save_dtype_of(cfg.save_dtype, bool(args.bf16), bool(args.fp16))
     model_dir = run_dir / "model"
