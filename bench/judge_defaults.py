@@ -8,8 +8,9 @@ judge model; every other setting is recomputed from their records, with no model
 
 * argmax vs expected: a record keeps the written verdict (``argmax``) and the distribution at
   each score (``logprobs``); :func:`mapo.judging.scoring.stored_verdict` gives either;
-* one order vs both: one order is the AB record alone; both orders combine AB and BA
-  (``judge.order_combine``, default ``inconsistent_tie``: orders that disagree are a tie).
+* one order vs both: one order is the AB record alone; both orders combine AB and BA, with
+  each ``judge.order_combine``: ``both`` = ``inconsistent_tie`` (orders that disagree are a
+  tie), ``both_mean`` = ``mean_score`` (the mean of the two orders' scores decides).
 
 Each run is the real CLI (``mapo evaluate`` with Hydra overrides) into
 ``runs/judge-defaults/<model>-explain-<on|off>``; rerunning resumes there (a larger --limit
@@ -60,6 +61,17 @@ DEFAULT = ("smollm2-135m", True, "argmax", "one")
 
 
 # --------------------------------------------------------------------------- the runs
+
+
+def lscpu() -> dict[str, str]:
+    """lscpu's model name, CPU count and caches (empty where lscpu is absent)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    keep = ("Model name", "CPU(s)", "Thread(s) per core", "L2 cache", "L3 cache")
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs if k.strip() in keep}
 
 
 def faireval_path() -> Path | None:
@@ -150,24 +162,24 @@ def order_verdict(rec: Mapping[str, Any], scoring: str, how: Counter[str]) -> tu
     return v.pick, {"label": pick_to_label(v.pick, swapped), "score_a": sa, "score_b": sb}
 
 
-def rows_for(
-    recs: Mapping[tuple[str, str], Mapping[str, Any]], items: Sequence[str], scoring: str, rule: str
-) -> dict[str, Any]:
+ORDERS = {"one": None, "both": "inconsistent_tie", "both_mean": "mean_score"}
+"""How an item's verdict is read: the AB order alone, or both orders under a ``judge.order_combine``."""
+
+
+def rows_for(recs: Mapping[tuple[str, str], Mapping[str, Any]], items: Sequence[str], scoring: str) -> dict[str, Any]:
     """Labels per item for one order and both, the position-bias picks and the accounting of one run."""
     how: Counter[str] = Counter()
-    one: list[Label | None] = []
-    both: list[Label | None] = []
+    labels: dict[str, list[Label | None]] = {k: [] for k in ORDERS}
     picks: list[tuple[Pick | None, Pick | None]] = []
     for item in items:
         ab_pick, ab = order_verdict(recs[(item, "AB")], scoring, how)
         ba_pick, ba = order_verdict(recs[(item, "BA")], scoring, how)
-        one.append(ab["label"])
-        both.append(combine_orders([ab, ba], rule)[0])
+        for orders, rule in ORDERS.items():
+            labels[orders].append(ab["label"] if rule is None else combine_orders([ab, ba], rule)[0])
         picks.append((ab_pick, ba_pick))
     calls = [recs[(i, o)] for i in items for o in ("AB", "BA")]
     return {
-        "one": one,
-        "both": both,
+        **labels,
         "picks": picks,
         "scored": dict(how),
         "completion_tokens_per_call": float(np.mean([r["completion_tokens"] for r in calls])),
@@ -193,7 +205,7 @@ def _position(picks: list[tuple[Pick | None, Pick | None]], n_resamples: int) ->
     return pb
 
 
-def table(out: Path, models: Sequence[str], rule: str, n_resamples: int) -> dict[str, Any]:
+def table(out: Path, models: Sequence[str], n_resamples: int) -> dict[str, Any]:
     """Every (model, explain, scoring, orders) setting over the items complete in every run."""
     runs = load(out, models)
     if not runs:
@@ -209,12 +221,12 @@ def table(out: Path, models: Sequence[str], rule: str, n_resamples: int) -> dict
     extra: list[dict[str, Any]] = []
     for (model, explain), recs in runs.items():
         for scoring in ("argmax", "expected"):
-            got = rows_for(recs, items, scoring, rule)
+            got = rows_for(recs, items, scoring)
             pb = _position(got["picks"], n_resamples)
-            for orders in ("one", "both"):
+            for orders in ORDERS:
                 settings.append((model, explain, scoring, orders))
                 labels.append(got[orders])
-                extra.append({k: v for k, v in got.items() if k not in ("one", "both", "picks")} | {"position": pb})
+                extra.append({k: v for k, v in got.items() if k not in (*ORDERS, "picks")} | {"position": pb})
     reference = settings.index(DEFAULT) if DEFAULT in settings else 0
     ci = _intervals(labels, human, reference, n_resamples)
     rows: list[Row] = []
@@ -241,7 +253,7 @@ def table(out: Path, models: Sequence[str], rule: str, n_resamples: int) -> dict
         "items": items,
         "n_items": len(items),
         "human_labels": dict(Counter(human)),
-        "order_combine": rule,
+        "orders": ORDERS,
         "default": dict(zip(("model", "explain", "scoring", "orders"), DEFAULT, strict=True)),
         "rows": rows,
     }
@@ -259,7 +271,7 @@ def markdown(result: Mapping[str, Any]) -> str:
     """The table as Markdown, one row per setting, best kappa first."""
     lines = [
         "| judge | explain | scoring | orders | kappa [95% CI] | vs default [95% CI] | accuracy | ties | failures "
-        "| first-shown picked [95% CI] | swap-consistent | tokens/call | s/call |",
+        "| first-shown picked [95% CI] | swap-consistent | tokens/call | s/call (queued) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = sorted(result["rows"], key=lambda r: -1e9 if r["kappa"] is None else -r["kappa"])
@@ -299,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-budget-s", type=float, default=None, help="stop the runs cleanly after this long")
     ap.add_argument("--no-run", action="store_true", help="only compute the table from the stored records")
     ap.add_argument("--n-resamples", type=int, default=20_000)
-    ap.add_argument("--order-combine", default="inconsistent_tie", help="how both orders combine (judge.order_combine)")
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run, e.g. client.registry=...")
     args = ap.parse_args(argv)
 
@@ -321,11 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = run_all(cmds, args.time_budget_s, args.out / "logs")
         for r in runs:
             print(f"rc={r['returncode']}: mapo {r['command']}")
-    result = table(args.out, args.models, args.order_combine, args.n_resamples)
+    result = table(args.out, args.models, args.n_resamples)
     md_table = markdown(result)
     cpu = cpu_info()
     result.update(
         cpu=cpu,
+        lscpu=lscpu(),
         strategy=args.strategy,
         limit=args.limit,
         runs=runs,
@@ -340,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         [
             "# Embedded judge defaults, measured (issue 14, item 4)",
             "",
-            f"FairEval, first {result['n_items']} items judged in both orders by every run (human labels: {counts}); "
-            f"judge strategy `{args.strategy}`; both orders combined with `{args.order_combine}`. "
+            f"FairEval: n = {result['n_items']} of 80 items (those judged in both orders by every run; "
+            f"human labels: {counts}); "
+            f"judge strategy `{args.strategy}`. Orders: `one` = AB only; `both` = both orders, "
+            "`judge.order_combine=inconsistent_tie` (disagreeing orders = tie); `both_mean` = both orders, "
+            "`mean_score` (mean scores decide). "
             f"CPU: {cpu.get('model')} ({cpu.get('cores')} cores, shared with other jobs: latencies are indicative). "
             f"Bootstrap 95% intervals over items ({args.n_resamples} resamples, paired: 'vs default' is the "
             "kappa difference to today's default, SmolLM2 / explain / argmax / one order). Position bias "
