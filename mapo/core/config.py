@@ -488,6 +488,29 @@ class ClientConfig:
 
 
 @dataclass
+class StatsConfig:
+    """Uncertainty of every reported kappa, accuracy and win rate (mapo.metrics.uncertainty)."""
+
+    n_resamples: int = 100_000
+    """Bootstrap resamples over items; the default gives a stable third decimal."""
+    seed: int = 0
+    """Bootstrap seed: the same records give the same intervals."""
+    confidence: float = 0.95
+    """Interval level."""
+    margin: float = 0.05
+    """Non-inferiority margin for "can this judge replace the reference?" (kappa or win-rate units)."""
+    reference: str | None = None
+    """Evaluator every other one is compared with; None = the best in the table."""
+
+    def check(self, key: str = "stats") -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.n_resamples", self.n_resamples, 100)
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"{key}.confidence must be in (0, 1), got {self.confidence}")
+        _at_least(f"{key}.margin", self.margin, 0)
+
+
+@dataclass
 class WinrateConfiguration:
     """One feedback-loop setup compared by `mapo winrate` (a row of paper Table 6)."""
 
@@ -528,6 +551,7 @@ class RunConfig:
     configurations: list[WinrateConfiguration] = field(default_factory=list)
     """Feedback-loop setups compared against roles.baselines by `mapo winrate`."""
     client: ClientConfig = field(default_factory=ClientConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     run_name: str = "default"
     """Names the run folder (runs/<run_name>); rerunning the same command into it resumes. A plain name."""
     on_config_change: OnConfigChange = OnConfigChange.error
@@ -558,6 +582,7 @@ class RunConfig:
         self.selection.check("selection")
         self.prompts.check("prompts")
         self.client.check("client")
+        self.stats.check("stats")
         for i, configuration in enumerate(self.configurations):
             configuration.check(f"configurations[{i}]")
         if isinstance(self.eval_data, Mapping) and "limit" in self.eval_data:

@@ -250,3 +250,12 @@ def test_cli_refuses_bad_values_before_any_request(tmp_path, override, code, mes
     assert p.returncode == code, out[-2000:]
     assert message in out and "Traceback" not in out
     assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
+
+
+def test_stats_keys_are_range_checked_with_their_names():
+    from mapo.core.config import RunConfig, StatsConfig
+
+    with pytest.raises(ConfigError, match=r"stats\.confidence must be in \(0, 1\)"):
+        RunConfig(stats=StatsConfig(confidence=1.5))
+    with pytest.raises(ConfigError, match=r"stats\.n_resamples must be >= 100"):
+        RunConfig(stats=StatsConfig(n_resamples=5))
