@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -286,26 +287,28 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                     raise DatasetError(f"{path}:{lineno}: not a JSON record ({e})") from None
 
 
-def _rows(path: str, schema: Mapping[str, Any]) -> Iterator[dict]:
-    """The JSONL rows in the published schema: a column a row lacks (written by an older
-    version) is null; a column the schema does not know is an error, never dropped silently."""
-    for lineno, row in _iter_jsonl(Path(path)):
-        unknown = set(row) - set(schema)
-        if unknown:
-            raise DatasetError(f"{path}:{lineno}: columns {sorted(unknown)} are not in the dataset schema")
-        yield {col: row.get(col) for col in schema}
+# rows are written with "key" first: read it without parsing the (long) rest of the line
+_LEADING_KEY = re.compile(r'\{"key": ("(?:[^"\\]|\\.)*")[,}]')
 
 
 def _jsonl_keys(path: Path) -> Iterator[str]:
-    for lineno, row in _iter_jsonl(path):
-        if not isinstance(row.get("key"), str):
-            raise DatasetMismatch(f"{path}:{lineno}: row without a string key")
-        yield row["key"]
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.endswith("\n"):
+                continue  # a torn last line is not a record
+            m = _LEADING_KEY.match(line)
+            try:
+                key = json.loads(m.group(1)) if m else json.loads(line).get("key")
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not a JSON record ({e})") from None
+            if not isinstance(key, str):
+                raise DatasetError(f"{path}:{lineno}: row without a string key")
+            yield key
 
 
-def _arrow_keys(batches: Iterable[Any]) -> Iterator[str]:
-    for batch in batches:
-        yield from batch.column("key").to_pylist()
+def _arrow_keys(chunks: Iterable[Any]) -> Iterator[str]:
+    for chunk in chunks:  # one Arrow chunk at a time: flat memory
+        yield from chunk.to_pylist()
 
 
 def _check_same(src: Path, artifact: Path, keys: Iterator[str]) -> int:
@@ -336,11 +339,41 @@ def _features(schema: Mapping[str, Any]) -> Any:
     return datasets.Features({k: one(v) for k, v in schema.items()})
 
 
+def _write_arrow(src: Path, schema: Mapping[str, Any], features: Any, dest: Path, batch_rows: int = 1000) -> None:
+    """Stream the JSONL into one Arrow file, ``batch_rows`` at a time (flat memory, and no
+    per-row feature encoding: pyarrow converts a batch against the fixed schema at once)."""
+    import pyarrow as pa
+
+    arrow_schema = features.arrow_schema
+
+    def flush(batch: list[dict], first_line: int, last_line: int) -> None:
+        try:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=arrow_schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise DatasetError(
+                f"{src}:{first_line}-{last_line}: a value does not fit the dataset schema ({e})"
+            ) from None
+
+    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_stream(sink, arrow_schema) as writer:
+        batch: list[dict] = []
+        first = 1
+        for lineno, row in _iter_jsonl(src):
+            unknown = set(row) - set(schema)
+            if unknown:
+                raise DatasetError(f"{src}:{lineno}: columns {sorted(unknown)} are not in the dataset schema")
+            batch.append({col: row.get(col) for col in schema})
+            if len(batch) == batch_rows:
+                flush(batch, first, lineno)
+                batch, first = [], lineno + 1
+        if batch:
+            flush(batch, first, lineno)
+
+
 def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: str | None = None) -> dict[str, int]:
     """Publish ``dpo.jsonl`` and ``kto.jsonl`` as DatasetDicts (``dataset/{dpo,kto}``) and parquet
     files, rebuilt from the JSONL every time and verified against it; returns the row counts.
 
-    The rows stream into Arrow files in a fresh scratch folder (memory stays flat) that is
+    The rows stream into an Arrow file in a fresh scratch folder (memory stays flat) that is
     removed afterwards: nothing is reused from an earlier save, so a resumed run never
     publishes stale rows. Raises :class:`DatasetMismatch` (nothing pushed) when a written
     artifact does not hold the JSONL's rows (see :func:`check_published`).
@@ -363,17 +396,12 @@ def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: 
                 parquet.unlink(missing_ok=True)
                 continue
             shutil.rmtree(scratch, ignore_errors=True)
-            try:
-                ds = datasets.Dataset.from_generator(
-                    _rows,
-                    features=_features(schema),
-                    gen_kwargs={"path": str(src), "schema": schema},
-                    cache_dir=str(scratch),
-                )
-            except datasets.exceptions.DatasetGenerationError as e:
-                if isinstance(e.__cause__, DatasetError):  # ours names the file and line: say that, not theirs
-                    raise e.__cause__ from None
-                raise
+            scratch.mkdir(parents=True)
+            features = _features(schema)
+            _write_arrow(src, schema, features, scratch / f"{name}.arrow")
+            ds = datasets.Dataset.from_file(
+                str(scratch / f"{name}.arrow"), info=datasets.DatasetInfo(features=features)
+            )
             tmp = out.with_name(f".{name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp))
@@ -425,6 +453,8 @@ def check_published(run_dir: str | Path) -> dict[str, int]:
         saved = datasets.load_from_disk(str(out))
         if list(saved) != ["train"]:
             raise DatasetMismatch(f"{out}: splits {list(saved)}, expected only 'train'")
-        counts[name] = _check_same(src, out, _arrow_keys(saved["train"].data.to_batches()))
-        _check_same(src, parquet, _arrow_keys(pq.ParquetFile(parquet).iter_batches(columns=["key"])))
+        counts[name] = _check_same(src, out, _arrow_keys(saved["train"].data.column("key").chunks))
+        _check_same(
+            src, parquet, _arrow_keys(b.column("key") for b in pq.ParquetFile(parquet).iter_batches(columns=["key"]))
+        )
     return counts

@@ -236,3 +236,13 @@ def test_a_damaged_middle_line_is_named(tmp_path):
     (tmp_path / "dpo.jsonl").write_text("".join(text))
     with pytest.raises(DatasetError, match=r"dpo.jsonl:2: not a JSON record"):
         save_datasets(tmp_path)
+
+
+def test_a_value_of_the_wrong_type_is_named(tmp_path):
+    pytest.importorskip("datasets")
+    _append(tmp_path, range(1))
+    row = json.loads((tmp_path / "kto.jsonl").read_text().splitlines()[0])
+    with open(tmp_path / "kto.jsonl", "a") as fh:
+        fh.write(json.dumps({**row, "key": "x/0", "score": "high"}) + "\n")
+    with pytest.raises(DatasetError, match=r"kto.jsonl:1-4: a value does not fit the dataset schema"):
+        save_datasets(tmp_path)
