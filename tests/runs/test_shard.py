@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, validate
+from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
 from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
 from mapo.runs.shard import MergeError, main, merge, shard_of, summary
@@ -34,9 +34,8 @@ def test_shards_partition_the_limited_set():
 
 
 def test_shard_index_out_of_range_is_a_config_error():
-    cfg = RunConfig(prompts=PromptSourceConfig(shard_index=3, shard_count=3))
-    with pytest.raises(ConfigError, match="prompts.shard_index=3"):
-        validate(cfg, [])
+    with pytest.raises(ConfigError, match="prompts.shard_index=3"):  # when the config is built
+        RunConfig(prompts=PromptSourceConfig(shard_index=3, shard_count=3))
 
 
 # ---- merge on real build runs (fake server) ------------------------------------------------
@@ -49,7 +48,7 @@ def _cfg(server, tmp_path: Path, out: str, **prompts) -> RunConfig:
         prompts=PromptSourceConfig(source="builtin", limit=9, **prompts),
         client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
         output_dir=str(tmp_path / out),
-        run_name=out,
+        run_name=out.split("/")[0],  # as slurm/array.sbatch: one run name, a folder per shard
         max_items_in_flight=4,
     )
 
