@@ -125,7 +125,7 @@ def run_all(cmds: list[list[str]], budget_s: float | None, logs: Path) -> list[d
     out = []
     for cmd, p, log in procs:
         log.close()
-        out.append({"command": " ".join(cmd[2:]), "returncode": p.returncode, "stopped_at_budget": stopped})
+        out.append({"command": " ".join(["mapo", *cmd[3:]]), "returncode": p.returncode, "stopped_at_budget": stopped})
     return out
 
 
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_run:
         runs = run_all(cmds, args.time_budget_s, args.out / "logs")
         for r in runs:
-            print(f"rc={r['returncode']}: mapo {r['command']}")
+            print(f"rc={r['returncode']}: {r['command']}")
     result = table(args.out, args.models, args.n_resamples)
     md_table = markdown(result)
     cpu = cpu_info()
