@@ -23,14 +23,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def resource_dir(name: str) -> Path:
     """``conf`` or ``prompts``: shipped inside the wheel as ``mapo._conf`` / ``mapo._prompts``
     (pyproject maps the top-level folders there), the top-level folders in a checkout."""
-    from importlib import resources
+    import importlib.util
 
+    # find_spec, not importlib.resources: a data folder without __init__.py is a namespace
+    # package, for which resources.files() returns a MultiplexedPath that str() does not locate
     try:
-        found = Path(str(resources.files(f"mapo._{name}")))
-        if found.is_dir():
-            return found
+        spec = importlib.util.find_spec(f"mapo._{name}")
     except ModuleNotFoundError:
-        pass
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
     return REPO_ROOT / name
 
 
@@ -162,6 +165,17 @@ class OnConfigChange(Choice):
 
     error = "error"
     new_run = "new_run"
+
+
+def shipped_path(path: Path) -> Path:
+    """A relative path as the conf files write it (``prompts/eval/demo_pairs.jsonl``), found in the
+    shipped data (checkout or wheel), else in the checkout; unchanged when neither has it."""
+    parts = path.parts
+    if parts and parts[0] in ("conf", "prompts"):
+        shipped = resource_dir(parts[0]).joinpath(*parts[1:])
+        if shipped.exists():
+            return shipped
+    return REPO_ROOT / path if (REPO_ROOT / path).exists() else path
 
 
 # ---- range checks -------------------------------------------------------------------------------
