@@ -62,7 +62,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mapo.core.config import REPO_ROOT, ConfigError, RunConfig, validate
+from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, RecordContext
@@ -107,8 +107,8 @@ def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]
     for key in ("path", "data_files"):
         if isinstance(kwargs.get(key), str):
             p = Path(kwargs[key]).expanduser()
-            if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-                p = REPO_ROOT / p
+            if not p.is_absolute() and not p.exists():
+                p = shipped_path(p)
             kwargs[key] = str(p)
     try:
         rows = fn(**kwargs)
