@@ -176,6 +176,6 @@ def test_every_subpackage_is_listed_for_the_wheel():
     found = {
         ".".join(p.parent.relative_to(REPO).parts)
         for p in (REPO / "mapo").rglob("__init__.py")
-        if "_" != p.parent.name[0]
+        if p.parent.name[0] != "_"
     }
     assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
