@@ -81,6 +81,12 @@ def faireval_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def _shown(path: Path) -> Path:
+    """A path relative to the repository (the runs' working directory) where it lies inside it."""
+    full = path.resolve()
+    return full.relative_to(REPO) if full.is_relative_to(REPO) else path
+
+
 def run_dir(out: Path, model: str, explain: bool) -> Path:
     return out / f"{model}-explain-{'on' if explain else 'off'}"
 
@@ -99,7 +105,7 @@ def command(model: str, explain: bool, out: Path, limit: int | None, strategy: s
         f"judge.explain={str(explain).lower()}",
         "eval_data=faireval",
         f"eval_data.limit={limit if limit else 'null'}",
-        f"hydra.run.dir={run_dir(out, model, explain)}",
+        f"hydra.run.dir={_shown(run_dir(out, model, explain))}",
         "client.progress=off",
         *extra,
     ]
@@ -196,6 +202,20 @@ def _intervals(labels: list[list[Label | None]], human: list[Label], reference: 
     return {k: [None if np.isnan(x) else float(x) for x in v] for k, v in got.items()}
 
 
+def _sided(labels: list[list[Label | None]], human: list[Label], n_resamples: int) -> dict[str, list]:
+    """P(the judge's side is the human's | both picked a side): how often a preference pair the
+    judge would write points the right way (ties give no pair), with bootstrap 95% intervals."""
+    from mapo.metrics.uncertainty import Bootstrap, ratio_intervals
+
+    sides = ("model_a", "model_b")
+    den = np.array([[j in sides and h in sides for j, h in zip(lab, human, strict=True)] for lab in labels], float)
+    num = np.array([[j in sides and j == h for j, h in zip(lab, human, strict=True)] for lab in labels], float)
+    got = ratio_intervals(num, den, settings=Bootstrap(n_resamples=n_resamples))
+    out: dict[str, list] = {k: [None if np.isnan(x) else float(x) for x in v] for k, v in got.items()}
+    out["n"] = [int(x) for x in den.sum(axis=1)]
+    return out
+
+
 def _position(picks: list[tuple[Pick | None, Pick | None]], n_resamples: int) -> dict[str, Any]:
     from mapo.metrics.bias import position_intervals
     from mapo.metrics.uncertainty import Bootstrap
@@ -229,6 +249,7 @@ def table(out: Path, models: Sequence[str], n_resamples: int) -> dict[str, Any]:
                 extra.append({k: v for k, v in got.items() if k not in (*ORDERS, "picks")} | {"position": pb})
     reference = settings.index(DEFAULT) if DEFAULT in settings else 0
     ci = _intervals(labels, human, reference, n_resamples)
+    sided = _sided(labels, human, n_resamples)
     rows: list[Row] = []
     for e, ((model, explain, scoring, orders), lab, more) in enumerate(zip(settings, labels, extra, strict=True)):
         decided = [x for x in lab if x is not None]
@@ -246,6 +267,10 @@ def table(out: Path, models: Sequence[str], n_resamples: int) -> dict[str, Any]:
                 "accuracy": ci["accuracy"][e],
                 "tie_rate": sum(x == "tie" for x in decided) / len(decided) if decided else None,
                 "failure_rate": 1 - len(decided) / len(lab),
+                "decisive_rate": sum(x in ("model_a", "model_b") for x in lab) / len(lab),
+                "right_side": sided["rate"][e],
+                "right_side_ci": [sided["rate_low"][e], sided["rate_high"][e]],
+                "right_side_n": sided["n"][e],
                 **more,
             }
         )
@@ -257,6 +282,34 @@ def table(out: Path, models: Sequence[str], n_resamples: int) -> dict[str, Any]:
         "default": dict(zip(("model", "explain", "scoring", "orders"), DEFAULT, strict=True)),
         "rows": rows,
     }
+
+
+def manifests(out: Path, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each run's manifest (status, wall time of its last invocation, requests), and a cross-check:
+    the kappa `mapo evaluate` itself reported for the run's live verdicts (expected, both orders
+    combined by judge.order_combine=inconsistent_tie) against this table's (both leave failed items out)."""
+    found = []
+    for r in result["rows"]:
+        if (r["scoring"], r["orders"]) != ("expected", "both"):
+            continue
+        path = run_dir(out, r["model"], r["explain"]) / "manifest.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text(encoding="utf-8"))
+        agreement = m.get("agreement") or {}
+        found.append(
+            {
+                "run": path.parent.name,
+                "status": m.get("status"),
+                "wall_s_last_invocation": (m.get("timings_s") or {}).get("wall"),
+                "units": m.get("items"),
+                "throughput": m.get("throughput"),
+                "mapo_kappa": agreement.get("kappa"),
+                "table_kappa": r["kappa"],
+                "kappa_matches": abs((agreement.get("kappa") or 0.0) - (r["kappa"] or 0.0)) < 1e-9,
+            }
+        )
+    return found
 
 
 def _f(x: float | None, d: int = 3) -> str:
@@ -271,8 +324,9 @@ def markdown(result: Mapping[str, Any]) -> str:
     """The table as Markdown, one row per setting, best kappa first."""
     lines = [
         "| judge | explain | scoring | orders | kappa [95% CI] | vs default [95% CI] | accuracy | ties | failures "
+        "| decisive | right side when decisive [95% CI] (n) "
         "| first-shown picked [95% CI] | swap-consistent | tokens/call | s/call (queued) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = sorted(result["rows"], key=lambda r: -1e9 if r["kappa"] is None else -r["kappa"])
     for r in rows:
@@ -290,6 +344,8 @@ def markdown(result: Mapping[str, Any]) -> str:
                     _f(r["accuracy"]),
                     _f(r["tie_rate"], 2),
                     _f(r["failure_rate"], 2),
+                    _f(r["decisive_rate"], 2),
+                    f"{_ci(r['right_side'], r['right_side_ci'], 2)} ({r['right_side_n']})",
                     _ci(pb.get("first_rate"), pb.get("first_rate_ci", [None, None]), 2),
                     _f(pb.get("consistency"), 2),
                     f"{r['completion_tokens_per_call']:.0f}",
@@ -299,6 +355,19 @@ def markdown(result: Mapping[str, Any]) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def _without_note(argv: Sequence[str]) -> list[str]:
+    """The command line minus --note (shown on its own line)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-budget-s", type=float, default=None, help="stop the runs cleanly after this long")
     ap.add_argument("--no-run", action="store_true", help="only compute the table from the stored records")
     ap.add_argument("--n-resamples", type=int, default=20_000)
+    ap.add_argument("--note", default=None, help="how the runs were made, when not by this invocation")
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run, e.g. client.registry=...")
     args = ap.parse_args(argv)
 
@@ -338,12 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     result.update(
         cpu=cpu,
         lscpu=lscpu(),
+        manifests=manifests(args.out, result),
         strategy=args.strategy,
         limit=args.limit,
         runs=runs,
         run_commands=[" ".join(["mapo", *c[3:]]) for c in cmds],
-        bench_command=" ".join(["python", "bench/judge_defaults.py", *(argv if argv is not None else sys.argv[1:])]),
+        bench_command=" ".join(["python", "bench/judge_defaults.py", *_without_note(argv or sys.argv[1:])]),
         wall_s=round(time.time() - started, 1),
+        note=args.note,
     )
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "judge_defaults.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -365,6 +437,16 @@ def main(argv: list[str] | None = None) -> int:
             "",
             md_table,
             "",
+            "Runs (their manifest.json; wall time of the last invocation, a resumed run counts only its new "
+            "items; `mapo evaluate`'s own kappa of the live verdicts vs this table's expected/both row):",
+            "",
+            *[
+                f"* {m['run']}: {m['status']}, {m['wall_s_last_invocation']} s, "
+                f"kappa {_f(m['mapo_kappa'])} ({'matches' if m['kappa_matches'] else 'DIFFERS'})"
+                for m in result["manifests"]
+            ],
+            "",
+            *([f"Note: {args.note}", ""] if args.note else []),
             f"Command: `{result['bench_command']}` ({result['wall_s']} s); each run:",
             "",
             *[f"    {c}" for c in result["run_commands"]],
