@@ -215,7 +215,8 @@ def work_distilabel(spec: dict, stage: str) -> dict:
     from distilabel.steps import LoadDataFromDicts
     from distilabel.steps.tasks import ChatGeneration
 
-    batch = spec["concurrency"]  # one batch = every request of a step in flight at once
+    # input_batch_size = the in-flight bound: a step sends a whole batch at once and waits for all of it
+    batch = spec["distilabel_batch"] or spec["concurrency"]
 
     def llm() -> OpenAILLM:
         return OpenAILLM(
@@ -482,7 +483,7 @@ def host_info() -> dict[str, Any]:
 
 
 def load_pairs(path: str | None, n: int) -> tuple[list[tuple[str, str, str]], str]:
-    """``n`` (question, answer a, answer b), cycled: from a JSONL pairs file, else made up here."""
+    """``n`` (question, answer a, answer b), cycled, all distinct: from a JSONL pairs file, else made up here."""
     rows: list[tuple[str, str, str]] = []
     if path is None:
         found = sorted((ROOT / "prompts").glob("**/*pairs*.jsonl"))
@@ -512,7 +513,14 @@ def load_pairs(path: str | None, n: int) -> tuple[list[tuple[str, str, str]], st
                 )
             )
         source = "made up from prompts/instructions/builtin.jsonl"
-    return [rows[i % len(rows)] for i in range(n)], source
+    out = []
+    for i in range(n):
+        # past the file's end: answers swapped on odd cycles and the question marked, so no request repeats
+        # (a repeated request would be sent once by mapo's client, which merges identical requests in flight)
+        q, a, b = rows[i % len(rows)]
+        k = i // len(rows)
+        out.append((q if k == 0 else f"{q} (variant {k})", *((b, a) if k % 2 else (a, b))))
+    return out, source
 
 
 def builtin_questions() -> list[str]:
@@ -551,6 +559,7 @@ def build_spec(args: argparse.Namespace, base_url: str, api_key: str) -> tuple[d
         "model": args.served_name,
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
+        "distilabel_batch": args.distilabel_batch,
         "timeout_s": args.request_timeout,
         "judge": judge,
         "chain": {
@@ -578,7 +587,7 @@ def reset_prefix_cache(root: str, api_key: str) -> bool:
     return r.status_code == 200
 
 
-def start_vllm(model: str, dtype: str, kvcache_gib: float | None) -> tuple[str, str, Any]:
+def start_vllm(model: str, dtype: str, kvcache_gib: int | None) -> tuple[str, str, Any]:
     """Our own vLLM server for ``model`` (dev mode, for the prefix-cache reset) in ``dtype``."""
     from mapo.serving import launch, weights
 
@@ -708,11 +717,13 @@ def markdown(res: dict) -> str:
         f"load average at start {h['loadavg'][0]:.2f}.",
         "Peers: " + ", ".join(f"{p} {v}" for p, v in res["versions"].items()) + ".",
         "",
-        "wall = the tool's own run call (imports and process start excluded); tok/s = generated tokens "
+        "wall = the tool's own run call (imports and process start excluded; process = the whole process); "
+        "server span = first request in to last answer out; tok/s = generated tokens "
         "(counted at the server) / wall; ratio = tok/s over the ceiling's in the same repetition; "
         "in flight = the most requests the server had at once; same req = share of the peer's requests "
         "identical to the ceiling's.",
         "",
+        *([f"Note: {res['note']}", ""] if res.get("note") else []),
     ]
     for stage in STAGES:
         rows = [p for p in res["phases"] if p["stage"] == stage]
@@ -722,19 +733,24 @@ def markdown(res: dict) -> str:
         lines += [
             f"## {title}",
             "",
-            "| rep | peer | wall s | process s | requests | tokens | tok/s | ratio | in flight | same req |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| rep | peer | wall s | process s | server span s | requests | tokens | tok/s | ratio | in flight "
+            "| same req | load before |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in rows:
             if "error" in p:
-                lines.append(f"| {p['rep']} | {p['peer']} | failed: {p['error']} | | | | | | | |")
+                lines.append(f"| {p['rep']} | {p['peer']} | failed: {p['error']} | | | | | | | | | |")
                 continue
             same = p.get("same_requests_as_ceiling")
             lines.append(
-                f"| {p['rep']} | {p['peer']} | {p['wall_s']} | {p['process_s']} | {p['requests']} | {p['tokens']} "
-                f"| {p['tok_per_s']} | {p.get('over_ceiling', '')} | {p['max_in_flight']} "
-                f"| {'' if same is None else f'{same:.0%}'} |"
+                f"| {p['rep']} | {p['peer']} | {p['wall_s']} | {p['process_s']} | {p['server_span_s']} "
+                f"| {p['requests']} | {p['tokens']} | {p['tok_per_s']} | {p.get('over_ceiling', '')} "
+                f"| {p['max_in_flight']} | {'' if same is None else f'{same:.0%}'} | {p['loadavg_1m_before']} |"
             )
+        shas = {p["texts_sha"] for p in rows if "error" not in p and p["peer"] != "ceiling"}
+        if shas:
+            same_out = "yes" if len(shas) == 1 else f"no ({len(shas)} different)"
+            lines += ["", f"Final outputs identical for every peer but the ceiling (a flat replay): {same_out}."]
         lines.append("")
     lines += [
         "## Mean over repetitions",
@@ -775,9 +791,11 @@ def orchestrate(args: argparse.Namespace) -> dict:
     else:
         print(f"[peers] starting vLLM for {args.model} in {args.dtype} (minutes on a CPU)", flush=True)
         base_url, key, stop = start_vllm(args.model, args.dtype, args.kvcache_gib)
-        server = {"kind": "vllm-cpu", "model": args.model, "dtype": args.dtype, "kvcache_gib": args.kvcache_gib}
-        versions["vllm"] = md.version("vllm")
     try:
+        if stop is not None and not args.fake:
+            server = {"kind": "vllm-cpu", "model": args.model, "dtype": args.dtype, "kvcache_gib": args.kvcache_gib}
+            vllm = [d.version for d in md.distributions() if d.metadata["Name"] in ("vllm", "vllm-cpu")]
+            versions["vllm"] = vllm[0] if vllm else "unknown"
         root = base_url.removesuffix("/v1")
         proxy = Proxy(root).start()
         spec, source = build_spec(args, proxy.base_url, key)
@@ -847,13 +865,14 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "peer_config": {
             "mapo": "LLMClient (cache off) + mapo.runs.runner.run_pool, width = concurrency; chain per item",
             "distilabel": "Pipeline: LoadDataFromDicts >> ChatGeneration(OpenAILLM) [>> Step >> ChatGeneration ...], "
-            "input_batch_size = batch_size = concurrency, use_cache=False",
+            f"input_batch_size = batch_size = {args.distilabel_batch or args.concurrency}, use_cache=False",
             "curator": "curator.LLM(backend='openai', base_url), max_concurrent_requests = concurrency, "
             "max_requests_per_minute 1e9, max_tokens_per_minute 1e12, invalid_finish_reasons ['content_filter'], "
             "CURATOR_DISABLE_CACHE=1; chain = three successive LLM calls over the dataset",
             "ceiling": "openai.AsyncOpenAI, all requests gathered under a semaphore of width = concurrency",
         },
         "phases": phases,
+        "note": args.note,
     }
     res["summary"] = summarize(phases)
     return res
@@ -867,6 +886,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight at most, for every peer")
+    ap.add_argument(
+        "--distilabel-batch",
+        type=int,
+        default=None,
+        help="distilabel input_batch_size (default: --concurrency; smaller batches let its steps overlap)",
+    )
     ap.add_argument("--max-tokens", type=int, default=192, help="max_tokens of every request")
     ap.add_argument(
         "--pairs-file",
@@ -878,12 +903,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="float32", help="vLLM --dtype of the server the bench starts")
     ap.add_argument(
         "--kvcache-gib",
-        type=float,
-        default=2.0,
+        type=int,
+        default=2,
         help="VLLM_CPU_KVCACHE_SPACE of that server (2 GiB in float32 = the 1 GiB bfloat16 default's tokens)",
     )
     ap.add_argument("--base-url", default=None, help="use this running server (.../v1) instead of starting one")
     ap.add_argument("--api-key", default=None, help="its API key (default: $OPENAI_API_KEY)")
+    ap.add_argument("--note", default=None, help="a line for the report (e.g. what else the machine was doing)")
     ap.add_argument("--fake", action="store_true", help="run against tests/fake_openai.py (functional check)")
     ap.add_argument("--venvs", default=None, help="where the peers' venvs live (default: <cache>/bench-venvs)")
     ap.add_argument("--request-timeout", type=float, default=3600, help="per-request timeout for every peer")
