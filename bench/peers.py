@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -657,6 +658,8 @@ def run_phase(
             rc = "timeout"
     process_s = time.perf_counter() - t0
     spec_path.unlink(missing_ok=True)
+    for scratch in (env["CURATOR_CACHE_DIR"], env["DISTILABEL_CACHE_DIR"]):  # the tools' own caches of this phase
+        shutil.rmtree(scratch, ignore_errors=True)
     if rc != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         print(f"[peers] {peer}/{stage} failed ({rc}); log {log_path}:\n{tail}", file=sys.stderr, flush=True)
