@@ -24,13 +24,14 @@ def main(argv: list[str]) -> int:
         out = Path(tmp) / "faults.json"
         env = {**os.environ, "MAPO_FAULTS_TABLE": str(out)}
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/runs/test_faults.py", "-q", "-p", "no:cacheprovider", *argv],
+            [sys.executable, "-m", "pytest", "tests/runs/test_faults.py", "-q", "-rf", "-p", "no:cacheprovider", *argv],
             cwd=REPO,
             env=env,
             capture_output=True,
             text=True,
         )
         summary = [line for line in proc.stdout.splitlines() if " passed" in line or " failed" in line]
+        failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED ")]
         if not out.exists():
             print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
             return proc.returncode or 1
@@ -45,6 +46,8 @@ def main(argv: list[str]) -> int:
             f"| {r['time_s']} | {r.get('dataset_equals_jsonl', '-')} | {r['note']} |"
         )
     print(f"\n{summary[-1] if summary else ''}")
+    for line in failed:  # a failed scenario has no row: name it
+        print(line)
     return proc.returncode
 
 

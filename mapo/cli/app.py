@@ -125,7 +125,7 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     # an absolute path: Hydra resolves relative ones against the calling *module*, which breaks under `python -m`
     main = hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name=command)(task)
     sys.argv = [f"mapo {command}", *argv]
-    main()
+    main()  # a value Hydra refuses while composing exits 1 with Hydra's message (before any file)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -50,6 +50,7 @@ class Build(RunCommand):
     name = "build"
     stores = ("generations", "selections", "dpo", "kto")
     unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
+    published = ("dataset",)
 
     def check(self) -> None:
         cfg = self.cfg

@@ -211,6 +211,7 @@ class Evaluate(RunCommand):
 
     name = "evaluate"
     stores = ("judgements",)
+    published = ("agreement.json",)
 
     def check(self) -> None:
         _check(self.cfg)

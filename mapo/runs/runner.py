@@ -14,8 +14,9 @@ else, in this order, the same for every command:
    change outputs (concurrency, progress, ``prompts.limit``, ...) are not part of it;
 4. the lock, the record stores (each record stamped with the fingerprint, ``config_fingerprint``,
    except derived dataset rows), ``config.yaml`` and ``fingerprint.json``;
-5. the endpoint check (a dead endpoint stops the run before any work), ``resume()``, then the
-   bounded lazy pool over ``items()`` running ``work(item)``;
+5. the endpoint check (a dead endpoint stops the run before any work); what an earlier complete
+   run published (``published``) is withdrawn, since this run's records are about to change what
+   it was built from; ``resume()``, then the bounded lazy pool over ``items()`` running ``work(item)``;
 6. ``manifest.json`` names how the run ended: ``complete``; ``stopped`` with a ``reason``
    (endpoint unavailable, credentials rejected, budget exhausted, disk full); ``interrupted``
    (SIGINT or SIGTERM: in-flight items are dropped, everything finished is saved, a rerun
@@ -37,6 +38,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import signal
 import sqlite3
 import threading
@@ -304,6 +306,8 @@ class RunCommand(ABC):
     """Its record files: ``<name>.jsonl`` in the run folder, opened as ``run.stores[name]``."""
     unstamped: ClassVar[tuple[str, ...]] = ()
     """Stores whose rows are derived from the others (dataset rows with a fixed schema): not stamped."""
+    published: ClassVar[tuple[str, ...]] = ()
+    """What ``publish()`` writes (files or folders in the run folder): present only after a complete run."""
     run: Run
     """Set by :func:`execute` before ``resume()``."""
 
@@ -405,6 +409,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
                     await run.client.check(command.models())
                 except EndpointUnavailable as e:
                     raise RunStopped(f"run stopped before any work: {e}") from e
+            _withdraw(run.dir, command.published)
             command.resume()
             await run_pool(command.items(), command.work, cfg.max_items_in_flight)
             ending = _Ending("complete")
@@ -440,6 +445,16 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
     if ending.raise_ is not None:
         raise ending.raise_ from ending.cause
     return manifest
+
+
+def _withdraw(run_dir: Path, published: Iterable[str]) -> None:
+    """Remove what an earlier complete run published: it would no longer equal the records."""
+    for name in published:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:

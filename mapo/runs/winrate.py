@@ -269,6 +269,7 @@ class Winrate(RunCommand):
 
     name = "winrate"
     stores = ("generations", "baselines", "judgements")
+    published = ("winrate.csv", "winrate.md", "winrate.json", "winrate.png")
 
     def check(self) -> None:
         cfg = self.cfg

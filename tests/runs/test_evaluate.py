@@ -229,11 +229,8 @@ def compose(server, tmp_path: Path, *overrides: str):
     "overrides, match",
     [
         (("roles.judge=nobody",), "roles.judge='nobody' is not a known model"),
-        (("evaluator=panel",), "evaluator='panel'"),
-        (("judge.strategy=vibes",), "unknown judge strategy 'vibes'"),
         (("evaluator=debate", "roles.debaters=[smollm2-135m,gemma3-270m]"), "roles.debaters lists 2 models"),
         (("evaluator=jury", "roles.jurors=[smollm2-135m,smollm2-135m]"), "more than once"),
-        (("evaluator=jury", "jury.aggregate=median"), "unknown jury aggregator 'median'"),
         (("eval_data.limit=0",), "eval_data.limit must be >= 1"),
     ],
 )
@@ -244,6 +241,23 @@ async def test_config_errors_fail_before_any_model_call(fake_server, tmp_path, o
         await evaluate(compose(fake_server, tmp_path, *overrides))
     assert fake_server.n == 0
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("evaluator=panel", "evaluator", "[judge, jury, debate]"),
+        ("judge.strategy=vibes", "judge.strategy", "[direct, independent, combined]"),
+        ("jury.aggregate=median", "jury.aggregate", "[mode, majority, mean_score]"),
+    ],
+)
+def test_a_wrong_choice_fails_when_the_config_is_composed(fake_server, tmp_path, override, key, allowed):
+    """Choices are typed (enums): Hydra refuses a wrong one while composing, naming the key and the allowed values."""
+    with pytest.raises(Exception) as refused:
+        compose(fake_server, tmp_path, override)
+    chain = f"{refused.value} {refused.value.__cause__}"
+    assert f"expected one of {allowed}" in chain and f"full_key: {key}" in chain, chain
+    assert fake_server.n == 0 and not (tmp_path / "run").exists()
 
 
 def test_a_config_error_exits_2_with_the_message(fake_server, tmp_path):

@@ -868,7 +868,7 @@ async def test_key_revoked_mid_run_stops_naming_credentials_then_a_rerun_complet
     server = FakeServer(latency_s=0.002, api_key="key-1")
 
     def revoke(n: int, body: dict) -> str | None:
-        if n == 15:
+        if n == 35:
             server.api_key = "key-2"  # from the next request on, key-1 gets 401
         return None
 

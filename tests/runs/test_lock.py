@@ -41,7 +41,7 @@ def test_second_lock_on_a_folder_is_refused_naming_pid_and_folder(tmp_path):
 
 def test_lock_is_released_when_the_body_raises(tmp_path):
     with pytest.raises(ZeroDivisionError), RunLock(tmp_path):
-        1 / 0
+        _ = 1 / 0
     with RunLock(tmp_path):
         pass
 

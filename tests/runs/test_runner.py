@@ -12,7 +12,7 @@ import pytest
 from mapo.runs.build import build
 from mapo.runs.runner import Fingerprint, RunInterrupted
 from tests.fake_openai import FakeServer
-from tests.runs.test_faults import run_config
+from tests.runs.test_faults import published_vs_jsonl, run_config
 
 
 async def _after_records(path, n: int) -> None:
@@ -49,3 +49,23 @@ def test_fingerprint_names_changed_keys_and_ignores_keys_one_side_lacks():
     new = Fingerprint.of({"judge.scale": 5, "feedback.iterations": 3, "judge.scoring": "argmax"})
     assert new.changes(old.keys) == ["judge.scale: 10 -> 5"]
     assert Fingerprint.of({"x": (1, 2)}).id == Fingerprint.of({"x": [1, 2]}).id != new.id
+
+
+async def test_an_unfinished_rerun_withdraws_what_the_last_complete_run_published(tmp_path):
+    """The published dataset always equals the records: a rerun that adds records and does not
+    finish leaves no dataset of the earlier, smaller run behind; completing publishes again."""
+    with FakeServer(latency_s=0.01) as server:
+        small = run_config(tmp_path, server)
+        small.prompts.limit = 3
+        await build(small)
+        run = tmp_path / "run"
+        assert published_vs_jsonl(run) == "yes" and (run / "dataset").is_dir()
+        task = asyncio.create_task(build(run_config(tmp_path, server)))
+        await _after_records(run / "selections.jsonl", 5)
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(RunInterrupted, match="SIGINT"):
+            await task
+        assert published_vs_jsonl(run) == "not published" and not (run / "dataset").exists()
+        manifest = await build(run_config(tmp_path, server))
+    assert manifest["status"] == "complete" and manifest["items"]["done"] == 8
+    assert published_vs_jsonl(run) == "yes"

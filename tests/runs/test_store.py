@@ -128,7 +128,7 @@ while True:
 def test_sigkill_during_appends_loses_at_most_the_record_in_flight(tmp_path):
     """A writer killed at a random moment leaves whole records plus at most one partial line."""
     path = tmp_path / "r.jsonl"
-    for round_ in range(3):
+    for _ in range(3):
         before = len(list(iter_records(path))) if path.exists() else 0
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
         deadline = time.monotonic() + 120  # generous: a loaded machine starts Python slowly
