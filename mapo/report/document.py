@@ -28,6 +28,7 @@ __all__ = [
     "Section",
     "Table",
     "Text",
+    "ci",
     "cut",
     "dur",
     "md_escape",
@@ -139,6 +140,26 @@ def num(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def ci(x: float | None, interval: Any = None, digits: int = 3, *, percent: bool = False, sign: bool = False) -> str:
+    """``x`` with its interval, ``0.389 [0.227, 0.546]`` (``percent``: ``65.0% [53.8, 75.0]``;
+    ``sign``: ``+0.024 [-0.120, +0.162]``); the bare value when there is no interval, "–" for none."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    d = 1 if percent else digits
+    spec = f"{{:{'+' if sign else ''}.{d}f}}"
+
+    def fmt(v: float) -> str:
+        v = scale * v
+        return spec.format(0.0 if round(v, d) == 0 else v)  # no "-0.00"
+
+    text = fmt(x) + unit
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
+        lo, hi = (fmt(float(v)) for v in interval)
+        text += f" [{lo}, {hi}]"
+    return text
+
+
 def pct(x: float | None, digits: int = 1) -> str:
     """A rate as a percentage; "–" for none or not finite."""
     return "–" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
@@ -170,7 +191,7 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-_NUMERIC = re.compile(r"^[-+]?[\d,]*\.?\d+%?$")
+_NUMERIC = re.compile(r"^[-+]?[\d,]*\.?\d+%?( \[[-+]?[\d.]+%?, [-+]?[\d.]+%?\])?$")  # a number, maybe "[lo, hi]"
 
 
 def _html_cell(v: Any, tag: str = "td") -> str:

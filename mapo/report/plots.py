@@ -15,13 +15,17 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 __all__ = [
     "confusion_grid",
+    "histogram",
     "jury_heatmap",
     "kappa_bars",
+    "candidate_preference",
     "kappa_matrix",
+    "length_bias",
     "position_bias",
     "score_trajectories",
     "selection_counts",
@@ -43,6 +47,13 @@ def _png(fig: Figure) -> bytes:
 
 def _short(s: str, n: int = 38) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _err(value: float | None, ci: Sequence[float | None] | None) -> tuple[float, float]:
+    """(below, above) error-bar lengths of ``ci`` around ``value``; (0, 0) without an interval."""
+    if value is None or not ci or ci[0] is None or ci[1] is None:
+        return 0.0, 0.0
+    return max(0.0, value - float(ci[0])), max(0.0, float(ci[1]) - value)
 
 
 def _empty(ax: Any, text: str) -> None:
@@ -148,6 +159,35 @@ def selection_counts(
     return _png(fig)
 
 
+def histogram(
+    counts: Mapping[str, int], *, xlabel: str, ylabel: str = "count", title: str = "Judge score margin"
+) -> bytes:
+    """Bars of pre-binned counts (bin label -> count), in the given order, with their values."""
+    fig = Figure(figsize=(5.5, 3.2))
+    ax = fig.add_subplot()
+    labels, values = list(counts), list(counts.values())
+    if not values:
+        _empty(ax, "no values")
+    else:
+        bars = ax.bar(range(len(values)), values, color=COLORS[0])
+        for b, v in zip(bars, values, strict=True):
+            ax.annotate(
+                str(v),
+                (b.get_x() + b.get_width() / 2, v),
+                textcoords="offset points",
+                xytext=(0, 2),
+                ha="center",
+                fontsize=8,
+            )
+        ax.set_xticks(range(len(values)), labels)
+        ax.set_ylim(0, max(values) * 1.2 + 0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
 def token_costs(usage: Sequence[Mapping[str, Any]], *, title: str = "Tokens per role") -> bytes:
     """Stacked prompt/completion tokens per (role, model) from a manifest's ``usage`` table."""
     fig = Figure(figsize=(6.5, max(2.2, 0.45 * len(usage) + 1.2)))
@@ -234,22 +274,44 @@ def kappa_bars(
         ys = list(range(len(entries)))
         vals = [float(e["kappa"]) if e.get("kappa") is not None else 0.0 for e in entries]
         colors = [KIND_COLORS.get(e.get("kind", "judge"), COLORS[0]) for e in entries]
+        errs = [_err(e.get("kappa"), e.get("kappa_ci")) for e in entries]
+        has_ci = any(lo or hi for lo, hi in errs)
         ax.barh(ys, vals, color=colors)
-        for y, e, v in zip(ys, entries, vals, strict=True):
+        if has_ci:
+            ax.errorbar(
+                vals,
+                ys,
+                xerr=[[lo for lo, _ in errs], [hi for _, hi in errs]],
+                fmt="none",
+                ecolor="black",
+                lw=1,
+                capsize=3,
+            )
+        for y, e, v, (_, hi) in zip(ys, entries, vals, errs, strict=True):
             text = "undefined" if e.get("kappa") is None else f"{v:.3f}"
             text += f"  n={e.get('n', 0)}" + (f", failed {e['n_failed']}" if e.get("n_failed") else "")
-            ax.annotate(text, (max(v, 0), y), textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)
+            ax.annotate(text, (max(v + hi, 0), y), textcoords="offset points", xytext=(4, 0), va="center", fontsize=8)
         if reference:
             for y, e in zip(ys, entries, strict=True):
                 ref = reference.get(e.get("judge", ""))
                 if ref is not None:
                     ax.plot([ref], [y], marker="|", ms=14, mew=2, color="black")
-        ax.set_yticks(ys, [_short(f"{e.get('judge')} [{e.get('kind')}]", 44) for e in entries])
+        mark = " ◀ reference"
+        ax.set_yticks(
+            ys,
+            [
+                _short(f"{e.get('judge')} [{e.get('kind')}]", 44)
+                + (mark if (e.get("vs_reference") or {}).get("verdict") == "reference" else "")
+                for e in entries
+            ],
+        )
         ax.invert_yaxis()
-        lo = min(0.0, min(vals) * 1.2)
-        ax.set_xlim(lo, max(1.0, max(vals) * 1.1))
+        lo = min(0.0, min(v - e[0] for v, e in zip(vals, errs, strict=True)) * 1.2)
+        ax.set_xlim(lo, max(1.0, max(v + e[1] for v, e in zip(vals, errs, strict=True)) * 1.1 + 0.25))
         ax.axvline(0, color="black", lw=0.6)
-        ax.set_xlabel("Cohen's kappa (3 classes: model_a / model_b / tie)")
+        ax.set_xlabel(
+            "Cohen's kappa (3 classes: model_a / model_b / tie)" + ("; bars: 95% bootstrap interval" if has_ci else "")
+        )
         ax.grid(axis="x", alpha=0.3)
         handles = [Patch(color=c, label=k) for k, c in KIND_COLORS.items() if any(e.get("kind") == k for e in entries)]
         if len(handles) > 1:
@@ -416,21 +478,33 @@ def position_bias(
         [v if v is not None else 0 for v in first],
         color=[KIND_COLORS.get(str(e.get("kind")), COLORS[0]) for e in entries],
     )
+    for ax, key, vals in ((ax1, "first_rate_ci", first), (ax2, "consistency_ci", cons)):
+        errs = [_err(v, e["position_bias"].get(key)) for e, v in zip(entries, vals, strict=True)]
+        if any(lo or hi for lo, hi in errs):
+            ax.errorbar(
+                [v or 0 for v in vals],
+                ys,
+                xerr=[[lo for lo, _ in errs], [hi for _, hi in errs]],
+                fmt="none",
+                ecolor="black",
+                lw=1,
+                capsize=3,
+            )
     ax1.axvline(0.5, color="black", ls="--", lw=0.8)
     ax1.set_xlim(0, 1)
     ax1.set_xlabel("P(picks the response shown first | decisive)")
-    ax2.barh(ys, [v if v is not None else 0 for v in cons], color=COLORS[2])
+    ax2.barh(ys, [v if v is not None else 0 for v in cons], color=COLORS[2], zorder=0)
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("swap consistency (same verdict in both orders)")
     for ax, vals in ((ax1, first), (ax2, cons)):
         for y, v in zip(ys, vals, strict=True):
             ax.annotate(
                 "–" if v is None else f"{v:.2f}",
-                (v or 0, y),
-                textcoords="offset points",
-                xytext=(3, 0),
+                (0.01, y),
                 va="center",
                 fontsize=8,
+                color="white",
+                fontweight="bold",
             )
         ax.grid(axis="x", alpha=0.3)
     ax1.set_yticks(ys, [_short(str(e.get("judge")), 34) for e in entries])
@@ -463,4 +537,113 @@ def kappa_matrix(
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="kappa")
         ax.tick_params(axis="x", rotation=20)
     ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def _rate_dots(
+    ax: Any,
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str] | None,
+    *,
+    xlabel: str,
+    marks: Sequence[str] = (),
+) -> None:
+    """Evaluators on y (first on top): the judge's rate (dot, 95% interval) against the humans'
+    rate on the same items (hollow diamond with its interval); 0.5 dashed; judge - human on the
+    right; ``marks``: a word per row written inside the panel (e.g. "own family")."""
+    ys = list(range(len(rows)))
+    for y, r in zip(ys, rows, strict=True):
+        hr, jr = r.get("human_rate"), r.get("judge_rate")
+        if hr is not None:
+            lo, hi = _err(hr, r.get("human_ci"))
+            ax.errorbar([hr], [y + 0.18], xerr=[[lo], [hi]], fmt="D", mfc="white", color="#8C8C8C", ms=5, capsize=2)
+        if jr is not None:
+            lo, hi = _err(jr, r.get("judge_ci"))
+            color = KIND_COLORS.get(str(r.get("kind")), COLORS[0])
+            ax.errorbar([jr], [y - 0.12], xerr=[[lo], [hi]], fmt="o", color=color, ms=6, capsize=3)
+            d = r.get("diff")
+            if d is not None:
+                ax.annotate(
+                    f"{d:+.2f}",
+                    (1.0, y),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=8,
+                )
+    for y, mark in zip(ys, marks, strict=False):
+        if mark:
+            ax.text(0.01, y, mark, va="center", fontsize=7, color="#C44E52", style="italic")
+    ax.axvline(0.5, color="black", ls="--", lw=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top (set, not toggled: axes may share y)
+    if labels is not None:
+        ax.set_yticks(ys, [_short(x, 40) for x in labels])
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _rate_legend(fig: Figure) -> None:
+    handles = [
+        Line2D([], [], marker="o", color="#4C72B0", ls="", label="judge (dot; bar: 95% interval)"),
+        Line2D([], [], marker="D", mfc="white", color="#8C8C8C", ls="", label="humans, same items"),
+    ]
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+
+
+def candidate_preference(
+    preference: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "How often each candidate model is picked: judges vs humans",
+    max_panels: int = 4,
+) -> bytes:
+    """One panel per candidate (at most ``max_panels``, the most compared first): per evaluator,
+    the rate at which it picks that candidate (a tie counts half) against the humans' rate on
+    the same items (``mapo.metrics.bias.candidate_preference`` rows, with the evaluator's
+    ``models``). "own model" / "own family" is written in the panel where the candidate is the
+    evaluator's; the right margin gives judge - human."""
+    from mapo.metrics.bias import family_of
+
+    cands: dict[str, int] = {}
+    for p in preference:
+        for c in p.get("candidates") or []:
+            cands[c["candidate"]] = max(cands.get(c["candidate"], 0), int(c.get("n") or 0))
+    shown = sorted(cands, key=lambda c: (-cands[c], c))[:max_panels]
+    n = max(1, len(shown))
+    fig = Figure(figsize=(min(16.0, 2.2 + 4.2 * n), max(2.6, 0.42 * len(preference) + 1.9)))
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    if not shown:
+        _empty(axes[0], "no candidate models")
+        return _png(fig)
+    for i, (ax, cand) in enumerate(zip(axes, shown, strict=True)):
+        rows, marks = [], []
+        for p in preference:
+            row = next((c for c in p.get("candidates") or [] if c["candidate"] == cand), None)
+            own = {family_of(m) for m in p.get("models") or [p.get("judge", "")]}
+            marks.append("own model" if row and row.get("self") else ("own family" if family_of(cand) in own else ""))
+            rows.append({**(row or {}), "kind": p.get("kind")})
+        labels = [str(p.get("judge")) for p in preference] if i == 0 else None
+        _rate_dots(ax, rows, labels, xlabel=f"P(picks {_short(cand, 24)}) (tie = 1/2)", marks=marks)
+        ax.set_title(_short(cand, 40), fontsize=9)
+    fig.suptitle(title + "  (right of each panel: judge − human)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _rate_legend(fig)
+    return _png(fig)
+
+
+def length_bias(
+    rows: Sequence[Mapping[str, Any]], *, title: str = "Length bias: P(prefers the longer response)"
+) -> bytes:
+    """Per evaluator: P(picks the longer response | decisive, lengths differ) against the humans'
+    rate on the same items (``mapo.metrics.bias.length_bias`` rows); right margin: judge - human."""
+    fig = Figure(figsize=(7.5, max(2.6, 0.42 * len(rows) + 1.9)))
+    ax = fig.add_subplot()
+    if not rows:
+        _empty(ax, "no length-bias rows")
+        return _png(fig)
+    _rate_dots(ax, rows, [str(r.get("judge")) for r in rows], xlabel="P(prefers the longer response | decisive)")
+    ax.set_title(title + "  (right: judge − human)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _rate_legend(fig)
     return _png(fig)

@@ -7,17 +7,21 @@ and on a copy of one. Run kinds are told apart by ``manifest.json`` ``command``:
   trajectories over the feedback iterations, which iteration the judge chose, failures,
   example chosen/rejected pairs, and the win-rate table when ``winrate.json`` is present;
 * ``winrate``: the win-rate table and bars, score trajectories per configuration, examples;
-* ``evaluate``: kappa per judge / jury / debate, confusion matrices, position bias,
-  parse-failure rates and the jury-subset heatmap (``agreement.json``; recomputed from
-  ``judgements.jsonl`` when a run stopped before writing it).
+* ``evaluate``: kappa per judge / jury / debate with its 95% interval and the verdict against
+  the reference evaluator, confusion matrices, bias diagnostics (position, length, candidate
+  preference), parse-failure rates and the jury-subset heatmap (``agreement.json``; recomputed
+  from ``judgements.jsonl`` when a run stopped before writing it);
+* the JSON file ``mapo agreement ... --out FILE`` writes (pass the file, or a folder holding
+  ``agreement*.json``): the same sections, the per-item inputs re-read from the sources it names.
 
-Written to ``DIR`` (default ``RUN_DIR/report``): ``report.html`` (figures embedded as base64
+Written to ``DIR`` (default ``RUN_DIR/report``; for an agreement file ``<file>_report`` beside it): ``report.html`` (figures embedded as base64
 PNG data URIs: one file to copy or mail), ``report.md`` and ``figures/*.png`` (the same
 figures, referenced by the Markdown). Every text that came from a model or a dataset is
 HTML-escaped in the page and Markdown-escaped (or fenced) in report.md: a response or a prompt
 id cannot inject markup or a live link into the report.
 
-A folder without ``manifest.json`` (a Hydra sweep folder) gets one report per run inside it.
+A folder without ``manifest.json`` (a Hydra sweep folder) gets one report per run (and per
+agreement output) inside it.
 
 Layout: :mod:`mapo.report.document` (blocks, HTML and Markdown renderers), :mod:`mapo.report.run`
 (reading a run folder), :mod:`mapo.report.sections` (one module per run kind), this module
@@ -43,10 +47,10 @@ from mapo.report.document import (
     render_html,
     render_markdown,
 )
-from mapo.report.run import Run, find_runs, load_run
+from mapo.report.run import Run, find_runs, find_sources, load_run
 from mapo.report.sections import common
 from mapo.report.sections.build import build_sections
-from mapo.report.sections.evaluate import evaluate_sections
+from mapo.report.sections.evaluate import agreement_overview, evaluate_sections
 from mapo.report.sections.winrate import winrate_sections
 from mapo.runs.store import atomic_write_text
 
@@ -73,6 +77,12 @@ def build_document(run: Run, n_examples: int = 3) -> Document:
     m = run.manifest
     kind = run.command
     roles = m.get("roles") or {}
+    if kind == "agreement":
+        t = run.json("agreement.json") or {}
+        src = t.get("source") or ", ".join(t.get("sources") or []) or "?"
+        title = f"mapo agreement: {src}" + (f" vs {t['humans']}" if t.get("humans") else "")
+        sections = [agreement_overview(run), *evaluate_sections(run, n_examples)]
+        return Document(title, f"{run.agreement_file}", sections)
     if kind == "build":
         title = f"mapo build: {roles.get('generator', '?')} + {', '.join(roles.get('reviewers') or [])}"
         body = build_sections(run, n_examples)
@@ -92,7 +102,7 @@ def build_document(run: Run, n_examples: int = 3) -> Document:
 def write_report(run_dir: str | Path, out: str | Path | None = None, n_examples: int = 3) -> dict[str, Path]:
     """Write report.html, report.md and figures/*.png; return their paths."""
     run = load_run(run_dir)
-    out_dir = Path(out) if out is not None else run.dir / "report"
+    out_dir = Path(out) if out is not None else run.default_out
     doc = build_document(run, n_examples)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -116,19 +126,27 @@ def main(argv: list[str] | None = None) -> int:
         prog="mapo report",
         description="HTML + Markdown report of a mapo run folder (or of every run in a sweep folder).",
     )
-    ap.add_argument("run_dir", help="a run folder (manifest.json) or a folder of runs (Hydra multirun)")
+    ap.add_argument(
+        "run_dir",
+        help="a run folder (manifest.json), a folder of runs (Hydra multirun), or a `mapo agreement` output file",
+    )
     ap.add_argument("--out", help="output folder (default RUN_DIR/report; for a sweep, each run's own report/ folder)")
     ap.add_argument("--examples", type=int, default=3, help="example pairs to show (default 3)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path(args.run_dir)
-    if not root.is_dir():
-        print(f"mapo report: {root} is not a folder", file=sys.stderr)
+    if not root.exists():
+        print(f"mapo report: {root}: no such file or folder", file=sys.stderr)
         return 2
     try:
-        runs = [root] if (root / "manifest.json").exists() or not any(find_runs([root])) else list(find_runs([root]))
+        found = list(find_sources([root]))
+        runs = [root] if root.is_file() or (root / "manifest.json").exists() or not found else found
         for r in runs:
-            out = args.out if len(runs) == 1 else (Path(args.out) / r.relative_to(root) if args.out else None)
+            if len(runs) == 1 or not args.out:
+                out = args.out if len(runs) == 1 else None
+            else:
+                rel = r.relative_to(root)
+                out = Path(args.out) / (rel.with_suffix("") if r.is_file() else rel)
             paths = write_report(r, out, args.examples)
             print(f"{paths['html']}\n{paths['md']}")
     except FileNotFoundError as e:

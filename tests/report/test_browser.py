@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mapo.cli.agreement import main as agreement_main
 from mapo.report import leaderboard
 from mapo.report import render as report
 from tests.report.test_report import build_run, evaluate_run, server, winrate_run  # noqa: F401 - server is a fixture
@@ -205,11 +206,13 @@ def test_reports_render_in_headless_chromium(server, tmp_path):  # noqa: F811
     build = build_run(server, tmp_path)
     jury = evaluate_run(server, tmp_path, "jury")
     wr = winrate_run(server, tmp_path)
-    lb = leaderboard.write_leaderboard([jury], tmp_path / "lb")
-    asyncio.run(asyncio.wait_for(_browse(tmp_path, build, jury, wr, lb), 300))
+    agr = tmp_path / "agreement.json"  # a `mapo agreement` output: reported and ranked like a run
+    assert agreement_main([str(jury), "--n-resamples", "2000", "--out", str(agr)]) == 0
+    lb = leaderboard.write_leaderboard([jury, agr], tmp_path / "lb")
+    asyncio.run(asyncio.wait_for(_browse(tmp_path, build, jury, wr, lb, agr), 300))
 
 
-async def _browse(tmp_path: Path, build: Path, jury: Path, wr: Path, lb: dict) -> None:
+async def _browse(tmp_path: Path, build: Path, jury: Path, wr: Path, lb: dict, agr: Path) -> None:
     async with Browser(tmp_path / "profile") as b:
         facts = await check_page(b, report.write_report(build)["html"], "report_build.png")
         assert facts["title"].startswith("mapo build")
@@ -218,6 +221,8 @@ async def _browse(tmp_path: Path, build: Path, jury: Path, wr: Path, lb: dict) -
         assert "<script>window.__pwned = 1</script>" in text
         await check_page(b, report.write_report(jury)["html"], "report_evaluate_jury.png")
         await check_page(b, report.write_report(wr)["html"], "report_winrate.png")
+        facts = await check_page(b, report.write_report(agr)["html"], "report_agreement.png")
+        assert facts["title"].startswith("mapo agreement")
         await check_page(b, lb["html"], "leaderboard.png")
 
 

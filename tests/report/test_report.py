@@ -126,6 +126,13 @@ def md_name(name: str) -> str:
     return name.replace("[", "\\[").replace("]", "\\]").replace("_", "\\_")
 
 
+def md_kappa(e: dict) -> str:
+    """An entry's kappa with its interval as report.md writes it: ``0.389 \\[0.227, 0.546\\]``."""
+    from mapo.report.document import ci
+
+    return md_name(ci(e["kappa"], e.get("kappa_ci")))
+
+
 def img_payloads(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
@@ -307,13 +314,13 @@ def test_jury_evaluation_report_kappa_subsets_confusion_position_bias(server, tm
     page, md = check_files(paths)
     agreement = json.loads((run / "agreement.json").read_text())
     for e in agreement["results"]:
-        kappa = "–" if e["kappa"] is None else f"{e['kappa']:.3f}"
-        assert f"| {md_name(e['judge'])} | {e['kind']} | {md_name(e['setup'])} | {kappa} | {e['n']} |" in md
+        assert e["kappa_ci"][0] <= e["kappa"] <= e["kappa_ci"][1]
+        assert f"| {md_name(e['judge'])} | {e['kind']} | {md_name(e['setup'])} | {md_kappa(e)} |" in md
     names = {p.stem for p in paths["figures"].glob("*.png")}
     assert {"kappa", "confusion", "position_bias", "jury_subsets_jury_j1_j2_j3"} <= names
     assert "Jury subsets: jury[j1+j2+j3]" in page and "Parse failures" in page
     best = agreement["jury_subsets"][0]["subsets"][0]
-    assert f"| {' + '.join(best['members'])} | {len(best['members'])} |" in md
+    assert f"| {' + '.join(best['members'])} | {len(best['members'])} | {md_kappa(best)} |" in md
 
 
 def test_evaluation_report_recomputes_agreement_of_a_stopped_run(server, tmp_path):
@@ -322,7 +329,7 @@ def test_evaluation_report_recomputes_agreement_of_a_stopped_run(server, tmp_pat
     (run / "agreement.json").unlink()
     page, md = check_files(report.write_report(run))
     assert "agreement.json is missing" in page
-    assert f"| {expected['judge']} | judge | combined10 | {expected['kappa']:.3f} |" in md
+    assert f"| {expected['judge']} | judge | combined10 | {md_kappa(expected)} |" in md
     assert "judged in one order only" not in md  # no position-bias section without both orders
     assert "Position bias" not in page.split("<nav>")[1].split("</nav>")[0]
 
@@ -332,7 +339,7 @@ def test_debate_report(server, tmp_path):
     page, md = check_files(report.write_report(run))
     main = json.loads((run / "agreement.json").read_text())["results"][0]
     assert main["kind"] == "debate"
-    assert f"| {md_name(main['judge'])} | debate | {md_name(main['setup'])} | {main['kappa']:.3f} |" in md
+    assert f"| {md_name(main['judge'])} | debate | {md_name(main['setup'])} | {md_kappa(main)} |" in md
     assert "mapo evaluate: debate[j1+j2+j3]" in page
 
 
@@ -435,8 +442,8 @@ def test_report_and_leaderboard_of_the_authors_faireval_judgements(tmp_path):
         )
     )
     _, md = check_files(report.write_report(run))
-    assert "| gemma-2-27b + gemma-2-9b + gpt-4o-mini + llama31-8b | 4 | 0.428 | 80 | 0 |" in md
-    assert "| gpt-4o | juror | combined10 | 0.327 | 80 |" in md  # paper Table: GPT-4o 0.327 on FairEval
+    assert "| gemma-2-27b + gemma-2-9b + gpt-4o-mini + llama31-8b | 4 | 0.428 \\[" in md
+    assert "| gpt-4o | juror | combined10 | 0.327 \\[" in md  # paper Table: GPT-4o 0.327 on FairEval
     assert leaderboard.main([str(run), "--out", str(tmp_path / "lb")]) == 0
     rows = {r["judge"]: r for r in csv.DictReader((tmp_path / "lb" / "leaderboard.csv").read_text().splitlines())}
     assert float(rows["gemma-2-9b"]["kappa"]) == pytest.approx(0.279, abs=5e-4)

@@ -1,5 +1,7 @@
-"""Sections of a ``mapo evaluate`` run: kappa per judge / jury / debate, confusion matrices, position
-bias, parse failures, jury subsets and examples where the judge and the humans disagree."""
+"""Sections of a ``mapo evaluate`` run (and of a ``mapo agreement`` output): kappa per judge / jury /
+debate with its 95% interval and the verdict against the reference evaluator, confusion matrices,
+bias diagnostics (position, length, candidate preference), parse failures, jury subsets and
+examples where the judge and the humans disagree."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mapo.metrics.uncertainty import needed_text
 from mapo.report import plots
-from mapo.report.document import Block, Example, Fig, Section, Table, Text, num, pct
+from mapo.report.document import Block, Example, Fig, Section, Table, Text, ci, num, pct
 from mapo.report.run import Run
+from mapo.report.sections.bias import bias_sections
 from mapo.report.sections.common import reason
 
-__all__ = ["agreement", "evaluate_sections"]
+__all__ = ["agreement", "agreement_overview", "evaluate_sections", "verdict_cell"]
+
+VERDICT_WORDS = {"not_worse": "not worse", "worse": "worse", "cannot_tell": "cannot tell", "reference": "reference"}
 
 
 def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
@@ -32,8 +38,49 @@ def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
     return agreement_tables(recs), note
 
 
-_KAPPA_HEADER = ["judge", "kind", "setup", "kappa", "n", "failed", "failure rate", "accuracy"]
-_KAPPA_HEADER += ["kappa AB", "kappa BA", "P(first)", "swap consistency"]
+def verdict_cell(e: Mapping[str, Any]) -> str:
+    """The verdict of ``e`` against the reference in words: "not worse", "worse", "cannot tell
+    (~924 items needed)", "reference"; "" without one."""
+    v = e.get("vs_reference") or {}
+    if not v.get("verdict"):
+        return ""
+    words = VERDICT_WORDS.get(v["verdict"], str(v["verdict"]))
+    if v["verdict"] == "cannot_tell" and v.get("n_needed"):
+        words += needed_text(v["n_needed"]).replace(" needed)", " items needed)")
+    return words
+
+
+def diff_cell(e: Mapping[str, Any]) -> str:
+    """``kappa - kappa(reference)`` with its paired interval, e.g. "-0.016 [-0.132, +0.094]"."""
+    v = e.get("vs_reference") or {}
+    if v.get("verdict") == "reference":
+        return "0 (reference)"
+    return ci(v.get("diff"), v.get("diff_ci"), sign=True)
+
+
+def reference_note(tables: Mapping[str, Any]) -> Text | None:
+    """How to read the intervals and the verdict column (None when the tables carry no intervals)."""
+    u = tables.get("uncertainty") or {}
+    if not u:
+        return None
+    text = (
+        f"[low, high]: {100 * float(u.get('confidence', 0.95)):g}% {u.get('method', 'bootstrap')} "
+        f"({num(u.get('n_items'))} items, {num(u.get('n_resamples'))} resamples, seed {u.get('seed')})."
+    )
+    if u.get("reference"):
+        m = float(u.get("margin", 0.05))
+        text += (
+            f" Δκ = kappa − kappa of the reference {u['reference']} on the same items (paired bootstrap). "
+            f"Verdict: 'not worse' = Δκ's interval lies above −{m:g}, so on these labels it can replace the "
+            f"reference (non-inferiority margin {m:g}); 'worse' = the interval lies below −{m:g}; 'cannot tell' = "
+            f"the interval contains −{m:g} (items needed assumes the interval narrows like 1/√n). "
+            "The reference is the best evaluator unless one was named (mapo agreement --reference NAME, stats.reference)."
+        )
+    return Text(text, note=True)
+
+
+_KAPPA_HEADER = ["judge", "kind", "setup", "kappa [95% CI]", "accuracy [95% CI]", "n", "failed", "failure rate"]
+_KAPPA_HEADER += ["Δκ vs reference [95% CI]", "verdict"]
 
 
 def evaluate_sections(run: Run, n_examples: int) -> list[Section]:
@@ -43,6 +90,8 @@ def evaluate_sections(run: Run, n_examples: int) -> list[Section]:
         return [Section("Agreement with humans", [Text("No judgements recorded yet.", note=True)])]
     results = list(tables.get("results") or [])
     sections = [_kappa(run, tables, results, note)]
+    if any(e.get("by_order") for e in results):
+        sections.append(_by_order(results))
     sections.append(
         Section(
             "Confusion matrices",
@@ -55,6 +104,7 @@ def evaluate_sections(run: Run, n_examples: int) -> list[Section]:
             ],
         )
     )
+    sections += bias_sections(run, tables)
     if any(e.get("position_bias") for e in results):
         sections.append(_position_bias(results))
     sections.append(_parse_failures(run, results))
@@ -70,32 +120,33 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
     if note:
         blocks.append(Text(note))
     ed = tables.get("eval_data") or run.manifest.get("eval_data") or {}
-    blocks.append(
-        Text(
-            f"Data: {ed.get('loader', '?')} ({num(ed.get('n_items'))} items). Orders judged: "
-            f"{', '.join(tables.get('orders') or run.manifest.get('orders') or ['AB'])}; orders combined by "
-            f"{tables.get('order_combine', '–')}. Failed judgements are left out of kappa and counted.",
-            note=True,
-        )
-    )
+    if run.agreement_file is not None:
+        data = f"Data: human labels {tables.get('humans') or ', '.join(tables.get('sources') or []) or '?'}"
+    else:
+        data = f"Data: {ed.get('loader', '?')} ({num(ed.get('n_items'))} items)"
+    orders = list(tables.get("orders") or run.manifest.get("orders") or ["AB"])
+    if len(orders) > 1 or any(e.get("by_order") for e in results):
+        how = f"orders {', '.join(orders)}, combined by {tables.get('order_combine', '–')}"
+    else:
+        how = f"one order ({', '.join(orders)}), so no position bias can be measured"
+    blocks.append(Text(f"{data}; {how}. Failed judgements are left out of kappa and counted.", note=True))
+    ref_note = reference_note(tables)
+    if ref_note:
+        blocks.append(ref_note)
     rows = []
     for e in results:
-        pb = e.get("position_bias") or {}
-        bo = e.get("by_order") or {}
         rows.append(
             [
                 e.get("judge"),
                 e.get("kind"),
                 e.get("setup"),
-                e.get("kappa"),
+                ci(e.get("kappa"), e.get("kappa_ci")),
+                ci(e.get("accuracy"), e.get("accuracy_ci"), percent=True),
                 e.get("n"),
                 e.get("n_failed"),
                 pct(e.get("failure_rate")),
-                pct(e.get("accuracy")),
-                (bo.get("AB") or {}).get("kappa"),
-                (bo.get("BA") or {}).get("kappa"),
-                pb.get("first_rate"),
-                pb.get("consistency"),
+                diff_cell(e) if e.get("vs_reference") else "–",
+                verdict_cell(e) or "–",
             ]
         )
     blocks.append(Table(list(_KAPPA_HEADER), rows))
@@ -103,34 +154,67 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
         Fig(
             "kappa",
             plots.kappa_bars(results),
-            "Cohen's kappa of each judge, juror, jury or debate with the human labels.",
+            "Cohen's kappa of each judge, juror, jury or debate with the human labels, with its 95% interval.",
         )
     )
     return Section("Agreement with humans (Cohen's kappa)", blocks)
 
 
-def _position_bias(results: Sequence[Mapping[str, Any]]) -> Section:
-    rows = [
-        [
-            e["judge"],
-            e.get("kind"),
-            e["position_bias"].get("n_pairs"),
-            e["position_bias"].get("n_failed"),
-            e["position_bias"].get("first_rate"),
-            e["position_bias"].get("tie_rate"),
-            e["position_bias"].get("consistency"),
-        ]
-        for e in results
-        if e.get("position_bias")
-    ]
+def _by_order(results: Sequence[Mapping[str, Any]]) -> Section:
+    rows = []
+    for e in results:
+        bo = e.get("by_order") or {}
+        if bo:
+            ab, ba = bo.get("AB") or {}, bo.get("BA") or {}
+            rows.append(
+                [
+                    e.get("judge"),
+                    e.get("kind"),
+                    ci(ab.get("kappa"), ab.get("kappa_ci")),
+                    ci(ba.get("kappa"), ba.get("kappa_ci")),
+                    ci(e.get("kappa"), e.get("kappa_ci")),
+                ]
+            )
     return Section(
-        "Position bias",
+        "Kappa per presentation order",
         [
-            Table(["judge", "kind", "pairs", "failed", "P(first | decisive)", "tie rate", "swap consistency"], rows),
+            Text("AB: response_a shown first; BA: swapped. Combined: both orders, as in the table above.", note=True),
+            Table(["judge", "kind", "kappa AB [95% CI]", "kappa BA [95% CI]", "combined [95% CI]"], rows),
+        ],
+    )
+
+
+def _position_bias(results: Sequence[Mapping[str, Any]]) -> Section:
+    rows = []
+    for e in results:
+        pb = e.get("position_bias")
+        if pb:
+            rows.append(
+                [
+                    e["judge"],
+                    e.get("kind"),
+                    pb.get("n_pairs"),
+                    pb.get("n_failed"),
+                    ci(pb.get("first_rate"), pb.get("first_rate_ci")),
+                    pb.get("tie_rate"),
+                    ci(pb.get("consistency"), pb.get("consistency_ci")),
+                ]
+            )
+    header = ["judge", "kind", "pairs", "failed", "P(first | decisive) [95% CI]", "tie rate"]
+    return Section(
+        "Bias: position",
+        [
+            Text(
+                "Each pair judged in both orders. P(first): share of decisive picks that went to the response shown "
+                "first (0.5 = no position preference; an interval that leaves 0.5 out is a position bias). "
+                "Swap consistency: share of pairs with the same verdict in both orders.",
+                note=True,
+            ),
+            Table([*header, "swap consistency [95% CI]"], rows),
             Fig(
                 "position_bias",
                 plots.position_bias(results),
-                "Each pair judged in both orders: 0.5 = no position preference.",
+                "Position bias with 95% intervals: 0.5 = no position preference.",
             ),
         ],
     )
@@ -139,13 +223,28 @@ def _position_bias(results: Sequence[Mapping[str, Any]]) -> Section:
 def _jury_subsets(j: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> Section:
     subsets = j.get("subsets") or []
     rows = [
-        [" + ".join(s["members"]), s.get("size", len(s["members"])), s.get("kappa"), s.get("n"), s.get("n_failed")]
+        [
+            " + ".join(s["members"]),
+            s.get("size", len(s["members"])),
+            ci(s.get("kappa"), s.get("kappa_ci")),
+            s.get("n"),
+            s.get("n_failed"),
+            diff_cell(s) if s.get("vs_reference") else "–",
+            verdict_cell(s) or "–",
+        ]
         for s in subsets[:15]
     ]
     safe = re.sub(r"[^A-Za-z0-9]+", "_", j.get("jury", "jury")).strip("_")[:60]
     singles = {
         e["judge"]: e.get("kappa") for e in results if e.get("kind") == "juror" and e.get("member_of") == j.get("jury")
     }
+    if not singles:  # juries formed across single judges (mapo agreement --jury-subsets): the judges alone
+        members = {m for s in subsets for m in s.get("members", [])}
+        singles = {
+            e["judge"]: e.get("kappa")
+            for e in results
+            if e.get("kind") == "judge" and e.get("setup") == j.get("setup") and e.get("judge") in members
+        }
     return Section(
         f"Jury subsets: {j.get('jury')}",
         [
@@ -154,7 +253,7 @@ def _jury_subsets(j: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) ->
                 f"(tie break {j.get('tie_break')}); {len(subsets)} subsets, best 15 shown.",
                 note=True,
             ),
-            Table(["members", "size", "kappa", "n", "failed"], rows),
+            Table(["members", "size", "kappa [95% CI]", "n", "failed", "Δκ vs reference [95% CI]", "verdict"], rows),
             Fig(
                 f"jury_subsets_{safe}",
                 plots.jury_heatmap(subsets, singles=singles, title=f"Jury subsets of {j.get('jury')}"),
@@ -166,6 +265,7 @@ def _jury_subsets(j: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) ->
 
 
 def _parse_failures(run: Run, results: Sequence[Mapping[str, Any]]) -> Section:
+    authors = any("authors_parse_failures" in e for e in results)
     rows = [
         [
             e.get("judge"),
@@ -173,16 +273,19 @@ def _parse_failures(run: Run, results: Sequence[Mapping[str, Any]]) -> Section:
             e.get("n", 0) + e.get("n_failed", 0),
             e.get("n_failed"),
             pct(e.get("failure_rate")),
+            *([e.get("authors_parse_failures"), e.get("parse_mismatches")] if authors else []),
         ]
         for e in results
     ]
-    blocks: list[Block] = [
-        Table(
-            ["judge", "kind", "items", "failed", "failure rate"],
-            rows,
-            caption="Items whose judgement failed in every order (parse failure, refusal, rejected request).",
+    header = ["judge", "kind", "items", "failed", "failure rate"]
+    caption = "Items whose judgement failed in every order (parse failure, refusal, rejected request)."
+    if authors:
+        header += ["authors' parse failures", "re-parse ≠ recorded"]
+        caption += (
+            " For the authors' outputs: records their parser could not read (-1 scores), and records where "
+            "mapo's re-parse of the raw text differs from the score they recorded."
         )
-    ]
+    blocks: list[Block] = [Table(header, rows, caption=caption)]
     reasons: Counter[tuple[Any, str]] = Counter()
     for r in run.records("judgements.jsonl"):
         if r.get("failure"):
@@ -225,3 +328,25 @@ def _disagreements(run: Run, n: int) -> list[Example]:
             )
         )
     return out
+
+
+def agreement_overview(run: Run) -> Section:
+    """What a ``mapo agreement`` output was computed from: its file, sources, labels and notes."""
+    t = run.json("agreement.json") or {}
+    rows: list[list[Any]] = [["command", "mapo agreement (output file)"], ["file", str(run.agreement_file)]]
+    if t.get("source"):
+        rows.append(["judgements", f"{t['source']} (the authors' outputs: {', '.join(t.get('strategies') or [])})"])
+    for s in t.get("sources") or []:
+        rows.append(["judgements", s])
+    if t.get("humans"):
+        rows.append(["human labels", t["humans"]])
+    if t.get("labels_from"):
+        rows.append(["labels from", t["labels_from"]])
+    rows.append(["evaluators", len(t.get("results") or [])])
+    u = t.get("uncertainty") or {}
+    if u:
+        rows.append(["intervals", f"{100 * float(u.get('confidence', 0.95)):g}% {u.get('method', '')}"])
+        rows.append(["reference", f"{u.get('reference')} (margin {u.get('margin')})"])
+    blocks: list[Block] = [Table(["field", "value"], rows)]
+    blocks += [Text(f"Note: {n}", note=True) for n in t.get("notes") or []]
+    return Section("Overview", blocks)

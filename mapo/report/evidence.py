@@ -1,0 +1,282 @@
+"""What a report needs beyond the agreement tables: per-item verdicts and the evaluated pairs.
+
+The bias diagnostics (:mod:`mapo.metrics.bias`) need each evaluator's per-item verdict, the
+human label, and for length and candidate preference the evaluated pairs: the length of each
+response and which model wrote it. None of that is in ``agreement.json``; it is read, without
+a model call, from:
+
+* a ``mapo evaluate`` run: its ``judgements.jsonl``, and the items named by ``eval_data`` in
+  its ``config.yaml`` (:func:`mapo.runs.evaluate.load_items`; local files only, the report
+  fetches nothing from the Hub);
+* a ``mapo agreement`` output: the record files it names (``sources``), or for ``--authors``
+  the authors' strategy folders and the human-label file it names (``source``, ``humans``),
+  re-imported with :mod:`mapo.data.importers` as ``mapo agreement`` read them.
+
+Which model wrote each response comes from the items' ``model_a`` / ``model_b`` columns when
+the file has them (FairEval does: Vicuna-13B vs GPT-3.5). Whatever cannot be found is named in
+a note, and the diagnostics it would feed are left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mapo.metrics.uncertainty import CONFIDENCE, N_RESAMPLES, SEED, Bootstrap
+from mapo.report.run import Run, read_records
+
+__all__ = ["BIAS_RESAMPLES", "Evidence", "bias_diagnostics", "by_evaluator", "evidence", "settings_of"]
+
+log = logging.getLogger(__name__)
+
+_KINDS = ("judge", "juror", "jury", "debate")
+_LOCAL_LOADERS = ("faireval", "local")
+BIAS_RESAMPLES = 10_000
+"""Most resamples for the bias intervals (Monte Carlo error of a 95% bound ~0.003 on 80 items)."""
+
+
+@dataclass
+class Evidence:
+    """Per-item verdict records and the evaluated pairs of a run, with notes on what is missing."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    lengths: dict[str, tuple[int, int]] | None = None
+    candidates: dict[str, tuple[str, str]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def settings_of(tables: Mapping[str, Any] | None) -> Bootstrap:
+    """The bootstrap settings the tables were computed with (defaults when they name none)."""
+    u = (tables or {}).get("uncertainty") or {}
+    return Bootstrap(
+        n_resamples=int(u.get("n_resamples", N_RESAMPLES)),
+        seed=int(u.get("seed", SEED)),
+        confidence=float(u.get("confidence", CONFIDENCE)),
+    )
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _raw_rows(path: Path) -> list[dict[str, Any]]:
+    """The objects of a .jsonl, .json (a list) or .csv file, as they are (for columns HumanRow drops)."""
+    fmt = path.suffix.lower().lstrip(".")
+    text = path.read_text(encoding="utf-8")
+    if fmt == "csv":
+        return list(csv.DictReader(text.splitlines()))
+    if fmt == "json":
+        data = json.loads(text)
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    return [r for r in (json.loads(line) for line in text.splitlines() if line.strip()) if isinstance(r, dict)]
+
+
+def _candidates(path: Path | None, id_column: str = "id") -> dict[str, tuple[str, str]] | None:
+    """item id -> (model_a, model_b) from the file's columns; None when it names no models."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        rows = _raw_rows(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    out = {}
+    for i, r in enumerate(rows):
+        a, b = r.get("model_a"), r.get("model_b")
+        if isinstance(a, str) and isinstance(b, str) and a and b:
+            out[str(r.get(id_column, i))] = (a, b)
+    return out or None
+
+
+def _eval_spec(run_dir: Path, config_text: str | None, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``eval_data`` of a run: from its config.yaml, else its manifest (without the counts)."""
+    if config_text:
+        try:
+            cfg = yaml.safe_load(config_text) or {}
+        except yaml.YAMLError:
+            cfg = {}
+        if isinstance(cfg, dict) and isinstance(cfg.get("eval_data"), dict):
+            return dict(cfg["eval_data"])
+    spec = manifest.get("eval_data")
+    if isinstance(spec, dict) and spec.get("loader"):
+        return {k: v for k, v in spec.items() if k != "n_items"}
+    return None
+
+
+def _items_path(spec: Mapping[str, Any]) -> Path | None:
+    """The local file a spec reads (faireval: the shared copy unless it names one), or None."""
+    for key in ("path", "data_files"):
+        if isinstance(spec.get(key), str):
+            p = Path(spec[key]).expanduser()
+            if not p.exists():
+                from mapo.core.config import shipped_path
+
+                p = shipped_path(p)
+            return p
+    if spec.get("loader") == "faireval":
+        from mapo.data.humans import default_faireval_path
+
+        return default_faireval_path()
+    return None
+
+
+def _pairs_of(spec: Mapping[str, Any] | None, ev: Evidence) -> None:
+    """Fill ``ev.lengths`` and ``ev.candidates`` from the items of ``spec`` (notes when they cannot be read)."""
+    if not spec:
+        ev.notes.append("The run names no eval_data, so response lengths and candidate models are unknown.")
+        return
+    path = _items_path(spec)
+    if spec.get("loader") not in _LOCAL_LOADERS and (path is None or not path.exists()):
+        ev.notes.append(
+            f"The items come from the Hugging Face Hub (loader {spec.get('loader')}); the report reads no network, "
+            "so length bias and candidate preference are left out."
+        )
+        return
+    from mapo.core.config import ConfigError
+    from mapo.metrics.bias import lengths_from_rows
+    from mapo.runs.evaluate import load_items
+
+    try:
+        rows, _ = load_items(spec)
+    except (ConfigError, OSError) as e:
+        ev.notes.append(
+            f"The evaluated items cannot be read ({e}), so length bias and candidate preference are left out."
+        )
+        return
+    ev.lengths = lengths_from_rows(rows)
+    columns = spec.get("columns") if isinstance(spec.get("columns"), Mapping) else {}
+    ev.candidates = _candidates(path, str((columns or {}).get("id", "id")))
+    if ev.candidates is None:
+        ev.notes.append(
+            "The items name no model_a / model_b columns, so candidate (self / family) preference is left out."
+        )
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
+    """Re-import the authors' judgements that ``mapo agreement --authors`` read (same labels, same items)."""
+    from mapo.data.humans import HumanDataError, load_local
+    from mapo.data.importers import SETUPS, JudgmentsFormatError, load_author_judgments
+    from mapo.metrics.bias import lengths_from_rows
+
+    root, humans = Path(str(tables["source"])), Path(str(tables.get("humans") or ""))
+    if not root.is_dir() or not humans.is_file():
+        ev.notes.append(
+            f"The authors' judgements ({root}) or the human labels ({humans}) named by this output are not "
+            "here, so the bias diagnostics that need per-item verdicts are left out."
+        )
+        return
+    try:
+        rows = load_local(humans, columns={"human": "winner"}, need_text=False)
+    except HumanDataError as e:
+        ev.notes.append(
+            f"The human labels cannot be re-read with the default columns ({e}); bias diagnostics left out."
+        )
+        return
+    human = {r["id"]: r["human"] for r in rows}
+    recorded = str(tables.get("labels_from", "")).startswith("recorded")
+    try:
+        for strategy in tables.get("strategies") or []:
+            for judge, recs in sorted(load_author_judgments(root, strategy).items()):
+                kind = "debate" if strategy == "debate" else "judge"
+                name = f"debate[{judge}]" if kind == "debate" else judge
+                for r in recs:
+                    if str(r.index) not in human:
+                        continue
+                    label = r.recorded_label if recorded else r.parsed_label
+                    ev.records.append(
+                        {
+                            "item_id": str(r.index),
+                            "kind": kind,
+                            "judge": name,
+                            "setup": SETUPS[strategy],
+                            "models": [judge],
+                            "order": "AB",
+                            "pick": None,
+                            "label": label,
+                            "human": human[str(r.index)],
+                        }
+                    )
+    except (JudgmentsFormatError, OSError, ValueError) as e:
+        ev.notes.append(f"The authors' judgements cannot be re-read ({e}); bias diagnostics left out.")
+        ev.records = []
+        return
+    if all(r["response_a"] or r["response_b"] for r in rows):
+        ev.lengths = lengths_from_rows(rows)
+    else:
+        ev.notes.append(f"{humans} holds no response texts, so length bias is left out.")
+    ev.candidates = _candidates(humans)
+    if ev.candidates is None:
+        ev.notes.append(f"{humans} names no model_a / model_b, so candidate preference is left out.")
+
+
+def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
+    """The per-item records and evaluated pairs behind ``run``'s agreement tables (module doc)."""
+    ev = Evidence()
+    if run.agreement_file is None:
+        ev.records = [r for r in run.records("judgements.jsonl") if r.get("kind") in _KINDS]
+        _pairs_of(_eval_spec(run.dir, run.config_text, run.manifest), ev)
+        return ev
+    tables = tables if tables is not None else (run.json("agreement.json") or {})
+    if tables.get("source") and tables.get("humans"):
+        _authors_records(tables, ev)
+        return ev
+    sources = [Path(str(s)) for s in tables.get("sources") or []]
+    present = [s for s in sources if s.is_file()]
+    if not sources or len(present) < len(sources):
+        missing = ", ".join(str(s) for s in sources if not s.is_file()) or "none named"
+        ev.notes.append(f"The record files this output was computed from are not here ({missing}).")
+        if not present:
+            return ev
+    for s in present:
+        ev.records += [r for r in read_records(s) if r.get("kind") in _KINDS]
+    first = present[0].parent
+    cfg = first / "config.yaml"
+    manifest = (
+        json.loads((first / "manifest.json").read_text(encoding="utf-8")) if (first / "manifest.json").is_file() else {}
+    )
+    _pairs_of(_eval_spec(first, cfg.read_text(encoding="utf-8") if cfg.is_file() else None, manifest), ev)
+    return ev
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def bias_diagnostics(ev: Evidence, tables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Length bias and candidate preference (:mod:`mapo.metrics.bias`) of ``ev``, with ``notes``
+    (what was left out and why) and the bootstrap ``settings`` used.
+
+    Position bias is not recomputed: the agreement tables carry it, with its intervals. The
+    intervals use at most :data:`BIAS_RESAMPLES` resamples (a diagnostic read to two decimals).
+    Family preference is computed only when two candidates share a family; otherwise it is
+    the model preference, and a candidate of the judge's own family is marked from the names.
+    """
+    from mapo.metrics.bias import candidate_preference, family_of, length_bias
+
+    base = settings_of(tables)
+    settings = Bootstrap(n_resamples=min(base.n_resamples, BIAS_RESAMPLES), seed=base.seed, confidence=base.confidence)
+    out: dict[str, Any] = {"notes": list(ev.notes), "settings": settings.to_dict()}
+    if not ev.records:
+        if not ev.notes:
+            out["notes"].append("No per-item verdicts: the bias diagnostics need judgements.jsonl.")
+        return out
+    if ev.lengths is not None:
+        out["length"] = length_bias(ev.records, ev.lengths, settings=settings)
+    if ev.candidates is not None:
+        out["model_preference"] = candidate_preference(ev.records, ev.candidates, settings=settings)
+        models = {m for pair in ev.candidates.values() for m in pair}
+        if len({family_of(m) for m in models}) < len(models):
+            out["family_preference"] = candidate_preference(ev.records, ev.candidates, by="family", settings=settings)
+    return out
+
+
+def by_evaluator(rows: Sequence[Mapping[str, Any]] | None) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """(judge, setup) -> its row of a bias table."""
+    return {(str(r["judge"]), str(r["setup"])): r for r in rows or []}
