@@ -1,24 +1,36 @@
 """``mapo leaderboard RUN_DIR... [--out DIR]``: judges x datasets, like AlpacaEval's evaluator table.
 
-Collects every ``mapo evaluate`` run at or under the given folders (single runs and Hydra
-sweep folders alike) and tabulates, for each (judge, setup) on each dataset: Cohen's kappa
-with the humans, the parse-failure rate, position bias (when both orders were judged) and
-cost in tokens. Every entry of ``agreement.json`` counts: judges, a jury's jurors, juries and
-debates. When the same (dataset, judge, setup) appears in several runs, the one over more
-items wins (then the newest).
+Collects every ``mapo evaluate`` run at or under the given paths (single runs and Hydra
+sweep folders alike) and every ``mapo agreement`` output (the file its ``--out`` names, or
+``agreement*.json`` files in the folders), and tabulates, for each (judge, setup) on each
+dataset: Cohen's kappa with the humans and its 95% interval, the verdict against the
+reference evaluator ("can it replace the reference on these labels?"), the parse-failure
+rate, position bias (when both orders were judged), length bias (when the evaluated items can
+be read) and cost in tokens. Every entry of ``agreement.json`` counts: judges, a jury's
+jurors, juries and debates. When the same (dataset, judge, setup) appears in several
+sources, the one over more items wins (then the newest).
+
+The reference is the one each source's tables were computed against (by default the best
+evaluator); ``--reference NAME`` recomputes every verdict against NAME from the sources'
+per-item verdicts (:mod:`mapo.report.evidence`), with the sources' own bootstrap settings.
 
 Written to ``DIR`` (default ``./leaderboard``):
 
 * ``leaderboard.csv``: one row per (dataset, judge, setup), every figure (long format);
-* ``leaderboard_wide.csv``: one row per (judge, setup), kappa per dataset + means;
+* ``leaderboard_wide.csv``: one row per (judge, setup), kappa (and interval, verdict) per dataset + means;
 * ``leaderboard.md`` and ``leaderboard.html`` (self-contained, with a kappa heatmap).
 
-Columns: ``kappa`` (3-class Cohen's kappa, failures left out), ``failure_rate`` (items with
-no verdict in any order / items), ``record_failure_rate`` (failed records / records, one
-record per item and order), ``first_rate`` (P(picks the response shown first | decisive);
-0.5 = unbiased), ``consistency`` (same verdict in both orders), ``tokens`` (prompt +
-completion tokens of the records behind the entry; cache hits keep their original counts),
-``tokens_per_item``.
+Columns: ``kappa`` (3-class Cohen's kappa, failures left out) with ``kappa_low`` /
+``kappa_high``; ``reference``, ``diff`` (kappa - kappa of the reference on the same items,
+paired bootstrap) with ``diff_low`` / ``diff_high``, ``verdict`` (not_worse | worse |
+cannot_tell | reference, margin ``margin``) and ``n_needed`` (items that would decide);
+``failure_rate`` (items with no verdict in any order / items), ``record_failure_rate``
+(failed records / records, one record per item and order), ``first_rate`` (P(picks the
+response shown first | decisive); 0.5 = unbiased), ``consistency`` (same verdict in both
+orders), ``longer_rate`` / ``human_longer_rate`` (P(prefers the longer response) of the judge
+and of the humans on the same pairs) and ``length_bias`` (their difference, with interval),
+``tokens`` (prompt + completion tokens of the records behind the entry; cache hits keep
+their original counts), ``tokens_per_item``.
 """
 
 from __future__ import annotations
@@ -29,16 +41,17 @@ import io
 import math
 import statistics
 import sys
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from mapo.report import plots
-from mapo.report.document import Document, Fig, Section, Table, Text, render_html, render_markdown
-from mapo.report.run import find_runs, load_run
-from mapo.report.sections.evaluate import agreement
+from mapo.report.document import Document, Fig, Section, Table, Text, ci, render_html, render_markdown
+from mapo.report.evidence import bias_diagnostics, by_evaluator, evidence, settings_of
+from mapo.report.run import Run, find_sources, load_run
+from mapo.report.sections.evaluate import VERDICT_WORDS, agreement
 from mapo.runs.store import atomic_write_text
 
 __all__ = ["Entry", "collect", "main", "wide_table", "write_leaderboard"]
@@ -63,11 +76,39 @@ class Entry:
     tokens: int
     tokens_per_item: float | None
     run: str
+    kappa_low: float | None = None
+    kappa_high: float | None = None
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    reference: str | None = None
+    margin: float | None = None
+    diff: float | None = None
+    diff_low: float | None = None
+    diff_high: float | None = None
+    verdict: str | None = None
+    n_needed: int | None = None
+    first_rate_low: float | None = None
+    first_rate_high: float | None = None
+    longer_rate: float | None = None
+    human_longer_rate: float | None = None
+    length_bias: float | None = None
+    length_bias_low: float | None = None
+    length_bias_high: float | None = None
 
     @property
     def name(self) -> str:
         """``judge (setup)``, the row name of the wide table."""
         return f"{self.judge} ({self.setup})"
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict in words ("cannot tell (~924 items needed)"); "–" without one."""
+        if not self.verdict:
+            return "–"
+        words = VERDICT_WORDS.get(self.verdict, self.verdict)
+        if self.verdict == "cannot_tell" and self.n_needed:
+            words += f" (~{self.n_needed:,} items needed)" if self.n_needed <= 100_000 else " (> 100,000 items needed)"
+        return words
 
 
 def _dataset(eval_data: dict[str, Any]) -> str:
@@ -81,17 +122,74 @@ def _dataset(eval_data: dict[str, Any]) -> str:
     return name
 
 
-def collect(paths: Iterable[str | Path]) -> list[Entry]:
-    """Every evaluation entry found at or under ``paths``, deduplicated (see module doc)."""
+def _source_dataset(run: Run, tables: Mapping[str, Any]) -> str:
+    """The dataset of a source: its eval_data; for ``mapo agreement --authors``, the human-label file
+    (the shared FairEval copy is ``faireval``, as ``eval_data=faireval`` names it)."""
+    if run.agreement_file is not None and tables.get("humans"):
+        from mapo.data.humans import default_faireval_path
+
+        humans = Path(str(tables["humans"]))
+        if humans.exists() and default_faireval_path().exists() and humans.samefile(default_faireval_path()):
+            return "faireval"
+        return f"local:{humans.stem}"
+    ed = tables.get("eval_data") or run.manifest.get("eval_data")
+    if not ed and run.agreement_file is not None and tables.get("sources"):
+        from mapo.report.run import read_json
+
+        first = Path(str(tables["sources"][0])).parent
+        ed = (read_json(first / "agreement.json") or {}).get("eval_data") or (
+            read_json(first / "manifest.json") or {}
+        ).get("eval_data")
+    return _dataset(ed or {})
+
+
+def _f(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _pair(v: Any) -> tuple[float | None, float | None]:
+    return (_f(v[0]), _f(v[1])) if isinstance(v, (list, tuple)) and len(v) == 2 else (None, None)
+
+
+def _rereference(run: Run, tables: dict[str, Any], reference: str, notes: list[str]) -> dict[str, Any]:
+    """``tables`` with every interval and verdict recomputed against ``reference`` from the source's
+    per-item verdicts; unchanged (with a note) when they cannot be read or name no such evaluator."""
+    if (tables.get("uncertainty") or {}).get("reference") == reference:
+        return tables
+    from mapo.metrics.tables import add_uncertainty, build_tables
+
+    where = str(run.agreement_file or run.dir)
+    ev = evidence(run, tables)
+    if not ev.records:
+        notes.append(f"{where}: no per-item verdicts, so its verdicts stay against its own reference")
+        return tables
+    if reference not in {str(r.get("judge")) for r in ev.records}:
+        notes.append(f"{where}: has no evaluator {reference!r}; its verdicts stay against its own reference")
+        return tables
+    u = tables.get("uncertainty") or {}
+    new, humans = build_tables(ev.records, order_combine=str(tables.get("order_combine", "inconsistent_tie")))
+    add_uncertainty(new, humans, settings=settings_of(tables), margin=float(u.get("margin", 0.05)), reference=reference)
+    keep = {k: v for k, v in tables.items() if k not in ("results", "jury_subsets", "uncertainty")}
+    return {**keep, **new}
+
+
+def collect(
+    paths: Iterable[str | Path], *, reference: str | None = None, notes: list[str] | None = None
+) -> list[Entry]:
+    """Every evaluation entry found at or under ``paths``, deduplicated (see module doc).
+    ``reference``: recompute the verdicts against this evaluator; ``notes`` collects what could not be."""
+    notes = notes if notes is not None else []
     best: dict[tuple[str, str, str], tuple[Entry, float]] = {}
-    for run_dir in find_runs(paths):
-        run = load_run(run_dir)
-        if run.command != "evaluate":
+    for source in find_sources(paths):
+        run = load_run(source)
+        if run.command not in ("evaluate", "agreement"):
             continue
         tables, _ = agreement(run)
         if not tables:
             continue
-        dataset = _dataset(tables.get("eval_data") or run.manifest.get("eval_data") or {})
+        if reference is not None:
+            tables = _rereference(run, tables, reference, notes)
+        dataset = _source_dataset(run, tables)
         tokens: dict[tuple, int] = defaultdict(int)
         records: dict[tuple, int] = defaultdict(int)
         failed: dict[tuple, int] = defaultdict(int)
@@ -100,11 +198,16 @@ def collect(paths: Iterable[str | Path]) -> list[Entry]:
             tokens[k] += int(r.get("prompt_tokens") or 0) + int(r.get("completion_tokens") or 0)
             records[k] += 1
             failed[k] += r.get("label") is None
-        mtime = (run.dir / "agreement.json").stat().st_mtime if (run.dir / "agreement.json").exists() else 0.0
+        length = by_evaluator(bias_diagnostics(evidence(run, tables), tables).get("length"))
+        stamp = run.agreement_file or (run.dir / "agreement.json")
+        mtime = stamp.stat().st_mtime if stamp.exists() else 0.0
+        margin = (tables.get("uncertainty") or {}).get("margin")
         for e in tables.get("results") or []:
             k = (e.get("kind"), e.get("judge"), e.get("setup"), e.get("member_of"))
             items = int(e.get("n", 0)) + int(e.get("n_failed", 0))
             pb = e.get("position_bias") or {}
+            vs = e.get("vs_reference") or {}
+            lb = length.get((str(e.get("judge")), str(e.get("setup")))) or {}
             entry = Entry(
                 dataset=dataset,
                 judge=str(e.get("judge")),
@@ -120,7 +223,25 @@ def collect(paths: Iterable[str | Path]) -> list[Entry]:
                 consistency=pb.get("consistency"),
                 tokens=tokens[k],
                 tokens_per_item=tokens[k] / items if items and records[k] else None,
-                run=str(run.dir),
+                run=str(run.agreement_file or run.dir),
+                kappa_low=_pair(e.get("kappa_ci"))[0],
+                kappa_high=_pair(e.get("kappa_ci"))[1],
+                accuracy_low=_pair(e.get("accuracy_ci"))[0],
+                accuracy_high=_pair(e.get("accuracy_ci"))[1],
+                reference=vs.get("reference"),
+                margin=_f(margin) if vs else None,
+                diff=0.0 if vs.get("verdict") == "reference" else _f(vs.get("diff")),
+                diff_low=_pair(vs.get("diff_ci"))[0],
+                diff_high=_pair(vs.get("diff_ci"))[1],
+                verdict=vs.get("verdict"),
+                n_needed=vs.get("n_needed"),
+                first_rate_low=_pair(pb.get("first_rate_ci"))[0],
+                first_rate_high=_pair(pb.get("first_rate_ci"))[1],
+                longer_rate=lb.get("judge_rate"),
+                human_longer_rate=lb.get("human_rate"),
+                length_bias=lb.get("diff"),
+                length_bias_low=_pair(lb.get("diff_ci"))[0],
+                length_bias_high=_pair(lb.get("diff_ci"))[1],
             )
             key = (dataset, entry.judge, entry.setup)
             old = best.get(key)
@@ -136,40 +257,43 @@ def _mean(xs: Iterable[float | None]) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
+def _references(entries: Sequence[Entry], dataset: str) -> list[str]:
+    """The references the verdicts of ``dataset`` were computed against, most common first."""
+    c = Counter(e.reference for e in entries if e.dataset == dataset and e.reference)
+    return [r for r, _ in c.most_common()]
+
+
 def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows): one row per (judge, setup), kappa per dataset, then means; best mean kappa first."""
+    """(header, rows): one row per (judge, setup), kappa per dataset (then its interval and verdict
+    per dataset), then means over datasets; best mean kappa first."""
     datasets = sorted({e.dataset for e in entries})
     by_name: dict[str, dict[str, Entry]] = defaultdict(dict)
     kinds: dict[str, str] = {}
     for e in entries:
         by_name[e.name][e.dataset] = e
         kinds[e.name] = e.kind
-    header = [
-        "judge (setup)",
-        "kind",
-        *[f"kappa {d}" for d in datasets],
-        "mean kappa",
-        "failure rate",
-        "P(first)",
-        "swap consistency",
-        "tokens / item",
-    ]
+    header = ["judge (setup)", "kind", *[f"kappa {d}" for d in datasets]]
+    for d in datasets:
+        header += [f"kappa {d} low", f"kappa {d} high", f"verdict {d}", f"reference {d}"]
+    header += ["mean kappa", "failure rate", "P(first)", "swap consistency", "length bias", "tokens / item"]
     rows = []
     for name, cells in by_name.items():
         es = list(cells.values())
-        rows.append(
-            [
-                name,
-                kinds[name],
-                *[cells[d].kappa if d in cells else None for d in datasets],
-                _mean(e.kappa for e in es),
-                _mean(e.failure_rate for e in es),
-                _mean(e.first_rate for e in es),
-                _mean(e.consistency for e in es),
-                _mean(e.tokens_per_item for e in es),
-            ]
-        )
-    rows.sort(key=lambda r: (r[2 + len(datasets)] is None, -float(r[2 + len(datasets)] or 0.0), str(r[0])))
+        row: list[Any] = [name, kinds[name], *[cells[d].kappa if d in cells else None for d in datasets]]
+        for d in datasets:
+            c = cells.get(d)
+            row += [c.kappa_low, c.kappa_high, c.verdict, c.reference] if c else [None] * 4
+        row += [
+            _mean(e.kappa for e in es),
+            _mean(e.failure_rate for e in es),
+            _mean(e.first_rate for e in es),
+            _mean(e.consistency for e in es),
+            _mean(e.length_bias for e in es),
+            _mean(e.tokens_per_item for e in es),
+        ]
+        rows.append(row)
+    at = header.index("mean kappa")
+    rows.sort(key=lambda r: (r[at] is None, -float(r[at] or 0.0), str(r[0])))
     return header, rows
 
 
@@ -186,25 +310,90 @@ def _r(x: float | None, d: int = 3) -> float | None:
     return None if x is None else round(x, d)
 
 
-def document(entries: Sequence[Entry], sources: Sequence[str]) -> Document:
+def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list[str]]:
+    """The wide table as shown in leaderboard.md / .html (intervals and verdicts in words), and
+    notes naming the columns left out because no source could fill them."""
+    header, rows = wide_table(entries)
+    datasets = sorted({e.dataset for e in entries})
+    cells = {(e.name, e.dataset): e for e in entries}
+    one = len(datasets) == 1
+    show = ["judge (setup)", "kind"]
+    for d in datasets:
+        refs = _references(entries, d)
+        margin = next((e.margin for e in entries if e.dataset == d and e.margin is not None), None)
+        ref = refs[0] if len(refs) == 1 else "the reference of each source"
+        show += [f"kappa {d} [95% CI]", f"vs {ref}" + (f" (margin {margin:g})" if margin is not None else "")]
+        if not one:
+            show[-1] += f" on {d}"
+    if not one:
+        show.append("mean kappa")
+    show += ["failure rate", "P(first)" + (" [95% CI]" if one else ""), "length bias" + (" [95% CI]" if one else "")]
+    show.append("tokens / item")
+    at = {h: i for i, h in enumerate(header)}
+    out = []
+    for r in rows:
+        row: list[Any] = [r[0], r[1]]
+        for d in datasets:
+            e = cells.get((r[0], d))
+            if e is None:
+                row += ["–", "–"]
+                continue
+            many = len(_references(entries, d)) > 1
+            row += [
+                ci(e.kappa, [e.kappa_low, e.kappa_high]),
+                e.verdict_text + (f" (vs {e.reference})" if many and e.reference and e.verdict != "reference" else ""),
+            ]
+        if not one:
+            row.append(_r(r[at["mean kappa"]]))
+        e1 = cells.get((r[0], datasets[0])) if one else None
+        fr = r[at["failure rate"]]
+        row.append("–" if fr is None else f"{100 * fr:.1f}%")
+        if e1 is not None:
+            row.append(ci(e1.first_rate, [e1.first_rate_low, e1.first_rate_high], 2))
+            row.append(ci(e1.length_bias, [e1.length_bias_low, e1.length_bias_high], 2, sign=True))
+        else:
+            row.append(ci(r[at["P(first)"]], None, 2))
+            row.append(ci(r[at["length bias"]], None, 2, sign=True))
+        tpi = r[at["tokens / item"]]
+        row.append(None if tpi is None else int(round(tpi)))
+        out.append(row)
+    # optional columns no source could fill are left out, and the lead note says why
+    why = {
+        "P(first)": "P(first) is not shown: no source judged both orders",
+        "length bias": "length bias is not shown: no source's evaluated items could be read",
+        "tokens / item": "tokens are not shown: no source recorded any (agreement outputs carry none)",
+    }
+    missing: list[str] = []
+    for i in reversed(range(len(show))):
+        key = next((k for k in why if show[i].startswith(k)), None)
+        if key and all(r[i] in (None, "–") for r in out):
+            missing.insert(0, why[key])
+            del show[i]
+            for r in out:
+                del r[i]
+    return show, out, missing
+
+
+def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[str] = ()) -> Document:
     """The leaderboard as a report document: the wide table, the kappa heatmap, every entry, the sources."""
     header, rows = wide_table(entries)
     datasets = sorted({e.dataset for e in entries})
-    shown = [[(_r(v) if isinstance(v, float) else v) for v in r] for r in rows]
-    for r in shown:  # percentages and token counts read better as such
-        r[-4] = "–" if r[-4] is None else f"{100 * r[-4]:.1f}%"
-        r[-1] = None if r[-1] is None else int(round(r[-1]))
+    show, shown, left_out = _display(entries)
     long_header = [
         "dataset",
         "judge",
         "setup",
         "kind",
-        "kappa",
+        "kappa [95% CI]",
         "n",
         "failed",
         "failure rate",
-        "P(first)",
+        "reference",
+        "Δκ vs reference [95% CI]",
+        "verdict",
+        "P(first) [95% CI]",
         "swap consistency",
+        "P(longer): judge / humans",
         "tokens",
         "tokens / item",
     ]
@@ -214,38 +403,69 @@ def document(entries: Sequence[Entry], sources: Sequence[str]) -> Document:
             e.judge,
             e.setup,
             e.kind,
-            _r(e.kappa),
+            ci(e.kappa, [e.kappa_low, e.kappa_high]),
             e.n,
             e.n_failed,
             f"{100 * e.failure_rate:.1f}%",
-            _r(e.first_rate),
+            e.reference or "–",
+            "0 (reference)" if e.verdict == "reference" else ci(e.diff, [e.diff_low, e.diff_high], sign=True),
+            e.verdict_text,
+            ci(e.first_rate, [e.first_rate_low, e.first_rate_high], 2),
             _r(e.consistency),
+            "–" if e.longer_rate is None else f"{e.longer_rate:.2f} / {e.human_longer_rate:.2f}",
             e.tokens,
             None if e.tokens_per_item is None else int(round(e.tokens_per_item)),
         ]
         for e in entries
     ]
     matrix = [[r[2 + i] for i in range(len(datasets))] for r in rows]
+    explain = (
+        "Cohen's kappa with human labels (3 classes, ties a class; failed judgements left out and counted in the "
+        'failure rate), with its 95% bootstrap interval over items. The verdict column answers "can it replace the '
+        'reference on these labels?": Δκ = kappa − kappa of the reference on the same items (paired bootstrap); '
+        "'not worse' = Δκ's interval lies above −margin (yes, within the margin); 'worse' = it lies below −margin; "
+        "'cannot tell' = the interval contains −margin, with the items that would decide. P(first): share of "
+        "decisive picks given to the response shown first, 0.5 = unbiased (needs both orders). Length bias: "
+        "P(prefers the longer response) of the judge minus that of the humans on the same pairs (0 = as the "
+        "humans). Tokens: prompt + completion tokens per judged item."
+    )
+    lead = [Text(explain, note=True)] + [Text(f"Note: {n}.", note=True) for n in left_out]
+    lead += [Text(f"Note: {n}", note=True) for n in notes]
+    if len(datasets) == 1:  # one column of a heatmap says little: the kappas with their intervals instead
+        bars = [
+            {
+                "judge": e.name,
+                "kind": e.kind,
+                "kappa": e.kappa,
+                "kappa_ci": [e.kappa_low, e.kappa_high],
+                "n": e.n,
+                "n_failed": e.n_failed,
+                "vs_reference": {"verdict": e.verdict},
+            }
+            for e in entries
+        ]
+        figure = Fig(
+            "kappa", plots.kappa_bars(bars, title=f"Cohen's kappa on {datasets[0]}"), "Kappa with its 95% interval."
+        )
+    else:
+        figure = Fig(
+            "kappa_matrix",
+            plots.kappa_matrix(matrix, [r[0] for r in rows], datasets),
+            "Kappa per judge and dataset.",
+        )
     sections = [
         Section(
             "Leaderboard",
             [
-                Text(
-                    "Cohen's kappa with human labels (3 classes, ties a class; failed judgements left out and counted in the failure "
-                    "rate). P(first): share of decisive picks given to the response shown first, 0.5 = unbiased (needs both orders). "
-                    "Tokens: prompt + completion tokens per judged item.",
-                    note=True,
-                ),
-                Table(header, shown),
-                Fig(
-                    "kappa_matrix",
-                    plots.kappa_matrix(matrix, [r[0] for r in rows], datasets),
-                    "Kappa per judge and dataset.",
-                ),
+                *lead,
+                Table(show, shown),
+                figure,
             ],
         ),
         Section("Every entry", [Table(long_header, long_rows)]),
-        Section("Sources", [Table(["run folder"], [[s] for s in sorted({e.run for e in entries})])]),
+        Section(
+            "Sources", [Table(["run folder or agreement output"], [[s] for s in sorted({e.run for e in entries})])]
+        ),
     ]
     return Document(
         "mapo leaderboard: judges x datasets", f"{len(entries)} entries from {', '.join(sources)}", sections
@@ -253,15 +473,21 @@ def document(entries: Sequence[Entry], sources: Sequence[str]) -> Document:
 
 
 def write_leaderboard(
-    paths: Sequence[str | Path], out: str | Path = "leaderboard", entries: Sequence[Entry] | None = None
+    paths: Sequence[str | Path],
+    out: str | Path = "leaderboard",
+    entries: Sequence[Entry] | None = None,
+    *,
+    reference: str | None = None,
+    notes: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write leaderboard.csv, leaderboard_wide.csv, .md, .html and figures/ under ``out``; return their paths."""
-    entries = collect(paths) if entries is None else entries
+    found: list[str] = list(notes or [])
+    entries = collect(paths, reference=reference, notes=found) if entries is None else entries
     out_dir = Path(out)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     names = [f.name for f in fields(Entry)]
     header, rows = wide_table(entries)
-    doc = document(entries, [str(p) for p in paths])
+    doc = document(entries, [str(p) for p in paths], found)
     for f in doc.figures():
         (out_dir / "figures" / f"{f.name}.png").write_bytes(f.png)
     written = {
@@ -278,26 +504,38 @@ def write_leaderboard(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``mapo leaderboard``: 0 when written, 2 when there is no evaluate run."""
+    """``mapo leaderboard``: 0 when written, 2 when there is no evaluation to show."""
     ap = argparse.ArgumentParser(
         prog="mapo leaderboard",
-        description="Judges x datasets: kappa, parse failures, position bias, tokens (from mapo evaluate runs).",
+        description="Judges x datasets: kappa with intervals, verdicts against a reference, parse failures, "
+        "position and length bias, tokens (from mapo evaluate runs and mapo agreement outputs).",
     )
-    ap.add_argument("runs", nargs="+", help="evaluate run folders or folders holding them (Hydra sweeps)")
+    ap.add_argument(
+        "runs",
+        nargs="+",
+        help="evaluate run folders, folders holding them (Hydra sweeps), or `mapo agreement` output files",
+    )
     ap.add_argument("--out", default="leaderboard", help="output folder (default ./leaderboard)")
+    ap.add_argument(
+        "--reference",
+        metavar="NAME",
+        help="recompute every verdict against this evaluator, e.g. gpt-4o (default: each source's own reference)",
+    )
     args = ap.parse_args(argv)
-    missing = [p for p in args.runs if not Path(p).is_dir()]
+    missing = [p for p in args.runs if not Path(p).exists()]
     if missing:
-        print(f"mapo leaderboard: not a folder: {', '.join(missing)}", file=sys.stderr)
+        print(f"mapo leaderboard: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    entries = collect(args.runs)
+    notes: list[str] = []
+    entries = collect(args.runs, reference=args.reference, notes=notes)
     if not entries:
         print(
-            f"mapo leaderboard: no `mapo evaluate` runs (manifest.json with command evaluate) under {', '.join(args.runs)}",
+            "mapo leaderboard: no `mapo evaluate` runs (manifest.json with command evaluate) or `mapo agreement` "
+            f"outputs (JSON with agreement tables) under {', '.join(args.runs)}",
             file=sys.stderr,
         )
         return 2
-    paths = write_leaderboard(args.runs, args.out, entries)
+    paths = write_leaderboard(args.runs, args.out, entries, notes=notes)
     print(paths["md"].read_text(encoding="utf-8").split("## Every entry")[0].rstrip())
     print("\n" + "\n".join(str(p) for p in paths.values()))
     return 0
