@@ -1,5 +1,7 @@
-"""Sections of a ``mapo build`` run: score trajectories, which iteration the judge chose, failures,
-example chosen/rejected pairs and, when present, the win-rate table."""
+"""Sections of a ``mapo build`` run: score trajectories, which iteration the judge chose, the pairs
+written and left out (manifest ``pairs``), the dataset quality indicators
+(:mod:`mapo.metrics.dataset_quality`, as on the dataset card), failures, example chosen/rejected
+pairs and, when present, the win-rate table."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from mapo.report.document import Block, Example, Fig, Section, Table, Text, num,
 from mapo.report.run import Run
 from mapo.report.sections.common import iteration_scores, reason, trajectory_section, winrate_section
 
-__all__ = ["build_sections", "generation_failures"]
+__all__ = ["build_sections", "dataset_section", "generation_failures"]
 
 
 def build_sections(run: Run, n_examples: int) -> list[Section]:
@@ -25,6 +27,7 @@ def build_sections(run: Run, n_examples: int) -> list[Section]:
     if traj:
         sections.append(traj)
     sections.append(_selection(gens, sels))
+    sections.append(dataset_section(run))
     sections.append(generation_failures(run, gens, sels))
     examples = _examples(run.records("dpo.jsonl"), sels, n_examples)
     if examples:
@@ -94,6 +97,65 @@ def _selection(gens: Sequence[Mapping[str, Any]], sels: Sequence[Mapping[str, An
         )
     )
     return Section("Selection: which iteration was chosen", blocks)
+
+
+_PAIR_ROWS = (
+    ("pairs_written", "DPO pairs written"),
+    ("items_with_pairs", "prompts with at least one pair"),
+    ("items_without_pairs", "prompts that gave no pair"),
+    ("kto_rows", "KTO rows"),
+    ("ties_dropped", "tied comparisons dropped (no pair without a decision)"),
+    ("ties_kept", "ties kept as pairs (selection.on_tie=keep; column decisive false)"),
+    ("identical_pairs_skipped", "identical chosen / rejected skipped"),
+    ("truncated_excluded", "responses cut by max_tokens left out"),
+)
+
+
+def _quality_rows(markdown: str) -> list[list[str]]:
+    """The rows of the indicator table in :func:`mapo.metrics.dataset_quality.quality_markdown` (the card's wording)."""
+    rows = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 2 and cells[0] not in ("indicator", "---"):
+            rows.append(cells)
+    return rows
+
+
+def dataset_section(run: Run) -> Section:
+    """What the dataset holds and left out, by reason (manifest ``pairs``), and its quality indicators."""
+    from mapo.metrics.dataset_quality import dataset_quality, quality_markdown
+
+    blocks: list[Block] = []
+    pairs = run.manifest.get("pairs") or {}
+    if pairs:
+        rows: list[list[Any]] = [[label, pairs[key]] for key, label in _PAIR_ROWS if key in pairs]
+        for why, n in (pairs.get("ties_dropped_by_reason") or {}).items():
+            rows.append([f"  tie dropped: {why}", n])
+        blocks.append(Table(["pairs", "count"], rows, caption="What the dataset holds and what was left out, and why."))
+    else:
+        blocks.append(Text("The manifest has no pair counts (a run from before they were recorded).", note=True))
+    # dataset_quality_of_run's reading, but through the report's reader: a damaged line costs that record only
+    q = dataset_quality(*(run.records(f"{n}.jsonl") for n in ("generations", "selections", "dpo", "kto")))
+    if q["items"]["selections"]:
+        blocks.append(
+            Table(
+                ["indicator", "value"],
+                _quality_rows(quality_markdown(q)),
+                caption="Dataset quality indicators (as on the dataset card). A chosen response that is mostly the "
+                "longer one, or mostly the last iteration, teaches length or position rather than quality; "
+                "zero-margin pairs carry no preference.",
+            )
+        )
+        hist = q["margin"].get("histogram") or {}
+        if any(hist.values()):
+            blocks.append(
+                Fig(
+                    "margin_histogram",
+                    plots.histogram(hist, xlabel="judge score margin (chosen − rejected)", ylabel="DPO pairs"),
+                    "The judge's score margin of each DPO pair.",
+                )
+            )
+    return Section("Dataset: pairs and quality", blocks)
 
 
 def _examples(dpo: Sequence[Mapping[str, Any]], sels: Sequence[Mapping[str, Any]], n_examples: int) -> Section | None:

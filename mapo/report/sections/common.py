@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mapo.report import plots
-from mapo.report.document import Block, Code, Fig, Section, Table, Text, dur, num, pct
+from mapo.report.document import Block, Code, Fig, Section, Table, Text, ci, dur, num, pct
 from mapo.report.run import Run
 
 __all__ = [
@@ -265,36 +265,70 @@ def trajectory_section(
     return Section(title, blocks)
 
 
+def _winrate_comparison(wr: Mapping[str, Any], c: str, b: str, cell: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The paired comparison of configuration ``c`` against the reference configuration for
+    baseline ``b``, wherever winrate.json keeps it (in the cell, or under ``comparisons``); {} if none."""
+    comp = cell.get("vs_reference") or cell.get("comparison")
+    if not comp:
+        comp = ((wr.get("comparisons") or {}).get(c) or {}).get(b)
+    return comp if isinstance(comp, Mapping) else {}
+
+
 def winrate_section(wr: Mapping[str, Any]) -> Section:
-    """The win-rate table of ``winrate.json`` (configurations x baselines) and its bars."""
+    """The win-rate table of ``winrate.json`` (configurations x baselines) and its bars; each rate
+    with its 95% interval and the verdict against the reference configuration where the file has them."""
+    from mapo.report.sections.evaluate import verdict_cell
+
     rows_names, cols = list(wr.get("rows") or []), list(wr.get("columns") or [])
     table = wr.get("table") or {}
-    header = ["configuration", "baseline", "win %", "tie %", "loss %", "win % (ties as half)", "judged n", "failed"]
+    cells = [(c, b, (table.get(c) or {}).get(b)) for c in rows_names for b in cols]
+    has_ci = any(cell and cell.get("win_rate_ci") for _, _, cell in cells)
+    has_cmp = any(cell and _winrate_comparison(wr, c, b, cell) for c, b, cell in cells)
+    suffix = " [95% CI]" if has_ci else ""
+    header = ["configuration", "baseline", f"win %{suffix}", f"tie %{suffix}", "loss %"]
+    header += [f"win % (ties as half){suffix}", "judged n", "failed"]
+    if has_cmp:
+        header += ["Δ win rate vs reference [95% CI]", "verdict"]
     rows: list[list[Any]] = []
-    for c in rows_names:
-        for b in cols:
-            cell = (table.get(c) or {}).get(b)
-            if not cell:
-                rows.append([c, b, None, None, None, None, 0, 0])
-                continue
-            n = cell.get("n") or 0
-            rows.append(
-                [
-                    c,
-                    b,
-                    pct(cell.get("win_rate")),
-                    pct(cell.get("tie_rate")),
-                    pct(cell.get("losses", 0) / n if n else None),
-                    pct(cell.get("win_rate_ties_half")),
-                    n,
-                    cell.get("failed", 0),
+    for c, b, cell in cells:
+        if not cell:
+            rows.append([c, b, None, None, None, None, 0, 0] + ([None, None] if has_cmp else []))
+            continue
+        n = cell.get("n") or 0
+        row = [
+            c,
+            b,
+            ci(cell.get("win_rate"), cell.get("win_rate_ci"), percent=True),
+            ci(cell.get("tie_rate"), cell.get("tie_rate_ci"), percent=True),
+            pct(cell.get("losses", 0) / n if n else None),
+            ci(cell.get("win_rate_ties_half"), cell.get("win_rate_ties_half_ci"), percent=True),
+            n,
+            cell.get("failed", 0),
+        ]
+        if has_cmp:
+            comp = _winrate_comparison(wr, c, b, cell)
+            if comp.get("verdict") == "reference":
+                row += ["0 (reference)", "reference"]
+            else:
+                row += [
+                    ci(comp.get("diff"), comp.get("diff_ci"), percent=True, sign=True),
+                    verdict_cell({"vs_reference": comp}) or "–",
                 ]
-            )
+        rows.append(row)
     note = (
         f"Judge {wr.get('judge', '?')} ({wr.get('setup', '?')}), {wr.get('n_prompts', '?')} prompts; "
         "the configuration is shown as A. "
         "Rates are over judged comparisons (wins + ties + losses); judge failures are left out and counted."
     )
+    if has_ci:
+        note += " [low, high]: 95% bootstrap interval over prompts."
+    else:
+        note += " This winrate.json carries no intervals (written by an older mapo): rates are point estimates."
+    if has_cmp:
+        note += (
+            " Δ win rate: this configuration's win rate minus the reference configuration's against the same "
+            "baseline, paired by prompt; the verdict reads as for kappa (not worse / worse / cannot tell)."
+        )
     return Section(
         "Win rate against baselines",
         [
