@@ -143,7 +143,7 @@ def fake_endpoint(tmp_path):
     os.write(fd, key.encode())
     os.close(fd)
     with FakeServer(api_key=key) as server, FakeServer(api_key=key) as second:
-        for name, srv in zip(EMBEDDED, (server, second)):  # one registry entry per base_url
+        for name, srv in zip(EMBEDDED, (server, second), strict=True):  # one registry entry per base_url
             endpoints.register(
                 endpoints.Endpoint(
                     name=name,
