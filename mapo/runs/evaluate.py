@@ -14,8 +14,12 @@ Files written to ``output_dir``:
 * ``agreement.json``: Cohen's kappa per judge / juror / jury / debate, confusion matrix,
   failure rate, kappa per order and position bias when both orders were judged, and (for a
   jury) the kappa of every subset of the jurors, best first, computed from the stored
-  juror labels with no model call;
-* ``manifest.json``: status, models, usage per (role, model), timings, throughput;
+  juror labels with no model call; every kappa and accuracy with its bootstrap interval and
+  the verdict against the reference evaluator (``stats.*``: resamples, seed, confidence,
+  margin, reference; :mod:`mapo.metrics.uncertainty`);
+* ``manifest.json``: status, models, usage per (role, model), timings, throughput, the
+  headline agreement with its interval, and ``scoring``: with ``judge.scoring=expected``, how
+  many answers were weighed by their logprobs and how many kept as written (and why);
 * ``config.yaml``: the composed config.
 
 Record schema of ``judgements.jsonl`` (one JSON object per line):
@@ -71,6 +75,7 @@ from mapo.judging.judge import Judge, judge_setup
 from mapo.judging.jury import Jury
 from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
+from mapo.metrics.uncertainty import stats_options
 from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
 from mapo.runs.store import atomic_write_json, iter_records
 
@@ -192,6 +197,23 @@ def _identity(cfg: RunConfig, ev: Evaluator) -> tuple[str, str, str]:
     return ev.identity()
 
 
+def _check_reference(cfg: RunConfig, judge_name: str) -> None:
+    """``stats.reference`` names this run's evaluator, one of its jurors or a subset of them
+    (``a+b``): a name the agreement table will hold, checked before any model call."""
+    ref = cfg.stats.reference
+    if ref is None:
+        return
+    members = set(_models_of(cfg)) if cfg.evaluator == "jury" else set()
+    if ref == judge_name or (members and set(str(ref).split("+")) <= members):
+        return
+    known = [judge_name, *sorted(members)]
+    raise ConfigError(
+        f"stats.reference={ref!r} is not an evaluator of this run; known: {', '.join(known)}"
+        + (" (or jurors joined by '+')" if members else "")
+        + "; or null for the best in the table"
+    )
+
+
 def _models_of(cfg: RunConfig) -> list[str]:
     value = getattr(cfg.roles, EVALUATORS[cfg.evaluator])
     return [value] if isinstance(value, str) else list(value)
@@ -224,6 +246,7 @@ class Evaluate(RunCommand):
     def setup(self, client: LLMClient) -> None:
         self.ev = _build(self.cfg, client)  # unknown names, prompts, debaters: still before any call or file
         self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
+        _check_reference(self.cfg, self.judge_name)
 
     def models(self) -> list[str]:
         return _models_of(self.cfg)
@@ -299,6 +322,8 @@ class Evaluate(RunCommand):
             "models": models_manifest(cfg, models),
             "eval_data": self.data_info,
             "items": {"total": len(self.items_), **self.counts},
+            # judge.scoring=expected: answers weighed by logprobs, and those kept as written (why), this run
+            "scoring": dict(self.ev.scoring_counts),
             # judging_summed adds every unit's time (they overlap); per_unit is its mean
             "timings_s": {"judging_summed": round(self.judging_s, 2), "per_unit": round(self.judging_s / done_now, 3)},
         }
@@ -322,12 +347,27 @@ class Evaluate(RunCommand):
                 and r.get("version") == cfg.judge.version
             )
         ]
-        tables = agreement_tables(records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury")
+        tables = agreement_tables(
+            records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury", **stats_options(cfg)
+        )
         tables = {"eval_data": self.data_info, "evaluator": cfg.evaluator, "orders": orders, **tables}
         atomic_write_json(self.run.dir / "agreement.json", tables)
         main = next((e for e in tables["results"] if e["judge"] == name), None)
         if main is not None:
-            manifest["agreement"] = {k: main.get(k) for k in ("kappa", "n", "n_failed", "failure_rate", "accuracy")}
+            manifest["agreement"] = {
+                k: main.get(k)
+                for k in (
+                    "kappa",
+                    "kappa_ci",
+                    "n",
+                    "n_failed",
+                    "failure_rate",
+                    "accuracy",
+                    "accuracy_ci",
+                    "vs_reference",
+                )
+            }
+            manifest["agreement"]["uncertainty"] = tables.get("uncertainty")
             if "position_bias" in main:
                 manifest["agreement"]["position_bias"] = main["position_bias"]
         log.info(

@@ -410,3 +410,46 @@ async def test_a_resume_with_another_judge_config_is_refused_naming_the_keys(fak
     assert "judge.version" not in str(refused.value) and fake_server.n == sent
     again = await evaluate(config())  # the same config resumes
     assert again["items"]["resumed_done"] == 4 and fake_server.n == sent
+
+
+# ---- uncertainty and scoring in the run's outputs ------------------------------------------
+
+
+async def test_agreement_json_and_manifest_carry_the_configured_intervals_and_scoring(fake_server, tmp_path, caplog):
+    """stats.* reach agreement.json (intervals, verdicts) and the printed table; the manifest
+    counts how judge.scoring=expected scored (the fake server sends no logprobs: every answer kept as written)."""
+    import logging
+
+    from mapo.runs.evaluate import evaluate
+
+    cfg = compose(
+        fake_server,
+        tmp_path,
+        "roles.judge=smollm2-135m",
+        "judge=combined10",
+        "judge.scoring=expected",
+        "stats.n_resamples=300",
+        "stats.seed=7",
+        "stats.margin=0.1",
+    )
+    with caplog.at_level(logging.INFO, logger="mapo"):
+        manifest = await evaluate(cfg)
+    agreement = json.loads((tmp_path / "run" / "agreement.json").read_text())
+    u = agreement["uncertainty"]
+    assert (u["n_resamples"], u["seed"], u["margin"]) == (300, 7, 0.1)
+    main = agreement["results"][0]
+    assert len(main["kappa_ci"]) == 2 and main["vs_reference"]["verdict"] == "reference"
+    assert manifest["agreement"]["kappa_ci"] == main["kappa_ci"]
+    assert manifest["agreement"]["uncertainty"]["n_resamples"] == 300
+    assert "300 resamples, seed 7" in caplog.text
+    assert manifest["scoring"] == {"argmax: the server sent no logprobs": 6}
+    on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert on_disk["scoring"] == manifest["scoring"]
+
+
+async def test_a_reference_not_in_the_run_fails_before_any_model_call(fake_server, tmp_path):
+    from mapo.runs.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match=r"stats.reference='gpt-4o' is not an evaluator of this run"):
+        await evaluate(compose(fake_server, tmp_path, "roles.judge=smollm2-135m", "stats.reference=gpt-4o"))
+    assert fake_server.n == 0 and not (tmp_path / "run").exists()
