@@ -4,7 +4,10 @@ Reads whichever of these the run folder holds:
 
 * ``judgements.jsonl`` (``mapo evaluate`` / ``mapo winrate``): judge and juror records are
   re-parsed attempt by attempt (the first raw text of an attempt that parses is its answer,
-  as the judge would have stopped there), orders recombined; jury records are re-aggregated
+  as the judge would have stopped there), orders recombined; an attempt of a
+  ``judge.scoring=expected`` run keeps that scoring: its re-parsed text is its ``argmax`` and
+  its verdict is recomputed from the logprobs it kept (:func:`mapo.judging.scoring.stored_verdict`;
+  the written value where it kept none, as the judge does live); jury records are re-aggregated
   from the re-parsed jurors; debate records from the re-parsed referees' finals.
 * ``selections.jsonl`` (``mapo build``): the judge calls of each best-of-N selection; a
   tournament whose re-parsed verdicts would have sent a different pair to the judge is
@@ -31,6 +34,7 @@ from mapo.core.parsers import PARSERS, ParseResult
 from mapo.core.types import Verdict, pick_to_label
 from mapo.judging.debate import FinalScore, aggregate_finals
 from mapo.judging.jury import TIE_BREAKS
+from mapo.judging.scoring import stored_verdict
 from mapo.metrics.agreement import jury_pick
 from mapo.runs.evaluate import combine_orders
 from mapo.runs.store import atomic_write_text, iter_records
@@ -118,9 +122,15 @@ def _reparse_judged(rec: dict[str, Any], rule: str) -> tuple[dict[str, Any], lis
         return new, notes
     for a in attempts:
         v, note = reparse_attempt(a, new["strategy"], new["scale"])
-        a["verdict"] = v
         if note:
             notes.append(note)
+        elif "scoring" in a:  # judge.scoring=expected: the written text re-parsed, the kept logprobs weigh it
+            a["argmax"] = v
+            weighted, how = stored_verdict(a, new["strategy"], new["scale"], "expected")
+            if how == "expected" or not str(a["scoring"]).startswith("argmax"):
+                a["scoring"] = how  # else: the written value stood live too, for the reason recorded then
+            v = _vdict(weighted)
+        a["verdict"] = v
     label, sa, sb = _combine_attempts(attempts, rule)
     failure = None if label is not None else "; ".join(a["verdict"].get("failure") or "" for a in attempts)
     outer_swap = new.get("order") == "BA" and new.get("kind") in ("judge", "juror")

@@ -141,3 +141,94 @@ def test_split_independent():
     assert _split_independent([bad, ok, ok], 10) == 2  # A re-asked once
     assert _split_independent([ok, bad, ok], 10) == 1  # B re-asked once
     assert _split_independent([bad, bad, bad], 10) is None  # ambiguous: kept as stored
+
+
+def _expected_record(order: str = "AB") -> dict:
+    """A judge record of a judge.scoring=expected run (combined, out of 10) whose attempt kept the
+    distributions at its two scores: A written 8 (P(8)=0.5, P(9)=0.5), B written 6 (P(6)=0.75, P(4)=0.25)."""
+    import math
+
+    raw = "### Score Assistant A:\n8/10\n\n### Score Assistant B:\n6/10"
+    dists = [
+        {"value": "score_a", "prefix": "", "token": "8", "top": {"8": math.log(0.5), "9": math.log(0.5)}, "next": None},
+        {
+            "value": "score_b",
+            "prefix": "",
+            "token": "6",
+            "top": {"6": math.log(0.75), "4": math.log(0.25)},
+            "next": None,
+        },
+    ]
+    weighted = {"pick": "A", "score_a": 8.5, "score_b": 5.5, "failure": None}
+    written = {"pick": "A", "score_a": 8.0, "score_b": 6.0, "failure": None}
+    sa, sb = (5.5, 8.5) if order == "BA" else (8.5, 5.5)
+    return {
+        "key": f"i1|j1|combined10+expected|v1|sha|{order}",
+        "item_id": "i1",
+        "evaluator": "judge",
+        "kind": "judge",
+        "judge": "j1",
+        "models": ["j1"],
+        "member_of": None,
+        "setup": "combined10+expected",
+        "strategy": "combined",
+        "scale": 10,
+        "version": 1,
+        "order": order,
+        "prompt_sha": "sha",
+        "pick": "A",
+        "label": "model_a" if order == "AB" else "model_b",
+        "score_a": sa,
+        "score_b": sb,
+        "failure": None,
+        "human": "model_a",
+        "raw": [raw],
+        "detail": {
+            "attempts": [
+                {
+                    "order": "AB",
+                    "raw": [raw],
+                    "verdict": weighted,
+                    "scoring": "expected",
+                    "argmax": written,
+                    "logprobs": dists,
+                }
+            ]
+        },
+    }
+
+
+@pytest.mark.parametrize("order", ["AB", "BA"])
+def test_reparse_keeps_expected_scoring_from_the_stored_logprobs(tmp_path, order):
+    """An attempt that kept logprobs is re-weighed from them, not turned back into the written (argmax) scores."""
+    rec = _expected_record(order)
+    (tmp_path / "judgements.jsonl").write_text(json.dumps(rec) + "\n")
+    c = reparse_run(tmp_path)["judgements.jsonl"]
+    assert (c["changed"], c["scores_changed"], c["notes"]) == (0, 0, 0)
+    (out,) = lines(tmp_path / "reparsed.jsonl")
+    assert (out["score_a"], out["score_b"], out["label"]) == (rec["score_a"], rec["score_b"], rec["label"])
+    attempt = out["detail"]["attempts"][0]
+    assert attempt["verdict"]["score_a"] == pytest.approx(8.5) and attempt["verdict"]["score_b"] == pytest.approx(5.5)
+    assert attempt["argmax"]["score_a"] == 8.0 and attempt["scoring"] == "expected"
+
+
+def test_reparse_of_an_expected_attempt_weighs_the_re_parsed_text(tmp_path):
+    """A changed text is re-parsed (its argmax); the verdict is still the kept distributions' expectation;
+    an attempt that kept none keeps the written value, as the judge does live."""
+    rec = _expected_record()
+    attempt = rec["detail"]["attempts"][0]
+    attempt["raw"] = rec["raw"] = ["### Score Assistant A:\n9/10\n\n### Score Assistant B:\n6/10"]
+    no_lp = _expected_record()
+    no_lp["key"], no_lp["item_id"] = no_lp["key"].replace("i1", "i2"), "i2"
+    a2 = no_lp["detail"]["attempts"][0]
+    del a2["logprobs"]
+    a2["scoring"], a2["verdict"] = "argmax: the server sent no logprobs", a2["argmax"]
+    no_lp["score_a"], no_lp["score_b"] = 8.0, 6.0
+    (tmp_path / "judgements.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(no_lp) + "\n")
+    reparse_run(tmp_path)
+    out = {r["item_id"]: r for r in lines(tmp_path / "reparsed.jsonl")}
+    first = out["i1"]["detail"]["attempts"][0]
+    assert first["argmax"]["score_a"] == 9.0 and first["verdict"]["score_a"] == pytest.approx(8.5)
+    second = out["i2"]
+    assert (second["score_a"], second["score_b"]) == (8.0, 6.0)
+    assert second["detail"]["attempts"][0]["scoring"] == "argmax: the server sent no logprobs"
