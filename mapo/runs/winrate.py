@@ -14,6 +14,13 @@ Per (X, Y): ``wins``, ``losses``, ``ties`` and ``failed`` (no verdict: left out 
 * ``win_rate = wins / n`` with ties reported separately as ``tie_rate = ties / n``;
 * ``win_rate_ties_half = (wins + ties / 2) / n``: ties counted as half-wins.
 
+Each rate carries its bootstrap interval over prompts (``win_rate_ci``, ``tie_rate_ci``,
+``win_rate_ties_half_ci``), and each configuration's win rate against a baseline is compared,
+paired by prompt, with the reference configuration's against the same baseline
+(``comparisons``: configuration -> baseline -> difference, its interval and the verdict; the
+reference is ``stats.reference`` or the configuration with the highest mean win rate).
+``stats.*`` set the resamples, seed, confidence and margin (:mod:`mapo.metrics.uncertainty`).
+
 Identical responses are a tie without a judge call (``identical: true`` in the record).
 
 Files in ``output_dir``: ``generations.jsonl`` (one feedback-loop record per (X, prompt),
@@ -41,6 +48,14 @@ from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient
+from mapo.metrics.uncertainty import (
+    MARGIN,
+    Bootstrap,
+    needed_text,
+    stats_options,
+    winrate_comparisons,
+    winrate_intervals,
+)
 from mapo.runs.runner import (
     FEEDBACK_TEMPLATES,
     PROMPT_SOURCE_KEYS,
@@ -81,6 +96,11 @@ def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"configurations: name {', '.join(dupes)} is used twice; names label the table rows")
+    if cfg.stats.reference is not None and cfg.stats.reference not in names:
+        raise ConfigError(
+            f"stats.reference={cfg.stats.reference!r} is not a configuration; known: {', '.join(names)} "
+            "(or null: the configuration with the highest mean win rate)"
+        )
     base_dupes = sorted({b for b in cfg.roles.baselines if list(cfg.roles.baselines).count(b) > 1})
     if base_dupes:
         raise ConfigError(f"roles.baselines lists {', '.join(base_dupes)} twice")
@@ -125,16 +145,57 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _pct_ci(x: float | None, ci: Sequence[float | None] | None) -> str:
+    """``60.0% [40.0, 80.0]`` (the interval in percent; left out when unknown)."""
+    if x is None or not ci or ci[0] is None or ci[1] is None:
+        return _pct(x)
+    return f"{_pct(x)} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _verdict_md(comp: Mapping[str, Any] | None) -> str:
+    if not comp:
+        return "-"
+    if comp.get("verdict") == "reference":
+        return "reference"
+    d, ci = comp.get("diff"), comp.get("diff_ci") or [None, None]
+    if d is None:
+        return "cannot tell"
+    diff = f"{100 * d:+.1f} pts" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if None not in ci else "")
+    words = {"not_worse": "not worse", "worse": "worse"}.get(comp["verdict"])
+    if words is None:
+        words = f"cannot tell with n={comp.get('n')}{needed_text(comp.get('n_needed'))}"
+    return f"{diff}: {words}"
+
+
 def winrate_table(
-    cells: Mapping[str, Mapping[str, Mapping[str, Any]]], rows: Sequence[str], cols: Sequence[str]
+    cells: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> dict[str, str]:
-    """The Table 6 shape as CSV and Markdown (rows = configurations, columns = baselines)."""
+    """The Table 6 shape as CSV and Markdown (rows = configurations, columns = baselines).
+
+    Where the cells carry intervals (``*_ci``) they are shown; ``comparisons``
+    (:func:`mapo.metrics.uncertainty.winrate_comparisons`) adds the paired comparison with the
+    reference configuration. The CSV keeps its first columns (five per baseline) and appends
+    the intervals and comparisons after them.
+    """
+    cmp = comparisons or {}
+    has_ci = any((cells.get(c, {}).get(b) or {}).get("win_rate_ci") for c in rows for b in cols)
     buf = io.StringIO()
     w = csv.writer(buf)
     header = ["configuration"]
     for b in cols:
         header += [f"vs {b} win%", f"vs {b} tie%", f"vs {b} win% (ties as half)", f"vs {b} n", f"vs {b} failed"]
+    if has_ci:
+        for b in cols:
+            for rate in ("win%", "tie%", "win% (ties as half)"):
+                header += [f"vs {b} {rate} ci low", f"vs {b} {rate} ci high"]
+    if cmp:
+        for b in cols:
+            header += [f"vs {b} win% minus reference", f"vs {b} diff ci low", f"vs {b} diff ci high", f"vs {b} verdict"]
     w.writerow(header)
+    f = lambda x: "" if x is None else round(100 * x, 2)  # noqa: E731
     for c in rows:
         row: list[Any] = [c]
         for b in cols:
@@ -142,11 +203,23 @@ def winrate_table(
             if cell is None:
                 row += ["", "", "", 0, 0]
                 continue
-            f = lambda x: "" if x is None else round(100 * x, 2)  # noqa: E731
             row += [f(cell["win_rate"]), f(cell["tie_rate"]), f(cell["win_rate_ties_half"]), cell["n"], cell["failed"]]
+        if has_ci:
+            for b in cols:
+                cell = cells.get(c, {}).get(b) or {}
+                for key in ("win_rate_ci", "tie_rate_ci", "win_rate_ties_half_ci"):
+                    lo, hi = cell.get(key) or (None, None)
+                    row += [f(lo), f(hi)]
+        if cmp:
+            for b in cols:
+                comp = (cmp.get(c) or {}).get(b) or {}
+                lo, hi = comp.get("diff_ci") or (None, None)
+                diff = 0.0 if comp.get("verdict") == "reference" else comp.get("diff")
+                row += [f(diff), f(lo), f(hi), comp.get("verdict", "")]
         w.writerow(row)
+    ci_note = " [95% CI]" if has_ci else ""
     md = [
-        "## Win rate: wins / judged, ties reported separately",
+        f"## Win rate{ci_note}: wins / judged, ties reported separately",
         "",
         "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -158,14 +231,15 @@ def winrate_table(
             cells_md.append(
                 "-"
                 if cell is None
-                else f"{_pct(cell['win_rate'])} (ties {_pct(cell['tie_rate'])}, n={cell['n']}"
+                else f"{_pct_ci(cell['win_rate'], cell.get('win_rate_ci'))} "
+                f"(ties {_pct_ci(cell['tie_rate'], cell.get('tie_rate_ci'))}, n={cell['n']}"
                 + (f", failed {cell['failed']}" if cell["failed"] else "")
                 + ")"
             )
         md.append(f"| {c} | " + " | ".join(cells_md) + " |")
     md += [
         "",
-        "## Win rate: ties counted as half-wins, (wins + ties/2) / judged",
+        f"## Win rate{ci_note}: ties counted as half-wins, (wins + ties/2) / judged",
         "",
         "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -173,10 +247,39 @@ def winrate_table(
     for c in rows:
         md.append(
             f"| {c} | "
-            + " | ".join(_pct((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half")) for b in cols)
+            + " | ".join(
+                _pct_ci(
+                    (cells.get(c, {}).get(b) or {}).get("win_rate_ties_half"),
+                    (cells.get(c, {}).get(b) or {}).get("win_rate_ties_half_ci"),
+                )
+                for b in cols
+            )
             + " |"
         )
+    if cmp:
+        ref = next(
+            (x.get("reference") for per in cmp.values() for x in per.values() if x.get("reference")), "the reference"
+        )
+        md += [
+            "",
+            f"## Win rate against the reference configuration ({ref}), paired by prompt",
+            "",
+            "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for c in rows:
+            md.append(f"| {c} | " + " | ".join(_verdict_md((cmp.get(c) or {}).get(b)) for b in cols) + " |")
     md += ["", "Judged = wins + losses + ties; judge failures are left out of every rate and counted as `failed`."]
+    if has_ci:
+        md.append("[low, high]: bootstrap interval over prompts (in percent).")
+    if cmp:
+        margin = next((x.get("margin") for per in cmp.values() for x in per.values() if "margin" in x), None)
+        md.append(
+            "Difference = win rate minus the reference configuration's against the same baseline, in percentage "
+            "points; 'not worse' = not worse by more than the margin"
+            + (f" ({100 * margin:g} pts)" if margin is not None else "")
+            + "; 'worse' = worse by more than it; n needed assumes the interval shrinks like 1/sqrt(n)."
+        )
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
 
 
@@ -226,9 +329,23 @@ def write_tables(
     rows: Sequence[str],
     cols: Sequence[str],
     meta: Mapping[str, Any],
+    stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """winrate.{csv,md,json,png} of ``records``; ``stats``: :func:`stats_options` of the run's config
+    (intervals and comparisons; None = the module defaults of :mod:`mapo.metrics.uncertainty`)."""
+    opts = dict(stats or {})
+    settings = Bootstrap(**{k: opts[k] for k in ("n_resamples", "seed", "confidence") if k in opts})
     cells = tally(records)
-    tables = winrate_table(cells, rows, cols)
+    for c, per in winrate_intervals(records, settings=settings).items():
+        for b, ci in per.items():
+            if c in cells and b in cells[c]:
+                cells[c][b].update(ci)
+    comparisons = (
+        winrate_comparisons(records, opts.get("reference"), margin=float(opts.get("margin", MARGIN)), settings=settings)
+        if len(rows) > 1
+        else {}
+    )
+    tables = winrate_table(cells, rows, cols, comparisons)
     atomic_write_text(run_dir / "winrate.csv", tables["csv"])
     atomic_write_text(
         run_dir / "winrate.md", f"# Win rates ({meta.get('judge')}, {meta.get('setup')})\n\n" + tables["md"]
@@ -244,6 +361,15 @@ def write_tables(
             "n": "wins + losses + ties (judge failures excluded, counted in failed)",
         },
         "table": {c: {b: cells.get(c, {}).get(b) for b in cols} for c in rows},
+        "comparisons": comparisons,
+        "uncertainty": {
+            **settings.to_dict(),
+            "method": f"{settings.method} bootstrap over prompts",
+            "margin": float(opts.get("margin", MARGIN)),
+            "reference": next(
+                (c for c, per in comparisons.items() for x in per.values() if x.get("verdict") == "reference"), None
+            ),
+        },
     }
     atomic_write_json(run_dir / "winrate.json", out)
     _plot(cells, rows, cols, run_dir / "winrate.png", f"win rate vs single-model baselines (judge {meta.get('judge')})")
@@ -481,8 +607,11 @@ class Winrate(RunCommand):
             "n_prompts": self.source_stats.read,
             "feedback_iterations": cfg.feedback.iterations,
         }
-        table = write_tables(run_dir, records, [c.name for c in self.configs], self.baselines, meta)
+        table = write_tables(
+            run_dir, records, [c.name for c in self.configs], self.baselines, meta, stats=stats_options(cfg)
+        )
         manifest["table"] = table["table"]
+        manifest["comparisons"] = table["comparisons"]
         log.info("win rates (%s):\n%s", self.setup_name, (run_dir / "winrate.md").read_text())
 
 

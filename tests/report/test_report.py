@@ -296,7 +296,9 @@ def test_winrate_run_and_winrate_json_in_a_build_run(server, tmp_path):
     page, md = check_files(report.write_report(wr))
     table = json.loads((wr / "winrate.json").read_text())["table"]
     cell = table["gen+rev"]["base1"]
-    assert f"| gen+rev | base1 | {100 * cell['win_rate']:.1f}% | {100 * cell['tie_rate']:.1f}% |" in md
+    lo, hi = cell["win_rate_ci"]
+    assert f"| gen+rev | base1 | {100 * cell['win_rate']:.1f}% \\[{100 * lo:.1f}, {100 * hi:.1f}\\] |" in md
+    assert "Δ win rate vs reference" in md and "| gen alone | base1 |" in md
     assert "Score trajectories per configuration" in page and "Example comparisons" in page
     assert "&lt;script&gt;" in page and "<script" not in page
     run = build_run(server, tmp_path)

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig, WinrateConfiguration
+from mapo.core.config import (
+    ClientConfig,
+    ConfigError,
+    PromptSourceConfig,
+    RolesConfig,
+    RunConfig,
+    StatsConfig,
+    WinrateConfiguration,
+)
 from mapo.runs.winrate import tally, winrate, winrate_table
 from tests.conftest import REPO, fake_model
 
@@ -160,6 +168,7 @@ async def test_both_orders(fake_server, tmp_path):
             },
             "used twice",
         ),
+        ({"stats": StatsConfig(reference="nobody")}, "stats.reference='nobody' is not a configuration"),
     ],
 )
 async def test_config_errors_before_any_call(fake_server, tmp_path, kw, match):
@@ -212,3 +221,63 @@ async def test_a_resume_with_another_config_is_refused_naming_the_keys(fake_serv
     assert manifest["status"] == "complete" and manifest["output_dir"] == str(tmp_path / "run-2")
     stamps = {r["config_fingerprint"] for r in lines(tmp_path / "run-2" / "judgements.jsonl")}
     assert stamps == {manifest["config_fingerprint"]}
+
+
+async def test_every_win_rate_has_its_interval_and_the_paired_comparison(fake_server, tmp_path):
+    """winrate.json/md/csv carry each rate's bootstrap interval (stats.* settings) and each configuration's
+    paired comparison with the reference configuration; `mapo report` shows both."""
+    from mapo.report import render
+
+    stats = StatsConfig(n_resamples=500, seed=3, margin=0.1, reference="gen alone")
+    manifest = await winrate(run_config(fake_server, tmp_path, stats=stats))
+    run = tmp_path / "run"
+    wr = json.loads((run / "winrate.json").read_text())
+    assert (wr["uncertainty"]["n_resamples"], wr["uncertainty"]["seed"]) == (500, 3)
+    assert wr["uncertainty"]["reference"] == "gen alone"
+    for c in wr["rows"]:
+        for b in wr["columns"]:
+            cell = wr["table"][c][b]
+            for rate in ("win_rate", "tie_rate", "win_rate_ties_half"):
+                lo, hi = cell[f"{rate}_ci"]
+                assert lo <= cell[rate] <= hi, (c, b, rate)
+    assert wr["comparisons"]["gen alone"]["base1"]["verdict"] == "reference"
+    comp = wr["comparisons"]["gen+rev"]["base1"]
+    win = {c: wr["table"][c]["base1"]["win_rate"] for c in wr["rows"]}
+    assert comp["diff"] == pytest.approx(win["gen+rev"] - win["gen alone"]) and comp["margin"] == 0.1
+    assert comp["verdict"] in ("not_worse", "worse", "cannot_tell") and len(comp["diff_ci"]) == 2
+    assert manifest["comparisons"] == wr["comparisons"]
+    md = (run / "winrate.md").read_text()
+    assert "[95% CI]" in md and "## Win rate against the reference configuration (gen alone)" in md
+    rows = list(csv.reader(io.StringIO((run / "winrate.csv").read_text())))
+    assert rows[0][1:6] == [
+        "vs base1 win%",
+        "vs base1 tie%",
+        "vs base1 win% (ties as half)",
+        "vs base1 n",
+        "vs base1 failed",
+    ]
+    assert "vs base1 win% ci low" in rows[0] and "vs base2 verdict" in rows[0]
+    assert rows[2][rows[0].index("vs base1 verdict")] == "reference"
+    render.write_report(run)
+    page = (run / "report" / "report.md").read_text()
+    assert "Δ win rate vs reference" in page and "| gen+rev | base1 |" in page and "reference |" in page
+
+
+def test_table_with_intervals_and_comparisons():
+    cells = {"c1": {"b": {**tally(outcomes(win=1))["X"]["Y"], "win_rate_ci": [0.5, 1.0], "tie_rate_ci": [0.0, 0.0]}}}
+    comps = {
+        "c1": {
+            "b": {
+                "reference": "c0",
+                "diff": -0.2,
+                "diff_ci": [-0.5, 0.1],
+                "n": 4,
+                "margin": 0.05,
+                "verdict": "cannot_tell",
+                "n_needed": 40,
+            }
+        }
+    }
+    t = winrate_table(cells, ["c1"], ["b"], comps)
+    assert "| c1 | 100.0% [50.0, 100.0] (ties 0.0% [0.0, 0.0], n=1) |" in t["md"]
+    assert "| c1 | -20.0 pts [-50.0, +10.0]: cannot tell with n=4 (~40 needed) |" in t["md"]
