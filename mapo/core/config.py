@@ -272,6 +272,9 @@ class ModelConfig:
 
     served_name: str = MISSING
     """The model name sent in requests (vLLM --served-model-name, or the API model id)."""
+    family: str | None = None
+    """Model family (``gemma``, ``llama``, ``gpt``, ``smollm2``): a judge of a candidate's family may
+    prefer it (``mapo build`` warns); None = the model's own name (a family of one)."""
     base_url: str | None = None
     """Explicit OpenAI-compatible base URL (API models, or a server you started yourself)."""
     endpoint: str | None = None

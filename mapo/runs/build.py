@@ -28,6 +28,7 @@ from mapo.generation.feedback import FeedbackLoop
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.judge import Judge
 from mapo.llm.client import LLMClient
+from mapo.metrics.dataset_quality import dataset_quality_of_run, quality_markdown
 from mapo.runs.runner import (
     FEEDBACK_TEMPLATES,
     PROMPT_SOURCE_KEYS,
@@ -83,8 +84,7 @@ class Build(RunCommand):
 
     def setup(self, client: LLMClient) -> None:
         cfg, roles = self.cfg, self.cfg.roles
-        if roles.judge == roles.generator:
-            log.warning("roles.judge %s also generated the responses it judges (self-preference bias)", roles.judge)
+        warn_family_judging(cfg)
         self.loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
         self.judge = Judge(client, roles.judge, cfg.judge)
         self.select = SELECTORS.get(cfg.selection.method)
@@ -215,8 +215,35 @@ class Build(RunCommand):
     def publish(self, manifest: dict[str, Any]) -> None:
         """The DPO/KTO datasets (dataset/, parquet, the Hub), only after a complete run."""
         cfg, run_dir = self.cfg, self.run.dir
+        manifest["quality"] = dataset_quality_of_run(run_dir)  # the DPO pitfalls, before anyone trains on it
         card = _dataset_card(cfg, manifest)
         manifest["rows"] = save_datasets(run_dir, push_to_hub=cfg.push_to_hub, card=card)
+
+
+def model_family(cfg: RunConfig, name: str) -> str:
+    """``models.<name>.family``, or the model's name when it has none (a family of one)."""
+    model = cfg.models.get(name)
+    return (model.family if model is not None else None) or name
+
+
+def warn_family_judging(cfg: RunConfig) -> list[str]:
+    """Warn when the judge shares a model family with a model that shaped the responses it judges
+    (the generator, or a reviewer whose feedback revised them): a judge tends to prefer its own
+    family's answers (self- and family-preference bias). Returns the models named."""
+    roles = cfg.roles
+    family = model_family(cfg, roles.judge)
+    shaped = [("generator", roles.generator), *(("reviewer", r) for r in roles.reviewers)]
+    same = [(role, m) for role, m in shaped if model_family(cfg, m) == family]
+    if same:
+        who = ", ".join(f"{role} {m}" + (" (the judge itself)" if m == roles.judge else "") for role, m in same)
+        log.warning(
+            "roles.judge %s is of the %s family, as the %s that shaped the responses it judges "
+            "(self- and family-preference bias): prefer a judge of another family",
+            roles.judge,
+            family,
+            who,
+        )
+    return [m for _, m in same]
 
 
 async def build(cfg: RunConfig) -> dict[str, Any]:
@@ -293,7 +320,10 @@ def _dataset_card(cfg: RunConfig, manifest: dict) -> str:
         f"judge: {manifest['roles']['judge']} ({cfg.judge.strategy}/{cfg.judge.scale}, selection {cfg.selection.method}).\n"
         + _pairs_card(cfg, manifest.get("pairs") or {})
         + "\n"
-        "## Config\n\n```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "```\n"
+        + (quality_markdown(manifest["quality"]) + "\n\n" if manifest.get("quality") else "")
+        + "## Config\n\n```yaml\n"
+        + OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        + "```\n"
     )
 
 

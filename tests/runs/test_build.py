@@ -118,3 +118,55 @@ async def test_each_response_keeps_its_finish_reason_and_the_manifest_counts_the
     reasons = [it["finish_reason"] for g in lines(tmp_path / "run" / "generations.jsonl") for it in g["iterations"]]
     assert set(reasons) == {"stop", "length"}
     assert manifest["truncated_responses"] == reasons.count("length") == again["truncated_responses"]
+
+
+async def test_manifest_and_card_carry_the_dataset_quality_indicators(fake_server, tmp_path):
+    from mapo.metrics.dataset_quality import dataset_quality_of_run
+
+    manifest = await build(run_config(fake_server, tmp_path))
+    run = tmp_path / "run"
+    q = manifest["quality"]
+    assert q == dataset_quality_of_run(run) and q["items"]["dpo_pairs"] == manifest["rows"]["dpo"]
+    assert {"length", "chosen_iteration", "margin", "order_consistency", "duplicates", "reviewer_scores"} <= set(q)
+    assert json.loads((run / "manifest.json").read_text())["quality"] == q
+    card = (run / "dataset" / "dpo" / "README.md").read_text()
+    assert "## Dataset quality" in card and "chosen/rejected length ratio" in card
+
+
+@pytest.mark.parametrize(
+    "families, roles, warned",
+    [
+        ({"judge": "gemma", "gen": "gemma"}, {}, ["gen"]),  # the generator's family
+        ({"judge": "llama", "rev": "llama"}, {}, ["rev"]),  # a reviewer's family
+        ({"judge": "gpt"}, {}, []),  # another family
+        ({}, {}, []),  # no family: each model is its own
+        ({}, {"judge": "gen"}, ["gen"]),  # the judge generated them
+    ],
+)
+async def test_build_warns_when_the_judge_shares_a_family_with_a_candidate(
+    fake_server, tmp_path, caplog, families, roles, warned
+):
+    from mapo.runs.build import warn_family_judging
+
+    cfg = run_config(fake_server, tmp_path)
+    for name, family in families.items():
+        cfg.models[name].family = family
+    if roles:
+        cfg.roles = RolesConfig(generator="gen", reviewers=["rev"], **roles)
+    with caplog.at_level("WARNING", logger="mapo.runs.build"):
+        assert warn_family_judging(cfg) == warned
+    assert ("family-preference bias" in caplog.text) == bool(warned)
+
+
+def test_every_shipped_model_names_its_family():
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO
+
+    families = {
+        name: spec.get("family")
+        for path in sorted((REPO / "conf" / "model").glob("*.yaml"))
+        for name, spec in OmegaConf.to_container(OmegaConf.load(path)).items()
+    }
+    assert families and all(families.values()), families
+    assert families["gemma-2-27b"] == families["gemma3-270m"] == "gemma"
