@@ -30,6 +30,7 @@ __all__ = [
     "score_trajectories",
     "selection_counts",
     "token_costs",
+    "training_metrics",
     "winrate_bars",
 ]
 
@@ -63,6 +64,33 @@ def _empty(ax: Any, text: str) -> None:
 
 
 # --------------------------------------------------------------------------- generation
+
+
+def training_metrics(records: Sequence[Mapping[str, Any]], keys: Sequence[str], *, title: str = "") -> bytes:
+    """One panel per metric in ``keys`` against the step: the train line and the eval points
+    (records of ``metrics.jsonl``: ``split`` train | eval, ``step``, one value per metric)."""
+    fig = Figure(figsize=(4.2 * len(keys), 3.4))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for split, style in (("train", "-"), ("eval", "o--")):
+            pts = [
+                (r["step"], r[key])
+                for r in records
+                if r.get("split") == split and isinstance(r.get(key), int | float) and isinstance(r.get("step"), int)
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, label=split, markersize=4, color=COLORS[0 if split == "train" else 1])
+        if ax.lines:
+            ax.legend(fontsize=8)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        else:
+            _empty(ax, "not logged")
+        ax.set_title(key, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _png(fig)
 
 
 def score_trajectories(

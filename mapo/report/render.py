@@ -11,6 +11,9 @@ and on a copy of one. Run kinds are told apart by ``manifest.json`` ``command``:
   the reference evaluator, confusion matrices, bias diagnostics (position, length, candidate
   preference), parse-failure rates and the jury-subset heatmap (``agreement.json``; recomputed
   from ``judgements.jsonl`` when a run stopped before writing it);
+* ``train``: method, base model, LoRA and the TRL keys set, status and steps/s, the training
+  metrics of ``metrics.jsonl`` (loss, reward accuracy and margin, train and eval), the held-out
+  eval before and after training, and the trained model's config with the command that serves it;
 * the JSON file ``mapo agreement ... --out FILE`` writes (pass the file, or a folder holding
   ``agreement*.json``): the same sections, the per-item inputs re-read from the sources it names.
 
@@ -51,6 +54,7 @@ from mapo.report.run import Run, find_runs, find_sources, load_run
 from mapo.report.sections import common
 from mapo.report.sections.build import build_sections
 from mapo.report.sections.evaluate import agreement_overview, evaluate_sections
+from mapo.report.sections.train import train_sections
 from mapo.report.sections.winrate import winrate_sections
 from mapo.runs.store import atomic_write_text
 
@@ -92,6 +96,11 @@ def build_document(run: Run, n_examples: int = 3) -> Document:
     elif kind == "winrate":
         title = f"mapo winrate: judge {m.get('judge', '?')}"
         body = winrate_sections(run, n_examples)
+    elif kind == "train":
+        # no roles, requests or tokens: the model and the costs sections would be empty
+        title = f"mapo train: {str(m.get('method', '?')).upper()} of {m.get('base_model', '?')}"
+        sections = [common.overview(run), *train_sections(run, n_examples), common.config(run)]
+        return Document(title, f"{run.dir} · status {m.get('status', '?')}", sections)
     else:
         title = f"mapo run ({kind})"
         body = []

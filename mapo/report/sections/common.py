@@ -21,6 +21,7 @@ __all__ = [
     "overview",
     "reason",
     "trajectory_section",
+    "versus_section",
     "winrate_section",
 ]
 
@@ -341,3 +342,66 @@ def winrate_section(wr: Mapping[str, Any]) -> Section:
             ),
         ],
     )
+
+
+def versus_section(wr: Mapping[str, Any], manifest: Mapping[str, Any] | None = None) -> Section | None:
+    """A vs B, for a winrate run of one configuration against one baseline (e.g. a trained model
+    against its base): how often the judge preferred each, ties apart, each rate with its 95%
+    interval where winrate.json has one, and which side is ahead. None for any other shape."""
+    rows_names, cols = list(wr.get("rows") or []), list(wr.get("columns") or [])
+    if len(rows_names) != 1 or len(cols) != 1:
+        return None
+    a, b = rows_names[0], cols[0]
+    cell = ((wr.get("table") or {}).get(a) or {}).get(b)
+    title = f"A vs B: {a} vs {b}"
+    if not cell or not cell.get("n"):
+        return Section(title, [Text("No judged comparison: every judgement failed or none was made.", note=True)])
+    n = cell["n"]
+    generator = next(
+        (c.get("generator") for c in (manifest or {}).get("configurations") or [] if c.get("name") == a), None
+    )
+    loss_rate = cell.get("loss_rate", cell.get("losses", 0) / n)
+    half, half_ci = cell.get("win_rate_ties_half"), cell.get("win_rate_ties_half_ci")
+    has_ci = isinstance(half_ci, (list, tuple)) and len(half_ci) == 2 and None not in half_ci
+    # B's share with ties as half is 1 - A's, and so is its interval (the same resamples, mirrored)
+    b_half = None if half is None else 1.0 - half
+    b_half_ci = [1.0 - half_ci[1], 1.0 - half_ci[0]] if has_ci else None
+    table = Table(
+        ["side", "model", "judged better", "rate [95% CI]", "ties as half-wins [95% CI]"],
+        [
+            [
+                "A: configuration",
+                f"{a} ({generator})" if generator and generator != a else a,
+                cell.get("wins", 0),
+                ci(cell.get("win_rate"), cell.get("win_rate_ci"), percent=True),
+                ci(half, half_ci, percent=True),
+            ],
+            [
+                "B: baseline",
+                b,
+                cell.get("losses", 0),
+                ci(loss_rate, cell.get("loss_rate_ci"), percent=True),
+                ci(b_half, b_half_ci, percent=True),
+            ],
+            ["tie", "", cell.get("ties", 0), ci(cell.get("tie_rate"), cell.get("tie_rate_ci"), percent=True), ""],
+            ["judge failed (left out)", "", cell.get("failed", 0), "", ""],
+        ],
+    )
+    if half is None:
+        verdict = ""
+    elif not has_ci:
+        verdict = " No interval in this winrate.json (written by an older mapo): a point estimate only."
+    elif half_ci[0] > 0.5:
+        verdict = f" The interval lies above 50%: the judge prefers {a} (A)."
+    elif half_ci[1] < 0.5:
+        verdict = f" The interval lies below 50%: the judge prefers {b} (B)."
+    else:
+        verdict = f" The interval includes 50%: these {n} comparisons cannot tell A and B apart."
+    note = (
+        f"{n} judged comparisons on the same prompts (judge {wr.get('judge', '?')}); rates are over them, "
+        f"ties counted apart. A's win rate with ties as half-wins: "
+        f"{ci(half, half_ci, percent=True)}.{verdict}"
+    )
+    if has_ci:
+        note += " [low, high]: 95% bootstrap interval over prompts."
+    return Section(title, [table, Text(note, note=True)])

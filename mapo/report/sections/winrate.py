@@ -7,7 +7,7 @@ from collections import Counter
 
 from mapo.report.document import Block, Example, Section, Table, Text
 from mapo.report.run import Run
-from mapo.report.sections.common import reason, trajectory_section, winrate_section
+from mapo.report.sections.common import reason, trajectory_section, versus_section, winrate_section
 
 __all__ = ["winrate_sections"]
 
@@ -17,6 +17,9 @@ def winrate_sections(run: Run, n_examples: int) -> list[Section]:
     sections: list[Section] = []
     wr = run.json("winrate.json")
     if wr:
+        versus = versus_section(wr, run.manifest)  # one configuration vs one baseline: the A vs B table first
+        if versus:
+            sections.append(versus)
         sections.append(winrate_section(wr))
     else:
         missing = Text("winrate.json is missing (the run did not finish).", note=True)
