@@ -58,6 +58,7 @@ from mapo.llm.cache import ResponseCache
 from mapo.llm.client import BudgetExceeded, EndpointUnavailable, ItemFault, LLMClient, RunHalt
 from mapo.runs.progress import Progress
 from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
+from mapo.serving.cpu import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def models_manifest(cfg: RunConfig, names: Iterable[str]) -> dict:
 
 
 def run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
-    """The manifest fields every command reports: usage per (role, model), throughput, host."""
+    """The manifest fields every command reports: usage per (role, model), throughput, host and its CPU."""
     return {
         "usage": client.usage_table(),
         "throughput": {
@@ -157,6 +158,8 @@ def run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
             "retries": client.stats.retries,
         },
         "host": platform.node(),
+        # the CPU behind the numbers (model, the flags that change vLLM-CPU's speed, usable cores)
+        "host_cpu": cpu_info(),
     }
 
 

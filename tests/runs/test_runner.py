@@ -69,3 +69,17 @@ async def test_an_unfinished_rerun_withdraws_what_the_last_complete_run_publishe
         manifest = await build(run_config(tmp_path, server))
     assert manifest["status"] == "complete" and manifest["items"]["done"] == 8
     assert published_vs_jsonl(run) == "yes"
+
+
+async def test_every_manifest_names_the_host_cpu(tmp_path):
+    """Throughput figures mean little without the CPU: model, vLLM-relevant flags and usable cores."""
+    from mapo.serving.cpu import cpu_info
+
+    with FakeServer() as server:
+        cfg = run_config(tmp_path, server)
+        cfg.prompts.limit = 1
+        manifest = await build(cfg)
+    on_disk = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert on_disk["host_cpu"] == manifest["host_cpu"] == cpu_info()
+    assert manifest["host_cpu"]["cores"] >= 1 and isinstance(manifest["host_cpu"]["flags"], list)
+    assert isinstance(manifest["host"], str)  # the node name, as before
