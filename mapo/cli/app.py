@@ -5,7 +5,8 @@ sweeps); plain commands take ordinary arguments. Each command names the module t
 implements it, imported only when that command runs, so ``mapo --help`` stays fast.
 
 A Hydra command ends with one line (no traceback; ``hydra.verbose=mapo`` logs it) and an
-exit code: 0 complete; 2 a config error, a locked folder, a damaged record file or a stopped
+exit code: 0 complete; 2 a config error (also one Hydra finds while composing: an unknown
+group choice or key, a value of the wrong type or choice, a run folder outside runs/), a locked folder, a damaged record file or a stopped
 run (endpoint, credentials, budget, disk full); 130 interrupted (Ctrl-C, or SIGTERM, which
 SLURM's scancel sends: both stop cleanly, everything finished saved); 1 failed (internal error).
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +92,9 @@ def usage() -> str:
 def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     """Compose ``conf/<command>.yaml`` with the overrides and run ``fn`` on the typed config."""
     import hydra
+    from hydra.errors import HydraException
     from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from mapo.core.config import ConfigError, RunConfig, register_configs, resource_dir
     from mapo.runs.runner import RunFailed, RunInterrupted, RunStopped
@@ -125,7 +130,37 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     # an absolute path: Hydra resolves relative ones against the calling *module*, which breaks under `python -m`
     main = hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name=command)(task)
     sys.argv = [f"mapo {command}", *argv]
-    main()  # a value Hydra refuses while composing exits 1 with Hydra's message (before any file)
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it refuses (instead of exit 1) so it is ours to report
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:  # composing: a bad choice, key, value or run folder
+        if full_error:
+            traceback.print_exc()
+        print(f"mapo {command}: config error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception and its cause (Hydra wraps OmegaConf's) as one line: ``Error merging override
+    x=1: Key 'x' is not in struct; full_key: x``. A list after a line ending in ``:`` is joined by commas."""
+    parts = [str(e)] + ([str(e.__cause__)] if e.__cause__ is not None and str(e.__cause__) not in str(e) else [])
+    out = ""
+    for part in parts:
+        lines = [x.strip() for x in part.splitlines() if x.strip()]
+        text = ""
+        for i, line in enumerate(lines):
+            if i == 0:
+                text = line
+            elif lines[i - 1].endswith(":") or text.endswith(","):
+                text += " " + line + ("," if i + 1 < len(lines) else "")
+            else:
+                text += "; " + line
+        out = f"{out}: {text}" if out else text
+    return out.rstrip(",")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -234,8 +234,11 @@ def test_run_name_with_a_path_is_refused_before_hydra_makes_the_folder(name):
     [
         ("models.smollm2-135m.max_retries=-1", 2, "models.smollm2-135m.max_retries must be >= 0, got -1"),
         ("judge.reask=-1", 2, "judge.reask must be >= 0, got -1"),
-        ("selection.on_tie=maybe", 1, "expected one of [drop, keep]"),
-        ("run_name=../../outside", 1, "run_name='../../outside': a plain folder name under runs/"),
+        ("selection.on_tie=maybe", 2, "expected one of [drop, keep]"),
+        ("run_name=../../outside", 2, "run_name='../../outside': a plain folder name under runs/"),
+        ("max_items_in_flight=abc", 2, "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("nosuchkey=1", 2, "Could not override 'nosuchkey'"),
+        ("judge=nonexistent", 2, "Could not override 'judge'"),
     ],
 )
 def test_cli_refuses_bad_values_before_any_request(tmp_path, override, code, message):
@@ -249,6 +252,7 @@ def test_cli_refuses_bad_values_before_any_request(tmp_path, override, code, mes
     out = p.stdout + p.stderr
     assert p.returncode == code, out[-2000:]
     assert message in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1, out  # one line, whoever found the error (Hydra or mapo)
     assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
 
 
