@@ -52,6 +52,7 @@ class Build(RunCommand):
     stores = ("generations", "selections", "dpo", "kto")
     unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
     published = ("dataset",)
+    stages = ("feedback", "judge")
 
     def check(self) -> None:
         cfg = self.cfg
@@ -129,7 +130,7 @@ class Build(RunCommand):
         cfg, roles, progress, counts = self.cfg, self.cfg.roles, self.run.progress, self.counts
         gens, sels, dpo, kto, pairs = self.gens, self.sels, self.dpo, self.kto, self.pairs
         if item.id in sels and item.id not in self.redo:
-            progress.update()
+            progress.update(resumed=True)
             return
         try:
             rec = self.resumable.pop(item.id, None)
@@ -139,11 +140,13 @@ class Build(RunCommand):
                 self.stage_s["feedback"] += time.perf_counter() - t0
                 rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
                 gens.append(rec)
+            progress.stage("feedback")
             responses = [it["response"] for it in rec["iterations"]]
             t0 = time.perf_counter()
             skip = excluded(rec["iterations"], cfg.selection.allow_truncated)  # cut by max_tokens
             sel = await self.select(self.judge, item.prompt, responses, skip=skip)
             self.stage_s["selection"] += time.perf_counter() - t0
+            progress.stage("judge")
         except Exception as e:
             reason = item_failure(e)
             if reason is None:

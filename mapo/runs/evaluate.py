@@ -288,7 +288,7 @@ class Evaluate(RunCommand):
         cfg, ev, progress = self.cfg, self.ev, self.run.progress
         item, order = unit
         if self._done_key(item, order) in self.store:
-            progress.update()
+            progress.update(resumed=True)
             return
         first, second = (
             (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])

@@ -311,6 +311,8 @@ class RunCommand(ABC):
     """Stores whose rows are derived from the others (dataset rows with a fixed schema): not stamped."""
     published: ClassVar[tuple[str, ...]] = ()
     """What ``publish()`` writes (files or folders in the run folder): present only after a complete run."""
+    stages: ClassVar[tuple[str, ...]] = ()
+    """The stages an item passes (``progress.stage(name)``), shown by the progress display."""
     run: Run
     """Set by :func:`execute` before ``resume()``."""
 
@@ -378,7 +380,9 @@ async def execute(command: RunCommand) -> dict[str, Any]:
                     stores[name] = RecordStore(run_dir / f"{name}.jsonl", stamp=stamp)
                 write_config(command.cfg, run_dir)
                 atomic_write_json(run_dir / FINGERPRINT_FILE, {"id": fp.id, "keys": fp.keys})
-                progress = Progress(command.name, command.total(), client.stats, command.cfg.client.progress)
+                progress = Progress(
+                    command.name, command.total(), client.stats, command.cfg.client.progress, stages=command.stages
+                )
                 command.run = Run(command.cfg, run_dir, client, stores, progress, fp)
                 return await _drive(command)
             finally:

@@ -396,6 +396,7 @@ class Winrate(RunCommand):
     name = "winrate"
     stores = ("generations", "baselines", "judgements")
     published = ("winrate.csv", "winrate.md", "winrate.json", "winrate.png")
+    stages = ("generation", "judge")
 
     def check(self) -> None:
         cfg = self.cfg
@@ -563,6 +564,7 @@ class Winrate(RunCommand):
                 *(self._config_final(c, item) for c in configs), *(self._baseline(b, item) for b in baselines)
             )
             xs, ys = texts[: len(configs)], texts[len(configs) :]
+            self.run.progress.stage("generation")
         except Exception as e:
             reason = item_failure(e)
             if reason is None:
@@ -578,6 +580,7 @@ class Winrate(RunCommand):
                 for b, y in zip(baselines, ys, strict=True)
             )
         )
+        self.run.progress.stage("judge")
         self.run.progress.update(failed=any(failed))
 
     def fields(self) -> dict[str, Any]:
