@@ -310,9 +310,9 @@ def test_composed_build_config_is_valid():
 @pytest.mark.parametrize(
     "override,code,match",
     [
-        ("colour=blue", 1, "Could not override 'colour'"),
+        ("colour=blue", 2, "Could not override 'colour'"),
         ("+judge.stratgy=direct", 2, "unknown config key(s): judge.stratgy"),
-        ("judge.strategy=vibes", 1, "Invalid value 'vibes', expected one of [direct, independent, combined]"),
+        ("judge.strategy=vibes", 2, "Invalid value 'vibes', expected one of [direct, independent, combined]"),
         ("models.gemma3-270m.max_concurrency=-4", 2, "models.gemma3-270m.max_concurrency must be >= 1, got -4"),
     ],
 )
