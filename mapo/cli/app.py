@@ -130,7 +130,8 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     # an absolute path: Hydra resolves relative ones against the calling *module*, which breaks under `python -m`
     main = hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name=command)(task)
     sys.argv = [f"mapo {command}", *argv]
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    full_error = before == "1"  # as Hydra reads it
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it refuses (instead of exit 1) so it is ours to report
     try:
         main()
@@ -140,8 +141,10 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
         print(f"mapo {command}: config error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if not full_error:
+        if before is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def one_line(e: BaseException) -> str:
