@@ -229,7 +229,10 @@ async def main(args: argparse.Namespace) -> dict:
         debate = Debate(client, [model], DebateConfig(rounds=1))
         await run_pool(pairs[: args.debates], lambda p: debate.judge_pair(*p), args.concurrency)
 
-    results = {"model": model, "concurrency": args.concurrency, "stages": []}
+    from mapo.serving.cpu import cpu_info
+
+    # machines differ (bfloat16 native or emulated, AMX or not): every figure names its CPU
+    results = {"model": model, "concurrency": args.concurrency, "cpu": cpu_info(), "stages": []}
     for name, fn in (("judge", judge_stage), ("feedback", feedback_stage), ("debate", debate_stage)):
         if name in args.stages:
             results["stages"].append(await stage(name, cfg, args.registry, fn, args.sequential, args.concurrency))
