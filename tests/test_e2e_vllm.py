@@ -35,29 +35,44 @@ def _build(registry, run_dir, cache, *extra, limit=4):
 
 
 def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
+    """The README main job: decisions only by default (no pair from a tie), and the paper's behaviour
+    (selection.on_tie=keep) on the same responses, whose rows are checked as TRL datasets."""
     import datasets
 
     run_dir = tmp_path / "run"
-    proc = _build(embedded_registry, run_dir, tmp_path / "cache.sqlite")
+    cache = tmp_path / "cache.sqlite"
+    proc = _build(embedded_registry, run_dir, cache)
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["items"]["done"] == 4
-    why = f"pairs {manifest.get('pairs')}, truncated responses {manifest.get('truncated_responses')}"
-    assert manifest["rows"]["dpo"] >= 1, f"the main job published no DPO row: {why}"
+    pairs = manifest["pairs"]
+    # a tiny judge often ties: every published pair must come from a decision, and the counts add up
+    assert manifest["rows"]["dpo"] == pairs["pairs_written"]
+    decided = [json.loads(line) for line in (run_dir / "dpo.jsonl").read_text().splitlines() if line.strip()]
+    assert len(decided) == pairs["pairs_written"]
+    assert all(r["decisive"] and (r["margin"] is None or r["margin"] > 0) for r in decided), decided
+    assert pairs["ties_kept"] == 0
 
-    dpo = datasets.load_from_disk(str(run_dir / "dataset" / "dpo"))["train"]
-    kto = datasets.load_from_disk(str(run_dir / "dataset" / "kto"))["train"]
-    assert {"prompt", "chosen", "rejected"} <= set(dpo.column_names)
+    # the paper's rule on the same responses (all answered by the response cache): ties keep the incumbent
+    keep_dir = tmp_path / "keep"
+    proc = _build(embedded_registry, keep_dir, cache, "selection.on_tie=keep", "selection.allow_truncated=true")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    keep = json.loads((keep_dir / "manifest.json").read_text())
+    why = f"pairs {keep.get('pairs')}, truncated responses {keep.get('truncated_responses')}"
+    assert keep["rows"]["dpo"] >= max(1, pairs["pairs_written"]), f"no DPO row even with ties kept: {why}"
+
+    dpo = datasets.load_from_disk(str(keep_dir / "dataset" / "dpo"))["train"]
+    kto = datasets.load_from_disk(str(keep_dir / "dataset" / "kto"))["train"]
+    assert {"prompt", "chosen", "rejected", "margin", "decisive"} <= set(dpo.column_names)
     assert {"prompt", "completion", "label"} <= set(kto.column_names)
-    assert len(dpo) >= 1
+    assert len(dpo) == keep["rows"]["dpo"]
     for row in dpo:
         assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"].strip()
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         assert chosen.strip() and rejected.strip() and chosen != rejected
         assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
-    # KTO: one desirable response per prompt with a decision, the others undesirable (a response cut
-    # by max_tokens or tied with the best gets no row: selection.allow_truncated / on_tie)
+    # KTO: one desirable response per prompt, the others undesirable
     labels_per_prompt: dict[str, list[bool]] = {}
     for row in kto:
         labels_per_prompt.setdefault(row["prompt_id"], []).append(row["label"])
@@ -76,11 +91,11 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
     assert usage[("reviewer", "gemma3-270m")]["requests"] > 0
 
     # a rerun of the same command resumes: nothing re-sent, nothing duplicated
-    again = _build(embedded_registry, run_dir, tmp_path / "cache.sqlite")
+    again = _build(embedded_registry, run_dir, cache)
     assert again.returncode == 0, again.stderr[-4000:]
     manifest2 = json.loads((run_dir / "manifest.json").read_text())
     assert manifest2["throughput"]["requests"] == 0
-    assert len(datasets.load_from_disk(str(run_dir / "dataset" / "dpo"))["train"]) == len(dpo)
+    assert manifest2["rows"] == manifest["rows"]
 
 
 def _mapo(command, registry, run_dir, cache, *extra, timeout=1800):

@@ -56,6 +56,9 @@ def test_build_train_serve_winrate(tmp_path):
             "roles.reviewers=[smollm2-135m]",
             "prompts.limit=6",
             "feedback.iterations=3",
+            # the chain needs pairs to train on; a tiny self-judging model ties often (decisions-only is tested elsewhere)
+            "selection.on_tie=keep",
+            "selection.allow_truncated=true",
             *common,
             env=env,
         )
