@@ -170,21 +170,26 @@ def selection_counts(
     else:
         total = sum(values)
         bars = ax.bar(range(len(values)), values, color=colors)
-        for b, v in zip(bars, values, strict=True):
-            ax.annotate(
-                f"{v} ({100 * v / total:.0f}%)",
-                (b.get_x() + b.get_width() / 2, v),
-                textcoords="offset points",
-                xytext=(0, 3),
-                ha="center",
-                fontsize=8,
-            )
+        _label_bars(ax, bars, [f"{v} ({100 * v / total:.0f}%)" for v in values], dy=3)
         ax.set_xticks(range(len(values)), labels)
         ax.set_ylabel("prompts")
         ax.set_ylim(0, max(values) * 1.2 + 0.5)
         ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def _label_bars(ax: Any, bars: Any, texts: Sequence[str], *, dy: int) -> None:
+    """Write each text centred just above its vertical bar."""
+    for bar, text in zip(bars, texts, strict=True):
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            textcoords="offset points",
+            xytext=(0, dy),
+            ha="center",
+            fontsize=8,
+        )
 
 
 def histogram(
@@ -198,15 +203,7 @@ def histogram(
         _empty(ax, "no values")
     else:
         bars = ax.bar(range(len(values)), values, color=COLORS[0])
-        for b, v in zip(bars, values, strict=True):
-            ax.annotate(
-                str(v),
-                (b.get_x() + b.get_width() / 2, v),
-                textcoords="offset points",
-                xytext=(0, 2),
-                ha="center",
-                fontsize=8,
-            )
+        _label_bars(ax, bars, [str(v) for v in values], dy=2)
         ax.set_xticks(range(len(values)), labels)
         ax.set_ylim(0, max(values) * 1.2 + 0.5)
         ax.set_xlabel(xlabel)
