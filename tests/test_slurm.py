@@ -357,7 +357,11 @@ def test_server_job_then_dependent_pipeline_job(jobs, tmp_path):
     assert jobs.states(server)[0][0] == "RUNNING"
     subprocess.run(["scancel", server], check=True, timeout=30)
     jobs.wait(server, 120)
-    assert not [e for e in endpoints.read_all(registry) if e.name == "smollm2-135m"]
+    # SLURM reports CANCELLED at once, while the job's processes are still being signalled
+    deadline = time.monotonic() + 30
+    while [e for e in endpoints.read_all(registry) if e.name == "smollm2-135m"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [e for e in endpoints.read_all(registry) if e.name == "smollm2-135m"], "still registered 30 s after"
     deadline = time.monotonic() + 60
     while _alive_with(f"--port {ep.port}") and time.monotonic() < deadline:
         time.sleep(1)

@@ -503,12 +503,16 @@ def down(
 def stop_server(
     server: Server, *, registry: str | os.PathLike | None = None, unregister: bool = True, grace: float = 30
 ) -> None:
-    """SIGTERM the server's process group, SIGKILL it after ``grace`` s, wait until it is empty.
+    """Unregister the endpoint (unless ``unregister`` is False), then stop the server.
 
-    Then unregister the endpoint (unless ``unregister`` is False) and delete its key file.
+    SIGTERM the server's process group, SIGKILL it after ``grace`` s, wait until it is empty, and
+    delete its key file. The entry goes first: a server that is shutting down (vLLM takes seconds)
+    must not be handed new work, and a job killed during the shutdown leaves no stale entry.
     """
     ep = server.endpoint
     pid = ep.pid
+    if unregister:
+        endpoints.unregister(ep.base_url, registry)
     if pid is not None and _is_vllm_group(pid):
         _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -522,8 +526,6 @@ def stop_server(
     if server.proc is not None:
         with contextlib.suppress(ChildProcessError):
             server.proc.wait(timeout=5)
-    if unregister:
-        endpoints.unregister(ep.base_url, registry)
     if ep.api_key_file:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ep.api_key_file)

@@ -68,6 +68,41 @@ def test_gpu_plan_assigns_disjoint_devices_per_replica():
         launch._plan([spec], gpus=["0", "1", "2"])
 
 
+def test_stop_server_unregisters_before_it_signals_the_server(tmp_path, monkeypatch):
+    """A cancelled SLURM server job is reported CANCELLED while vLLM is still shutting down; the entry
+    must be gone by then, not after the shutdown (CI once found it still registered)."""
+    registry = tmp_path / "endpoints.json"
+    # A process group whose command line names vllm, as the launcher's servers do.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "vllm"], start_new_session=True)
+    ep = endpoints.Endpoint(
+        name="m",
+        base_url="http://h:1/v1",
+        served_name="m",
+        api_key_file=None,
+        host="h",
+        port=1,
+        pid=proc.pid,
+        job_id=None,
+        started_at=time.time(),
+    )
+    endpoints.register(ep, registry)
+    seen_at_signal: list[list[str]] = []
+    signal_group = launch._signal_group
+
+    def recording(pgid: int, sig: int) -> None:
+        seen_at_signal.append([e.name for e in endpoints.read_all(registry)])
+        signal_group(pgid, sig)
+
+    monkeypatch.setattr(launch, "_signal_group", recording)
+    try:
+        launch.stop_server(launch.Server(endpoint=ep, log_path=tmp_path / "log", proc=proc), registry=registry)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert seen_at_signal == [[]]  # signalled once (SIGTERM sufficed), with the entry already removed
+    assert proc.poll() is not None and endpoints.read_all(registry) == []
+
+
 def test_pick_ports_are_distinct_and_free():
     ports = launch._pick_ports("127.0.0.1", 0, 4)
     assert len(set(ports)) == 4 and all(p > 0 for p in ports)
