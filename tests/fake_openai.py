@@ -5,6 +5,12 @@ Replies come from a ``responder(request_json) -> str``; faults from a ``faults(n
 -> str | None`` hook: "400" (rejected, e.g. too long), "429", "500", "503", "hang", "drop", "empty", "truncated",
 "nonutf8", "garbage" (a 200 whose text is not in any expected format).
 
+The Batch API (files, batches) is served too: ``batch_hold`` keeps batches in progress,
+``batch_faults(custom_id, body) -> "400" | "500" | None`` answers a request with an error line,
+``batch_end`` ends every batch as "completed", "expired" (requests answered so far: none) or
+"failed", and ``drop_batch_create`` drops the connection after creating that many batches
+(the answer is lost, the batch exists). ``batches_created`` counts the batches made.
+
 For crash tests: ``answered`` counts, per request, the replies actually sent (``requests``
 counts arrivals); ``hold()`` makes new requests wait unanswered until ``release()`` (then
 they get a 503 and are not counted as answered: their client is gone); ``restart(pause_s)``
@@ -61,6 +67,13 @@ class FakeServer:
     answered: Counter = field(default_factory=Counter)
     held: int = 0
     _holding: bool = False
+    files: dict = field(default_factory=dict)
+    batches: dict = field(default_factory=dict)
+    batches_created: int = 0
+    batch_hold: bool = False
+    batch_faults: Callable[[str, dict], str | None] | None = None
+    batch_end: str = "completed"
+    drop_batch_create: int = 0
 
     @property
     def base_url(self) -> str:
@@ -93,7 +106,117 @@ class FakeServer:
             text = None
         elif fault == "garbage":
             text = "lorem ipsum \x00 ??? no format here"
-        payload = {
+        raw = json.dumps(self._completion(body, text)).encode()
+        if fault == "truncated":
+            raw = raw[: len(raw) // 2]
+        elif fault == "nonutf8":
+            raw = b"\xff\xfe\xfa" + raw[:20]
+        self.completed += 1
+        if fault not in ("truncated", "nonutf8", "empty", "garbage"):
+            self.answered[key] += 1
+        return web.Response(body=raw, content_type="application/json")
+
+    # ---- the Batch API -----------------------------------------------------------------------
+    async def _upload(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        file_id = f"file-{len(self.files) + 1}"
+        self.files[file_id] = upload.file.read()  # type: ignore[union-attr]
+        return web.json_response(self._file_object(file_id, str(form.get("purpose", "batch"))))
+
+    def _file_object(self, file_id: str, purpose: str) -> dict:
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(self.files[file_id]),
+            "created_at": int(time.time()),
+            "filename": f"{file_id}.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["input_file_id"] not in self.files:
+            return web.json_response({"error": {"message": "no such file"}}, status=404)
+        self.batches_created += 1
+        batch_id = f"batch-{self.batches_created}"
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "in_progress",
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        }
+        if self.batches_created <= self.drop_batch_create:
+            request.transport.close()
+            return web.Response(status=500)
+        return web.json_response(self.batches[batch_id])
+
+    def _finish_batch(self, batch: dict) -> None:
+        """Answer every request of ``batch`` as the chat endpoint would (its faults from ``batch_faults``)."""
+        lines = [json.loads(x) for x in self.files[batch["input_file_id"]].decode().splitlines() if x.strip()]
+        out, errors = [], []
+        for line in lines:
+            fault = self.batch_faults(line["custom_id"], line["body"]) if self.batch_faults else None
+            if self.batch_end != "completed":
+                continue  # expired or failed: nothing answered
+            if fault:
+                errors.append(
+                    {
+                        "id": f"r-{line['custom_id'][:8]}",
+                        "custom_id": line["custom_id"],
+                        "response": {"status_code": int(fault), "body": {"error": {"message": f"injected {fault}"}}},
+                        "error": None,
+                    }
+                )
+                continue
+            key = hashlib.sha256(json.dumps(line["body"]["messages"], sort_keys=True).encode()).hexdigest()
+            self.requests[key] += 1
+            self.answered[key] += 1
+            body = self._completion(line["body"], self.responder(line["body"]))
+            out.append(
+                {
+                    "id": f"r-{line['custom_id'][:8]}",
+                    "custom_id": line["custom_id"],
+                    "response": {"status_code": 200, "body": body},
+                    "error": None,
+                }
+            )
+        for name, rows in (("output_file_id", out), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+                batch[name] = file_id
+        batch["status"] = self.batch_end
+        batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
+        if self.batch_end == "failed":
+            batch["errors"] = {"object": "list", "data": [{"code": "invalid_file", "message": "injected failure"}]}
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return web.json_response({"error": {"message": "no such batch"}}, status=404)
+        if batch["status"] == "in_progress" and not self.batch_hold:
+            self._finish_batch(batch)
+        return web.json_response(batch)
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        data = sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["file_id"])
+        if data is None:
+            return web.json_response({"error": {"message": "no such file"}}, status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    def _completion(self, body: dict, text: str | None) -> dict:
+        return {
             "id": f"fake-{self.n}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -105,15 +228,6 @@ class FakeServer:
                 "total_tokens": 0,
             },
         }
-        raw = json.dumps(payload).encode()
-        if fault == "truncated":
-            raw = raw[: len(raw) // 2]
-        elif fault == "nonutf8":
-            raw = b"\xff\xfe\xfa" + raw[:20]
-        self.completed += 1
-        if fault not in ("truncated", "nonutf8", "empty", "garbage"):
-            self.answered[key] += 1
-        return web.Response(body=raw, content_type="application/json")
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
@@ -134,6 +248,11 @@ class FakeServer:
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_post("/v1/files", self._upload)
+            app.router.add_get("/v1/files/{file_id}/content", self._file_content)
+            app.router.add_post("/v1/batches", self._create_batch)
+            app.router.add_get("/v1/batches", self._list_batches)
+            app.router.add_get("/v1/batches/{batch_id}", self._get_batch)
             app.router.add_get("/health", self._health)
             self._released = asyncio.Event()
             self._runner = web.AppRunner(app, shutdown_timeout=2.0)

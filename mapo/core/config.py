@@ -267,6 +267,36 @@ class ServeConfig:
 
 
 @dataclass
+class BatchConfig:
+    """The OpenAI Batch API for a model (half the price; results within the completion window).
+
+    Requests queue up and leave as one batch job when none arrived for ``flush_s`` (or
+    ``max_requests`` are queued); the run waits for the results. Pending batches are recorded in
+    the response cache, so a killed run resumes them on rerun instead of paying twice.
+    """
+
+    enabled: bool = False
+    """Send this model's requests as batch jobs instead of one HTTP request each."""
+    flush_s: float = 5.0
+    """Seconds without a new request after which the queued requests leave as one batch."""
+    max_requests: int = 50_000
+    """Requests per batch (OpenAI's limit); also how many items a run keeps in flight for it."""
+    poll_s: float = 60.0
+    """Seconds between two status checks of a submitted batch."""
+    price_factor: float = 0.5
+    """Batch price as a fraction of the model's prices (OpenAI: 0.5), for cost and budget."""
+
+    def check(self, key: str = "batch") -> None:
+        """Validate, naming keys under ``key``."""
+        _above(f"{key}.flush_s", self.flush_s, 0)
+        _at_least(f"{key}.max_requests", self.max_requests, 1)
+        if self.max_requests > 50_000:
+            raise ConfigError(f"{key}.max_requests must be <= 50000 (the Batch API's limit), got {self.max_requests}")
+        _above(f"{key}.poll_s", self.poll_s, 0)
+        _at_least(f"{key}.price_factor", self.price_factor, 0)
+
+
+@dataclass
 class ModelConfig:
     """One model and how it is reached. Never inferred from the name (no prefix routing)."""
 
@@ -295,6 +325,8 @@ class ModelConfig:
     """US dollars per million output (completion) tokens; None = unknown."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     serve: ServeConfig | None = None
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    """Send requests through the OpenAI Batch API (API models; off by default)."""
 
     def check(self, key: str = "model") -> None:
         """Validate, naming keys under ``key`` (``models.<name>``)."""
@@ -304,6 +336,7 @@ class ModelConfig:
         _at_least(f"{key}.price_in_per_mtok", self.price_in_per_mtok, 0, optional=True)
         _at_least(f"{key}.price_out_per_mtok", self.price_out_per_mtok, 0, optional=True)
         self.generation.check(f"{key}.generation")
+        self.batch.check(f"{key}.batch")
         if self.serve is not None:
             self.serve.check(f"{key}.serve")
 
@@ -592,6 +625,11 @@ class RunConfig:
         _at_least("max_items_in_flight", self.max_items_in_flight, 1)
         for name, model in self.models.items():
             model.check(f"models.{name}")
+            if model.batch.enabled and not self.client.cache:
+                raise ConfigError(
+                    f"models.{name}.batch.enabled=true needs client.cache=true: pending batches are recorded "
+                    "in the response cache, so that a killed run resumes them instead of paying twice"
+                )
         self.judge.check("judge")
         self.jury.check("jury")
         self.debate.check("debate")

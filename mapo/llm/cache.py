@@ -43,6 +43,11 @@ class ResponseCache:
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, "
                 "response TEXT NOT NULL, created REAL)"
             )
+            # Batch API requests in flight: which request went out in which file and batch (mapo.llm.batch)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS batch_requests (key TEXT PRIMARY KEY, model TEXT, "
+                "file_id TEXT NOT NULL, batch_id TEXT, created REAL)"
+            )
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
             return db
@@ -75,6 +80,44 @@ class ResponseCache:
                 "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?,?,?,?)",
                 (key, model, blob, time.time()),
             )
+
+    # ---- pending Batch API requests ----------------------------------------------------------
+    def record_batch(self, model: str, file_id: str, keys: list[str]) -> None:
+        """``keys`` went out in the uploaded file ``file_id`` (its batch id follows: :meth:`set_batch_id`)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO batch_requests (key, model, file_id, batch_id, created) VALUES (?,?,?,?,?)",
+                    [(k, model, file_id, None, now) for k in keys],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def set_batch_id(self, file_id: str, batch_id: str) -> None:
+        """The batch created from ``file_id``."""
+        with self._lock:
+            self._db.execute("UPDATE batch_requests SET batch_id=? WHERE file_id=?", (batch_id, file_id))
+
+    def pending_batch(self, key: str) -> tuple[str, str | None] | None:
+        """(file id, batch id or None) of the pending batch that carries ``key``, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT file_id, batch_id FROM batch_requests WHERE key=?", (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def batch_keys(self, file_id: str) -> list[str]:
+        """The request keys that went out in ``file_id``."""
+        with self._lock:
+            rows = self._db.execute("SELECT key FROM batch_requests WHERE file_id=? ORDER BY rowid", (file_id,))
+            return [r[0] for r in rows.fetchall()]
+
+    def forget_batch(self, file_id: str) -> None:
+        """The batch of ``file_id`` is collected: its requests are no longer pending."""
+        with self._lock:
+            self._db.execute("DELETE FROM batch_requests WHERE file_id=?", (file_id,))
 
     def __len__(self) -> int:
         with self._lock:

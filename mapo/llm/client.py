@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletion
 
 from mapo.core.config import ConfigError, ModelConfig
 from mapo.core.types import Completion, Message, Usage
+from mapo.llm.batch import BatchQueue, Errors
 from mapo.llm.cache import ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,11 @@ class BudgetExceeded(RunHalt):
     """The next request could take the priced cost past ``client.budget_usd``: it is not sent, the run stops."""
 
 
+class BatchFailed(RunHalt):
+    """A Batch API job failed as a whole (e.g. its file was refused), or a request stayed unanswered
+    through every retry: the run stops, everything finished so far saved."""
+
+
 class ItemFault(Exception):
     """A fault that belongs to one request's item, not to the endpoint: the item fails, the run goes on."""
 
@@ -62,6 +69,10 @@ class UnencodableText(ItemFault):
 
 class BadReply(ItemFault):
     """The server answered, but with text mapo cannot store (e.g. a lone surrogate): never retried."""
+
+
+class BatchRequestRejected(ItemFault):
+    """The Batch API answered one request with an error that is not transient (e.g. a 400): the item fails."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,7 @@ class LLMClient:
         """Worst-case cost of the priced requests in flight (counted against the budget until they answer)."""
         self._unpriced_warned: set[str] = set()
         self._retired: list[openai.AsyncOpenAI] = []
+        self._batches: dict[str, BatchQueue] = {}
         self._closed = False
 
     async def __aenter__(self) -> LLMClient:
@@ -338,12 +350,16 @@ class LLMClient:
     # ---- cost ------------------------------------------------------------------------
     @staticmethod
     def _cost(cfg: ModelConfig, prompt_tokens: float, completion_tokens: float) -> float | None:
-        """US dollars for the tokens at the model's prices; None when the model has no price."""
+        """US dollars for the tokens at the model's prices (times ``batch.price_factor`` for a model on
+        the Batch API); None when the model has no price."""
         if cfg.price_in_per_mtok is None and cfg.price_out_per_mtok is None:
             return None
+        factor = cfg.batch.price_factor if cfg.batch.enabled else 1.0
         return (
-            prompt_tokens * (cfg.price_in_per_mtok or 0.0) + completion_tokens * (cfg.price_out_per_mtok or 0.0)
-        ) / 1e6
+            factor
+            * (prompt_tokens * (cfg.price_in_per_mtok or 0.0) + completion_tokens * (cfg.price_out_per_mtok or 0.0))
+            / 1e6
+        )
 
     def cost_usd(self) -> float:
         """Priced cost of every request answered so far (cached answers cost nothing)."""
@@ -385,9 +401,90 @@ class LLMClient:
         extra = constraint.request_fields() if constraint else {}
         reserved = self._reserve(m, msgs, gen)
         try:
+            if m.config.batch.enabled:
+                return await self._batched(m, msgs, body, extra, key, usage)
             return await self._attempts(m, msgs, body, extra, key, usage)
         finally:
             self._reserved_usd -= reserved
+
+    def _batch_queue(self, m: _Model) -> BatchQueue:
+        queue = self._batches.get(m.name)
+        if queue is None:
+            if self.cache is None:
+                raise ConfigError(f"models.{m.name}.batch.enabled=true needs the response cache (client.cache=true)")
+            queue = self._batches[m.name] = BatchQueue(
+                model=m.name,
+                config=m.config,
+                api=m.replicas[0].client,
+                cache=self.cache,
+                store=lambda key, reply: self._store_late_reply(m, key, reply),
+                errors=Errors(_retryable, self._backoff, frozenset(RETRYABLE_STATUS)),
+            )
+        return queue
+
+    async def _batched(self, m: _Model, msgs, body, extra, key, usage: Usage) -> Completion:
+        """One request through the model's Batch API queue (mapo.llm.batch)."""
+        request = {"model": m.config.served_name, "messages": msgs, **body, **extra}
+        self.stats.in_flight += 1
+        t0 = time.perf_counter()
+        try:
+            reply = await self._batch_queue(m).submit(key, request)
+        except Exception:
+            usage.failures += 1
+            raise
+        finally:
+            self.stats.in_flight -= 1
+        try:
+            resp = ChatCompletion.model_validate(reply)
+            return self._accept(m, key, usage, resp, time.perf_counter() - t0, "top_logprobs" in body)
+        except _Garbage as e:
+            usage.failures += 1
+            raise BatchRequestRejected(f"model {m.name!r}: the batch reply is unusable ({e})") from None
+
+    def _store_late_reply(self, m: _Model, key: str, reply: dict) -> None:
+        """A batch reply nobody waits for any more: paid for, so it goes to the cache."""
+        try:
+            resp = ChatCompletion.model_validate(reply)
+            choice = resp.choices[0] if resp.choices else None
+            asked = bool(choice is not None and choice.logprobs is not None and choice.logprobs.content)
+            record, _ = _record(resp, with_logprobs=asked)
+        except (_Garbage, ValueError) as e:
+            log.debug("late batch reply %s unusable: %s", key[:12], e)
+            return
+        if self.cache is not None and _encodable(record["text"]):
+            self.cache.put(key, m.name, record)
+
+    def _accept(
+        self, m: _Model, key: str, usage: Usage, resp: ChatCompletion, latency: float, with_logprobs: bool
+    ) -> Completion:
+        """Account for a server's answer, check it, cache it and return it."""
+        record, logprobs = _record(resp, with_logprobs)
+        text = record["text"]
+        pt, ct = record["prompt_tokens"], record["completion_tokens"]
+        usage.requests += 1
+        usage.prompt_tokens += pt
+        usage.completion_tokens += ct
+        usage.latency_s += latency
+        self.stats.requests += 1
+        self.stats.completion_tokens += ct
+        if not _encodable(text):
+            usage.failures += 1
+            raise BadReply(
+                f"model {m.name!r} replied with text that is not valid Unicode "
+                f"(a lone surrogate at character {_first_bad(text)}); the item fails"
+            )
+        if self.cache is not None:
+            self.cache.put(key, m.name, record)
+        return Completion(
+            text=text,
+            model=m.name,
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            latency_s=latency,
+            finish_reason=record["finish_reason"],
+            cache_key=key,
+            top_logprobs=logprobs,
+        )
 
     async def _attempts(self, m: _Model, msgs, body, extra, key, usage: Usage) -> Completion:
         last_error: Exception | None = None
@@ -409,45 +506,7 @@ class LLMClient:
                         self.stats.in_flight -= 1
                 latency = time.perf_counter() - t0
                 replica.errors = 0
-                choice = resp.choices[0] if resp.choices else None
-                if choice is None or choice.message is None or choice.message.content is None:
-                    raise _Garbage("response had no message content")
-                text = choice.message.content
-                pt = resp.usage.prompt_tokens if resp.usage else 0
-                ct = resp.usage.completion_tokens if resp.usage else 0
-                usage.requests += 1
-                usage.prompt_tokens += pt
-                usage.completion_tokens += ct
-                usage.latency_s += latency
-                self.stats.requests += 1
-                self.stats.completion_tokens += ct
-                if not _encodable(text):
-                    usage.failures += 1
-                    raise BadReply(
-                        f"model {m.name!r} replied with text that is not valid Unicode "
-                        f"(a lone surrogate at character {_first_bad(text)}); the item fails"
-                    )
-                logprobs = _top_logprobs(choice) if "top_logprobs" in body else None
-                record = {
-                    "text": text,
-                    "prompt_tokens": pt,
-                    "completion_tokens": ct,
-                    "finish_reason": choice.finish_reason,
-                }
-                if "top_logprobs" in body:
-                    record["top_logprobs"] = logprobs
-                if self.cache is not None:
-                    self.cache.put(key, m.name, record)
-                return Completion(
-                    text=text,
-                    model=m.name,
-                    prompt_tokens=pt,
-                    completion_tokens=ct,
-                    latency_s=latency,
-                    finish_reason=choice.finish_reason,
-                    cache_key=key,
-                    top_logprobs=logprobs,
-                )
+                return self._accept(m, key, usage, resp, latency, "top_logprobs" in body)
             except Exception as e:
                 if not _retryable(e):
                     if not isinstance(e, BadReply):
@@ -491,6 +550,8 @@ class LLMClient:
         if self._closed:
             return
         self._closed = True
+        for queue in self._batches.values():
+            await queue.aclose()
         for m in self._models.values():
             for r in m.replicas:
                 await r.client.close()
@@ -520,6 +581,27 @@ def _check_encodable(msgs: list[dict], model: str) -> None:
                 f"message {i} ({msg['role']}) for model {model!r} holds text that is not valid Unicode "
                 f"(a lone surrogate at character {_first_bad(msg['content'])}); it cannot be sent"
             )
+
+
+def _record(resp: ChatCompletion, with_logprobs: bool) -> tuple[dict, list[dict[str, float]] | None]:
+    """The cache record of a chat completion (text, tokens, finish reason, logprobs when asked for).
+
+    Raises:
+        _Garbage: the answer has no message content.
+    """
+    choice = resp.choices[0] if resp.choices else None
+    if choice is None or choice.message is None or choice.message.content is None:
+        raise _Garbage("response had no message content")
+    record: dict[str, Any] = {
+        "text": choice.message.content,
+        "prompt_tokens": resp.usage.prompt_tokens if resp.usage else 0,
+        "completion_tokens": resp.usage.completion_tokens if resp.usage else 0,
+        "finish_reason": choice.finish_reason,
+    }
+    logprobs = _top_logprobs(choice) if with_logprobs else None
+    if with_logprobs:
+        record["top_logprobs"] = logprobs
+    return record, logprobs
 
 
 def _top_logprobs(choice: Any) -> list[dict[str, float]] | None:

@@ -93,9 +93,11 @@ def make_client(cfg: RunConfig) -> LLMClient:
 
 async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]], width: int) -> None:
     """Run ``worker`` over ``items`` with at most ``width`` in flight; items are pulled lazily
-    (memory flat), a slow item never blocks the others, and the first fatal error cancels the rest."""
+    (memory flat), a slow item never blocks the others, and the first fatal error cancels the rest.
+    Lanes start as items arrive, so a wide pool over few items costs no more than the items."""
     iterator = iter(items)
     lock = asyncio.Lock()
+    tasks: list[asyncio.Task] = []
 
     async def lane() -> None:
         while True:
@@ -103,15 +105,21 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]
                 item = next(iterator, _END)
             if item is _END:
                 return
+            if len(tasks) < width:  # the next item may start at once
+                tasks.append(asyncio.create_task(lane()))
             await worker(item)
 
-    tasks = [asyncio.create_task(lane()) for _ in range(width)]
+    tasks.append(asyncio.create_task(lane()))
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            error = t.exception()
-            if error is not None:
-                raise error
+        while True:
+            watched = list(tasks)
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                error = t.exception()
+                if error is not None:
+                    raise error
+            if len(tasks) == len(watched):  # every lane ended and none was started meanwhile
+                return
     finally:
         for t in tasks:
             t.cancel()
@@ -119,6 +127,20 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]
 
 
 _END = object()
+
+
+def items_in_flight(cfg: RunConfig, models: Iterable[str]) -> int:
+    """``max_items_in_flight``, raised to ``batch.max_requests`` when a model of the run is on the
+    Batch API: a batch can only carry the requests of the items in flight, and each round of
+    batches may take hours."""
+    width = cfg.max_items_in_flight
+    batched = {n: cfg.models[n].batch.max_requests for n in models if n in cfg.models and cfg.models[n].batch.enabled}
+    if batched and max(batched.values()) > width:
+        width = max(batched.values())
+        log.info(
+            "%s on the Batch API: up to %d items in flight, so that one batch carries them", ", ".join(batched), width
+        )
+    return width
 
 
 def item_failure(e: Exception) -> str | None:
@@ -418,7 +440,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
                     raise RunStopped(f"run stopped before any work: {e}") from e
             _withdraw(run.dir, command.published)
             command.resume()
-            await run_pool(command.items(), command.work, cfg.max_items_in_flight)
+            await run_pool(command.items(), command.work, items_in_flight(cfg, command.models()))
             ending = _Ending("complete")
         except BaseException as e:  # every ending is named in the manifest, then raised as its kind
             ending = _ending(e, run, signals)

@@ -96,6 +96,21 @@ async def test_run_pool_bounds_in_flight_and_propagates_errors():
     assert peak == 5
 
 
+async def test_run_pool_starts_lanes_only_for_items_that_exist():
+    # a run with a model on the Batch API is 50,000 items wide; over 7 items it must stay 7 tasks
+    seen: list[int] = []
+    lanes = 0
+
+    async def work(i):
+        nonlocal lanes
+        seen.append(i)
+        lanes = max(lanes, len(asyncio.all_tasks()))
+        await asyncio.sleep(0.01)
+
+    await run_pool(range(7), work, 50_000)
+    assert sorted(seen) == list(range(7)) and lanes <= 7 + 2  # a lane per item, one that finds none, the test
+
+
 class CuttingServer(FakeServer):
     """Answers generator requests (the default responder's "Response <n>: ..." texts) whose n is
     odd with ``finish_reason: length``, as a server does when max_tokens cuts the text."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from mapo.core.config import ConfigError
 from mapo.runs.evaluate import agreement_tables, combine_orders, load_items
 from tests.conftest import REPO, shared_dir
+from tests.fake_openai import FakeServer
 
 MAPO = str(Path(sys.executable).with_name("mapo"))
 LABELS = ["model_a", "model_b", "tie", "model_a", "model_b", "model_a"]
@@ -40,6 +43,12 @@ def write_items(path: Path, n: int = 6) -> Path:
 def mapo(
     server, tmp_path: Path, *overrides: str, command: str = "evaluate", run: str = "run"
 ) -> subprocess.CompletedProcess:
+    args = mapo_args(server, tmp_path, *overrides, command=command, run=run)
+    return subprocess.run(args, cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+
+
+def mapo_args(server, tmp_path: Path, *overrides: str, command: str = "evaluate", run: str = "run") -> list[str]:
+    """The `mapo <command>` command line with both embedded models on ``server``."""
     endpoints = []
     for m in ("smollm2-135m", "gemma3-270m"):
         endpoints += [f"models.{m}.endpoint=null", f"models.{m}.base_url={server.base_url}"]
@@ -57,7 +66,7 @@ def mapo(
     ]
     if command == "evaluate" and not any(o.startswith("eval_data") for o in overrides):
         args += ["eval_data=local", f"eval_data.path={write_items(tmp_path / 'items.jsonl')}"]
-    return subprocess.run(args, cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    return args
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -453,3 +462,45 @@ async def test_a_reference_not_in_the_run_fails_before_any_model_call(fake_serve
     with pytest.raises(ConfigError, match=r"stats.reference='gpt-4o' is not an evaluator of this run"):
         await evaluate(compose(fake_server, tmp_path, "roles.judge=smollm2-135m", "stats.reference=gpt-4o"))
     assert fake_server.n == 0 and not (tmp_path / "run").exists()
+
+
+BATCH_JUDGE = (
+    "roles.judge=smollm2-135m",
+    "judge=combined10",
+    "models.smollm2-135m.batch.enabled=true",
+    "models.smollm2-135m.batch.flush_s=0.2",
+    "models.smollm2-135m.batch.poll_s=0.05",
+    "models.smollm2-135m.price_in_per_mtok=2.0",
+    "models.smollm2-135m.price_out_per_mtok=8.0",
+)
+
+
+def test_a_batch_api_judge_run_killed_while_waiting_resumes_and_pays_once(tmp_path):
+    """`mapo evaluate` with the judge on the Batch API: SIGKILL while the batch is at the API, the same
+    command again waits for that batch (no second batch, no online request), completes, and the
+    manifest prices the judge at half."""
+    with FakeServer(batch_hold=True) as server:
+        args = mapo_args(server, tmp_path, *BATCH_JUDGE)
+        proc = subprocess.Popen(args, cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not (server.batches and all(b.get("metadata") for b in server.batches.values())):
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.05)
+            time.sleep(0.5)  # the batch id is recorded in the cache
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert server.batches_created == 1
+        manifest = tmp_path / "run" / "manifest.json"
+        assert not manifest.exists() or json.loads(manifest.read_text())["status"] != "complete"
+        server.batch_hold = False
+        ok(subprocess.run(args, cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120))
+    assert server.batches_created == 1 and server.completed == 0  # no request sent twice, none online
+    m = json.loads(manifest.read_text())
+    assert m["status"] == "complete" and len(records(tmp_path / "run")) == 6
+    (row,) = [u for u in m["usage"] if u["model"] == "smollm2-135m"]
+    full = (row["prompt_tokens"] * 2.0 + row["completion_tokens"] * 8.0) / 1e6
+    assert row["requests"] == 6 and row["cost_usd"] == pytest.approx(full / 2, abs=1e-6)
