@@ -14,9 +14,12 @@ Peers, each as its own users would run it, configured for throughput from its do
   distilabel  a Pipeline of ChatGeneration steps on OpenAILLM, input_batch_size = --concurrency
   curator     curator.LLM on the "openai" backend (base_url), rate limits opened, max_concurrent_requests
               = --concurrency, truncated answers accepted; the chain is three successive LLM calls
+  raw-chain   (chain only) the chain written by hand on the bare openai client: every item's three
+              calls in order, all items at once: the best a tool that respects the chain's
+              dependencies can do, so "ratio to raw chain" is a tool's own overhead
   ceiling     the stage's requests fired raw (openai client) with the same in-flight bound and no
               dependencies: what the server does with this token mix (for the chain, the requests
-              recorded from an earlier peer's chain)
+              recorded from an earlier peer's chain; no dependent chain can reach it)
 
 All peers send temperature 0, the same max_tokens and no structured output. distilabel and curator
 are installed from PyPI, pinned (bench/peers_requirements/<peer>.txt), each in its own virtual
@@ -55,7 +58,8 @@ from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = Path(__file__).resolve().parent / "peers_requirements"
-PEERS = ("mapo", "distilabel", "curator", "ceiling")
+PEERS = ("mapo", "distilabel", "curator", "raw-chain", "ceiling")
+CHAIN_ONLY = ("raw-chain",)
 STAGES = ("judge", "chain")
 VENV_PEERS = ("distilabel", "curator")
 """Peers installed in their own virtual environment; mapo and the ceiling run in mapo's."""
@@ -168,6 +172,50 @@ def work_ceiling(spec: dict, stage: str) -> dict:
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(len(requests))))
+        wall = time.perf_counter() - t0
+        await client.close()
+        return wall
+
+    return {"work_s": asyncio.run(run()), "texts": texts}
+
+
+def work_raw_chain(spec: dict, stage: str) -> dict:
+    """The chain by hand: a bare openai client, each item's three calls in order, every item at once."""
+    import asyncio
+
+    import httpx
+    import openai
+
+    questions = spec["chain"]["questions"]
+    texts: list[str] = [""] * len(questions)
+
+    async def run() -> float:
+        client = openai.AsyncOpenAI(
+            base_url=spec["base_url"],
+            api_key=spec["api_key"],
+            max_retries=3,
+            timeout=spec["timeout_s"],
+            http_client=httpx.AsyncClient(  # type: ignore[arg-type]
+                limits=httpx.Limits(max_connections=spec["concurrency"] + 8)
+            ),
+        )
+        sem = asyncio.Semaphore(spec["concurrency"])
+
+        async def call(messages: Messages) -> str:
+            async with sem:
+                resp = await client.chat.completions.create(
+                    model=spec["model"], messages=cast(Any, messages), temperature=0.0, max_tokens=spec["max_tokens"]
+                )
+            return resp.choices[0].message.content or ""
+
+        async def item(i: int) -> None:
+            q = questions[i]
+            r = await call(gen_messages(q))
+            review = await call(review_messages(spec, q, r))
+            texts[i] = await call(revise_messages(spec, q, r, review))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(item(i) for i in range(len(questions))))
         wall = time.perf_counter() - t0
         await client.close()
         return wall
@@ -324,7 +372,13 @@ def work_curator(spec: dict, stage: str) -> dict:
     return {"work_s": wall, "texts": texts}
 
 
-WORKERS = {"mapo": work_mapo, "ceiling": work_ceiling, "distilabel": work_distilabel, "curator": work_curator}
+WORKERS = {
+    "mapo": work_mapo,
+    "ceiling": work_ceiling,
+    "raw-chain": work_raw_chain,
+    "distilabel": work_distilabel,
+    "curator": work_curator,
+}
 
 
 def worker_main(peer: str, stage: str, spec_path: str, result_path: str) -> None:
@@ -695,10 +749,12 @@ def summarize(phases: list[dict]) -> dict:
         for peer in dict.fromkeys(p["peer"] for p in rows):
             mine = [p for p in rows if p["peer"] == peer]
             ratios = [p["over_ceiling"] for p in mine if p.get("over_ceiling") is not None]
+            raw = [p["over_raw_chain"] for p in mine if p.get("over_raw_chain") is not None]
             out.setdefault(stage, {})[peer] = {
                 "wall_s": [p["wall_s"] for p in mine],
                 "tok_per_s_mean": round(statistics.mean(p["tok_per_s"] for p in mine), 1),
                 "over_ceiling_mean": round(statistics.mean(ratios), 3) if ratios else None,
+                "over_raw_chain_mean": round(statistics.mean(raw), 3) if raw else None,
                 "max_in_flight": max(p["max_in_flight"] for p in mine),
                 "requests": mine[0]["requests"],
                 "tokens": [p["tokens"] for p in mine],
@@ -722,7 +778,8 @@ def markdown(res: dict) -> str:
         "",
         "wall = the tool's own run call (imports and process start excluded; process = the whole process); "
         "server span = first request in to last answer out; tok/s = generated tokens "
-        "(counted at the server) / wall; ratio = tok/s over the ceiling's in the same repetition; "
+        "(counted at the server) / wall; ratio = tok/s over the ceiling's in the same repetition; vs raw chain = "
+        "over the hand-written chain's (the chain's dependencies respected, no tool around it); "
         "in flight = the most requests the server had at once; same req = share of the peer's requests "
         "identical to the ceiling's.",
         "",
@@ -736,19 +793,19 @@ def markdown(res: dict) -> str:
         lines += [
             f"## {title}",
             "",
-            "| rep | peer | wall s | process s | server span s | requests | tokens | tok/s | ratio | in flight "
-            "| same req | load before |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| rep | peer | wall s | process s | server span s | requests | tokens | tok/s | ratio | vs raw chain "
+            "| in flight | same req | load before |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in rows:
             if "error" in p:
-                lines.append(f"| {p['rep']} | {p['peer']} | failed: {p['error']} | | | | | | | | | |")
+                lines.append(f"| {p['rep']} | {p['peer']} | failed: {p['error']} | | | | | | | | | | |")
                 continue
             same = p.get("same_requests_as_ceiling")
             lines.append(
                 f"| {p['rep']} | {p['peer']} | {p['wall_s']} | {p['process_s']} | {p['server_span_s']} "
                 f"| {p['requests']} | {p['tokens']} | {p['tok_per_s']} | {p.get('over_ceiling', '')} "
-                f"| {p['max_in_flight']} | {'' if same is None else f'{same:.0%}'} | {p['loadavg_1m_before']} |"
+                f"| {p.get('over_raw_chain', '')} | {p['max_in_flight']} | {'' if same is None else f'{same:.0%}'} | {p['loadavg_1m_before']} |"
             )
         shas = {p["texts_sha"] for p in rows if "error" not in p and p["peer"] != "ceiling"}
         if shas:
@@ -758,13 +815,14 @@ def markdown(res: dict) -> str:
     lines += [
         "## Mean over repetitions",
         "",
-        "| stage | peer | tok/s | ratio to ceiling | in flight |",
-        "|---|---|---|---|---|",
+        "| stage | peer | tok/s | ratio to ceiling | ratio to raw chain | in flight |",
+        "|---|---|---|---|---|---|",
     ]
     for stage, peers in res["summary"].items():
         for peer, s in peers.items():
             lines.append(
-                f"| {stage} | {peer} | {s['tok_per_s_mean']} | {s['over_ceiling_mean']} | {s['max_in_flight']} |"
+                f"| {stage} | {peer} | {s['tok_per_s_mean']} | {s['over_ceiling_mean']} "
+                f"| {s.get('over_raw_chain_mean') or ''} | {s['max_in_flight']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -773,7 +831,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
     venvs = Path(args.venvs).expanduser() if args.venvs else cache_root() / "bench-venvs"
     work = cache_root() / "bench-peers" / "logs"
     work.mkdir(parents=True, exist_ok=True)
-    pythons: dict[str, Path] = {"mapo": Path(sys.executable), "ceiling": Path(sys.executable)}
+    pythons: dict[str, Path] = {p: Path(sys.executable) for p in ("mapo", "ceiling", "raw-chain")}
     versions: dict[str, Any] = {}
     for peer in args.peers:
         if peer in VENV_PEERS:
@@ -804,6 +862,9 @@ def orchestrate(args: argparse.Namespace) -> dict:
         spec, source = build_spec(args, proxy.base_url, key)
         phases: list[dict] = []
         recorded: list[dict] | None = None
+        if not args.fake:  # the first phase after a server start runs slow (measured 0.88 vs 0.997): warm it up
+            print("[peers] warm-up: the judge stage once, raw, unmeasured", flush=True)
+            run_phase(args, "ceiling", "judge", spec, proxy, root, pythons, work)
         for rep in range(args.reps):
             order = [p for p in PEERS if p in args.peers]
             if rep % 2:  # interleave: alternate the order so drift in the machine's load hits everyone
@@ -811,7 +872,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
             for stage in args.stages:
                 ceiling: dict | None = None
                 done: list[dict] = []
-                todo = list(order)
+                todo = [p for p in order if stage == "chain" or p not in CHAIN_ONLY]
                 if stage == "chain" and "ceiling" in todo and recorded is None and todo[0] == "ceiling":
                     todo.append(todo.pop(0))  # the chain's ceiling replays a chain: record one first
                 for peer in todo:
@@ -834,7 +895,10 @@ def orchestrate(args: argparse.Namespace) -> dict:
                         flush=True,
                     )
                     done.append(p)
+                raw = next((p for p in done if p["peer"] == "raw-chain" and "error" not in p), None)
                 for p in done:
+                    if raw and "error" not in p and raw["tok_per_s"]:
+                        p["over_raw_chain"] = round(p["tok_per_s"] / raw["tok_per_s"], 3)
                     if ceiling and "error" not in p:
                         p["over_ceiling"] = (
                             round(p["tok_per_s"] / ceiling["tok_per_s"], 3) if ceiling["tok_per_s"] else None
@@ -873,6 +937,8 @@ def orchestrate(args: argparse.Namespace) -> dict:
             "max_requests_per_minute 1e9, max_tokens_per_minute 1e12, invalid_finish_reasons ['content_filter'], "
             "CURATOR_DISABLE_CACHE=1; chain = three successive LLM calls over the dataset",
             "ceiling": "openai.AsyncOpenAI, all requests gathered under a semaphore of width = concurrency",
+            "raw-chain": "openai.AsyncOpenAI, every item's generate -> review -> revise in order, all items gathered "
+            "under a semaphore of width = concurrency",
         },
         "phases": phases,
         "note": args.note,
