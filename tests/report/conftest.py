@@ -1,5 +1,4 @@
-"""Fixtures shared by the report tests: the fake server of test_report and the tiny random Llama of the
-training tests (trained for real by the train-report tests)."""
+"""Fixtures shared by the report tests: the fake server of test_report (the tiny random Llama that the
+train-report tests train for real is tests/conftest.py's ``tiny_model``)."""
 
 from tests.report.test_report import server  # noqa: F401  (fixtures: pytest finds them by name here)
-from tests.training.conftest import tiny_model  # noqa: F401
