@@ -18,6 +18,7 @@ import yaml
 from mapo.core.config import ConfigError
 from mapo.training import data
 from mapo.training.config import check
+from mapo.training.train import last_checkpoint
 from tests.conftest import REPO
 from tests.training.conftest import write_build
 
@@ -244,8 +245,10 @@ def test_killed_job_resumes_from_its_last_checkpoint_with_the_same_command(tiny_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
-    while not list((run / "checkpoints").glob("checkpoint-*")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint after 180 s"
+    # a checkpoint folder appears before its trainer_state.json: wait for a complete one (a kill while it is
+    # written leaves a torn one, which the resume skips: test_a_checkpoint_torn_by_a_kill_is_skipped)
+    while last_checkpoint(run / "checkpoints") is None and proc.poll() is None:
+        assert time.monotonic() < deadline, "no complete checkpoint after 180 s"
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
