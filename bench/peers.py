@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -141,34 +142,47 @@ def work_mapo(spec: dict, stage: str) -> dict:
     return {"work_s": asyncio.run(run()), "texts": texts}
 
 
-def work_ceiling(spec: dict, stage: str) -> dict:
+def _bare_calls(spec: dict) -> tuple[Any, Callable[[Messages], Awaitable[str]]]:
+    """The raw peers' client: a bare openai client and ``call(messages) -> text`` under a semaphore of
+    width ``concurrency`` (create inside the running event loop; close the client when done)."""
     import asyncio
 
     import httpx
     import openai
 
+    client = openai.AsyncOpenAI(
+        base_url=spec["base_url"],
+        api_key=spec["api_key"],
+        max_retries=3,
+        timeout=spec["timeout_s"],
+        # openai>=3 types this as its httpx2 fork; it accepts a plain httpx client too
+        http_client=httpx.AsyncClient(  # type: ignore[arg-type]
+            limits=httpx.Limits(max_connections=spec["concurrency"] + 8)
+        ),
+    )
+    sem = asyncio.Semaphore(spec["concurrency"])
+
+    async def call(messages: Messages) -> str:
+        async with sem:
+            resp = await client.chat.completions.create(
+                model=spec["model"], messages=cast(Any, messages), temperature=0.0, max_tokens=spec["max_tokens"]
+            )
+        return resp.choices[0].message.content or ""
+
+    return client, call
+
+
+def work_ceiling(spec: dict, stage: str) -> dict:
+    import asyncio
+
     requests: list[Messages] = spec["judge"] if stage == "judge" else spec["replay"]
     texts: list[str] = [""] * len(requests)
 
     async def run() -> float:
-        client = openai.AsyncOpenAI(
-            base_url=spec["base_url"],
-            api_key=spec["api_key"],
-            max_retries=3,
-            timeout=spec["timeout_s"],
-            # openai>=3 types this as its httpx2 fork; it accepts a plain httpx client too
-            http_client=httpx.AsyncClient(  # type: ignore[arg-type]
-                limits=httpx.Limits(max_connections=spec["concurrency"] + 8)
-            ),
-        )
-        sem = asyncio.Semaphore(spec["concurrency"])
+        client, call = _bare_calls(spec)
 
         async def one(i: int) -> None:
-            async with sem:
-                resp = await client.chat.completions.create(
-                    model=spec["model"], messages=cast(Any, requests[i]), temperature=0.0, max_tokens=spec["max_tokens"]
-                )
-            texts[i] = resp.choices[0].message.content or ""
+            texts[i] = await call(requests[i])
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(len(requests))))
@@ -183,30 +197,11 @@ def work_raw_chain(spec: dict, stage: str) -> dict:
     """The chain by hand: a bare openai client, each item's three calls in order, every item at once."""
     import asyncio
 
-    import httpx
-    import openai
-
     questions = spec["chain"]["questions"]
     texts: list[str] = [""] * len(questions)
 
     async def run() -> float:
-        client = openai.AsyncOpenAI(
-            base_url=spec["base_url"],
-            api_key=spec["api_key"],
-            max_retries=3,
-            timeout=spec["timeout_s"],
-            http_client=httpx.AsyncClient(  # type: ignore[arg-type]
-                limits=httpx.Limits(max_connections=spec["concurrency"] + 8)
-            ),
-        )
-        sem = asyncio.Semaphore(spec["concurrency"])
-
-        async def call(messages: Messages) -> str:
-            async with sem:
-                resp = await client.chat.completions.create(
-                    model=spec["model"], messages=cast(Any, messages), temperature=0.0, max_tokens=spec["max_tokens"]
-                )
-            return resp.choices[0].message.content or ""
+        client, call = _bare_calls(spec)
 
         async def item(i: int) -> None:
             q = questions[i]

@@ -57,6 +57,19 @@ def _err(value: float | None, ci: Sequence[float | None] | None) -> tuple[float,
     return max(0.0, value - float(ci[0])), max(0.0, float(ci[1]) - value)
 
 
+def _whiskers(ax: Any, values: Sequence[float], ys: Sequence[float], errs: Sequence[tuple[float, float]]) -> None:
+    """Black interval whiskers over horizontal bars (``errs`` from :func:`_err`)."""
+    ax.errorbar(
+        values,
+        ys,
+        xerr=[[lo for lo, _ in errs], [hi for _, hi in errs]],
+        fmt="none",
+        ecolor="black",
+        lw=1,
+        capsize=3,
+    )
+
+
 def _empty(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#666")
     ax.set_xticks([])
@@ -303,15 +316,7 @@ def kappa_bars(
         has_ci = any(lo or hi for lo, hi in errs)
         ax.barh(ys, vals, color=colors)
         if has_ci:
-            ax.errorbar(
-                vals,
-                ys,
-                xerr=[[lo for lo, _ in errs], [hi for _, hi in errs]],
-                fmt="none",
-                ecolor="black",
-                lw=1,
-                capsize=3,
-            )
+            _whiskers(ax, vals, ys, errs)
         for y, e, v, (_, hi) in zip(ys, entries, vals, errs, strict=True):
             text = "undefined" if e.get("kappa") is None else f"{v:.3f}"
             text += f"  n={e.get('n', 0)}" + (f", failed {e['n_failed']}" if e.get("n_failed") else "")
@@ -506,15 +511,7 @@ def position_bias(
     for ax, key, vals in ((ax1, "first_rate_ci", first), (ax2, "consistency_ci", cons)):
         errs = [_err(v, e["position_bias"].get(key)) for e, v in zip(entries, vals, strict=True)]
         if any(lo or hi for lo, hi in errs):
-            ax.errorbar(
-                [v or 0 for v in vals],
-                ys,
-                xerr=[[lo for lo, _ in errs], [hi for _, hi in errs]],
-                fmt="none",
-                ecolor="black",
-                lw=1,
-                capsize=3,
-            )
+            _whiskers(ax, [v or 0 for v in vals], ys, errs)
     ax1.axvline(0.5, color="black", ls="--", lw=0.8)
     ax1.set_xlim(0, 1)
     ax1.set_xlabel("P(picks the response shown first | decisive)")

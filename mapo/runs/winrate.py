@@ -38,7 +38,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,17 @@ def _verdict_md(comp: Mapping[str, Any] | None) -> str:
     return f"{diff}: {words}"
 
 
+def _matrix_md(title: str, rows: Sequence[str], cols: Sequence[str], cell: Callable[[str, str], str]) -> list[str]:
+    """A Markdown section: ``title``, then one row per configuration and one column per baseline."""
+    return [
+        title,
+        "",
+        "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
+        "|---|" + "---|" * len(cols),
+        *(f"| {c} | " + " | ".join(cell(c, b) for b in cols) + " |" for c in rows),
+    ]
+
+
 def winrate_table(
     cells: Mapping[str, Mapping[str, Mapping[str, Any]]],
     rows: Sequence[str],
@@ -218,57 +229,35 @@ def winrate_table(
                 row += [f(diff), f(lo), f(hi), comp.get("verdict", "")]
         w.writerow(row)
     ci_note = " [95% CI]" if has_ci else ""
-    md = [
-        f"## Win rate{ci_note}: wins / judged, ties reported separately",
-        "",
-        "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for c in rows:
-        cells_md = []
-        for b in cols:
-            cell = cells.get(c, {}).get(b)
-            cells_md.append(
-                "-"
-                if cell is None
-                else f"{_pct_ci(cell['win_rate'], cell.get('win_rate_ci'))} "
-                f"(ties {_pct_ci(cell['tie_rate'], cell.get('tie_rate_ci'))}, n={cell['n']}"
-                + (f", failed {cell['failed']}" if cell["failed"] else "")
-                + ")"
-            )
-        md.append(f"| {c} | " + " | ".join(cells_md) + " |")
+
+    def both_rates(c: str, b: str) -> str:
+        cell = cells.get(c, {}).get(b)
+        if cell is None:
+            return "-"
+        return (
+            f"{_pct_ci(cell['win_rate'], cell.get('win_rate_ci'))} "
+            f"(ties {_pct_ci(cell['tie_rate'], cell.get('tie_rate_ci'))}, n={cell['n']}"
+            + (f", failed {cell['failed']}" if cell["failed"] else "")
+            + ")"
+        )
+
+    def ties_half(c: str, b: str) -> str:
+        cell = cells.get(c, {}).get(b) or {}
+        return _pct_ci(cell.get("win_rate_ties_half"), cell.get("win_rate_ties_half_ci"))
+
+    md = _matrix_md(f"## Win rate{ci_note}: wins / judged, ties reported separately", rows, cols, both_rates)
     md += [
         "",
-        f"## Win rate{ci_note}: ties counted as half-wins, (wins + ties/2) / judged",
-        "",
-        "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        *_matrix_md(
+            f"## Win rate{ci_note}: ties counted as half-wins, (wins + ties/2) / judged", rows, cols, ties_half
+        ),
     ]
-    for c in rows:
-        md.append(
-            f"| {c} | "
-            + " | ".join(
-                _pct_ci(
-                    (cells.get(c, {}).get(b) or {}).get("win_rate_ties_half"),
-                    (cells.get(c, {}).get(b) or {}).get("win_rate_ties_half_ci"),
-                )
-                for b in cols
-            )
-            + " |"
-        )
     if cmp:
         ref = next(
             (x.get("reference") for per in cmp.values() for x in per.values() if x.get("reference")), "the reference"
         )
-        md += [
-            "",
-            f"## Win rate against the reference configuration ({ref}), paired by prompt",
-            "",
-            "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
-            "|---|" + "---|" * len(cols),
-        ]
-        for c in rows:
-            md.append(f"| {c} | " + " | ".join(_verdict_md((cmp.get(c) or {}).get(b)) for b in cols) + " |")
+        title = f"## Win rate against the reference configuration ({ref}), paired by prompt"
+        md += ["", *_matrix_md(title, rows, cols, lambda c, b: _verdict_md((cmp.get(c) or {}).get(b)))]
     md += ["", "Judged = wins + losses + ties; judge failures are left out of every rate and counted as `failed`."]
     if has_ci:
         md.append("[low, high]: bootstrap interval over prompts (in percent).")
