@@ -52,6 +52,11 @@ def default_responder(request: dict) -> str:
     return f"Response {digest % 100000}: " + request["messages"][-1]["content"][:40]
 
 
+def request_key(body: dict) -> str:
+    """What ``requests`` and ``answered`` count by: the conversation of a chat request."""
+    return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class FakeServer:
     responder: Responder = default_responder
@@ -84,7 +89,7 @@ class FakeServer:
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         body = await request.json()
         self.n += 1
-        key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+        key = request_key(body)
         self.requests[key] += 1
         if self._holding:
             self.held += 1
@@ -175,7 +180,7 @@ class FakeServer:
                     }
                 )
                 continue
-            key = hashlib.sha256(json.dumps(line["body"]["messages"], sort_keys=True).encode()).hexdigest()
+            key = request_key(line["body"])
             self.requests[key] += 1
             self.answered[key] += 1
             body = self._completion(line["body"], self.responder(line["body"]))

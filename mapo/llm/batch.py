@@ -193,9 +193,7 @@ class BatchQueue:
                     done = f" ({counts.completed}/{counts.total} done)" if counts else ""
                     log.info("model %s: batch %s is %s%s", self.model, batch.id, status, done)
             await self._collect(file_id, batch, keys)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
+        except Exception as e:  # not a cancellation (a BaseException): aclose leaves the batch to a rerun
             self._fail([k for k in keys if k in self._waiting], e)
         finally:
             self._watchers.pop(file_id, None)

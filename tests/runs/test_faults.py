@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import importlib.util
 import json
 import logging
@@ -37,7 +36,7 @@ from mapo.runs.build import build
 from mapo.runs.runner import RunStopped
 from mapo.runs.store import RunLocked, StoreError, WriteFailed
 from tests.conftest import REPO, fake_model
-from tests.fake_openai import FakeServer, default_responder
+from tests.fake_openai import FakeServer, default_responder, request_key
 
 ITEMS = 8
 FILES = ("generations", "selections", "dpo", "kto")
@@ -188,10 +187,6 @@ def assert_same(a: dict, b: dict) -> None:
         assert a[name].keys() == b[name].keys(), f"{name}.jsonl: keys differ"
         for key in a[name]:
             assert a[name][key] == b[name][key], f"{name}.jsonl: record {key} differs"
-
-
-def request_key(body: dict) -> str:
-    return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
 
 
 def is_judge(body: dict) -> bool:
