@@ -22,9 +22,11 @@ that judged the same items with the same setup; for --authors the combined-scori
 as in the paper; rule ``--rule``, default the paper's mode with a multi-way mode as a tie).
 
 Every kappa and accuracy carries a seeded bootstrap interval over the items, and every row a
-paired comparison with a reference evaluator (``--reference``, default the best judge / jury /
-debate): "not worse" than it by more than ``--margin``, "worse", or "cannot tell" with the
-number of items that would decide (:mod:`mapo.metrics.uncertainty`). With ``--recorded``
+paired comparison with a reference evaluator (``--reference``; default the judge, jury or
+debate that was run with the highest kappa, never a jury subset formed afterwards): "better",
+"not worse" (by more than ``--margin``), "significantly lower, within the margin",
+"significantly lower (margin not excluded)", "worse", or "cannot tell" with the number of items
+that would decide (:mod:`mapo.metrics.uncertainty`). With ``--recorded``
 (the authors' own parsed scores, which reproduce the paper) their parse failures (-1 scores)
 count as scores as they did in the paper, and are counted and reported.
 
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.metrics.agreement import cohen_kappa
-from mapo.metrics.tables import LABELS_KEY, add_uncertainty, build_tables, combine_orders, format_table
+from mapo.metrics.tables import ANNOTATORS_KEY, LABELS_KEY, add_uncertainty, build_tables, combine_orders, format_table
 from mapo.metrics.tables import jury_subset_block as _subset_block
 from mapo.metrics.uncertainty import CONFIDENCE, MARGIN, N_RESAMPLES, SEED, Bootstrap
 from mapo.runs.store import iter_records
@@ -133,16 +135,25 @@ def _uncertainty(tables: dict[str, Any], humans: Mapping[str, Any], stats: Mappi
     )
 
 
-def parse_mapping(text: str | None, what: str) -> dict[str, str]:
-    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (for --humans-columns / --humans-labels)."""
+def parse_mapping(text: str | None, what: str, *, repeatable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (for --humans-columns / --humans-labels).
+
+    A key in ``repeatable`` may be given more than once (``human=a1,human=a2``): its value is then
+    the list of them; any other repeated key is an error (never the last one silently)."""
     if not text:
         return {}
-    out = {}
+    out: dict[str, Any] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
             raise ValueError(f"{what}: {part!r} is not KEY=VALUE (e.g. {what} id=idx,human=winner)")
-        out[key.strip()] = value.strip()
+        if key in out:
+            if key not in repeatable:
+                raise ValueError(f"{what}: {key} is given twice ({out[key]!r} and {value!r})")
+            out[key] = [*([out[key]] if isinstance(out[key], str) else out[key]), value]
+        else:
+            out[key] = value
     return out
 
 
@@ -173,7 +184,7 @@ def authors_tables(
     ``humans_path`` (default: the shared FairEval copy); juries of their combined-scoring /10
     judges. ``strategies`` None = every strategy folder present (others are noted, not errors).
     ``recorded`` uses the scores their parser stored instead of mapo's re-parse of the raw texts."""
-    from mapo.data.humans import default_faireval_path, load_local
+    from mapo.data.humans import default_faireval_path, human_labels_spec, read_human_labels
     from mapo.data.importers import SETUPS, STRATEGIES, load_author_judgments, strategies_in
 
     root = Path(root)
@@ -197,9 +208,10 @@ def authors_tables(
             raise FileNotFoundError(f"{root}: no {', '.join(absent)} folder (present: {', '.join(present) or 'none'})")
 
     humans_file = Path(humans_path) if humans_path else default_faireval_path()
-    cols = {"human": "winner", **dict(columns or {})}
-    rows = load_local(humans_file, columns=cols, labels=labels, need_text=False)
+    spec = human_labels_spec(humans_file, columns, labels)
+    rows = read_human_labels(spec)
     human_by_id = {r["id"]: r["human"] for r in rows}
+    annotators = {r["id"]: r["annotators"] for r in rows if "annotators" in r}
     results = []
     per_judge: dict[str, dict[str, Any]] = {}
     judged: set[str] = set()
@@ -245,6 +257,7 @@ def authors_tables(
     out: dict[str, Any] = {
         "source": str(root),
         "humans": str(humans_file),
+        "humans_spec": spec,
         "strategies": chosen,
         "labels_from": "recorded scores" if recorded else "mapo re-parse of the raw texts",
         "notes": notes,
@@ -256,6 +269,8 @@ def authors_tables(
             out["jury_subsets"] = [block]
         elif "multi-rater10" not in chosen:
             notes.append("--jury-subsets: juries are formed from the multi-rater10 judges, and that folder is not read")
+    if annotators:
+        out[ANNOTATORS_KEY] = {i: a for i, a in annotators.items() if i in humans}
     _uncertainty(out, humans, stats)
     return out
 
@@ -279,12 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--humans-columns",
         metavar="MAP",
-        help="--humans: our field=their column, e.g. id=idx,human=label (default: id=id, human=winner)",
+        help="--humans: our field=their column, e.g. id=idx,human=label (default: id=id, human=winner); "
+        "human=a1,human=a2,human=a3 reads several annotators: their majority is the label (a split is a tie) "
+        "and their agreement with each other is the human ceiling",
     )
     ap.add_argument(
         "--humans-labels",
         metavar="MAP",
         help="--humans: their value=our label, e.g. 1=model_a,2=model_b,0=tie (default: values are model_a/model_b/tie)",
+    )
+    ap.add_argument(
+        "--families",
+        metavar="MAP",
+        help="model=family for the judges and the candidate models, e.g. gpt-4o=openai,vicuna-13b=lmsys "
+        "(families are never guessed from names; an unnamed model's family is unknown)",
     )
     ap.add_argument("--jury-subsets", action="store_true", help="kappa of every jury formed from the single judges")
     ap.add_argument("--sizes", default=None, help="jury sizes, e.g. 2,3 (default 2..n)")
@@ -303,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="--authors: which outputs (all: every strategy folder present)",
     )
-    ap.add_argument("--reference", metavar="NAME", help="evaluator the verdicts compare with (default: the best)")
+    ap.add_argument(
+        "--reference",
+        metavar="NAME",
+        help="evaluator the verdicts compare with (default: the judge, jury or debate that was run with the "
+        "highest kappa; jury subsets formed by --jury-subsets are never the default)",
+    )
     ap.add_argument("--margin", type=float, default=MARGIN, help=f"non-inferiority margin in kappa (default {MARGIN})")
     ap.add_argument("--n-resamples", type=int, default=N_RESAMPLES, help=f"bootstrap resamples (default {N_RESAMPLES})")
     ap.add_argument("--seed", type=int, default=SEED, help=f"bootstrap seed (default {SEED})")
@@ -340,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 sizes=sizes,
                 recorded=args.recorded,
                 strategies=None if args.strategy == "all" else (args.strategy,),
-                columns=parse_mapping(args.humans_columns, "--humans-columns"),
+                columns=parse_mapping(args.humans_columns, "--humans-columns", repeatable=("human",)),
                 labels=_labels_of(parse_mapping(args.humans_labels, "--humans-labels")) or None,
                 **stats,
             )
@@ -363,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, HumanDataError, JudgmentsFormatError) as e:
         print(f"mapo agreement: {e}", file=sys.stderr)
         return 2
+    if args.families:
+        try:
+            tables["families"] = parse_mapping(args.families, "--families")
+        except ValueError as e:
+            print(f"mapo agreement: {e}", file=sys.stderr)
+            return 2
     print(format_table(tables, top_subsets=args.top, json_path=str(out)))
     for note in tables.get("notes", []):
         print(f"note: {note}")

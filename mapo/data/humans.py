@@ -13,7 +13,9 @@ may be absent.
 
 * :func:`load_faireval`: FairEval, local JSONL (``winner`` is already a label).
 * :func:`load_local`: any local JSONL / JSON / CSV, with a column mapping and a label-value
-  mapping.
+  mapping. ``columns["human"]`` may name several columns (one per annotator): the row keeps
+  every annotator's label under ``annotators`` and ``human`` is their majority
+  (:data:`MAJORITY_RULE`).
 * Hugging Face sets, loaded lazily with ``datasets.load_dataset`` (the mapping of their rows
   is separate and unit-tested): :func:`load_pandalm` (majority of 3 annotators),
   :func:`load_mt_bench` (``lmsys/mt_bench_human_judgments``), :func:`load_alpaca_eval`
@@ -39,16 +41,20 @@ __all__ = [
     "FIELDS",
     "LOADERS",
     "HumanDataError",
+    "MAJORITY_RULE",
     "HumanRow",
     "alpaca_eval_rows",
     "default_faireval_path",
+    "human_labels_spec",
     "load_alpaca_eval",
     "load_faireval",
     "load_local",
     "load_mt_bench",
+    "label_columns",
     "load_pandalm",
     "mt_bench_rows",
     "pandalm_rows",
+    "read_human_labels",
 ]
 
 
@@ -62,11 +68,27 @@ class HumanRow(TypedDict):
     response_b: str
     human: Label
     odd_fields: NotRequired[list[str]]  # text fields that held no text: "<field>: <type>" (module doc)
+    annotators: NotRequired[dict[str, Label]]  # several label columns: column -> that annotator's label
 
 
 FIELDS: tuple[str, ...] = ("id", "question", "response_a", "response_b", "human")
 TEXT_FIELDS: tuple[str, ...] = ("question", "response_a", "response_b")
 IDENTITY_LABELS: dict[Any, Label] = {label: label for label in LABELS}
+MAJORITY_RULE = (
+    "majority of the annotators: the most common label; a split with no single most common label "
+    "(1-1-1 of three, 2-2 of four, 1-1 of two) is a tie"
+)
+"""How several annotators' labels become one human label (here, for PandaLM and AlpacaFarm alike)."""
+
+
+def label_columns(columns: Mapping[str, Any] | None) -> list[str]:
+    """The label column(s) a column mapping names for ``human`` (default ``["human"]``)."""
+    value = (columns or {}).get("human", "human")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise HumanDataError(f"columns.human must be a column name or a list of them, got {value!r}")
 
 
 class HumanDataError(ValueError):
@@ -110,7 +132,8 @@ def load_local(
     if not path.is_file():
         raise HumanDataError(f"{path}: no such file")
     records = _read(path, fmt)
-    cols = {f: f for f in FIELDS} | dict(columns or {})
+    cols: dict[str, Any] = {f: f for f in FIELDS} | dict(columns or {})
+    label_columns(cols)  # a clear error for a malformed human column before any row
     unknown = set(cols) - set(FIELDS)
     if unknown:
         raise HumanDataError(
@@ -123,6 +146,28 @@ def load_local(
     ]
     _warn_odd(rows, [w for w, _ in records], str(path))
     return rows
+
+
+def human_labels_spec(
+    path: str | Path, columns: Mapping[str, Any] | None = None, labels: Mapping[Any, Label] | None = None
+) -> dict[str, Any]:
+    """How a label file is read (``mapo agreement --humans``), as JSON: path, column mapping (``human``
+    defaults to ``winner``), label mapping (None = the values are labels). Written into
+    ``agreement.json`` (``humans_spec``) so that the report, the leaderboard and the bias
+    diagnostics read the file exactly as the kappas did (:func:`read_human_labels`)."""
+    cols = {"human": "winner", **dict(columns or {})}
+    return {
+        "path": str(path),
+        "columns": cols,
+        "labels": None if labels is None else {str(k): v for k, v in labels.items()},
+        "majority_rule": MAJORITY_RULE if len(label_columns(cols)) > 1 else None,
+    }
+
+
+def read_human_labels(spec: Mapping[str, Any], *, need_text: bool = False) -> list[HumanRow]:
+    """The rows of a label file read as ``spec`` (:func:`human_labels_spec`) says: the one place
+    agreement, report, leaderboard and bias read such a file."""
+    return load_local(spec["path"], columns=spec.get("columns"), labels=spec.get("labels"), need_text=need_text)
 
 
 def _warn_odd(rows: Sequence[HumanRow], wheres: Sequence[str], source: str) -> None:
@@ -195,7 +240,7 @@ def _object(rec: Any, path: Path, where: str) -> dict[str, Any]:
 
 def _row(
     rec: Mapping[str, Any],
-    cols: Mapping[str, str],
+    cols: Mapping[str, Any],
     labels: Mapping[Any, Label],
     where: str,
     default_id: str,
@@ -215,12 +260,19 @@ def _row(
             raise HumanDataError(f"{where}: missing column {key!r} (for {field}); has {', '.join(map(str, rec))}")
         return rec[key]
 
-    value = get("human")
-    label = _lookup(labels, value)
-    if label is None:
-        raise HumanDataError(
-            f"{where}: unknown label value {value!r} in column {cols['human']!r}; known: {', '.join(map(repr, labels))}"
-        )
+    votes: list[Label] = []
+    names = label_columns(cols)
+    for name in names:
+        if name not in rec:
+            raise HumanDataError(f"{where}: missing column {name!r} (for human); has {', '.join(map(str, rec))}")
+        value = rec[name]
+        vote = _lookup(labels, value)
+        if vote is None:
+            raise HumanDataError(
+                f"{where}: unknown label value {value!r} in column {name!r}; known: {', '.join(map(repr, labels))}"
+            )
+        votes.append(vote)
+    label = votes[0] if len(votes) == 1 else _majority(votes)
     text: dict[str, str] = {}
     odd: list[str] = []
     for field in TEXT_FIELDS:
@@ -232,6 +284,8 @@ def _row(
     row = HumanRow(id=str(get("id")), human=label, **text)  # type: ignore[typeddict-item]
     if odd:
         row["odd_fields"] = odd
+    if len(votes) > 1:
+        row["annotators"] = dict(zip(names, votes, strict=True))
     return row
 
 
@@ -266,7 +320,7 @@ def _hub(name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def _majority(votes: Sequence[Label]) -> Label:
-    """Most common annotator label; a multi-way mode (e.g. 1-1-1, 2-2) is a tie."""
+    """Most common annotator label; a multi-way mode (e.g. 1-1-1, 2-2) is a tie (:data:`MAJORITY_RULE`)."""
     counts = Counter(votes).most_common()
     top = [label for label, c in counts if c == counts[0][1]]
     return top[0] if len(top) == 1 else "tie"
@@ -304,6 +358,7 @@ def pandalm_rows(records: Iterable[Mapping[str, Any]], source: str = "PandaLM") 
         )
         if odd:
             row["odd_fields"] = odd
+        row["annotators"] = dict(zip(("annotator1", "annotator2", "annotator3"), votes, strict=True))
         rows.append(row)
         wheres.append(f"row {i}")
     _warn_odd(rows, wheres, source)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -49,6 +49,8 @@ class RecordContext:
     """``judge.version``: part of every record key."""
     evaluator: str
     """The run's evaluator (judge | jury | debate)."""
+    annotators: Mapping[str, str] | None = None
+    """Several annotators' labels (column -> label) when the item has them; ``human`` is their majority."""
 
 
 def _record(
@@ -97,6 +99,7 @@ def _record(
         "score_b": score_b,
         "failure": failure,
         "human": ctx.human,
+        **({"annotators": dict(ctx.annotators)} if ctx.annotators else {}),
         "raw": raw,
         "detail": detail,
         "prompt_tokens": prompt_tokens,

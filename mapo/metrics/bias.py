@@ -37,6 +37,7 @@ from mapo.metrics.uncertainty import Bootstrap, ratio_intervals
 
 __all__ = [
     "FAMILIES",
+    "UNKNOWN",
     "bias_report",
     "candidate_preference",
     "family_of",
@@ -44,42 +45,38 @@ __all__ = [
     "lengths_from_rows",
     "position_bias_table",
     "position_intervals",
+    "same_family",
 ]
 
-FAMILIES: dict[str, str] = {
-    "gpt": "openai",
-    "chatgpt": "openai",
-    "o1": "openai",
-    "o3": "openai",
-    "davinci": "openai",
-    "llama": "meta-llama",
-    "vicuna": "meta-llama",  # a LLaMA fine-tune
-    "alpaca": "meta-llama",
-    "gemma": "google",
-    "gemini": "google",
-    "claude": "anthropic",
-    "mistral": "mistral",
-    "mixtral": "mistral",
-    "qwen": "qwen",
-    "deepseek": "deepseek",
-    "phi": "microsoft",
-    "smollm": "huggingface",
-}
-"""Name fragment (lower case) -> model family; the longest fragment found in the name wins."""
+UNKNOWN = "unknown"
+"""The family of a model nobody named one for: never guessed, never the same family as another."""
+
+FAMILIES: dict[str, str] = {}
+"""No built-in table: families come from configuration only (``models.<name>.family`` for the
+judges, ``eval_data.families`` or ``mapo agreement --families`` for the candidate models of a
+data set). A name fragment is not evidence (cerebras-gpt-6.7B and gpt-j-6b are not GPT-4o's)."""
 
 GroupKey = tuple[str, str, str]  # (kind, judge, setup)
 
 
 def family_of(model: str, families: Mapping[str, str] | None = None) -> str:
-    """The family of a model name (``"Meta-Llama-3.1-8B"`` -> ``meta-llama``); unknown: the name itself.
+    """The family ``families`` names for ``model`` (its exact name, or the part after the last
+    ``/``; case is ignored); :data:`UNKNOWN` when none is named.
 
-    >>> family_of("gpt-3.5-turbo"), family_of("gemma-2-27b"), family_of("vicuna-13b"), family_of("x")
-    ('openai', 'google', 'meta-llama', 'x')
+    >>> family_of("gpt-4o", {"gpt-4o": "openai"}), family_of("cerebras-gpt-6.7B", {"gpt-4o": "openai"})
+    ('openai', 'unknown')
     """
-    table = FAMILIES if families is None else families
-    name = model.lower().rsplit("/", 1)[-1]
-    hits = [frag for frag in table if frag in name]
-    return table[max(hits, key=len)] if hits else model
+    if not families:
+        return UNKNOWN
+    lower = {str(k).lower(): str(v) for k, v in families.items() if v}
+    name = str(model).lower()
+    return lower.get(name) or lower.get(name.rsplit("/", 1)[-1]) or UNKNOWN
+
+
+def same_family(a: str, b: str, families: Mapping[str, str] | None = None) -> bool:
+    """Both models have a named family and it is the same one (unknown never matches)."""
+    fa, fb = family_of(a, families), family_of(b, families)
+    return fa != UNKNOWN and fa == fb
 
 
 def lengths_from_rows(rows: Iterable[Mapping[str, Any]], unit: str = "chars") -> dict[str, tuple[int, int]]:
@@ -158,8 +155,11 @@ def candidate_preference(
     """Per evaluator and candidate: how often the judge vs humans pick the candidate (module doc).
 
     ``candidates``: item id -> (model of response_a, model of response_b), or one pair for
-    every item (e.g. FairEval: ``("vicuna-13b", "gpt-3.5-turbo")``). ``by="family"`` groups
-    the candidates by :func:`family_of`.
+    every item (e.g. FairEval: ``("vicuna-13b", "gpt-3.5-turbo")``). ``families``: model name ->
+    family (configuration only, :func:`family_of`); ``by="family"`` groups the candidates by it,
+    leaving out (and counting in ``n_unknown_family``) pairs with a candidate of unknown family.
+    Each candidate row says ``self`` (the evaluator's own model, or family when ``by="family"``)
+    and, by model, ``family`` and ``own_family`` (another model of the evaluator's named family).
     """
     if by not in ("model", "family"):
         raise ValueError(f"by={by!r}; known: model, family")
@@ -168,13 +168,19 @@ def candidate_preference(
     for (kind, judge, setup), by_item in _groups(records).items():
         verdicts = _item_verdicts(by_item)
         first = next(iter(next(iter(by_item.values())).values()))
-        own = {name(m) for m in first.get("models", [judge])}
+        models = list(first.get("models", [judge]))
+        own = {name(m) for m in models} - {UNKNOWN}
+        own_families = {family_of(m, families) for m in models} - {UNKNOWN}
         per_candidate: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+        unknown = 0
         for item, (label, human) in verdicts.items():
             pair = candidates if isinstance(candidates, tuple) else candidates.get(item)
             if pair is None:
                 continue
             a, b = name(pair[0]), name(pair[1])
+            if by == "family" and UNKNOWN in (a, b):
+                unknown += 1
+                continue
             if a == b:
                 continue  # a pair within one candidate (family) says nothing about preferring it
             for cand, side in ((a, "model_a"), (b, "model_b")):
@@ -182,25 +188,25 @@ def candidate_preference(
         rows = []
         for cand in sorted(per_candidate):
             v = np.array(per_candidate[cand])
-            rows.append(
-                {
-                    "candidate": cand,
-                    "n": int(len(v)),
-                    "self": cand in own,
-                    **_paired_rates(v[:, 0], v[:, 1], v[:, 2], v[:, 3], settings),
-                }
-            )
+            row: dict[str, Any] = {"candidate": cand, "n": int(len(v)), "self": cand in own}
+            if by == "model":
+                fam = family_of(cand, families)
+                row["family"] = fam
+                row["own_family"] = not row["self"] and fam in own_families
+            rows.append({**row, **_paired_rates(v[:, 0], v[:, 1], v[:, 2], v[:, 3], settings)})
         own_rows = [r for r in rows if r["self"]]
-        out.append(
-            {
-                "judge": judge,
-                "kind": kind,
-                "setup": setup,
-                "by": by,
-                "candidates": rows,
-                "self_preference": own_rows[0]["diff"] if len(own_rows) == 1 else None,
-            }
-        )
+        entry: dict[str, Any] = {
+            "judge": judge,
+            "kind": kind,
+            "setup": setup,
+            "by": by,
+            "models": models,
+            "candidates": rows,
+            "self_preference": own_rows[0]["diff"] if len(own_rows) == 1 else None,
+        }
+        if by == "family":
+            entry["n_unknown_family"] = unknown
+        out.append(entry)
     return out
 
 

@@ -7,9 +7,11 @@ verdict against a reference evaluator; a plain-text rendering.
 
 Uncertainty (:mod:`mapo.metrics.uncertainty`): every entry (and every jury subset) gets
 ``kappa_ci`` and ``accuracy_ci`` ([low, high], a seeded bootstrap over the table's items) and
-``vs_reference``: the paired difference of its kappa from the reference's (default: the best
-judge / jury / debate of the table) with its interval and a verdict (``not_worse`` by more
-than ``margin``, ``worse``, or ``cannot_tell`` with the number of items that would decide).
+``vs_reference``: the paired difference of its kappa from the reference's (default: the
+evaluator with the highest kappa among the table's ``results`` that are not jurors, i.e. the
+judges, juries and debates that were run; never a jury subset formed afterwards, which is
+chosen on the same items) with its interval and a verdict (better / not_worse /
+lower_within_margin / lower / worse / cannot_tell: :func:`mapo.metrics.uncertainty.verdict`).
 The settings are in ``tables["uncertainty"]``.
 """
 
@@ -44,17 +46,30 @@ from mapo.metrics.uncertainty import (
     kappa_intervals,
     needed_text,
     verdict,
+    verdict_words,
 )
 
 __all__ = [
+    "ANNOTATORS_KEY",
     "LABELS_KEY",
     "add_uncertainty",
     "agreement_tables",
     "build_tables",
+    "ceiling_line",
     "combine_orders",
     "format_table",
     "jury_subset_block",
 ]
+
+VERDICT_RULES = (
+    "better: diff_ci low > 0; not_worse: low > -margin and the interval contains 0; "
+    "lower_within_margin: -margin < low and high < 0; lower: high < 0 and low <= -margin; "
+    "worse: high < -margin; cannot_tell: the interval contains 0 and -margin"
+)
+"""The verdict rules in one line, as written into ``tables["uncertainty"]["verdicts"]``."""
+
+ANNOTATORS_KEY = "_annotators"
+"""Private key of the tables during construction: item id -> {annotator: label}; removed by :func:`add_uncertainty`."""
 
 LABELS_KEY = "_labels"
 """Private key of a table entry during construction: item id -> label; removed by :func:`add_uncertainty`."""
@@ -152,11 +167,14 @@ def build_tables(
         lambda: defaultdict(dict)
     )
     humans: dict[str, Label] = {}
+    annotators: dict[str, dict[str, Label]] = {}
     jury_rules: dict[tuple[str, str], tuple[str, str]] = {}
     for r in records:
         gkey = (r["kind"], r["judge"], r["setup"], r.get("member_of"))
         groups[gkey][r["item_id"]][r["order"]] = r
         humans[r["item_id"]] = r["human"]
+        if r.get("annotators"):
+            annotators[r["item_id"]] = dict(r["annotators"])
         if r["kind"] == "jury":
             detail = r.get("detail") or {}
             if "aggregate" in detail:
@@ -204,6 +222,8 @@ def build_tables(
         )
     )
     out: dict[str, Any] = {"order_combine": order_combine, "results": results}
+    if annotators:
+        out[ANNOTATORS_KEY] = annotators
     if subsets:
         juries: dict[tuple[str, str], dict[str, dict[str, tuple]]] = defaultdict(dict)
         for (kind, judge, setup, member_of), verdicts in combined.items():
@@ -275,6 +295,9 @@ def add_uncertainty(
     settings under ``tables["uncertainty"]``. ``humans``: item id -> human label."""
     settings = settings or Bootstrap()
     entries = _entries(tables)
+    annotators = tables.pop(ANNOTATORS_KEY, None)
+    if annotators and entries:
+        _human_ceiling(tables, humans, annotators, settings if intervals else None)
     if intervals and entries:
         items = list(humans)
         human = [humans[i] for i in items]
@@ -295,6 +318,10 @@ def add_uncertainty(
             n = sum(a is not None and b is not None for a, b in zip(columns[k], columns[ref], strict=True))
             v, need = verdict(d, lo, hi, n, margin)
             e["vs_reference"] = PairedComparison(_name(e), ref_name, "kappa", d, lo, hi, n, margin, v, need).to_dict()
+            if ref_name in (e.get("members") or ()):
+                # a jury that calls the reference: how it compares, never a stand-in for it
+                e["vs_reference"]["contains_reference"] = True
+                e["vs_reference"]["text"] += f" (the jury contains {ref_name}: it does not replace it)"
         for e in tables.get("results", []):
             for sub in (e.get("by_order") or {}).values():
                 rr = kappa_intervals([[sub[LABELS_KEY].get(i) for i in items]], human, settings=settings)
@@ -307,13 +334,67 @@ def add_uncertainty(
             "n_items": len(items),
             "reference": ref_name,
             "margin": margin,
-            "verdicts": "not_worse: diff_ci low > -margin; worse: diff_ci high < -margin; else cannot_tell",
+            "verdicts": VERDICT_RULES,
         }
     for e in entries:
         e.pop(LABELS_KEY, None)
         e.pop("_picks", None)
         for sub in (e.get("by_order") or {}).values():
             sub.pop(LABELS_KEY, None)
+
+
+def _human_ceiling(
+    tables: dict[str, Any],
+    humans: Mapping[str, Label],
+    annotators: Mapping[str, Mapping[str, Label]],
+    settings: Bootstrap | None,
+) -> None:
+    """``tables["human_agreement"]`` (:func:`mapo.metrics.annotators.human_agreement`) on the items
+    whose annotators are known (all with the same annotators), and each result's leave-one-out
+    kappa (``loo_kappa``, ``loo_kappa_ci``) beside the ceiling; ``settings`` None: no intervals."""
+    from mapo.metrics.annotators import human_agreement
+
+    names = list(next(iter(annotators.values())))
+    items = [i for i in humans if i in annotators and list(annotators[i]) == names]
+    if not items:
+        return
+    results = tables.get("results", [])
+    judges = {str(k): [e[LABELS_KEY].get(i) for i in items] for k, e in enumerate(results)}
+    block = human_agreement(
+        [[annotators[i][a] for a in names] for i in items],
+        names,
+        judges,
+        settings=settings or Bootstrap(n_resamples=1),
+    )
+    for k, e in enumerate(results):
+        loo = block["judges"][str(k)]
+        e["loo_kappa"] = loo["kappa"]
+        e["loo_kappa_ci"] = loo["kappa_ci"] if settings is not None else None
+    del block["judges"]
+    if settings is None:
+        for x in [*block["pairwise"], block["fleiss"], block["ceiling"], *block["ceiling"]["per_annotator"]]:
+            x["kappa_ci"] = None
+    block["n_items_without_annotators"] = len(humans) - len(items)
+    block["loo_kappa"] = (
+        "loo_kappa of a result: the evaluator against the majority of the annotators other than one, "
+        "mean over the annotators: the figure to read against the ceiling"
+    )
+    tables["human_agreement"] = block
+
+
+def ceiling_line(tables: Mapping[str, Any]) -> str | None:
+    """ "human ceiling ...: 0.412 [0.31, 0.50] (Fleiss 0.44 [...]; 3 annotators, 200 items)", or None."""
+    h = tables.get("human_agreement")
+    if not h:
+        return None
+    c, f = h["ceiling"], h["fleiss"]
+    return (
+        f"human ceiling (each of {len(h['annotators'])} annotators vs the majority of the others, mean): "
+        f"{_with_ci(c['kappa'], c.get('kappa_ci'))}; Fleiss' kappa {_with_ci(f['kappa'], f.get('kappa_ci'))}; "
+        "pairwise Cohen "
+        + ", ".join(f"{p['a']}-{p['b']} {_with_ci(p['kappa'], p.get('kappa_ci'))}" for p in h["pairwise"])
+        + f" ({h['n_items']} items)"
+    )
 
 
 # --------------------------------------------------------------------------- text
@@ -344,7 +425,7 @@ def _verdict_cell(e: Mapping[str, Any]) -> str:
     diff = f"{v['diff']:+.3f} " if v.get("diff") is not None else ""
     if v["verdict"] == "cannot_tell":
         return f"{diff}cannot tell with n={v['n']}{needed_text(v.get('n_needed'))}"
-    return diff + ("not worse" if v["verdict"] == "not_worse" else "worse")
+    return diff + verdict_words(v["verdict"], v.get("n_needed"))
 
 
 def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: str | None = "agreement.json") -> str:
@@ -362,6 +443,17 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
             f"{_cut(e['judge'], 40):40} {e['kind']:6} {_cut(e['setup'], 24):24} "
             f"{_with_ci(e['kappa'], e.get('kappa_ci')):>22} {e['n']:>4} {e['n_failed']:>4} {_fmt(e['accuracy'], 2):>5} "
             f"{_fmt(pb.get('first_rate'), 2):>6} {_fmt(pb.get('consistency'), 2):>7}  {_verdict_cell(e)}"
+        )
+    ceiling = ceiling_line(tables)
+    if ceiling:
+        lines.append("")
+        lines.append(ceiling)
+        lines.append(
+            "  leave-one-out kappa of each evaluator (against the majority of the others, mean; read it against "
+            "the ceiling): "
+            + ", ".join(
+                f"{e['judge']} {_with_ci(e.get('loo_kappa'), e.get('loo_kappa_ci'))}" for e in tables["results"]
+            )
         )
     for j in tables.get("jury_subsets", []):
         lines.append("")
@@ -385,8 +477,10 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
         )
         if u.get("reference"):
             lines.append(
-                f"vs reference = kappa - kappa({u['reference']}), paired bootstrap: 'not worse' = not worse by more "
-                f"than {u['margin']:g}; 'worse' = worse by more than {u['margin']:g}; n needed assumes the "
-                "interval shrinks like 1/sqrt(n)."
+                f"vs reference = kappa - kappa({u['reference']}), paired bootstrap: 'better' = the interval lies "
+                f"above 0; 'not worse' = it lies above -{u['margin']:g} and contains 0; 'significantly lower, within "
+                f"the margin' = it lies in (-{u['margin']:g}, 0); 'significantly lower (margin not excluded)' = it "
+                f"lies below 0 and contains -{u['margin']:g}; 'worse' = it lies below -{u['margin']:g}; n needed "
+                "assumes the interval shrinks like 1/sqrt(n)."
             )
     return "\n".join(lines)

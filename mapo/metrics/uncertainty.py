@@ -15,15 +15,24 @@ resample and the interval is the central ``confidence`` share of those values.
   every statistic here is a function of weighted counts (``w @ onehot``), so 57 jury subsets
   x 80 items x 50,000 resamples take about a second.
 
-**Verdicts** (:func:`verdict`) answer "can X replace the reference?" from the interval of
-``d = stat(X) - stat(reference)`` with a non-inferiority ``margin`` (default 0.05 kappa):
+**Verdicts** (:func:`verdict`) say everything the interval of ``d = stat(X) - stat(reference)``
+says, against a non-inferiority ``margin`` (default 0.05 kappa) and against zero:
 
-* ``not_worse``: the interval's lower end is above ``-margin`` (X is not worse than the
-  reference by more than the margin; it may be better);
-* ``worse``: the interval's upper end is below ``-margin`` (worse by more than the margin);
-* ``cannot_tell``: the interval contains ``-margin``. ``n_needed`` is the number of items at
-  which the interval, shrinking like ``1/sqrt(n)`` around the same point estimate, would
-  leave ``-margin`` out (``None`` when the estimate sits exactly on ``-margin``).
+* ``better``: the interval's lower end is above 0 (X is significantly better);
+* ``not_worse``: the lower end is above ``-margin`` and the interval contains 0 (not worse by
+  more than the margin, and no difference either way);
+* ``lower_within_margin``: the whole interval lies in (``-margin``, 0): significantly lower,
+  but by less than the margin (non-inferior, and still lower);
+* ``lower``: the upper end is below 0 but the interval contains ``-margin``: significantly
+  lower, and whether by more than the margin cannot be told (``n_needed`` would tell);
+* ``worse``: the upper end is below ``-margin`` (worse by more than the margin);
+* ``cannot_tell``: the interval contains both 0 and ``-margin``. ``n_needed`` is the number of
+  items at which the interval, shrinking like ``1/sqrt(n)`` around the same point estimate,
+  would leave ``-margin`` out (``None`` when the estimate sits exactly on ``-margin``).
+
+A verdict never says "can replace": ``not_worse`` / ``better`` / ``lower_within_margin`` are
+non-inferior on these labels; whether X may stand in for the reference is the reader's call
+(and a jury that contains the reference does not replace it: it still calls the reference).
 
 Defaults (:data:`N_RESAMPLES`, :data:`SEED`, :data:`CONFIDENCE`, :data:`MARGIN`) are read from
 ``cfg.stats`` when a config carries one (:func:`stats_options`).
@@ -55,6 +64,9 @@ __all__ = [
     "kappa_intervals",
     "label_codes",
     "needed_text",
+    "VERDICTS",
+    "VERDICT_WORDS",
+    "verdict_words",
     "ratio_intervals",
     "stats_options",
     "verdict",
@@ -71,7 +83,11 @@ MARGIN = 0.05
 
 _GROUP = 32  # evaluators per bootstrap call
 
-Verdict = Literal["not_worse", "worse", "cannot_tell", "reference"]
+Verdict = Literal["better", "not_worse", "lower_within_margin", "lower", "worse", "cannot_tell", "reference"]
+VERDICTS: tuple[str, ...] = ("better", "not_worse", "lower_within_margin", "lower", "worse", "cannot_tell", "reference")
+"""Every verdict, best first (module doc)."""
+NON_INFERIOR: frozenset[str] = frozenset({"better", "not_worse", "lower_within_margin"})
+"""Verdicts whose interval lies above ``-margin``."""
 
 
 @dataclass(frozen=True)
@@ -301,10 +317,17 @@ class PairedComparison:
 def verdict(
     diff: float | None, low: float | None, high: float | None, n: int, margin: float = MARGIN
 ) -> tuple[Verdict, int | None]:
-    """Non-inferiority verdict for ``d = X - reference`` and its interval (module doc).
+    """The verdict for ``d = X - reference`` and its interval (module doc), and the items needed
+    to decide against the margin where the interval contains ``-margin``.
 
     >>> verdict(-0.02, -0.04, 0.01, 80)
     ('not_worse', None)
+    >>> verdict(0.10, 0.02, 0.18, 80)
+    ('better', None)
+    >>> verdict(-0.02, -0.04, -0.01, 80)
+    ('lower_within_margin', None)
+    >>> verdict(-0.074, -0.111, -0.038, 999)   # resolved below 0, the margin not excluded: ~ 999 * (0.036/0.024)^2
+    ('lower', 2248)
     >>> verdict(-0.20, -0.30, -0.10, 80)
     ('worse', None)
     >>> verdict(0.06, -0.09, 0.21, 80)   # lower end must rise above -0.05: ~ 80 * (0.15/0.11)^2
@@ -312,26 +335,59 @@ def verdict(
     """
     if diff is None or low is None or high is None:
         return "cannot_tell", None
+    if low > 0:
+        return "better", None
     if low > -margin:
-        return "not_worse", None
+        return ("lower_within_margin" if high < 0 else "not_worse"), None
     if high < -margin:
         return "worse", None
     gap = diff + margin  # distance of the estimate from the decision boundary
+    undecided: Verdict = "lower" if high < 0 else "cannot_tell"
     if gap == 0:
-        return "cannot_tell", None
+        return undecided, None
     half = (diff - low) if gap > 0 else (high - diff)  # the side that must clear -margin
-    return "cannot_tell", math.ceil(n * (half / abs(gap)) ** 2)
+    return undecided, math.ceil(n * (half / abs(gap)) ** 2)
 
 
 def verdict_text(v: str, reference: str, margin: float, n: int, n_needed: int | None) -> str:
     """The verdict in words, e.g. "cannot tell with 80 items (~149 needed)"."""
     if v == "reference":
         return "reference"
+    if v == "better":
+        return f"better than {reference}"
     if v == "not_worse":
         return f"not worse than {reference} by more than {margin:g}"
+    if v == "lower_within_margin":
+        return f"significantly lower than {reference}, but by less than {margin:g}"
+    if v == "lower":
+        return (
+            f"significantly lower than {reference}; whether by more than {margin:g} cannot be told "
+            f"with {n} items{needed_text(n_needed)}"
+        )
     if v == "worse":
         return f"worse than {reference} by more than {margin:g}"
     return f"cannot tell with {n} items{needed_text(n_needed)}"
+
+
+VERDICT_WORDS: dict[str, str] = {
+    "better": "better",
+    "not_worse": "not worse",
+    "lower_within_margin": "significantly lower, within the margin",
+    "lower": "significantly lower (margin not excluded)",
+    "worse": "worse",
+    "cannot_tell": "cannot tell",
+    "reference": "reference",
+}
+"""Short words for a table cell; :func:`verdict_words` adds the items needed."""
+
+
+def verdict_words(v: str, n_needed: int | None = None) -> str:
+    """A table cell: "not worse", "significantly lower (margin not excluded; ~2,248 items needed)"."""
+    words = VERDICT_WORDS.get(v, v)
+    if v in ("cannot_tell", "lower") and n_needed:
+        need = needed_text(n_needed).strip()[1:-1].replace(" needed", " items needed")
+        words = f"{words[:-1]}; {need})" if words.endswith(")") else f"{words} ({need})"
+    return words
 
 
 def needed_text(n_needed: int | None, cap: int = 100_000) -> str:

@@ -32,7 +32,7 @@ import yaml
 from mapo.metrics.uncertainty import CONFIDENCE, N_RESAMPLES, SEED, Bootstrap
 from mapo.report.run import Run, read_records
 
-__all__ = ["BIAS_RESAMPLES", "Evidence", "bias_diagnostics", "by_evaluator", "evidence", "settings_of"]
+__all__ = ["BIAS_RESAMPLES", "Evidence", "bias_diagnostics", "by_evaluator", "evidence", "families_of", "settings_of"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class Evidence:
     lengths: dict[str, tuple[int, int]] | None = None
     candidates: dict[str, tuple[str, str]] | None = None
     notes: list[str] = field(default_factory=list)
+    families: dict[str, str] = field(default_factory=dict)
+    """Model name -> family, from configuration only (:func:`families_of`)."""
 
 
 def settings_of(tables: Mapping[str, Any] | None) -> Bootstrap:
@@ -157,12 +159,36 @@ def _pairs_of(spec: Mapping[str, Any] | None, ev: Evidence) -> None:
         )
 
 
+def families_of(
+    config_text: str | None, spec: Mapping[str, Any] | None, tables: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """Model name -> family, from configuration only, never from a name: ``models.<name>.family``
+    of the run's config (under the config name and the served name), ``eval_data.families`` (the
+    candidate models of a data set) and an agreement output's ``families`` (``--families``)."""
+    out: dict[str, str] = {}
+    if config_text:
+        try:
+            cfg = yaml.safe_load(config_text) or {}
+        except yaml.YAMLError:
+            cfg = {}
+        models = cfg.get("models") if isinstance(cfg, dict) else None
+        for name, m in (models or {}).items():
+            if isinstance(m, dict) and isinstance(m.get("family"), str) and m["family"]:
+                out[str(name)] = m["family"]
+                if isinstance(m.get("served_name"), str):
+                    out[m["served_name"]] = m["family"]
+    for extra in ((spec or {}).get("families"), (tables or {}).get("families")):
+        if isinstance(extra, Mapping):
+            out.update({str(k): str(v) for k, v in extra.items() if v})
+    return out
+
+
 # --------------------------------------------------------------------------- records
 
 
 def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
     """Re-import the authors' judgements that ``mapo agreement --authors`` read (same labels, same items)."""
-    from mapo.data.humans import HumanDataError, load_local
+    from mapo.data.humans import HumanDataError, human_labels_spec, read_human_labels
     from mapo.data.importers import SETUPS, JudgmentsFormatError, load_author_judgments
     from mapo.metrics.bias import lengths_from_rows
 
@@ -173,11 +199,13 @@ def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
             "here, so the bias diagnostics that need per-item verdicts are left out."
         )
         return
+    spec = tables.get("humans_spec") or human_labels_spec(humans)  # older outputs: the defaults they were read with
     try:
-        rows = load_local(humans, columns={"human": "winner"}, need_text=False)
+        rows = read_human_labels({**spec, "path": str(humans)})
     except HumanDataError as e:
         ev.notes.append(
-            f"The human labels cannot be re-read with the default columns ({e}); bias diagnostics left out."
+            f"The human labels cannot be re-read with the columns and labels the kappas used ({e}); "
+            "bias diagnostics left out."
         )
         return
     human = {r["id"]: r["human"] for r in rows}
@@ -212,7 +240,7 @@ def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
         ev.lengths = lengths_from_rows(rows)
     else:
         ev.notes.append(f"{humans} holds no response texts, so length bias is left out.")
-    ev.candidates = _candidates(humans)
+    ev.candidates = _candidates(humans, str((spec.get("columns") or {}).get("id", "id")))
     if ev.candidates is None:
         ev.notes.append(f"{humans} names no model_a / model_b, so candidate preference is left out.")
 
@@ -222,11 +250,14 @@ def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
     ev = Evidence()
     if run.agreement_file is None:
         ev.records = [r for r in run.records("judgements.jsonl") if r.get("kind") in _KINDS]
-        _pairs_of(_eval_spec(run.dir, run.config_text, run.manifest), ev)
+        spec = _eval_spec(run.dir, run.config_text, run.manifest)
+        _pairs_of(spec, ev)
+        ev.families = families_of(run.config_text, spec, tables)
         return ev
     tables = tables if tables is not None else (run.json("agreement.json") or {})
     if tables.get("source") and tables.get("humans"):
         _authors_records(tables, ev)
+        ev.families = families_of(None, None, tables)
         return ev
     sources = [Path(str(s)) for s in tables.get("sources") or []]
     present = [s for s in sources if s.is_file()]
@@ -242,7 +273,10 @@ def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
     manifest = (
         json.loads((first / "manifest.json").read_text(encoding="utf-8")) if (first / "manifest.json").is_file() else {}
     )
-    _pairs_of(_eval_spec(first, cfg.read_text(encoding="utf-8") if cfg.is_file() else None, manifest), ev)
+    config_text = cfg.read_text(encoding="utf-8") if cfg.is_file() else None
+    spec = _eval_spec(first, config_text, manifest)
+    _pairs_of(spec, ev)
+    ev.families = families_of(config_text, spec, tables)
     return ev
 
 
@@ -255,10 +289,12 @@ def bias_diagnostics(ev: Evidence, tables: Mapping[str, Any] | None = None) -> d
 
     Position bias is not recomputed: the agreement tables carry it, with its intervals. The
     intervals use at most :data:`BIAS_RESAMPLES` resamples (a diagnostic read to two decimals).
-    Family preference is computed only when two candidates share a family; otherwise it is
-    the model preference, and a candidate of the judge's own family is marked from the names.
+    Families come from configuration only (:func:`families_of`; a model nobody named a family
+    for is "unknown"). Family preference is computed only when two candidates share a named
+    family; otherwise it is the model preference, with a candidate of the judge's own named
+    family marked ``own_family``.
     """
-    from mapo.metrics.bias import candidate_preference, family_of, length_bias
+    from mapo.metrics.bias import UNKNOWN, candidate_preference, family_of, length_bias
 
     base = settings_of(tables)
     settings = Bootstrap(n_resamples=min(base.n_resamples, BIAS_RESAMPLES), seed=base.seed, confidence=base.confidence)
@@ -270,10 +306,16 @@ def bias_diagnostics(ev: Evidence, tables: Mapping[str, Any] | None = None) -> d
     if ev.lengths is not None:
         out["length"] = length_bias(ev.records, ev.lengths, settings=settings)
     if ev.candidates is not None:
-        out["model_preference"] = candidate_preference(ev.records, ev.candidates, settings=settings)
-        models = {m for pair in ev.candidates.values() for m in pair}
-        if len({family_of(m) for m in models}) < len(models):
-            out["family_preference"] = candidate_preference(ev.records, ev.candidates, by="family", settings=settings)
+        fams = ev.families
+        out["model_preference"] = candidate_preference(ev.records, ev.candidates, families=fams, settings=settings)
+        known = [
+            f for m in {m for pair in ev.candidates.values() for m in pair} if (f := family_of(m, fams)) != UNKNOWN
+        ]
+        if len(set(known)) < len(known):  # two candidates of one named family: a family preference can be measured
+            out["family_preference"] = candidate_preference(
+                ev.records, ev.candidates, by="family", families=fams, settings=settings
+            )
+        out["families"] = dict(fams)
     return out
 
 

@@ -4,7 +4,7 @@ Collects every ``mapo evaluate`` run at or under the given paths (single runs an
 sweep folders alike) and every ``mapo agreement`` output (the file its ``--out`` names, or
 ``agreement*.json`` files in the folders), and tabulates, for each (judge, setup) on each
 dataset: Cohen's kappa with the humans and its 95% interval, the verdict against the
-reference evaluator ("can it replace the reference on these labels?"), the parse-failure
+reference evaluator (better / not worse / lower / worse / cannot tell, on these labels), the parse-failure
 rate, position bias (when both orders were judged), length bias (when the evaluated items can
 be read) and cost in tokens. Every entry of ``agreement.json`` counts: judges, a jury's
 jurors, juries and debates. When the same (dataset, judge, setup) appears in several
@@ -22,8 +22,8 @@ Written to ``DIR`` (default ``./leaderboard``):
 
 Columns: ``kappa`` (3-class Cohen's kappa, failures left out) with ``kappa_low`` /
 ``kappa_high``; ``reference``, ``diff`` (kappa - kappa of the reference on the same items,
-paired bootstrap) with ``diff_low`` / ``diff_high``, ``verdict`` (not_worse | worse |
-cannot_tell | reference, margin ``margin``) and ``n_needed`` (items that would decide);
+paired bootstrap) with ``diff_low`` / ``diff_high``, ``verdict`` (better | not_worse |
+lower_within_margin | lower | worse | cannot_tell | reference, margin ``margin``) and ``n_needed`` (items that would decide);
 ``failure_rate`` (items with no verdict in any order / items), ``record_failure_rate``
 (failed records / records, one record per item and order), ``first_rate`` (P(picks the
 response shown first | decisive); 0.5 = unbiased), ``consistency`` (same verdict in both
@@ -47,11 +47,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mapo.metrics.uncertainty import verdict_words
 from mapo.report import plots
 from mapo.report.document import Document, Fig, Section, Table, Text, ci, render_html, render_markdown
 from mapo.report.evidence import bias_diagnostics, by_evaluator, evidence, settings_of
 from mapo.report.run import Run, find_sources, load_run
-from mapo.report.sections.evaluate import VERDICT_WORDS, agreement
+from mapo.report.sections.evaluate import agreement
 from mapo.runs.store import atomic_write_text
 
 __all__ = ["Entry", "collect", "main", "wide_table", "write_leaderboard"]
@@ -105,10 +106,7 @@ class Entry:
         """The verdict in words ("cannot tell (~924 items needed)"); "–" without one."""
         if not self.verdict:
             return "–"
-        words = VERDICT_WORDS.get(self.verdict, self.verdict)
-        if self.verdict == "cannot_tell" and self.n_needed:
-            words += f" (~{self.n_needed:,} items needed)" if self.n_needed <= 100_000 else " (> 100,000 items needed)"
-        return words
+        return verdict_words(self.verdict, self.n_needed)
 
 
 def _dataset(eval_data: dict[str, Any]) -> str:
@@ -421,10 +419,12 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
     matrix = [[r[2 + i] for i in range(len(datasets))] for r in rows]
     explain = (
         "Cohen's kappa with human labels (3 classes, ties a class; failed judgements left out and counted in the "
-        'failure rate), with its 95% bootstrap interval over items. The verdict column answers "can it replace the '
-        'reference on these labels?": Δκ = kappa − kappa of the reference on the same items (paired bootstrap); '
-        "'not worse' = Δκ's interval lies above −margin (yes, within the margin); 'worse' = it lies below −margin; "
-        "'cannot tell' = the interval contains −margin, with the items that would decide. P(first): share of "
+        "failure rate), with its 95% bootstrap interval over items. The verdict column says what the interval of "
+        "Δκ = kappa − kappa of the reference on the same items (paired bootstrap) says: 'better' = it lies above 0; "
+        "'not worse' = it lies above −margin and contains 0; 'significantly lower, within the margin' = it lies "
+        "between −margin and 0; 'significantly lower (margin not excluded)' = it lies below 0 and contains −margin; "
+        "'worse' = it lies below −margin; 'cannot tell' = it contains 0 and −margin, with the items that would "
+        "decide. P(first): share of "
         "decisive picks given to the response shown first, 0.5 = unbiased (needs both orders). Length bias: "
         "P(prefers the longer response) of the judge minus that of the humans on the same pairs (0 = as the "
         "humans). Tokens: prompt + completion tokens per judged item."

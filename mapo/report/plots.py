@@ -625,8 +625,6 @@ def candidate_preference(
     the same items (``mapo.metrics.bias.candidate_preference`` rows, with the evaluator's
     ``models``). "own model" / "own family" is written in the panel where the candidate is the
     evaluator's; the right margin gives judge - human."""
-    from mapo.metrics.bias import family_of
-
     cands: dict[str, int] = {}
     for p in preference:
         for c in p.get("candidates") or []:
@@ -642,8 +640,8 @@ def candidate_preference(
         rows, marks = [], []
         for p in preference:
             row = next((c for c in p.get("candidates") or [] if c["candidate"] == cand), None)
-            own = {family_of(m) for m in p.get("models") or [p.get("judge", "")]}
-            marks.append("own model" if row and row.get("self") else ("own family" if family_of(cand) in own else ""))
+            own_family = bool(row and row.get("own_family"))
+            marks.append("own model" if row and row.get("self") else ("own family" if own_family else ""))
             rows.append({**(row or {}), "kind": p.get("kind")})
         labels = [str(p.get("judge")) for p in preference] if i == 0 else None
         _rate_dots(ax, rows, labels, xlabel=f"P(picks {_short(cand, 24)}) (tie = 1/2)", marks=marks)

@@ -68,7 +68,7 @@ from typing import Any
 
 from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
-from mapo.data.humans import LOADERS, HumanDataError, HumanRow
+from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, RecordContext
 from mapo.judging.debate import Debate
 from mapo.judging.judge import Judge, judge_setup
@@ -104,6 +104,11 @@ def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]
         raise ConfigError("eval_data is empty: choose a set, e.g. eval_data=faireval (conf/eval_data/)")
     loader = spec.pop("loader", None)
     limit = spec.pop("limit", None)
+    families = spec.pop("families", None)  # candidate model -> family, for the bias diagnostics only
+    if families is not None and not (
+        isinstance(families, Mapping) and all(isinstance(v, str) and v for v in families.values())
+    ):
+        raise ConfigError(f"eval_data.families must map each candidate model to a family name, got {families!r}")
     try:
         fn = LOADERS.get(str(loader), key="eval_data.loader")
     except UnknownNameError as e:
@@ -138,6 +143,12 @@ def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]
         "limit": limit,
         "n_items": len(rows),
     }
+    if families:
+        info["families"] = {str(k): str(v) for k, v in families.items()}
+    n_annotated = sum("annotators" in r for r in rows)
+    if n_annotated:
+        info["annotators"] = list(rows[0].get("annotators") or [])
+        info["majority_rule"] = MAJORITY_RULE
     return rows, info
 
 
@@ -178,7 +189,12 @@ def _build(cfg: RunConfig, client) -> Evaluator:
 
 def _context(cfg: RunConfig, item: HumanRow, order: str) -> RecordContext:
     return RecordContext(
-        item_id=item["id"], human=item["human"], order=order, version=cfg.judge.version, evaluator=cfg.evaluator
+        item_id=item["id"],
+        human=item["human"],
+        order=order,
+        version=cfg.judge.version,
+        evaluator=cfg.evaluator,
+        annotators=item.get("annotators"),
     )
 
 

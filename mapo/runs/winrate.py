@@ -53,6 +53,7 @@ from mapo.metrics.uncertainty import (
     Bootstrap,
     needed_text,
     stats_options,
+    verdict_words,
     winrate_comparisons,
     winrate_intervals,
 )
@@ -161,9 +162,10 @@ def _verdict_md(comp: Mapping[str, Any] | None) -> str:
     if d is None:
         return "cannot tell"
     diff = f"{100 * d:+.1f} pts" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if None not in ci else "")
-    words = {"not_worse": "not worse", "worse": "worse"}.get(comp["verdict"])
-    if words is None:
+    if comp["verdict"] == "cannot_tell":
         words = f"cannot tell with n={comp.get('n')}{needed_text(comp.get('n_needed'))}"
+    else:
+        words = verdict_words(str(comp["verdict"]), comp.get("n_needed"))
     return f"{diff}: {words}"
 
 
@@ -265,9 +267,11 @@ def winrate_table(
         margin = next((x.get("margin") for per in cmp.values() for x in per.values() if "margin" in x), None)
         md.append(
             "Difference = win rate minus the reference configuration's against the same baseline, in percentage "
-            "points; 'not worse' = not worse by more than the margin"
+            "points; 'better' = the interval lies above 0; 'not worse' = it lies above minus the margin"
             + (f" ({100 * margin:g} pts)" if margin is not None else "")
-            + "; 'worse' = worse by more than it; n needed assumes the interval shrinks like 1/sqrt(n)."
+            + " and contains 0; 'significantly lower, within the margin' = it lies between minus the margin and 0; "
+            "'significantly lower (margin not excluded)' = it lies below 0 and contains minus the margin; "
+            "'worse' = it lies below minus the margin; n needed assumes the interval shrinks like 1/sqrt(n)."
         )
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
 

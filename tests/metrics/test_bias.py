@@ -11,6 +11,7 @@ from mapo.metrics.bias import (
     length_bias,
     lengths_from_rows,
     position_bias_table,
+    same_family,
 )
 from mapo.metrics.uncertainty import Bootstrap
 
@@ -33,23 +34,43 @@ def _rec(i, label, human, judge="gpt-4o", order="AB", pick=None, models=None):
     }
 
 
-def test_family_of():
-    assert family_of("Meta-Llama-3.1-8B-Instruct-Turbo") == "meta-llama"
-    assert family_of("google/gemma-2-9b-it") == "google"
-    assert family_of("gpt-4o-mini") == family_of("gpt-3.5-turbo") == "openai"
-    assert family_of("my-model", {"my": "mine"}) == "mine"
+FAMS = {"gpt-4o": "openai", "gpt-3.5-turbo": "openai", "vicuna-13b": "lmsys"}
+
+
+def test_family_of_comes_from_configuration_never_from_name_fragments():
+    assert family_of("gpt-4o", FAMS) == family_of("gpt-3.5-turbo", FAMS) == "openai"
+    assert family_of("openai/GPT-4o", FAMS) == "openai"  # exact name, case and a repo prefix aside
+    # issue 25: these were "own family" of GPT-4o by the fragment "gpt"; nobody named their family
+    for name in ("cerebras-gpt-6.7B", "gpt-j-6b", "gpt-neox-20b", "gpt-4o-mini"):
+        assert family_of(name, FAMS) == "unknown"
+        assert not same_family(name, "gpt-4o", FAMS)
+    assert family_of("Meta-Llama-3.1-8B-Instruct") == "unknown"  # no table of fragments
+    assert not same_family("x", "y")  # two unknowns are not one family
+
+
+def test_unknown_families_are_never_own_family_and_are_left_out_by_family():
+    """GPT-4o judging gpt-j-6b vs gpt-neox-20b (families not named): no "own family" mark, and the
+    family table leaves the pairs out and counts them."""
+    recs = [_rec(i, B, A) for i in range(N)]
+    (row,) = candidate_preference(recs, ("gpt-j-6b", "gpt-neox-20b"), families=FAMS, settings=FAST)
+    assert all(not c["own_family"] and c["family"] == "unknown" for c in row["candidates"])
+    (fam,) = candidate_preference(recs, ("gpt-j-6b", "gpt-neox-20b"), by="family", families=FAMS, settings=FAST)
+    assert fam["candidates"] == [] and fam["n_unknown_family"] == N
+    (row,) = candidate_preference(recs, ("vicuna-13b", "gpt-3.5-turbo"), families=FAMS, settings=FAST)
+    by = {c["candidate"]: c for c in row["candidates"]}
+    assert by["gpt-3.5-turbo"]["own_family"] and not by["vicuna-13b"]["own_family"]
 
 
 def test_family_preference_of_a_judge_that_always_picks_its_own_family():
     """GPT-4o always picks GPT-3.5 (response_b); humans split evenly: family preference +0.5."""
     humans = [A, B] * (N // 2)
     recs = [_rec(i, B, h) for i, h in enumerate(humans)]
-    (row,) = candidate_preference(recs, ("vicuna-13b", "gpt-3.5-turbo"), by="family", settings=FAST)
+    (row,) = candidate_preference(recs, ("vicuna-13b", "gpt-3.5-turbo"), by="family", families=FAMS, settings=FAST)
     by = {r["candidate"]: r for r in row["candidates"]}
-    assert by["openai"]["self"] and not by["meta-llama"]["self"]
+    assert by["openai"]["self"] and not by["lmsys"]["self"]
     assert (by["openai"]["judge_rate"], by["openai"]["human_rate"], by["openai"]["n"]) == (1.0, 0.5, N)
     assert by["openai"]["diff"] == pytest.approx(0.5) and by["openai"]["diff_ci"][0] > 0.3
-    assert by["meta-llama"]["diff"] == pytest.approx(-0.5)
+    assert by["lmsys"]["diff"] == pytest.approx(-0.5)
     assert row["self_preference"] == pytest.approx(0.5)
 
 
@@ -107,7 +128,9 @@ def test_bias_report_combines_orders_like_the_judge_and_runs_what_the_inputs_all
     rep = bias_report(recs, settings=FAST)
     assert set(rep) == {"position"} and rep["position"][0]["consistency"] == 1.0
     lengths = {str(i): (5, 9) for i in range(N)}
-    rep = bias_report(recs, candidates=("vicuna-13b", "gpt-3.5-turbo"), lengths=lengths, settings=FAST)
+    rep = bias_report(
+        recs, candidates=("vicuna-13b", "gpt-3.5-turbo"), lengths=lengths, families=FAMS, settings=FAST
+    )
     assert set(rep) == {"position", "length", "model_preference", "family_preference"}
     assert rep["length"][0]["judge_rate"] == 1.0 and rep["length"][0]["human_rate"] == 0.0
     assert rep["family_preference"][0]["self_preference"] == pytest.approx(1.0)

@@ -114,7 +114,9 @@ def test_label_codes_and_settings():
     "d,lo,hi,expected",
     [
         (0.02, -0.03, 0.07, ("not_worse", None)),
-        (0.30, 0.10, 0.50, ("not_worse", None)),  # better also passes non-inferiority
+        (0.30, 0.10, 0.50, ("better", None)),  # resolved above 0
+        (-0.02, -0.04, -0.005, ("lower_within_margin", None)),  # resolved below 0, above -margin
+        (-0.074, -0.111, -0.038, ("lower", 181)),  # below 0, margin not excluded: ~ 80 * (0.036 / 0.024)^2
         (-0.25, -0.35, -0.15, ("worse", None)),
         (-0.05, -0.15, 0.05, ("cannot_tell", None)),  # the estimate sits on the boundary
         (0.06, -0.09, 0.21, ("cannot_tell", 149)),  # 80 * (0.15 / 0.11)^2
@@ -147,7 +149,7 @@ def test_simulation_paired_kappa_difference_power_and_false_positives():
         c = compare_kappas(weak, good, human, settings=settings)
         assert c.diff == pytest.approx(-0.2, abs=0.1)
         detected += c.significant and c.high is not None and c.high < 0
-        assert c.verdict == "worse" or c.high < -MARGIN or c.verdict == "cannot_tell"
+        assert c.verdict in ("worse", "lower", "cannot_tell")
     assert detected == 10
     false_positive = 0
     sims = 60
@@ -219,3 +221,18 @@ def test_compare_winrates_paired_by_prompt():
     assert "worse than strong" in table["weak"]["gpt-4o"]["text"]
     with pytest.raises(ValueError, match="known: same, strong, weak"):
         compare_winrates(recs, "nope", "strong")
+
+
+def test_resolved_below_zero_but_margin_not_excluded_has_its_own_words():
+    """GPT-4o-mini vs GPT-4o on PandaLM's 999 items: -0.074 [-0.111, -0.038]. The margin rule alone
+    says "cannot tell"; the interval says it is significantly lower, and the words say both."""
+    from mapo.metrics.uncertainty import PairedComparison, verdict_words
+
+    v, need = verdict(-0.074, -0.111, -0.038, 999, 0.05)
+    assert v == "lower" and need is not None and need > 999
+    text = PairedComparison("gpt-4o-mini", "gpt-4o", "kappa", -0.074, -0.111, -0.038, 999, 0.05, v, need).text
+    assert text.startswith("significantly lower than gpt-4o; whether by more than 0.05 cannot be told with 999 items")
+    assert "needed" in text and "cannot tell" not in verdict_words(v, need).split(";")[0]
+    assert verdict_words(v, need) == f"significantly lower (margin not excluded; ~{need:,} items needed)"
+    assert verdict_words("lower_within_margin") == "significantly lower, within the margin"
+    assert verdict_words("better") == "better"

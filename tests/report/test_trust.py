@@ -196,7 +196,9 @@ def test_report_and_leaderboard_of_the_authors_agreement_output(tmp_path):
     faireval = shared / "data" / "faireval"
     out = tmp_path / "agr"
     args = ["--authors", str(faireval / "mapo-judgments"), "--humans", str(faireval / "fair_eval.jsonl")]
-    assert agreement_main([*args, "--jury-subsets", *FAST, "--out", str(out)]) == 0
+    # families are named, never guessed from names (issue 25)
+    families = "llama31-8b=meta-llama,vicuna-13b=meta-llama,gpt-4o=openai,gpt-3.5-turbo=openai"
+    assert agreement_main([*args, "--jury-subsets", *FAST, "--families", families, "--out", str(out)]) == 0
     tables = json.loads(out.read_text())
     assert report.main([str(out)]) == 0
     d = tmp_path / "agr_report"
@@ -210,6 +212,7 @@ def test_report_and_leaderboard_of_the_authors_agreement_output(tmp_path):
     rows = table_rows(pref)
     assert next(r for r in rows if r[0] == "llama31-8b" and r[2] == "vicuna-13b")[3] == "own family"
     assert next(r for r in rows if r[0] == "gpt-4o" and r[2] == "gpt-3.5-turbo")[3] == "own family"
+    assert next(r for r in rows if r[0] == "gemma-2-9b" and r[2] == "vicuna-13b")[3] == ""  # family not named
     # length: the human rate from the file itself
     human_rate = _human_longer_rate(faireval / "fair_eval.jsonl")
     length = table_rows(section(md, "Bias: length"))

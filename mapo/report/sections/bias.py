@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mapo.metrics.bias import family_of
 from mapo.report import plots
 from mapo.report.document import Block, Fig, Section, Table, Text, ci, num
 from mapo.report.evidence import bias_diagnostics, evidence
@@ -44,9 +43,8 @@ def _preference(diag: Mapping[str, Any], ev_records: Sequence[Mapping[str, Any]]
     prefs = [{**p, "models": models.get((p["judge"], p["setup"]), [p["judge"]])} for p in diag["model_preference"]]
     rows: list[list[Any]] = []
     for p in prefs:
-        own = {family_of(m) for m in p["models"]}
         for c in p.get("candidates") or []:
-            mark = "own model" if c.get("self") else ("own family" if family_of(c["candidate"]) in own else "")
+            mark = "own model" if c.get("self") else ("own family" if c.get("own_family") else "")
             rows.append(
                 [
                     p["judge"],

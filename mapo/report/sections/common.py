@@ -328,7 +328,7 @@ def winrate_section(wr: Mapping[str, Any]) -> Section:
     if has_cmp:
         note += (
             " Δ win rate: this configuration's win rate minus the reference configuration's against the same "
-            "baseline, paired by prompt; the verdict reads as for kappa (not worse / worse / cannot tell)."
+            "baseline, paired by prompt; the verdict reads as for kappa (better / not worse / significantly lower / worse / cannot tell)."
         )
     return Section(
         "Win rate against baselines",

@@ -11,16 +11,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mapo.metrics.uncertainty import needed_text
+from mapo.metrics.uncertainty import VERDICT_WORDS, verdict_words
 from mapo.report import plots
 from mapo.report.document import Block, Example, Fig, Section, Table, Text, ci, num, pct
 from mapo.report.run import Run
 from mapo.report.sections.bias import bias_sections
 from mapo.report.sections.common import reason
 
-__all__ = ["agreement", "agreement_overview", "evaluate_sections", "verdict_cell"]
-
-VERDICT_WORDS = {"not_worse": "not worse", "worse": "worse", "cannot_tell": "cannot tell", "reference": "reference"}
+__all__ = ["VERDICT_WORDS", "agreement", "agreement_overview", "evaluate_sections", "verdict_cell"]
 
 
 def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
@@ -44,10 +42,7 @@ def verdict_cell(e: Mapping[str, Any]) -> str:
     v = e.get("vs_reference") or {}
     if not v.get("verdict"):
         return ""
-    words = VERDICT_WORDS.get(v["verdict"], str(v["verdict"]))
-    if v["verdict"] == "cannot_tell" and v.get("n_needed"):
-        words += needed_text(v["n_needed"]).replace(" needed)", " items needed)")
-    return words
+    return verdict_words(str(v["verdict"]), v.get("n_needed"))
 
 
 def diff_cell(e: Mapping[str, Any]) -> str:
@@ -71,10 +66,14 @@ def reference_note(tables: Mapping[str, Any]) -> Text | None:
         m = float(u.get("margin", 0.05))
         text += (
             f" Δκ = kappa − kappa of the reference {u['reference']} on the same items (paired bootstrap). "
-            f"Verdict: 'not worse' = Δκ's interval lies above −{m:g}, so on these labels it can replace the "
-            f"reference (non-inferiority margin {m:g}); 'worse' = the interval lies below −{m:g}; 'cannot tell' = "
-            f"the interval contains −{m:g} (items needed assumes the interval narrows like 1/√n). "
-            "The reference is the best evaluator unless one was named (mapo agreement --reference NAME, stats.reference)."
+            f"Verdict: 'better' = Δκ's interval lies above 0; 'not worse' = it lies above −{m:g} and contains 0 "
+            f"(non-inferior at margin {m:g}); 'significantly lower, within the margin' = it lies between −{m:g} "
+            f"and 0; 'significantly lower (margin not excluded)' = it lies below 0 but contains −{m:g}; "
+            f"'worse' = it lies below −{m:g}; 'cannot tell' = it contains both 0 and −{m:g} (items needed assumes "
+            "the interval narrows like 1/√n). The reference is the judge, jury or debate with the highest kappa "
+            "among those that were run (never a jury subset chosen afterwards) unless one was named "
+            "(mapo agreement --reference NAME, stats.reference). A jury that contains the reference still calls it: "
+            "a verdict on such a jury says how it compares, not that it can stand in for the reference."
         )
     return Text(text, note=True)
 
