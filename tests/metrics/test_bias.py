@@ -128,9 +128,7 @@ def test_bias_report_combines_orders_like_the_judge_and_runs_what_the_inputs_all
     rep = bias_report(recs, settings=FAST)
     assert set(rep) == {"position"} and rep["position"][0]["consistency"] == 1.0
     lengths = {str(i): (5, 9) for i in range(N)}
-    rep = bias_report(
-        recs, candidates=("vicuna-13b", "gpt-3.5-turbo"), lengths=lengths, families=FAMS, settings=FAST
-    )
+    rep = bias_report(recs, candidates=("vicuna-13b", "gpt-3.5-turbo"), lengths=lengths, families=FAMS, settings=FAST)
     assert set(rep) == {"position", "length", "model_preference", "family_preference"}
     assert rep["length"][0]["judge_rate"] == 1.0 and rep["length"][0]["human_rate"] == 0.0
     assert rep["family_preference"][0]["self_preference"] == pytest.approx(1.0)
