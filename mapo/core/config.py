@@ -68,6 +68,15 @@ class JudgeStrategy(Choice):
     combined = "combined"
 
 
+class ServeDtype(Choice):
+    """``serve.dtype``: force vLLM's ``--dtype`` on GPU nodes (default: chosen from the GPU's compute
+    capability by ``mapo.serving.gpu_plan``; refused where vLLM would refuse it)."""
+
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
 class OrderCombine(Choice):
     """``judge.order_combine``: how the two presentation orders of ``both_orders`` combine."""
 
@@ -255,11 +264,20 @@ class ServeConfig:
     """Independent server replicas; the client load-balances across them."""
     chat_template: str | None = None
     """Jinja chat template for models that lack one: absolute, or relative to mapo/serving/ (chat_templates/...)."""
+    dtype: ServeDtype | None = None
+    """GPU only: force vLLM --dtype (null: bfloat16 on compute capability >= 8.0, else float16/float32)."""
+    gpu_memory_utilization: float | None = None
+    """GPU only: vLLM --gpu-memory-utilization (null: vLLM's 0.92); the memory plan uses it."""
+    full_sequences: int = 4
+    """GPU memory plan: how many max_model_len sequences the KV cache must hold at once (vLLM needs 1)."""
     extra_args: list[str] = field(default_factory=list)
     """Extra `vllm serve` arguments."""
 
     def check(self, key: str = "serve") -> None:
         """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.full_sequences", self.full_sequences, 1)
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"{key}.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         _at_least(f"{key}.max_model_len", self.max_model_len, 1)
         _at_least(f"{key}.tensor_parallel_size", self.tensor_parallel_size, 1)
         _at_least(f"{key}.gpus", self.gpus, 0)

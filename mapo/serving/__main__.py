@@ -5,6 +5,7 @@ python -m serve up --model llama31-8b --host 0.0.0.0 --foreground   # in a SLURM
 python -m serve status
 python -m serve down [--model NAME]
 python -m serve prepare --model gemma3-270m # fetch + convert weights only
+python -m serve plan --model llama31-70b --gpu-mem-gib 40 --gpus 8   # GPU dtype + memory plan, before sbatch
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from mapo.llm import endpoints
 
-from . import launch, weights
+from . import gpu_plan, launch, weights
 
 log = logging.getLogger("serve")
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s serve: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (launch.LaunchError, weights.WeightsError) as exc:
+    except (launch.LaunchError, weights.WeightsError, gpu_plan.PlanError) as exc:
         log.error("%s", exc)
         return 1
 
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def parallel(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tensor-parallel-size", type=int, metavar="N", help="override the config's (this launch)")
+        p.add_argument("--pipeline-parallel-size", type=int, metavar="N", help="pipeline stages, one per node with Ray")
 
     def common(p: argparse.ArgumentParser, models_help: str) -> None:
         p.add_argument("--model", action="append", dest="models", metavar="NAME", help=models_help)
@@ -58,7 +63,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stay attached: unregister and stop the servers on SIGTERM/SIGINT or exit",
     )
+    parallel(p)
+    p.add_argument(
+        "--distributed-executor-backend",
+        choices=["ray", "mp"],
+        help="vLLM's executor; ray for a server spanning nodes (slurm/serve-multinode.sbatch)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the vLLM command of each server; start nothing")
     p.set_defaults(func=_up)
+
+    p = sub.add_parser(
+        "plan",
+        help="GPU serving plan: dtype from the compute capability, weights + KV cache vs GPU memory",
+        description="Checks (or with --tensor-parallel-size auto chooses) each model's tensor parallelism "
+        "against the GPUs' memory; exit 1 with the numbers when a plan cannot fit. Shapes come from the "
+        "model's config.json (local folder, HF cache) or the published values in mapo/serving/model_configs/.",
+    )
+    common(p, "model from conf/model/ (repeatable)")
+    p.add_argument("--gpu-mem-gib", type=float, help="memory of one GPU in GiB (default: nvidia-smi here)")
+    p.add_argument("--gpus", type=int, help="GPUs available to one server (default: nvidia-smi here)")
+    p.add_argument(
+        "--compute-capability", type=float, help="e.g. 7.0 (V100), 8.0 (A100), 9.0 (H100); default nvidia-smi, else 8.0"
+    )
+    p.add_argument("--tensor-parallel-size", metavar="N|auto", help="check N, or choose (auto); default: the config's")
+    p.add_argument("--pipeline-parallel-size", type=int, default=None, metavar="N", help="stages (nodes); default 1")
+    p.add_argument("--max-model-len", type=int, help="default: the config's serve.max_model_len")
+    p.add_argument("--gpu-memory-utilization", type=float, help="default: the config's, else vLLM's 0.92")
+    p.add_argument("--full-sequences", type=int, help="max_model_len sequences the KV cache must hold (default 4)")
+    p.add_argument("--conf-dir", metavar="DIR", help="model configs from DIR, not conf/model/")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("down", help="stop servers started on this host and unregister them")
     common(p, "model to stop (repeatable; default: all)")
@@ -76,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _up(args: argparse.Namespace) -> int:
+    overrides = {
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "pipeline_parallel_size": args.pipeline_parallel_size,
+        "distributed_executor_backend": args.distributed_executor_backend,
+    }
+    if args.dry_run:
+        for line in launch.dry_run(
+            args.models, host=args.host, port=args.port or 8000, conf_dir=args.conf_dir, overrides=overrides
+        ):
+            print(line, flush=True)
+        return 0
     if not args.foreground:
         detached = launch.up(
             args.models,
@@ -84,6 +128,7 @@ def _up(args: argparse.Namespace) -> int:
             port=args.port,
             timeout=args.timeout,
             conf_dir=args.conf_dir,
+            overrides=overrides,
         )
         _print(detached)
         return 0
@@ -104,6 +149,7 @@ def _up(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             conf_dir=args.conf_dir,
             detach=False,
+            overrides=overrides,
         )
         _print(servers)
         while servers:
@@ -163,6 +209,52 @@ def _prepare(args: argparse.Namespace) -> int:
         path = weights.prepare(spec.name, spec.weights, force=args.force)
         print(f"{spec.name}: {path} ({time.monotonic() - started:.1f} s)")
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    if not args.models:
+        raise launch.LaunchError("plan needs --model NAME (a model of conf/model/ with serve.weights)")
+    here = gpu_plan.detect_gpu_info()
+    mem = args.gpu_mem_gib or (here.memory_gib if here else None)
+    count = args.gpus or (here.count if here else None)
+    if mem is None or count is None:
+        raise launch.LaunchError(
+            "no nvidia-smi here: give --gpu-mem-gib and --gpus (the GPUs of the nodes you submit to)"
+        )
+    capability = args.compute_capability or (here.capability if here else 8.0)
+    gpu = gpu_plan.GpuInfo(count=count, memory_gib=mem, capability=capability, name=here.name if here else "")
+    choose = args.tensor_parallel_size == "auto"
+    overrides: dict[str, object] = {
+        "tensor_parallel_size": None if choose or args.tensor_parallel_size is None else int(args.tensor_parallel_size),
+        "pipeline_parallel_size": args.pipeline_parallel_size,
+        "max_model_len": args.max_model_len,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "full_sequences": args.full_sequences,
+    }
+    refused = 0
+    configured = launch.select(args.models, launch.load_specs(args.conf_dir))
+    for spec, config_tp in zip(
+        launch.with_overrides(configured, overrides), [s.tensor_parallel_size for s in configured], strict=True
+    ):
+        try:
+            dtype, plan = launch.gpu_serving_plan(spec, gpu, choose_tp=choose)
+        except gpu_plan.PlanError as exc:
+            print(f"REFUSED {spec.name}: {exc}")
+            refused += 1
+            continue
+        print(f"{spec.name}: dtype {dtype.dtype} ({dtype.why})")
+        if plan is None:
+            print(f"{spec.name}: no config.json to plan memory with; vLLM will decide at start-up")
+            continue
+        print(f"OK {plan.summary()}")
+        for note in plan.notes:
+            print(f"  note: {note}")
+        tp_arg = f" --tensor-parallel-size {plan.tp}" if plan.tp != config_tp else ""
+        if plan.pp > 1:
+            print(f"  submit: sbatch --nodes={plan.pp} --gres=gpu:{plan.tp} slurm/serve-multinode.sbatch {spec.name}")
+        else:
+            print(f"  submit: sbatch --gres=gpu:{plan.tp} slurm/serve.sbatch {spec.name}{tp_arg}")
+    return 1 if refused else 0
 
 
 def _print(servers: list[launch.Server]) -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -35,7 +37,7 @@ from mapo.core.config import resource_dir
 from mapo.llm import endpoints
 from mapo.llm.endpoints import Endpoint
 
-from . import weights
+from . import gpu_plan, weights
 from .cpu import choose_dtype, cpu_info
 
 __all__ = [
@@ -44,12 +46,16 @@ __all__ = [
     "ServeSpec",
     "Server",
     "detect_gpus",
+    "dry_run",
+    "gpu_serving_plan",
     "down",
     "load_specs",
     "select",
     "start_servers",
     "stop_server",
     "up",
+    "vllm_argv",
+    "with_overrides",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,10 @@ _COMPILE_FLAGS = ("--enforce-eager", "-O", "--compilation-config", "--optimizati
 _PORT_RETRIES = 3
 
 
+_LAUNCH_ONLY = ("pipeline_parallel_size", "distributed_executor_backend")
+"""ServeSpec fields set on the ``up`` command line for one launch, never in conf/model/."""
+
+
 class LaunchError(RuntimeError):
     """A server could not be started or did not become ready."""
 
@@ -89,7 +99,17 @@ class ServeSpec:
     chat_template: str | None = None
     """Jinja file, relative to the repository root, for models that ship none."""
     data_parallel_replicas: int = 1
+    dtype: str | None = None
+    """GPU only: force ``--dtype`` (default: from the compute capability, :func:`gpu_plan.choose_dtype`)."""
+    gpu_memory_utilization: float | None = None
+    """GPU only: ``--gpu-memory-utilization`` (default vLLM's 0.92); the memory plan uses it."""
+    full_sequences: int = gpu_plan.FULL_SEQUENCES
+    """GPU memory plan: ``max_model_len`` sequences the KV cache must hold at once."""
     extra_args: list[str] = field(default_factory=list)
+    pipeline_parallel_size: int = 1
+    """Set by ``up --pipeline-parallel-size`` (multi-node: slurm/serve-multinode.sbatch), not a config key."""
+    distributed_executor_backend: str | None = None
+    """Set by ``up --distributed-executor-backend ray`` (multi-node), not a config key."""
 
     @classmethod
     def from_config(cls, name: str, cfg: dict) -> ServeSpec:
@@ -97,7 +117,7 @@ class ServeSpec:
         serve = dict(cfg.get("serve") or {})
         if "weights" not in serve:
             raise LaunchError(f"model {name!r} has no serve.weights: it is not served by vLLM")
-        known = {f.name for f in dataclasses.fields(cls)} - {"name", "served_name"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"name", "served_name", *_LAUNCH_ONLY}
         if unknown := set(serve) - known:
             raise LaunchError(f"model {name!r}: unknown serve keys {sorted(unknown)} (known: {sorted(known)})")
         extra = serve.pop("extra_args", None) or []
@@ -167,26 +187,77 @@ def up(
     timeout: float = 600,
     conf_dir: str | os.PathLike | None = None,
     detach: bool = True,
+    overrides: dict[str, object] | None = None,
 ) -> list[Server]:
     """Prepare weights, start one server per model replica, wait until all answer, register them.
 
     Models with a healthy server on this host already are left alone. ``detach=False`` ties the
     servers to this process (they get SIGTERM when it dies; see ``serve up --foreground``).
-    On any failure every server started here is stopped before the error propagates.
+    ``overrides`` replace ServeSpec fields of every model for this launch (``up --tensor-parallel-size``).
+    The readiness wait (``timeout``) starts after any Hugging Face download, which has no limit of
+    its own. On any failure every server started here is stopped before the error propagates.
     """
     endpoints.prune(registry)
     here = socket.gethostname()
     todo = []
-    for spec in select(names, load_specs(conf_dir)):
+    for spec in with_overrides(select(names, load_specs(conf_dir)), overrides):
         live = [e for e in _registered(spec.name, registry) if e.host == here and _healthy(e)]
         if live:
             log.info("%s is already up at %s", spec.name, ", ".join(e.base_url for e in live))
         else:
             todo.append(spec)
     for spec in todo:
-        if weights.resolve(spec.name, spec.weights) is None:  # GGUF to convert; HF ids are vLLM's to fetch
+        if weights.resolve(spec.name, spec.weights) is None:  # GGUF to convert
             weights.prepare(spec.name, spec.weights)
+        elif weights.is_hf_id(spec.weights) and weights.hf_cached(spec.weights) is None:
+            # Download first, with no time limit of its own (the job's time limit bounds it): a 140 GB
+            # model must not eat the readiness wait, which then covers only loading and warm-up.
+            log.info(
+                "%s: %s is not in the Hugging Face cache; downloading it before the server starts",
+                spec.name,
+                spec.weights,
+            )
+            started = time.monotonic()
+            weights.prepare(spec.name, spec.weights)
+            log.info("%s: downloaded in %.0f s", spec.name, time.monotonic() - started)
     return start_servers(todo, registry=registry, host=host, port=port, timeout=timeout, detach=detach)
+
+
+def with_overrides(specs: list[ServeSpec], overrides: dict[str, Any] | None) -> list[ServeSpec]:
+    """``specs`` with the fields of ``overrides`` (None values ignored) replaced; unknown fields are an error."""
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    known = {f.name for f in dataclasses.fields(ServeSpec)}
+    if unknown := set(changes) - known:
+        raise LaunchError(f"unknown serve settings {sorted(unknown)}")
+    if "tensor_parallel_size" in changes:
+        changes.setdefault("gpus", None)  # GPUs per replica follow the new tensor-parallel size
+    return [dataclasses.replace(spec, **changes) for spec in specs]
+
+
+def dry_run(
+    names: list[str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    conf_dir: str | os.PathLike | None = None,
+    overrides: dict[str, object] | None = None,
+) -> list[str]:
+    """The vLLM command line of every server ``up`` would start here, with its GPU environment; starts nothing.
+
+    GPUs are those of :func:`detect_gpus`, else the ``CUDA_VISIBLE_DEVICES`` SLURM set (fake GRES in a test
+    cluster: then nvidia-smi gives no memory, so no memory check runs; ``serve plan`` does that).
+    """
+    specs = with_overrides(select(names, load_specs(conf_dir)), overrides)
+    gpus = detect_gpus()
+    if not gpus and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        gpus = [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    lines = []
+    for i, (spec, env, args) in enumerate(_plan(specs, gpus)):
+        model = weights.resolve(spec.name, spec.weights) or spec.weights
+        argv = vllm_argv(spec, model, host, port + i if port else 0, args)
+        prefix = " ".join(f"{k}={v}" for k, v in env.items())
+        lines.append(f"{prefix} VLLM_API_KEY=<per-server key> {shlex.join(argv)}".strip())
+    return lines
 
 
 def start_servers(
@@ -248,20 +319,25 @@ def _plan(specs: list[ServeSpec], gpus: list[str]) -> list[tuple[ServeSpec, dict
     if gpus:
         free = list(gpus)
         for spec in replicas:
-            need = spec.gpus or spec.tensor_parallel_size
-            if need > len(free):
-                raise LaunchError(
-                    f"{spec.name} needs {need} GPU(s) per replica but only {len(free)} of {len(gpus)} are left "
-                    f"(CUDA_VISIBLE_DEVICES={','.join(gpus)}); lower data_parallel_replicas or ask for more GPUs"
-                )
-            mine, free = free[:need], free[need:]
-            plans.append(
-                (
-                    spec,
-                    {"CUDA_VISIBLE_DEVICES": ",".join(mine)},
-                    ["--tensor-parallel-size", str(spec.tensor_parallel_size)],
-                )
-            )
+            args = ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+            if spec.pipeline_parallel_size > 1:
+                args += ["--pipeline-parallel-size", str(spec.pipeline_parallel_size)]
+            if spec.distributed_executor_backend:
+                args += ["--distributed-executor-backend", spec.distributed_executor_backend]
+            if spec.distributed_executor_backend == "ray":
+                # Ray places the workers on the GPUs of every node in its cluster: leave them all visible.
+                env: dict[str, str] = {}
+                mine = gpus[: spec.tensor_parallel_size]
+            else:
+                need = spec.gpus or spec.tensor_parallel_size
+                if need > len(free):
+                    raise LaunchError(
+                        f"{spec.name} needs {need} GPU(s) per replica but only {len(free)} of {len(gpus)} are left "
+                        f"(CUDA_VISIBLE_DEVICES={','.join(gpus)}); lower data_parallel_replicas or ask for more GPUs"
+                    )
+                mine, free = free[:need], free[need:]
+                env = {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
+            plans.append((spec, env, args + _gpu_args(spec, mine)))
         return plans
     cpus = sorted(os.sched_getaffinity(0))
     info = cpu_info()
@@ -282,6 +358,80 @@ def _plan(specs: list[ServeSpec], gpus: list[str]) -> list[tuple[ServeSpec, dict
         log.info("%s: dtype %s (%s)", spec.name, dtype or "as given", why)
         plans.append((spec, _cpu_env(i, len(replicas), cpus), args))
     return plans
+
+
+def _gpu_args(spec: ServeSpec, ids: list[str]) -> list[str]:
+    """``--dtype`` (and ``--gpu-memory-utilization``) for a GPU server, after its memory plan passed.
+
+    A plan that cannot fit raises LaunchError here, before any weights are loaded; GPUs that
+    nvidia-smi does not describe (fake GRES, no driver tools) get no check and vLLM's defaults.
+    """
+    info = gpu_plan.detect_gpu_info(ids)
+    if info is None:
+        log.warning("%s: nvidia-smi does not describe GPUs %s: no dtype or memory check", spec.name, ",".join(ids))
+        return []
+    try:
+        dtype, plan = gpu_serving_plan(spec, info)
+    except gpu_plan.PlanError as exc:
+        raise LaunchError(f"{spec.name}: {exc}") from None
+    args = []
+    if spec.dtype or not any(a == "--dtype" or a.startswith("--dtype=") for a in spec.extra_args):
+        args += ["--dtype", dtype.dtype]
+    if spec.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    log.info("%s: dtype %s (%s) on %d x %s", spec.name, dtype.dtype, dtype.why, info.count, info.name or "GPU")
+    if dtype.warning:
+        log.warning("%s: %s", spec.name, dtype.warning)
+    for note in plan.notes if plan else []:
+        if note != dtype.warning:
+            log.info("%s: %s", spec.name, note)
+    if plan:
+        log.info("%s", plan.summary())
+    return args
+
+
+def gpu_serving_plan(
+    spec: ServeSpec, gpu: gpu_plan.GpuInfo, *, choose_tp: bool = False
+) -> tuple[gpu_plan.DtypeChoice, gpu_plan.MemoryPlan | None]:
+    """The dtype and memory plan of ``spec`` on GPUs like ``gpu`` (raises PlanError with the numbers).
+
+    The plan is None when the model's config.json is nowhere to be read (then only the dtype is
+    chosen, from the compute capability alone). ``choose_tp`` picks the smallest tensor-parallel
+    size that fits on ``gpu.count`` GPUs instead of checking the spec's.
+    """
+    forced = spec.dtype or _flag_value(spec.extra_args, "--dtype")
+    if forced == "auto":
+        forced = None
+    try:
+        config, source = gpu_plan.load_model_config(spec.weights, weights.resolve(spec.name, spec.weights))
+        shape = gpu_plan.ModelShape.from_config(config)
+    except gpu_plan.PlanError as exc:
+        log.warning("%s: no memory plan: %s", spec.name, exc)
+        return gpu_plan.choose_dtype(gpu.capability, "", forced), None
+    dtype = gpu_plan.choose_dtype(gpu.capability, shape.model_type, forced)
+    plan = gpu_plan.plan_memory(
+        shape,
+        model=spec.name,
+        gpu_mem_gib=gpu.memory_gib,
+        gpus=gpu.count if choose_tp else spec.tensor_parallel_size * spec.pipeline_parallel_size,
+        dtype=dtype,
+        tp=None if choose_tp else spec.tensor_parallel_size,
+        pp=spec.pipeline_parallel_size,
+        max_model_len=spec.max_model_len,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        full_sequences=spec.full_sequences,
+    )
+    plan.notes.append(f"shapes from {source}")
+    return dtype, plan
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _cpu_env(index: int, count: int, cpus: list[int]) -> dict[str, str]:
@@ -322,20 +472,8 @@ def _pick_ports(host: str, port: int, count: int) -> list[int]:
             sock.close()
 
 
-def _spawn(
-    spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], host: str, port: int, detach: bool
-) -> Server:
-    cache = weights.cache_root()
-    model = weights.resolve(spec.name, spec.weights)
-    if model is None:
-        raise LaunchError(f"{spec.name}: weights not prepared; run `python -m serve prepare --model {spec.name}`")
-    here = socket.gethostname()
-    advertised = here if host in ("0.0.0.0", "::", "") else host
-    url_host = f"[{advertised}]" if ":" in advertised else advertised
-    key_file = _write_key(cache / "keys", f"{spec.name}-{port}")
-    log_path = cache / "logs" / f"{spec.name}-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-
+def vllm_argv(spec: ServeSpec, model: str, host: str, port: int, args_extra: list[str]) -> list[str]:
+    """The vLLM command line of one server (its API key travels in the environment, never here)."""
     argv = [
         sys.executable,
         "-m",
@@ -355,13 +493,29 @@ def _spawn(
     if spec.chat_template:
         template = Path(spec.chat_template)
         argv += ["--chat-template", str(template if template.is_absolute() else SERVING / template)]
-    argv += spec.extra_args
+    return argv + spec.extra_args
 
+
+def _spawn(
+    spec: ServeSpec, env_extra: dict[str, str], args_extra: list[str], host: str, port: int, detach: bool
+) -> Server:
+    cache = weights.cache_root()
+    model = weights.resolve(spec.name, spec.weights)
+    if model is None:
+        raise LaunchError(f"{spec.name}: weights not prepared; run `python -m serve prepare --model {spec.name}`")
+    here = socket.gethostname()
+    advertised = here if host in ("0.0.0.0", "::", "") else host
+    url_host = f"[{advertised}]" if ":" in advertised else advertised
+    key_file = _write_key(cache / "keys", f"{spec.name}-{port}")
+    log_path = cache / "logs" / f"{spec.name}-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    argv = vllm_argv(spec, model, host, port, args_extra)
     env = dict(os.environ)
     env.update(env_extra)
     env["VLLM_API_KEY"] = key_file.read_text().strip()
-    if Path(model).exists():
-        env.setdefault("HF_HUB_OFFLINE", "1")  # local weights: nothing to ask the hub
+    if Path(model).exists() or (weights.is_hf_id(model) and weights.hf_cached(model)):
+        env.setdefault("HF_HUB_OFFLINE", "1")  # local or cached weights: nothing to ask the hub
     with open(log_path, "ab") as log_file:
         log_file.write(f"\n=== {time.strftime('%F %T')} {here}: {' '.join(argv)}\n".encode())
         log_file.flush()

@@ -36,7 +36,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["cache_root", "prepare", "resolve", "WeightsError"]
+__all__ = ["cache_root", "hf_cached", "hf_offline", "is_hf_id", "prepare", "resolve", "WeightsError"]
 
 log = logging.getLogger(__name__)
 
@@ -265,12 +265,52 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+_HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "tokenizer*"]
+
+
+def is_hf_id(weights: str) -> bool:
+    """``weights`` names a Hugging Face repo (``org/name``), not a local path or a converted source."""
+    return not _converted(weights) and "/" in weights and not Path(weights).expanduser().exists()
+
+
+def hf_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: the hub must not be asked (compute nodes without internet)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hf_cached(repo_id: str) -> str | None:
+    """The local snapshot folder of ``repo_id`` if its config and weights are in the Hugging Face cache
+    (``$HF_HOME/hub``), else None. Asks nothing of the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, allow_patterns=_HF_PATTERNS, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or no huggingface_hub
+        return None
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    return str(folder) if (folder / "config.json").is_file() and has_weights else None
+
+
 def _prefetch_hf(repo_id: str) -> None:
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+    if hf_offline():
+        if hf_cached(repo_id) is None:
+            raise WeightsError(
+                f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: run "
+                f"`python -m serve prepare` where the hub is reachable, with the same HF_HOME"
+            )
         return
     from huggingface_hub import snapshot_download
 
-    snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "tokenizer*"])
+    log.info(
+        "downloading %s from the Hugging Face hub (HF_HOME=%s)",
+        repo_id,
+        os.environ.get("HF_HOME", "~/.cache/huggingface"),
+    )
+    try:
+        snapshot_download(repo_id, allow_patterns=_HF_PATTERNS)
+    except Exception as exc:  # gated (401/403), unknown repo, network: one clear line
+        token = "" if os.environ.get("HF_TOKEN") else "; gated models (Llama-3.1, Gemma-2) need HF_TOKEN"
+        raise WeightsError(f"cannot download {repo_id}: {type(exc).__name__}: {exc}{token}") from None
 
 
 # ---------------------------------------------------------------------------------------------
