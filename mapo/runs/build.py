@@ -12,6 +12,7 @@ counts those cut by max_tokens (``truncated_responses``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -112,6 +113,16 @@ class Build(RunCommand):
     def total(self) -> int | None:
         return self.n_prompts
 
+    def stale_items(self, run_dir: Path) -> list[str]:
+        """Prompts edited under an id the folder already holds (a stale generation would be kept).
+        A streamed source (``hf``) is checked item by item in :meth:`work` instead."""
+        stored = _stored_prompts(run_dir / "generations.jsonl")
+        if not stored or self.cfg.prompts.source == "hf":
+            return []
+        return [
+            p.id for p in iter_prompts(self.cfg.prompts) if stored.get(p.id, _text_sha(p.prompt)) != _text_sha(p.prompt)
+        ]
+
     def resume(self) -> None:
         cfg, roles, stores = self.cfg, self.cfg.roles, self.run.stores
         self.gens, self.sels, self.dpo, self.kto = (stores[n] for n in self.stores)
@@ -121,6 +132,7 @@ class Build(RunCommand):
             gens, sels, dpo, kto, generator=roles.generator, judge=roles.judge, selection=cfg.selection, pairs=pairs
         )
         self.resumable, self.redo, self.restored = resumable, redo, restored
+        self.stored_prompts = _stored_prompts(self.run.dir / "generations.jsonl")
         self.counts["resumed_done"] = len(sels) - len(redo)
 
     def items(self) -> Iterator[PromptItem]:
@@ -129,6 +141,13 @@ class Build(RunCommand):
     async def work(self, item: PromptItem) -> None:
         cfg, roles, progress, counts = self.cfg, self.cfg.roles, self.run.progress, self.counts
         gens, sels, dpo, kto, pairs = self.gens, self.sels, self.dpo, self.kto, self.pairs
+        stored = self.stored_prompts.get(item.id)
+        if stored is not None and stored != _text_sha(item.prompt):  # a streamed source: found only now
+            raise ConfigError(
+                f"{self.run.dir} holds records made from other input: item text changed under the same id: "
+                f"{item.id}. Restore the old text, give edited items new ids, choose another run_name, "
+                "or set on_config_change=new_run to start a fresh folder"
+            )
         if item.id in sels and item.id not in self.redo:
             progress.update(resumed=True)
             return
@@ -252,6 +271,21 @@ def warn_family_judging(cfg: RunConfig) -> list[str]:
 async def build(cfg: RunConfig) -> dict[str, Any]:
     """Build the DPO/KTO datasets of ``cfg`` (module doc); returns the manifest."""
     return await execute(Build(cfg))
+
+
+def _text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _stored_prompts(path: Path) -> dict[str, str]:
+    """``{item id: sha of its prompt text}`` of a generations file (empty when there is none; a
+    damaged file is left to the record store, which names the line)."""
+    if not path.is_file():
+        return {}
+    try:
+        return {r["key"]: _text_sha(r["prompt"]) for r in iter_records(path) if isinstance(r.get("prompt"), str)}
+    except (ValueError, KeyError, TypeError):
+        return {}
 
 
 def _truncated(path: Path) -> int:

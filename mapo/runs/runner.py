@@ -54,8 +54,17 @@ from omegaconf import OmegaConf
 
 from mapo.core.config import ConfigError, RunConfig, cache_dir
 from mapo.core.prompts import prompts_root
+from mapo.core.secrets import scrub, scrub_value
 from mapo.llm.cache import ResponseCache
-from mapo.llm.client import BudgetExceeded, EndpointUnavailable, ItemFault, LLMClient, RunHalt
+from mapo.llm.client import (
+    BudgetExceeded,
+    EndpointUnavailable,
+    ItemFault,
+    LLMClient,
+    RunHalt,
+    describe,
+    server_text,
+)
 from mapo.runs.progress import Progress
 from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
 from mapo.serving.cpu import cpu_info
@@ -93,33 +102,41 @@ def make_client(cfg: RunConfig) -> LLMClient:
 
 async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]], width: int) -> None:
     """Run ``worker`` over ``items`` with at most ``width`` in flight; items are pulled lazily
-    (memory flat), a slow item never blocks the others, and the first fatal error cancels the rest.
-    Lanes start as items arrive, so a wide pool over few items costs no more than the items."""
+    (memory flat), a slow item never blocks the others, and the first fatal error of any lane
+    cancels the rest at once. Lanes start as items arrive, so a wide pool over few items costs no
+    more than the items."""
     iterator = iter(items)
     lock = asyncio.Lock()
     tasks: list[asyncio.Task] = []
+    first_error: list[BaseException] = []
+    settled = asyncio.Event()
+    """Set by the first lane that raises, or when the last lane ends."""
 
     async def lane() -> None:
-        while True:
-            async with lock:
-                item = next(iterator, _END)
-            if item is _END:
-                return
-            if len(tasks) < width:  # the next item may start at once
-                tasks.append(asyncio.create_task(lane()))
-            await worker(item)
+        try:
+            while True:
+                async with lock:
+                    item = next(iterator, _END)
+                if item is _END:
+                    return
+                if len(tasks) < width:  # the next item may start at once
+                    tasks.append(asyncio.create_task(lane()))
+                await worker(item)
+        except Exception as e:
+            if not first_error:
+                first_error.append(e)
+            settled.set()
+            raise
+        finally:
+            if all(t.done() or t is asyncio.current_task() for t in tasks):
+                settled.set()
 
     tasks.append(asyncio.create_task(lane()))
     try:
-        while True:
-            watched = list(tasks)
-            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                error = t.exception()
-                if error is not None:
-                    raise error
-            if len(tasks) == len(watched):  # every lane ended and none was started meanwhile
-                return
+        await settled.wait()
+        if first_error:
+            raise first_error[0]
+        await asyncio.gather(*tasks)  # every lane has ended: surface anything unexpected
     finally:
         for t in tasks:
             t.cancel()
@@ -144,11 +161,11 @@ def items_in_flight(cfg: RunConfig, models: Iterable[str]) -> int:
 
 
 def item_failure(e: Exception) -> str | None:
-    """Faults that belong to one item (recorded, the run goes on); None = fatal for the run."""
+    """Faults that belong to one item (recorded, the run goes on; scrubbed of secrets); None = fatal for the run."""
     if isinstance(e, ItemFault):
-        return str(e)
+        return scrub(str(e))
     if isinstance(e, openai.BadRequestError):
-        return f"request rejected: {e.message}"
+        return f"request rejected (HTTP 400): {server_text(e)}"
     return None
 
 
@@ -200,9 +217,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+TRANSPORT_KEYS = frozenset({"constrained"})
+"""Section keys that change how an answer is asked for, not what it means: constrained decoding on
+or off (a server that cannot compile a grammar is asked unconstrained and re-asked anyway), so
+switching it keeps the records the same model and prompts produced. Not in the fingerprint."""
+
+
 def section_keys(prefix: str, section: Any, only: Iterable[str] | None = None) -> dict[str, Any]:
-    """``{"<prefix>.<field>": value}`` for the fields of a config section (all, or ``only``)."""
-    names = list(only) if only is not None else [f.name for f in dataclasses.fields(section)]
+    """``{"<prefix>.<field>": value}`` for the fields of a config section (all but
+    :data:`TRANSPORT_KEYS`, or ``only``)."""
+    if only is not None:
+        names = list(only)
+    else:
+        names = [f.name for f in dataclasses.fields(section) if f.name not in TRANSPORT_KEYS]
     return {f"{prefix}.{n}": _plain(getattr(section, n)) for n in names}
 
 
@@ -211,14 +238,13 @@ PROMPT_SOURCE_KEYS = ("source", "path", "split", "prompt_column", "id_column")
 
 
 def model_keys(cfg: RunConfig, names: Iterable[str]) -> dict[str, Any]:
-    """The output-changing keys of each model: the served name, the generation parameters and
-    whether constrained decoding is used (not the URL, the concurrency or the retries)."""
+    """The output-changing keys of each model: the served name and the generation parameters (not
+    the URL, the concurrency, the retries, or ``structured_output``: transport, see :data:`TRANSPORT_KEYS`)."""
     out: dict[str, Any] = {}
     for n in dict.fromkeys(names):
         m = cfg.models[n]
         out[f"models.{n}.served_name"] = m.served_name
         out.update(section_keys(f"models.{n}.generation", m.generation))
-        out[f"models.{n}.structured_output"] = m.structured_output
     return out
 
 
@@ -281,23 +307,40 @@ def _stored_changes(run_dir: Path, fp: Fingerprint) -> list[str] | None:
     return fp.changes(old)
 
 
-def _run_folder(cfg: RunConfig, fp: Fingerprint) -> Path:
-    """The folder this run writes: ``output_dir``, unless its records came from another config."""
+def _stale_text(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return f"item text changed under the same id: {shown}"
+
+
+def _run_folder(cfg: RunConfig, fp: Fingerprint, stale: Callable[[Path], list[str]]) -> Path:
+    """The folder this run writes: ``output_dir``, unless its records came from another config, or
+    from other input under the same item ids (``stale(folder)`` names those items)."""
     base = Path(cfg.output_dir)
     changes = _stored_changes(base, fp)
-    if not changes:
+    stale_ids = [] if changes else stale(base)
+    if not changes and not stale_ids:
         return base
-    listed = "; ".join(changes)
-    if _plain(getattr(cfg, "on_config_change", "error")) != "new_run":
-        raise ConfigError(
-            f"{base} holds a run made with another config; these keys differ (old -> new): {listed}. "
-            "Rerun with the old values to resume it, choose another run_name, "
-            "or set on_config_change=new_run to start a fresh folder"
-        )
+    new_run = _plain(getattr(cfg, "on_config_change", "error")) == "new_run"
+    if changes:
+        listed = "; ".join(changes)
+        if not new_run:
+            raise ConfigError(
+                f"{base} holds a run made with another config; these keys differ (old -> new): {listed}. "
+                "Rerun with the old values to resume it, choose another run_name, "
+                "or set on_config_change=new_run to start a fresh folder"
+            )
+    else:
+        listed = _stale_text(stale_ids)
+        if not new_run:
+            raise ConfigError(
+                f"{base} holds records made from other input: {listed} (their records would be kept stale). "
+                "Restore the old text, give edited items new ids, choose another run_name, "
+                "or set on_config_change=new_run to start a fresh folder"
+            )
     n = 2
     while True:
         candidate = base.with_name(f"{base.name}-{n}")
-        if not _stored_changes(candidate, fp):
+        if not _stored_changes(candidate, fp) and not stale(candidate):
             log.warning("%s holds a run made with another config (%s); this run goes to %s", base, listed, candidate)
             return candidate
         n += 1
@@ -359,6 +402,12 @@ class RunCommand(ABC):
         """Items expected, for the progress display (None = unknown)."""
         return None
 
+    def stale_items(self, run_dir: Path) -> list[str]:
+        """Ids of items whose records in ``run_dir`` were made from other input text under the same
+        id (an edited prompt): the run is refused naming them, or goes to a new folder with
+        ``on_config_change=new_run``. Checked before any file is written or any model called."""
+        return []
+
     def resume(self) -> None:  # noqa: B027 - optional hook
         """Pick up what an earlier run into this folder left (``self.run.stores`` are open)."""
 
@@ -389,7 +438,7 @@ async def execute(command: RunCommand) -> dict[str, Any]:
     async with make_client(command.cfg) as client:
         command.setup(client)
         fp = Fingerprint.of({"command": command.name, **command.fingerprint()})
-        run_dir = _run_folder(command.cfg, fp)
+        run_dir = _run_folder(command.cfg, fp, command.stale_items)
         if str(run_dir) != command.cfg.output_dir:
             command.cfg = dataclasses.replace(command.cfg, output_dir=str(run_dir))
         with RunLock(run_dir):
@@ -487,7 +536,17 @@ def _withdraw(run_dir: Path, published: Iterable[str]) -> None:
 
 
 def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:
-    """How an exception ends a run: its status, the manifest detail, what to raise."""
+    """How an exception ends a run: its status, the manifest detail, what to raise; every text in
+    them scrubbed of secrets (a server may echo the API key in its error text)."""
+    ending = _ending_unscrubbed(e, run, signals)
+    ending.detail = scrub_value(ending.detail)
+    raised = ending.raise_
+    if isinstance(raised, (RunStopped, RunFailed, RunInterrupted, ConfigError)) and scrub(str(raised)) != str(raised):
+        ending.raise_ = type(raised)(scrub(str(raised)))
+    return ending
+
+
+def _ending_unscrubbed(e: BaseException, run: Run, signals: _Signals) -> _Ending:
     resume = f"{run.saved()} are saved in {run.dir}; rerun the same command to resume"
     if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
         by = signals.caught or ("SIGINT" if isinstance(e, KeyboardInterrupt) else "cancelled")
@@ -511,7 +570,7 @@ def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:
     }
     if isinstance(e, ConfigError):  # found mid-run (e.g. a template): a config problem, not a crash
         return _Ending("failed", detail, e, None)
-    msg = f"run failed: internal error {type(e).__name__}: {e} (traceback in {run.dir / 'manifest.json'}); {resume}."
+    msg = f"run failed: internal error {describe(e)} (traceback in {run.dir / 'manifest.json'}); {resume}."
     return _Ending("failed", detail, RunFailed(msg), e)
 
 
@@ -526,9 +585,9 @@ def _stop_reason(e: Exception) -> str | None:
     if isinstance(e, RunHalt):
         return str(e)
     if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return f"credentials rejected (HTTP {e.status_code}{_url(e)}): {e.message}; check the API key"
+        return f"credentials rejected (HTTP {e.status_code}{_url(e)}): {server_text(e)}; check the API key"
     if isinstance(e, openai.APIStatusError):  # not retryable, not one item's fault (400 is)
-        return f"the endpoint refused the request (HTTP {e.status_code}{_url(e)}): {e.message}"
+        return f"the endpoint refused the request (HTTP {e.status_code}{_url(e)}): {server_text(e)}"
     if isinstance(e, OSError) and e.errno in DISK_FULL:
         return f"disk full: {e}"
     if isinstance(e, sqlite3.OperationalError) and "full" in str(e):

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mapo.core.secrets import scrub
+
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +112,8 @@ class RecordStore:
             return  # resumed work that was already saved: never a duplicate
         if self._failed is not None:
             raise self._failed
-        data = (json.dumps({**record, **self.stamp}, ensure_ascii=False) + "\n").encode("utf-8")
+        # API keys never reach a record file, whatever text a server or an exception put in it
+        data = (scrub(json.dumps({**record, **self.stamp}, ensure_ascii=False), bearer=False) + "\n").encode("utf-8")
         try:
             _write_all(self._fd, data)
             if self.fsync:
@@ -203,7 +206,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     error the temporary file is removed; an OS error is a :class:`WriteFailed` naming ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    data = text.encode("utf-8")  # before the file exists: text that cannot be encoded leaves nothing
+    data = scrub(text, bearer=False).encode(
+        "utf-8"
+    )  # before the file exists: text that cannot be encoded leaves nothing
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:

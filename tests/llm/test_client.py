@@ -17,6 +17,9 @@ from mapo.llm.client import (
     EndpointUnavailable,
     ItemFault,
     LLMClient,
+    ModelNotFound,
+    QuotaExhausted,
+    RequestRejected,
     RunHalt,
     UnencodableText,
 )
@@ -228,7 +231,9 @@ async def test_a_dripping_server_cannot_hold_a_request_past_its_timeout(tmp_path
         cfg = ModelConfig(served_name="x", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0, max_retries=1)
         async with LLMClient({"m": cfg}, backoff_base_s=0.01) as client:
             t0 = time.monotonic()
-            with pytest.raises(EndpointUnavailable, match="failed 2 attempts.*TimeoutError"):
+            with pytest.raises(
+                EndpointUnavailable, match=r"failed 2 attempts.*: timed out: no complete answer within timeout_s=1 s$"
+            ):
                 await asyncio.wait_for(client.chat("m", MSG, role="g"), timeout=20)
             assert time.monotonic() - t0 < 5
     finally:
@@ -337,3 +342,56 @@ async def test_a_prompt_longer_than_the_budget_is_refused(fake_server, tmp_path)
         with pytest.raises(BudgetExceeded, match="may cost up to"):
             await client.chat("m", [{"role": "user", "content": "8 chars!"}], role="g")
         assert fake_server.n == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "text"),
+    [
+        ((404, {"error": {"message": "The model `fake` does not exist."}}), ModelNotFound, "does not exist"),
+        ((400, {"error": {"message": "model 'fake' not found, try pulling it"}}), ModelNotFound, "not found"),
+        (
+            (429, {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}),
+            QuotaExhausted,
+            "exceeded your current quota",
+        ),
+        (
+            (400, {"error": {"message": "This model's maximum context length is 2048 tokens."}}),
+            RequestRejected,
+            r"request rejected \(HTTP 400\): This model's maximum context length",
+        ),
+        ((413, "Request Entity Too Large"), RequestRejected, r"\(HTTP 413\): Request Entity Too Large"),
+        (
+            (422, {"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}),
+            RequestRejected,
+            "field required",
+        ),
+    ],
+    ids=["404-model", "400-model", "429-quota", "400-context", "413-text", "422-fastapi"],
+)
+async def test_http_errors_are_classified_by_meaning_and_keep_the_server_text(fault, error, text):
+    """An item's fault (the request) or the run's (model not served, quota) by what the server says;
+    none is retried, and the server's text is in the message."""
+    with FakeServer(faults=lambda n, body: fault) as server:
+        async with LLMClient({"m": fake_model(server, max_retries=3)}, backoff_base_s=0.01) as client:
+            with pytest.raises(error, match=text):
+                await client.chat("m", [{"role": "user", "content": "hi"}], role="generator")
+        assert server.n == 1, "retried"
+
+
+def test_the_scrubber_removes_registered_keys_and_bearer_values(caplog):
+    from mapo.core import secrets
+
+    key = "sk-scrub-" + "x1" * 10
+    secrets.register(key)
+    secrets.register("EMPTY")  # too short to be a secret: ordinary words stay
+    assert secrets.scrub(f"echo {key} and Authorization: Bearer other-token-123") == (
+        "echo [redacted] and Authorization: Bearer [redacted]"
+    )
+    assert secrets.scrub("Bearer abc", bearer=False) == "Bearer abc" and secrets.scrub("EMPTY") == "EMPTY"
+    assert secrets.scrub_value({"a": [f"k={key}"], "n": 1}) == {"a": ["k=[redacted]"], "n": 1}
+    caplog.set_level(logging.INFO)
+    try:
+        raise RuntimeError(f"server said {key}")
+    except RuntimeError:
+        logging.getLogger("mapo.test").exception("failed with %s", key)
+    assert key not in caplog.text and caplog.text.count("[redacted]") >= 2

