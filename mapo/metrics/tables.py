@@ -322,6 +322,8 @@ def add_uncertainty(
                 # a jury that calls the reference: how it compares, never a stand-in for it
                 e["vs_reference"]["contains_reference"] = True
                 e["vs_reference"]["text"] += f" (the jury contains {ref_name}: it does not replace it)"
+        for block in tables.get("jury_subsets", []):
+            _selection(block, items, human, settings)
         for e in tables.get("results", []):
             for sub in (e.get("by_order") or {}).values():
                 rr = kappa_intervals([[sub[LABELS_KEY].get(i) for i in items]], human, settings=settings)
@@ -341,6 +343,32 @@ def add_uncertainty(
         e.pop("_picks", None)
         for sub in (e.get("by_order") or {}).values():
             sub.pop(LABELS_KEY, None)
+
+
+def _selection(block: dict[str, Any], items: list[str], human: list[Label], settings: Bootstrap) -> None:
+    """``block["selection"]``: the best subset's kappa corrected for having been chosen among all of
+    them on these items (:func:`mapo.metrics.best_of.selection_corrected`), overall and per size;
+    the subsets' own kappas stay as they are (the optimistic figure is the published one)."""
+    from mapo.metrics.best_of import selection_corrected
+
+    subsets = [s for s in block.get("subsets", []) if s.get("kappa") is not None]
+    if len(items) < 4 or not subsets:
+        return
+
+    def one(group: list[dict[str, Any]]) -> dict[str, Any]:
+        r = selection_corrected([[s[LABELS_KEY].get(i) for i in items] for s in group], human, settings=settings)
+        r["best"] = list(group[r["best"]]["members"])
+        r["most_chosen"] = [{"members": list(group[c]["members"]), "share": x} for c, x in r["most_chosen"]]
+        return r
+
+    out = one(subsets)
+    sizes = sorted({len(s["members"]) for s in subsets})
+    out["by_size"] = {str(k): one([s for s in subsets if len(s["members"]) == k]) for k in sizes if k > 1}
+    block["selection"] = out
+    best = subsets[0]
+    best["selected"] = True  # the maximum over every subset: its kappa is optimistic (block["selection"])
+    best["selection_corrected"] = out["corrected"]
+    best["selection_corrected_ci"] = out["corrected_ci"]
 
 
 def _human_ceiling(
@@ -424,8 +452,11 @@ def _verdict_cell(e: Mapping[str, Any]) -> str:
         return "reference"
     diff = f"{v['diff']:+.3f} " if v.get("diff") is not None else ""
     if v["verdict"] == "cannot_tell":
-        return f"{diff}cannot tell with n={v['n']}{needed_text(v.get('n_needed'))}"
-    return diff + verdict_words(v["verdict"], v.get("n_needed"))
+        return f"{diff}cannot tell with n={v['n']}{needed_text(v.get('n_needed'))}" + (
+            f" (contains {v['reference']})" if v.get("contains_reference") else ""
+        )
+    inside = f" (contains {v['reference']})" if v.get("contains_reference") else ""
+    return diff + verdict_words(v["verdict"], v.get("n_needed")) + inside
 
 
 def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: str | None = "agreement.json") -> str:
@@ -460,6 +491,14 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
         lines.append(
             f"jury subsets of {j['jury']} ({j['setup']}, rule {j['rule']}; a multi-way mode is a tie), best first:"
         )
+        sel = j.get("selection")
+        if sel:
+            lines.append(
+                f"  best of {sel['n_candidates']} subsets on the same items: {_fmt(sel['optimistic'])} (optimistic); "
+                f"selection-corrected (chosen on half the items, scored on the other half, {sel['n_splits']} splits): "
+                f"{_with_ci(sel['corrected'], sel['corrected_ci'])}; the split-half choice was this jury in "
+                f"{100 * sel['chosen_share']:.0f}% of splits"
+            )
         for s in j["subsets"][:top_subsets]:
             lines.append(
                 f"  {_with_ci(s['kappa'], s.get('kappa_ci')):>22}  n={s['n']:<4} fail={s['n_failed']:<3} "

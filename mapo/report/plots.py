@@ -300,9 +300,11 @@ def kappa_bars(
     *,
     title: str = "Cohen's kappa with human labels",
     reference: Mapping[str, float] | None = None,
+    ceiling: Mapping[str, Any] | None = None,
 ) -> bytes:
     """One bar per judge / jury / debate (``agreement.json`` results), coloured by kind, with
-    n and failures in the label; ``reference``: optional name -> published kappa (markers)."""
+    n and failures in the label; ``reference``: optional name -> published kappa (markers);
+    ``ceiling``: the human ceiling (``human_agreement.ceiling``), a dashed line with its interval."""
     entries = list(entries)
     fig = Figure(figsize=(7.0, max(2.2, 0.4 * len(entries) + 1.3)))
     ax = fig.add_subplot()
@@ -339,15 +341,32 @@ def kappa_bars(
         lo = min(0.0, min(v - e[0] for v, e in zip(vals, errs, strict=True)) * 1.2)
         ax.set_xlim(lo, max(1.0, max(v + e[1] for v, e in zip(vals, errs, strict=True)) * 1.1 + 0.25))
         ax.axvline(0, color="black", lw=0.6)
+        ceiling_line = _ceiling(ax, ceiling, vertical=True)
         ax.set_xlabel(
             "Cohen's kappa (3 classes: model_a / model_b / tie)" + ("; bars: 95% bootstrap interval" if has_ci else "")
         )
         ax.grid(axis="x", alpha=0.3)
         handles = [Patch(color=c, label=k) for k, c in KIND_COLORS.items() if any(e.get("kind") == k for e in entries)]
-        if len(handles) > 1:
-            ax.legend(handles=handles, fontsize=8, loc="lower right")
+        if len(handles) > 1 or ceiling_line is not None:
+            ax.legend(
+                handles=handles + ([ceiling_line] if ceiling_line is not None else []), fontsize=8, loc="lower right"
+            )
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def _ceiling(ax: Any, ceiling: Mapping[str, Any] | None, *, vertical: bool) -> Any:
+    """The human ceiling as a dashed line with its interval shaded; its legend handle (None without one)."""
+    if not ceiling or ceiling.get("kappa") is None:
+        return None
+    k = float(ceiling["kappa"])
+    lo, hi = (ceiling.get("kappa_ci") or [None, None])[:2]
+    line = ax.axvline if vertical else ax.axhline
+    span = ax.axvspan if vertical else ax.axhspan
+    handle = line(k, color="#555555", ls="--", lw=1.2, label=f"human ceiling {k:.3f}")
+    if lo is not None and hi is not None:
+        span(float(lo), float(hi), color="#999999", alpha=0.15, lw=0)
+    return handle
 
 
 def _heat(
@@ -360,6 +379,7 @@ def _heat(
     vmin: float | None = None,
     vmax: float | None = None,
     cmap: str = "viridis",
+    notes: Sequence[Sequence[str]] | None = None,
 ) -> Any:
     data = [[math.nan if v is None else float(v) for v in row] for row in matrix]
     finite = [v for row in data for v in row if math.isfinite(v)]
@@ -373,7 +393,10 @@ def _heat(
             if math.isfinite(v):
                 r, g, b, _ = im.cmap(im.norm(v))
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                text = fmt.format(v) + (f"\n{notes[i][j]}" if notes and notes[i][j] else "")
+                ax.text(
+                    j, i, text, ha="center", va="center", fontsize=7 if notes else 8, color="white" if dark else "black"
+                )
             else:
                 ax.text(j, i, "–", ha="center", va="center", fontsize=8, color="#888")
     ax.set_xticks(range(len(cols)), cols)
@@ -385,61 +408,113 @@ def jury_heatmap(
     subsets: Sequence[Mapping[str, Any]],
     *,
     singles: Mapping[str, float | None] | None = None,
+    singles_ci: Mapping[str, Sequence[float | None] | None] | None = None,
+    selection: Mapping[str, Any] | None = None,
+    ceiling: Mapping[str, Any] | None = None,
     title: str = "Jury subsets",
 ) -> bytes:
     """Left: judges x jury size, cell = the best kappa among juries of that size that include
-    the judge (column 1 = the judge alone, from ``singles``). Right: every subset's kappa by
-    size, the best of each size in red with its value."""
+    the judge, with that jury's 95% interval (column 1 = the judge alone, from ``singles``).
+    Right: every subset's kappa by size; the best of each size in red with its interval, and
+    beside it (hollow diamond) the best-of-that-size kappa corrected for having been chosen
+    (``selection["by_size"]``, :mod:`mapo.metrics.best_of`) with its interval; the human
+    ceiling as a dashed line. The kappa axis starts at 0 (or below) so that gaps keep their size."""
     judges = sorted({m for s in subsets for m in s.get("members", [])} | set(singles or {}))
     sizes = sorted({len(s.get("members", [])) for s in subsets})
-    fig = Figure(figsize=(11.5, max(3.2, 0.5 * len(judges) + 1.9)))
-    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0], "wspace": 0.5})
+    fig = Figure(figsize=(12.5, max(3.4, 0.62 * len(judges) + 2.0)))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1.0], "wspace": 0.45})
     if not subsets:
         _empty(ax1, "no jury subsets")
         _empty(ax2, "")
         return _png(fig)
     cols = ([1] if singles else []) + sizes
-    matrix = []
+    matrix, notes = [], []
     for j in judges:
         row: list[float | None] = [singles.get(j)] if singles else []
+        note: list[str] = [_ci_text((singles_ci or {}).get(j))] if singles else []
         for k in sizes:
-            vals = [
-                s["kappa"]
-                for s in subsets
-                if len(s["members"]) == k and j in s["members"] and s.get("kappa") is not None
-            ]
-            row.append(max(vals) if vals else None)
+            ks = [s for s in subsets if len(s["members"]) == k and j in s["members"] and s.get("kappa") is not None]
+            top = max(ks, key=lambda s: s["kappa"]) if ks else None
+            row.append(top["kappa"] if top else None)
+            note.append(_ci_text(top.get("kappa_ci")) if top else "")
         matrix.append(row)
-    im = _heat(ax1, matrix, [_short(j, 26) for j in judges], [("1 (alone)" if k == 1 else str(k)) for k in cols])
+        notes.append(note)
+    finite = [v for row in matrix for v in row if v is not None]
+    im = _heat(  # the colour scale starts at 0 (or below): a 0.04 gap does not span the whole scale
+        ax1,
+        matrix,
+        [_short(j, 26) for j in judges],
+        [("1 (alone)" if k == 1 else str(k)) for k in cols],
+        notes=notes,
+        vmin=min([0.0, *finite]),
+        vmax=max([0.1, *finite]),
+    )
     fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.03, label="kappa")
     ax1.set_xlabel("jury size")
-    ax1.set_title("best kappa of juries that include the judge", fontsize=9)
+    ax1.set_title("best kappa of juries that include the judge [95% CI]", fontsize=9)
+    lows: list[float] = [0.0]
+    highs: list[float] = []
+    by_size = (selection or {}).get("by_size") or {}
     for k in sizes:
         ks = [s for s in subsets if len(s["members"]) == k and s.get("kappa") is not None]
         if not ks:
             continue
         best = max(ks, key=lambda s: s["kappa"])
-        ax2.scatter([k] * len(ks), [s["kappa"] for s in ks], color=COLORS[0], alpha=0.5, s=18)
-        ax2.scatter([k], [best["kappa"]], color="#C44E52", s=34, zorder=3)
+        vals = [s["kappa"] for s in ks]
+        ax2.scatter([k] * len(ks), vals, color=COLORS[0], alpha=0.45, s=16)
+        lo, hi = _err(best["kappa"], best.get("kappa_ci"))
+        ax2.errorbar([k], [best["kappa"]], yerr=[[lo], [hi]], fmt="o", color="#C44E52", ms=6, capsize=3, zorder=3)
         ax2.annotate(
             f"{best['kappa']:.3f}",
             (k, best["kappa"]),
             textcoords="offset points",
-            xytext=(6, 0),
+            xytext=(-30, 0),
             va="center",
             fontsize=8,
             color="#C44E52",
         )
+        lows += [min(vals), best["kappa"] - lo]
+        highs += [best["kappa"] + hi]
+        sel = by_size.get(str(k))
+        if sel and sel.get("corrected") is not None:
+            c = float(sel["corrected"])
+            clo, chi = _err(c, sel.get("corrected_ci"))
+            ax2.errorbar(
+                [k + 0.22], [c], yerr=[[clo], [chi]], fmt="D", mfc="white", color="black", ms=5, capsize=3, zorder=3
+            )
+            lows.append(c - clo)
+            highs.append(c + chi)
     if singles:
         vals = [v for v in singles.values() if v is not None]
         ax2.scatter([1] * len(vals), vals, color="#8C8C8C", alpha=0.7, s=18)
+        lows += vals
+        highs += vals
+    ceiling_line = _ceiling(ax2, ceiling, vertical=False)
+    if ceiling_line is not None and ceiling:
+        highs.append(float((ceiling.get("kappa_ci") or [None, ceiling["kappa"]])[1] or ceiling["kappa"]))
+    ax2.set_ylim(min(lows) - 0.03, max(highs + [0.1]) + 0.05)
     ax2.set_xticks(cols)
     ax2.set_xlabel("jury size (1 = single judges)" if singles else "jury size")
     ax2.set_ylabel("kappa")
     ax2.grid(alpha=0.3)
-    ax2.set_title("every subset (red: best of its size)", fontsize=9)
+    handles = [
+        Line2D([], [], marker="o", color="#C44E52", ls="", label="best of its size [95% CI] (optimistic)"),
+        Line2D([], [], marker="D", mfc="white", color="black", ls="", label="best of its size, selection-corrected"),
+    ]
+    if not by_size:
+        handles = handles[:1]
+    if ceiling_line is not None:
+        handles.append(ceiling_line)
+    ax2.legend(handles=handles, fontsize=7, loc="lower right")
+    ax2.set_title("every subset; the best of each size with its interval", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return _png(fig)
+
+
+def _ci_text(ci: Sequence[float | None] | None) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f"[{float(ci[0]):.2f}, {float(ci[1]):.2f}]"
 
 
 def confusion_grid(

@@ -42,7 +42,9 @@ def verdict_cell(e: Mapping[str, Any]) -> str:
     v = e.get("vs_reference") or {}
     if not v.get("verdict"):
         return ""
-    return verdict_words(str(v["verdict"]), v.get("n_needed"))
+    words = verdict_words(str(v["verdict"]), v.get("n_needed"))
+    # a jury that calls the reference is compared with it, never a stand-in for it
+    return words + (f" (contains {v['reference']})" if v.get("contains_reference") else "")
 
 
 def diff_cell(e: Mapping[str, Any]) -> str:
@@ -107,7 +109,8 @@ def evaluate_sections(run: Run, n_examples: int) -> list[Section]:
     if any(e.get("position_bias") for e in results):
         sections.append(_position_bias(results))
     sections.append(_parse_failures(run, results))
-    sections += [_jury_subsets(j, results) for j in tables.get("jury_subsets") or []]
+    ceiling = (tables.get("human_agreement") or {}).get("ceiling")
+    sections += [_jury_subsets(j, results, ceiling) for j in tables.get("jury_subsets") or []]
     ex = _disagreements(run, n_examples)
     if ex:
         sections.append(Section("Examples where the judge and the humans disagree", list(ex)))
@@ -148,15 +151,37 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
                 verdict_cell(e) or "–",
             ]
         )
-    blocks.append(Table(list(_KAPPA_HEADER), rows))
-    blocks.append(
-        Fig(
-            "kappa",
-            plots.kappa_bars(results),
-            "Cohen's kappa of each judge, juror, jury or debate with the human labels, with its 95% interval.",
+    header = list(_KAPPA_HEADER)
+    ha = tables.get("human_agreement")
+    caption = "Cohen's kappa of each judge, juror, jury or debate with the human labels, with its 95% interval."
+    if ha:
+        header.append("leave-one-out kappa [95% CI]")
+        for row, e in zip(rows, results, strict=True):
+            row.append(ci(e.get("loo_kappa"), e.get("loo_kappa_ci")))
+        c = ha["ceiling"]
+        rows.append(
+            ["humans (ceiling)", "humans", "annotator vs the others", "–", "–", ha.get("n_items"), 0, "–", "–"]
+            + ["ceiling", ci(c.get("kappa"), c.get("kappa_ci"))]
         )
-    )
+        blocks.append(Text(ceiling_note(ha), note=True))
+        caption += " Dashed line: the human ceiling (leave-one-out, with its interval shaded)."
+    blocks.append(Table(header, rows))
+    blocks.append(Fig("kappa", plots.kappa_bars(results, ceiling=(ha or {}).get("ceiling")), caption))
     return Section("Agreement with humans (Cohen's kappa)", blocks)
+
+
+def ceiling_note(ha: Mapping[str, Any]) -> str:
+    """How to read the human ceiling and the leave-one-out column."""
+    c, f = ha["ceiling"], ha["fleiss"]
+    pairs = "; ".join(f"{p['a']}–{p['b']} {ci(p.get('kappa'), p.get('kappa_ci'))}" for p in ha.get("pairwise") or [])
+    return (
+        f"Several annotators ({', '.join(ha['annotators'])}; {num(ha.get('n_items'))} items): the human label is their "
+        f"majority ({ha.get('majority_rule')}). Human ceiling = {c.get('what')}: "
+        f"{ci(c.get('kappa'), c.get('kappa_ci'))}; Fleiss' kappa {ci(f.get('kappa'), f.get('kappa_ci'))}; pairwise "
+        f"Cohen's kappa {pairs}. The leave-one-out column scores each evaluator the same way (against the majority of "
+        "all annotators but one, mean over the annotators), so it is the figure to compare with the ceiling; the "
+        "kappa column scores it against the majority of all of them."
+    )
 
 
 def _by_order(results: Sequence[Mapping[str, Any]]) -> Section:
@@ -219,7 +244,21 @@ def _position_bias(results: Sequence[Mapping[str, Any]]) -> Section:
     )
 
 
-def _jury_subsets(j: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> Section:
+def selection_note(sel: Mapping[str, Any]) -> str:
+    """The best jury's kappa beside its selection-corrected estimate, in words."""
+    return (
+        f"The best jury ({' + '.join(sel['best'])}) is the maximum of {sel['n_candidates']} subsets scored on the same "
+        f"items, so its kappa {num(sel['optimistic'], 3)} is optimistic. Corrected for having chosen it "
+        f"(chosen on a random half of the items and scored on the other half, {num(sel['n_splits'])} splits; interval: "
+        f"the whole procedure bootstrapped over items): {ci(sel.get('corrected'), sel.get('corrected_ci'))}. The "
+        f"split-half choice was this jury in {100 * float(sel['chosen_share']):.0f}% of the splits. The corrected "
+        "figure values the rule “take the best subset”, chosen on half the items, so if anything it is pessimistic."
+    )
+
+
+def _jury_subsets(
+    j: Mapping[str, Any], results: Sequence[Mapping[str, Any]], ceiling: Mapping[str, Any] | None = None
+) -> Section:
     subsets = j.get("subsets") or []
     rows = [
         [
@@ -234,16 +273,48 @@ def _jury_subsets(j: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) ->
         for s in subsets[:15]
     ]
     safe = re.sub(r"[^A-Za-z0-9]+", "_", j.get("jury", "jury")).strip("_")[:60]
-    singles = {
-        e["judge"]: e.get("kappa") for e in results if e.get("kind") == "juror" and e.get("member_of") == j.get("jury")
-    }
-    if not singles:  # juries formed across single judges (mapo agreement --jury-subsets): the judges alone
+    alone = [e for e in results if e.get("kind") == "juror" and e.get("member_of") == j.get("jury")]
+    if not alone:  # juries formed across single judges (mapo agreement --jury-subsets): the judges alone
         members = {m for s in subsets for m in s.get("members", [])}
-        singles = {
-            e["judge"]: e.get("kappa")
+        alone = [
+            e
             for e in results
             if e.get("kind") == "judge" and e.get("setup") == j.get("setup") and e.get("judge") in members
-        }
+        ]
+    singles = {e["judge"]: e.get("kappa") for e in alone}
+    singles_ci = {e["judge"]: e.get("kappa_ci") for e in alone}
+    sel = j.get("selection")
+    extra: list[Block] = []
+    if sel:
+        extra.append(Text(selection_note(sel), note=True))
+        size_rows = [
+            [
+                k,
+                " + ".join(v["best"]),
+                v.get("n_candidates"),
+                num(v.get("optimistic"), 3),
+                ci(v.get("corrected"), v.get("corrected_ci")),
+                f"{100 * float(v.get('chosen_share') or 0):.0f}%",
+            ]
+            for k, v in (sel.get("by_size") or {}).items()
+        ]
+        size_rows.append(
+            [
+                "any",
+                " + ".join(sel["best"]),
+                sel["n_candidates"],
+                num(sel["optimistic"], 3),
+                ci(sel.get("corrected"), sel.get("corrected_ci")),
+                f"{100 * float(sel['chosen_share']):.0f}%",
+            ]
+        )
+        extra.append(
+            Table(
+                ["size", "best jury", "subsets", "kappa (optimistic)", "selection-corrected [95% CI]", "chosen"],
+                size_rows,
+                caption="Best of each size, as published (optimistic) and corrected for the choice.",
+            )
+        )
     return Section(
         f"Jury subsets: {j.get('jury')}",
         [
@@ -252,12 +323,22 @@ def _jury_subsets(j: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) ->
                 f"(tie break {j.get('tie_break')}); {len(subsets)} subsets, best 15 shown.",
                 note=True,
             ),
+            *extra,
             Table(["members", "size", "kappa [95% CI]", "n", "failed", "Δκ vs reference [95% CI]", "verdict"], rows),
             Fig(
                 f"jury_subsets_{safe}",
-                plots.jury_heatmap(subsets, singles=singles, title=f"Jury subsets of {j.get('jury')}"),
-                "Left: best kappa among juries of each size that include the judge (1 = the judge alone). "
-                "Right: every subset.",
+                plots.jury_heatmap(
+                    subsets,
+                    singles=singles,
+                    singles_ci=singles_ci,
+                    selection=sel,
+                    ceiling=ceiling,
+                    title=f"Jury subsets of {j.get('jury')}",
+                ),
+                "Left: best kappa among juries of each size that include the judge (1 = the judge alone), with that "
+                "jury's 95% interval. Right: every subset; red: the best of each size with its interval (optimistic); "
+                "hollow diamond: the same choice corrected for having been made on these items; dashed: the human "
+                "ceiling where there are several annotators.",
             ),
         ],
     )
