@@ -74,7 +74,8 @@ class Entry:
     record_failure_rate: float | None
     first_rate: float | None
     consistency: float | None
-    tokens: int
+    tokens: int | None
+    """None when no record of the entry was read (agreement outputs carry none): unknown, not 0."""
     tokens_per_item: float | None
     run: str
     kappa_low: float | None = None
@@ -95,6 +96,20 @@ class Entry:
     length_bias: float | None = None
     length_bias_low: float | None = None
     length_bias_high: float | None = None
+    contains_reference: bool = False
+    """A jury that calls the reference: compared with it, never a stand-in for it."""
+    selected: bool = False
+    """A jury chosen as the best of every subset on these items: its kappa is optimistic."""
+    selection_corrected: float | None = None
+    """The selected jury's kappa corrected for the choice (:mod:`mapo.metrics.best_of`)."""
+    selection_corrected_low: float | None = None
+    selection_corrected_high: float | None = None
+    n_candidates: int | None = None
+    """Subsets the selected jury was chosen from."""
+    loo_kappa: float | None = None
+    """Several annotators: kappa against the majority of all but one, mean (compare with the ceiling)."""
+    loo_kappa_low: float | None = None
+    loo_kappa_high: float | None = None
 
     @property
     def name(self) -> str:
@@ -106,7 +121,8 @@ class Entry:
         """The verdict in words ("cannot tell (~924 items needed)"); "–" without one."""
         if not self.verdict:
             return "–"
-        return verdict_words(self.verdict, self.n_needed)
+        words = verdict_words(self.verdict, self.n_needed)
+        return words + (f" (contains {self.reference})" if self.contains_reference else "")
 
 
 def _dataset(eval_data: dict[str, Any]) -> str:
@@ -178,6 +194,14 @@ def collect(
     ``reference``: recompute the verdicts against this evaluator; ``notes`` collects what could not be."""
     notes = notes if notes is not None else []
     best: dict[tuple[str, str, str], tuple[Entry, float]] = {}
+
+    def keep(entry: Entry, mtime: float) -> None:
+        key = (entry.dataset, entry.judge, entry.setup)
+        old = best.get(key)
+        rank = lambda x, t: (x.n + x.n_failed, x.kind != "juror", t)  # noqa: E731 - more items, a judge run, newer
+        if old is None or rank(entry, mtime) > rank(*old):
+            best[key] = (entry, mtime)
+
     for source in find_sources(paths):
         run = load_run(source)
         if run.command not in ("evaluate", "agreement"):
@@ -219,7 +243,7 @@ def collect(
                 record_failure_rate=failed[k] / records[k] if records[k] else None,
                 first_rate=pb.get("first_rate"),
                 consistency=pb.get("consistency"),
-                tokens=tokens[k],
+                tokens=tokens[k] if records[k] else None,
                 tokens_per_item=tokens[k] / items if items and records[k] else None,
                 run=str(run.agreement_file or run.dir),
                 kappa_low=_pair(e.get("kappa_ci"))[0],
@@ -240,14 +264,89 @@ def collect(
                 length_bias=lb.get("diff"),
                 length_bias_low=_pair(lb.get("diff_ci"))[0],
                 length_bias_high=_pair(lb.get("diff_ci"))[1],
+                loo_kappa=e.get("loo_kappa"),
+                loo_kappa_low=_pair(e.get("loo_kappa_ci"))[0],
+                loo_kappa_high=_pair(e.get("loo_kappa_ci"))[1],
             )
-            key = (dataset, entry.judge, entry.setup)
-            old = best.get(key)
-            rank = lambda x, t: (x.n + x.n_failed, x.kind != "juror", t)  # noqa: E731 - more items, a judge run, newer
-            if old is None or rank(entry, mtime) > rank(*old):
-                best[key] = (entry, mtime)
+            keep(entry, mtime)
+        for entry in _extra_entries(tables, dataset, str(run.agreement_file or run.dir), margin):
+            keep(entry, mtime)
     entries = [e for e, _ in best.values()]
     return sorted(entries, key=lambda e: (e.dataset, e.kappa is None, -(e.kappa or 0.0), e.judge))
+
+
+def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: Any) -> list[Entry]:
+    """The best jury of each ``jury_subsets`` block (flagged ``selected``, with its selection-corrected
+    kappa) and, with several annotators, the human ceiling: ranked with the judges and debates."""
+    out = []
+    for block in tables.get("jury_subsets") or []:
+        subsets = [s for s in block.get("subsets") or [] if s.get("kappa") is not None]
+        if not subsets:
+            continue
+        s, sel = subsets[0], block.get("selection") or {}
+        vs = s.get("vs_reference") or {}
+        out.append(
+            Entry(
+                dataset=dataset,
+                judge=" + ".join(s["members"]),
+                setup=f"{block.get('setup')}/{block.get('rule')}",
+                kind="jury",
+                n=int(s.get("n", 0)),
+                n_failed=int(s.get("n_failed", 0)),
+                kappa=s.get("kappa"),
+                accuracy=s.get("accuracy"),
+                failure_rate=float(s.get("failure_rate") or 0.0),
+                record_failure_rate=None,
+                first_rate=None,
+                consistency=None,
+                tokens=None,
+                tokens_per_item=None,
+                run=where,
+                kappa_low=_pair(s.get("kappa_ci"))[0],
+                kappa_high=_pair(s.get("kappa_ci"))[1],
+                accuracy_low=_pair(s.get("accuracy_ci"))[0],
+                accuracy_high=_pair(s.get("accuracy_ci"))[1],
+                reference=vs.get("reference"),
+                margin=_f(margin) if vs else None,
+                diff=0.0 if vs.get("verdict") == "reference" else _f(vs.get("diff")),
+                diff_low=_pair(vs.get("diff_ci"))[0],
+                diff_high=_pair(vs.get("diff_ci"))[1],
+                verdict=vs.get("verdict"),
+                n_needed=vs.get("n_needed"),
+                contains_reference=bool(vs.get("contains_reference")),
+                selected=True,
+                selection_corrected=sel.get("corrected"),
+                selection_corrected_low=_pair(sel.get("corrected_ci"))[0],
+                selection_corrected_high=_pair(sel.get("corrected_ci"))[1],
+                n_candidates=sel.get("n_candidates", len(subsets)),
+            )
+        )
+    ha = tables.get("human_agreement")
+    if ha:
+        c = ha["ceiling"]
+        out.append(
+            Entry(
+                dataset=dataset,
+                judge="humans (ceiling)",
+                setup=f"{len(ha['annotators'])} annotators, leave-one-out",
+                kind="humans",
+                n=int(ha.get("n_items", 0)),
+                n_failed=0,
+                kappa=None,
+                accuracy=None,
+                failure_rate=0.0,
+                record_failure_rate=None,
+                first_rate=None,
+                consistency=None,
+                tokens=None,
+                tokens_per_item=None,
+                run=where,
+                loo_kappa=c.get("kappa"),
+                loo_kappa_low=_pair(c.get("kappa_ci"))[0],
+                loo_kappa_high=_pair(c.get("kappa_ci"))[1],
+            )
+        )
+    return out
 
 
 def _mean(xs: Iterable[float | None]) -> float | None:
@@ -269,10 +368,11 @@ def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
     kinds: dict[str, str] = {}
     for e in entries:
         by_name[e.name][e.dataset] = e
-        kinds[e.name] = e.kind
+        kinds[e.name] = f"jury, selected of {e.n_candidates}" if e.selected else e.kind
     header = ["judge (setup)", "kind", *[f"kappa {d}" for d in datasets]]
     for d in datasets:
         header += [f"kappa {d} low", f"kappa {d} high", f"verdict {d}", f"reference {d}"]
+        header += [f"selection-corrected {d}", f"leave-one-out kappa {d}"]
     header += ["mean kappa", "failure rate", "P(first)", "swap consistency", "length bias", "tokens / item"]
     rows = []
     for name, cells in by_name.items():
@@ -281,6 +381,7 @@ def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
         for d in datasets:
             c = cells.get(d)
             row += [c.kappa_low, c.kappa_high, c.verdict, c.reference] if c else [None] * 4
+            row += [c.selection_corrected, c.loo_kappa] if c else [None] * 2
         row += [
             _mean(e.kappa for e in es),
             _mean(e.failure_rate for e in es),
@@ -323,6 +424,7 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
         show += [f"kappa {d} [95% CI]", f"vs {ref}" + (f" (margin {margin:g})" if margin is not None else "")]
         if not one:
             show[-1] += f" on {d}"
+        show += [f"selection-corrected {d} [95% CI]", f"leave-one-out kappa {d} [95% CI]"]
     if not one:
         show.append("mean kappa")
     show += ["failure rate", "P(first)" + (" [95% CI]" if one else ""), "length bias" + (" [95% CI]" if one else "")]
@@ -334,12 +436,16 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
         for d in datasets:
             e = cells.get((r[0], d))
             if e is None:
-                row += ["–", "–"]
+                row += ["–"] * 4
                 continue
             many = len(_references(entries, d)) > 1
             row += [
                 ci(e.kappa, [e.kappa_low, e.kappa_high]),
                 e.verdict_text + (f" (vs {e.reference})" if many and e.reference and e.verdict != "reference" else ""),
+                ci(e.selection_corrected, [e.selection_corrected_low, e.selection_corrected_high])
+                if e.selected
+                else "–",
+                ci(e.loo_kappa, [e.loo_kappa_low, e.loo_kappa_high]),
             ]
         if not one:
             row.append(_r(r[at["mean kappa"]]))
@@ -361,6 +467,13 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
         "length bias": "length bias is not shown: no source's evaluated items could be read",
         "tokens / item": "tokens are not shown: no source recorded any (agreement outputs carry none)",
     }
+    for i in reversed(range(len(show))):  # selection and ceiling columns only where a source has them
+        if show[i].startswith(("selection-corrected ", "leave-one-out kappa ")) and all(
+            r[i] in (None, "–") for r in out
+        ):
+            del show[i]
+            for r in out:
+                del r[i]
     missing: list[str] = []
     for i in reversed(range(len(show))):
         key = next((k for k in why if show[i].startswith(k)), None)
@@ -394,13 +507,15 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
         "P(longer): judge / humans",
         "tokens",
         "tokens / item",
+        "selection-corrected [95% CI]",
+        "leave-one-out kappa [95% CI]",
     ]
     long_rows = [
         [
             e.dataset,
             e.judge,
             e.setup,
-            e.kind,
+            f"jury, selected of {e.n_candidates}" if e.selected else e.kind,
             ci(e.kappa, [e.kappa_low, e.kappa_high]),
             e.n,
             e.n_failed,
@@ -411,12 +526,18 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
             ci(e.first_rate, [e.first_rate_low, e.first_rate_high], 2),
             _r(e.consistency),
             "–" if e.longer_rate is None else f"{e.longer_rate:.2f} / {e.human_longer_rate:.2f}",
-            e.tokens,
-            None if e.tokens_per_item is None else int(round(e.tokens_per_item)),
+            "–" if e.tokens is None else e.tokens,
+            "–" if e.tokens_per_item is None else int(round(e.tokens_per_item)),
+            ci(e.selection_corrected, [e.selection_corrected_low, e.selection_corrected_high]) if e.selected else "–",
+            ci(e.loo_kappa, [e.loo_kappa_low, e.loo_kappa_high]),
         ]
         for e in entries
     ]
     matrix = [[r[2 + i] for i in range(len(datasets))] for r in rows]
+    cells = {(e.name, e.dataset): e for e in entries}
+    intervals = [
+        [(lambda c: [c.kappa_low, c.kappa_high] if c else None)(cells.get((r[0], d))) for d in datasets] for r in rows
+    ]
     explain = (
         "Cohen's kappa with human labels (3 classes, ties a class; failed judgements left out and counted in the "
         "failure rate), with its 95% bootstrap interval over items. The verdict column says what the interval of "
@@ -427,14 +548,26 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
         "decide. P(first): share of "
         "decisive picks given to the response shown first, 0.5 = unbiased (needs both orders). Length bias: "
         "P(prefers the longer response) of the judge minus that of the humans on the same pairs (0 = as the "
-        "humans). Tokens: prompt + completion tokens per judged item."
+        "humans). Tokens: prompt + completion tokens per judged item. A jury marked 'selected of N' is the best of "
+        "N subsets on the same items: its kappa is optimistic, and the selection-corrected column says what the "
+        "choice is worth on items it was not made on. With several annotators, 'humans (ceiling)' is each "
+        "annotator against the majority of the others, and the leave-one-out column scores every evaluator the same "
+        "way: compare those two."
     )
     lead = [Text(explain, note=True)] + [Text(f"Note: {n}.", note=True) for n in left_out]
     lead += [Text(f"Note: {n}", note=True) for n in notes]
     if len(datasets) == 1:  # one column of a heatmap says little: the kappas with their intervals instead
+        ceiling = next(
+            (
+                {"kappa": e.loo_kappa, "kappa_ci": [e.loo_kappa_low, e.loo_kappa_high]}
+                for e in entries
+                if e.kind == "humans"
+            ),
+            None,
+        )
         bars = [
             {
-                "judge": e.name,
+                "judge": e.name + (" (selected)" if e.selected else ""),
                 "kind": e.kind,
                 "kappa": e.kappa,
                 "kappa_ci": [e.kappa_low, e.kappa_high],
@@ -443,15 +576,18 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
                 "vs_reference": {"verdict": e.verdict},
             }
             for e in entries
+            if e.kind != "humans"
         ]
         figure = Fig(
-            "kappa", plots.kappa_bars(bars, title=f"Cohen's kappa on {datasets[0]}"), "Kappa with its 95% interval."
+            "kappa",
+            plots.kappa_bars(bars, title=f"Cohen's kappa on {datasets[0]}", ceiling=ceiling),
+            "Kappa with its 95% interval" + ("; dashed: the human ceiling." if ceiling else "."),
         )
     else:
         figure = Fig(
             "kappa_matrix",
-            plots.kappa_matrix(matrix, [r[0] for r in rows], datasets),
-            "Kappa per judge and dataset.",
+            plots.kappa_matrix(matrix, [r[0] for r in rows], datasets, intervals=intervals),
+            "Kappa per judge and dataset, with its 95% interval.",
         )
     sections = [
         Section(

@@ -616,8 +616,10 @@ def kappa_matrix(
     cols: Sequence[str],
     *,
     title: str = "Cohen's kappa: judges x datasets",
+    intervals: Sequence[Sequence[Sequence[float | None] | None]] | None = None,
 ) -> bytes:
-    """Heatmap of a leaderboard (rows = judges, columns = datasets)."""
+    """Heatmap of a leaderboard (rows = judges, columns = datasets); ``intervals[i][j]``: the cell's
+    95% interval, written under its value."""
     fig = Figure(figsize=(max(4.5, 1.4 * len(cols) + 3.5), max(2.2, 0.45 * len(rows) + 1.4)))
     ax = fig.add_subplot()
     if not rows or not cols:
@@ -630,6 +632,7 @@ def kappa_matrix(
             [_short(c, 18) for c in cols],
             vmin=min([0.0] + [v for row in matrix for v in row if v is not None]),
             vmax=max([0.5] + [v for row in matrix for v in row if v is not None]),
+            notes=[[_ci_text(c) for c in row] for row in intervals] if intervals else None,
         )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="kappa")
         ax.tick_params(axis="x", rotation=20)

@@ -360,7 +360,11 @@ def test_leaderboard_judges_by_datasets_from_a_sweep(server, tmp_path):
     assert leaderboard.main([str(sweep), "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "leaderboard.csv").read_text().splitlines()))
     keys = [(r["dataset"], r["judge"], r["setup"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 2 * 4, keys  # 3 jurors + the jury, on 2 datasets
+    assert len(keys) == len(set(keys)), keys
+    run_entries = [r for r in rows if r["selected"] != "True"]
+    assert len(run_entries) == 2 * 4, keys  # 3 jurors + the jury, on 2 datasets
+    selected = [r for r in rows if r["selected"] == "True"]  # and the best subset of each jury, flagged
+    assert len(selected) == 2 and all(r["kind"] == "jury" and r["selection_corrected"] for r in selected)
     assert {r["dataset"] for r in rows} == {"local:setA", "local:setB"}
     j1 = next(r for r in rows if r["judge"] == "j1" and r["dataset"] == "local:setA")
     assert j1["kind"] == "judge", "a judge run wins over the same model as a juror"
@@ -373,7 +377,8 @@ def test_leaderboard_judges_by_datasets_from_a_sweep(server, tmp_path):
     tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recs if r["kind"] == "jury")
     assert int(row["tokens"]) == tokens > 0
     wide = list(csv.reader((out / "leaderboard_wide.csv").read_text().splitlines()))
-    assert wide[0][:4] == ["judge (setup)", "kind", "kappa local:setA", "kappa local:setB"] and len(wide) == 5
+    assert wide[0][:4] == ["judge (setup)", "kind", "kappa local:setA", "kappa local:setB"]
+    assert len(wide) == 1 + 4 + len({(r["judge"], r["setup"]) for r in selected})
     page, md = (out / "leaderboard.html").read_text(), (out / "leaderboard.md").read_text()
     assert len(img_payloads(page)) == 1 and "](figures/kappa_matrix.png)" in md
     assert leaderboard.main([str(tmp_path / "sweep" / "3")]) == 2  # no evaluate runs there

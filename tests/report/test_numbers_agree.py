@@ -1,0 +1,99 @@
+"""Issue 25: the report and the leaderboard say the numbers agreement.json says, every one of them:
+kappas and intervals, accuracy, differences and verdicts, the human ceiling and each evaluator's
+leave-one-out kappa, the best jury with its selection-corrected kappa; and the report reads the
+label file with the columns and labels the kappas used (not the defaults)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from mapo.cli.agreement import main as agreement_main
+from mapo.report import leaderboard
+from mapo.report import render as report
+from mapo.report.document import ci, md_escape
+from mapo.report.sections.evaluate import verdict_cell
+from tests.metrics.test_agreement_cli import _authors
+from tests.metrics.test_annotators import COLUMNS, LABELS, THREE
+from tests.report.test_report import check_files
+from tests.report.test_trust import section, table_rows
+
+
+def md_name(text: str) -> str:
+    """A cell's text as report.md writes it (Markdown specials escaped)."""
+    return md_escape(text)
+
+
+def _f(cell: str) -> float | None:
+    return None if cell in ("", None) else float(cell)
+
+
+def test_report_and_leaderboard_say_what_agreement_json_says(tmp_path):
+    root = _authors(tmp_path / "authors")
+    out = tmp_path / "agreement.json"
+    argv = ["--authors", str(root), "--humans", str(THREE), "--humans-columns", COLUMNS, "--humans-labels", LABELS]
+    assert agreement_main([*argv, "--jury-subsets", "--n-resamples", "800", "--out", str(out)]) == 0
+    t = json.loads(out.read_text())
+    assert t["human_agreement"] and t["jury_subsets"][0]["selection"]
+
+    # ---- the report
+    assert report.main([str(out)]) == 0
+    d = tmp_path / "agreement_report"
+    _, md = check_files({"html": d / "report.html", "md": d / "report.md", "figures": d / "figures"})
+    rows = {r[0]: r for r in table_rows(section(md, "Agreement with humans (Cohen's kappa)"))}
+    for e in t["results"]:
+        r = rows[md_name(e["judge"])]
+        assert r[3] == md_name(ci(e["kappa"], e["kappa_ci"]))
+        assert r[4] == md_name(ci(e["accuracy"], e["accuracy_ci"], percent=True))
+        assert (int(r[5]), int(r[6])) == (e["n"], e["n_failed"])
+        v = e["vs_reference"]
+        if v["verdict"] != "reference":
+            assert r[8] == md_name(ci(v["diff"], v["diff_ci"], sign=True))
+        assert r[9] == md_name(verdict_cell(e))
+        assert r[10] == md_name(ci(e["loo_kappa"], e["loo_kappa_ci"]))
+    c = t["human_agreement"]["ceiling"]
+    assert rows["humans (ceiling)"][10] == md_name(ci(c["kappa"], c["kappa_ci"]))
+    kappa_text = section(md, "Agreement with humans (Cohen's kappa)")
+    f = t["human_agreement"]["fleiss"]
+    assert md_name(ci(f["kappa"], f["kappa_ci"])) in kappa_text
+    for p in t["human_agreement"]["pairwise"]:
+        assert md_name(ci(p["kappa"], p["kappa_ci"])) in kappa_text
+    block = t["jury_subsets"][0]
+    jury = section(md, f"Jury subsets: {block['jury']}")
+    sel = block["selection"]
+    assert md_name(ci(sel["corrected"], sel["corrected_ci"])) in jury and f"{sel['optimistic']:.3f}" in jury
+    for k, v in sel["by_size"].items():
+        row = next(r for r in table_rows(jury) if r[0] == k)
+        assert row[4] == md_name(ci(v["corrected"], v["corrected_ci"]))
+    for s in block["subsets"]:
+        row = next(r for r in table_rows(jury) if r[0] == md_name(" + ".join(s["members"])))
+        assert row[2] == md_name(ci(s["kappa"], s["kappa_ci"])) and row[6] == md_name(verdict_cell(s))
+    # the label file is read as the kappas read it: its response columns are found (no "holds no response texts")
+    assert "holds no response texts" not in md and "## Bias: length" in md
+
+    # ---- the leaderboard
+    lb = tmp_path / "lb"
+    assert leaderboard.main([str(out), "--out", str(lb)]) == 0
+    long = {r["judge"]: r for r in csv.DictReader((lb / "leaderboard.csv").read_text().splitlines())}
+    for e in t["results"]:
+        r = long[e["judge"]]
+        assert _f(r["kappa"]) == round(e["kappa"], 6)
+        assert (_f(r["kappa_low"]), _f(r["kappa_high"])) == tuple(round(x, 6) for x in e["kappa_ci"])
+        assert r["verdict"] == e["vs_reference"]["verdict"]
+        assert _f(r["loo_kappa"]) == round(e["loo_kappa"], 6)
+    best = block["subsets"][0]
+    r = long[" + ".join(best["members"])]
+    assert r["selected"] == "True" and r["kind"] == "jury"
+    assert _f(r["kappa"]) == round(best["kappa"], 6)
+    assert _f(r["selection_corrected"]) == round(sel["corrected"], 6)
+    assert (_f(r["selection_corrected_low"]), _f(r["selection_corrected_high"])) == tuple(
+        round(x, 6) for x in sel["corrected_ci"]
+    )
+    assert _f(long["humans (ceiling)"]["loo_kappa"]) == round(c["kappa"], 6)
+    lmd = (lb / "leaderboard.md").read_text()
+    assert f"jury, selected of {sel['n_candidates']}" in lmd
+    assert md_name(ci(sel["corrected"], sel["corrected_ci"])) in lmd
+    # no column contradicts its note: no token counts are shown when none were recorded
+    assert "tokens are not shown" in lmd
+    every = section(lmd, "Every entry")
+    assert all(row[14] == "–" for row in table_rows(every)[2:])
