@@ -52,6 +52,11 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
     decided = [json.loads(line) for line in (run_dir / "dpo.jsonl").read_text().splitlines() if line.strip()]
     assert len(decided) == pairs["pairs_written"]
     assert all(r["decisive"] and (r["margin"] is None or r["margin"] > 0) for r in decided), decided
+    # issue 25: the score columns are the scores that decided, and no pair is written twice
+    scored = [r for r in decided if r["chosen_score"] is not None]
+    assert all(r["chosen_score"] > r["rejected_score"] for r in scored), scored
+    triples = [(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in decided]
+    assert len(triples) == len(set(triples))
     assert pairs["ties_kept"] == 0
 
     # the paper's rule on the same responses (all answered by the response cache): ties keep the incumbent

@@ -5,6 +5,18 @@ KTO (unpaired preference): ``prompt``, ``completion``, ``label`` (bool).
 Provenance (row key, models, scores, iterations, judge, margin, truncation) rides along in
 extra columns, which TRL ignores. See https://huggingface.co/docs/trl/dataset_formats.
 
+The DPO score columns explain the choice: ``chosen_score`` / ``rejected_score`` are the judge's
+scores in the comparison that put the rejected response out (the scores that decided: the
+logprob-expected ones with ``judge.scoring=expected``), so ``chosen_score > rejected_score``
+wherever ``decisive`` is true and the judge gives scores, and ``margin`` is their difference.
+``decided_by_iteration`` is the response it lost to: the chosen one, or in a tournament the
+incumbent that beat it before losing to the chosen one. ``chosen_written_score`` /
+``rejected_written_score`` are the same comparison's scores as the judge wrote them (argmax;
+only with ``judge.scoring=expected``), and ``chosen_review_score`` / ``rejected_review_score``
+the feedback loop reviewer's scores of the two iterations (KTO's ``score`` is that too).
+Identical (prompt, chosen, rejected) rows are written once (``duplicate_pairs_skipped``), and a
+KTO completion once (``duplicate_kto_skipped``).
+
 A preference needs a decision: a pair (best > other) is written only when the judge preferred
 one response over the other in the comparison that put the other out (see
 :func:`mapo.generation.selection.losses`); a tie gives no DPO pair and no KTO label, unless
@@ -48,6 +60,11 @@ DPO_SCHEMA: dict[str, Any] = {
     "rejected_score": "float64",
     "margin": "float64",
     "decisive": "bool",
+    "decided_by_iteration": "int64",
+    "chosen_written_score": "float64",
+    "rejected_written_score": "float64",
+    "chosen_review_score": "float64",
+    "rejected_review_score": "float64",
     "chosen_truncated": "bool",
     "rejected_truncated": "bool",
     "chosen_model": "string",
@@ -96,6 +113,10 @@ class RowCounts:
     ties_kept: int = 0
     """Pairs written from a tie (``selection.on_tie=keep``); their ``decisive`` column is false."""
     identical_pairs_skipped: int = 0
+    duplicate_pairs_skipped: int = 0
+    """DPO rows identical to one already written for the prompt (two iterations with the same text)."""
+    duplicate_kto_skipped: int = 0
+    """KTO rows whose completion was already written for the prompt (kept once, with the first label)."""
     truncated_excluded: int = 0
     """Responses cut by max_tokens left out of selection and rows (``selection.allow_truncated=false``)."""
 
@@ -104,6 +125,8 @@ class RowCounts:
         for name in ("items_with_pairs", "items_without_pairs", "pairs_written", "kto_rows", "ties_kept"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.identical_pairs_skipped += other.identical_pairs_skipped
+        self.duplicate_pairs_skipped += other.duplicate_pairs_skipped
+        self.duplicate_kto_skipped += other.duplicate_kto_skipped
         self.truncated_excluded += other.truncated_excluded
         self.ties_dropped.update(other.ties_dropped)
 
@@ -118,6 +141,8 @@ class RowCounts:
             "ties_dropped_by_reason": dict(sorted(self.ties_dropped.items())),
             "ties_kept": self.ties_kept,
             "identical_pairs_skipped": self.identical_pairs_skipped,
+            "duplicate_pairs_skipped": self.duplicate_pairs_skipped,
+            "duplicate_kto_skipped": self.duplicate_kto_skipped,
             "truncated_excluded": self.truncated_excluded,
         }
 
@@ -151,7 +176,9 @@ def rows_for(
     that lost by a tie gives no pair and no KTO label when ``on_tie="drop"``; ``best`` itself
     is labelled desirable only when it won at least one decisive comparison. Responses whose
     ``finish_reason`` is ``"length"`` are left out unless ``allow_truncated``. ``scores`` are
-    the per-response scores carried as provenance (``chosen_score``/``rejected_score``).
+    the reviewer's per-response scores, carried as provenance (``*_review_score``, KTO ``score``);
+    the deciding scores come from ``losses`` (module doc). A rejected response whose text is the
+    chosen one's gives no pair, and its KTO row is the chosen one's (one text, one label).
     """
     if on_tie not in ("drop", "keep"):
         raise ValueError(f"selection.on_tie must be drop or keep, got {on_tie!r}")
@@ -164,6 +191,7 @@ def rows_for(
         return [], [], counts
     chosen = responses[best]
     dpo: list[dict] = []
+    written: set[str] = set()  # rejected texts already paired with the chosen one
     labels: dict[int, bool] = {}
     decisive: dict[int, bool] = {}
     for i, text in enumerate(responses):
@@ -178,10 +206,14 @@ def rows_for(
                 counts.ties_dropped[loss.reason or "tie"] += 1
                 continue
             counts.ties_kept += 1
-        labels[i], decisive[i] = False, loss.decisive
+        labels[i], decisive[i] = False, loss.decisive  # (a text equal to the chosen one's: KTO keeps it once)
         if text.strip() == chosen.strip():
             counts.identical_pairs_skipped += 1  # identical texts teach nothing and break DPO's margin
             continue
+        if text.strip() in written:  # the same pair again (two iterations with one text): once is enough
+            counts.duplicate_pairs_skipped += 1
+            continue
+        written.add(text.strip())
         dpo.append(
             {
                 "key": f"{prompt_id}/{best}>{i}",
@@ -191,10 +223,15 @@ def rows_for(
                 "prompt_id": prompt_id,
                 "chosen_iteration": best,
                 "rejected_iteration": i,
-                "chosen_score": scores[best],
-                "rejected_score": scores[i],
+                "chosen_score": loss.winner_score,
+                "rejected_score": loss.loser_score,
                 "margin": loss.margin,
                 "decisive": loss.decisive,
+                "decided_by_iteration": loss.winner,
+                "chosen_written_score": loss.winner_written,
+                "rejected_written_score": loss.loser_written,
+                "chosen_review_score": scores[best],
+                "rejected_review_score": scores[i],
                 "chosen_truncated": truncated[best],
                 "rejected_truncated": truncated[i],
                 "chosen_model": generator,
@@ -205,6 +242,14 @@ def rows_for(
     # the best is desirable only if the judge preferred it over something (or ties are kept)
     if losses is None or on_tie == "keep" or any(decisive.values()):
         labels[best], decisive[best] = True, losses is None or any(decisive.values())
+    seen: set[str] = set()
+    kept = []
+    for i in sorted(labels, key=lambda i: (not labels[i], i)):  # the desirable one first: it keeps its text
+        if responses[i].strip() in seen:
+            counts.duplicate_kto_skipped += 1
+            continue
+        seen.add(responses[i].strip())
+        kept.append(i)
     kto = [
         {
             "key": f"{prompt_id}/{i}",
@@ -219,7 +264,7 @@ def rows_for(
             "model": generator,
             "judge": judge,
         }
-        for i in sorted(labels)
+        for i in sorted(kept)
     ]
     for row in dpo:
         validate_row(row, DPO_COLUMNS)

@@ -48,6 +48,14 @@ class Loss:
     """Winner's score minus this response's score in that comparison; None for a pick-only judge."""
     reason: str | None = None
     """Why it was not decisive: ``judge_tie`` | ``equal_scores`` | ``orders_disagree``."""
+    winner_score: float | None = None
+    """The winner's score in that comparison, as it decided (logprob-expected with judge.scoring=expected)."""
+    loser_score: float | None = None
+    """This response's score in that comparison, as it decided."""
+    winner_written: float | None = None
+    """judge.scoring=expected: the winner's score as the judge wrote it (argmax); None otherwise."""
+    loser_written: float | None = None
+    """judge.scoring=expected: this response's score as written; None otherwise."""
 
 
 def excluded(iterations: Sequence[Mapping[str, Any]], allow_truncated: bool) -> list[int]:
@@ -130,18 +138,34 @@ def losses(
         for i, s in enumerate(scores):
             if i == best or s is None or top is None:
                 continue
-            out[i] = Loss(best, top > s, top - s, None if top > s else "equal_scores")
+            out[i] = Loss(best, top > s, top - s, None if top > s else "equal_scores", top, s)
         return out
     for j in judgements:
         a, b, label = j["a"], j["b"], j.get("label")
         sa, sb = j.get("score_a"), j.get("score_b")
+        wa, wb = written_scores(j)
         if label == "model_b":
-            out[a] = Loss(b, True, _diff(sb, sa))
+            out[a] = Loss(b, True, _diff(sb, sa), None, sb, sa, wb, wa)
         elif label == "model_a":
-            out[b] = Loss(a, True, _diff(sa, sb))
+            out[b] = Loss(a, True, _diff(sa, sb), None, sa, sb, wa, wb)
         elif label == "tie":
-            out[b] = Loss(a, False, _diff(sa, sb), _tie_reason(j))
+            out[b] = Loss(a, False, _diff(sa, sb), _tie_reason(j), sa, sb, wa, wb)
     return out
+
+
+def written_scores(judgement: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(score of a, score of b) as the judge wrote them, both orders averaged, when the decision
+    used other scores (judge.scoring=expected keeps the written verdict as ``argmax``); else (None, None)."""
+    attempts = [a for a in judgement.get("attempts") or [] if a.get("argmax")]
+    pairs = []
+    for a in attempts:
+        v = a["argmax"]
+        if v.get("failure") is None and v.get("score_a") is not None and v.get("score_b") is not None:
+            x, y = float(v["score_a"]), float(v["score_b"])
+            pairs.append((y, x) if a.get("order") == "BA" else (x, y))  # back to the pair's own order
+    if not pairs:
+        return None, None
+    return sum(x for x, _ in pairs) / len(pairs), sum(y for _, y in pairs) / len(pairs)
 
 
 def _diff(x: float | None, y: float | None) -> float | None:

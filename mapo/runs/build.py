@@ -377,7 +377,11 @@ def _pairs_card(cfg: RunConfig, pairs: dict) -> str:
             else f"- a pair needs a decision of the judge (selection.on_tie=drop): ties dropped "
             f"{pairs.get('ties_dropped', 0)} ({reasons}).\n"
         )
-        + f"- identical chosen/rejected skipped: {pairs.get('identical_pairs_skipped', 0)}; responses cut by "
+        + f"- identical chosen/rejected skipped: {pairs.get('identical_pairs_skipped', 0)}; the same pair twice "
+        f"(two iterations with one text) written once: {pairs.get('duplicate_pairs_skipped', 0)} repeats skipped "
+        f"(KTO: {pairs.get('duplicate_kto_skipped', 0)}); responses cut by "
         f"max_tokens {'allowed' if cfg.selection.allow_truncated else 'left out'}: "
-        f"{pairs.get('truncated_excluded', 0)} left out. Each DPO row carries the judge's `margin`.\n"
+        f"{pairs.get('truncated_excluded', 0)} left out. Each DPO row carries the judge's `margin` and the scores "
+        "that decided (`chosen_score` > `rejected_score` wherever `decisive` is true; with judge.scoring=expected "
+        "the written scores are in `*_written_score`, the reviewer's in `*_review_score`).\n"
     )

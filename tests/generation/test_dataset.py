@@ -27,7 +27,39 @@ def test_rows_pair_chosen_with_each_rejected():
 
 def test_identical_rejected_is_skipped_and_counted():
     dpo, kto, counts = rows_for("p1", "Q?", ["same", "same ", "other"], [1, 2, 3], 0, generator="g", judge="j")
-    assert counts.identical_pairs_skipped == 1 and len(dpo) == 1 and len(kto) == 3
+    assert counts.identical_pairs_skipped == 1 and len(dpo) == 1
+    # one text, one KTO label: the chosen one's (it was desirable and undesirable at once before)
+    assert [(r["iteration"], r["label"]) for r in kto] == [(0, True), (2, False)] and counts.duplicate_kto_skipped == 1
+
+
+def test_identical_rows_are_written_once_and_counted():
+    """Issue 25: iterations 1 and 2 were the same text, so rows 0>1 and 0>2 were byte-identical."""
+    dpo, kto, counts = rows_for(
+        "p", "Q?", ["best", "again", "again", "other"], [9, 8, 8, 7], 0, generator="g", judge="j"
+    )
+    assert [(r["chosen_iteration"], r["rejected_iteration"]) for r in dpo] == [(0, 1), (0, 3)]
+    assert counts.duplicate_pairs_skipped == 1 and counts.pairs_written == 2
+    assert [r["iteration"] for r in kto] == [0, 1, 3] and counts.duplicate_kto_skipped == 1
+    assert counts.to_dict()["duplicate_pairs_skipped"] == 1
+    rows = [(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in dpo]
+    assert len(rows) == len(set(rows))
+
+
+def test_score_columns_are_the_scores_that_decided():
+    """chosen_score / rejected_score come from the deciding comparison (expected scores when the judge
+    weighs logprobs), the written scores and the reviewer's scores in their own columns."""
+    losses = {
+        1: Loss(0, True, 0.71, None, 9.6, 8.89, 10.0, 10.0),  # expected 9.60 vs 8.89, both written as 10
+        2: Loss(1, True, 0.4, None, 9.0, 8.6, 9.0, 9.0),  # lost to 1 in a tournament round
+    }
+    dpo, _, _ = rows_for("p", "Q?", ["a", "b", "c"], [10.0, 10.0, 9.5], 0, generator="g", judge="j", losses=losses)
+    r1, r2 = dpo
+    assert (r1["chosen_score"], r1["rejected_score"], r1["margin"]) == (9.6, 8.89, 0.71)
+    assert (r1["chosen_written_score"], r1["rejected_written_score"]) == (10.0, 10.0)
+    assert (r1["chosen_review_score"], r1["rejected_review_score"], r1["decided_by_iteration"]) == (10.0, 10.0, 0)
+    assert r2["decided_by_iteration"] == 1 and r2["chosen_score"] > r2["rejected_score"]
+    for r in dpo:
+        assert r["decisive"] and r["chosen_score"] > r["rejected_score"]
 
 
 def test_empty_text_is_rejected():
@@ -113,6 +145,8 @@ def test_row_counts_add_up():
         "ties_dropped_by_reason": {"equal_scores": 1, "judge_tie": 1},
         "ties_kept": 0,
         "identical_pairs_skipped": 0,
+        "duplicate_pairs_skipped": 0,
+        "duplicate_kto_skipped": 0,
         "truncated_excluded": 0,
     }
 
@@ -188,7 +222,9 @@ def test_schema_is_fixed_and_old_rows_get_nulls(tmp_path):
         fh.write(json.dumps(old) + "\n")
     save_datasets(tmp_path)
     ds = datasets.load_from_disk(str(tmp_path / "dataset" / "dpo"))["train"]
-    assert ds["chosen_score"] == [2.0, 2.0, 5.0] and ds["margin"] == [None, None, None]
+    # no losses given: no deciding scores (None), the reviewer's in their own column; the old row keeps its own
+    assert ds["chosen_score"] == [None, None, 5.0] and ds["margin"] == [None, None, None]
+    assert ds["chosen_review_score"] == [2.0, 2.0, None]
     assert ds.features["rejected_score"].dtype == "float64"
 
 

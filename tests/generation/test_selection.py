@@ -67,7 +67,9 @@ async def test_tournament_records_a_tie_as_an_undecided_loss(judge_with):
     sel = await tournament(judge, "q?", ["q=5", "q=5", "q=7"])
     assert sel.best == 2
     # 0 vs 1 tie keeps 0 (no decision about 1); 0 vs 2: the judge prefers 2 by 2 points
-    assert sel.losses() == {1: Loss(0, False, 0.0, "equal_scores"), 0: Loss(2, True, 2.0)}
+    assert _core(sel.losses()) == _core({1: Loss(0, False, 0.0, "equal_scores"), 0: Loss(2, True, 2.0)})
+    # the deciding scores ride along: the chosen 7 vs 5 (issue 25: the dataset shows what decided)
+    assert (sel.losses()[0].winner_score, sel.losses()[0].loser_score) == (7.0, 5.0)
 
 
 async def test_stored_record_gives_the_same_losses(judge_with):
@@ -75,7 +77,7 @@ async def test_stored_record_gives_the_same_losses(judge_with):
     sel = await tournament(judge, "q?", ["q=8", "q=3", "q=8"])
     stored = json.loads(json.dumps({"method": sel.method, "best": sel.best, "judgements": sel.judgements}))
     assert losses(stored["method"], stored["best"], stored["judgements"], []) == sel.losses()
-    assert sel.losses() == {1: Loss(0, True, 5.0), 2: Loss(0, False, 0.0, "equal_scores")}
+    assert _core(sel.losses()) == _core({1: Loss(0, True, 5.0), 2: Loss(0, False, 0.0, "equal_scores")})
 
 
 async def test_position_bias_caught_by_both_orders_is_a_tie_without_margin(judge_with):
@@ -83,13 +85,13 @@ async def test_position_bias_caught_by_both_orders_is_a_tie_without_margin(judge
         lambda r: "### Evaluation Evidence:\nx\n\n### Answer:\nA", strategy="direct", both_orders=True
     )
     sel = await tournament(judge, "q?", ["one", "two"])
-    assert sel.best == 0 and sel.losses() == {1: Loss(0, False, None, "orders_disagree")}
+    assert sel.best == 0 and _core(sel.losses()) == _core({1: Loss(0, False, None, "orders_disagree")})
 
 
 async def test_a_judge_that_answers_tie(judge_with):
     _, judge = judge_with(lambda r: "### Evaluation Evidence:\nx\n\n### Answer:\nC", strategy="direct")
     sel = await tournament(judge, "q?", ["one", "two"])
-    assert sel.losses() == {1: Loss(0, False, None, "judge_tie")}
+    assert _core(sel.losses()) == _core({1: Loss(0, False, None, "judge_tie")})
 
 
 async def test_skipped_responses_are_never_judged_or_chosen(judge_with):
@@ -111,7 +113,7 @@ async def test_score_all_equal_scores_are_ties(judge_with):
     _, judge = judge_with(single, strategy="independent")
     sel = await score_all(judge, "q?", ["q=4", "q=7", "q=7", "q=9"], skip=[3])
     assert sel.best == 1 and sel.scores == [4.0, 7.0, 7.0, None]
-    assert sel.losses() == {0: Loss(1, True, 3.0), 2: Loss(1, False, 0.0, "equal_scores")}
+    assert _core(sel.losses()) == _core({0: Loss(1, True, 3.0), 2: Loss(1, False, 0.0, "equal_scores")})
 
 
 def test_excluded_reads_finish_reason():
@@ -206,3 +208,31 @@ async def test_build_may_choose_truncated_when_allowed_and_marks_it(tmp_path):
     assert {r["truncated"] for r in kto if r["iteration"] == 1} == {True}
     assert {r["truncated"] for r in kto if r["iteration"] != 1} == {False}
     assert manifest["pairs"]["truncated_excluded"] == 0
+
+
+def _core(losses):
+    """How each response lost (winner, decisive, margin, reason), without the scores that ride along."""
+    return {i: (x.winner, x.decisive, x.margin, x.reason) for i, x in losses.items()}
+
+
+def test_written_scores_come_back_to_the_pairs_order_and_only_with_expected_scoring():
+    """judge.scoring=expected keeps the written verdict as argmax; both orders averaged in the pair's order."""
+    from mapo.generation.selection import losses, written_scores
+
+    j = {
+        "a": 0,
+        "b": 1,
+        "label": "model_a",
+        "score_a": 9.6,
+        "score_b": 8.89,
+        "attempts": [
+            {"order": "AB", "verdict": {"pick": "A", "score_a": 9.7, "score_b": 8.9}, "argmax": {"pick": "tie", "score_a": 10.0, "score_b": 10.0}},
+            {"order": "BA", "verdict": {"pick": "B", "score_a": 8.88, "score_b": 9.5}, "argmax": {"pick": "B", "score_a": 9.0, "score_b": 10.0}},
+        ],
+    }  # fmt: skip
+    assert written_scores(j) == (10.0, 9.5)
+    loss = losses("tournament", 0, [j], [])[1]
+    assert (loss.winner_score, loss.loser_score, loss.winner_written, loss.loser_written) == (9.6, 8.89, 10.0, 9.5)
+    assert loss.winner_score > loss.loser_score and loss.margin == pytest.approx(0.71)
+    plain = {**j, "attempts": [{k: v for k, v in a.items() if k != "argmax"} for a in j["attempts"]]}
+    assert written_scores(plain) == (None, None)  # argmax scoring: the deciding scores are the written ones

@@ -178,11 +178,13 @@ def _examples(dpo: Sequence[Mapping[str, Any]], sels: Sequence[Mapping[str, Any]
         chosen_it, rejected_it = (row.get("chosen_iteration") or 0) + 1, (row.get("rejected_iteration") or 0) + 1
         fields += [
             (
-                f"chosen: iteration {num(chosen_it)}, reviewer score {num(row.get('chosen_score'), 1)}",
+                f"chosen: iteration {num(chosen_it)}, judge score {num(row.get('chosen_score'), 2)}, "
+                f"reviewer score {num(_review(row, 'chosen'), 1)}",
                 "\n\n".join(m.get("content", "") for m in row.get("chosen") or []),
             ),
             (
-                f"rejected: iteration {num(rejected_it)}, reviewer score {num(row.get('rejected_score'), 1)}",
+                f"rejected: iteration {num(rejected_it)}, judge score {num(row.get('rejected_score'), 2)}, "
+                f"reviewer score {num(_review(row, 'rejected'), 1)}",
                 "\n\n".join(m.get("content", "") for m in row.get("rejected") or []),
             ),
         ]
@@ -235,3 +237,9 @@ def generation_failures(run: Run, gens: Sequence[Mapping[str, Any]], sels: Seque
             )
         )
     return Section("Failures", blocks)
+
+
+def _review(row: Mapping[str, Any], side: str) -> Any:
+    """The reviewer's score of a DPO row's side (rows written before issue 25 kept it in ``<side>_score``)."""
+    key = f"{side}_review_score"
+    return row.get(key) if key in row else row.get(f"{side}_score")
