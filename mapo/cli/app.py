@@ -6,8 +6,9 @@ implements it, imported only when that command runs, so ``mapo --help`` stays fa
 
 A Hydra command ends with one line (no traceback; ``hydra.verbose=mapo`` logs it) and an
 exit code: 0 complete; 2 a config error (also one Hydra finds while composing: an unknown
-group choice or key, a value of the wrong type or choice, a run folder outside runs/), a locked folder, a damaged record file or a stopped
-run (endpoint, credentials, budget, disk full); 130 interrupted (Ctrl-C, or SIGTERM, which
+group choice or key, a value of the wrong type or choice, a run folder outside runs/ or one that cannot
+be created), a locked folder, a damaged record file or a stopped
+run (endpoint, credentials, budget, disk full, a config error found mid-run); 130 interrupted (Ctrl-C, or SIGTERM, which
 SLURM's scancel sends: both stop cleanly, everything finished saved); 1 failed (internal error).
 """
 
@@ -140,11 +141,26 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
             traceback.print_exc()
         print(f"mapo {command}: config error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # Hydra's own start: creating the run folder, writing .hydra/ and the log into it
+        if full_error:
+            traceback.print_exc()
+        print(f"mapo {command}: {run_folder_error(e)}", file=sys.stderr)
+        sys.exit(2)
     finally:
         if before is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def run_folder_error(e: OSError) -> str:
+    """An OS error of Hydra's start-up in words naming the setting: the run folder (hydra.run.dir)."""
+    import errno
+
+    what = e.filename or "the run folder"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"disk full: cannot write {what} in the run folder (hydra.run.dir): {e.strerror}; free space and rerun"
+    return f"cannot create or write the run folder (hydra.run.dir): {what}: {e.strerror or e}"
 
 
 def one_line(e: BaseException) -> str:

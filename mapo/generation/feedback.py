@@ -1,12 +1,14 @@
 """The LLM feedback loop (paper Tables 10-11): a generator writes, one or two reviewers
 return an evaluation, a score out of 10 and feedback, and the generator revises in the same
-growing conversation. Every iteration is kept, with every raw review.
+growing conversation. Every iteration is kept, with every raw review; ``on_iteration`` hands
+each one out as it finishes (the run saves it at once), and ``done`` continues a loop from the
+iterations saved before (a failure at iteration 3 keeps iterations 1-2; a rerun goes on from there).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,6 +43,15 @@ class Iteration:
         scores = [r.score for r in self.reviews if r.score is not None]
         return sum(scores) / len(scores) if scores else None
 
+    def to_record(self) -> dict[str, Any]:
+        return {**asdict(self), "score": self.score}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Iteration:
+        """The iteration of :meth:`to_record` (its ``score`` is derived, not read)."""
+        reviews = [Review(**r) for r in rec["reviews"]]
+        return cls(index=rec["index"], response=rec["response"], finish_reason=rec["finish_reason"], reviews=reviews)
+
 
 @dataclass
 class FeedbackResult:
@@ -68,24 +79,40 @@ class FeedbackLoop:
     def _t(self, name: str) -> prompts.Template:
         return prompts.load(self.config.prompt_set, name)
 
-    async def run(self, question: str) -> FeedbackResult:
+    async def run(
+        self,
+        question: str,
+        *,
+        done: Sequence[Iteration] = (),
+        on_iteration: Callable[[Iteration], None] | None = None,
+    ) -> FeedbackResult:
+        """The loop for ``question``: ``done`` are iterations saved by an earlier, unfinished run
+        (the conversation is rebuilt from them and the loop goes on after the last); each new
+        iteration goes to ``on_iteration`` as soon as it is complete."""
         conversation: list[Message] = [{"role": "user", "content": question}]
         iterations: list[Iteration] = []
-        stopped_early = False
-        for i in range(self.config.iterations):
-            completion = await self.client.chat(self.generator, conversation, role="generator")
-            response = completion.text
-            conversation.append({"role": "assistant", "content": response})
-            reviews = await asyncio.gather(*(self.review(r, question, response) for r in self.reviewers))
-            it = Iteration(index=i, response=response, finish_reason=completion.finish_reason, reviews=list(reviews))
+        n = self.config.iterations
+        for i in range(n):
+            if i < len(done):
+                it = done[i]
+                conversation.append({"role": "assistant", "content": it.response})
+            else:
+                completion = await self.client.chat(self.generator, conversation, role="generator")
+                response = completion.text
+                conversation.append({"role": "assistant", "content": response})
+                reviews = await asyncio.gather(*(self.review(r, question, response) for r in self.reviewers))
+                it = Iteration(
+                    index=i, response=response, finish_reason=completion.finish_reason, reviews=list(reviews)
+                )
+                if on_iteration is not None:
+                    on_iteration(it)
             iterations.append(it)
-            if i == self.config.iterations - 1:
+            if i == n - 1:
                 break
             if self._should_stop(iterations):
-                stopped_early = True
-                break
+                return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early=True)
             conversation.append({"role": "user", "content": self._revision_message(it.reviews)})
-        return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early)
+        return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early=False)
 
     def _should_stop(self, iterations: list[Iteration]) -> bool:
         score = iterations[-1].score

@@ -7,7 +7,9 @@ already answered (the response cache) and writing nothing twice (keyed stores). 
 skeleton (folder, config check, client, stores, endpoint check, manifest, how the run ends)
 is :mod:`mapo.runs.runner`'s; this module supplies the per-prompt work, the resume and the
 publishing of the datasets. Each generated response keeps its ``finish_reason``; the manifest
-counts those cut by max_tokens (``truncated_responses``).
+counts those cut by max_tokens (``truncated_responses``). Each feedback iteration is saved as it
+finishes (``iterations.jsonl``, key ``<item>#<index>``): an item that fails at iteration 3 keeps
+iterations 1-2 there, and when the item is done again its loop goes on from the last saved one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.dataset import RowCounts, RowError, item_rows, save_datasets
-from mapo.generation.feedback import FeedbackLoop
+from mapo.generation.feedback import FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.judge import Judge
 from mapo.llm.client import LLMClient
@@ -50,7 +52,7 @@ class Build(RunCommand):
     """``mapo build`` on the run skeleton (:mod:`mapo.runs.runner`): one item per prompt."""
 
     name = "build"
-    stores = ("generations", "selections", "dpo", "kto")
+    stores = ("generations", "selections", "dpo", "kto", "iterations")
     unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
     published = ("dataset",)
     stages = ("feedback", "judge")
@@ -76,7 +78,7 @@ class Build(RunCommand):
                     f"{key}={prompt_set!r}: no folder prompts/{prompt_set}; "
                     f"known: {', '.join(sorted(p.name for p in prompts_root().iterdir() if p.is_dir()))}"
                 )
-        self.counts = {"resumed_done": 0, "failed": 0, "identical_pairs_skipped": 0}
+        self.counts = {"resumed_done": 0, "failed": 0, "identical_pairs_skipped": 0, "iterations_resumed": 0}
         self.stage_s = {"feedback": 0.0, "selection": 0.0}
         self.source_stats = SourceStats()
         self.pairs = RowCounts()  # over the whole dataset: resume() adds the items finished before
@@ -125,7 +127,7 @@ class Build(RunCommand):
 
     def resume(self) -> None:
         cfg, roles, stores = self.cfg, self.cfg.roles, self.run.stores
-        self.gens, self.sels, self.dpo, self.kto = (stores[n] for n in self.stores)
+        self.gens, self.sels, self.dpo, self.kto, self.its = (stores[n] for n in self.stores)
         pairs = self.pairs
         gens, sels, dpo, kto = self.gens, self.sels, self.dpo, self.kto
         resumable, redo, restored = _resume(
@@ -133,6 +135,7 @@ class Build(RunCommand):
         )
         self.resumable, self.redo, self.restored = resumable, redo, restored
         self.stored_prompts = _stored_prompts(self.run.dir / "generations.jsonl")
+        self.saved_iterations = _saved_iterations(self.its, self.gens)
         self.counts["resumed_done"] = len(sels) - len(redo)
 
     def items(self) -> Iterator[PromptItem]:
@@ -155,7 +158,13 @@ class Build(RunCommand):
             rec = self.resumable.pop(item.id, None)
             if rec is None:
                 t0 = time.perf_counter()
-                result = await self.loop.run(item.prompt)
+                done = self.saved_iterations.pop(item.id, [])
+                counts["iterations_resumed"] += len(done)
+
+                def save(it: Iteration, item_id: str = item.id) -> None:  # as it arrives: a later failure keeps it
+                    self.its.append({"key": f"{item_id}#{it.index}", "item": item_id, "iteration": it.to_record()})
+
+                result = await self.loop.run(item.prompt, done=done, on_iteration=save)
                 self.stage_s["feedback"] += time.perf_counter() - t0
                 rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
                 gens.append(rec)
@@ -271,6 +280,24 @@ def warn_family_judging(cfg: RunConfig) -> list[str]:
 async def build(cfg: RunConfig) -> dict[str, Any]:
     """Build the DPO/KTO datasets of ``cfg`` (module doc); returns the manifest."""
     return await execute(Build(cfg))
+
+
+def _saved_iterations(its: RecordStore, gens: RecordStore) -> dict[str, list[Iteration]]:
+    """The iterations saved for items whose loop never finished (no generation record): each
+    item's from index 0 on, without a gap (what a resumed loop can go on from)."""
+    by_item: dict[str, dict[int, Iteration]] = {}
+    for rec in its:
+        item = rec["item"]
+        if item not in gens:
+            it = Iteration.from_record(rec["iteration"])
+            by_item.setdefault(item, {})[it.index] = it
+    out: dict[str, list[Iteration]] = {}
+    for item, saved in by_item.items():
+        run: list[Iteration] = []
+        while len(run) in saved:
+            run.append(saved[len(run)])
+        out[item] = run
+    return out
 
 
 def _text_sha(text: str) -> str:

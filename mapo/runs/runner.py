@@ -96,8 +96,26 @@ def make_client(cfg: RunConfig) -> LLMClient:
     """The client of a run, over ``cfg.models`` with the response cache (closed by ``async with``)."""
     cache = None
     if cfg.client.cache:
-        cache = ResponseCache(cfg.client.cache_path or cache_dir() / "responses.sqlite")
+        path = cfg.client.cache_path or cache_dir() / "responses.sqlite"
+        try:
+            cache = ResponseCache(path)
+        except OSError as e:
+            key = "client.cache_path" if cfg.client.cache_path else "client.cache_path (default under $MAPO_CACHE)"
+            raise ConfigError(
+                f"{key}={path}: cannot create the response cache ({path_problem(e, path)}); "
+                "choose a writable path, or client.cache=false"
+            ) from None
     return LLMClient(cfg.models, cache=cache, registry=cfg.client.registry, budget_usd=cfg.client.budget_usd)
+
+
+def path_problem(e: OSError, path: str | Path) -> str:
+    """Why a folder could not be made, in words: ``/x/file is a file, not a folder``."""
+    where = e.filename or path
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocking = next((p for p in (Path(where), *Path(where).parents) if p.is_file()), None)
+        if blocking is not None:
+            return f"{blocking} is a file, not a folder"
+    return f"{where}: {e.strerror or e}"
 
 
 async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]], width: int) -> None:
@@ -441,7 +459,15 @@ async def execute(command: RunCommand) -> dict[str, Any]:
         run_dir = _run_folder(command.cfg, fp, command.stale_items)
         if str(run_dir) != command.cfg.output_dir:
             command.cfg = dataclasses.replace(command.cfg, output_dir=str(run_dir))
-        with RunLock(run_dir):
+        try:
+            lock = RunLock(run_dir)
+        except OSError as e:
+            if e.errno in DISK_FULL:
+                raise
+            raise ConfigError(
+                f"output_dir={run_dir} (hydra.run.dir): cannot create the run folder ({path_problem(e, run_dir)})"
+            ) from None
+        with lock:
             if _stored_changes(run_dir, fp):  # another run changed it while we waited for the lock
                 raise ConfigError(f"{run_dir}: its config changed while this run started; rerun")
             stores: dict[str, RecordStore] = {}
@@ -568,8 +594,8 @@ def _ending_unscrubbed(e: BaseException, run: Run, signals: _Signals) -> _Ending
             "traceback": "".join(traceback.format_exception(e)[-12:]),
         }
     }
-    if isinstance(e, ConfigError):  # found mid-run (e.g. a template): a config problem, not a crash
-        return _Ending("failed", detail, e, None)
+    if isinstance(e, ConfigError):  # found mid-run (a template, the registry): stopped, exit 2 as any config error
+        return _Ending("stopped", {"reason": f"config error: {e}"}, e, None)
     msg = f"run failed: internal error {describe(e)} (traceback in {run.dir / 'manifest.json'}); {resume}."
     return _Ending("failed", detail, RunFailed(msg), e)
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -1477,4 +1478,152 @@ async def test_u2028_in_human_labels_and_batch_output_is_data(tmp_path, referenc
         seconds,
         f"ending complete; {ITEMS} JSONL + {ITEMS} CSV labels loaded intact, evaluate complete",
         run,
+    )
+
+
+OVERFLOW_400 = (
+    400,
+    {"error": {"message": "This model's maximum context length is 2048 tokens. However, you requested 2113 tokens."}},
+)
+
+
+def haiku_turn(body: dict) -> int | None:
+    """The iteration (1-based) of a generator request of the haiku item, else None."""
+    if any(m["role"] == "system" for m in body["messages"]) or not is_item(body, "haiku"):
+        return None
+    return (len(body["messages"]) + 1) // 2
+
+
+async def test_an_overflow_at_iteration_3_keeps_iterations_1_2_and_a_rerun_goes_on_from_them(tmp_path, reference):
+    """Iterations are saved as they arrive (iterations.jsonl): a context overflow at iteration 3
+    fails the item and keeps iterations 1-2 (before: no record at all). A run stopped at iteration
+    3 (server down) resumes from the saved iterations, even with an empty response cache: the
+    iterations 1-2 are not asked again, and the records equal a clean run's."""
+    with FakeServer(faults=lambda n, b: OVERFLOW_400 if haiku_turn(b) == 3 else None) as server:
+        t0 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        seconds = time.monotonic() - t0
+    run = tmp_path / "run"
+    assert manifest["status"] == "complete" and manifest["items"]["failed"] == 1
+    failure = {s["key"]: s for s in read_lines(run / "selections.jsonl")}["haiku-autumn"]["failure"]
+    assert "maximum context length is 2048 tokens" in failure, failure
+    kept = [r for r in read_lines(run / "iterations.jsonl") if r["item"] == "haiku-autumn"]
+    assert [r["iteration"]["index"] for r in kept] == [0, 1] and all(r["iteration"]["response"] for r in kept)
+    assert [r["key"] for r in kept] == ["haiku-autumn#0", "haiku-autumn#1"]
+    row = audit(run, reference["ids"])
+    assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == 1
+
+    broken = {"on": True}
+    asked: Counter = Counter()
+
+    def faults(n: int, body: dict):
+        turn = haiku_turn(body)
+        if turn is not None:
+            asked[turn] += 1
+            if broken["on"] and turn == 3:
+                return "503"
+        return None
+
+    with FakeServer(faults=faults) as server:
+        cfg = run_config(tmp_path, server, out="stopped", cache="first.sqlite", model_overrides={"max_retries": 1})
+        with pytest.raises(RunStopped, match="failed 2 attempts"):
+            await build(cfg)
+        broken["on"] = False
+        resumed = await build(run_config(tmp_path, server, out="stopped", cache="empty.sqlite"))
+    stopped = tmp_path / "stopped"
+    assert resumed["status"] == "complete" and resumed["items"]["iterations_resumed"] >= 2
+    assert asked[1] == 1 and asked[2] == 1, f"saved iterations were asked again: {dict(asked)}"
+    assert_complete(stopped, reference["ids"])
+    assert_same(snapshot(stopped), reference["snap"])
+    record_row(
+        "context overflow (400) at iteration 3 of one item",
+        row,
+        seconds,
+        "ending complete; the item failed, iterations 1-2 kept; a run stopped there resumes from them",
+        run,
+    )
+
+
+FULL_BEFORE_FIRST_RECORD = """
+import builtins, errno, os
+_under = os.environ.get("MAPO_TEST_FULL_UNDER")
+if _under:  # no space for any new file in the run folder: Hydra's own .hydra/config.yaml is the first
+    _open = builtins.open
+
+    def open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and str(file).startswith(_under) and any(c in mode for c in "wx"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return _open(file, mode, *args, **kwargs)
+
+    builtins.open = open
+"""
+
+
+@pytest.mark.timeout(300)  # four CLI start-ups: slow on a loaded 2-core machine
+def test_cli_paths_that_cannot_be_created_and_a_full_disk_at_start_end_in_one_line(tmp_path):
+    """hydra.run.dir under a file, client.cache_path under a file, a disk full before the first
+    record (Hydra's own config write) and a corrupt endpoint registry: each ends with one line
+    naming the setting, exit 2, no traceback (before: raw tracebacks, "internal error
+    FileExistsError", and `failed` with exit 2 for the registry)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FULL_BEFORE_FIRST_RECORD)
+    registry = tmp_path / "corrupt-endpoints.json"
+    registry.write_text("{broken")
+    t0 = time.monotonic()
+    with FakeServer() as server:
+        env = cli_env(tmp_path)
+        full_env = {
+            **env,
+            "MAPO_TEST_FULL_UNDER": str(tmp_path / "full"),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p),
+        }
+        base = cli_args(server, tmp_path)
+        cases = {
+            "hydra.run.dir under a file": (
+                [*base, f"hydra.run.dir={blocker / 'run'}"],
+                env,
+                rf"cannot create or write the run folder \(hydra\.run\.dir\): {blocker / 'run'}: Not a directory",
+            ),
+            "client.cache_path under a file": (
+                [*base, f"client.cache_path={blocker / 'cache.sqlite'}"],
+                env,
+                rf"client\.cache_path={blocker / 'cache.sqlite'}: cannot create the response cache \({blocker} is a file",
+            ),
+            "disk full before the first record": (
+                [*base, f"hydra.run.dir={tmp_path / 'full'}"],
+                full_env,
+                r"disk full: cannot write .*/full/\.hydra/config\.yaml in the run folder \(hydra\.run\.dir\)",
+            ),
+            "corrupt endpoint registry": (
+                [
+                    *base[:4],
+                    "prompts.limit=2",
+                    "client.progress=off",
+                    f"client.registry={registry}",
+                    f"hydra.run.dir={tmp_path / 'registry-run'}",
+                ],
+                env,
+                rf"endpoint registry {registry} is corrupt",
+            ),
+        }
+        results = {}
+        for name, (args, case_env, expected) in cases.items():
+            p = subprocess.run(args, cwd=REPO, env=case_env, capture_output=True, text=True, timeout=180)
+            out = p.stdout + p.stderr
+            assert p.returncode == 2, f"{name}: exit {p.returncode}\n{out[-3000:]}"
+            assert "Traceback" not in out, f"{name}:\n{out[-3000:]}"
+            errors = [line for line in out.splitlines() if re.search(expected, line)]
+            assert len(errors) == 1, f"{name}: expected one line matching {expected!r}\n{out[-3000:]}"
+            results[name] = p.returncode
+    assert server.n == 0, "a model was called"
+    assert manifest_of(tmp_path / "registry-run")["status"] == "stopped"  # exit 2 is `stopped`, never `failed`
+    assert not (tmp_path / "full" / "manifest.json").exists()
+    record_row(
+        "paths under a file, disk full before the first record, corrupt registry (`mapo build`)",
+        {"items_in": ITEMS, "items_out": 0, "failed": 0, "duplicates": 0, "lost": 0},
+        time.monotonic() - t0,
+        "each: exit 2, one line naming the setting, no traceback, 0 requests",
     )
