@@ -909,11 +909,11 @@ if _after:  # a bug that strikes mid-run: the (_after + 1)-th feedback loop rais
 
     _run, _calls = _feedback.FeedbackLoop.run, [0]
 
-    async def run(self, question):
+    async def run(self, question, **kwargs):
         _calls[0] += 1
         if _calls[0] > _after:
             raise RuntimeError("injected internal error")
-        return await _run(self, question)
+        return await _run(self, question, **kwargs)
 
     _feedback.FeedbackLoop.run = run
 """
