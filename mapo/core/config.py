@@ -488,11 +488,16 @@ class SelectionConfig:
     """drop (a prompt whose best and worst tie gives no preference pair) | keep."""
     allow_truncated: bool = False
     """Whether a response cut by max_tokens (finish_reason=length) may be chosen."""
+    max_length_ratio: float | None = None
+    """Keep length bias out of the DPO pairs: a pair whose chosen response is more than this many times
+    as long (characters) as the rejected one is not written (counted; the manifest's ``pairs.length``
+    shows the length ratio and pair count with and without it). None = no limit. E.g. 1.5."""
 
     def check(self, key: str = "selection") -> None:
         """Validate, naming keys under ``key``."""
         self.method = SelectionMethod.parse(self.method, f"{key}.method")
         self.on_tie = OnTie.parse(self.on_tie, f"{key}.on_tie")
+        _at_least(f"{key}.max_length_ratio", self.max_length_ratio, 1.0, optional=True)
 
 
 @dataclass

@@ -30,6 +30,7 @@ JSONL on every save and checked against it row for row (same count, same keys in
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -99,6 +100,27 @@ class DatasetMismatch(DatasetError):
     """A published dataset artifact does not hold exactly the rows of its JSONL."""
 
 
+_LENGTH_SUMS: tuple[str, ...] = tuple(
+    f"{what}_{when}" for when in ("before", "after") for what in ("pairs", "log_ratio", "chosen_longer")
+)
+
+
+def length_summary(sums: Mapping[str, float], max_ratio: float | None) -> dict[str, Any]:
+    """The length ratio (chosen / rejected characters; geometric mean) and the share of pairs whose
+    chosen response is the longer, over the candidate pairs (before ``max_length_ratio``) and the
+    written ones (after), with the pair counts."""
+
+    def side(when: str) -> dict[str, Any]:
+        n = sums.get(f"pairs_{when}", 0.0)
+        return {
+            "pairs": int(n),
+            "length_ratio_geomean": math.exp(sums[f"log_ratio_{when}"] / n) if n else None,
+            "chosen_longer_share": sums[f"chosen_longer_{when}"] / n if n else None,
+        }
+
+    return {"max_length_ratio": max_ratio, "before": side("before"), "after": side("after")}
+
+
 @dataclass
 class RowCounts:
     """What :func:`rows_for` wrote and left out, summed over items (for the manifest and card)."""
@@ -119,6 +141,10 @@ class RowCounts:
     """KTO rows whose completion was already written for the prompt (kept once, with the first label)."""
     truncated_excluded: int = 0
     """Responses cut by max_tokens left out of selection and rows (``selection.allow_truncated=false``)."""
+    length_ratio_skipped: int = 0
+    """DPO pairs not written because the chosen response was over ``selection.max_length_ratio`` times longer."""
+    length: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_LENGTH_SUMS, 0.0))
+    """Sums behind the length summary (:meth:`length_summary`): every candidate pair and every written one."""
 
     def add(self, other: RowCounts) -> None:
         """Add another item's counts into these."""
@@ -128,6 +154,9 @@ class RowCounts:
         self.duplicate_pairs_skipped += other.duplicate_pairs_skipped
         self.duplicate_kto_skipped += other.duplicate_kto_skipped
         self.truncated_excluded += other.truncated_excluded
+        self.length_ratio_skipped += other.length_ratio_skipped
+        for k in _LENGTH_SUMS:
+            self.length[k] = self.length.get(k, 0.0) + other.length.get(k, 0.0)
         self.ties_dropped.update(other.ties_dropped)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +173,7 @@ class RowCounts:
             "duplicate_pairs_skipped": self.duplicate_pairs_skipped,
             "duplicate_kto_skipped": self.duplicate_kto_skipped,
             "truncated_excluded": self.truncated_excluded,
+            "length_ratio_skipped": self.length_ratio_skipped,
         }
 
 
@@ -168,6 +198,7 @@ def rows_for(
     finish_reasons: Sequence[str | None] | None = None,
     on_tie: str = "drop",
     allow_truncated: bool = False,
+    max_length_ratio: float | None = None,
 ) -> tuple[list[dict], list[dict], RowCounts]:
     """DPO and KTO rows for one prompt; returns (dpo, kto, counts).
 
@@ -213,6 +244,12 @@ def rows_for(
         if text.strip() in written:  # the same pair again (two iterations with one text): once is enough
             counts.duplicate_pairs_skipped += 1
             continue
+        ratio = len(chosen) / max(len(text), 1)
+        _count_length(counts, "before", ratio)
+        if max_length_ratio is not None and ratio > max_length_ratio:
+            counts.length_ratio_skipped += 1  # the judge may have preferred it for its length
+            continue
+        _count_length(counts, "after", ratio)
         written.add(text.strip())
         dpo.append(
             {
@@ -275,6 +312,12 @@ def rows_for(
     return dpo, kto, counts
 
 
+def _count_length(counts: RowCounts, when: str, ratio: float) -> None:
+    counts.length[f"pairs_{when}"] += 1
+    counts.length[f"log_ratio_{when}"] += math.log(max(ratio, 1e-9))
+    counts.length[f"chosen_longer_{when}"] += ratio > 1
+
+
 def item_rows(
     key: str,
     question: str,
@@ -300,6 +343,7 @@ def item_rows(
         finish_reasons=[it.get("finish_reason") for it in iterations],
         on_tie=str(getattr(selection, "on_tie", "drop")),
         allow_truncated=bool(getattr(selection, "allow_truncated", False)),
+        max_length_ratio=getattr(selection, "max_length_ratio", None),
     )
 
 

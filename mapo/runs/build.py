@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
-from mapo.generation.dataset import RowCounts, RowError, item_rows, save_datasets
+from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summary, save_datasets
 from mapo.generation.feedback import FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.judge import Judge
@@ -232,7 +232,11 @@ class Build(RunCommand):
                 "skip_reasons": stats.reasons or {},
             },
             "items": {"done": len(self.run.stores["selections"]), **self.counts},
-            "pairs": self.pairs.to_dict(),  # what the dataset holds and left out (ties, truncation)
+            # what the dataset holds and left out (ties, truncation, length), and the length ratio before/after
+            "pairs": {
+                **self.pairs.to_dict(),
+                "length": length_summary(self.pairs.length, self.cfg.selection.max_length_ratio),
+            },
             "truncated_responses": _truncated(self.run.dir / "generations.jsonl"),
             "repairs": {
                 "bytes_cut": {s.path.name: s.repaired_bytes for s in stores if s.repaired_bytes},
@@ -391,6 +395,21 @@ def _dataset_card(cfg: RunConfig, manifest: dict) -> str:
     )
 
 
+def _length_card(pairs: Mapping[str, Any]) -> str:
+    """ " Length (selection.max_length_ratio 1.5): chosen/rejected 1.8x -> 1.2x, 40 -> 31 pairs." or ""."""
+    length = pairs.get("length") or {}
+    before, after = length.get("before") or {}, length.get("after") or {}
+    if not before.get("pairs"):
+        return ""
+    x = lambda v: "–" if v is None else f"{v:.2f}x"  # noqa: E731
+    return (
+        f" Length (selection.max_length_ratio {length.get('max_length_ratio')}): chosen/rejected length ratio "
+        f"(geometric mean) {x(before.get('length_ratio_geomean'))} over {before['pairs']} candidate pairs, "
+        f"{x(after.get('length_ratio_geomean'))} over the {after.get('pairs', 0)} written "
+        f"({pairs.get('length_ratio_skipped', 0)} skipped as too long)."
+    )
+
+
 def _pairs_card(cfg: RunConfig, pairs: dict) -> str:
     """The dataset card's account of what became a pair and what was left out, and why."""
     reasons = ", ".join(f"{k} {v}" for k, v in (pairs.get("ties_dropped_by_reason") or {}).items()) or "none"
@@ -408,7 +427,7 @@ def _pairs_card(cfg: RunConfig, pairs: dict) -> str:
         f"(two iterations with one text) written once: {pairs.get('duplicate_pairs_skipped', 0)} repeats skipped "
         f"(KTO: {pairs.get('duplicate_kto_skipped', 0)}); responses cut by "
         f"max_tokens {'allowed' if cfg.selection.allow_truncated else 'left out'}: "
-        f"{pairs.get('truncated_excluded', 0)} left out. Each DPO row carries the judge's `margin` and the scores "
+        f"{pairs.get('truncated_excluded', 0)} left out.{_length_card(pairs)} Each DPO row carries the judge's `margin` and the scores "
         "that decided (`chosen_score` > `rejected_score` wherever `decisive` is true; with judge.scoring=expected "
         "the written scores are in `*_written_score`, the reviewer's in `*_review_score`).\n"
     )

@@ -12,7 +12,10 @@ Per (X, Y): ``wins``, ``losses``, ``ties`` and ``failed`` (no verdict: left out 
 ``n = wins + losses + ties``;
 
 * ``win_rate = wins / n`` with ties reported separately as ``tie_rate = ties / n``;
-* ``win_rate_ties_half = (wins + ties / 2) / n``: ties counted as half-wins.
+* ``win_rate_ties_half = (wins + ties / 2) / n``: ties counted as half-wins;
+* ``lc_win_rate``: the length-controlled win rate (alpaca_eval's regression fitted on these
+  judgements, :mod:`mapo.metrics.length_control`; read its assumptions there), with the judge's
+  length preference ``length_coef``.
 
 Each rate carries its bootstrap interval over prompts (``win_rate_ci``, ``tie_rate_ci``,
 ``win_rate_ties_half_ci``), and each configuration's win rate against a baseline is compared,
@@ -48,6 +51,8 @@ from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient
+from mapo.metrics.length_control import ASSUMPTIONS as LC_ASSUMPTIONS
+from mapo.metrics.length_control import lc_note, length_controlled_cells
 from mapo.metrics.uncertainty import (
     MARGIN,
     Bootstrap,
@@ -254,6 +259,10 @@ def winrate_table(
             f"## Win rate{ci_note}: ties counted as half-wins, (wins + ties/2) / judged", rows, cols, ties_half
         ),
     ]
+    if any((cells.get(c, {}).get(b) or {}).get("lc_win_rate") is not None for c in rows for b in cols):
+        title = f"## Length-controlled win rate{ci_note}: at equal response length (alpaca_eval's GLM, fitted here)"
+        md += ["", *_matrix_md(title, rows, cols, lambda c, b: lc_note(cells.get(c, {}).get(b) or {}))]
+        md += ["", f"Length control assumes: {LC_ASSUMPTIONS}."]
     if cmp:
         ref = next(
             (x.get("reference") for per in cmp.values() for x in per.values() if x.get("reference")), "the reference"
@@ -333,6 +342,13 @@ def write_tables(
         for b, ci in per.items():
             if c in cells and b in cells[c]:
                 cells[c][b].update(ci)
+    for c, per in length_controlled_cells(records, settings=settings).items():
+        for b, lc in per.items():
+            if c in cells and b in cells[c]:
+                cells[c][b].update(
+                    {k: lc.get(k) for k in ("lc_win_rate", "lc_win_rate_ci", "length_coef", "length_coef_ci")}
+                )
+                cells[c][b]["lc_n"] = lc["n"]
     comparisons = (
         winrate_comparisons(records, opts.get("reference"), margin=float(opts.get("margin", MARGIN)), settings=settings)
         if len(rows) > 1
@@ -352,6 +368,8 @@ def write_tables(
             "tie_rate": "ties / n",
             "win_rate_ties_half": "(wins + ties/2) / n",
             "n": "wins + losses + ties (judge failures excluded, counted in failed)",
+            "lc_win_rate": "length-controlled win rate (mapo.metrics.length_control): " + LC_ASSUMPTIONS,
+            "length_coef": "the judge's length preference phi in that fit (0 = none, > 0 = prefers longer)",
         },
         "table": {c: {b: cells.get(c, {}).get(b) for b in cols} for c in rows},
         "comparisons": comparisons,
@@ -520,6 +538,9 @@ class Winrate(RunCommand):
             "both_orders": cfg.judge.both_orders,
             "order_combine": cfg.judge.order_combine,
             "identical": x == y,
+            # characters of the configuration's and the baseline's response: the length-controlled win rate
+            "length_a": len(x),
+            "length_b": len(y),
         }
         if x == y:
             self.counts["identical"] += 1

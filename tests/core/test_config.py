@@ -235,6 +235,7 @@ def test_run_name_with_a_path_is_refused_before_hydra_makes_the_folder(name):
         ("models.smollm2-135m.max_retries=-1", 2, "models.smollm2-135m.max_retries must be >= 0, got -1"),
         ("judge.reask=-1", 2, "judge.reask must be >= 0, got -1"),
         ("selection.on_tie=maybe", 2, "expected one of [drop, keep]"),
+        ("selection.max_length_ratio=0.5", 2, "selection.max_length_ratio must be >= 1 or null, got 0.5"),
         ("run_name=../../outside", 2, "run_name='../../outside': a plain folder name under runs/"),
         ("max_items_in_flight=abc", 2, "Value 'abc' of type 'str' could not be converted to Integer"),
         ("nosuchkey=1", 2, "Could not override 'nosuchkey'"),

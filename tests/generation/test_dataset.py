@@ -148,6 +148,7 @@ def test_row_counts_add_up():
         "duplicate_pairs_skipped": 0,
         "duplicate_kto_skipped": 0,
         "truncated_excluded": 0,
+        "length_ratio_skipped": 0,
     }
 
 
@@ -282,3 +283,20 @@ def test_a_value_of_the_wrong_type_is_named(tmp_path):
         fh.write(json.dumps({**row, "key": "x/0", "score": "high"}) + "\n")
     with pytest.raises(DatasetError, match=r"kto.jsonl:1-4: a value does not fit the dataset schema"):
         save_datasets(tmp_path)
+
+
+def test_max_length_ratio_keeps_long_winners_out_and_says_what_it_did():
+    """A pair whose chosen answer is over max_length_ratio times longer is not written; the counts say
+    how the length ratio and the pair count changed."""
+    from mapo.generation.dataset import length_summary
+
+    texts = ["x" * 300, "y" * 100, "z" * 250, "w" * 280]  # the chosen 0 is 3x, 1.2x and ~1.07x as long
+    dpo, _, counts = rows_for("p", "Q?", texts, [1, 2, 3, 4], 0, generator="g", judge="j", max_length_ratio=1.5)
+    assert [r["rejected_iteration"] for r in dpo] == [2, 3] and counts.length_ratio_skipped == 1
+    summary = length_summary(counts.length, 1.5)
+    assert summary["before"]["pairs"] == 3 and summary["after"]["pairs"] == 2 == counts.pairs_written
+    assert summary["before"]["length_ratio_geomean"] == pytest.approx((3.0 * 1.2 * 300 / 280) ** (1 / 3))
+    assert summary["after"]["length_ratio_geomean"] < summary["before"]["length_ratio_geomean"]
+    assert summary["after"]["chosen_longer_share"] == 1.0
+    unlimited, _, c2 = rows_for("p", "Q?", texts, [1, 2, 3, 4], 0, generator="g", judge="j")
+    assert len(unlimited) == 3 and c2.length_ratio_skipped == 0

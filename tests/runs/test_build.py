@@ -185,3 +185,20 @@ def test_every_shipped_model_names_its_family():
     }
     assert families and all(families.values()), families
     assert families["gemma-2-27b"] == families["gemma3-270m"] == "gemma"
+
+
+async def test_max_length_ratio_shows_its_effect_in_the_manifest(fake_server, tmp_path):
+    from mapo.core.config import SelectionConfig
+
+    free = await build(run_config(fake_server, tmp_path / "free"))
+    capped = await build(run_config(fake_server, tmp_path / "capped", selection=SelectionConfig(max_length_ratio=1.0)))
+    length = capped["pairs"]["length"]
+    assert length["max_length_ratio"] == 1.0 and free["pairs"]["length"]["max_length_ratio"] is None
+    assert length["before"]["pairs"] > 0, length
+    assert length["before"]["pairs"] == free["pairs"]["length"]["before"]["pairs"] == free["pairs"]["pairs_written"]
+    assert length["after"]["pairs"] == capped["pairs"]["pairs_written"] == capped["rows"]["dpo"]
+    assert capped["pairs"]["length_ratio_skipped"] == length["before"]["pairs"] - length["after"]["pairs"]
+    for r in lines(tmp_path / "capped" / "run" / "dpo.jsonl"):  # no chosen response longer than its rejected one
+        assert len(r["chosen"][0]["content"]) <= len(r["rejected"][0]["content"])
+    card = tmp_path / "capped" / "run" / "dataset" / "dpo" / "README.md"
+    assert not card.exists() or "selection.max_length_ratio 1.0" in card.read_text()

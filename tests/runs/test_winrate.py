@@ -105,6 +105,14 @@ async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
     judgements = lines(run / "judgements.jsonl")
     assert len(judgements) == 2 * 2 * 4
     assert all(j["outcome"] in ("win", "loss", "tie", "failed") and j["judge"] == "judge" for j in judgements)
+    # the length-controlled win rate is fitted on the run's own judgements, with the lengths recorded
+    assert all(j["length_a"] > 0 and j["length_b"] > 0 for j in judgements)
+    for c in table["rows"]:
+        for b in table["columns"]:
+            cell = table["table"][c][b]
+            if cell["n"] >= 3:
+                assert 0 <= cell["lc_win_rate"] <= 1 and cell["lc_win_rate_ci"][0] <= cell["lc_win_rate_ci"][1]
+    assert "Length-controlled win rate" in (run / "winrate.md").read_text()
     roles = {(u["role"], u["model"]) for u in manifest["usage"]}
     assert {
         ("baseline", "base1"),

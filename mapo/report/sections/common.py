@@ -288,12 +288,15 @@ def winrate_section(wr: Mapping[str, Any]) -> Section:
     suffix = " [95% CI]" if has_ci else ""
     header = ["configuration", "baseline", f"win %{suffix}", f"tie %{suffix}", "loss %"]
     header += [f"win % (ties as half){suffix}", "judged n", "failed"]
+    has_lc = any(cell and cell.get("lc_win_rate") is not None for _, _, cell in cells)
+    if has_lc:
+        header += [f"length-controlled win %{suffix}", f"length preference{suffix}"]
     if has_cmp:
         header += ["Δ win rate vs reference [95% CI]", "verdict"]
     rows: list[list[Any]] = []
     for c, b, cell in cells:
         if not cell:
-            rows.append([c, b, None, None, None, None, 0, 0] + ([None, None] if has_cmp else []))
+            rows.append([c, b, None, None, None, None, 0, 0] + [None, None] * (has_lc + has_cmp))
             continue
         n = cell.get("n") or 0
         row = [
@@ -306,6 +309,11 @@ def winrate_section(wr: Mapping[str, Any]) -> Section:
             n,
             cell.get("failed", 0),
         ]
+        if has_lc:
+            row += [
+                ci(cell.get("lc_win_rate"), cell.get("lc_win_rate_ci"), percent=True),
+                ci(cell.get("length_coef"), cell.get("length_coef_ci"), 2, sign=True),
+            ]
         if has_cmp:
             comp = _winrate_comparison(wr, c, b, cell)
             if comp.get("verdict") == "reference":
@@ -325,6 +333,13 @@ def winrate_section(wr: Mapping[str, Any]) -> Section:
         note += " [low, high]: 95% bootstrap interval over prompts."
     else:
         note += " This winrate.json carries no intervals (written by an older mapo): rates are point estimates."
+    if has_lc:
+        note += (
+            " Length-controlled win %: the win rate predicted at equal response length by a logistic regression "
+            "of these judgements on tanh(length difference / its sd) (alpaca_eval's idea, fitted on this run; it "
+            "removes whatever quality goes with length too); length preference: that regression's slope "
+            "(0 = none, > 0 = the judge prefers the longer answer)."
+        )
     if has_cmp:
         note += (
             " Δ win rate: this configuration's win rate minus the reference configuration's against the same "
