@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.view.test_view_browser import check_real_runs
 
 pytestmark = pytest.mark.vllm
 
@@ -45,6 +46,7 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
+    check_real_runs([run_dir], tmp_path)  # mapo view in Chromium on this real folder (no model call)
     assert manifest["items"]["done"] == 4
     pairs = manifest["pairs"]
     # a tiny judge often ties: every published pair must come from a decision, and the counts add up
@@ -192,6 +194,7 @@ def test_jury_both_orders_and_debate_on_the_demo_pairs(embedded_registry, tmp_pa
     drecs = _judgements(debate)
     assert len(drecs) >= 2 and all(r["raw"] for r in drecs)
     assert {r["item_id"] for r in drecs} == {d["id"] for d in DEMO[:2]}
+    check_real_runs([jury, debate], tmp_path)  # mapo view in Chromium on these real folders (no model call)
 
 
 def test_feedback_configurations_and_winrate_table(embedded_registry, tmp_path):

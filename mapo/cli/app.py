@@ -65,6 +65,7 @@ COMMANDS: dict[str, Command] = {
         Command("agreement", "mapo.cli.agreement:main", "kappa tables from stored judgements or the authors' outputs"),
         Command("report", "mapo.report.render:main", "HTML + Markdown report of a run folder (mapo report RUN_DIR)"),
         Command("reparse", "mapo.runs.reparse:main", "re-run the parsers over stored raw texts (mapo reparse RUN_DIR)"),
+        Command("view", "mapo.view.server:main", "every item of runs in the browser, on 127.0.0.1 (mapo view RUN ...)"),
         Command("leaderboard", "mapo.report.leaderboard:main", "judges x datasets from evaluate runs and sweeps"),
         Command(
             "serve", "mapo.serving.__main__:main", "vLLM servers for conf/model/ (mapo serve up|down|status|prepare)"

@@ -14,6 +14,7 @@ import math
 import re
 import string
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "Document",
     "Example",
     "Fig",
+    "ItemRef",
     "Section",
     "Table",
     "Text",
@@ -90,6 +92,18 @@ class Example:
     fields: list[tuple[str, str]]
     side_by_side: bool = False
     open: bool = False
+    item: str | None = None
+    """The item's id: the page links it to the item in ``mapo view`` (:data:`VIEW_LINK`)."""
+
+
+class ItemRef(str):
+    """A table cell naming an item (its id): the page links it to the item in ``mapo view``."""
+
+
+VIEW_LINK = "../view.html#item="
+"""Where a report links an item, relative to ``report/report.html``: ``mapo view RUN`` serves the report
+at ``/r/<n>/report/report.html`` and this page at ``/r/<n>/view.html`` (a report opened as a file has
+no viewer beside it; the link is for the served one)."""
 
 
 Block = Text | Table | Fig | Code | Example
@@ -194,7 +208,14 @@ def _e(x: Any) -> str:
 _NUMERIC = re.compile(r"^[-+]?[\d,]*\.?\d+%?( \[[-+]?[\d.]+%?, [-+]?[\d.]+%?\])?$")  # a number, maybe "[lo, hi]"
 
 
+def _view_link(item: str, text: str) -> str:
+    href = VIEW_LINK + urllib.parse.quote(item, safe="")
+    return f'<a class="view-link" href="{_e(href)}" title="open in mapo view">{_e(text)}</a>'
+
+
 def _html_cell(v: Any, tag: str = "td") -> str:
+    if isinstance(v, ItemRef):
+        return f"<{tag}>{_view_link(v, v)}</{tag}>"
     if _is_num(v) or (isinstance(v, str) and _NUMERIC.match(v)):
         return f'<{tag} class="num">{_e(num(v))}</{tag}>'
     return f"<{tag}>{_e('–' if v is None else v)}</{tag}>"
@@ -231,7 +252,8 @@ def _html_block(b: Block) -> str:
         inner = "".join(field_html(lbl, t) for lbl, t in head)
         if tail:
             inner += '<div class="pair">' + "".join(field_html(lbl, t) for lbl, t in tail) + "</div>"
-        return f"<details{' open' if b.open else ''}><summary>{_e(b.title)}</summary>{inner}</details>"
+        link = f'<p class="note">{_view_link(b.item, "open this item in mapo view")}</p>' if b.item else ""
+        return f"<details{' open' if b.open else ''}><summary>{_e(b.title)}</summary>{link}{inner}</details>"
     raise TypeError(f"unknown block {type(b).__name__}")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mapo.report import plots
-from mapo.report.document import Block, Example, Fig, Section, Table, Text, num, pct
+from mapo.report.document import Block, Example, Fig, ItemRef, Section, Table, Text, num, pct
 from mapo.report.run import Run
 from mapo.report.sections.common import iteration_scores, reason, trajectory_section, winrate_section
 
@@ -188,7 +188,7 @@ def _examples(dpo: Sequence[Mapping[str, Any]], sels: Sequence[Mapping[str, Any]
                 "\n\n".join(m.get("content", "") for m in row.get("rejected") or []),
             ),
         ]
-        ex_blocks.append(Example(f"{pid}", fields, side_by_side=True, open=len(shown) == 1))
+        ex_blocks.append(Example(f"{pid}", fields, side_by_side=True, open=len(shown) == 1, item=str(pid)))
         if len(shown) >= n_examples:
             break
     if not ex_blocks:
@@ -232,7 +232,7 @@ def generation_failures(run: Run, gens: Sequence[Mapping[str, Any]], sels: Seque
         blocks.append(
             Table(
                 ["item", "reason"],
-                [[s["key"], s.get("failure") or "no choice"] for s in failed_items],
+                [[ItemRef(s["key"]), s.get("failure") or "no choice"] for s in failed_items],
                 caption="Items without a chosen response (first 30).",
             )
         )

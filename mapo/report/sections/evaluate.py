@@ -405,6 +405,7 @@ def _disagreements(run: Run, n: int) -> list[Example]:
                 f"{r.get('judge')} {r.get('label')}{scores}",
                 [(f"raw text {i + 1}", t) for i, t in enumerate(raw[-3:])] or [("raw", "(none kept)")],
                 open=not out,
+                item=str(r.get("item_id")),
             )
         )
     return out
