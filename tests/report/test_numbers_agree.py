@@ -15,7 +15,7 @@ from mapo.report.document import ci, md_escape
 from mapo.report.sections.evaluate import verdict_cell
 from tests.metrics.test_agreement_cli import _authors
 from tests.metrics.test_annotators import COLUMNS, LABELS, THREE
-from tests.report.test_report import check_files
+from tests.report.test_report import check_files, server  # noqa: F401 - server is a fixture
 from tests.report.test_trust import section, table_rows
 
 
@@ -97,3 +97,57 @@ def test_report_and_leaderboard_say_what_agreement_json_says(tmp_path):
     assert "tokens are not shown" in lmd
     every = section(lmd, "Every entry")
     assert all(row[14] == "–" for row in table_rows(every)[2:])
+
+
+def test_evaluate_on_a_three_annotator_file_reports_the_ceiling(server, tmp_path):  # noqa: F811
+    """eval_data=local with three label columns: the majority is the label, records keep the annotators,
+    agreement.json, `mapo agreement RUN`, the report and the leaderboard carry the ceiling."""
+    import asyncio
+
+    from mapo.cli.agreement import run_tables
+    from mapo.core.config import JudgeConfig, RolesConfig, RunConfig
+    from mapo.runs.evaluate import evaluate
+    from tests.report.test_report import _client, fake_model
+
+    models = {n: fake_model(server, served_name=n) for n in ("j1", "j2")}
+    cfg = RunConfig(
+        models=models,
+        roles=RolesConfig(judge="j1", jurors=["j1", "j2"]),
+        judge=JudgeConfig(both_orders=False),
+        evaluator="jury",
+        eval_data={
+            "loader": "local",
+            "path": str(THREE),
+            "columns": {
+                "id": "idx",
+                "question": "instruction",
+                "response_a": "response1",
+                "response_b": "response2",
+                "human": ["annotator1", "annotator2", "annotator3"],
+            },
+            "labels": {1: "model_a", 2: "model_b", 0: "tie"},
+            "families": {"j1": "fake", "j2": "fake"},
+        },
+        client=_client(tmp_path),
+        output_dir=str(tmp_path / "run"),
+    )
+    asyncio.run(evaluate(cfg))
+    run = tmp_path / "run"
+    t = json.loads((run / "agreement.json").read_text())
+    recs = [json.loads(x) for x in (run / "judgements.jsonl").read_text().splitlines()]
+    assert all(set(r["annotators"]) == {"annotator1", "annotator2", "annotator3"} for r in recs)
+    assert {r["item_id"]: r["human"] for r in recs}["2"] == "tie"  # a 0-1-2 split is a tie
+    h = t["human_agreement"]
+    assert h["n_items"] == 6 and len(h["pairwise"]) == 3 and all("loo_kappa" in e for e in t["results"])
+    again = run_tables([str(run)], n_resamples=int(t["uncertainty"]["n_resamples"]), seed=int(t["uncertainty"]["seed"]))
+    assert again["human_agreement"]["ceiling"]["kappa"] == h["ceiling"]["kappa"]
+    assert t["eval_data"]["annotators"] == ["annotator1", "annotator2", "annotator3"]
+    assert "split" in t["eval_data"]["majority_rule"]
+    paths = report.write_report(run)
+    md = paths["md"].read_text()
+    rows = {r[0]: r for r in table_rows(section(md, "Agreement with humans (Cohen's kappa)"))}
+    assert rows["humans (ceiling)"][-1] == md_name(ci(h["ceiling"]["kappa"], h["ceiling"]["kappa_ci"]))
+    lb = tmp_path / "lb"
+    assert leaderboard.main([str(run), "--out", str(lb)]) == 0
+    long = {r["judge"]: r for r in csv.DictReader((lb / "leaderboard.csv").read_text().splitlines())}
+    assert _f(long["humans (ceiling)"]["loo_kappa"]) == round(h["ceiling"]["kappa"], 6)
