@@ -66,6 +66,25 @@ class JudgeStrategy(Choice):
     direct = "direct"
     independent = "independent"
     combined = "combined"
+    # judge packs: specialised judge models with their published prompts and formats (mapo.judging.packs)
+    prometheus_absolute = "prometheus_absolute"
+    prometheus_relative = "prometheus_relative"
+    judgelm = "judgelm"
+    pandalm = "pandalm"
+    skywork_critic = "skywork_critic"
+
+
+POINTWISE_STRATEGIES = frozenset({JudgeStrategy.independent, JudgeStrategy.prometheus_absolute})
+"""Strategies that judge each response alone, in its own conversation: no presentation order."""
+
+PACK_SCALES: dict[str, int | None] = {
+    JudgeStrategy.prometheus_absolute: 5,
+    JudgeStrategy.prometheus_relative: None,
+    JudgeStrategy.judgelm: 10,
+    JudgeStrategy.pandalm: None,
+    JudgeStrategy.skywork_critic: None,
+}
+"""The judge packs (mapo.judging.packs) and the score total their format fixes (None: a pick)."""
 
 
 class ServeDtype(Choice):
@@ -402,9 +421,21 @@ class JudgeConfig:
     explain: bool = True
     """False = a score-only constrained answer (no explanation)."""
 
+    @property
+    def pointwise(self) -> bool:
+        """Each response is judged alone (no presentation order): independent, prometheus_absolute."""
+        return self.strategy in POINTWISE_STRATEGIES
+
     def check(self, key: str = "judge") -> None:
         """Validate, naming keys under ``key``."""
         self.strategy = JudgeStrategy.parse(self.strategy, f"{key}.strategy")
+        fixed = PACK_SCALES.get(self.strategy)
+        if fixed is not None and self.scale != fixed:
+            raise ConfigError(
+                f"{key}.scale: {self.strategy} scores out of {fixed} (its published format); got {self.scale}"
+            )
+        if self.strategy in PACK_SCALES and not self.explain:
+            raise ConfigError(f"{key}.explain: {self.strategy} (a judge pack) has no score-only form; leave it true")
         self.order_combine = OrderCombine.parse(self.order_combine, f"{key}.order_combine")
         self.constrained = Constrained.parse(self.constrained, f"{key}.constrained")
         self.scoring = Scoring.parse(self.scoring, f"{key}.scoring")

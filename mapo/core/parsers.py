@@ -49,7 +49,7 @@ from typing import Any
 from mapo.core.registry import Registry
 from mapo.core.types import Pick, Verdict
 
-__all__ = ["PARSERS", "ParseResult", "Review", "constrained_regex", "to_verdict"]
+__all__ = ["PACK_CONSTRAINTS", "PARSERS", "VERDICT_SHAPE", "ParseResult", "Review", "constrained_regex", "to_verdict"]
 
 
 @dataclass(frozen=True)
@@ -352,6 +352,21 @@ def _section_score(body: str) -> ParseResult:
 # --------------------------------------------------------------------------- verdicts
 
 
+VERDICT_SHAPE = {
+    "pick": "pick",
+    "score": "score",
+    "score_pair": "score_pair",
+    "debate_final": "score_pair",
+    # judge packs (below): their formats read as one of the three shapes
+    "prometheus_score": "score",
+    "prometheus_pick": "pick",
+    "judgelm_pair": "score_pair",
+    "pandalm_pick": "pick",
+    "skywork_pick": "pick",
+}
+"""Parser kind -> what its value is: a pick, one score, or a pair of scores."""
+
+
 def to_verdict(result: ParseResult, kind: str) -> Verdict:
     """A parse result as a :class:`~mapo.core.types.Verdict` in presentation order.
 
@@ -359,15 +374,14 @@ def to_verdict(result: ParseResult, kind: str) -> Verdict:
     (equal = tie, :meth:`Verdict.from_scores`); ``score`` -> ``score_a`` only, no pick (the
     caller compares two independent scores). A failed parse is ``Verdict.failed(reason)``.
     """
-    if kind not in ("pick", "score", "score_pair", "debate_final"):
-        raise ValueError(
-            f"to_verdict: no verdict for parser kind {kind!r}; known: debate_final, pick, score, score_pair"
-        )
+    shape = VERDICT_SHAPE.get(kind)
+    if shape is None:
+        raise ValueError(f"to_verdict: no verdict for parser kind {kind!r}; known: {', '.join(sorted(VERDICT_SHAPE))}")
     if not result.ok:
         return Verdict.failed(result.error or f"unparseable {kind}")
-    if kind == "pick":
+    if shape == "pick":
         return Verdict(pick=result.value)
-    if kind == "score":
+    if shape == "score":
         return Verdict(score_a=float(result.value))
     a, b = result.value
     return Verdict.from_scores(float(a), float(b))
@@ -427,6 +441,8 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800, explain
     Assistant 1: (10|[0-9])/10\\nAssistant 2: (10|[0-9])/10
     """
     scale = _check_scale(scale)
+    if kind in PACK_CONSTRAINTS:  # a judge pack's own format (explain does not apply)
+        return PACK_CONSTRAINTS[kind](scale, max(text_chars - 1, 1))
     n = _int_range(scale)
     _EVIDENCE = _free_text(text_chars)  # noqa: N806
     if not explain and kind in ("pick", "score", "score_pair"):
@@ -451,4 +467,182 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800, explain
             f"### Evaluation:\\n{_free_text(half)}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
             f"\\n\\n### Feedback:\\n{_free_text(half)}"
         )
-    raise ValueError(f"constrained_regex: unknown kind {kind!r}; known: debate_final, pick, review, score, score_pair")
+    known = ", ".join(sorted(["debate_final", "pick", "review", "score", "score_pair", *PACK_CONSTRAINTS]))
+    raise ValueError(f"constrained_regex: unknown kind {kind!r}; known: {known}")
+
+
+# --------------------------------------------------------------------------- judge packs
+#
+# Specialised judge models answer in their own published formats (prompts/<pack>/SOURCE.md).
+# Each format has one parser here, with the same contract as above: a text that does not
+# state its verdict exactly once (or states it twice, differently) is a failure, never a
+# guess. Unlike the authors' parsers: no fallback to "Score: 4" without the marker (which
+# matched the prompt's own template, prometheus-eval #58), no "tie" for an unreadable PandaLM
+# answer, no -1 for an unreadable JudgeLM line.
+
+# "[RESULT]", "[Result]", "[RESULT:" then what may stand before the value: brackets, a
+# "Score:"/"Result:"/"Response" label (prometheus-eval's own test cases)
+_RESULT_MARK = re.compile(r"\[(?i:result)\][ \t]*:?|\[(?i:result)[ \t]*:")
+_RESULT_LEAD = re.compile(r"[\s*_(\[]*(?:(?i:score|result)[ \t]*:?[ \t]*(?i:of)?[\s(\[]*|(?i:response)[ \t]+)?")
+_RESULT_INT = re.compile(r"(?P<num>\d+)(?![\d.]\d|\w)(?P<den>[ \t]*(?:/|(?i:out\s+of))[ \t]*\d+)?")
+_RESULT_AB = re.compile(r"(?P<c>[AB])(?!\w)(?![ \t]+(?i:or)\b)")
+
+
+def _marked(text: str, value: re.Pattern[str]) -> list[tuple[re.Match[str], int]]:
+    """Every value that follows a [RESULT] marker (a marker followed by no value, such as the
+    template's own "[RESULT] (an integer number between 1 and 5)", reads nothing)."""
+    out = []
+    for m in _RESULT_MARK.finditer(text):
+        lead = _RESULT_LEAD.match(text, m.end())
+        at = lead.end() if lead else m.end()
+        v = value.match(text, at)
+        if v is not None:
+            out.append((v, m.start()))
+    return out
+
+
+def _one_value(values: list[str], what: str) -> str | ParseResult:
+    if not values:
+        return ParseResult.fail(f"no '[RESULT] {what}' found")
+    if len(set(values)) > 1:
+        return ParseResult.fail(f"conflicting [RESULT] markers: {', '.join(values)}")
+    return values[-1]
+
+
+@PARSERS.register("prometheus_score")
+def parse_prometheus_score(text: str, scale: int = 5, **_: Any) -> ParseResult:
+    """Prometheus-2 absolute grading: ``Feedback: ... [RESULT] 4`` -> 4.0 (an integer 1..scale).
+
+    Repeated markers must agree; no marker, or a marker followed by no integer, is a failure.
+
+    >>> parse_prometheus_score("Feedback: clear and correct. [RESULT] 4").value
+    4.0
+    >>> parse_prometheus_score("Feedback: fine. Score: 4").error
+    "no '[RESULT] <1..5>' found"
+    >>> parse_prometheus_score("[RESULT] 5 ... on reflection [RESULT] 2").error
+    'conflicting [RESULT] markers: 5, 2'
+    """
+    scale = _check_scale(scale)
+    if (bad := _not_text(text)) is not None:
+        return bad
+    hits = _marked(text, _RESULT_INT)
+    for v, _at in hits:
+        den = v.group("den")
+        if den and int(re.sub(r"\D", "", den)) != scale:
+            return ParseResult.fail(f"[RESULT] {v.group(0).strip()} is not out of {scale}")
+    one = _one_value([v.group("num") for v, _ in hits], f"<1..{scale}>")
+    if isinstance(one, ParseResult):
+        return one
+    if not 1 <= int(one) <= scale:
+        return ParseResult.fail(f"[RESULT] {one} is outside [1, {scale}]")
+    last = hits[-1][0]
+    return ParseResult.success(float(one), (last.span("num"),))
+
+
+@PARSERS.register("prometheus_pick")
+def parse_prometheus_pick(text: str, **_: Any) -> ParseResult:
+    """Prometheus-2 relative grading: ``Feedback: ... [RESULT] B`` -> "B" (no tie in this format).
+
+    >>> parse_prometheus_pick("Feedback: Response A misses the point. [RESULT] B").value
+    'B'
+    >>> parse_prometheus_pick("Feedback: ... [RESULT] (A or B)").ok   # the template echoed back
+    False
+    """
+    if (bad := _not_text(text)) is not None:
+        return bad
+    hits = _marked(text, _RESULT_AB)
+    one = _one_value([v.group("c") for v, _ in hits], "A|B")
+    if isinstance(one, ParseResult):
+        return one
+    return ParseResult.success(one, (hits[-1][0].span("c"),))
+
+
+_JUDGELM_LINE = re.compile(r"^[ \t]*" + _NUM + r"[ \t]*[, \t][ \t]*(?P<num2>\d{1,6}(?:\.\d{1,6})?)[ \t]*$")
+
+
+@PARSERS.register("judgelm_pair")
+def parse_judgelm_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
+    """JudgeLM: the first line holds exactly the two scores (Assistant 1, Assistant 2), space-
+    or comma-separated, then the explanation. Anything else on the first line is a failure.
+
+    >>> parse_judgelm_pair("8 9\\nAssistant 2 gave more detail ...").value
+    (8.0, 9.0)
+    >>> parse_judgelm_pair("Assistant 1: 8\\nAssistant 2: 9").ok
+    False
+    """
+    scale = _check_scale(scale)
+    if (bad := _not_text(text)) is not None:
+        return bad
+    first = text.lstrip("\n").split("\n", 1)[0]
+    offset = len(text) - len(text.lstrip("\n"))
+    m = _JUDGELM_LINE.match(first)
+    if m is None:
+        return ParseResult.fail(f"first line {first.strip()[:60]!r} is not two scores")
+    a, b = float(m.group("num")), float(m.group("num2"))
+    for side, v in (("1", a), ("2", b)):
+        if not 0 <= v <= scale:
+            return ParseResult.fail(f"score of assistant {side} {_fmt(v)} is outside [0, {scale}]")
+    spans = ((offset + m.start("num"), offset + m.end("num")), (offset + m.start("num2"), offset + m.end("num2")))
+    return ParseResult.success((a, b), spans)
+
+
+_PANDALM_FIRST = {"1": "A", "2": "B", "tie": "tie"}
+
+
+@PARSERS.register("pandalm_pick")
+def parse_pandalm_pick(text: str, **_: Any) -> ParseResult:
+    """PandaLM: the first line is ``1``, ``2`` or ``Tie``, then ``### Reason: ...`` (and a
+    reference answer). Anything else on the first line is a failure (PandaLM's own parser calls
+    it a tie).
+
+    >>> parse_pandalm_pick("2\\n\\n### Reason: Response 2 is more concise.\\n\\n### Reference: ...").value
+    'B'
+    >>> parse_pandalm_pick("Response 2 is better.").ok
+    False
+    """
+    if (bad := _not_text(text)) is not None:
+        return bad
+    stripped = text.lstrip()
+    first = stripped.split("\n", 1)[0].strip()
+    pick = _PANDALM_FIRST.get(first.lower())
+    if pick is None:
+        return ParseResult.fail(f"first line {first[:60]!r} is not 1, 2 or Tie")
+    at = len(text) - len(stripped)
+    return ParseResult.success(pick, ((at, at + len(first)),))
+
+
+_DOUBLE_BRACKET = re.compile(r"\[\[(?P<c>[A-Za-z]{1,3})\]\]")
+
+
+@PARSERS.register("skywork_pick")
+def parse_skywork_pick(text: str, **_: Any) -> ParseResult:
+    """Skywork-Critic: ``[[A]]`` or ``[[B]]`` (its prompt allows no tie). Several verdicts must agree.
+
+    >>> parse_skywork_pick("[[B]]").value
+    'B'
+    >>> parse_skywork_pick("[[C]]").error
+    'verdict [[C]] is not [[A]] or [[B]]'
+    """
+    if (bad := _not_text(text)) is not None:
+        return bad
+    hits = list(_DOUBLE_BRACKET.finditer(text))
+    if not hits:
+        return ParseResult.fail("no [[A]] or [[B]] verdict found")
+    for h in hits:
+        if h.group("c") not in ("A", "B"):
+            return ParseResult.fail(f"verdict [[{h.group('c')}]] is not [[A]] or [[B]]")
+    picks = [h.group("c") for h in hits]
+    if len(set(picks)) > 1:
+        return ParseResult.fail(f"conflicting verdicts: {', '.join(f'[[{p}]]' for p in picks)}")
+    return ParseResult.success(picks[-1], (hits[-1].span("c"),))
+
+
+PACK_CONSTRAINTS = {
+    # the published formats, forced (free text never opens another '[' marker or '#' header)
+    "prometheus_score": lambda scale, chars: f"[^\\[#\\s][^\\[#]{{0,{chars}}} \\[RESULT\\] {_int_range(scale)}",
+    "prometheus_pick": lambda scale, chars: f"[^\\[#\\s][^\\[#]{{0,{chars}}} \\[RESULT\\] (A|B)",
+    "judgelm_pair": lambda scale, chars: f"{_int_range(scale)} {_int_range(scale)}\\n{_free_text(chars)}",
+    "pandalm_pick": lambda scale, chars: f"(1|2|Tie)\\n\\n### Reason: {_free_text(chars)}",
+    "skywork_pick": lambda scale, chars: "\\[\\[(A|B)\\]\\]",
+}
+"""Parser kind of a judge pack -> its constrained-decoding regex (``constrained_regex``)."""

@@ -27,6 +27,8 @@ from mapo.core.parsers import PARSERS, to_verdict
 from mapo.core.registry import Registry
 from mapo.core.types import Message, Verdict, pick_to_label
 from mapo.judging.base import Answer, Evaluator, Judgement, ask, constraint_for, use_constraint
+from mapo.judging.packs import PACKS, pack_prompt_sha
+from mapo.judging.packs import register as _register_packs
 from mapo.judging.scoring import TOP_LOGPROBS, VALUE_NAMES, ValueDistribution, expected_verdict, locate
 from mapo.llm.client import LLMClient
 
@@ -164,11 +166,14 @@ class Judge(Evaluator):
 
     @property
     def prompt_sha(self) -> str:
+        pack = PACKS.get(self.config.strategy)
+        if pack is not None:
+            return pack_prompt_sha(self.config.prompt_set, pack)
         return self.template(self._variant(f"judge_{self.config.strategy}.system")).sha
 
     # ---- judging -----------------------------------------------------------------------
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> PairJudgement:
-        orders = ["AB", "BA"] if self.config.both_orders and self.config.strategy != "independent" else ["AB"]
+        orders = ["AB", "BA"] if self.config.both_orders and not self.config.pointwise else ["AB"]
         attempts = await asyncio.gather(
             *(
                 self._strategy(
@@ -263,7 +268,10 @@ class Judge(Evaluator):
         attempt.argmax = attempt.verdict
         if answer.top_logprobs is None:
             return self._keep(attempt, "the server sent no logprobs")
-        dists = locate(answer.raw[-1], answer.top_logprobs, answer.result.spans, VALUE_NAMES[kind])
+        names = VALUE_NAMES.get(kind)
+        if names is None:
+            return self._keep(attempt, f"the {kind} format has no logprob scoring")
+        dists = locate(answer.raw[-1], answer.top_logprobs, answer.result.spans, names)
         attempt.logprobs = dists
         weighted = expected_verdict(kind, dists, self.config.scale) if dists else None
         if weighted is None:
@@ -345,3 +353,6 @@ async def _independent(judge: Judge, order: str, question: str, first: str, seco
             for d in x.logprobs or []
         ] or None
     return attempt
+
+
+_register_packs(STRATEGIES)  # the judge packs (mapo.judging.packs) are strategies like the three above

@@ -42,6 +42,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
+from mapo.core.parsers import VERDICT_SHAPE
 from mapo.core.types import Pick, Verdict
 
 __all__ = [
@@ -62,7 +63,16 @@ TOP_LOGPROBS = 20
 _DIGITS = re.compile(r"\d+")
 _MAX_STEPS = 20_000  # alignment search budget (backtracking over ambiguous token boundaries)
 
-VALUE_NAMES = {"pick": ("pick",), "score": ("score",), "score_pair": ("score_a", "score_b")}
+VALUE_NAMES = {
+    "pick": ("pick",),
+    "score": ("score",),
+    "score_pair": ("score_a", "score_b"),
+    # judge packs whose value is a letter A/B or a number (PandaLM's 1/2/Tie is neither: argmax only)
+    "prometheus_score": ("score",),
+    "prometheus_pick": ("pick",),
+    "judgelm_pair": ("score_a", "score_b"),
+    "skywork_pick": ("pick",),
+}
 """Parser kind -> the names of the values it reads, in the order of ``ParseResult.spans``."""
 
 
@@ -192,6 +202,7 @@ def expected_verdict(kind: str, dists: Sequence[Mapping[str, Any]], scale: int) 
     8.5
     """
     by_name = {d["value"]: d for d in dists}
+    kind = VERDICT_SHAPE.get(kind, kind) if kind in VALUE_NAMES else kind
     if kind == "pick":
         probs = pick_probabilities(by_name["pick"]) if "pick" in by_name else {}
         if not probs or probs["A"] == probs["B"] == 0:
@@ -209,7 +220,14 @@ def expected_verdict(kind: str, dists: Sequence[Mapping[str, Any]], scale: int) 
     raise ValueError(f"expected_verdict: no logprob scoring for parser kind {kind!r}; known: {', '.join(VALUE_NAMES)}")
 
 
-_KIND_OF_STRATEGY = {"direct": "pick", "combined": "score_pair", "independent": "score_pair"}
+_KIND_OF_STRATEGY = {
+    "direct": "pick",
+    "combined": "score_pair",
+    "independent": "score_pair",
+    "prometheus_relative": "pick",
+    "judgelm": "score_pair",
+    "skywork_critic": "pick",
+}
 
 
 def rescore_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> Verdict | None:

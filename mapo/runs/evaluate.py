@@ -160,7 +160,7 @@ def _judge_setup(cfg: RunConfig) -> str:
 
 
 def _orders(cfg: RunConfig) -> list[str]:
-    no_order = cfg.evaluator != "debate" and cfg.judge.strategy == "independent"
+    no_order = cfg.evaluator != "debate" and cfg.judge.pointwise
     return ["AB", "BA"] if cfg.judge.both_orders and not no_order else ["AB"]
 
 

@@ -30,10 +30,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mapo.core.parsers import PARSERS, ParseResult
+from mapo.core.parsers import PARSERS, VERDICT_SHAPE, ParseResult
 from mapo.core.types import Verdict, pick_to_label
 from mapo.judging.debate import FinalScore, aggregate_finals
 from mapo.judging.jury import TIE_BREAKS
+from mapo.judging.packs import PACKS
 from mapo.judging.scoring import stored_verdict
 from mapo.metrics.agreement import jury_pick
 from mapo.runs.evaluate import combine_orders
@@ -58,17 +59,17 @@ def _first_ok(raws: list[str], kind: str, **kw: Any) -> ParseResult:
 def _verdict(kind: str, r: ParseResult) -> Verdict:
     if not r.ok:
         return Verdict.failed(r.error or "unparseable")
-    if kind == "pick":
+    if VERDICT_SHAPE.get(kind) == "pick":
         return Verdict(pick=r.value)
     a, b = r.value
     return Verdict.from_scores(float(a), float(b))
 
 
-def _split_independent(raws: list[str], scale: int) -> int | None:
+def _split_independent(raws: list[str], scale: int, kind: str = "score") -> int | None:
     """Where side A's raw texts end in a flattened independent-scoring attempt (A's asks then
     B's). A split is consistent when every text but each side's last fails to parse (the
     judge re-asks only after a failure); None when zero or several splits fit."""
-    parse = PARSERS.get("score")
+    parse = PARSERS.get(kind)
     fails = [not parse(t, scale=scale).ok for t in raws]
     fits = [k for k in range(1, len(raws)) if all(fails[: k - 1]) and all(fails[k:-1])]
     return fits[0] if len(fits) == 1 else None
@@ -77,19 +78,21 @@ def _split_independent(raws: list[str], scale: int) -> int | None:
 def reparse_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> tuple[dict[str, Any], str | None]:
     """A stored attempt ({order, raw, verdict}) re-parsed -> (verdict dict, note)."""
     raws = list(attempt.get("raw") or [])
-    if strategy == "independent":
-        k = _split_independent(raws, scale)
+    pack = PACKS.get(strategy)
+    if strategy == "independent" or (pack is not None and pack.pointwise):
+        one = pack.parser if pack is not None else "score"
+        k = _split_independent(raws, scale, one)
         if k is None:
             return dict(
                 attempt["verdict"]
             ), f"independent attempt of {len(raws)} texts cannot be split into A and B; kept"
-        a, b = _first_ok(raws[:k], "score", scale=scale), _first_ok(raws[k:], "score", scale=scale)
+        a, b = _first_ok(raws[:k], one, scale=scale), _first_ok(raws[k:], one, scale=scale)
         if a.ok and b.ok:
             v = Verdict.from_scores(float(a.value), float(b.value))
         else:
             v = Verdict.failed("; ".join(f"{s}: {x.error}" for s, x in (("A", a), ("B", b)) if not x.ok))
         return _vdict(v), None
-    kind = _KIND.get(strategy)
+    kind = _KIND.get(strategy) or (pack.parser if pack is not None else None)
     if kind is None:
         return dict(attempt["verdict"]), f"unknown strategy {strategy!r}; kept"
     return _vdict(_verdict(kind, _first_ok(raws, kind, scale=scale))), None

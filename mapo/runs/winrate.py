@@ -425,7 +425,7 @@ class Winrate(RunCommand):
         self.setup_name = (
             cfg.judge.strategy if cfg.judge.strategy == "direct" else f"{cfg.judge.strategy}{cfg.judge.scale}"
         )
-        self.setup_name += "/both" if cfg.judge.both_orders and cfg.judge.strategy != "independent" else ""
+        self.setup_name += "/both" if cfg.judge.both_orders and not cfg.judge.pointwise else ""
         self.keys: set[str] = set()
         self.counts = {"failed": 0, "identical": 0}
         self.stage_s = {"feedback": 0.0, "baselines": 0.0, "judging": 0.0}

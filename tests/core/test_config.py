@@ -73,7 +73,9 @@ def test_a_wrong_choice_fails_at_compose_naming_key_and_allowed_values(key):
 def test_every_allowed_choice_composes_into_its_enum(key):
     enum = CHOICES[key]
     for member in enum:
-        cfg = build("evaluate", [f"{key}={member.value}"])
+        # a judge pack whose format fixes its scale needs that scale too (JudgeConfig.check)
+        fixed = C.PACK_SCALES.get(member) if key == "judge.strategy" else None
+        cfg = build("evaluate", [f"{key}={member.value}", *([f"judge.scale={fixed}"] if fixed else [])])
         got = cfg
         for part in key.split("."):
             got = getattr(got, part)

@@ -193,7 +193,7 @@ async def test_unknown_models_in_roles(fake_server, tmp_path):
 BAD_CONFIGS = {
     "unknown_strategy": (
         dict(judge=JudgeConfig(strategy="vibes")),
-        r"judge\.strategy='vibes'; allowed: direct, independent, combined",
+        r"judge\.strategy='vibes'; allowed: direct, independent, combined, prometheus_absolute",
     ),
     "unknown_selection": (dict(selection=SelectionConfig(method="coin")), r"selection\.method='coin'"),
     "zero_iterations": (dict(feedback=FeedbackConfig(iterations=0)), r"feedback\.iterations must be >= 1, got 0"),
@@ -312,7 +312,11 @@ def test_composed_build_config_is_valid():
     [
         ("colour=blue", 2, "Could not override 'colour'"),
         ("+judge.stratgy=direct", 2, "unknown config key(s): judge.stratgy"),
-        ("judge.strategy=vibes", 2, "Invalid value 'vibes', expected one of [direct, independent, combined]"),
+        (
+            "judge.strategy=vibes",
+            2,
+            "Invalid value 'vibes', expected one of [direct, independent, combined, prometheus_absolute",
+        ),
         ("models.gemma3-270m.max_concurrency=-4", 2, "models.gemma3-270m.max_concurrency must be >= 1, got -4"),
     ],
 )
