@@ -367,3 +367,54 @@ def test_server_job_then_dependent_pipeline_job(jobs, tmp_path):
         time.sleep(1)
     assert not _alive_with(f"--port {ep.port}"), "vLLM outlived its job"
     assert_secret_absent(key, jobs.logs, run, REAL_CACHE / "logs")
+
+
+# ---- slurm/serve-multinode.sbatch, dry run ---------------------------------------------------
+# The local cluster has one node with fake GPUs and no `ray` in the venv, so the dry run proves the
+# job's own logic through real srun steps: placement (one task per node, distinct hosts, the GPUs each
+# sees), the memory plan refusing before anything starts, and the exact Ray and vLLM commands (vLLM's
+# through `serve up --dry-run`, the launcher's own code). It does not prove that a Ray cluster forms or
+# that vLLM runs across nodes: that needs GPU nodes (slurm/README.md, "Several nodes").
+
+
+def _dry_run(jobs: Jobs, model: str, gpu_mem_gib: str) -> tuple[list[tuple[str, str]], str]:
+    job = jobs.sbatch(
+        "--nodes=1",
+        "--gres=gpu:2",
+        "--cpus-per-task=1",
+        "--mem=2G",
+        "--time=5",
+        "slurm/serve-multinode.sbatch",
+        model,
+        env={"MAPO_MULTINODE_DRY_RUN": "1", "MAPO_GPU_MEM_GIB": gpu_mem_gib},
+    )
+    states = jobs.wait(job, timeout=240)
+    return states, next(jobs.logs.glob(f"*-{job}.out")).read_text()
+
+
+@pytest.mark.timeout(300)
+def test_multinode_dry_run_checks_placement_and_prints_the_commands(jobs):
+    states, log = _dry_run(jobs, "llama31-70b", "141")  # one node x 2 GPUs of an H200's size: TP 2 fits
+    assert states == [("COMPLETED", "0:0")], log
+    assert "GPU(s) per node: TP 2 x PP 1" in log
+    assert "placement: " in log and " 2 " in log.split("placement: ", 1)[1].splitlines()[0]  # 2 GPUs seen
+    assert "OK llama31-70b at TP 2 x PP 1 (2 GPUs of 141 GiB, bfloat16) fits" in log
+    assert "ray head:    srun --overlap --nodes=1 --ntasks=1 -w" in log and "ray start --head" in log
+    assert "ray workers:" not in log  # one node: no worker step
+    vllm = next(line for line in log.splitlines() if line.startswith("vllm:"))
+    for part in (
+        "vllm.entrypoints.openai.api_server --model meta-llama/Llama-3.1-70B-Instruct",
+        "--tensor-parallel-size 2",
+        "--distributed-executor-backend ray",
+        "--max-model-len 16384",
+        "VLLM_API_KEY=<per-server key>",
+    ):
+        assert part in vllm, vllm
+
+
+@pytest.mark.timeout(300)
+def test_multinode_job_refuses_a_plan_that_cannot_fit_before_starting_ray(jobs):
+    states, log = _dry_run(jobs, "llama31-70b", "40")  # 70B on 2 x 40 GiB: the weights alone do not fit
+    assert states[0][0] == "FAILED" and states[0][1] == "3:0", log
+    assert "REFUSED llama31-70b" in log and "does NOT fit" in log
+    assert "nothing was started" in log and "ray head:" not in log
