@@ -37,7 +37,7 @@ DIFF_WORDS = 4000
 _EVALUATOR_KINDS = ("judge", "jury", "debate")
 _FIRST = (
     *("prompt_id", "configuration", "baseline", "outcome", "label", "score_a", "score_b", "failure"),
-    *("event", "step", "epoch", "loss", "eval_loss", "learning_rate"),
+    *("split", "step", "epoch", "loss", "eval_loss", "learning_rate"),
 )
 """Columns a records view shows first (winrate verdicts, training metrics), when present."""
 _SHORT = {"model_a": "A", "model_b": "B", "tie": "tie", None: "–"}

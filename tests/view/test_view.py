@@ -228,3 +228,39 @@ def test_report_examples_link_to_the_viewer(server, tmp_path):  # noqa: F811
         assert json.loads(get(srv.url + "api/views")[2])["runs"][0]["report"] == "/r/0/report/report.html"
     finally:
         srv.close()
+
+
+def test_train_metrics_are_listed(tmp_path):
+    run = tmp_path / "train"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"command": "train", "status": "complete"}))
+    rows = [{"split": "train", "step": s, "epoch": s / 4, "loss": 0.7 - s / 100, "learning_rate": 1e-5} for s in (1, 2)]
+    rows.append({"split": "summary", "step": 2, "epoch": 0.5, "train_runtime": 3.2})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (view,) = load_views([run])[0]
+    assert view.kind == "train" and [c["field"] for c in view.columns][:5] == ["id", "split", "step", "epoch", "loss"]
+    assert [r["loss"] for r in view.rows()] == [rows[0]["loss"], rows[1]["loss"], None]
+    item = view.item(view.rows()[2]["id"])
+    assert item and item["record"]["train_runtime"] == 3.2
+
+
+def test_the_authors_agreement_output(tmp_path):
+    """``mapo agreement --authors`` on FairEval (shared data): 80 items, the human label, one column per judge."""
+    from tests.conftest import shared_dir
+
+    shared = shared_dir()
+    if shared is None or not (shared / "data" / "faireval" / "mapo-judgments").is_dir():
+        pytest.skip("shared data absent: ../shared/data/faireval (set MAPO_SHARED)")
+    faireval = shared / "data" / "faireval"
+    out = tmp_path / "agr.json"
+    args = ["--authors", str(faireval / "mapo-judgments"), "--humans", str(faireval / "fair_eval.jsonl")]
+    assert agreement_main([*args, "--n-resamples", "2000", "--out", str(out)]) == 0
+    (view,) = load_views([out])[0]
+    rows = view.rows()
+    assert len(rows) == 80 and all(r["human"] in ("A", "B", "tie") for r in rows)
+    names = [c["title"] for c in view.columns[3:]]
+    assert "gpt-4o" in names and any(n.startswith("debate[") for n in names)
+    gpt4o = next(c["field"] for c in view.columns if c["title"] == "gpt-4o")
+    assert 0 < sum(r[f"f_disagree_{gpt4o}"] for r in rows) < 80
+    item = view.item(rows[0]["id"])
+    assert item and item["question"] and {e["judge"] for e in item["evaluators"]} >= {"gpt-4o"}
