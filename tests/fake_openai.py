@@ -15,6 +15,13 @@ The Batch API (files, batches) is served too: ``batch_hold`` keeps batches in pr
 (the answer is lost, the batch exists). ``batches_created`` counts the batches made;
 ``batch_raw_unicode`` writes the output files with raw non-ASCII characters (U+2028 included).
 
+For the pre-flight: ``POST /tokenize`` (vLLM's, with ``messages``) counts a conversation's words
+plus 3 a message (``tokenized`` counts the calls; ``tokenize_route=False`` leaves it out, as an API
+server does); ``max_model_len`` is said there and in ``/v1/models``; ``reject_system`` answers
+any conversation holding a system message with vLLM's 400 ``System role not supported`` (Gemma-2's
+template); ``grammar_timeout`` answers every constrained request (``structured_outputs``) with
+vLLM's 500 ``Regex compilation timed out``.
+
 For crash tests: ``answered`` counts, per request, the replies actually sent (``requests``
 counts arrivals); ``hold()`` makes new requests wait unanswered until ``release()`` (then
 they get a 503 and are not counted as answered: their client is gone); ``restart(pause_s)``
@@ -56,6 +63,17 @@ def default_responder(request: dict) -> str:
     return f"Response {digest % 100000}: " + request["messages"][-1]["content"][:40]
 
 
+def _has_system(body: dict) -> bool:
+    return any(m.get("role") == "system" for m in body.get("messages", []))
+
+
+def _system_role_rejected() -> web.Response:
+    """vLLM's answer when the chat template raises (Gemma-2: ``raise_exception('System role not supported')``)."""
+    return web.json_response(
+        {"error": {"message": "System role not supported", "type": "BadRequestError", "code": 400}}, status=400
+    )
+
+
 def request_key(body: dict) -> str:
     """What ``requests`` and ``answered`` count by: the conversation of a chat request."""
     return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
@@ -86,6 +104,11 @@ class FakeServer:
     send_usage: bool = True
     batch_raw_unicode: bool = False
     """Batch output files written with raw non-ASCII characters (U+2028 too), as JSON allows."""
+    tokenize_route: bool = True
+    tokenized: int = 0
+    max_model_len: int | None = None
+    reject_system: bool = False
+    grammar_timeout: bool = False
 
     @property
     def base_url(self) -> str:
@@ -102,6 +125,13 @@ class FakeServer:
             self.held += 1
             await self._released.wait()
             return web.json_response({"error": {"message": "held request released"}}, status=503)
+        if self.reject_system and _has_system(body):
+            return _system_role_rejected()
+        if self.grammar_timeout and body.get("structured_outputs"):
+            regex = str(body["structured_outputs"].get("regex", ""))[:40]
+            return web.json_response(
+                {"error": {"message": f"Regex compilation timed out after 5s: {regex}", "code": 500}}, status=500
+            )
         fault = self.faults(self.n, body) if self.faults else None
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
@@ -254,7 +284,25 @@ class FakeServer:
         return out
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        card: dict = {"id": "fake", "object": "model"}
+        if self.max_model_len is not None:
+            card["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        if not self.tokenize_route:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        self.tokenized += 1
+        if self.reject_system and _has_system(body):
+            return _system_role_rejected()
+        count = sum(len(m["content"].split()) + 3 for m in body["messages"]) + 1
+        answer: dict = {"count": count, "tokens": list(range(count))}
+        if self.max_model_len is not None:
+            answer["max_model_len"] = self.max_model_len
+        return web.json_response(answer)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -272,6 +320,7 @@ class FakeServer:
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_post("/tokenize", self._tokenize)
             app.router.add_post("/v1/files", self._upload)
             app.router.add_get("/v1/files/{file_id}/content", self._file_content)
             app.router.add_post("/v1/batches", self._create_batch)

@@ -188,6 +188,17 @@ class EvaluatorKind(Choice):
     debate = "debate"
 
 
+class SystemRole(Choice):
+    """``models.<name>.system_role``: how a system message reaches the model."""
+
+    auto = "auto"
+    """native, unless the pre-flight finds the server's chat template rejects a system role (then merge)."""
+    native = "native"
+    """Send system messages as they are."""
+    merge = "merge"
+    """Fold the system text into the first user turn (mapo.llm.client.merge_system)."""
+
+
 class OnConfigChange(Choice):
     """``on_config_change``: a resume whose config differs from the run folder's."""
 
@@ -356,6 +367,8 @@ class ModelConfig:
     """Retries on 429, 5xx, timeouts and dropped connections (exponential backoff + jitter)."""
     structured_output: bool = False
     """Server honours vLLM structured outputs (regex/choice/json); enables constrained judging."""
+    system_role: SystemRole = SystemRole.auto
+    """auto (the pre-flight decides: merge where the chat template rejects a system role) | native | merge."""
     price_in_per_mtok: float | None = None
     """US dollars per million input (prompt) tokens, for cost accounting; None = unknown (local models)."""
     price_out_per_mtok: float | None = None
@@ -367,6 +380,7 @@ class ModelConfig:
 
     def check(self, key: str = "model") -> None:
         """Validate, naming keys under ``key`` (``models.<name>``)."""
+        self.system_role = SystemRole.parse(self.system_role, f"{key}.system_role")
         _at_least(f"{key}.max_concurrency", self.max_concurrency, 1)
         _above(f"{key}.timeout_s", self.timeout_s, 0)
         _at_least(f"{key}.max_retries", self.max_retries, 0)
@@ -580,6 +594,10 @@ class ClientConfig:
     """Endpoint registry file; defaults to $MAPO_ENDPOINTS or ${MAPO_CACHE}/endpoints.json."""
     check_endpoints: bool = True
     """Probe every endpoint a role uses at start and fail fast if one is down."""
+    preflight: bool = True
+    """Before any item, render each role's first requests through its server (mapo.runs.preflight): a
+    template without a system role, a conversation that outgrows max_model_len, a grammar the server
+    cannot compile or ignores, missing logprobs. Off: none of these is found before the items fail."""
     progress: ProgressMode = ProgressMode.auto
     """auto (bar on a terminal, one-line summaries otherwise) | bar | log | off."""
     budget_usd: float | None = None

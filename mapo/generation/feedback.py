@@ -16,7 +16,7 @@ from mapo.core import prompts
 from mapo.core.config import FeedbackConfig
 from mapo.core.parsers import PARSERS
 from mapo.core.types import Message
-from mapo.judging.base import ask, constraint_for
+from mapo.judging.base import Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
 
 
@@ -130,9 +130,66 @@ class FeedbackLoop:
             return self._t("generator_single_feedback").render(feedback=texts[0])
         return self._t("generator_double_feedback").render(feedback_1=texts[0], feedback_2=texts[1])
 
-    async def review(self, reviewer: str, question: str, response: str) -> Review:
-        """One reviewer's evaluation, score and feedback (re-asked, bounded, while unparseable)."""
-        messages: list[Message] = [
+    def probes(self, question: str) -> list[Probe]:
+        """The generator's and each reviewer's requests for ``question``, for the pre-flight
+        (:class:`~mapo.judging.base.Probe`). The generator's conversation grows by one response and one
+        revision message per iteration: its longest is the last iteration, N-1 responses (each at most
+        the generator's max_tokens) and N-1 revision messages (each carrying every reviewer's feedback,
+        at most that reviewer's max_tokens) after the question. A reviewer sees the question and one
+        response, then its re-asks."""
+        n, gen = self.config.iterations, self.generator
+        conversation: list[Message] = [{"role": "user", "content": question}]
+        empty = [Review(r, [""], None, None, "") for r in self.reviewers]
+        for _ in range(n - 1):
+            conversation += [
+                {"role": "assistant", "content": ""},
+                {"role": "user", "content": self._revision_message(empty)},
+            ]
+        produced = [
+            (
+                f"{n - 1} response(s) x {self.client.max_tokens(gen)} max_tokens of {gen}",
+                (n - 1) * self.client.max_tokens(gen),
+            )
+        ]
+        produced += (
+            [
+                (
+                    f"{n - 1} feedback(s) of {r} x {self.client.max_tokens(r)} max_tokens",
+                    (n - 1) * self.client.max_tokens(r),
+                )
+                for r in self.reviewers
+            ]
+            if n > 1
+            else []
+        )
+        probes = [
+            Probe(
+                "generator",
+                gen,
+                [{"role": "user", "content": question}],
+                longest=conversation,
+                produced=tuple(produced),
+                turn=f"iteration {n} of {n}",
+            )
+        ]
+        response = (f"a response of {gen} (<= {self.client.max_tokens(gen)} max_tokens)", self.client.max_tokens(gen))
+        for r in dict.fromkeys(self.reviewers):
+            probes.append(
+                asked_probe(
+                    self.client,
+                    "reviewer",
+                    r,
+                    self._review_messages(question, ""),
+                    reask_text=self._t("reask_review").render(),
+                    reasks=self.config.reask,
+                    produced=[response],
+                    constraint=constraint_for(self.config.constrained, self.client, r, "review", 10),
+                )
+            )
+        return probes
+
+    def _review_messages(self, question: str, response: str) -> list[Message]:
+        return [
             {"role": "system", "content": self._t("reviewer.system").render()},
             {
                 "role": "user",
@@ -141,10 +198,13 @@ class FeedbackLoop:
                 ),
             },
         ]
+
+    async def review(self, reviewer: str, question: str, response: str) -> Review:
+        """One reviewer's evaluation, score and feedback (re-asked, bounded, while unparseable)."""
         answer = await ask(
             self.client,
             reviewer,
-            messages,
+            self._review_messages(question, response),
             role="reviewer",
             parse=PARSERS.get("review"),
             reask=lambda: self._t("reask_review").render(),

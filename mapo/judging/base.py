@@ -28,7 +28,17 @@ from mapo.core.parsers import ParseResult, constrained_regex, text_budget
 from mapo.core.types import Label, Message
 from mapo.llm.client import Constraint, LLMClient
 
-__all__ = ["Answer", "Evaluator", "Judgement", "RecordContext", "ask", "constraint_for", "use_constraint"]
+__all__ = [
+    "Answer",
+    "Evaluator",
+    "Judgement",
+    "Probe",
+    "RecordContext",
+    "ask",
+    "asked_probe",
+    "constraint_for",
+    "use_constraint",
+]
 
 _PICK: dict[Label, str] = {"model_a": "A", "model_b": "B", "tie": "tie"}
 _SWAP: dict[Label, Label] = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
@@ -224,6 +234,69 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- pre-flight probes
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One role's requests as a run will send them, for the pre-flight (:mod:`mapo.runs.preflight`).
+
+    ``messages`` is the role's first request: the item's real texts, ``""`` where the run puts text
+    it produces (a response, a review). ``longest`` is the shape of the longest request the role
+    makes (the last feedback iteration, the final scores after every debate round, the last
+    re-ask), with the produced texts left empty too; ``produced`` bounds what they add, in tokens
+    (each at most its producer's max_tokens). The pre-flight checks rendered(``longest``) +
+    sum(``produced``) + the model's max_tokens against the server's max_model_len."""
+
+    role: str
+    model: str
+    messages: list[Message]
+    constraint: Constraint | None = None
+    top_logprobs: int | None = None
+    longest: list[Message] | None = None
+    produced: tuple[tuple[str, int], ...] = ()
+    """(what, tokens at most): e.g. ``("2 responses x 192 max_tokens of smollm2-135m", 384)``."""
+    turn: str = "its first request"
+    """Which request ``longest`` is, for messages: ``iteration 3 of 3``, ``re-ask 1``."""
+
+
+def asked_probe(
+    client: LLMClient,
+    role: str,
+    model: str,
+    messages: list[Message],
+    *,
+    reask_text: str,
+    reasks: int,
+    produced: Sequence[tuple[str, int]] = (),
+    constraint: Constraint | None = None,
+    top_logprobs: int | None = None,
+) -> Probe:
+    """The probe of a request asked through :func:`ask`: its longest form is the last re-ask (each
+    adds the unparseable answer, at most max_tokens, and the re-ask message)."""
+    longest = list(messages)
+    grown = list(produced)
+    for _ in range(reasks):
+        longest += [{"role": "assistant", "content": ""}, {"role": "user", "content": reask_text}]
+    if reasks:
+        grown.append(
+            (
+                f"{reasks} unparseable answer(s) x {client.max_tokens(model)} max_tokens",
+                reasks * client.max_tokens(model),
+            )
+        )
+    return Probe(
+        role,
+        model,
+        list(messages),
+        constraint=constraint,
+        top_logprobs=top_logprobs,
+        longest=longest,
+        produced=tuple(grown),
+        turn=f"re-ask {reasks}" if reasks else "its first request",
+    )
+
+
 # --------------------------------------------------------------------------- the evaluator interface
 
 
@@ -274,6 +347,14 @@ class Evaluator(ABC):
     def scoring_counts(self) -> Counter[str]:
         """How its answers were scored under ``judge.scoring=expected`` (``expected`` / ``argmax: <why>``)."""
         return Counter()
+
+    def probes(
+        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+    ) -> list[Probe]:
+        """Its models' requests for one pair, for the pre-flight (:class:`Probe`); ``produced``: when the
+        run writes the responses, (what, tokens at most) for each one (``response_a``/``b`` are then "").
+        An evaluator without probes is not pre-flighted."""
+        return []
 
     def identity(self) -> tuple[str, str, str]:
         """(name, setup, prompt_sha): what keys its records."""

@@ -31,6 +31,7 @@ scores, which depend only on the finished discussion, are asked all at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ from mapo.core import prompts
 from mapo.core.config import ConfigError, DebateConfig
 from mapo.core.parsers import PARSERS
 from mapo.core.types import Label, Message, Verdict
-from mapo.judging.base import Evaluator, Judgement, ask, constraint_for
+from mapo.judging.base import Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
 from mapo.metrics.agreement import jury_pick, label_from_scores
 
@@ -241,6 +242,59 @@ class Debate(Evaluator):
             },
         ]
 
+    def _final_ask(self, role: str) -> str:
+        return self._final.render(
+            **{
+                k: v
+                for k, v in {"role_name": role_title(role), "scale": self.config.scale}.items()
+                if k in self._final.fields
+            }
+        )
+
+    def probes(
+        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+    ) -> list[Probe]:
+        """Per debater model: its final-scores request (it carries the constraint) after every round,
+        the discussion history at its longest (every turn at most its speaker's max_tokens), re-asks
+        included (:class:`Probe`)."""
+        turns = [
+            (role, model)
+            for _ in range(self.config.rounds)
+            for role, model in zip(self.roles, self.speakers, strict=True)
+        ]
+        history = [Utterance(role, model, 0, "") for role, model in turns]
+        spoken = tuple(
+            (
+                f"{sum(m == model for _, m in turns)} turn(s) x {self.client.max_tokens(model)} max_tokens of {model}",
+                sum(m == model for _, m in turns) * self.client.max_tokens(model),
+            )
+            for model in dict.fromkeys(m for _, m in turns)
+        )
+        out = []
+        for role, model in dict((m, (r, m)) for r, m in zip(self.roles, self.speakers, strict=True)).values():
+            final_ask = self._final_ask(role)
+            asked = asked_probe(
+                self.client,
+                self.role,
+                model,
+                self._messages(question, response_a, response_b, history, final_ask),
+                reask_text=final_ask,
+                reasks=self.config.reask,
+                produced=[*produced, *spoken],
+                constraint=constraint_for(
+                    self.config.constrained, self.client, model, "debate_final", self.config.scale
+                ),
+            )
+            out.append(
+                dataclasses.replace(
+                    asked,
+                    messages=self._messages(question, response_a, response_b, [], final_ask),
+                    turn=f"the final scores after {self.config.rounds} round(s) of {len(self.roles)} speakers"
+                    + (f", {asked.turn}" if self.config.reask else ""),
+                )
+            )
+        return out
+
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> DebateJudgement:
         """Debate one pair as presented: label model_a = ``response_a`` (shown as Assistant 1)."""
         history: list[Utterance] = []
@@ -288,13 +342,7 @@ class Debate(Evaluator):
     async def _final_scores(
         self, role: str, model: str, question: str, first: str, second: str, history: list[Utterance]
     ) -> FinalScore:
-        final_ask = self._final.render(
-            **{
-                k: v
-                for k, v in {"role_name": role_title(role), "scale": self.config.scale}.items()
-                if k in self._final.fields
-            }
-        )
+        final_ask = self._final_ask(role)
         parse = PARSERS.get("debate_final")
         answer = await ask(
             self.client,

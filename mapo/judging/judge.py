@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -26,8 +26,9 @@ from mapo.core.config import JudgeConfig
 from mapo.core.parsers import PARSERS, to_verdict
 from mapo.core.registry import Registry
 from mapo.core.types import Message, Verdict, pick_to_label
-from mapo.judging.base import Answer, Evaluator, Judgement, ask, constraint_for, use_constraint
+from mapo.judging.base import Answer, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for, use_constraint
 from mapo.judging.packs import PACKS, pack_prompt_sha
+from mapo.judging.packs import _messages as _pack_messages
 from mapo.judging.packs import register as _register_packs
 from mapo.judging.scoring import TOP_LOGPROBS, VALUE_NAMES, ValueDistribution, expected_verdict, locate
 from mapo.llm.client import LLMClient
@@ -221,16 +222,43 @@ class Judge(Evaluator):
 
     async def score_single(self, question: str, response: str, order: str = "AB") -> Attempt:
         """One response scored alone out of ``scale`` in its own conversation (kept in verdict.score_a)."""
-        messages: list[Message] = [
-            {"role": "system", "content": _system(self, "judge_independent.system")},
-            {
-                "role": "user",
-                "content": self.template("judge_single.user").render(
-                    question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
-                ),
-            },
-        ]
+        messages = _single_messages(self, question, response)
         return await self.converse(messages, "score", "reask_score", order, scale=self.config.scale)
+
+    def probes(
+        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+    ) -> list[Probe]:
+        """The first request of this judge's strategy for one pair, grown by its re-asks (:class:`Probe`)."""
+        strategy = self.config.strategy
+        pack = PACKS.get(strategy)
+        if pack is not None:  # a judge pack: its own prompts, parser and re-ask
+            kind, reask_name, pointwise = pack.parser, pack.reask, pack.pointwise
+            fields = {"response": response_a} if pointwise else {"response_a": response_a, "response_b": response_b}
+            messages = _pack_messages(self, pack, question=question, **fields)
+        else:
+            (kind, reask_name), pointwise = _ASKS[strategy], strategy == "independent"
+            messages = (
+                _single_messages(self, question, response_a)
+                if pointwise
+                else _pair_messages(self, f"judge_{strategy}.system", question, response_a, response_b)
+            )
+        # a pointwise strategy shows one response per conversation: the longer one bounds it
+        room = sorted(produced, key=lambda p: -p[1])[:1] if pointwise else list(produced)
+        return [
+            asked_probe(
+                self.client,
+                self.role,
+                self.model,
+                messages,
+                reask_text=_render(self.template(self._variant(reask_name)), self.config.scale),
+                reasks=self.config.reask,
+                produced=room,
+                constraint=constraint_for(
+                    self.config.constrained, self.client, self.model, kind, self.config.scale, explain=self.explain
+                ),
+                top_logprobs=TOP_LOGPROBS if self.scoring == "expected" else None,
+            )
+        ]
 
     async def converse(
         self, messages: list[Message], parse_kind: str, reask_name: str, order: str, **parse_kwargs: Any
@@ -303,21 +331,42 @@ def _pair_user(judge: Judge, question: str, first: str, second: str) -> str:
     )
 
 
-@STRATEGIES.register("direct")
-async def _direct(judge: Judge, order: str, question: str, first: str, second: str) -> Attempt:
-    messages: list[Message] = [
-        {"role": "system", "content": _system(judge, "judge_direct.system")},
+def _pair_messages(judge: Judge, system: str, question: str, first: str, second: str) -> list[Message]:
+    return [
+        {"role": "system", "content": _system(judge, system)},
         {"role": "user", "content": _pair_user(judge, question, first, second)},
     ]
+
+
+def _single_messages(judge: Judge, question: str, response: str) -> list[Message]:
+    return [
+        {"role": "system", "content": _system(judge, "judge_independent.system")},
+        {
+            "role": "user",
+            "content": judge.template("judge_single.user").render(
+                question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
+            ),
+        },
+    ]
+
+
+_ASKS = {
+    "direct": ("pick", "reask_pick"),
+    "combined": ("score_pair", "reask_score_pair"),
+    "independent": ("score", "reask_score"),
+}
+"""strategy -> (the parser its answers go through, its re-ask prompt)."""
+
+
+@STRATEGIES.register("direct")
+async def _direct(judge: Judge, order: str, question: str, first: str, second: str) -> Attempt:
+    messages = _pair_messages(judge, "judge_direct.system", question, first, second)
     return await judge.converse(messages, "pick", "reask_pick", order)
 
 
 @STRATEGIES.register("combined")
 async def _combined(judge: Judge, order: str, question: str, first: str, second: str) -> Attempt:
-    messages: list[Message] = [
-        {"role": "system", "content": _system(judge, "judge_combined.system")},
-        {"role": "user", "content": _pair_user(judge, question, first, second)},
-    ]
+    messages = _pair_messages(judge, "judge_combined.system", question, first, second)
     return await judge.converse(messages, "score_pair", "reask_score_pair", order, scale=judge.config.scale)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
-from mapo.judging.base import Evaluator, Judgement, RecordContext, dataset_label
+from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
 from mapo.metrics.agreement import jury_pick
@@ -201,6 +201,12 @@ class Jury(Evaluator):
     def scoring_counts(self) -> Counter[str]:
         """The jurors' :attr:`Judge.scoring_counts`, summed."""
         return sum((j.scoring_counts for j in self.judges), Counter())
+
+    def probes(
+        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+    ) -> list[Probe]:
+        """Every juror's probes (:meth:`Judge.probes`)."""
+        return [p for j in self.judges for p in j.probes(question, response_a, response_b, produced)]
 
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
         from mapo.runs.runner import item_failure

@@ -4,6 +4,13 @@ It owns transport (endpoint resolution, replicas, a concurrency bound per endpoi
 with exponential backoff and jitter on 429/5xx/timeouts/dropped connections, per-request
 timeouts), token accounting per (role, model), and the content-hash response cache. Callers
 ask for a model by its config name and a role; they never see URLs or keys.
+
+Two per-model adaptations live here, applied to every request of that model: system messages
+folded into the first user turn (``models.<name>.system_role``, :func:`merge_system`; ``auto`` is
+decided by the pre-flight, :mod:`mapo.runs.preflight`), and structured outputs dropped where the
+server cannot compile the constraint (:meth:`LLMClient.unconstrain`, or one request at a time
+when the server answers a grammar error); both are counted. :meth:`LLMClient.tokenize` and
+:meth:`LLMClient.probe` are the pre-flight's requests, through the same replicas, keys and retries.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +58,32 @@ _GRAMMAR = re.compile(
     r"(?i)regex|grammar|xgrammar|outlines|guided|structured.?output|json.?schema|fsm|compil(e|ation) (timed out|failed)"
 )
 """Server text of a structured-output failure (e.g. vLLM's ``Regex compilation timed out after 5s``)."""
+
+
+def merge_system(messages: Sequence[Message]) -> list[Message]:
+    """System messages folded into the turn after them, for a chat template without a system role: the
+    rule of ``mapo/serving/chat_templates/gemma3-base.jinja`` (the system text, trimmed, then a blank
+    line, heads the next turn); a trailing system message becomes a user turn."""
+    out: list[Message] = []
+    prefix = ""
+    for msg in messages:
+        if msg["role"] == "system":
+            prefix += msg["content"].strip() + "\n\n"
+            continue
+        out.append({"role": msg["role"], "content": prefix + msg["content"]})
+        prefix = ""
+    if prefix:
+        out.append({"role": "user", "content": prefix.rstrip("\n")})
+    return out
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """What a server's ``/tokenize`` says of a conversation: its prompt tokens (chat template
+    applied, generation prompt added) and the context the server allows (None = not said)."""
+
+    count: int
+    max_model_len: int | None
 
 
 class RunHalt(RuntimeError):
@@ -191,6 +224,12 @@ class LLMClient:
         self._retired: list[openai.AsyncOpenAI] = []
         self._batches: dict[str, BatchQueue] = {}
         self._closed = False
+        self._merge_system: set[str] = set()
+        """Models whose system messages are folded into the first user turn (config or pre-flight)."""
+        self._unconstrained: dict[str, str] = {}
+        """Models whose requests go without their constraint, and why (the pre-flight's fallback)."""
+        self._listed_max_model_len: dict[str, int] = {}
+        """``max_model_len`` as the server's model listing gave it (GET /models, vLLM)."""
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -283,12 +322,18 @@ class LLMClient:
             model = self._resolve(name)
             for replica in model.replicas:
                 try:
-                    await asyncio.wait_for(replica.client.models.list(), timeout=min(30.0, model.config.timeout_s))
+                    listing = await asyncio.wait_for(
+                        replica.client.models.list(), timeout=min(30.0, model.config.timeout_s)
+                    )
                 except Exception as e:
                     raise EndpointUnavailable(
                         f"model {name!r}: endpoint {replica.base_url} is unreachable ({describe(e, model.config)}). "
                         f"Is the server up? (python -m serve status)"
                     ) from None
+                for card in getattr(listing, "data", None) or []:  # vLLM lists max_model_len with each model
+                    limit = getattr(card, "max_model_len", None)
+                    if getattr(card, "id", None) == model.config.served_name and isinstance(limit, int):
+                        self._listed_max_model_len[name] = limit
 
     def max_tokens(self, name: str) -> int:
         """Model ``name``'s configured max_tokens."""
@@ -297,6 +342,42 @@ class LLMClient:
     def supports_constraints(self, name: str) -> bool:
         """Whether model ``name``'s server honours structured outputs."""
         return bool(self._configs[name].structured_output) if name in self._configs else False
+
+    def max_model_len(self, name: str) -> int | None:
+        """The context model ``name``'s server allows: as its model listing said (vLLM), else the
+        config's ``serve.max_model_len``; None when neither says (an API model)."""
+        if name in self._listed_max_model_len:
+            return self._listed_max_model_len[name]
+        serve = self._configs[name].serve if name in self._configs else None
+        return serve.max_model_len if serve is not None else None
+
+    def model_config(self, name: str) -> ModelConfig:
+        """Model ``name``'s config."""
+        return self._resolve(name).config
+
+    # ---- per-model adaptations (the pre-flight's fallbacks) ----------------------------
+    def unconstrained(self, name: str) -> bool:
+        """Whether model ``name``'s requests go without their constraint (:meth:`unconstrain`)."""
+        return name in self._unconstrained
+
+    def merges_system(self, name: str) -> bool:
+        """Whether model ``name``'s system messages are folded into the first user turn."""
+        cfg = self._configs.get(name)
+        return name in self._merge_system or (cfg is not None and cfg.system_role == "merge")
+
+    def merge_system_role(self, name: str) -> None:
+        """From now on fold model ``name``'s system messages into the first user turn (:func:`merge_system`)."""
+        self._merge_system.add(name)
+
+    def unconstrain(self, name: str, reason: str) -> None:
+        """From now on send model ``name``'s requests without their structured-output constraint
+        (counted in ``usage.unconstrained``; the ask loop parses and re-asks the free answers)."""
+        self._unconstrained[name] = reason
+
+    def adapted(self, name: str, messages: Sequence[Message]) -> list[Message]:
+        """``messages`` as model ``name`` receives them (system role merged where it must be)."""
+        msgs: list[Message] = [{"role": x["role"], "content": x["content"]} for x in messages]
+        return merge_system(msgs) if self.merges_system(name) else msgs
 
     # ---- calls -----------------------------------------------------------------------
     async def chat(
@@ -331,8 +412,12 @@ class LLMClient:
             "stop": list(m.config.generation.stop) if m.config.generation.stop else None,
         }
         gen.update(overrides or {})
-        msgs = [{"role": x["role"], "content": x["content"]} for x in messages]
+        msgs = self.adapted(model, messages)
         _check_encodable(msgs, model)
+        usage = self.usage[(role, model)]
+        if constraint is not None and model in self._unconstrained:
+            constraint = None  # the server cannot compile it (pre-flight): free text, parsed and re-asked
+            usage.unconstrained += 1
         # top_logprobs joins the key only when asked for, so the keys of earlier caches stay valid
         logprob_key = {} if top_logprobs is None else {"top_logprobs": top_logprobs}
         key = cache_key(
@@ -344,23 +429,9 @@ class LLMClient:
             sample=sample,
             **logprob_key,
         )
-        usage = self.usage[(role, model)]
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                usage.cached += 1
-                self.stats.cached += 1
-                return Completion(
-                    text=hit["text"],
-                    model=model,
-                    prompt_tokens=hit.get("prompt_tokens", 0),
-                    completion_tokens=hit.get("completion_tokens", 0),
-                    latency_s=0.0,
-                    cached=True,
-                    finish_reason=hit.get("finish_reason"),
-                    cache_key=key,
-                    top_logprobs=hit.get("top_logprobs"),
-                )
+        hit = self._cached(model, key, usage)
+        if hit is not None:
+            return hit
         # identical requests in flight at once (e.g. a shared tournament pair) are sent once
         if key in self._pending:
             return await asyncio.shield(self._pending[key])
@@ -376,6 +447,25 @@ class LLMClient:
             raise
         finally:
             del self._pending[key]
+
+    def _cached(self, model: str, key: str, usage: Usage) -> Completion | None:
+        """The cached answer under ``key``, counted as a cache hit; None when there is none."""
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is None:
+            return None
+        usage.cached += 1
+        self.stats.cached += 1
+        return Completion(
+            text=hit["text"],
+            model=model,
+            prompt_tokens=hit.get("prompt_tokens", 0),
+            completion_tokens=hit.get("completion_tokens", 0),
+            latency_s=0.0,
+            cached=True,
+            finish_reason=hit.get("finish_reason"),
+            cache_key=key,
+            top_logprobs=hit.get("top_logprobs"),
+        )
 
     # ---- cost ------------------------------------------------------------------------
     @staticmethod
@@ -508,14 +598,14 @@ class LLMClient:
     def _accept(
         self,
         m: _Model,
-        key: str,
+        key: str | None,
         usage: Usage,
         resp: ChatCompletion,
         latency: float,
         with_logprobs: bool,
         prompt_chars: int,
     ) -> Completion:
-        """Account for a server's answer, check it, cache it and return it."""
+        """Account for a server's answer, check it, cache it (unless ``key`` is None) and return it."""
         record, logprobs = _record(resp, with_logprobs)
         self._estimate_missing_usage(m, record, usage, prompt_chars)
         text = record["text"]
@@ -532,7 +622,7 @@ class LLMClient:
                 f"model {m.name!r} replied with text that is not valid Unicode "
                 f"(a lone surrogate at character {_first_bad(text)}); the item fails"
             )
-        if self.cache is not None:
+        if self.cache is not None and key is not None:
             self.cache.put(key, m.name, record)
         return Completion(
             text=text,
@@ -541,15 +631,60 @@ class LLMClient:
             completion_tokens=ct,
             latency_s=latency,
             finish_reason=record["finish_reason"],
-            cache_key=key,
+            cache_key=key or "",
             top_logprobs=logprobs,
         )
 
     async def _attempts(self, m: _Model, msgs, body, extra, key, usage: Usage) -> Completion:
-        last_error: Exception | None = None
+        extra = dict(extra)
         if extra and self._unconstrainable(m, extra):
             usage.unconstrained += 1  # this server already failed to compile the same constraint
             extra = {}
+
+        async def send(replica: _Replica) -> ChatCompletion:
+            return await replica.client.chat.completions.create(
+                model=m.config.served_name, messages=msgs, extra_body=extra or None, **body
+            )
+
+        def unconstrained(e: Exception) -> bool:
+            if not (extra and grammar_failure(e)):
+                return False
+            # the server cannot apply the constraint (e.g. xgrammar timed out compiling it):
+            # ask unconstrained at once; the caller's parser and re-ask read the free text
+            self._mark_unconstrainable(m, extra, e)
+            usage.unconstrained += 1
+            extra.clear()
+            return True
+
+        completion: Completion = await self._retrying(
+            m,
+            usage,
+            send,
+            accept=lambda resp, latency: self._accept(
+                m, key, usage, resp, latency, "top_logprobs" in body, _chars(msgs)
+            ),
+            degrade=unconstrained,
+            by_meaning=True,
+        )
+        return completion
+
+    async def _retrying(
+        self,
+        m: _Model,
+        usage: Usage,
+        send: Callable[[_Replica], Awaitable[Any]],
+        *,
+        accept: Callable[[Any, float], Any] = lambda answer, latency: answer,
+        degrade: Callable[[Exception], bool] | None = None,
+        by_meaning: bool = False,
+    ) -> Any:
+        """``send`` on the replica with the fewest errors and requests in flight, under the one retry
+        policy (exponential backoff and jitter on transport faults, registry refresh after connection
+        errors). ``accept(answer, latency)`` checks the answer inside the attempt (a garbled one is
+        retried too); ``degrade(error)`` True: the request was changed, it goes again at once;
+        ``by_meaning``: HTTP errors become item or run faults by what the server says
+        (:func:`_fault_by_meaning`), else they are raised as the SDK's."""
+        last_error: Exception | None = None
         attempt = 0
         while True:
             replica = min(m.replicas, key=lambda r: (r.errors, r.in_flight))
@@ -562,23 +697,16 @@ class LLMClient:
                         # a total deadline per attempt: the HTTP timeout bounds only the gap between
                         # bytes, so a server dripping one byte a second would hold a request forever
                         async with asyncio.timeout(m.config.timeout_s):
-                            resp = await replica.client.chat.completions.create(
-                                model=m.config.served_name, messages=msgs, extra_body=extra or None, **body
-                            )
+                            answer = await send(replica)
                     finally:
                         self.stats.in_flight -= 1
                 latency = time.perf_counter() - t0
                 replica.errors = 0
-                return self._accept(m, key, usage, resp, latency, "top_logprobs" in body, _chars(msgs))
+                return accept(answer, latency)
             except Exception as e:
-                if extra and _grammar_failure(e):
-                    # the server cannot apply the constraint (e.g. xgrammar timed out compiling it):
-                    # ask unconstrained at once; the caller's parser and re-ask read the free text
-                    self._mark_unconstrainable(m, extra, e)
-                    usage.unconstrained += 1
-                    extra = {}
+                if degrade is not None and degrade(e):
                     continue
-                fault = _fault_by_meaning(m.name, replica.base_url, e)
+                fault = _fault_by_meaning(m.name, replica.base_url, e) if by_meaning else None
                 if fault is not None:
                     usage.failures += 1
                     raise fault from e
@@ -619,6 +747,102 @@ class LLMClient:
                 m.name,
                 describe(e, m.config),
             )
+
+    # ---- the pre-flight's requests (mapo.runs.preflight) ------------------------------
+    async def tokenize(self, model: str, messages: Sequence[Message]) -> Tokenized | None:
+        """The prompt tokens of ``messages`` as model ``model``'s server renders them (vLLM's
+        ``POST /tokenize`` with ``messages`` and the generation prompt; system role adapted as for
+        :meth:`chat`), and its ``max_model_len``. None when the server has no ``/tokenize`` (404/405:
+        an API model). A rejected conversation raises the server's error (e.g. a 400
+        ``System role not supported``)."""
+        m = self._resolve(model)
+        msgs = self.adapted(model, messages)
+        usage = Usage()  # a render is no chat request: only its retries and failures are accounted
+
+        async def send(replica: _Replica) -> Any:
+            url = str(replica.client.base_url).rstrip("/")
+            root = url[: -len("/v1")] if url.endswith("/v1") else url  # vLLM serves /tokenize beside /v1
+            return await replica.client.post(
+                f"{root}/tokenize",
+                body={"model": m.config.served_name, "messages": msgs, "add_generation_prompt": True},
+                cast_to=object,
+            )
+
+        try:
+            answer = await self._retrying(m, usage, send)
+        except openai.NotFoundError:
+            return None
+        except openai.APIStatusError as e:
+            if e.status_code == 405:
+                return None
+            raise
+        finally:
+            if usage.retries or usage.failures:
+                self.usage[("preflight", model)].add(usage)
+        if not isinstance(answer, dict) or not isinstance(answer.get("count"), int):
+            return None
+        limit = answer.get("max_model_len")
+        if isinstance(limit, int):
+            self._listed_max_model_len[model] = limit
+        return Tokenized(answer["count"], limit if isinstance(limit, int) else None)
+
+    async def probe(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        constraint: Constraint | None = None,
+        top_logprobs: int | None = None,
+    ) -> Completion:
+        """One short request as a run would send it (system role adapted, the constraint and the
+        logprobs it asks for), never degraded: what the server does with it is the answer. Counted
+        under role ``preflight``; answers are cached like any other (a resumed run does not pay for
+        its pre-flight twice), errors are not."""
+        m = self._resolve(model)
+        msgs = self.adapted(model, messages)
+        usage = self.usage[("preflight", model)]
+        gen = self._configs[model].generation
+        body: dict[str, Any] = {"temperature": 0.0, "max_tokens": max_tokens, "seed": gen.seed}
+        key = cache_key(
+            model=model,
+            served=m.config.served_name,
+            messages=msgs,
+            params={**body, "preflight": True},
+            constraint=constraint.key() if constraint else None,
+            sample=0,
+            **({} if top_logprobs is None else {"top_logprobs": top_logprobs}),
+        )
+        hit = self._cached(model, key, usage)
+        if hit is not None:
+            return hit
+        if top_logprobs is not None:
+            body |= {"logprobs": True, "top_logprobs": top_logprobs}
+        extra = constraint.request_fields() if constraint else {}
+
+        async def send(replica: _Replica) -> ChatCompletion:
+            return await replica.client.chat.completions.create(
+                model=m.config.served_name,
+                messages=msgs,  # type: ignore[arg-type]
+                extra_body=extra or None,
+                **body,
+            )
+
+        def not_transport(e: Exception) -> bool:
+            if extra and grammar_failure(e):
+                raise e  # the constraint's fault: said at once, not retried as a transport fault
+            return False
+
+        completion: Completion = await self._retrying(
+            m,
+            usage,
+            send,
+            degrade=not_transport,
+            accept=lambda resp, latency: self._accept(
+                m, key, usage, resp, latency, top_logprobs is not None, _chars(msgs)
+            ),
+        )
+        return completion
 
     def _backoff(self, attempt: int, error: Exception) -> float:
         retry_after = _retry_after(error)
@@ -665,7 +889,7 @@ def _first_bad(text: str) -> int:
     return next((i for i, ch in enumerate(text, 1) if "\ud800" <= ch <= "\udfff"), 0)
 
 
-def _check_encodable(msgs: list[dict], model: str) -> None:
+def _check_encodable(msgs: Sequence[Message], model: str) -> None:
     for i, msg in enumerate(msgs):
         if not _encodable(msg["content"]):
             raise UnencodableText(
@@ -718,7 +942,7 @@ class _Garbage(Exception):
     """A 200 answer without usable content: retried like a transient fault (messages say so in words)."""
 
 
-def _chars(msgs: list[dict]) -> int:
+def _chars(msgs: Sequence[Mapping[str, Any]]) -> int:
     return sum(len(x["content"]) for x in msgs)
 
 
@@ -777,7 +1001,7 @@ def describe(e: BaseException | None, config: ModelConfig | None = None) -> str:
     return secrets.scrub(f"{type(e).__name__}: {text}" if text else type(e).__name__)
 
 
-def _grammar_failure(e: Exception) -> bool:
+def grammar_failure(e: Exception) -> bool:
     """A constrained request the server failed to compile or apply (500 or 400 naming the grammar)."""
     return (
         isinstance(e, openai.APIStatusError) and e.status_code in (400, 500) and bool(_GRAMMAR.search(server_text(e)))

@@ -29,6 +29,7 @@ from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_pr
 from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summary, save_datasets
 from mapo.generation.feedback import FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
+from mapo.judging.base import Probe
 from mapo.judging.judge import Judge
 from mapo.llm.client import LLMClient
 from mapo.metrics.dataset_quality import dataset_quality_of_run, quality_markdown
@@ -124,6 +125,19 @@ class Build(RunCommand):
         return [
             p.id for p in iter_prompts(self.cfg.prompts) if stored.get(p.id, _text_sha(p.prompt)) != _text_sha(p.prompt)
         ]
+
+    def probes(self) -> list[Probe]:
+        """The feedback loop's roles and the judge on the first prompt (the judge is shown two
+        generated responses, each at most the generator's max_tokens)."""
+        first = next(iter(iter_prompts(self.cfg.prompts, SourceStats())), None)
+        if first is None:
+            return []
+        gen = self.cfg.roles.generator
+        response = (
+            f"a response of {gen} (<= {self.loop.client.max_tokens(gen)} max_tokens)",
+            self.loop.client.max_tokens(gen),
+        )
+        return [*self.loop.probes(first.prompt), *self.judge.probes(first.prompt, "", "", [response, response])]
 
     def resume(self) -> None:
         cfg, roles, stores = self.cfg, self.cfg.roles, self.run.stores

@@ -69,7 +69,7 @@ from typing import Any
 from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
-from mapo.judging.base import Evaluator, Judgement, RecordContext
+from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.debate import Debate
 from mapo.judging.judge import Judge, judge_setup
 from mapo.judging.jury import Jury
@@ -287,6 +287,11 @@ class Evaluate(RunCommand):
 
     def total(self) -> int:
         return len(self.units)
+
+    def probes(self) -> list[Probe]:
+        """The evaluator's requests on the first item (its real question and responses)."""
+        item = self.items_[0]
+        return self.ev.probes(item["question"], item["response_a"], item["response_b"])
 
     def _done_key(self, item: HumanRow, order: str) -> str:
         return "|".join(

@@ -14,7 +14,10 @@ else, in this order, the same for every command:
    change outputs (concurrency, progress, ``prompts.limit``, ...) are not part of it;
 4. the lock, the record stores (each record stamped with the fingerprint, ``config_fingerprint``,
    except derived dataset rows), ``config.yaml`` and ``fingerprint.json``;
-5. the endpoint check (a dead endpoint stops the run before any work); what an earlier complete
+5. the endpoint check (a dead endpoint stops the run before any work), then the pre-flight
+   (``client.preflight``; :mod:`mapo.runs.preflight`): every role's requests (``probes()``) rendered
+   through its server; a finding without a safe fallback stops the run before any item, the
+   fallbacks applied are recorded in ``manifest.preflight``; what an earlier complete
    run published (``published``) is withdrawn, since this run's records are about to change what
    it was built from; ``resume()``, then the bounded lazy pool over ``items()`` running ``work(item)``;
 6. ``manifest.json`` names how the run ended: ``complete``; ``stopped`` with a ``reason``
@@ -55,6 +58,7 @@ from omegaconf import OmegaConf
 from mapo.core.config import ConfigError, RunConfig, cache_dir
 from mapo.core.prompts import prompts_root
 from mapo.core.secrets import scrub, scrub_value
+from mapo.judging.base import Probe
 from mapo.llm.cache import ResponseCache
 from mapo.llm.client import (
     BudgetExceeded,
@@ -65,6 +69,7 @@ from mapo.llm.client import (
     describe,
     server_text,
 )
+from mapo.runs.preflight import PreflightFailed, preflight
 from mapo.runs.progress import Progress
 from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
 from mapo.serving.cpu import cpu_info
@@ -377,6 +382,8 @@ class Run:
     stores: dict[str, RecordStore]
     progress: Progress
     fingerprint: Fingerprint
+    preflight: dict[str, Any] | None = None
+    """What the pre-flight measured and found per model (``manifest.preflight``); None = not run."""
 
     def saved(self) -> str:
         """What the folder holds, for messages: ``3 generations, 3 selections, ...``."""
@@ -424,6 +431,11 @@ class RunCommand(ABC):
         """Ids of items whose records in ``run_dir`` were made from other input text under the same
         id (an edited prompt): the run is refused naming them, or goes to a new folder with
         ``on_config_change=new_run``. Checked before any file is written or any model called."""
+        return []
+
+    def probes(self) -> list[Probe]:
+        """Each role's requests, with the first item's text, for the pre-flight (after ``setup``;
+        :mod:`mapo.runs.preflight`). None given = nothing pre-flighted."""
         return []
 
     def resume(self) -> None:  # noqa: B027 - optional hook
@@ -513,6 +525,12 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
                     await run.client.check(command.models())
                 except EndpointUnavailable as e:
                     raise RunStopped(f"run stopped before any work: {e}") from e
+            if cfg.client.preflight:
+                try:
+                    run.preflight = (await preflight(run.client, command.probes())).to_manifest()
+                except PreflightFailed as e:
+                    run.preflight = e.report.to_manifest()
+                    raise RunStopped(f"run stopped before any item: {e}") from e
             _withdraw(run.dir, command.published)
             command.resume()
             await run_pool(command.items(), command.work, items_in_flight(cfg, command.models()))
@@ -528,6 +546,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
             "command": command.name,
             "status": ending.status,
             **ending.detail,
+            **({"preflight": run.preflight} if run.preflight is not None else {}),
             "output_dir": str(run.dir),
             "config_fingerprint": run.fingerprint.id,
             **fields,

@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.config import ConfigError, RunConfig, WinrateConfiguration, validate
+from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FeedbackLoop
+from mapo.judging.base import Probe
 from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient
@@ -466,6 +468,27 @@ class Winrate(RunCommand):
 
     def total(self) -> int | None:
         return self.n_prompts
+
+    def probes(self) -> list[Probe]:
+        """Each configuration's generator (and feedback loop), each baseline, and the judge on the
+        first prompt (shown a configuration's final response and a baseline's, each at most its
+        model's max_tokens)."""
+        first = next(iter(iter_prompts(self.cfg.prompts, SourceStats())), None)
+        if first is None:
+            return []
+        question: list[Message] = [{"role": "user", "content": first.prompt}]
+        out: list[Probe] = []
+        for c in self.configs:
+            loop = self.loops[c.name]
+            out += loop.probes(first.prompt) if loop is not None else [Probe("generator", c.generator, question)]
+        out += [Probe("baseline", b, question) for b in self.baselines]
+
+        def longest(models: Sequence[str]) -> tuple[str, int]:
+            most = max(models, key=self.client.max_tokens)
+            return f"a response of {most} (<= {self.client.max_tokens(most)} max_tokens)", self.client.max_tokens(most)
+
+        produced = [longest([c.generator for c in self.configs]), longest(self.baselines)] if self.baselines else []
+        return out + self.judge.probes(first.prompt, "", "", produced)
 
     def resume(self) -> None:
         stores = self.run.stores

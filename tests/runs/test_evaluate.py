@@ -118,9 +118,11 @@ def test_judge_run_writes_records_agreement_and_manifest_and_resumes(fake_server
     assert len(main["confusion"]) == 3
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["items"]["total"] == 6
-    assert {u["role"] for u in manifest["usage"]} == {"judge"}
+    # the judge's requests, and the pre-flight's one constrained probe (mapo.runs.preflight)
+    assert {u["role"] for u in manifest["usage"]} == {"judge", "preflight"}
+    assert [u["requests"] for u in manifest["usage"] if u["role"] == "preflight"] == [1]
     sent = fake_server.n
-    assert sent == 6
+    assert sent == 6 + 1  # and the pre-flight probe
 
     ok(mapo(fake_server, tmp_path, "roles.judge=smollm2-135m", "judge=combined10"))
     assert fake_server.n == sent, "a resumed run sends no request"
@@ -179,7 +181,7 @@ def test_debate_run(fake_server, tmp_path):
     )
     recs = records(tmp_path / "run")
     assert len(recs) == 2 and all(r["kind"] == "debate" for r in recs)
-    assert fake_server.n == 2 * (3 + 3)  # 3 turns + 3 finals per item
+    assert fake_server.n == 2 * (3 + 3) + 1  # 3 turns + 3 finals per item, the pre-flight's constrained probe
     d = recs[0]["detail"]
     assert [u["role"] for u in d["utterances"]] == ["general_public", "psychologist", "critic"]
     assert len(d["finals"]) == 3 and recs[0]["label"] in ("model_a", "model_b", "tie")
