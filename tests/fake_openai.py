@@ -49,6 +49,8 @@ Faults = Callable[[int, dict], "str | tuple[int, dict | str] | None"]
 def default_responder(request: dict) -> str:
     """Deterministic text keyed on the conversation, shaped like what each role expects."""
     system = next((m["content"] for m in request["messages"] if m["role"] == "system"), "")
+    if not system and len(request["messages"]) > 1:  # a system message merged into the first turn
+        system = request["messages"][0]["content"]
     digest = int(hashlib.sha256(json.dumps(request["messages"]).encode()).hexdigest(), 16)
     if "Score Assistant A" in system:
         return f"### Evaluation Evidence:\nfine.\n\n### Score Assistant A:\n{digest % 10}/10\n\n### Score Assistant B:\n{(digest // 10) % 10}/10"
@@ -109,6 +111,8 @@ class FakeServer:
     max_model_len: int | None = None
     reject_system: bool = False
     grammar_timeout: bool = False
+    constrained: int = 0
+    """Chat requests that carried a structured-output constraint."""
 
     @property
     def base_url(self) -> str:
@@ -125,6 +129,7 @@ class FakeServer:
             self.held += 1
             await self._released.wait()
             return web.json_response({"error": {"message": "held request released"}}, status=503)
+        self.constrained += bool(body.get("structured_outputs"))
         if self.reject_system and _has_system(body):
             return _system_role_rejected()
         if self.grammar_timeout and body.get("structured_outputs"):

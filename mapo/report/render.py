@@ -104,7 +104,9 @@ def build_document(run: Run, n_examples: int = 3) -> Document:
     else:
         title = f"mapo run ({kind})"
         body = []
-    sections = [common.overview(run), common.models(run), *body, common.costs(run), common.config(run)]
+    checked = common.preflight(run)
+    sections = [common.overview(run), common.models(run), *([checked] if checked else []), *body]
+    sections += [common.costs(run), common.config(run)]
     return Document(title, f"{run.dir} · status {m.get('status', '?')}", sections)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "iteration_scores",
     "models",
     "overview",
+    "preflight",
     "reason",
     "trajectory_section",
     "versus_section",
@@ -104,6 +105,37 @@ def models(run: Run) -> Section:
         else [Text("The manifest names no roles.", note=True)]
     )
     return Section("Models per role", blocks)
+
+
+def preflight(run: Run) -> Section | None:
+    """What the pre-flight found per model and role (``manifest.preflight``, mapo.runs.preflight):
+    each finding, and the fallback the run used (or that it stopped); None when it did not run."""
+    pf = run.manifest.get("preflight")
+    if not isinstance(pf, Mapping):
+        return None
+    rows: list[list[Any]] = []
+    for model, info in pf.items():
+        for f in info.get("findings") or []:
+            rows.append(
+                [model, f.get("role"), f.get("kind"), f.get("cause"), f.get("fallback") or "none: the run stopped"]
+            )
+    sizes = [
+        [model, role, r.get("first_tokens"), r.get("turn", "–"), r.get("estimate"), info.get("max_model_len") or "–"]
+        for model, info in pf.items()
+        for role, r in (info.get("requests") or {}).items()
+    ]
+    blocks: list[Block] = [
+        Table(["model", "role", "finding", "cause", "fallback"], rows)
+        if rows
+        else Text("Every role's requests rendered and fit; nothing to fall back on.", note=True)
+    ]
+    if sizes:
+        blocks.append(
+            Table(
+                ["model", "role", "first request (tokens)", "longest request", "tokens at most", "max_model_len"], sizes
+            )
+        )
+    return Section("Pre-flight", blocks)
 
 
 _USAGE_SUMS = ("requests", "cached", "retries", "failures", "prompt_tokens", "completion_tokens", "latency_s")
