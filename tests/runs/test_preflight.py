@@ -254,3 +254,24 @@ async def test_the_report_shows_the_findings_and_the_fallback(tmp_path):
     paths = write_report(tmp_path / "run", tmp_path / "report")
     md = paths["md"].read_text()
     assert "## Pre-flight" in md and "system_role" in md and "merged into the first user turn" in md
+
+
+@pytest.mark.parametrize(
+    ("strategy", "prompt_set", "scale"),
+    [("prometheus_absolute", "prometheus", 5), ("skywork_critic", "skywork_critic", 10), ("independent", "paper", 10)]
+    + [("direct", "paper", 10)],
+)
+def test_every_judge_strategy_has_probes_with_its_own_prompts(fake_server, strategy, prompt_set, scale):
+    from mapo.judging.judge import Judge
+    from mapo.llm.client import LLMClient
+
+    client = LLMClient({"j": fake_model(fake_server)})
+    judge = Judge(client, "j", JudgeConfig(strategy=strategy, prompt_set=prompt_set, scale=scale))
+    (probe,) = judge.probes("Why is the sky blue?", "", "", [("response a", 50), ("response b", 70)])
+    assert probe.role == "judge" and probe.model == "j"
+    assert "Why is the sky blue?" in probe.messages[-1]["content"]
+    # a pointwise strategy shows one response per conversation (the longer bounds it), a pairwise one both
+    pointwise = strategy in ("prometheus_absolute", "independent")
+    shown = sum(t for what, t in probe.produced if what.startswith("response"))
+    assert shown == (70 if pointwise else 120)
+    assert probe.longest is not None and len(probe.longest) == len(probe.messages) + 2  # one re-ask
