@@ -223,3 +223,15 @@ def test_an_uncached_hf_model_on_an_offline_node_fails_at_once(tmp_path, monkeyp
         weights.WeightsError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set.*serve prepare"
     ):
         weights.prepare("llama31-8b", LLAMA_8B)
+
+
+def test_up_downloads_an_uncached_hf_model_before_the_readiness_wait_starts(tmp_path, monkeypatch):
+    calls: list[tuple] = []
+    monkeypatch.setattr(launch.weights, "hf_cached", lambda repo: None)
+    monkeypatch.setattr(launch.weights, "prepare", lambda name, source: calls.append(("download", name, source)))
+    monkeypatch.setattr(
+        launch, "start_servers", lambda specs, **kw: calls.append(("start", [s.name for s in specs], kw["timeout"]))
+    )
+    launch.up(["llama31-8b", "smollm2-135m"], registry=tmp_path / "endpoints.json", timeout=1234)
+    assert calls[0] == ("download", "llama31-8b", LLAMA_8B)
+    assert calls[-1] == ("start", ["llama31-8b", "smollm2-135m"], 1234)  # the wait starts after the download
