@@ -246,6 +246,18 @@ def synthetic_evaluate_run(root: Path, n: int = 100_000, seed: int = 0) -> Path:
                     "human": human,
                     "raw": [f"### Score Assistant A:\n{rng.randrange(11)}/10 (item {i} {order})"],
                 }
+                # as judge.scoring=expected keeps it: the distribution at the score the judge wrote
+                top = {str(v): -rng.random() * 4 for v in rng.sample(range(11), 3)}
+                rec["detail"] = {
+                    "attempts": [
+                        {
+                            "order": order,
+                            "raw": rec["raw"],
+                            "verdict": {"pick": pick, "score_a": None, "score_b": None, "failure": rec["failure"]},
+                            "logprobs": [{"value": "score_a", "prefix": "", "token": next(iter(top)), "top": top}],
+                        }
+                    ]
+                }
                 fh.write(json.dumps(rec) + "\n")
     return run
 
@@ -286,6 +298,8 @@ async def _big(url: str, tmp_path: Path) -> dict:
         item = await open_row(b, 3)
         f = await facts(b)
         assert f"(item {item[1:]} AB)" in f["text"] and f"(item {item[1:]} BA)" in f["text"], "its raw judge texts"
+        assert "top alternatives (probability)" in f["text"], "the logprob distribution behind the score"
+        assert await b.eval("document.querySelectorAll('#item table.kv tr').length") >= 4
         await b.screenshot(ARTIFACTS / "view_100k.png")
         assert b.errors() == [], b.errors()
         return {"open_s": round(open_s, 2), "filter_s": round(filter_ms / 1000, 3), "rows_after_filter": active}

@@ -200,7 +200,9 @@ function logprobTable(dists) {
 
 function attempts(list) {
   if (!Array.isArray(list) || !list.length) return null;
-  return el("details", { class: "attempts" }, el("summary", {}, `attempts (${list.length}): per order, parsed verdict, logprobs`),
+  // open when logprobs decided the verdict (judge.scoring=expected): the distribution is the reason
+  const open = list.some((a) => Array.isArray(a.logprobs) && a.logprobs.length);
+  return el("details", { class: "attempts", open }, el("summary", {}, `attempts (${list.length}): per order, parsed verdict, logprobs`),
     ...list.map((a, i) => {
       const v = a.verdict || {};
       return el("div", { class: "rec" },
