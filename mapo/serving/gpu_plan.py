@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,14 +276,20 @@ def detect_gpu_info(ids: list[str] | None = None) -> GpuInfo | None:
     query = ["nvidia-smi", "--query-gpu=index,name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
     try:
         out = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = []
+    except (OSError, subprocess.SubprocessError):  # drivers before 510 know no compute_cap field
+        out = _torch_gpu_rows(ids)
+    every, rows = [], []
     for line in out.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 4 and (ids is None or parts[0] in ids):
+        if len(parts) == 4:
             with contextlib.suppress(ValueError):
-                rows.append((parts[1], float(parts[2]) / 1024, float(parts[3])))
+                row = (parts[1], float(parts[2]) / 1024, float(parts[3]))
+                every.append(row)
+                if ids is None or parts[0] in ids:
+                    rows.append(row)
+    # CUDA_VISIBLE_DEVICES may number a job's GPUs differently from nvidia-smi (device cgroups): then the
+    # node's GPUs stand in for them (a node's GPUs are alike as a rule; the smallest counts).
+    rows = rows or every
     if not rows:
         return None
     return GpuInfo(
@@ -291,6 +298,28 @@ def detect_gpu_info(ids: list[str] | None = None) -> GpuInfo | None:
         capability=min(r[2] for r in rows),
         name=rows[0][0],
     )
+
+
+def _torch_gpu_rows(ids: list[str] | None) -> str:
+    """nvidia-smi's rows from torch, in a child process: CUDA initialised here would hold GPU memory
+    in the launcher for as long as vLLM runs."""
+    code = (
+        "import torch\n"
+        "for i in range(torch.cuda.device_count()):\n"
+        "    p = torch.cuda.get_device_properties(i)\n"
+        "    print(f'{i}, {p.name}, {p.total_memory / 2**20:.0f}, {p.major}.{p.minor}')"
+    )
+    env = dict(os.environ)
+    if ids is not None:  # the child numbers the visible devices from 0: keep the ids by renumbering back
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if ids is None:
+        return out
+    lines = out.splitlines()
+    return "\n".join(f"{ids[i]},{line.split(',', 1)[1]}" for i, line in enumerate(lines) if i < len(ids))
 
 
 # ---------------------------------------------------------------------------------------------

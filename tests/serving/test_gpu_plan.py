@@ -4,6 +4,7 @@ with the published config.json values of the paper's models (shipped in mapo/ser
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -235,3 +236,27 @@ def test_up_downloads_an_uncached_hf_model_before_the_readiness_wait_starts(tmp_
     launch.up(["llama31-8b", "smollm2-135m"], registry=tmp_path / "endpoints.json", timeout=1234)
     assert calls[0] == ("download", "llama31-8b", LLAMA_8B)
     assert calls[-1] == ("start", ["llama31-8b", "smollm2-135m"], 1234)  # the wait starts after the download
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# nvidia-smi of a node with four A100-SXM4-40GB
+case "$*" in
+  -L) for i in 0 1 2 3; do echo "GPU $i: NVIDIA A100-SXM4-40GB (UUID: GPU-$i)"; done ;;
+  *query-gpu=index,name,memory.total,compute_cap*) for i in 0 1 2 3; do echo "$i, NVIDIA A100-SXM4-40GB, 40960, 8.0"; done ;;
+  *) exit 9 ;;
+esac
+"""
+
+
+def test_serve_up_on_a_node_whose_nvidia_smi_shows_four_40gb_gpus(tmp_path, monkeypatch, capsys):
+    """The GPU path end to end up to the vLLM command: nvidia-smi's answer -> GPUs, dtype, memory plan."""
+    (tmp_path / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_plan.detect_gpu_info(["2", "3"]) == GpuInfo(2, 40.0, 8.0, "NVIDIA A100-SXM4-40GB")
+    assert serve_cli.main(["up", "--model", "llama31-70b", "--dry-run"]) == 1  # the config's TP 4: refused
+    assert serve_cli.main(["up", "--model", "llama31-8b", "--model", "gemma-2-27b", "--dry-run"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("CUDA_VISIBLE_DEVICES=0 ") and "--tensor-parallel-size 1 --dtype bfloat16" in first
+    assert second.startswith("CUDA_VISIBLE_DEVICES=1,2 ") and "--tensor-parallel-size 2 --dtype bfloat16" in second
