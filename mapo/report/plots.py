@@ -282,11 +282,25 @@ def winrate_bars(
             ax.text(
                 1.5, y, f"{w:.1f}% (n={cell.get('n', 0)})", va="center", fontsize=8, color="white", fontweight="bold"
             )
+        # the win rate's 95% interval at the end of the win segment; the length-controlled win rate (diamond)
+        for y, w, (_, _, cell) in zip(ys, wins, pairs, strict=True):
+            lo, hi = cell.get("win_rate_ci") or (None, None)
+            if lo is not None and hi is not None:
+                ax.errorbar([w], [y], xerr=[[w - 100 * lo], [100 * hi - w]], fmt="none", color="black", capsize=3)
+            lc = cell.get("lc_win_rate")
+            if lc is not None:
+                llo, lhi = cell.get("lc_win_rate_ci") or (None, None)
+                err = [[100 * (lc - llo)], [100 * (lhi - lc)]] if llo is not None and lhi is not None else None
+                ax.errorbar([100 * lc], [y + 0.25], xerr=err, fmt="D", mfc="white", color="#333333", ms=4, capsize=2)
         ax.axvline(50, color="black", lw=0.8, ls="--")
         ax.set_yticks(ys, labels)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
-        ax.set_xlabel("% of judged comparisons (configuration shown as A)")
+        has_lc = any(cell.get("lc_win_rate") is not None for _, _, cell in pairs)
+        ax.set_xlabel(
+            "% of judged comparisons (configuration shown as A); whisker: 95% interval of the win rate"
+            + ("; diamond: length-controlled win rate" if has_lc else "")
+        )
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
     return _png(fig)

@@ -316,11 +316,16 @@ def _plot(
         color = colors[j % len(colors)]
         ax.bar(xs, wins, width, color=color, label=f"vs {b}")
         ax.bar(xs, half, width, bottom=wins, color=color, alpha=0.35, hatch="//")
+        for x, c in zip(xs, rows, strict=True):  # the win rate's 95% interval
+            lo, hi = (cells.get(c, {}).get(b) or {}).get("win_rate_ci") or (None, None)
+            w = 100 * ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0)
+            if lo is not None and hi is not None:
+                ax.errorbar([x], [w], yerr=[[w - 100 * lo], [100 * hi - w]], fmt="none", color="black", capsize=3)
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
     ax.set_ylabel("win rate (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title + "\nsolid: wins / judged; hatched: + ties as half-wins", fontsize=9)
+    ax.set_title(title + "\nsolid: wins / judged (whisker: 95% interval); hatched: + ties as half-wins", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
