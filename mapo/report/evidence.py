@@ -53,6 +53,8 @@ class Evidence:
     notes: list[str] = field(default_factory=list)
     families: dict[str, str] = field(default_factory=dict)
     """Model name -> family, from configuration only (:func:`families_of`)."""
+    annotators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Item id -> {annotator: label}, for label files with several annotators."""
 
 
 def settings_of(tables: Mapping[str, Any] | None) -> Bootstrap:
@@ -210,6 +212,7 @@ def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
         )
         return
     human = {r["id"]: r["human"] for r in rows}
+    ev.annotators = {r["id"]: dict(r["annotators"]) for r in rows if "annotators" in r}
     recorded = str(tables.get("labels_from", "")).startswith("recorded")
     try:
         for strategy in tables.get("strategies") or []:

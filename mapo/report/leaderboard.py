@@ -170,7 +170,7 @@ def _rereference(run: Run, tables: dict[str, Any], reference: str, notes: list[s
     per-item verdicts; unchanged (with a note) when they cannot be read or name no such evaluator."""
     if (tables.get("uncertainty") or {}).get("reference") == reference:
         return tables
-    from mapo.metrics.tables import add_uncertainty, build_tables
+    from mapo.metrics.tables import ANNOTATORS_KEY, add_uncertainty, build_tables
 
     where = str(run.agreement_file or run.dir)
     ev = evidence(run, tables)
@@ -181,10 +181,42 @@ def _rereference(run: Run, tables: dict[str, Any], reference: str, notes: list[s
         notes.append(f"{where}: has no evaluator {reference!r}; its verdicts stay against its own reference")
         return tables
     u = tables.get("uncertainty") or {}
-    new, humans = build_tables(ev.records, order_combine=str(tables.get("order_combine", "inconsistent_tie")))
+    combine = str(tables.get("order_combine", "inconsistent_tie"))
+    new, humans = build_tables(ev.records, order_combine=combine)
+    if ev.annotators and ANNOTATORS_KEY not in new:  # label files with several annotators: the ceiling again
+        new[ANNOTATORS_KEY] = {i: a for i, a in ev.annotators.items() if i in humans}
+    if tables.get("jury_subsets") and not new.get("jury_subsets"):
+        # juries formed across single judges (mapo agreement --jury-subsets): formed again from the same labels
+        blocks = [_judges_block(ev.records, humans, b, combine) for b in tables["jury_subsets"]]
+        if any(blocks):
+            new["jury_subsets"] = [b for b in blocks if b]
     add_uncertainty(new, humans, settings=settings_of(tables), margin=float(u.get("margin", 0.05)), reference=reference)
-    keep = {k: v for k, v in tables.items() if k not in ("results", "jury_subsets", "uncertainty")}
+    keep = {k: v for k, v in tables.items() if k not in ("results", "jury_subsets", "uncertainty", "human_agreement")}
     return {**keep, **new}
+
+
+def _judges_block(
+    records: Sequence[Mapping[str, Any]], humans: Mapping[str, Any], block: Mapping[str, Any], combine: str
+) -> dict[str, Any] | None:
+    """A ``jury_subsets`` block formed again from the single judges' records it was formed from."""
+    from mapo.metrics.tables import combine_orders, jury_subset_block
+
+    members = {m for s in block.get("subsets") or [] for m in s.get("members") or []}
+    by_judge: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("kind") == "judge" and r.get("judge") in members and r.get("setup") == block.get("setup"):
+            by_judge[str(r["judge"])][str(r["item_id"])].append(r)
+    labels = {j: {i: combine_orders(rs, combine)[0] for i, rs in items.items()} for j, items in by_judge.items()}
+    sizes = sorted({len(s.get("members") or []) for s in block.get("subsets") or []})
+    return jury_subset_block(
+        labels,
+        humans,
+        jury=str(block.get("jury")),
+        setup=str(block.get("setup")),
+        rule=str(block.get("rule", "mode")),
+        tie_break=str(block.get("tie_break", "tie")),
+        sizes=sizes,
+    )
 
 
 def collect(

@@ -151,3 +151,22 @@ def test_evaluate_on_a_three_annotator_file_reports_the_ceiling(server, tmp_path
     assert leaderboard.main([str(run), "--out", str(lb)]) == 0
     long = {r["judge"]: r for r in csv.DictReader((lb / "leaderboard.csv").read_text().splitlines())}
     assert _f(long["humans (ceiling)"]["loo_kappa"]) == round(h["ceiling"]["kappa"], 6)
+
+
+def test_leaderboard_reference_keeps_the_selected_jury_and_the_ceiling(tmp_path):
+    """--reference recomputes every verdict from the per-item labels: the selected jury and the human
+    ceiling are formed again, not lost."""
+    root = _authors(tmp_path / "authors")
+    out = tmp_path / "agreement.json"
+    argv = ["--authors", str(root), "--humans", str(THREE), "--humans-columns", COLUMNS, "--humans-labels", LABELS]
+    assert agreement_main([*argv, "--jury-subsets", "--n-resamples", "500", "--out", str(out)]) == 0
+    t = json.loads(out.read_text())
+    lb = tmp_path / "lb"
+    assert leaderboard.main([str(out), "--out", str(lb), "--reference", "gemma-2-9b"]) == 0
+    long = {r["judge"]: r for r in csv.DictReader((lb / "leaderboard.csv").read_text().splitlines())}
+    assert long["gemma-2-9b"]["verdict"] == "reference"
+    best = t["jury_subsets"][0]["subsets"][0]
+    r = long[" + ".join(best["members"])]
+    assert r["selected"] == "True" and _f(r["kappa"]) == round(best["kappa"], 6) and r["reference"] == "gemma-2-9b"
+    assert _f(long["humans (ceiling)"]["loo_kappa"]) == round(t["human_agreement"]["ceiling"]["kappa"], 6)
+    assert all(long[e["judge"]]["loo_kappa"] for e in t["results"])

@@ -233,8 +233,11 @@ def test_report_and_leaderboard_of_the_authors_agreement_output(tmp_path):
     lb2 = tmp_path / "lb2"
     assert leaderboard.main([str(out), "--out", str(lb2), "--reference", "gpt-4o"]) == 0
     out2 = tmp_path / "agr_vs_gpt4o"
-    assert agreement_main([*args, *FAST, "--reference", "gpt-4o", "--out", str(out2)]) == 0
-    expected = {e["judge"]: e for e in json.loads(out2.read_text())["results"]}
+    assert agreement_main([*args, *FAST, "--jury-subsets", "--reference", "gpt-4o", "--out", str(out2)]) == 0
+    again = json.loads(out2.read_text())
+    expected = {e["judge"]: e for e in again["results"]}
+    best = again["jury_subsets"][0]["subsets"][0]  # the selected jury, formed again from the re-read labels
+    expected[" + ".join(best["members"])] = best
     rows2 = {r["judge"]: r for r in csv.DictReader((lb2 / "leaderboard.csv").read_text().splitlines())}
     assert rows2["gpt-4o"]["verdict"] == "reference"
     for judge, r in rows2.items():
