@@ -7,7 +7,9 @@ separate servers, one registry entry each.
 
 Every server runs in its own process group (so ``down`` can kill vLLM's engine children too),
 logs to ``<cache>/logs/<name>-<port>.log`` and gets a fresh API key in a 0600 file, handed to
-vLLM through ``VLLM_API_KEY`` so that it never appears in ``ps``.
+vLLM through ``VLLM_API_KEY`` so that it never appears in ``ps``. vLLM itself checks that key only
+under ``/v1`` and a few other prefixes; every server also loads :mod:`mapo.serving.auth`, which
+asks for it on every route but ``GET /health``.
 """
 
 from __future__ import annotations
@@ -472,6 +474,10 @@ def _pick_ports(host: str, port: int, count: int) -> list[int]:
             sock.close()
 
 
+AUTH_MIDDLEWARE = ["--middleware", "mapo.serving.auth.KeyOnEveryRoute"]
+"""Added to every server's command line: the job's key on every route (mapo/serving/auth.py)."""
+
+
 def vllm_argv(spec: ServeSpec, model: str, host: str, port: int, args_extra: list[str]) -> list[str]:
     """The vLLM command line of one server (its API key travels in the environment, never here)."""
     argv = [
@@ -486,6 +492,7 @@ def vllm_argv(spec: ServeSpec, model: str, host: str, port: int, args_extra: lis
         host,
         "--port",
         str(port),
+        *AUTH_MIDDLEWARE,
         *args_extra,
     ]
     if spec.max_model_len:

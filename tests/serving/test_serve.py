@@ -212,6 +212,68 @@ def test_chat_completion_needs_the_key(smollm2):
         assert err.value.status_code == 401
 
 
+# Routes vLLM 0.32 serves outside /v1 (its own key check covers only /v1, /v2, /inference, /cohere):
+# a completion, tokenizer and metrics, and the control routes of builds that enable them.
+UNGUARDED_BY_VLLM = [
+    ("POST", "/invocations", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    ("POST", "/tokenize", {"prompt": "hi"}),
+    ("POST", "/detokenize", {"tokens": [1, 2]}),
+    ("GET", "/metrics", None),
+    ("POST", "/pause", {}),
+    ("POST", "/abort_requests", {}),
+    ("POST", "/reset_prefix_cache", {}),
+    ("POST", "/collective_rpc", {"method": "x"}),
+    ("GET", "/version", None),
+    ("GET", "/load", None),
+    ("GET", "/server_info", None),
+    ("GET", "/v1/models", None),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+]
+
+_PROBE = """
+import json, sys, urllib.request, urllib.error
+root, key, routes = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {}
+for method, path, body in routes:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = "Bearer " + key
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(root + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            out[method + " " + path] = r.status
+    except urllib.error.HTTPError as e:
+        out[method + " " + path] = e.code
+print(json.dumps(out))
+"""
+
+
+def _probe(root: str, key: str, routes: list) -> dict[str, int]:
+    """Status codes of ``routes`` asked from another process (as another cluster user would)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, root, key, json.dumps(routes)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.vllm
+def test_no_route_answers_without_the_key(smollm2):
+    """vLLM's key covers /v1 only; mapo's middleware (mapo/serving/auth.py) covers every route."""
+    _, ep = smollm2
+    root = ep.base_url.removesuffix("/v1")
+    for key in ("", "not-the-key"):
+        codes = _probe(root, key, UNGUARDED_BY_VLLM)
+        assert codes == {f"{m} {p}": 401 for m, p, _ in UNGUARDED_BY_VLLM}, codes
+    assert _probe(root, "", [("GET", "/health", None)]) == {"GET /health": 200}
+    # with the key, the same routes reach vLLM again (mapo's client and benches use some of them)
+    codes = _probe(
+        root, ep.api_key(), [r for r in UNGUARDED_BY_VLLM if r[1] in ("/tokenize", "/metrics", "/v1/models")]
+    )
+    assert set(codes.values()) == {200}, codes
+
+
 @pytest.mark.vllm
 def test_structured_outputs_regex_and_choice(smollm2):
     import openai
