@@ -126,6 +126,15 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
             sys.exit(1)
         if isinstance(result, dict):
             log.info("done: %s", {k: result[k] for k in ("output_dir", "items", "rows", "timings_s") if k in result})
+            failed = (result.get("items") or {}).get("failed") if isinstance(result.get("items"), dict) else None
+            if failed:  # the last line says so: complete, but not every item made it
+                log.warning(
+                    "mapo %s: complete with %d failed item(s); their reasons are in the records of %s; "
+                    "rerun the same command to do them again (client.max_failure_rate=F makes too many a stop)",
+                    command,
+                    failed,
+                    result.get("output_dir"),
+                )
         return result
 
     task.__name__ = command

@@ -602,11 +602,20 @@ class ClientConfig:
     """auto (bar on a terminal, one-line summaries otherwise) | bar | log | off."""
     budget_usd: float | None = None
     """Stop the run (everything so far saved) before a request could take the priced cost past this; None = no limit."""
+    stop_after_failures: int | None = 5
+    """K: the run stops (``stopped``, exit 2, the cause named) when its first K items, or K items in a row, fail
+    with the same cause, or when every item it did failed; None = never."""
+    max_failure_rate: float | None = None
+    """A run that finishes with more than this fraction of its items failed ends ``stopped`` (exit 2) instead of
+    ``complete``; None = a complete run may hold failed items (it says how many in its last line)."""
 
     def check(self, key: str = "client") -> None:
         """Validate, naming keys under ``key``."""
         self.progress = ProgressMode.parse(self.progress, f"{key}.progress")
         _above(f"{key}.budget_usd", self.budget_usd, 0, optional=True)
+        _at_least(f"{key}.stop_after_failures", self.stop_after_failures, 1, optional=True)
+        if self.max_failure_rate is not None and not 0 <= self.max_failure_rate < 1:
+            raise ConfigError(f"{key}.max_failure_rate must be in [0, 1), got {self.max_failure_rate}")
 
 
 @dataclass

@@ -54,6 +54,7 @@ class Build(RunCommand):
 
     name = "build"
     stores = ("generations", "selections", "dpo", "kto", "iterations")
+    retried = ("selections",)  # a failed item is not done: a rerun does it again
     unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
     published = ("dataset",)
     stages = ("feedback", "judge")
@@ -150,7 +151,7 @@ class Build(RunCommand):
         self.resumable, self.redo, self.restored = resumable, redo, restored
         self.stored_prompts = _stored_prompts(self.run.dir / "generations.jsonl")
         self.saved_iterations = _saved_iterations(self.its, self.gens)
-        self.counts["resumed_done"] = len(sels) - len(redo)
+        self.counts["resumed_done"] = len(sels) - len(sels.failed) - len(redo)
 
     def items(self) -> Iterator[PromptItem]:
         return iter_prompts(self.cfg.prompts, self.source_stats)
@@ -194,8 +195,7 @@ class Build(RunCommand):
             if reason is None:
                 raise
             sels.append({"key": item.id, "best": None, "failure": reason})
-            counts["failed"] += 1
-            progress.update(failed=True)
+            self.run.ended(reason)
             return
         if sel.best is not None:
             try:
@@ -218,8 +218,6 @@ class Build(RunCommand):
                 dpo.append(row)
             for row in k:
                 kto.append(row)
-        if sel.failure is not None:
-            counts["failed"] += 1
         # the selection record goes last: it marks the item done for a resume
         sels.append(
             {
@@ -231,11 +229,12 @@ class Build(RunCommand):
                 "failure": sel.failure,
             }
         )
-        progress.update(failed=sel.failure is not None)
+        self.run.ended(sel.failure)
 
     def fields(self) -> dict[str, Any]:
         cfg, roles, stats = self.cfg, self.cfg.roles, self.source_stats
         stores = list(self.run.stores.values())
+        sels = self.run.stores["selections"]
         return {
             "roles": {"generator": roles.generator, "reviewers": list(roles.reviewers), "judge": roles.judge},
             "models": models_manifest(cfg, self.models()),
@@ -245,7 +244,13 @@ class Build(RunCommand):
                 "skipped": stats.skipped,
                 "skip_reasons": stats.reasons or {},
             },
-            "items": {"done": len(self.run.stores["selections"]), **self.counts},
+            # true after any number of resumes: from the records, whose last word per item counts
+            "items": {
+                "done": len(sels),
+                **self.counts,
+                "failed": len(sels.failed),
+                "failures_retried": sels.superseded,
+            },
             # what the dataset holds and left out (ties, truncation, length), and the length ratio before/after
             "pairs": {
                 **self.pairs.to_dict(),
@@ -356,7 +361,7 @@ def _resume(
     DPO/KTO row of a finished item, the row is rebuilt from the stored generation and pick
     (``restored``); if it held the generation record, the item is redone from the cache (``redo``).
     The row counts of the finished items are added to ``pairs``."""
-    picked = {s["key"]: (s["best"] if s.get("failure") is None else None) for s in sels}
+    picked = {s["key"]: (s["best"] if s.get("failure") is None else None) for s in sels}  # the last record wins
     lost = {
         s["key"]: losses(s.get("method", "tournament"), s["best"], s.get("judgements") or [], s.get("scores") or [])
         for s in sels
@@ -366,7 +371,7 @@ def _resume(
     restored = 0
     for rec in gens:
         key = rec["key"]
-        if key not in picked:
+        if key not in picked or key in sels.failed:  # not judged yet, or failed: judged (again) from it
             resumable[key] = rec
         elif (best := picked[key]) is not None:
             d, k, rc = item_rows(

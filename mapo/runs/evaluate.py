@@ -329,7 +329,7 @@ class Evaluate(RunCommand):
             self.store.append(rec)
         failed = recs[-1]["label"] is None
         self.counts["failed"] += failed
-        progress.update(failed=failed)
+        self.run.ended((recs[-1].get("failure") or "no verdict") if failed else None)
 
     def fields(self) -> dict[str, Any]:
         cfg, models = self.cfg, self.models()

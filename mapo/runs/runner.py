@@ -21,7 +21,8 @@ else, in this order, the same for every command:
    run published (``published``) is withdrawn, since this run's records are about to change what
    it was built from; ``resume()``, then the bounded lazy pool over ``items()`` running ``work(item)``;
 6. ``manifest.json`` names how the run ended: ``complete``; ``stopped`` with a ``reason``
-   (endpoint unavailable, credentials rejected, budget exhausted, disk full); ``interrupted``
+   (endpoint unavailable, credentials rejected, budget exhausted, disk full; the K-failure rule of
+   :class:`FailureWatch`: the first K items or K in a row failed with the same cause, or every item failed); ``interrupted``
    (SIGINT or SIGTERM: in-flight items are dropped, everything finished is saved, a rerun
    resumes); ``failed`` with the ``error`` (an internal error). Only a complete run publishes
    (``publish(manifest)``): a run that did not finish never says complete.
@@ -372,6 +373,51 @@ def _run_folder(cfg: RunConfig, fp: Fingerprint, stale: Callable[[Path], list[st
 # --------------------------------------------------------------------------- the command interface
 
 
+class FailureWatch:
+    """The one rule for a run that cannot succeed, the same for every command: when its first K
+    items, or K items in a row, fail with the same cause (``client.stop_after_failures``), it stops
+    naming that cause. The cause is a failure's text up to its first ": " (e.g. ``request
+    rejected (HTTP 400)``); the message quotes the first failure whole."""
+
+    def __init__(self, k: int | None) -> None:
+        self.k = k
+        self.ended = 0
+        self.failed = 0
+        self.streak: list[str] = []
+        """The failures in a row so far (reasons), reset by an item that succeeds or fails otherwise."""
+
+    @staticmethod
+    def cause(reason: str) -> str:
+        return reason.split(": ", 1)[0].strip()
+
+    def note(self, failure: str | None) -> None:
+        """One item ended (``failure`` its reason, None = it succeeded); raises :class:`RunStopped` by the rule."""
+        self.ended += 1
+        if failure is None:
+            self.streak = []
+            return
+        self.failed += 1
+        if self.streak and self.cause(self.streak[0]) != self.cause(failure):
+            self.streak = []
+        self.streak.append(failure)
+        if self.k is not None and len(self.streak) >= self.k:
+            which = f"the first {self.k} items" if self.ended == len(self.streak) else f"{self.k} items in a row"
+            raise RunStopped(
+                f"{which} failed with the same cause ({self.cause(self.streak[0])}); the first said: "
+                f"{scrub(self.streak[0])[:500]} (client.stop_after_failures={self.k}); fix the cause and rerun: "
+                "failed items are done again"
+            )
+
+    def all_failed(self) -> str | None:
+        """Why a run in which every item failed stops (None: not so)."""
+        if self.ended and self.failed == self.ended and self.streak:
+            return (
+                f"every item of this run failed ({self.failed} of {self.ended}); the first said: "
+                f"{scrub(self.streak[0])[:500]}; fix the cause and rerun: failed items are done again"
+            )
+        return None
+
+
 @dataclasses.dataclass
 class Run:
     """What :func:`execute` opened for a command: its folder, client, stores and progress."""
@@ -384,6 +430,12 @@ class Run:
     fingerprint: Fingerprint
     preflight: dict[str, Any] | None = None
     """What the pre-flight measured and found per model (``manifest.preflight``); None = not run."""
+    watch: FailureWatch = dataclasses.field(default_factory=lambda: FailureWatch(None))
+
+    def ended(self, failure: str | None = None) -> None:
+        """An item of this run ended (``failure``: why it failed): progress, and the K-failure rule."""
+        self.progress.update(failed=failure is not None)
+        self.watch.note(failure)
 
     def saved(self) -> str:
         """What the folder holds, for messages: ``3 generations, 3 selections, ...``."""
@@ -397,6 +449,9 @@ class RunCommand(ABC):
     """The command (``manifest.command``, the progress label)."""
     stores: ClassVar[tuple[str, ...]]
     """Its record files: ``<name>.jsonl`` in the run folder, opened as ``run.stores[name]``."""
+    retried: ClassVar[tuple[str, ...]] = ()
+    """Stores whose failure records do not make an item done: a rerun does failed items again
+    (the failure records stay as history; the manifest counts them separately)."""
     unstamped: ClassVar[tuple[str, ...]] = ()
     """Stores whose rows are derived from the others (dataset rows with a fixed schema): not stamped."""
     published: ClassVar[tuple[str, ...]] = ()
@@ -486,13 +541,16 @@ async def execute(command: RunCommand) -> dict[str, Any]:
             try:
                 for name in command.stores:
                     stamp = {} if name in command.unstamped else {"config_fingerprint": fp.id}
-                    stores[name] = RecordStore(run_dir / f"{name}.jsonl", stamp=stamp)
+                    stores[name] = RecordStore(
+                        run_dir / f"{name}.jsonl", stamp=stamp, retry_failed=name in command.retried
+                    )
                 write_config(command.cfg, run_dir)
                 atomic_write_json(run_dir / FINGERPRINT_FILE, {"id": fp.id, "keys": fp.keys})
                 progress = Progress(
                     command.name, command.total(), client.stats, command.cfg.client.progress, stages=command.stages
                 )
-                command.run = Run(command.cfg, run_dir, client, stores, progress, fp)
+                watch = FailureWatch(command.cfg.client.stop_after_failures)
+                command.run = Run(command.cfg, run_dir, client, stores, progress, fp, watch=watch)
                 return await _drive(command)
             finally:
                 for s in stores.values():
@@ -534,6 +592,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
             _withdraw(run.dir, command.published)
             command.resume()
             await run_pool(command.items(), command.work, items_in_flight(cfg, command.models()))
+            _check_failures(run)
             ending = _Ending("complete")
         except BaseException as e:  # every ending is named in the manifest, then raised as its kind
             ending = _ending(e, run, signals)
@@ -568,6 +627,20 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
     if ending.raise_ is not None:
         raise ending.raise_ from ending.cause
     return manifest
+
+
+def _check_failures(run: Run) -> None:
+    """A finished run that cannot be called complete: every item failed (none done now or by an
+    earlier run into the folder), or more than ``client.max_failure_rate`` of this run's items did."""
+    watch, rate = run.watch, run.cfg.client.max_failure_rate
+    reason = watch.all_failed() if run.progress.resumed == 0 else None
+    if reason is None and rate is not None and watch.ended and watch.failed / watch.ended > rate:
+        reason = (
+            f"{watch.failed} of {watch.ended} items failed, over client.max_failure_rate={rate:g}; "
+            "fix the cause and rerun: failed items are done again"
+        )
+    if reason is not None:
+        raise RunStopped(reason)
 
 
 def _withdraw(run_dir: Path, published: Iterable[str]) -> None:

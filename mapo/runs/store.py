@@ -1,6 +1,9 @@
 """Append-only JSONL record stores with resume, a run lock and atomic file writes.
 
-Every record carries a ``key``; a rerun skips keys already present. A crash during a write
+Every record carries a ``key``; a rerun skips keys already present. In a store opened with
+``retry_failed=True`` a record whose ``failure`` is set does not make its key done: a rerun does
+the item again and its new record supersedes the failure (the failure line stays, as history;
+readers take the last record of a key). A crash during a write
 leaves at most one partial last line: it is detected on open and cut off (reported), never
 read as data. Damage anywhere else is an error naming the file and line. A write that fails
 (a full disk) is undone before the error is raised, and the error names the file: the store
@@ -52,13 +55,25 @@ class RecordStore:
     record names what produced it.
     """
 
-    def __init__(self, path: str | Path, *, fsync: bool = False, stamp: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fsync: bool = False,
+        stamp: dict[str, Any] | None = None,
+        retry_failed: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.stamp = dict(stamp or {})
+        self.retry_failed = retry_failed
         self.repaired_bytes = 0
         self._keys: set[str] = set()
+        self.failed: set[str] = set()
+        """Keys whose last record is a failure (``retry_failed``): not done, a rerun retries them."""
+        self.superseded = 0
+        """Failure records followed by a later record of their key (retried failures, kept as history)."""
         self._end = 0
         self._failed: WriteFailed | None = None
         self._scan()
@@ -83,7 +98,7 @@ class RecordStore:
                     break  # the last line is garbage: a torn write
                 if not isinstance(record, dict) or not isinstance(record.get("key"), str):
                     raise StoreError(f"{self.path}:{lineno}: record has no 'key' (not a mapo record file?)")
-                self._keys.add(record["key"])
+                self._note(record)
                 good_end += len(line)
         self._end = good_end
         size = self.path.stat().st_size
@@ -95,10 +110,21 @@ class RecordStore:
             with open(self.path, "r+b") as fh:
                 fh.truncate(good_end)
 
+    def _note(self, record: dict[str, Any]) -> None:
+        key = record["key"]
+        if key in self.failed:
+            self.failed.discard(key)
+            self.superseded += 1
+        if self.retry_failed and record.get("failure"):
+            self.failed.add(key)
+        self._keys.add(key)
+
     def __contains__(self, key: str) -> bool:
-        return key in self._keys
+        """Whether ``key`` is done (a failure of a ``retry_failed`` store is not)."""
+        return key in self._keys and key not in self.failed
 
     def __len__(self) -> int:
+        """Keys with a record (done or failed)."""
         return len(self._keys)
 
     def append(self, record: dict[str, Any]) -> None:
@@ -108,7 +134,7 @@ class RecordStore:
         mid-file; the store then refuses further writes with the same :class:`WriteFailed`.
         """
         key = record["key"]
-        if key in self._keys:
+        if key in self:
             return  # resumed work that was already saved: never a duplicate
         if self._failed is not None:
             raise self._failed
@@ -124,7 +150,7 @@ class RecordStore:
             self._failed = WriteFailed(e.errno, e.strerror, str(self.path))
             raise self._failed from e
         self._end += len(data)
-        self._keys.add(key)
+        self._note(record)
 
     def close(self) -> None:
         """Close the file (safe to call twice)."""

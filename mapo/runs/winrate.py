@@ -613,7 +613,7 @@ class Winrate(RunCommand):
                 raise
             log.warning("prompt %s: generation failed (%s); it is left out of every win rate", item.id, reason)
             self.counts["failed"] += 1
-            self.run.progress.update(failed=True)
+            self.run.ended(f"generation failed: {reason}")
             return
         failed = await asyncio.gather(
             *(
@@ -623,7 +623,7 @@ class Winrate(RunCommand):
             )
         )
         self.run.progress.stage("judge")
-        self.run.progress.update(failed=any(failed))
+        self.run.ended("a comparison of this prompt failed" if any(failed) else None)
 
     def fields(self) -> dict[str, Any]:
         cfg, stats = self.cfg, self.source_stats

@@ -109,9 +109,10 @@ def audit(run_dir: Path, ids: list[str]) -> dict:
     """Items in/out, duplicates (any record key twice in any file) and lost items."""
     dups = 0
     for name in FILES:
-        keys = [r["key"] for r in read_lines(run_dir / f"{name}.jsonl")]
+        # a failure followed by a later record of its key is history (a retried item), not a duplicate
+        keys = [r["key"] for r in read_lines(run_dir / f"{name}.jsonl") if not (name == "selections" and r["failure"])]
         dups += len(keys) - len(set(keys))
-    sels = {r["key"]: r for r in read_lines(run_dir / "selections.jsonl")}
+    sels = {r["key"]: r for r in read_lines(run_dir / "selections.jsonl")}  # the last record of a key counts
     failed = [k for k, s in sels.items() if s["best"] is None]
     for k in failed:
         assert sels[k]["failure"], f"item {k} has neither a pick nor a failure reason"
@@ -441,12 +442,21 @@ async def test_endpoint_down_at_start_stops_before_any_work(tmp_path):
 
 
 async def test_garbage_judge_output_is_a_recorded_failure_never_a_score(tmp_path, reference):
+    """Every item fails (the judge answers garbage): each is a recorded failure with its raw text,
+    never a score, and a run whose items all fail ends stopped naming the cause, never complete
+    (here with the K-failure stop off, client.stop_after_failures=null, so that all 8 are tried)."""
     judge = FakeServer(faults=lambda n, body: "garbage")
     with FakeServer() as gen, judge:
         t0 = time.monotonic()
-        manifest = await build(run_config(tmp_path, gen, judge))
+        cfg = run_config(tmp_path, gen, judge)
+        cfg.client.stop_after_failures = None
+        with pytest.raises(RunStopped, match=r"every item of this run failed \(8 of 8\); the first said: judge failed"):
+            await build(cfg)
         seconds = time.monotonic() - t0
     run = tmp_path / "run"
+    manifest = manifest_of(run)
+    assert manifest["status"] == "stopped" and manifest["reason"].startswith("every item of this run failed")
+    assert "rows" not in manifest and not (run / "dataset").exists()
     row = audit(run, reference["ids"])
     assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == ITEMS
     for sel in read_lines(run / "selections.jsonl"):
@@ -463,10 +473,16 @@ async def test_garbage_judge_output_is_a_recorded_failure_never_a_score(tmp_path
             "failure": attempt["verdict"]["failure"],
         }
     assert read_lines(run / "dpo.jsonl") == [] and read_lines(run / "kto.jsonl") == []
-    assert manifest["items"]["failed"] == ITEMS and manifest["rows"] == {"dpo": 0, "kto": 0}
+    assert manifest["items"]["failed"] == ITEMS
     # the generations are untouched by the judge's failure
     assert snapshot(run)["generations"] == reference["snap"]["generations"]
-    record_row("judge answers garbage (no format)", row, seconds, "all failed with raw text kept", run)
+    record_row(
+        "judge answers garbage (no format) on all 8 items",
+        row,
+        seconds,
+        "all failed with raw text kept; ending stopped: every item failed (not complete)",
+        run,
+    )
 
 
 async def test_empty_generator_response_fails_that_item_only(tmp_path, reference):
@@ -496,9 +512,10 @@ async def test_empty_generator_response_fails_that_item_only(tmp_path, reference
     record_row("generator answers empty text on one item", row, seconds, "that item failed with reason", run)
 
 
-async def test_rejected_request_fails_that_item_and_a_rerun_does_not_resend_it(tmp_path, reference):
+async def test_rejected_request_fails_that_item_and_a_rerun_does_only_it_again(tmp_path, reference):
     """A 400 (e.g. a prompt beyond the context) is no transient fault: not retried, the item is
-    recorded as failed with the server's reason, the others complete, and a rerun leaves it be."""
+    recorded as failed with the server's reason, the others complete; a failed item is not done,
+    so a rerun sends that item's requests again (and nothing else), and stays complete with 1 failed."""
 
     def faults(n: int, body: dict) -> str | None:
         first = body["messages"][0]
@@ -510,11 +527,12 @@ async def test_rejected_request_fails_that_item_and_a_rerun_does_not_resend_it(t
         seconds = time.monotonic() - t0
         sent = server.n
         again = await build(run_config(tmp_path, server))
-        assert server.n == sent, "the rerun re-sent requests"
+        assert server.n == sent + 1, "the rerun sent more than the failed item's one request"
     run = tmp_path / "run"
     row = audit(run, reference["ids"])
     assert row["lost"] == 0 and row["duplicates"] == 0 and row["failed"] == 1
-    assert manifest["items"]["failed"] == 1 and again["items"]["resumed_done"] == ITEMS
+    assert manifest["items"]["failed"] == 1 and again["items"]["resumed_done"] == ITEMS - 1
+    assert again["status"] == "complete" and again["items"]["failed"] == 1 and again["items"]["failures_retried"] == 1
     assert all(u["retries"] == 0 for u in manifest["usage"])
     sels = {s["key"]: s for s in read_lines(run / "selections.jsonl")}
     assert (
@@ -1635,4 +1653,71 @@ def test_cli_paths_that_cannot_be_created_and_a_full_disk_at_start_end_in_one_li
         {"items_in": ITEMS, "items_out": 0, "failed": 0, "duplicates": 0, "lost": 0},
         time.monotonic() - t0,
         "each: exit 2, one line naming the setting, no traceback, 0 requests",
+    )
+
+
+SYSTEM_ROLE_400 = (400, {"error": {"message": "System role not supported", "type": "BadRequestError", "code": 400}})
+"""Gemma-2's chat template through vLLM: every request with a system message is refused."""
+
+
+def is_review(body: dict) -> bool:
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    return "### Overall Score" in system and "### Feedback" in system
+
+
+async def test_k_failures_with_the_same_cause_stop_the_run_and_a_rerun_after_the_fix_completes(tmp_path, reference):
+    """Every review answered 400 (a template without a system role): the run ends stopped within
+    K = client.stop_after_failures = 5 items, naming the cause (before: complete, exit 0, 0 rows).
+    After the fix the same command does the failed items again (their failure records kept as
+    history, counted separately), and the complete manifest's counts are true: failed 0."""
+    broken = {"on": True}
+    with FakeServer(faults=lambda n, body: SYSTEM_ROLE_400 if broken["on"] and is_review(body) else None) as server:
+        t0 = time.monotonic()
+        with pytest.raises(
+            RunStopped,
+            match=r"the first 5 items failed with the same cause \(request rejected \(HTTP 400\)\); "
+            r"the first said: request rejected \(HTTP 400\): System role not supported",
+        ):
+            await build(run_config(tmp_path, server))
+        stop_s = time.monotonic() - t0
+        run = tmp_path / "run"
+        stopped = manifest_of(run)
+        assert stopped["status"] == "stopped" and "System role not supported" in stopped["reason"]
+        first = audit(run, reference["ids"])
+        # K items failed; at most the items already in flight (max_items_in_flight=3) ended too
+        assert 5 <= first["failed"] == first["items_out"] <= 5 + 2 and first["duplicates"] == 0
+        k_row = {**first}
+
+        broken["on"] = False  # the template is fixed
+        t1 = time.monotonic()
+        manifest = await build(run_config(tmp_path, server))
+        rerun_s = time.monotonic() - t1
+        again = await build(run_config(tmp_path, server))  # and once more: the counts stay true
+    assert manifest["status"] == "complete" and again["status"] == "complete"
+    for m in (manifest, again):
+        assert m["items"]["failed"] == 0 and m["items"]["done"] == ITEMS, m["items"]
+    assert manifest["items"]["failures_retried"] == first["failed"] == again["items"]["failures_retried"]
+    assert again["items"]["resumed_done"] == ITEMS
+    history = [s for s in read_lines(run / "selections.jsonl") if s["failure"]]
+    assert len(history) == first["failed"], "the failure records are kept as history"
+    row = assert_complete(run, reference["ids"])
+    assert_same(snapshot(run), reference["snap"])
+    from mapo.report.render import main as report_main
+
+    assert report_main([str(run)]) == 0
+    report = (run / "report" / "report.md").read_text()
+    assert "failed 0" in report, "the report's counts disagree with the manifest"
+    record_row(
+        "every review answered 400 (system role), K = 5",
+        k_row,
+        stop_s,
+        f"ending stopped after {first['items_out']} items naming the cause",
+    )
+    record_row(
+        "the same command after the fix (then once more)",
+        row,
+        rerun_s,
+        f"ending complete; {first['failed']} failed items done again, failure records kept as history; "
+        "manifest failed 0 after each resume, `mapo report` agrees",
+        run,
     )
