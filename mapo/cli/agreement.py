@@ -79,7 +79,9 @@ def run_tables(
     """Agreement tables of ``mapo evaluate`` records; ``subsets`` adds juries of the single judges
     that share a setup (e.g. a multirun sweep). ``stats``: ``agreement_tables``' interval options."""
     files = _record_files(paths)
-    records = [r for f in files for r in iter_records(f) if r.get("kind") in ("judge", "juror", "jury", "debate")]
+    records = [
+        r for f in files for r in iter_records(f) if r.get("kind") in ("judge", "juror", "jury", "debate", "cascade")
+    ]
     if not records:
         raise ValueError(f"no evaluate records in {', '.join(map(str, files))}")
     tables, humans = build_tables(records, order_combine=order_combine, subsets=True)

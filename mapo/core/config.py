@@ -186,6 +186,7 @@ class EvaluatorKind(Choice):
     judge = "judge"
     jury = "jury"
     debate = "debate"
+    cascade = "cascade"
 
 
 class SystemRole(Choice):
@@ -408,6 +409,8 @@ class RolesConfig:
     """Models behind the debate roles (one model for all, or one per role)."""
     baselines: list[str] = field(default_factory=list)
     """Single-model baselines for win rates."""
+    strong_judge: str = "gpt-4o"
+    """evaluator=cascade: the judge that the items ``roles.judge`` is unsure of go to."""
 
 
 @dataclass
@@ -456,6 +459,25 @@ class JudgeConfig:
         _scale(f"{key}.scale", self.scale)
         _at_least(f"{key}.reask", self.reask, 0)
         _at_least(f"{key}.version", self.version, 1)
+
+
+@dataclass
+class CascadeConfig:
+    """evaluator=cascade: roles.judge first; the items it is unsure of go to roles.strong_judge
+    (:class:`mapo.metrics.cascade.CascadeRule`; a cheap-judge failure always escalates)."""
+
+    max_margin: float | None = 1.0
+    """Escalate when the cheap judge's two scores are at most this far apart (null: never by margin)."""
+    orders_disagree: bool = True
+    """With judge.both_orders=true: escalate when the cheap judge's two orders disagree."""
+    min_confidence: float | None = None
+    """With judge.scoring=expected and a pick strategy: escalate when P(its pick) is below this."""
+
+    def check(self, key: str = "cascade") -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.max_margin", self.max_margin, 0, optional=True)
+        if self.min_confidence is not None and not 0 <= float(self.min_confidence) <= 1:
+            raise ConfigError(f"{key}.min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 @dataclass
@@ -671,6 +693,7 @@ class RunConfig:
     roles: RolesConfig = field(default_factory=RolesConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     jury: JuryConfig = field(default_factory=JuryConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     debate: DebateConfig = field(default_factory=DebateConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -713,6 +736,7 @@ class RunConfig:
                 )
         self.judge.check("judge")
         self.jury.check("jury")
+        self.cascade.check("cascade")
         self.debate.check("debate")
         self.feedback.check("feedback")
         self.selection.check("selection")

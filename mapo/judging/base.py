@@ -356,6 +356,11 @@ class Evaluator(ABC):
         An evaluator without probes is not pre-flighted."""
         return []
 
+    @property
+    def member_prompt_shas(self) -> frozenset[str]:
+        """The prompt hashes its member records carry (a jury's jurors share its own)."""
+        return frozenset({self.prompt_sha})
+
     def identity(self) -> tuple[str, str, str]:
         """(name, setup, prompt_sha): what keys its records."""
         return self.name, self.setup, self.prompt_sha

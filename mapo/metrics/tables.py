@@ -216,7 +216,7 @@ def build_tables(
         results.append(entry)
     results.sort(
         key=lambda e: (
-            {"jury": 0, "debate": 0, "judge": 0, "juror": 1}[e["kind"]],
+            {"jury": 0, "debate": 0, "judge": 0, "cascade": 0, "juror": 1}[e["kind"]],
             e["kappa"] is None,
             -(e["kappa"] or 0.0),
         )

@@ -70,6 +70,7 @@ from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
+from mapo.judging.cascade import Cascade
 from mapo.judging.debate import Debate
 from mapo.judging.judge import Judge, judge_setup
 from mapo.judging.jury import Jury
@@ -83,8 +84,10 @@ __all__ = ["EVALUATORS", "agreement_tables", "combine_orders", "evaluate", "form
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = {"judge": "judge", "jury": "jurors", "debate": "debaters"}
+EVALUATORS = {"judge": "judge", "jury": "jurors", "debate": "debaters", "cascade": "judge"}
 """evaluator -> the role (``roles.<role>``) naming its models."""
+_MORE_ROLES = {"cascade": ["strong_judge"]}
+"""evaluator -> further roles it uses (the cascade's strong judge)."""
 
 _PICK = {"model_a": "A", "model_b": "B", "tie": "tie"}
 _SWAP = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
@@ -160,14 +163,15 @@ def _judge_setup(cfg: RunConfig) -> str:
 
 
 def _orders(cfg: RunConfig) -> list[str]:
-    no_order = cfg.evaluator != "debate" and cfg.judge.pointwise
+    # a cascade's cheap judge judges both orders itself (their disagreement is an escalation signal)
+    no_order = (cfg.evaluator != "debate" and cfg.judge.pointwise) or cfg.evaluator == "cascade"
     return ["AB", "BA"] if cfg.judge.both_orders and not no_order else ["AB"]
 
 
 def _check(cfg: RunConfig) -> None:
     """Everything that can be checked without a model call (choices and ranges: RunConfig.check)."""
     cfg.check()  # first: a valid evaluator names the role to validate
-    validate(cfg, [EVALUATORS[cfg.evaluator]])
+    validate(cfg, [EVALUATORS[cfg.evaluator], *_MORE_ROLES.get(cfg.evaluator, [])])
 
 
 def _build(cfg: RunConfig, client) -> Evaluator:
@@ -179,6 +183,10 @@ def _build(cfg: RunConfig, client) -> Evaluator:
             ev = Judge(client, cfg.roles.judge, judge_cfg)
         elif cfg.evaluator == "jury":
             ev = Jury(client, cfg.roles.jurors, judge_cfg, cfg.jury)
+        elif cfg.evaluator == "cascade":
+            ev = Cascade(
+                Judge(client, cfg.roles.judge, cfg.judge), Judge(client, cfg.roles.strong_judge, cfg.judge), cfg.cascade
+            )
         else:
             ev = Debate(client, cfg.roles.debaters, cfg.debate)
         _ = ev.prompt_sha  # prompts exist
@@ -231,8 +239,11 @@ def _check_reference(cfg: RunConfig, judge_name: str) -> None:
 
 
 def _models_of(cfg: RunConfig) -> list[str]:
-    value = getattr(cfg.roles, EVALUATORS[cfg.evaluator])
-    return [value] if isinstance(value, str) else list(value)
+    out = []
+    for role in [EVALUATORS[cfg.evaluator], *_MORE_ROLES.get(cfg.evaluator, [])]:
+        value = getattr(cfg.roles, role)
+        out += [value] if isinstance(value, str) else list(value)
+    return out
 
 
 # --------------------------------------------------------------------------- agreement
@@ -283,6 +294,8 @@ class Evaluate(RunCommand):
             keys.update(section_keys("judge", cfg.judge))
             if cfg.evaluator == "jury":
                 keys.update(section_keys("jury", cfg.jury))
+            if cfg.evaluator == "cascade":
+                keys.update(section_keys("cascade", cfg.cascade))
         return keys
 
     def total(self) -> int:
@@ -351,10 +364,10 @@ class Evaluate(RunCommand):
 
     def publish(self, manifest: dict[str, Any]) -> None:
         """agreement.json from this run's records, its headline figures in the manifest."""
-        cfg, name, sha, orders = self.cfg, self.judge_name, self.prompt_sha, self.orders
+        cfg, name, orders = self.cfg, self.judge_name, self.orders
         wanted = {self._done_key(i, o) for i, o in self.units}
         ids = {i["id"] for i in self.items_}
-        # this run's records: the evaluator's own, plus (jury) its jurors' for the same items/orders
+        # this run's records: the evaluator's own, plus its members' (jurors, a cascade's cheap judge) for the same items/orders
         records = [
             r
             for r in iter_records(self.run.dir / "judgements.jsonl")
@@ -364,7 +377,7 @@ class Evaluate(RunCommand):
                 and r["item_id"] in ids
                 and r["setup"] == _judge_setup(cfg)
                 and r["order"] in orders
-                and r["prompt_sha"] == sha
+                and r["prompt_sha"] in self.ev.member_prompt_shas
                 and r.get("version") == cfg.judge.version
             )
         ]

@@ -257,7 +257,7 @@ async def test_config_errors_fail_before_any_model_call(fake_server, tmp_path, o
 @pytest.mark.parametrize(
     "override, key, allowed",
     [
-        ("evaluator=panel", "evaluator", "[judge, jury, debate]"),
+        ("evaluator=panel", "evaluator", "[judge, jury, debate"),
         ("judge.strategy=vibes", "judge.strategy", "[direct, independent, combined, prometheus_absolute"),
         ("jury.aggregate=median", "jury.aggregate", "[mode, majority, mean_score]"),
     ],
