@@ -36,7 +36,7 @@ __all__ = [
 
 DPI = 110
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
-KIND_COLORS = {"judge": "#4C72B0", "juror": "#8C8C8C", "jury": "#55A868", "debate": "#DD8452"}
+KIND_COLORS = {"judge": "#4C72B0", "juror": "#8C8C8C", "jury": "#55A868", "debate": "#DD8452", "cascade": "#C44E52"}
 
 
 def _png(fig: Figure) -> bytes:

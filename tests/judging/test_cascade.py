@@ -75,6 +75,12 @@ def test_mapo_evaluate_cascade_end_to_end(fake_server, tmp_path):
     agreement = json.loads((tmp_path / "all" / "agreement.json").read_text())
     names = {e["judge"] for e in agreement["results"]}
     assert {"cascade[smollm2-135m>gemma3-270m]", "smollm2-135m"} <= names
+    # the leaderboard takes the cascade like any evaluator: a row with its verdict against the reference
+    from mapo.report.leaderboard import main as leaderboard
+
+    assert leaderboard([str(tmp_path / "all"), "--out", str(tmp_path / "board")]) == 0
+    board = (tmp_path / "board" / "leaderboard.csv").read_text()
+    assert "cascade[smollm2-135m>gemma3-270m]" in board and "smollm2-135m" in board
     ok(mapo(fake_server, tmp_path, *common, "cascade.max_margin=null", "cascade.orders_disagree=false", run="none"))
     own = [r for r in records(tmp_path / "none") if r["kind"] == "cascade"]
     assert len(own) == 6 and not any(r["detail"]["escalated"] and r["detail"]["reason"] != "failure" for r in own)

@@ -148,3 +148,52 @@ def test_pack_config_checks_name_the_key():
         JudgeConfig(strategy="prometheus_absolute", scale=10).check()
     with pytest.raises(ConfigError, match=r"judge.explain"):
         JudgeConfig(strategy="judgelm", explain=False).check()
+
+
+CANNED = {
+    "skywork_critic": "[[B]]",
+    "prometheus_absolute": "Feedback: helpful and correct. [RESULT] 4",
+    "judgelm": "7 8\nAssistant 2 gives more detail.",
+}
+
+
+@pytest.mark.parametrize("preset", sorted(CANNED))
+def test_mapo_evaluate_with_a_pack_reaches_agreement_and_the_leaderboard(tmp_path, preset):
+    """`mapo evaluate judge=<pack>` end to end through the real CLI, then `mapo leaderboard`."""
+    import json
+
+    from mapo.report.leaderboard import main as leaderboard
+    from tests.runs.test_evaluate import mapo, ok, records
+
+    with FakeServer(responder=lambda req: CANNED[preset]) as server:
+        ok(mapo(server, tmp_path, f"judge={preset}", "judge.both_orders=true"))
+    recs = records(tmp_path / "run")
+    assert recs and all(r["failure"] is None for r in recs), [r["failure"] for r in recs]
+    assert {r["strategy"] for r in recs} == {preset}
+    agreement = json.loads((tmp_path / "run" / "agreement.json").read_text())
+    assert [e["judge"] for e in agreement["results"]] == ["smollm2-135m"]
+    assert leaderboard([str(tmp_path / "run"), "--out", str(tmp_path / "board")]) == 0
+    assert preset in (tmp_path / "board" / "leaderboard.csv").read_text()
+
+
+async def test_mapo_build_selects_with_a_pack_judge(tmp_path):
+    """`mapo build roles.judge=<pack model> judge=<pack>`: the pack picks the chosen response."""
+    import dataclasses
+
+    from mapo.runs.build import build
+    from tests.fake_openai import default_responder
+    from tests.runs.test_build import lines, run_config
+
+    def responder(req):
+        text = user(req)
+        if "[[A]]" in text and "[The Start of Assistant A's Answer]" in text:  # Skywork-Critic's prompt
+            return "[[B]]"
+        return default_responder(req)
+
+    with FakeServer(responder=responder) as server:
+        cfg = run_config(server, tmp_path)
+        cfg.judge = dataclasses.replace(cfg.judge, strategy="skywork_critic", prompt_set="skywork_critic")
+        await build(cfg)
+    sels = lines(tmp_path / "run" / "selections.jsonl")
+    assert sels and all(s["best"] is not None for s in sels)  # a pick every time: no tie in this format
+    assert all(j["strategy"] == "skywork_critic" for s in sels for j in s["judgements"]), sels[0].keys()
