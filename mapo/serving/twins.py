@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAMILIES", "TwinSpec", "build_twin"]
+__all__ = ["FAMILIES", "VERSION", "TwinSpec", "build_twin"]
+
+VERSION = 2
+"""Bump when a twin changes: cached twins of another version are rebuilt (mapo/serving/weights.py)."""
 
 TEMPLATES = Path(__file__).resolve().parent / "chat_templates"
 
-# A few sentences for the BPE merges: the words mapo's prompts use, so that rendered prompts stay short.
+# Sentences for the BPE merges, with mapo's prompt files (_corpus): the words and the "### ..." section
+# heads of mapo's prompts and constrained formats become a few tokens each, as in the real tokenizers, so a
+# random model's constrained answer (~48 tokens of structure, mapo.core.parsers.text_budget) fits max_tokens.
 _CORPUS = [
     "You are a helpful assistant. Answer the question of the user.",
     "Evaluate the response. Score: 7.5 out of 10. Feedback: be more specific and concise.",
@@ -32,7 +37,19 @@ _CORPUS = [
     "Update your response based on the feedback. Here is the improved response.",
     "General Public, Psychologist, Critic: discuss the two responses and give final scores.",
     "The quick brown fox jumps over the lazy dog. 0123456789 {}[]():;,.!?'\"-_#*",
+    "### Evaluation Evidence:\n\n### Answer:\nA\n### Score Assistant A:\n8/10\n\n### Score Assistant B:\n6/10",
+    "### Evaluation:\n\n### Overall Score:\n7.5/10\n\n### Feedback:\n",
+    "Assistant 1: 7/10\nAssistant 2: 9/10",
 ]
+VOCAB_SIZE = 2048
+
+
+def _corpus() -> list[str]:
+    """_CORPUS and the text of mapo's prompt files (sorted: the same merges on every machine)."""
+    from mapo.core.config import resource_dir
+
+    files = sorted(p for p in resource_dir("prompts").rglob("*") if p.suffix in (".txt", ".md", ".jsonl"))
+    return _CORPUS * 8 + [p.read_text(encoding="utf-8") for p in files]
 
 
 @dataclass(frozen=True)
@@ -187,12 +204,12 @@ def _tokenizer(spec: TwinSpec):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=768,
+        vocab_size=VOCAB_SIZE,
         special_tokens=list(spec.specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
     bos_id = tok.token_to_id(spec.bos)
     if spec.add_bos_token:
         # the tokenizer puts bos in front, as both real tokenizers do; both templates also write

@@ -89,13 +89,13 @@ def prepare(name: str, weights: str, *, force: bool = False) -> str:
             work = Path(tmp)
             out = work / "model"
             if weights.startswith(_TWIN):
-                from .twins import build_twin
+                from .twins import VERSION, build_twin
 
                 try:
                     build_twin(weights.removeprefix(_TWIN).strip(), out)
                 except ValueError as exc:  # an unknown family
                     raise WeightsError(f"{name}: serve.weights {weights!r}: {exc}") from None
-                manifest: dict[str, object] = {"source": weights, "format": _FORMAT, "twin": True}
+                manifest: dict[str, object] = {"source": weights, "format": _FORMAT, "twin_version": VERSION}
             else:
                 gguf = _fetch_gguf(weights, work / "fetch")
                 _convert(gguf, out)
@@ -116,6 +116,11 @@ def _manifest_matches(folder: Path, weights: str) -> bool:
         manifest = json.loads((folder / _MANIFEST).read_text())
     except (OSError, ValueError):
         return False
+    if weights.startswith(_TWIN):  # a twin built by an older builder is rebuilt (seconds)
+        from .twins import VERSION
+
+        if manifest.get("twin_version") != VERSION:
+            return False
     return manifest.get("source") == weights and manifest.get("format") == _FORMAT
 
 

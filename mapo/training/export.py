@@ -66,7 +66,8 @@ def model_entry(
 
     entry: dict[str, Any] = {}
     if base is not None:
-        entry = OmegaConf.to_container(OmegaConf.structured(base), resolve=True)  # type: ignore[assignment]
+        # enum_to_str: StrEnum fields (system_role) as their values, which yaml.safe_dump can write
+        entry = OmegaConf.to_container(OmegaConf.structured(base), resolve=True, enum_to_str=True)  # type: ignore[assignment]
         for key in ("base_url", "api_key_env", "price_in_per_mtok", "price_out_per_mtok"):
             entry.pop(key, None)
     serve = dict(entry.get("serve") or {})

@@ -88,3 +88,16 @@ def test_the_twin_configs_are_servable_like_the_embedded_models():
         assert spec.weights == source and spec.chat_template is None  # the template travels in the tokenizer
         assert spec.max_model_len == 2048
         assert weights.resolve(name, source) is None  # not built yet: `serve up` prepares it
+
+
+def test_a_twin_of_an_older_builder_is_rebuilt(monkeypatch):
+    folder = weights.prepare("gemma-2-9b-twin", "twin:gemma2")
+    monkeypatch.setattr(twins, "VERSION", twins.VERSION + 1)
+    assert weights.resolve("gemma-2-9b-twin", "twin:gemma2") is None  # stale: `serve up` prepares it again
+    assert weights.prepare("gemma-2-9b-twin", "twin:gemma2") == folder
+    assert (
+        json.loads((weights.cache_root() / "models" / "gemma-2-9b-twin" / "mapo-weights.json").read_text())[
+            "twin_version"
+        ]
+        == twins.VERSION
+    )

@@ -273,3 +273,17 @@ def test_a_checkpoint_torn_by_a_kill_is_skipped(tmp_path):
             (d / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+
+
+def test_the_model_entry_of_a_known_base_model_is_written_and_read_back(tmp_path):
+    """A base model from conf/model carries StrEnum settings (system_role): the entry must still be plain YAML
+    (mapo train base_model=<a conf/model name> ended in RepresenterError after the training)."""
+    from mapo.core.config import ModelConfig, SystemRole
+    from mapo.training.export import model_entry, write_model_config
+
+    base = ModelConfig(served_name="base", system_role=SystemRole.merge)
+    entry = model_entry("base-dpo", tmp_path, "float32", base)
+    path = write_model_config(tmp_path, "base-dpo", entry, "test")
+    back = yaml.safe_load(path.read_text())["base-dpo"]
+    assert back["system_role"] == "merge" and back["served_name"] == "base-dpo"
+    assert back["serve"]["extra_args"][-2:] == ["--dtype", "float32"]
