@@ -8,6 +8,9 @@ Replies come from a ``responder(request_json) -> str``; faults from a ``faults(n
 does), or ``(status, body)``: that status with that JSON body (a dict) or text (a str).
 ``send_usage=False`` answers without ``usage`` (as some servers do).
 
+Reward models: ``POST /pooling`` (vLLM's pooling API) answers ``rewarder(request_json) -> float``
+(:func:`default_rewarder`), with the same faults; ``pooled`` keeps the request bodies.
+
 The Batch API (files, batches) is served too: ``batch_hold`` keeps batches in progress,
 ``batch_faults(custom_id, body) -> "400" | "500" | None`` answers a request with an error line,
 ``batch_end`` ends every batch as "completed", "expired" (requests answered so far: none) or
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 Responder = Callable[[dict], str]
+Rewarder = Callable[[dict], float]
 Faults = Callable[[int, dict], "str | tuple[int, dict | str] | None"]
 
 
@@ -76,6 +80,15 @@ def _system_role_rejected() -> web.Response:
     )
 
 
+def default_rewarder(request: dict) -> float:
+    """A reward model's score of a conversation: the words of its last (assistant) turn, a tenth each,
+    or the number after ``REWARD=`` where the turn says one (tests choose the rewards they need)."""
+    text = request["messages"][-1]["content"]
+    if "REWARD=" in text:
+        return float(text.split("REWARD=", 1)[1].split()[0])
+    return len(text.split()) / 10
+
+
 def request_key(body: dict) -> str:
     """What ``requests`` and ``answered`` count by: the conversation of a chat request."""
     return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
@@ -84,6 +97,10 @@ def request_key(body: dict) -> str:
 @dataclass
 class FakeServer:
     responder: Responder = default_responder
+    rewarder: Rewarder = default_rewarder
+    """The reward of a conversation sent to ``POST /pooling`` (a reward model)."""
+    pooled: list = field(default_factory=list)
+    """Every ``/pooling`` request body, in arrival order."""
     faults: Faults | None = None
     api_key: str | None = None
     latency_s: float = 0.0
@@ -119,8 +136,54 @@ class FakeServer:
         return f"http://{self.host}:{self.port}/v1"
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, key, fault, early = await self._intake(request)
+        if early is not None:
+            return early
+        text = self.responder(body)
+        if fault == "empty":
+            text = None
+        elif fault == "garbage":
+            text = "lorem ipsum \x00 ??? no format here"
+        raw = json.dumps(self._completion(body, text)).encode()
+        if fault == "truncated":
+            raw = raw[: len(raw) // 2]
+        elif fault == "nonutf8":
+            raw = b"\xff\xfe\xfa" + raw[:20]
+        self.completed += 1
+        if fault not in ("truncated", "nonutf8", "empty", "garbage"):
+            self.answered[key] += 1
+        return web.Response(body=raw, content_type="application/json")
+
+    async def _pooling(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's ``POST /pooling`` for a reward model: the conversation's reward from ``rewarder``, shaped
+        as vLLM answers the task (``classify``: ``[value]``; ``token_classify``: one ``[value]`` per token,
+        the last one the reward). The faults hook applies as for chat ("garbage": a reward that is text)."""
+        body, key, fault, early = await self._intake(request)
+        if early is not None:
+            return early
+        self.pooled.append(body)
+        value = self.rewarder(body)
+        pooled: list = ["not a number"] if fault == "garbage" else [value]
+        if body.get("task") == "token_classify":
+            pooled = [[0.0]] * 3 + [pooled]
+        tokens = sum(len(m["content"].split()) for m in body["messages"])
+        self.completed += 1
+        self.answered[key] += 1
+        return web.json_response(
+            {
+                "id": f"pool-{self.n}",
+                "object": "list",
+                "model": body.get("model"),
+                "data": [{"index": 0, "object": "pooling", "data": pooled}],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def _intake(self, request: web.Request) -> tuple[dict, str, object, web.StreamResponse | None]:
+        """Authorization, counters, hold, latency and the injected faults every route shares: (body, key,
+        fault, the response to send instead, if any)."""
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return web.json_response({"error": {"message": "bad key"}}, status=401)
+            return {}, "", None, web.json_response({"error": {"message": "bad key"}}, status=401)
         body = await request.json()
         self.n += 1
         key = request_key(body)
@@ -128,18 +191,26 @@ class FakeServer:
         if self._holding:
             self.held += 1
             await self._released.wait()
-            return web.json_response({"error": {"message": "held request released"}}, status=503)
+            return body, key, None, web.json_response({"error": {"message": "held request released"}}, status=503)
         self.constrained += bool(body.get("structured_outputs"))
         if self.reject_system and _has_system(body):
-            return _system_role_rejected()
+            return body, key, None, _system_role_rejected()
         if self.grammar_timeout and body.get("structured_outputs"):
             regex = str(body["structured_outputs"].get("regex", ""))[:40]
-            return web.json_response(
-                {"error": {"message": f"Regex compilation timed out after 5s: {regex}", "code": 500}}, status=500
+            return (
+                body,
+                key,
+                None,
+                web.json_response(
+                    {"error": {"message": f"Regex compilation timed out after 5s: {regex}", "code": 500}}, status=500
+                ),
             )
         fault = self.faults(self.n, body) if self.faults else None
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        return body, key, fault, await self._fault_response(fault, request)
+
+    async def _fault_response(self, fault: object, request: web.Request) -> web.StreamResponse | None:
         if isinstance(fault, tuple):
             status, payload = fault
             if isinstance(payload, dict):
@@ -156,20 +227,7 @@ class FakeServer:
         if fault == "drop":
             request.transport.close()
             return web.Response(status=500)
-        text = self.responder(body)
-        if fault == "empty":
-            text = None
-        elif fault == "garbage":
-            text = "lorem ipsum \x00 ??? no format here"
-        raw = json.dumps(self._completion(body, text)).encode()
-        if fault == "truncated":
-            raw = raw[: len(raw) // 2]
-        elif fault == "nonutf8":
-            raw = b"\xff\xfe\xfa" + raw[:20]
-        self.completed += 1
-        if fault not in ("truncated", "nonutf8", "empty", "garbage"):
-            self.answered[key] += 1
-        return web.Response(body=raw, content_type="application/json")
+        return None
 
     # ---- the Batch API -----------------------------------------------------------------------
     async def _upload(self, request: web.Request) -> web.Response:
@@ -324,6 +382,7 @@ class FakeServer:
             asyncio.set_event_loop(self._loop)
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_post("/pooling", self._pooling)
             app.router.add_get("/v1/models", self._models)
             app.router.add_post("/tokenize", self._tokenize)
             app.router.add_post("/v1/files", self._upload)

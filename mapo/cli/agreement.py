@@ -43,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mapo.core.types import is_judgement
 from mapo.metrics.agreement import cohen_kappa
 from mapo.metrics.tables import ANNOTATORS_KEY, LABELS_KEY, add_uncertainty, build_tables, combine_orders, format_table
 from mapo.metrics.tables import jury_subset_block as _subset_block
@@ -79,9 +80,7 @@ def run_tables(
     """Agreement tables of ``mapo evaluate`` records; ``subsets`` adds juries of the single judges
     that share a setup (e.g. a multirun sweep). ``stats``: ``agreement_tables``' interval options."""
     files = _record_files(paths)
-    records = [
-        r for f in files for r in iter_records(f) if r.get("kind") in ("judge", "juror", "jury", "debate", "cascade")
-    ]
+    records = [r for f in files for r in iter_records(f) if is_judgement(r)]
     if not records:
         raise ValueError(f"no evaluate records in {', '.join(map(str, files))}")
     tables, humans = build_tables(records, order_combine=order_combine, subsets=True)

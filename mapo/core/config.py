@@ -187,6 +187,16 @@ class EvaluatorKind(Choice):
     jury = "jury"
     debate = "debate"
     cascade = "cascade"
+    reward = "reward"
+
+
+class PoolingTask(Choice):
+    """``models.<name>.pooling``: how vLLM's pooling API reads a reward model's score (``POST /pooling``)."""
+
+    classify = "classify"
+    """A sequence classifier (``*ForSequenceClassification``, e.g. Skywork-Reward-V2): one value per conversation."""
+    token_classify = "token_classify"
+    """A per-token reward head (e.g. ``InternLM2ForRewardModel``): the last token's value is the reward."""
 
 
 class SystemRole(Choice):
@@ -378,6 +388,9 @@ class ModelConfig:
     serve: ServeConfig | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
     """Send requests through the OpenAI Batch API (API models; off by default)."""
+    pooling: PoolingTask | None = None
+    """A reward model, scored through vLLM's pooling API with this task (classify | token_classify) instead of
+    chat; serve it with ``serve.extra_args: [--runner, pooling]``. None = a chat model."""
 
     def check(self, key: str = "model") -> None:
         """Validate, naming keys under ``key`` (``models.<name>``)."""
@@ -389,6 +402,10 @@ class ModelConfig:
         _at_least(f"{key}.price_out_per_mtok", self.price_out_per_mtok, 0, optional=True)
         self.generation.check(f"{key}.generation")
         self.batch.check(f"{key}.batch")
+        if self.pooling is not None:
+            self.pooling = PoolingTask.parse(self.pooling, f"{key}.pooling")
+            if self.batch.enabled:
+                raise ConfigError(f"{key}.batch.enabled: a reward model ({key}.pooling) has no Batch API")
         if self.serve is not None:
             self.serve.check(f"{key}.serve")
 
@@ -520,6 +537,19 @@ class DebateConfig:
         _at_least(f"{key}.rounds", self.rounds, 0)
         _scale(f"{key}.scale", self.scale)
         _at_least(f"{key}.reask", self.reask, 0)
+
+
+@dataclass
+class RewardConfig:
+    """A reward model judging pairs (``evaluator=reward``, or a ``roles.judge`` with ``models.<name>.pooling``)."""
+
+    tie_margin: float = 0.0
+    """Rewards closer than this are a tie, never a preference (equal rewards always are). In the model's
+    reward units: calibrate it per model (e.g. on the demo pairs)."""
+
+    def check(self, key: str = "reward") -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.tie_margin", self.tie_margin, 0)
 
 
 @dataclass
@@ -695,13 +725,15 @@ class RunConfig:
     jury: JuryConfig = field(default_factory=JuryConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     debate: DebateConfig = field(default_factory=DebateConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
     eval_data: dict[str, Any] = field(default_factory=dict)
     """Human-labelled set for `mapo evaluate` (conf/eval_data/<name>.yaml)."""
     evaluator: EvaluatorKind = EvaluatorKind.judge
-    """What `mapo evaluate` runs: judge (roles.judge) | jury (roles.jurors) | debate (roles.debaters)."""
+    """What `mapo evaluate` runs: judge (roles.judge) | jury (roles.jurors) | debate (roles.debaters) | reward
+    (roles.judge, a reward model: ``models.<name>.pooling``)."""
     configurations: list[WinrateConfiguration] = field(default_factory=list)
     """Feedback-loop setups compared against roles.baselines by `mapo winrate`."""
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -738,6 +770,7 @@ class RunConfig:
         self.jury.check("jury")
         self.cascade.check("cascade")
         self.debate.check("debate")
+        self.reward.check("reward")
         self.feedback.check("feedback")
         self.selection.check("selection")
         self.prompts.check("prompts")

@@ -98,3 +98,26 @@ class Completion:
     """One ``token -> logprob`` dict per generated token, in order, when requested
     (``LLMClient.chat(top_logprobs=N)``); None when not asked for or the server sent none."""
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reward:
+    """One reward model's score of one conversation, as the client returns it (``LLMClient.reward``)."""
+
+    value: float
+    """The raw reward (no activation applied): higher = better, in the model's own units."""
+    model: str
+    prompt_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+    cache_key: str = ""
+
+
+MEMBER_KINDS = frozenset({"juror"})
+"""Record kinds that are one member of another evaluator (a jury's juror): listed after the evaluators."""
+
+
+def is_judgement(record: object) -> bool:
+    """Whether a stored record is one evaluator's verdict on one human-labelled item (``judgements.jsonl``
+    of ``mapo evaluate``), whatever its kind: judge, juror, jury, debate, reward or one added later."""
+    return isinstance(record, dict) and bool(record.get("kind")) and "item_id" in record and "human" in record

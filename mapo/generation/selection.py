@@ -1,5 +1,5 @@
-"""Best of N by the judge: the authors' pairwise tournament (1 vs 2, winner vs 3, ...) or
-scoring all N at once. Every judge call's raw text is kept in the result.
+"""Best of N by the judge (any :class:`~mapo.judging.base.Evaluator`, a reward model too): the
+authors' pairwise tournament (1 vs 2, winner vs 3, ...) or scoring all N at once. Every judge call's raw text is kept in the result.
 
 A selection also says how each other response lost to the chosen one (:func:`losses`): by a
 decision of the judge, or by a tie. The datasets are built from that (a preference needs a
@@ -16,7 +16,8 @@ from typing import Any
 
 from mapo.core.registry import Registry
 from mapo.core.types import pick_to_label
-from mapo.judging.judge import Judge, PairJudgement
+from mapo.judging.base import Evaluator, PointwiseEvaluator
+from mapo.judging.judge import Judge
 
 TRUNCATED = "length"
 """The OpenAI ``finish_reason`` of a response cut by ``max_tokens``."""
@@ -47,7 +48,7 @@ class Loss:
     margin: float | None
     """Winner's score minus this response's score in that comparison; None for a pick-only judge."""
     reason: str | None = None
-    """Why it was not decisive: ``judge_tie`` | ``equal_scores`` | ``orders_disagree``."""
+    """Why it was not decisive: ``judge_tie`` | ``equal_scores`` | ``orders_disagree`` | ``within_tie_margin``."""
     winner_score: float | None = None
     """The winner's score in that comparison, as it decided (logprob-expected with judge.scoring=expected)."""
     loser_score: float | None = None
@@ -80,7 +81,9 @@ def _no_candidate(method: str, n: int, skip: Collection[int]) -> Selection:
 
 
 @SELECTORS.register("tournament")
-async def tournament(judge: Judge, question: str, responses: Sequence[str], *, skip: Collection[int] = ()) -> Selection:
+async def tournament(
+    judge: Evaluator, question: str, responses: Sequence[str], *, skip: Collection[int] = ()
+) -> Selection:
     """Incumbent vs challenger; a tie keeps the incumbent (the earlier response).
 
     Responses in ``skip`` take no part (they are never judged, chosen or rejected)."""
@@ -90,7 +93,7 @@ async def tournament(judge: Judge, question: str, responses: Sequence[str], *, s
     best = candidates[0]
     records = []
     for challenger in candidates[1:]:
-        j: PairJudgement = await judge.judge_pair(question, responses[best], responses[challenger])
+        j = await judge.judge_pair(question, responses[best], responses[challenger])
         records.append({"a": best, "b": challenger, **j.to_record()})
         if not j.ok:
             return Selection(
@@ -102,19 +105,32 @@ async def tournament(judge: Judge, question: str, responses: Sequence[str], *, s
 
 
 @SELECTORS.register("score_all")
-async def score_all(judge: Judge, question: str, responses: Sequence[str], *, skip: Collection[int] = ()) -> Selection:
-    """Score every response alone (independent scoring); the highest wins, ties go to the earliest.
+async def score_all(
+    judge: Evaluator, question: str, responses: Sequence[str], *, skip: Collection[int] = ()
+) -> Selection:
+    """Score every response alone (a pointwise evaluator's score, e.g. a reward model's; a judge's
+    independent scoring); the highest wins, ties go to the earliest.
 
     Responses in ``skip`` are not scored (their score is None) and cannot win."""
     candidates = [i for i in range(len(responses)) if i not in skip]
     if not candidates:
         return _no_candidate("score_all", len(responses), skip)
-    attempts = await asyncio.gather(*(judge.score_single(question, responses[i]) for i in candidates))
     scores: list[float | None] = [None] * len(responses)
     records = []
-    for i, a in zip(candidates, attempts, strict=True):
-        scores[i] = a.verdict.score_a if a.verdict.ok else None
-        records.append({"index": i, "raw": a.raw, "score": scores[i], "failure": a.verdict.failure})
+    if isinstance(judge, PointwiseEvaluator):
+        scored = await asyncio.gather(*(judge.score(question, responses[i]) for i in candidates))
+        for i, sc in zip(candidates, scored, strict=True):
+            scores[i] = sc.value if sc.ok else None
+            records.append(
+                {"index": i, "raw": sc.raw, "score": scores[i], "failure": sc.failure, "tie_margin": judge.tie_margin}
+            )
+    elif isinstance(judge, Judge):
+        attempts = await asyncio.gather(*(judge.score_single(question, responses[i]) for i in candidates))
+        for i, a in zip(candidates, attempts, strict=True):
+            scores[i] = a.verdict.score_a if a.verdict.ok else None
+            records.append({"index": i, "raw": a.raw, "score": scores[i], "failure": a.verdict.failure})
+    else:
+        raise TypeError(f"selection.method=score_all needs a judge or a pointwise evaluator, not {judge.kind}")
     if any(scores[i] is None for i in candidates):
         return Selection(None, "score_all", records, scores, failure="a response could not be scored")
     best = max(candidates, key=lambda i: (scores[i], -i))
@@ -135,10 +151,14 @@ def losses(
     out: dict[int, Loss] = {}
     if method == "score_all":
         top = scores[best]
+        # a pointwise evaluator's tie margin (a reward model's reward.tie_margin): closer scores are a tie
+        tie_margin = max((j.get("tie_margin") or 0.0 for j in judgements), default=0.0)
         for i, s in enumerate(scores):
             if i == best or s is None or top is None:
                 continue
-            out[i] = Loss(best, top > s, top - s, None if top > s else "equal_scores", top, s)
+            decisive = top > s and top - s >= tie_margin
+            reason = None if decisive else ("equal_scores" if top == s else "within_tie_margin")
+            out[i] = Loss(best, decisive, top - s, reason, top, s)
         return out
     for j in judgements:
         a, b, label = j["a"], j["b"], j.get("label")
@@ -182,6 +202,8 @@ def _tie_reason(judgement: Mapping[str, Any]) -> str:
     }
     if len(labels) > 1:
         return "orders_disagree"
+    if judgement.get("tie_margin") and judgement.get("score_a") != judgement.get("score_b"):
+        return "within_tie_margin"  # a reward model's rewards closer than reward.tie_margin
     if judgement.get("score_a") is not None and judgement.get("score_b") is not None:
         return "equal_scores"
     return "judge_tie"

@@ -3,9 +3,12 @@
 An evaluator (:class:`Evaluator`; in the spirit of TRL's ``BasePairwiseJudge``) judges one pair:
 ``await ev.judge_pair(question, response_a, response_b)`` returns a :class:`Judgement` in the
 order the responses were given (``model_a`` = ``response_a``). :class:`~mapo.judging.judge.Judge`,
-:class:`~mapo.judging.jury.Jury` and :class:`~mapo.judging.debate.Debate` implement it; each
-names itself (``name``, ``kind``, ``setup``, ``prompt_sha``, ``models``) so a run keys and
-resumes its records without asking what type of evaluator it holds.
+:class:`~mapo.judging.jury.Jury`, :class:`~mapo.judging.debate.Debate` and
+:class:`~mapo.judging.reward.RewardJudge` implement it; each names itself (``name``, ``kind``,
+``setup``, ``prompt_sha``, ``models``) so a run keys and resumes its records without asking what type
+of evaluator it holds. :class:`PointwiseEvaluator` (in the spirit of TRL's ``BaseRankJudge``) adds
+``score(question, response)`` for an evaluator that scores each response alone (a reward model): it
+judges pairs and selects best-of-N through the same interface, with no prompt to name.
 
 A :class:`Judgement` (``PairJudgement``, ``JuryJudgement``, ``DebateJudgement``) carries the
 shared verdict fields and turns itself into ``judgements.jsonl`` records
@@ -29,16 +32,22 @@ from mapo.core.types import Label, Message
 from mapo.llm.client import Constraint, LLMClient
 
 __all__ = [
+    "NO_PROMPT",
     "Answer",
     "Evaluator",
     "Judgement",
+    "PointwiseEvaluator",
     "Probe",
     "RecordContext",
+    "Score",
     "ask",
     "asked_probe",
     "constraint_for",
     "use_constraint",
 ]
+
+NO_PROMPT = "none"
+"""``prompt_sha`` of an evaluator that sends no prompt of mapo's (a reward model scores the conversation)."""
 
 _PICK: dict[Label, str] = {"model_a": "A", "model_b": "B", "tie": "tie"}
 _SWAP: dict[Label, Label] = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
@@ -58,7 +67,7 @@ class RecordContext:
     version: int
     """``judge.version``: part of every record key."""
     evaluator: str
-    """The run's evaluator (judge | jury | debate)."""
+    """The run's evaluator (judge | jury | debate | reward)."""
     annotators: Mapping[str, str] | None = None
     """Several annotators' labels (column -> label) when the item has them; ``human`` is their majority."""
 
@@ -73,7 +82,7 @@ def _record(
     member_of: str | None,
     setup: str,
     strategy: str,
-    scale: int,
+    scale: int | None,
     prompt_sha: str,
     label: Label | None,
     score_a: float | None,
@@ -135,11 +144,11 @@ class Judgement:
     """
 
     kind: ClassVar[str] = "judge"
-    """What this result's own record is: judge | jury | debate."""
+    """What this result's own record is: judge | jury | debate | reward."""
 
     judge: str
     strategy: str
-    scale: int
+    scale: int | None
     prompt_sha: str
     label: Label | None = None
     score_a: float | None = None
@@ -307,7 +316,7 @@ class Evaluator(ABC):
     """
 
     kind: ClassVar[str]
-    """judge | jury | debate (the ``kind`` of its own records)."""
+    """judge | jury | debate | reward (the ``kind`` of its own records)."""
 
     @property
     @abstractmethod
@@ -320,9 +329,9 @@ class Evaluator(ABC):
         """How it judges, e.g. ``combined10``, ``combined10/mode-tie``, ``debate10/r2/mean_score/...``."""
 
     @property
-    @abstractmethod
     def prompt_sha(self) -> str:
-        """Hash of the prompt text(s) it uses."""
+        """Hash of the prompt text(s) it uses; :data:`NO_PROMPT` for an evaluator that sends none (a reward model)."""
+        return NO_PROMPT
 
     @property
     @abstractmethod
@@ -330,14 +339,22 @@ class Evaluator(ABC):
         """The models behind it (conf/model names)."""
 
     @property
-    @abstractmethod
     def strategy(self) -> str:
-        """The judge strategy (``debate`` for a debate)."""
+        """The judge strategy (``debate`` for a debate); by default its ``kind``."""
+        return self.kind
 
     @property
-    @abstractmethod
-    def scale(self) -> int:
-        """Score total."""
+    def scale(self) -> int | None:
+        """Score total; None for an evaluator whose scores have no fixed total (a reward model)."""
+        return None
+
+    ordered: ClassVar[bool] = True
+    """Whether the presentation order can change its verdict (``judge.both_orders`` judges both); a
+    pointwise evaluator scores each response alone, so it has one order."""
+
+    def config_keys(self) -> dict[str, Any]:
+        """Config keys that change its verdicts beyond ``judge.*`` (a run's fingerprint adds them)."""
+        return {}
 
     @abstractmethod
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> Judgement:
@@ -391,6 +408,44 @@ class Evaluator(ABC):
                 cached=False,
             )
         ]
+
+
+# --------------------------------------------------------------------------- the pointwise protocol
+
+
+@dataclass
+class Score:
+    """One response scored alone by a pointwise evaluator: ``value`` (higher = better), or None with
+    ``failure`` saying why (a failure is never a score)."""
+
+    value: float | None
+    failure: str | None = None
+    raw: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.value is not None
+
+
+class PointwiseEvaluator(Evaluator):
+    """An evaluator that scores each response alone (in the spirit of TRL's ``BaseRankJudge`` beside
+    ``BasePairwiseJudge``): :meth:`score` ranks N responses (``selection.method=score_all``) and
+    :meth:`judge_pair` judges a pair by scoring both. It has one presentation order."""
+
+    ordered: ClassVar[bool] = False
+
+    @property
+    def tie_margin(self) -> float:
+        """Scores closer than this are a tie, never a preference (equal scores always are)."""
+        return 0.0
+
+    @abstractmethod
+    async def score(self, question: str, response: str) -> Score:
+        """Score ``response`` to ``question`` alone."""
 
 
 # --------------------------------------------------------------------------- asking

@@ -110,6 +110,8 @@ class Cascade(Evaluator):
     """``cheap`` judges every item; ``strong`` judges the ones ``rule`` escalates."""
 
     kind: ClassVar[str] = "cascade"
+    ordered: ClassVar[bool] = False
+    """A run gives it one order: its cheap judge judges both itself (their disagreement escalates)."""
 
     def __init__(self, cheap: Judge, strong: Judge, config: CascadeConfig) -> None:
         self.cheap, self.strong = cheap, strong

@@ -33,7 +33,7 @@ from openai.types.chat import ChatCompletion
 
 from mapo.core import secrets
 from mapo.core.config import ConfigError, ModelConfig
-from mapo.core.types import Completion, Message, Usage
+from mapo.core.types import Completion, Message, Reward, Usage
 from mapo.llm.batch import BatchQueue, Errors
 from mapo.llm.cache import ResponseCache, cache_key
 
@@ -467,6 +467,84 @@ class LLMClient:
             top_logprobs=hit.get("top_logprobs"),
         )
 
+    # ---- reward models (vLLM's pooling API) ---------------------------------------------
+    async def reward(self, model: str, messages: Sequence[Message], *, role: str) -> Reward:
+        """The raw reward of a conversation (e.g. [user prompt, assistant response]) from reward model
+        ``model``: vLLM's ``POST /pooling`` with the chat messages (rendered by the model's chat template,
+        no generation prompt), ``models.<name>.pooling`` as the task and no activation, so the value is the
+        model's own reward. Through the same replicas, retries, per-attempt deadline, response cache,
+        budget (prompt tokens) and accounting per (role, model) as :meth:`chat`.
+
+        Raises:
+            ConfigError: ``model`` is not a reward model (``models.<name>.pooling`` unset).
+            EndpointUnavailable, ModelNotFound, RequestRejected, UnencodableText: as for :meth:`chat`.
+        """
+        m = self._resolve(model)
+        task = m.config.pooling
+        if task is None:
+            raise ConfigError(
+                f"models.{model}.pooling is not set: {model!r} is a chat model; a reward model names its "
+                "pooling task (classify | token_classify) and is served with serve.extra_args: [--runner, pooling]"
+            )
+        msgs: list[Message] = [{"role": x["role"], "content": x["content"]} for x in messages]
+        _check_encodable(msgs, model)
+        usage = self.usage[(role, model)]
+        key = cache_key(model=model, served=m.config.served_name, messages=msgs, pooling=str(task))
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None and isinstance(hit.get("reward"), (int, float)):
+            usage.cached += 1
+            self.stats.cached += 1
+            return Reward(float(hit["reward"]), model, hit.get("prompt_tokens", 0), 0.0, True, key)
+        if key in self._pending:  # the same response scored twice at once (e.g. a tournament's incumbent)
+            return await asyncio.shield(self._pending[key])
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        body = {
+            "model": m.config.served_name,
+            "messages": msgs,
+            "task": str(task),
+            "use_activation": False,
+            "add_generation_prompt": False,
+        }
+
+        async def send(replica: _Replica) -> Any:
+            url = str(replica.client.base_url).rstrip("/")
+            root = url[: -len("/v1")] if url.endswith("/v1") else url  # vLLM serves /pooling beside /v1
+            return await replica.client.post(f"{root}/pooling", body=body, cast_to=object)
+
+        def accept(answer: Any, latency: float) -> Reward:
+            value, prompt_tokens = _pooled_reward(answer)  # a garbled answer is retried like a transient fault
+            if prompt_tokens is None:
+                usage.estimated += 1
+                prompt_tokens = -(-_chars(msgs) // CHARS_PER_TOKEN)
+            usage.requests += 1
+            usage.prompt_tokens += prompt_tokens
+            usage.latency_s += latency
+            self.stats.requests += 1
+            if self.cache is not None:
+                self.cache.put(key, model, {"reward": value, "prompt_tokens": prompt_tokens})
+            return Reward(value, model, prompt_tokens, latency, False, key)
+
+        reserved = self._reserve(m, msgs, {"max_tokens": 0})
+        try:
+            result: Reward = await self._retrying(m, usage, send, accept=accept, by_meaning=True)
+            fut.set_result(result)
+            return result
+        except ModelNotFound as e:
+            error = ModelNotFound(
+                f"{e} (a reward model needs vLLM's pooling runner: serve.extra_args: [--runner, pooling])"
+            )
+            fut.set_exception(error)
+            fut.exception()
+            raise error from e
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._reserved_usd -= reserved
+            del self._pending[key]
+
     # ---- cost ------------------------------------------------------------------------
     @staticmethod
     def _cost(cfg: ModelConfig, prompt_tokens: float, completion_tokens: float) -> float | None:
@@ -489,7 +567,7 @@ class LLMClient:
             if model in self._configs
         )
 
-    def _reserve(self, m: _Model, msgs: list[dict], gen: Mapping[str, Any]) -> float:
+    def _reserve(self, m: _Model, msgs: Sequence[Mapping[str, Any]], gen: Mapping[str, Any]) -> float:
         """Count a request's worst-case cost against the budget before it is sent (prompt tokens
         estimated from its length, completion at max_tokens); raise BudgetExceeded if it does not fit."""
         if self.budget_usd is None:
@@ -936,6 +1014,28 @@ def _top_logprobs(choice: Any) -> list[dict[str, float]] | None:
 
 def _safe(token: str) -> str:
     return token if _encodable(token) else token.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _pooled_reward(answer: Any) -> tuple[float, int | None]:
+    """(reward, prompt tokens or None) of a vLLM ``/pooling`` answer: ``data[0].data`` is ``[value, ...]``
+    for a sequence classifier (the first label is the reward) or one such row per token for a per-token
+    reward head (the last token's row).
+
+    Raises:
+        _Garbage: the answer holds no number where the reward should be.
+    """
+    try:
+        pooled = answer["data"][0]["data"]
+        if pooled and isinstance(pooled[-1], list):  # token_classify: one row per token
+            pooled = pooled[-1]
+        value = pooled[0]
+    except (KeyError, IndexError, TypeError) as e:
+        raise _Garbage(f"pooling answer without a reward ({type(e).__name__}: {e})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise _Garbage(f"pooling answer with a reward that is not a number: {value!r}")
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return float(value), tokens if isinstance(tokens, int) else None
 
 
 class _Garbage(Exception):

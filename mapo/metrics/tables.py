@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mapo.core.types import Label
+from mapo.core.types import MEMBER_KINDS, Label
 from mapo.judging.jury import TIE_BREAKS
 from mapo.metrics.agreement import (
     PositionBias,
@@ -216,7 +216,7 @@ def build_tables(
         results.append(entry)
     results.sort(
         key=lambda e: (
-            {"jury": 0, "debate": 0, "judge": 0, "cascade": 0, "juror": 1}[e["kind"]],
+            e["kind"] in MEMBER_KINDS,  # evaluators of any kind first, then the members of one (jurors)
             e["kappa"] is None,
             -(e["kappa"] or 0.0),
         )

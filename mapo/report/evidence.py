@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from mapo.core.types import is_judgement
 from mapo.metrics.uncertainty import CONFIDENCE, N_RESAMPLES, SEED, Bootstrap
 from mapo.report.run import Run, read_records
 
@@ -37,7 +38,6 @@ __all__ = ["BIAS_RESAMPLES", "Evidence", "bias_diagnostics", "by_evaluator", "ev
 
 log = logging.getLogger(__name__)
 
-_KINDS = ("judge", "juror", "jury", "debate")
 _LOCAL_LOADERS = ("faireval", "local")
 BIAS_RESAMPLES = 10_000
 """Most resamples for the bias intervals (Monte Carlo error of a 95% bound ~0.003 on 80 items)."""
@@ -253,7 +253,7 @@ def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
     """The per-item records and evaluated pairs behind ``run``'s agreement tables (module doc)."""
     ev = Evidence()
     if run.agreement_file is None:
-        ev.records = [r for r in run.records("judgements.jsonl") if r.get("kind") in _KINDS]
+        ev.records = [r for r in run.records("judgements.jsonl") if is_judgement(r)]
         spec = _eval_spec(run.dir, run.config_text, run.manifest)
         _pairs_of(spec, ev)
         ev.families = families_of(run.config_text, spec, tables)
@@ -271,7 +271,7 @@ def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
         if not present:
             return ev
     for s in present:
-        ev.records += [r for r in read_records(s) if r.get("kind") in _KINDS]
+        ev.records += [r for r in read_records(s) if is_judgement(r)]
     first = present[0].parent
     cfg = first / "config.yaml"
     manifest = (

@@ -30,7 +30,7 @@ from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summa
 from mapo.generation.feedback import FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.base import Probe
-from mapo.judging.judge import Judge
+from mapo.judging.evaluators import pair_judge
 from mapo.llm.client import LLMClient
 from mapo.metrics.dataset_quality import dataset_quality_of_run, quality_markdown
 from mapo.runs.runner import (
@@ -92,7 +92,7 @@ class Build(RunCommand):
         cfg, roles = self.cfg, self.cfg.roles
         warn_family_judging(cfg)
         self.loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
-        self.judge = Judge(client, roles.judge, cfg.judge)
+        self.judge = pair_judge(cfg, client)  # a reward model when roles.judge is one
         self.select = SELECTORS.get(cfg.selection.method)
 
     def models(self) -> list[str]:
@@ -111,6 +111,7 @@ class Build(RunCommand):
             **section_keys("selection", cfg.selection),
             **section_keys("prompts", cfg.prompts, only=PROMPT_SOURCE_KEYS),
             "prompt_sha.judge": self.judge.prompt_sha,
+            **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
         }
 

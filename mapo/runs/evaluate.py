@@ -1,8 +1,9 @@
-"""``mapo evaluate``: a judge, a jury or a debate over a human-labelled set, and its agreement.
+"""``mapo evaluate``: a judge, a jury, a debate or a reward model over a human-labelled set, and its agreement.
 
 Runs ``evaluator`` (``judge``: ``roles.judge`` with ``judge.*``; ``jury``: ``roles.jurors``,
 each judging with ``judge.*``, aggregated by ``jury.*``; ``debate``: ``roles.debaters`` with
-``debate.*``) over every item of ``eval_data`` (a loader of :mod:`mapo.data.humans`), in one or
+``debate.*``; ``reward``: the reward model ``roles.judge`` with ``reward.*``, built by
+:mod:`mapo.judging.evaluators`) over every item of ``eval_data`` (a loader of :mod:`mapo.data.humans`), in one or
 both presentation orders (``judge.both_orders``; the independent strategy has no order).
 Items stream through a bounded pool (``max_items_in_flight``). Config and input are checked
 before any model call. A rerun into the same folder resumes: finished keys are skipped and
@@ -28,26 +29,29 @@ Record schema of ``judgements.jsonl`` (one JSON object per line):
 key                ``<item_id>|<judge>|<setup>|v<version>|<prompt_sha>|<order>``; resume key
                    (for a juror ``<judge>`` is ``<jury>/<juror>``)
 item_id            the item's id in the evaluation set
-evaluator          the run's evaluator: judge | jury | debate
-kind               what this record is: judge | juror (one jury member) | jury | debate
+evaluator          the run's evaluator: judge | jury | debate | reward
+kind               what this record is: judge | juror (one jury member) | jury | debate | reward
 judge              model name (judge, juror), ``jury[a+b+c]`` or ``debate[a+b+c]``
 models             the models behind it (conf/model names)
 member_of          the jury's name for a juror record, else null
 setup              judging setup: ``combined10``, ``direct``, ``independent10``, for a jury
-                   ``combined10/mode-tie``, for a debate ``debate10/r2/mean_score``
-strategy, scale    judge strategy (``debate`` for a debate) and score total
+                   ``combined10/mode-tie``, for a debate ``debate10/r2/mean_score``, for a
+                   reward model ``reward/margin<reward.tie_margin>``
+strategy, scale    judge strategy (``debate``, ``reward``) and score total (null for a reward)
 version            ``judge.version`` (bump when prompts or parsing change)
 order              AB = response_a shown first; BA = response_b shown first (swapped)
-prompt_sha         hash of the prompt text(s) used
+prompt_sha         hash of the prompt text(s) used (``none``: a reward model sends none)
 pick               A | B | tie | null: the verdict in presentation order
 label              model_a | model_b | tie | null: the verdict with the swap undone
-score_a, score_b   scores of response_a / response_b (dataset terms); null for direct
+score_a, score_b   scores of response_a / response_b (dataset terms); null for direct; the raw
+                   rewards for a reward model
 failure            why there is no verdict (parse failure, rejected request), else null
 human              the human label (model_a | model_b | tie)
 raw                every raw model text, in the order produced (re-parseable: mapo reparse)
 detail             judge / juror: ``attempts`` (per-attempt raw texts and parsed verdicts);
                    jury: ``aggregate``, ``tie_break``, ``members`` (juror labels), ``n_failed``;
-                   debate: ``roles``, ``rounds``, ``aggregate``, ``utterances``, ``finals``
+                   debate: ``roles``, ``rounds``, ``aggregate``, ``utterances``, ``finals``;
+                   reward: ``reward_a``, ``reward_b``, ``margin``, ``tie_margin``
 prompt_tokens,     token and time accounting for this record (cached = every call was a
 completion_tokens, cache hit)
 latency_s, cached
@@ -70,10 +74,8 @@ from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
-from mapo.judging.cascade import Cascade
-from mapo.judging.debate import Debate
-from mapo.judging.judge import Judge, judge_setup
-from mapo.judging.jury import Jury
+from mapo.judging.evaluators import ROLES, from_config
+from mapo.judging.judge import judge_setup
 from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.metrics.uncertainty import stats_options
@@ -84,8 +86,8 @@ __all__ = ["EVALUATORS", "agreement_tables", "combine_orders", "evaluate", "form
 
 log = logging.getLogger(__name__)
 
-EVALUATORS = {"judge": "judge", "jury": "jurors", "debate": "debaters", "cascade": "judge"}
-"""evaluator -> the role (``roles.<role>``) naming its models."""
+EVALUATORS = ROLES
+"""evaluator -> the role (``roles.<role>``) naming its models (:data:`mapo.judging.evaluators.ROLES`)."""
 _MORE_ROLES = {"cascade": ["strong_judge"]}
 """evaluator -> further roles it uses (the cascade's strong judge)."""
 
@@ -162,9 +164,9 @@ def _judge_setup(cfg: RunConfig) -> str:
     return judge_setup(cfg.judge)
 
 
-def _orders(cfg: RunConfig) -> list[str]:
-    # a cascade's cheap judge judges both orders itself (their disagreement is an escalation signal)
-    no_order = (cfg.evaluator != "debate" and cfg.judge.pointwise) or cfg.evaluator == "cascade"
+def _orders(cfg: RunConfig, ev: Evaluator) -> list[str]:
+    # one order for an evaluator the order cannot change (a reward model; a cascade judges both itself)
+    no_order = not ev.ordered or (cfg.evaluator != "debate" and cfg.judge.pointwise)
     return ["AB", "BA"] if cfg.judge.both_orders and not no_order else ["AB"]
 
 
@@ -178,17 +180,7 @@ def _build(cfg: RunConfig, client) -> Evaluator:
     """The configured evaluator (``evaluator``), its prompts loaded: a bad name fails before any call."""
     judge_cfg = dataclasses.replace(cfg.judge, both_orders=False)  # orders are ours: one record per order
     try:
-        ev: Evaluator
-        if cfg.evaluator == "judge":
-            ev = Judge(client, cfg.roles.judge, judge_cfg)
-        elif cfg.evaluator == "jury":
-            ev = Jury(client, cfg.roles.jurors, judge_cfg, cfg.jury)
-        elif cfg.evaluator == "cascade":
-            ev = Cascade(
-                Judge(client, cfg.roles.judge, cfg.judge), Judge(client, cfg.roles.strong_judge, cfg.judge), cfg.cascade
-            )
-        else:
-            ev = Debate(client, cfg.roles.debaters, cfg.debate)
+        ev = from_config(cfg, client, judge_cfg)
         _ = ev.prompt_sha  # prompts exist
     except UnknownNameError as e:
         raise ConfigError(str(e)) from None
@@ -265,13 +257,13 @@ class Evaluate(RunCommand):
     def check(self) -> None:
         _check(self.cfg)
         self.items_, self.data_info = load_items(self.cfg.eval_data)  # bad input fails before any model call
-        self.orders = _orders(self.cfg)
-        self.units = [(item, order) for item in self.items_ for order in self.orders]
-        self.counts = {"units": len(self.units), "resumed_done": 0, "failed": 0}
         self.judging_s = 0.0
 
     def setup(self, client: LLMClient) -> None:
         self.ev = _build(self.cfg, client)  # unknown names, prompts, debaters: still before any call or file
+        self.orders = _orders(self.cfg, self.ev)
+        self.units = [(item, order) for item in self.items_ for order in self.orders]
+        self.counts = {"units": len(self.units), "resumed_done": 0, "failed": 0}
         self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
         _check_reference(self.cfg, self.judge_name)
 
@@ -286,6 +278,7 @@ class Evaluate(RunCommand):
             **model_keys(cfg, self.models()),
             **{f"eval_data.{k}": v for k, v in self.data_info.items() if k not in ("limit", "n_items")},
             "prompt_sha": self.prompt_sha,
+            **self.ev.config_keys(),
         }
         if cfg.evaluator == "debate":
             keys.update(section_keys("debate", cfg.debate))
@@ -352,7 +345,7 @@ class Evaluate(RunCommand):
             "judge": self.judge_name,
             "setup": self.judge_setup,
             "orders": self.orders,
-            "roles": {EVALUATORS[cfg.evaluator]: cfg.roles.judge if cfg.evaluator == "judge" else models},
+            "roles": {EVALUATORS[cfg.evaluator]: cfg.roles.judge if EVALUATORS[cfg.evaluator] == "judge" else models},
             "models": models_manifest(cfg, models),
             "eval_data": self.data_info,
             "items": {"total": len(self.items_), **self.counts},

@@ -219,6 +219,8 @@ def _judgements(
             out[rec["key"]] = (_reparse_debate(rec), [])
         elif kind in ("judge", "juror", "winrate"):
             out[rec["key"]] = _reparse_judged(rec, rec.get("order_combine", rule))
+        elif kind != "jury" and not rec.get("raw"):  # e.g. a reward model's: no text to re-parse, kept as is
+            out[rec["key"]] = (copy.deepcopy(rec), [])
     jurors: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
     for new, _ in out.values():
         if new.get("kind") == "juror":
@@ -266,6 +268,9 @@ def _selections(
             scale = 10
             scores = []
             for j in js:
+                if "tie_margin" in j:  # a pointwise evaluator's score (a reward): no text to re-parse
+                    scores.append(j.get("score"))
+                    continue
                 r = _first_ok(j.get("raw") or [], "score", scale=scale)
                 j["score"], j["failure"] = (float(r.value), None) if r.ok else (None, r.error)
                 scores.append(j["score"])

@@ -50,7 +50,8 @@ from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.base import Probe
-from mapo.judging.judge import Judge, PairJudgement
+from mapo.judging.evaluators import pair_judge
+from mapo.judging.judge import Judge
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient
 from mapo.metrics.length_control import ASSUMPTIONS as LC_ASSUMPTIONS
@@ -441,8 +442,10 @@ class Winrate(RunCommand):
     def setup(self, client: LLMClient) -> None:
         cfg = self.cfg
         self.client = client
-        self.judge = Judge(client, cfg.roles.judge, cfg.judge)
+        self.judge = pair_judge(cfg, client)  # a reward model when roles.judge is one
         self.sha = self.judge.prompt_sha
+        if not isinstance(self.judge, Judge):  # a judge's stored keys name its setup as check() does
+            self.setup_name = self.judge.setup
         warn_self_judging([cfg.roles.judge], [c.generator for c in self.configs] + self.baselines, "roles.judge")
         self.loops = {
             c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None
@@ -468,6 +471,7 @@ class Winrate(RunCommand):
             **section_keys("feedback", cfg.feedback),
             **section_keys("prompts", cfg.prompts, only=PROMPT_SOURCE_KEYS),
             "prompt_sha.judge": self.sha,
+            **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
         }
 
@@ -559,8 +563,8 @@ class Winrate(RunCommand):
             "baseline": b,
             "judge": cfg.roles.judge,
             "setup": self.setup_name,
-            "strategy": cfg.judge.strategy,
-            "scale": cfg.judge.scale,
+            "strategy": self.judge.strategy,
+            "scale": self.judge.scale,
             "version": cfg.judge.version,
             "prompt_sha": self.sha,
             "both_orders": cfg.judge.both_orders,
@@ -576,7 +580,7 @@ class Winrate(RunCommand):
         else:
             t0 = time.perf_counter()
             try:
-                j: PairJudgement = await self.judge.judge_pair(item.prompt, x, y)
+                j = await self.judge.judge_pair(item.prompt, x, y)
             except Exception as e:
                 reason = item_failure(e)
                 if reason is None:
@@ -588,10 +592,10 @@ class Winrate(RunCommand):
                     score_a=j.score_a,
                     score_b=j.score_b,
                     failure=j.failure,
-                    raw=[t for a in j.attempts for t in a.raw],
-                    detail={"attempts": j.to_record()["attempts"]},
-                    prompt_tokens=sum(a.prompt_tokens for a in j.attempts),
-                    completion_tokens=sum(a.completion_tokens for a in j.attempts),
+                    raw=j.raw,
+                    detail=j.detail("AB"),
+                    prompt_tokens=j.prompt_tokens,
+                    completion_tokens=j.completion_tokens,
                 )
             self.stage_s["judging"] += time.perf_counter() - t0
         rec["outcome"] = OUTCOMES[rec["label"]]

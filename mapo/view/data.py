@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mapo.core.types import MEMBER_KINDS, is_judgement
 from mapo.metrics.tables import combine_orders
 from mapo.report.run import Run, find_sources, load_run, read_json
 
@@ -34,7 +35,6 @@ SNIPPET = 160
 """Characters of a text shown in a table cell (the item's page has all of it)."""
 DIFF_WORDS = 4000
 """Most words per side a word diff compares (longer texts: the rest is shown unmarked)."""
-_EVALUATOR_KINDS = ("judge", "jury", "debate")
 _FIRST = (
     *("prompt_id", "configuration", "baseline", "outcome", "label", "score_a", "score_b", "failure"),
     *("split", "step", "epoch", "loss", "eval_loss", "learning_rate"),
@@ -273,7 +273,7 @@ class EvaluateView(View):
                     human.setdefault(item, r.get("human"))
                 if r.get("failure"):
                     failed.add(item)
-                if r.get("kind") not in _EVALUATOR_KINDS:
+                if not _evaluator_record(r):
                     continue
                 key = (s, str(r.get("judge")), str(r.get("setup")))
                 column = evaluators.setdefault(key, len(evaluators))
@@ -335,7 +335,7 @@ class EvaluateView(View):
         for e in self.evaluators:
             recs = by_source[e["source"]]
             mine = [r for r in recs if str(r.get("judge")) == e["judge"] and str(r.get("setup")) == e["setup"]]
-            mine = [r for r in mine if r.get("kind") in _EVALUATOR_KINDS]
+            mine = [r for r in mine if _evaluator_record(r)]
             if not mine:
                 continue
             jurors = [r for r in recs if r.get("kind") == "juror" and r.get("member_of") == e["judge"]]
@@ -625,3 +625,8 @@ def load_views(paths: Sequence[str | Path]) -> tuple[list[View], list[tuple[RunR
         elif run.command not in ("evaluate", "agreement"):
             views.append(RecordsView(ref, run, "judgements.jsonl", f"{run.command} {ref.label}"))
     return views, refs
+
+
+def _evaluator_record(record: dict[str, Any]) -> bool:
+    """An evaluator's own verdict on an item, of any kind (judge, jury, debate, reward, ...), not a juror's."""
+    return is_judgement(record) and record.get("kind") not in MEMBER_KINDS
