@@ -241,9 +241,13 @@ async def test_preflight_off_runs_nothing_before_the_items(tmp_path):
     with FakeServer(reject_system=True) as server:
         cfg = run_config(server, tmp_path, system_role="native")
         cfg.client.preflight = False
-        manifest = await build(cfg)
+        # nothing catches the rejected system role before the items now: every item fails on it,
+        # and a run whose every item failed is stopped (runner.FailureWatch), naming the cause
+        with pytest.raises(RunStopped, match="every item of this run failed.*System role not supported"):
+            await build(cfg)
         assert server.tokenized == 0
-    assert "preflight" not in manifest
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and "preflight" not in manifest
 
 
 async def test_the_report_shows_the_findings_and_the_fallback(tmp_path):
