@@ -101,3 +101,22 @@ def test_a_twin_of_an_older_builder_is_rebuilt(monkeypatch):
         ]
         == twins.VERSION
     )
+
+
+def test_mapo_answer_formats_fit_the_twins_max_tokens(built):
+    """The constrained judge answer has ~48 tokens of structure (parsers.text_budget): with the twins' vocabulary the
+    section heads are a few tokens each, so a judgement fits the twins' max_tokens (at 48 every one was cut)."""
+    from transformers import AutoTokenizer
+
+    from mapo.core.parsers import text_budget
+
+    structure = "### Evaluation Evidence:\n\n\n### Score Assistant A:\n10/10\n\n### Score Assistant B:\n10/10"
+    import yaml
+
+    from tests.conftest import REPO
+
+    for family, conf in (("llama31", "llama31-8b-twin"), ("gemma2", "gemma-2-9b-twin")):
+        tok = AutoTokenizer.from_pretrained(built[family])
+        limit = yaml.safe_load((REPO / "conf" / "model" / f"{conf}.yaml").read_text())[conf]["generation"]["max_tokens"]
+        assert len(tok(structure, add_special_tokens=False).input_ids) <= 48 < limit
+        assert text_budget(limit) >= 64  # room for an evidence text before the scores
