@@ -80,13 +80,21 @@ def reward_twin(tmp_path_factory):
     registry = root / "endpoints.json"
     env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry)}
     serve = [sys.executable, "-m", "serve"]
-    where = ["--conf-dir", str(conf / "model"), "--model", TWIN, "--registry", str(registry)]
-    up = subprocess.run([*serve, "up", *where], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    which = ["--model", TWIN, "--registry", str(registry)]
+    up = subprocess.run(
+        [*serve, "up", "--conf-dir", str(conf / "model"), *which],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     try:
         assert up.returncode == 0, f"serve up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
         yield registry, conf
-    finally:
-        subprocess.run([*serve, "down", *where], cwd=REPO, env=env, capture_output=True, timeout=180)
+    finally:  # `down` takes no --conf-dir: it stops what the registry names
+        down = subprocess.run([*serve, "down", *which], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert down.returncode == 0, f"serve down failed:\n{down.stdout[-2000:]}\n{down.stderr[-2000:]}"
 
 
 def _run(server: FakeServer, tmp_path: Path, registry: Path, conf: Path, command: str, *extra: str):
