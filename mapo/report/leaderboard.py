@@ -278,17 +278,7 @@ def collect(
                 tokens=tokens[k] if records[k] else None,
                 tokens_per_item=tokens[k] / items if items and records[k] else None,
                 run=str(run.agreement_file or run.dir),
-                kappa_low=_pair(e.get("kappa_ci"))[0],
-                kappa_high=_pair(e.get("kappa_ci"))[1],
-                accuracy_low=_pair(e.get("accuracy_ci"))[0],
-                accuracy_high=_pair(e.get("accuracy_ci"))[1],
-                reference=vs.get("reference"),
-                margin=_f(margin) if vs else None,
-                diff=0.0 if vs.get("verdict") == "reference" else _f(vs.get("diff")),
-                diff_low=_pair(vs.get("diff_ci"))[0],
-                diff_high=_pair(vs.get("diff_ci"))[1],
-                verdict=vs.get("verdict"),
-                n_needed=vs.get("n_needed"),
+                **_against_reference(e, vs, margin),
                 first_rate_low=_pair(pb.get("first_rate_ci"))[0],
                 first_rate_high=_pair(pb.get("first_rate_ci"))[1],
                 longer_rate=lb.get("judge_rate"),
@@ -305,6 +295,24 @@ def collect(
             keep(entry, mtime)
     entries = [e for e, _ in best.values()]
     return sorted(entries, key=lambda e: (e.dataset, e.kappa is None, -(e.kappa or 0.0), e.judge))
+
+
+def _against_reference(result: Mapping[str, Any], vs: Mapping[str, Any], margin: Any) -> dict[str, Any]:
+    """The kappa and accuracy intervals of one agreement result and its comparison with the reference
+    (``vs_reference``): the Entry fields a judge, a debate and a selected jury share."""
+    return {
+        "kappa_low": _pair(result.get("kappa_ci"))[0],
+        "kappa_high": _pair(result.get("kappa_ci"))[1],
+        "accuracy_low": _pair(result.get("accuracy_ci"))[0],
+        "accuracy_high": _pair(result.get("accuracy_ci"))[1],
+        "reference": vs.get("reference"),
+        "margin": _f(margin) if vs else None,
+        "diff": 0.0 if vs.get("verdict") == "reference" else _f(vs.get("diff")),
+        "diff_low": _pair(vs.get("diff_ci"))[0],
+        "diff_high": _pair(vs.get("diff_ci"))[1],
+        "verdict": vs.get("verdict"),
+        "n_needed": vs.get("n_needed"),
+    }
 
 
 def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: Any) -> list[Entry]:
@@ -334,17 +342,7 @@ def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: 
                 tokens=None,
                 tokens_per_item=None,
                 run=where,
-                kappa_low=_pair(s.get("kappa_ci"))[0],
-                kappa_high=_pair(s.get("kappa_ci"))[1],
-                accuracy_low=_pair(s.get("accuracy_ci"))[0],
-                accuracy_high=_pair(s.get("accuracy_ci"))[1],
-                reference=vs.get("reference"),
-                margin=_f(margin) if vs else None,
-                diff=0.0 if vs.get("verdict") == "reference" else _f(vs.get("diff")),
-                diff_low=_pair(vs.get("diff_ci"))[0],
-                diff_high=_pair(vs.get("diff_ci"))[1],
-                verdict=vs.get("verdict"),
-                n_needed=vs.get("n_needed"),
+                **_against_reference(s, vs, margin),
                 contains_reference=bool(vs.get("contains_reference")),
                 selected=True,
                 selection_corrected=sel.get("corrected"),
