@@ -233,7 +233,7 @@ def test_hydra_sweep_through_submitit_then_summary(jobs, fake_endpoint):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     summary = subprocess.run(
-        [sys.executable, "-m", "mapo.runs.shard", "summary", str(sweep)],
+        [sys.executable, "-m", "mapo", "summary", str(sweep)],
         cwd=jobs.workdir,
         capture_output=True,
         text=True,

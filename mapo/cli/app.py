@@ -70,6 +70,11 @@ COMMANDS: dict[str, Command] = {
         Command(
             "serve", "mapo.serving.__main__:main", "vLLM servers for conf/model/ (mapo serve up|down|status|prepare)"
         ),
+        Command("wait", "mapo.serving.wait:main", "block until the named models' servers answer (mapo wait --model M)"),
+        Command(
+            "merge", "mapo.runs.shard:merge_main", "join a job array's shard runs, rebuild DPO/KTO (DIRS --out DIR)"
+        ),
+        Command("summary", "mapo.runs.shard:summary_main", "one table of every run's manifest in a sweep (SWEEP_DIR)"),
     ]
 }
 

@@ -5,8 +5,8 @@ Sharding: task ``i`` of ``n`` takes the items whose ``sha256(id) % n == i``
 after ``prompts.limit``, so the shards partition exactly the set an unsharded run would read).
 Each task writes its own run folder; :func:`merge` joins them::
 
-    python -m mapo.runs.shard merge runs/NAME/shard-* --out runs/NAME/merged
-    python -m mapo.runs.shard summary multirun/NAME
+    mapo merge runs/NAME/shard-* --out runs/NAME/merged
+    mapo summary multirun/NAME
 
 ``merge`` refuses incomplete shards, a missing or repeated shard index, shards built with
 different configs, and any key seen twice; it checks that every input key is in the output
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MergeError", "shard_of", "merge", "summary", "main"]
+__all__ = ["MergeError", "main", "merge", "merge_main", "shard_of", "summary", "summary_main"]
 
 RECORD_FILES = ("generations", "selections", "dpo", "kto")
 """JSONL stores of a build run, each keyed by ``key``; all are merged."""
@@ -342,27 +342,34 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
 # ---- command line --------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mapo.runs.shard", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("merge", help="join the run folders of a job array's shards and rebuild DPO/KTO")
-    m.add_argument("run_dirs", nargs="+", help="shard run folders (a quoted glob is expanded)")
-    m.add_argument("--out", required=True, help="new folder for the merged run")
-    s = sub.add_parser("summary", help="one table (CSV + Markdown) of every run's manifest in a sweep")
-    s.add_argument("sweep_dir", help="e.g. multirun/build")
-    s.add_argument("--out", default=None, help="folder for summary.csv / summary.md (default: the sweep folder)")
+def merge_main(argv: Sequence[str] | None = None) -> int:
+    """``mapo merge DIRS... --out DIR``: 0 merged, 1 refused (the reason on stderr; nothing written)."""
+    parser = argparse.ArgumentParser(
+        prog="mapo merge", description="join the run folders of a job array's shards and rebuild DPO/KTO"
+    )
+    parser.add_argument("run_dirs", nargs="+", help="shard run folders (a quoted glob is expanded)")
+    parser.add_argument("--out", required=True, help="new folder for the merged run")
     args = parser.parse_args(argv)
-    if args.cmd == "merge":
-        try:
-            manifest = merge(args.run_dirs, args.out)
-        except MergeError as e:
-            print(f"merge failed: {e}", file=sys.stderr)
-            return 1
-        print(
-            f"merged {len(manifest['sources'])} shards into {manifest['output_dir']}: "
-            f"{manifest['items']['done']} prompts, rows {manifest['rows']}"
-        )
-        return 0
+    try:
+        manifest = merge(args.run_dirs, args.out)
+    except MergeError as e:
+        print(f"merge failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"merged {len(manifest['sources'])} shards into {manifest['output_dir']}: "
+        f"{manifest['items']['done']} prompts, rows {manifest['rows']}"
+    )
+    return 0
+
+
+def summary_main(argv: Sequence[str] | None = None) -> int:
+    """``mapo summary SWEEP_DIR [--out DIR]``: prints summary.md and names the runs not complete."""
+    parser = argparse.ArgumentParser(
+        prog="mapo summary", description="one table (CSV + Markdown) of every run's manifest in a sweep"
+    )
+    parser.add_argument("sweep_dir", help="e.g. multirun/build")
+    parser.add_argument("--out", default=None, help="folder for summary.csv / summary.md (default: the sweep folder)")
+    args = parser.parse_args(argv)
     rows = summary(args.sweep_dir, args.out)
     out_dir = Path(args.out) if args.out else Path(args.sweep_dir)
     print((out_dir / "summary.md").read_text(encoding="utf-8"), end="")
@@ -372,6 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f"; not complete: {', '.join(bad)}" if bad else "")
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mapo.runs.shard merge|summary ...``: the old spelling of ``mapo merge`` / ``mapo summary``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"merge": merge_main, "summary": summary_main}
+    if not args or args[0] not in commands:
+        print("usage: mapo merge DIRS... --out DIR | mapo summary SWEEP_DIR [--out DIR]", file=sys.stderr)
+        return 2
+    return commands[args[0]](args[1:])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m mapo.serving.wait --model NAME[,NAME] [--timeout S] [--pid PID]``: block until every named
+"""``mapo wait --model NAME[,NAME] [--timeout S] [--pid PID]``: block until every named
 model has a registered endpoint that answers, e.g. a pipeline job waiting for a server job
 (slurm/pipeline.sbatch). Exit 0 when all answer; 1 on timeout, or as soon as process PID (the
 ``serve up`` being waited for) has ended, naming the models missing.
@@ -6,6 +6,7 @@ model has a registered endpoint that answers, e.g. a pipeline job waiting for a 
 An entry counts when ``GET <base_url>/models`` with its API key lists its served name, so a
 stale entry of a server that died without unregistering is not mistaken for a live one.
 The key is read from its 0600 file and sent in a header; it is never printed.
+``python -m mapo.serving.wait`` is the same command (the spelling of older job scripts).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def wait_for(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mapo.serving.wait``: 0 once every named server answers, 1 on timeout."""
-    parser = argparse.ArgumentParser(prog="python -m mapo.serving.wait", description=__doc__.split("\n\n")[0])
+    """``mapo wait``: 0 once every named server answers, 1 on timeout."""
+    parser = argparse.ArgumentParser(prog="mapo wait", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
         action="append",

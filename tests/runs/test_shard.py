@@ -123,10 +123,19 @@ async def test_merge_refuses_incomplete_or_foreign_shards(shards, tmp_path):
 
 
 async def test_merge_cli_exit_codes(shards, tmp_path, capsys):
-    assert main(["merge", str(shards[0]), "--out", str(tmp_path / "m")]) == 1
+    """`mapo merge` (in COMMANDS) and its old spelling `python -m mapo.runs.shard merge` (job scripts)."""
+    from mapo.cli.app import main as mapo_main
+
+    with pytest.raises(SystemExit) as refused:
+        mapo_main(["merge", str(shards[0]), "--out", str(tmp_path / "m")])
+    assert refused.value.code == 1 and "missing shard" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(SystemExit) as done:
+        mapo_main(["merge", *map(str, shards), "--out", str(tmp_path / "m")])
+    assert done.value.code == 0 and "merged 3 shards" in capsys.readouterr().out
+    assert main(["merge", str(shards[0]), "--out", str(tmp_path / "m2")]) == 1  # the alias
     assert "missing shard" in capsys.readouterr().err
-    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "m")]) == 0
-    assert "merged 3 shards" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
 
 
 # ---- sweep summary -------------------------------------------------------------------------
@@ -181,5 +190,11 @@ def test_summary_gathers_every_run(tmp_path, capsys):
     assert "rows.dpo" in md and "roles.judge" not in md  # constant columns stay in the CSV only
     assert len(md.splitlines()) == 2 + 3
 
-    assert main(["summary", str(sweep)]) == 0
+    from mapo.cli.app import main as mapo_main
+
+    with pytest.raises(SystemExit) as done:
+        mapo_main(["summary", str(sweep)])
+    assert done.value.code == 0
+    assert "not complete: judge.strategy=independent" in capsys.readouterr().out
+    assert main(["summary", str(sweep)]) == 0  # the old spelling
     assert "not complete: judge.strategy=independent" in capsys.readouterr().out
