@@ -12,7 +12,9 @@ is constant; what is left per item is the keys of the record stores and the prom
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -70,25 +72,49 @@ def build_command(prompts: Path, tmp: Path, n: int, port: int, iterations: int, 
     ]
 
 
-def run(n: int, tmp: Path, port: int, iterations: int, width: int, log_dir: Path) -> dict:
+def run(
+    n: int,
+    tmp: Path,
+    port: int,
+    iterations: int,
+    width: int,
+    log_dir: Path,
+    server: psutil.Process,
+    profile: Path | None = None,
+) -> dict:
     prompts = tmp / f"prompts-{n}.jsonl"
     with open(prompts, "w") as fh:
         for i in range(n):
             fh.write(json.dumps({"id": f"p{i}", "prompt": f"Write one sentence about the number {i}."}) + "\n")
     cmd = build_command(prompts, tmp, n, port, iterations, width)
+    if profile is not None:  # the same command under cProfile (slower: for where the time goes, not for figures)
+        cmd[1:1] = ["-m", "cProfile", "-o", str(profile / f"build-{n}.prof")]
     log_path = log_dir / f"memory-{n}.log"
     samples: list[tuple[float, int]] = []
+    marks: list[tuple[float, float, int]] = []
+    """(wall s, the build's CPU s, items done): items done counted from selections.jsonl as it grows."""
+    sels = tmp / f"run-{n}" / "selections.jsonl"
+    counted = [0, 0]  # bytes read, lines seen
+    server_cpu0 = sum(server.cpu_times()[:2])
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                samples.append((time.perf_counter() - t0, ps.memory_info().rss))
-            except psutil.NoSuchProcess:
+        while True:  # wait4: the child's own CPU time (user + system), exact, whatever else runs on the machine
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
                 break
+            with contextlib.suppress(psutil.NoSuchProcess):
+                now = time.perf_counter() - t0
+                samples.append((now, ps.memory_info().rss))
+                if not marks or now - marks[-1][0] >= 1.0:
+                    times = ps.cpu_times()
+                    marks.append((now, times.user + times.system, _lines(sels, counted)))
             time.sleep(0.1)
     wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    server_cpu = sum(server.cpu_times()[:2]) - server_cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"mapo build failed for n={n} (rc {proc.returncode}); see {log_path}")
     manifest = json.loads((tmp / f"run-{n}" / "manifest.json").read_text())
@@ -105,11 +131,47 @@ def run(n: int, tmp: Path, port: int, iterations: int, width: int, log_dir: Path
         "peak_rss_mb": round(max(r for _, r in samples) / mb, 1),
         "wall_s": round(wall, 1),
         "items_per_s": round(n / wall, 1),
+        "wall_ms_per_item": round(1000 * wall / n, 3),
+        "cpu_s": round(cpu, 1),
+        "cpu_ms_per_item": round(1000 * cpu / n, 3),
+        "server_cpu_ms_per_item": round(1000 * server_cpu / n, 3),
         "rss_mb_at_25_50_75pct": [rss_at(f) for f in (0.25, 0.5, 0.75)],
         "requests": manifest["throughput"]["requests"],
         "rows": manifest.get("rows"),
         "build_wall_s": manifest["timings_s"]["wall"],
+        "marginal": marginal(marks, n),
     }
+
+
+def _lines(path: Path, counted: list[int]) -> int:
+    """Lines of ``path`` so far, reading only what was appended since the last call."""
+    with contextlib.suppress(OSError), open(path, "rb") as fh:
+        fh.seek(counted[0])
+        data = fh.read()
+        counted[0] += len(data)
+        counted[1] += data.count(b"\n")
+    return counted[1]
+
+
+def marginal(marks: list[tuple[float, float, int]], n: int, parts: int = 10) -> list[dict]:
+    """CPU and wall ms per item within each tenth of the items (by items done): a cost that grows
+    with the work shows as a rising row within one run, whatever the start-up and the final write cost."""
+    out = []
+    for i in range(parts):
+        lo, hi = n * i // parts, n * (i + 1) // parts
+        a = next((m for m in marks if m[2] >= lo), None)
+        b = next((m for m in marks if m[2] >= hi), None)
+        if a is None or b is None or b[2] <= a[2]:
+            continue
+        items = b[2] - a[2]
+        out.append(
+            {
+                "items": [a[2], b[2]],
+                "cpu_ms_per_item": round(1000 * (b[1] - a[1]) / items, 3),
+                "wall_ms_per_item": round(1000 * (b[0] - a[0]) / items, 3),
+            }
+        )
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -147,6 +209,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=1, help="feedback.iterations")
     ap.add_argument("--width", type=int, default=64, help="max_items_in_flight")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--profile", type=Path, help="run each build under cProfile, writing DIR/build-N.prof")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +220,11 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as d:
             for n in sorted(args.sizes):
-                rows.append(run(n, Path(d), port, args.iterations, args.width, log_dir))
+                rows.append(
+                    run(
+                        n, Path(d), port, args.iterations, args.width, log_dir, psutil.Process(server.pid), args.profile
+                    )
+                )
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         server.terminate()

@@ -171,6 +171,15 @@ class _Model:
     name: str
     config: ModelConfig
     replicas: list[_Replica] = field(default_factory=list)
+    polled_at: float = 0.0
+    """When the registry file was last looked at for this model (``time.monotonic``)."""
+    registry_stamp: tuple[int, int] | None = None
+    """(mtime_ns, size) of the registry file when this model's replicas were last read from it."""
+
+
+REGISTRY_POLL_S = 1.0
+"""How often a model reached through the registry looks at the registry file (one ``stat``): a
+replica registered mid-run takes requests within about this long, one unregistered stops taking them."""
 
 
 @dataclass
@@ -246,9 +255,36 @@ class LLMClient:
             raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(self._configs))}")
         cfg = self._configs[name]
         model = _Model(name=name, config=cfg)
+        if cfg.endpoint and not cfg.base_url:
+            model.registry_stamp, model.polled_at = self._registry_stamp(), time.monotonic()
         model.replicas = self._make_replicas(name, cfg)
         self._models[name] = model
         return model
+
+    def _registry_stamp(self) -> tuple[int, int] | None:
+        from mapo.llm import endpoints
+
+        try:
+            st = os.stat(endpoints.registry_path(self.registry))
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _poll_registry(self, m: _Model) -> None:
+        """At most every :data:`REGISTRY_POLL_S`: when the registry file changed, take its replicas of
+        ``m`` (new ones join the balancing, unregistered ones leave it, and every replica gets a fresh
+        chance: one restarted at the same address answers again)."""
+        now = time.monotonic()
+        if now - m.polled_at < REGISTRY_POLL_S:
+            return
+        m.polled_at = now
+        stamp = self._registry_stamp()
+        if stamp is None or stamp == m.registry_stamp:
+            return
+        m.registry_stamp = stamp
+        self._refresh(m.name)
+        for r in m.replicas:
+            r.errors = 0
 
     def _make_replicas(self, name: str, cfg: ModelConfig) -> list[_Replica]:
         targets: list[tuple[str, str | None]] = []
@@ -765,6 +801,8 @@ class LLMClient:
         last_error: Exception | None = None
         attempt = 0
         while True:
+            if m.registry_stamp is not None:
+                self._poll_registry(m)
             replica = min(m.replicas, key=lambda r: (r.errors, r.in_flight))
             replica.in_flight += 1
             try:

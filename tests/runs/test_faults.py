@@ -328,6 +328,59 @@ async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, re
     )
 
 
+async def test_a_replica_registered_mid_run_takes_requests_and_one_stopped_costs_its_in_flight(tmp_path, reference):
+    """Replicas come and go during a run: a second replica registered mid-run takes requests
+    within seconds (the client looks at the registry file about once a second, not only after
+    connection errors); the first one stopped mid-run costs only its requests in flight (sent
+    again to the other); every item is done once, with the records of a fault-free run."""
+    from mapo.llm import client as client_module
+    from mapo.llm import endpoints
+
+    registry = tmp_path / "endpoints.json"
+
+    def entry(server: FakeServer) -> endpoints.Endpoint:
+        return endpoints.Endpoint(
+            name="fake",
+            base_url=server.base_url,
+            served_name="fake",
+            api_key_file=None,
+            host="127.0.0.1",
+            port=server.port,
+            pid=None,
+            job_id=None,
+            started_at=time.time(),
+        )
+
+    first, second = FakeServer(latency_s=0.2).start(), FakeServer(latency_s=0.2).start()
+    try:
+        endpoints.register(entry(first), registry)
+        cfg = run_config(tmp_path, first, model_overrides={"max_retries": 6})
+        for m in cfg.models.values():
+            m.base_url, m.endpoint = None, "fake"
+        cfg.client.registry = str(registry)
+        task = asyncio.create_task(build(cfg))
+        await wait_until(lambda: sum(first.answered.values()) >= 5 or task.done())
+        assert not task.done(), "the run finished before the second replica came"
+        endpoints.register(entry(second), registry)
+        registered = time.monotonic()
+        await wait_until(lambda: sum(second.answered.values()) >= 1 or task.done())
+        joined_s = time.monotonic() - registered
+        assert not task.done(), "the run finished before the first replica was stopped"
+        in_flight = sum(first.requests.values()) - sum(first.answered.values())
+        await asyncio.to_thread(first.stop)
+        manifest = await task
+    finally:
+        second.stop()
+    assert joined_s < client_module.REGISTRY_POLL_S + 2.0, f"the new replica took {joined_s:.1f} s to get a request"
+    assert manifest["status"] == "complete"
+    assert_complete(tmp_path / "run", reference["ids"])
+    assert_same(snapshot(tmp_path / "run"), reference["snap"])
+    answered = sum(first.answered.values()) + sum(second.answered.values())
+    # only what the stopped replica had in flight can have been sent twice (at most its concurrency)
+    assert answered - reference["answered"] <= cfg.models["gen"].max_concurrency * 3, (answered, in_flight)
+    assert sum(second.answered.values()) > 0 and max(second.answered.values()) == 1
+
+
 # ---- transient faults ------------------------------------------------------------------------
 
 
