@@ -16,8 +16,7 @@ from typing import Any
 
 from mapo.core.registry import Registry
 from mapo.core.types import pick_to_label
-from mapo.judging.base import Evaluator, PointwiseEvaluator
-from mapo.judging.judge import Judge
+from mapo.judging.base import Evaluator
 
 TRUNCATED = "length"
 """The OpenAI ``finish_reason`` of a response cut by ``max_tokens``."""
@@ -108,8 +107,8 @@ async def tournament(
 async def score_all(
     judge: Evaluator, question: str, responses: Sequence[str], *, skip: Collection[int] = ()
 ) -> Selection:
-    """Score every response alone (a pointwise evaluator's score, e.g. a reward model's; a judge's
-    independent scoring); the highest wins, ties go to the earliest.
+    """Score every response alone (:meth:`Evaluator.score`: a pointwise evaluator's score, e.g. a reward
+    model's; a judge's independent scoring); the highest wins, ties go to the earliest.
 
     Responses in ``skip`` are not scored (their score is None) and cannot win."""
     candidates = [i for i in range(len(responses)) if i not in skip]
@@ -117,20 +116,14 @@ async def score_all(
         return _no_candidate("score_all", len(responses), skip)
     scores: list[float | None] = [None] * len(responses)
     records = []
-    if isinstance(judge, PointwiseEvaluator):
-        scored = await asyncio.gather(*(judge.score(question, responses[i]) for i in candidates))
-        for i, sc in zip(candidates, scored, strict=True):
-            scores[i] = sc.value if sc.ok else None
-            records.append(
-                {"index": i, "raw": sc.raw, "score": scores[i], "failure": sc.failure, "tie_margin": judge.tie_margin}
-            )
-    elif isinstance(judge, Judge):
-        attempts = await asyncio.gather(*(judge.score_single(question, responses[i]) for i in candidates))
-        for i, a in zip(candidates, attempts, strict=True):
-            scores[i] = a.verdict.score_a if a.verdict.ok else None
-            records.append({"index": i, "raw": a.raw, "score": scores[i], "failure": a.verdict.failure})
-    else:
-        raise TypeError(f"selection.method=score_all needs a judge or a pointwise evaluator, not {judge.kind}")
+    if not judge.scores_alone:
+        raise TypeError(
+            f"selection.method=score_all needs an evaluator that scores one response alone, not {judge.kind}"
+        )
+    scored = await asyncio.gather(*(judge.score(question, responses[i]) for i in candidates))
+    for i, sc in zip(candidates, scored, strict=True):
+        scores[i] = sc.value if sc.ok else None
+        records.append({"index": i, "raw": sc.raw, "score": scores[i], "failure": sc.failure, **judge.score_fields()})
     if any(scores[i] is None for i in candidates):
         return Selection(None, "score_all", records, scores, failure="a response could not be scored")
     best = max(candidates, key=lambda i: (scores[i], -i))

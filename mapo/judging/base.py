@@ -27,11 +27,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from mapo.core.config import JudgeConfig, RunConfig
 from mapo.core.parsers import ParseResult, constrained_regex, text_budget
+from mapo.core.registry import Registry
 from mapo.core.types import Label, Message
 from mapo.llm.client import Constraint, LLMClient
 
 __all__ = [
+    "EVALUATORS",
     "NO_PROMPT",
     "Answer",
     "Evaluator",
@@ -310,13 +313,33 @@ def asked_probe(
 
 
 class Evaluator(ABC):
-    """Anything that judges a pair: a judge, a jury, a debate.
+    """Anything that judges a pair: a judge, a jury, a debate, a reward model.
 
-    Implementations name themselves; a run needs nothing else to key, resume and record them.
+    Implementations register under their ``evaluator`` choice (``@EVALUATORS.register(name)``), build
+    themselves from config (:meth:`from_config`), declare the config roles they use
+    (:attr:`config_roles`), the config sections that join a run's fingerprint (:attr:`sections`) and
+    the ``kind`` of their records, and name themselves; a command needs nothing else to build, key,
+    resume and record them. The abstract members are what every evaluator has: :meth:`from_config`,
+    :attr:`name`, :attr:`setup`, :attr:`models` and :meth:`judge_pair`.
     """
 
     kind: ClassVar[str]
-    """judge | jury | debate | reward (the ``kind`` of its own records)."""
+    """The ``kind`` of its own records: judge | jury | debate | cascade | reward, or its own."""
+
+    config_roles: ClassVar[tuple[str, ...]] = ("judge",)
+    """The ``roles.<role>`` keys naming its models (validated before any call); the first names them in
+    the fingerprint (``roles.<first>``) and the manifest."""
+
+    sections: ClassVar[tuple[tuple[str, tuple[str, ...] | None], ...]] = (("judge", None),)
+    """(config section, its fields or None for all) that change its verdicts: ``mapo evaluate``'s
+    fingerprint holds them, in this order (after :meth:`config_keys`)."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: RunConfig, client: LLMClient, judge_config: JudgeConfig | None = None) -> Evaluator:
+        """Build it from a run's config (``cfg``: :class:`~mapo.core.config.RunConfig`) over ``client``;
+        ``judge_config`` (default ``cfg.judge``) is what the judges inside it judge with. A bad name or
+        value is a :class:`~mapo.core.config.ConfigError` (or ``UnknownNameError``) before any call."""
 
     @property
     @abstractmethod
@@ -348,9 +371,34 @@ class Evaluator(ABC):
         """Score total; None for an evaluator whose scores have no fixed total (a reward model)."""
         return None
 
-    ordered: ClassVar[bool] = True
-    """Whether the presentation order can change its verdict (``judge.both_orders`` judges both); a
-    pointwise evaluator scores each response alone, so it has one order."""
+    @property
+    def ordered(self) -> bool:
+        """Whether the presentation order can change its verdict (``judge.both_orders`` judges both); a
+        pointwise evaluator scores each response alone, so it has one order."""
+        return True
+
+    @property
+    def pair_setup(self) -> str:
+        """The setup that keys the records of a command where it judges each pair in every order it
+        judges itself (``mapo winrate``); by default :attr:`setup`."""
+        return self.setup
+
+    @property
+    def subset_members(self) -> list[str]:
+        """Members whose every subset the agreement table scores as a jury of its own (a jury's jurors;
+        ``stats.reference`` may name them); none by default."""
+        return []
+
+    scores_alone: ClassVar[bool] = False
+    """Whether it can score one response alone (:meth:`score`; ``selection.method=score_all``)."""
+
+    async def score(self, question: str, response: str) -> Score:
+        """Score ``response`` to ``question`` alone (when :attr:`scores_alone`)."""
+        raise NotImplementedError(f"evaluator {self.kind} cannot score one response alone")
+
+    def score_fields(self) -> dict[str, Any]:
+        """What a selection's per-response score record adds for it (a pointwise evaluator's tie margin)."""
+        return {}
 
     def config_keys(self) -> dict[str, Any]:
         """Config keys that change its verdicts beyond ``judge.*`` (a run's fingerprint adds them)."""
@@ -436,16 +484,28 @@ class PointwiseEvaluator(Evaluator):
     ``BasePairwiseJudge``): :meth:`score` ranks N responses (``selection.method=score_all``) and
     :meth:`judge_pair` judges a pair by scoring both. It has one presentation order."""
 
-    ordered: ClassVar[bool] = False
+    scores_alone: ClassVar[bool] = True
+
+    @property
+    def ordered(self) -> bool:
+        return False
 
     @property
     def tie_margin(self) -> float:
         """Scores closer than this are a tie, never a preference (equal scores always are)."""
         return 0.0
 
+    def score_fields(self) -> dict[str, Any]:
+        return {"tie_margin": self.tie_margin}
+
     @abstractmethod
     async def score(self, question: str, response: str) -> Score:
         """Score ``response`` to ``question`` alone."""
+
+
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator")
+"""``evaluator`` choice -> the class that builds itself from config (:meth:`Evaluator.from_config`).
+Each evaluator module registers its class; :mod:`mapo.judging.evaluators` imports them all."""
 
 
 # --------------------------------------------------------------------------- asking

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mapo.core.config import CascadeConfig
-from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
+from mapo.core.config import CascadeConfig, JudgeConfig, RunConfig
+from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.scoring import pick_probabilities
+from mapo.llm.client import LLMClient
 from mapo.metrics.cascade import CascadeRule, CheapVerdict
 
 __all__ = ["Cascade", "CascadeJudgement", "cheap_verdict"]
@@ -106,12 +107,26 @@ def _why(rule: CascadeRule, v: CheapVerdict) -> str:
     return f"confidence {v.confidence:.3f} < {rule.min_confidence:g}"
 
 
+@EVALUATORS.register("cascade")
 class Cascade(Evaluator):
     """``cheap`` judges every item; ``strong`` judges the ones ``rule`` escalates."""
 
     kind: ClassVar[str] = "cascade"
-    ordered: ClassVar[bool] = False
-    """A run gives it one order: its cheap judge judges both itself (their disagreement escalates)."""
+    config_roles: ClassVar[tuple[str, ...]] = ("judge", "strong_judge")
+    sections: ClassVar[tuple[tuple[str, tuple[str, ...] | None], ...]] = (("judge", None), ("cascade", None))
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, client: LLMClient, judge_config: JudgeConfig | None = None) -> Cascade:
+        """``roles.judge`` (cheap) and ``roles.strong_judge`` with ``judge.*``, escalating by ``cascade.*``.
+        The cheap judge judges both orders itself: ``cfg.judge``, never ``judge_config``."""
+        return cls(
+            Judge(client, cfg.roles.judge, cfg.judge), Judge(client, cfg.roles.strong_judge, cfg.judge), cfg.cascade
+        )
+
+    @property
+    def ordered(self) -> bool:
+        """A run gives it one order: its cheap judge judges both itself (their disagreement escalates)."""
+        return False
 
     def __init__(self, cheap: Judge, strong: Judge, config: CascadeConfig) -> None:
         self.cheap, self.strong = cheap, strong

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from mapo.core import prompts
-from mapo.core.config import ConfigError, DebateConfig
+from mapo.core.config import ConfigError, DebateConfig, JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS
 from mapo.core.types import Label, Message, Verdict
-from mapo.judging.base import Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
+from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
 from mapo.metrics.agreement import jury_pick, label_from_scores
 
@@ -156,10 +156,21 @@ def aggregate_finals(finals: Sequence[FinalScore], rule: str) -> tuple[Label | N
     raise ConfigError(f"debate.aggregate={rule!r}; allowed: {', '.join(AGGREGATES)}")
 
 
+@EVALUATORS.register("debate")
 class Debate(Evaluator):
     """Referees (one model for every role, or one per role) discuss the pair, then each scores it."""
 
     kind: ClassVar[str] = "debate"
+    config_roles: ClassVar[tuple[str, ...]] = ("debaters",)
+    sections: ClassVar[tuple[tuple[str, tuple[str, ...] | None], ...]] = (
+        ("debate", None),
+        ("judge", ("version", "both_orders")),  # it judges with debate.*; judge.* only keys and orders its records
+    )
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, client: LLMClient, judge_config: JudgeConfig | None = None) -> Debate:
+        """``roles.debaters`` discussing with ``debate.*`` (``judge_config`` does not apply)."""
+        return cls(client, cfg.roles.debaters, cfg.debate)
 
     def __init__(
         self, client: LLMClient, debaters: Sequence[str], config: DebateConfig, *, role: str = "debater"

@@ -22,11 +22,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from mapo.core import prompts
-from mapo.core.config import JudgeConfig
+from mapo.core.config import JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS, to_verdict
 from mapo.core.registry import Registry
 from mapo.core.types import Message, Verdict, pick_to_label
-from mapo.judging.base import Answer, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for, use_constraint
+from mapo.judging.base import (
+    EVALUATORS,
+    Answer,
+    Evaluator,
+    Judgement,
+    Probe,
+    Score,
+    ask,
+    asked_probe,
+    constraint_for,
+    use_constraint,
+)
 from mapo.judging.packs import PACKS, pack_prompt_sha
 from mapo.judging.packs import _messages as _pack_messages
 from mapo.judging.packs import register as _register_packs
@@ -112,10 +123,17 @@ def judge_setup(config: JudgeConfig) -> str:
     return setup
 
 
+@EVALUATORS.register("judge")
 class Judge(Evaluator):
     """One model judging with one strategy. Stateless across items; safe to share."""
 
     kind: ClassVar[str] = "judge"
+    scores_alone: ClassVar[bool] = True  # its independent prompt scores one response (selection.method=score_all)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, client: LLMClient, judge_config: JudgeConfig | None = None) -> Judge:
+        """``roles.judge`` judging with ``judge_config`` (default ``judge.*``)."""
+        return cls(client, cfg.roles.judge, judge_config or cfg.judge)
 
     def __init__(self, client: LLMClient, model: str, config: JudgeConfig, *, role: str = "judge") -> None:
         self.client = client
@@ -149,6 +167,18 @@ class Judge(Evaluator):
     @property
     def scale(self) -> int:
         return self.config.scale
+
+    @property
+    def ordered(self) -> bool:
+        return not self.config.pointwise  # a pointwise strategy judges each response alone
+
+    @property
+    def pair_setup(self) -> str:
+        """``mapo winrate``'s key: ``direct``, ``combined10``, ``/both`` when it judges both orders (no
+        ``+expected`` / ``+score_only``: the fingerprint holds judge.*, and stored keys stay valid)."""
+        c = self.config
+        setup = str(c.strategy) if c.strategy == "direct" else f"{c.strategy}{c.scale}"
+        return setup + ("/both" if c.both_orders and not c.pointwise else "")
 
     @property
     def scoring_counts(self) -> Counter[str]:
@@ -219,6 +249,11 @@ class Judge(Evaluator):
             return PairJudgement(**base, label=pick_to_label(v.pick), score_a=sa, score_b=sb)  # type: ignore[arg-type]
         both = lambda x, y: None if x is None or y is None else (x + y) / 2  # noqa: E731
         return PairJudgement(**base, label=l1 if l1 == l2 else "tie", score_a=both(a1, a2), score_b=both(b1, b2))
+
+    async def score(self, question: str, response: str) -> Score:
+        """``response`` scored alone with the independent prompt (``selection.method=score_all``)."""
+        a = await self.score_single(question, response)
+        return Score(a.verdict.score_a if a.verdict.ok else None, failure=a.verdict.failure, raw=a.raw)
 
     async def score_single(self, question: str, response: str, order: str = "AB") -> Attempt:
         """One response scored alone out of ``scale`` in its own conversation (kept in verdict.score_a)."""

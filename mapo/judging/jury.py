@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mapo.core.config import ConfigError, JudgeConfig, JuryConfig
-from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext, dataset_label
+from mapo.core.config import ConfigError, JudgeConfig, JuryConfig, RunConfig
+from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
 from mapo.metrics.agreement import jury_pick
@@ -129,10 +129,18 @@ def warn_self_judging(judges: Iterable[str], producers: Iterable[str], what: str
     return hits
 
 
+@EVALUATORS.register("jury")
 class Jury(Evaluator):
     """Jurors judging concurrently, aggregated by ``jury_config.aggregate``."""
 
     kind: ClassVar[str] = "jury"
+    config_roles: ClassVar[tuple[str, ...]] = ("jurors",)
+    sections: ClassVar[tuple[tuple[str, tuple[str, ...] | None], ...]] = (("judge", None), ("jury", None))
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, client: LLMClient, judge_config: JudgeConfig | None = None) -> Jury:
+        """``roles.jurors``, each judging with ``judge_config`` (default ``judge.*``), aggregated by ``jury.*``."""
+        return cls(client, cfg.roles.jurors, judge_config or cfg.judge, cfg.jury)
 
     def __init__(
         self,
@@ -196,6 +204,14 @@ class Jury(Evaluator):
     @property
     def scale(self) -> int:
         return self.judge_config.scale
+
+    @property
+    def ordered(self) -> bool:
+        return not self.judge_config.pointwise
+
+    @property
+    def subset_members(self) -> list[str]:
+        return list(self.jurors)
 
     @property
     def scoring_counts(self) -> Counter[str]:

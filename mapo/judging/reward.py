@@ -17,12 +17,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mapo.core.config import RewardConfig
+from mapo.core.config import ConfigError, JudgeConfig, RewardConfig, RunConfig
 from mapo.core.types import Label, Message
-from mapo.judging.base import Judgement, PointwiseEvaluator, Score
+from mapo.judging.base import EVALUATORS, Judgement, PointwiseEvaluator, Score
 from mapo.llm.client import LLMClient
 
-__all__ = ["RewardJudge", "RewardJudgement", "reward_label"]
+__all__ = ["RewardJudge", "RewardJudgement", "is_reward_model", "reward_label"]
 
 
 def reward_label(reward_a: float, reward_b: float, tie_margin: float) -> Label:
@@ -74,10 +74,27 @@ class RewardJudgement(Judgement):
         }
 
 
+def is_reward_model(cfg: RunConfig, name: str) -> bool:
+    """Whether conf/model ``name`` is served as a reward model (``models.<name>.pooling`` set)."""
+    model = cfg.models.get(name)
+    return model is not None and model.pooling is not None
+
+
+@EVALUATORS.register("reward")
 class RewardJudge(PointwiseEvaluator):
     """Reward model ``model`` (``models.<model>.pooling`` set) judging pairs and scoring responses."""
 
     kind: ClassVar[str] = "reward"
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, client: LLMClient, judge_config: JudgeConfig | None = None) -> RewardJudge:
+        """The reward model ``roles.judge`` with ``reward.*``; ``judge_config`` does not apply."""
+        if not is_reward_model(cfg, cfg.roles.judge):
+            raise ConfigError(
+                f"evaluator=reward: roles.judge={cfg.roles.judge!r} is not a reward model "
+                f"(models.{cfg.roles.judge}.pooling is not set; e.g. conf/model/skywork-reward-v2-8b.yaml)"
+            )
+        return cls(client, cfg.roles.judge, cfg.reward)
 
     def __init__(self, client: LLMClient, model: str, config: RewardConfig, *, role: str = "judge") -> None:
         self.client = client

@@ -74,7 +74,7 @@ from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
 from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
-from mapo.judging.evaluators import ROLES, from_config
+from mapo.judging.evaluators import evaluator_class, from_config, models_of
 from mapo.judging.judge import judge_setup
 from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
@@ -82,14 +82,9 @@ from mapo.metrics.uncertainty import stats_options
 from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
 from mapo.runs.store import atomic_write_json, iter_records
 
-__all__ = ["EVALUATORS", "agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
+__all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
 
 log = logging.getLogger(__name__)
-
-EVALUATORS = ROLES
-"""evaluator -> the role (``roles.<role>``) naming its models (:data:`mapo.judging.evaluators.ROLES`)."""
-_MORE_ROLES = {"cascade": ["strong_judge"]}
-"""evaluator -> further roles it uses (the cascade's strong judge)."""
 
 _PICK = {"model_a": "A", "model_b": "B", "tie": "tie"}
 _SWAP = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
@@ -165,15 +160,15 @@ def _judge_setup(cfg: RunConfig) -> str:
 
 
 def _orders(cfg: RunConfig, ev: Evaluator) -> list[str]:
-    # one order for an evaluator the order cannot change (a reward model; a cascade judges both itself)
-    no_order = not ev.ordered or (cfg.evaluator != "debate" and cfg.judge.pointwise)
-    return ["AB", "BA"] if cfg.judge.both_orders and not no_order else ["AB"]
+    # one order for an evaluator the order cannot change (a pointwise strategy, a reward model; a cascade
+    # judges both itself)
+    return ["AB", "BA"] if cfg.judge.both_orders and ev.ordered else ["AB"]
 
 
 def _check(cfg: RunConfig) -> None:
     """Everything that can be checked without a model call (choices and ranges: RunConfig.check)."""
     cfg.check()  # first: a valid evaluator names the role to validate
-    validate(cfg, [EVALUATORS[cfg.evaluator], *_MORE_ROLES.get(cfg.evaluator, [])])
+    validate(cfg, list(evaluator_class(cfg).config_roles))
 
 
 def _build(cfg: RunConfig, client) -> Evaluator:
@@ -213,13 +208,13 @@ def _identity(cfg: RunConfig, ev: Evaluator) -> tuple[str, str, str]:
     return ev.identity()
 
 
-def _check_reference(cfg: RunConfig, judge_name: str) -> None:
+def _check_reference(cfg: RunConfig, ev: Evaluator) -> None:
     """``stats.reference`` names this run's evaluator, one of its jurors or a subset of them
     (``a+b``): a name the agreement table will hold, checked before any model call."""
-    ref = cfg.stats.reference
+    ref, judge_name = cfg.stats.reference, ev.name
     if ref is None:
         return
-    members = set(_models_of(cfg)) if cfg.evaluator == "jury" else set()
+    members = set(ev.subset_members)
     if ref == judge_name or (members and set(str(ref).split("+")) <= members):
         return
     known = [judge_name, *sorted(members)]
@@ -231,11 +226,7 @@ def _check_reference(cfg: RunConfig, judge_name: str) -> None:
 
 
 def _models_of(cfg: RunConfig) -> list[str]:
-    out = []
-    for role in [EVALUATORS[cfg.evaluator], *_MORE_ROLES.get(cfg.evaluator, [])]:
-        value = getattr(cfg.roles, role)
-        out += [value] if isinstance(value, str) else list(value)
-    return out
+    return models_of(cfg, evaluator_class(cfg))
 
 
 # --------------------------------------------------------------------------- agreement
@@ -265,30 +256,23 @@ class Evaluate(RunCommand):
         self.units = [(item, order) for item in self.items_ for order in self.orders]
         self.counts = {"units": len(self.units), "resumed_done": 0, "failed": 0}
         self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
-        _check_reference(self.cfg, self.judge_name)
+        _check_reference(self.cfg, self.ev)
 
     def models(self) -> list[str]:
         return _models_of(self.cfg)
 
     def fingerprint(self) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg, ev = self.cfg, self.ev
         keys: dict[str, Any] = {
             "evaluator": cfg.evaluator,
-            f"roles.{EVALUATORS[cfg.evaluator]}": self.models(),
+            f"roles.{ev.config_roles[0]}": self.models(),
             **model_keys(cfg, self.models()),
             **{f"eval_data.{k}": v for k, v in self.data_info.items() if k not in ("limit", "n_items")},
             "prompt_sha": self.prompt_sha,
-            **self.ev.config_keys(),
+            **ev.config_keys(),
         }
-        if cfg.evaluator == "debate":
-            keys.update(section_keys("debate", cfg.debate))
-            keys.update(section_keys("judge", cfg.judge, only=("version", "both_orders")))
-        else:
-            keys.update(section_keys("judge", cfg.judge))
-            if cfg.evaluator == "jury":
-                keys.update(section_keys("jury", cfg.jury))
-            if cfg.evaluator == "cascade":
-                keys.update(section_keys("cascade", cfg.cascade))
+        for section, only in ev.sections:  # the config sections that change its verdicts, as it declares them
+            keys.update(section_keys(section, getattr(cfg, section), only=only))
         return keys
 
     def total(self) -> int:
@@ -338,14 +322,15 @@ class Evaluate(RunCommand):
         self.run.ended((recs[-1].get("failure") or "no verdict") if failed else None)
 
     def fields(self) -> dict[str, Any]:
-        cfg, models = self.cfg, self.models()
+        cfg, models, role = self.cfg, self.models(), self.ev.config_roles[0]
+        named = getattr(cfg.roles, role)  # the models of its first role, as configured (one name or a list)
         done_now = max(1, len(self.units) - self.counts["resumed_done"])
         return {
             "evaluator": cfg.evaluator,
             "judge": self.judge_name,
             "setup": self.judge_setup,
             "orders": self.orders,
-            "roles": {EVALUATORS[cfg.evaluator]: cfg.roles.judge if EVALUATORS[cfg.evaluator] == "judge" else models},
+            "roles": {role: named if isinstance(named, str) else list(named)},
             "models": models_manifest(cfg, models),
             "eval_data": self.data_info,
             "items": {"total": len(self.items_), **self.counts},
@@ -375,7 +360,7 @@ class Evaluate(RunCommand):
             )
         ]
         tables = agreement_tables(
-            records, order_combine=cfg.judge.order_combine, subsets=cfg.evaluator == "jury", **stats_options(cfg)
+            records, order_combine=cfg.judge.order_combine, subsets=bool(self.ev.subset_members), **stats_options(cfg)
         )
         tables = {"eval_data": self.data_info, "evaluator": cfg.evaluator, "orders": orders, **tables}
         atomic_write_json(self.run.dir / "agreement.json", tables)

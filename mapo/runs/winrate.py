@@ -51,7 +51,6 @@ from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_pr
 from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.base import Probe
 from mapo.judging.evaluators import pair_judge
-from mapo.judging.judge import Judge
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient
 from mapo.metrics.length_control import ASSUMPTIONS as LC_ASSUMPTIONS
@@ -430,10 +429,6 @@ class Winrate(RunCommand):
                 )
         else:
             self.n_prompts = cfg.prompts.limit
-        self.setup_name = (
-            cfg.judge.strategy if cfg.judge.strategy == "direct" else f"{cfg.judge.strategy}{cfg.judge.scale}"
-        )
-        self.setup_name += "/both" if cfg.judge.both_orders and not cfg.judge.pointwise else ""
         self.keys: set[str] = set()
         self.counts = {"failed": 0, "identical": 0}
         self.stage_s = {"feedback": 0.0, "baselines": 0.0, "judging": 0.0}
@@ -444,8 +439,7 @@ class Winrate(RunCommand):
         self.client = client
         self.judge = pair_judge(cfg, client)  # a reward model when roles.judge is one
         self.sha = self.judge.prompt_sha
-        if not isinstance(self.judge, Judge):  # a judge's stored keys name its setup as check() does
-            self.setup_name = self.judge.setup
+        self.setup_name = self.judge.pair_setup  # it judges each pair in every order it judges itself
         warn_self_judging([cfg.roles.judge], [c.generator for c in self.configs] + self.baselines, "roles.judge")
         self.loops = {
             c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None

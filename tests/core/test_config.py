@@ -118,10 +118,10 @@ def test_the_enums_list_exactly_what_the_code_implements():
     """A member without an implementation (or the reverse) would pass composition and fail mid-run."""
     from mapo.generation.selection import SELECTORS
     from mapo.judging.debate import AGGREGATES
+    from mapo.judging.evaluators import EVALUATORS
     from mapo.judging.judge import STRATEGIES
     from mapo.judging.jury import TIE_BREAKS
     from mapo.metrics.agreement import AGGREGATORS
-    from mapo.runs.evaluate import EVALUATORS
     from mapo.runs.progress import MODES
 
     for enum, names in [
