@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mapo.core.types import is_judgement
+from mapo.core.types import is_judgement, record_kind
 from mapo.metrics.agreement import cohen_kappa
 from mapo.metrics.tables import ANNOTATORS_KEY, LABELS_KEY, add_uncertainty, build_tables, combine_orders, format_table
 from mapo.metrics.tables import jury_subset_block as _subset_block
@@ -86,14 +86,14 @@ def run_tables(
     tables, humans = build_tables(records, order_combine=order_combine, subsets=True)
     tables["sources"] = [str(f) for f in files]
     # a jury's own subsets are kept; juror records without their jury (e.g. filtered files) form none
-    kept_blocks = tables.pop("jury_subsets", []) if any(r["kind"] == "jury" for r in records) else []
+    kept_blocks = tables.pop("jury_subsets", []) if any(record_kind(r["kind"]).aggregate for r in records) else []
     if subsets:
         # juries of single judges (kind judge) that share a setup, e.g. from a multirun sweep
         by_setup: dict[str, dict[str, dict[str, dict[str, Mapping[str, Any]]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(dict))
         )
         for r in records:
-            if r["kind"] == "judge":
+            if record_kind(r["kind"]).single:
                 by_setup[r["setup"]][r["judge"]][r["item_id"]][r["order"]] = r
         for setup, judges in by_setup.items():
             verdicts = {

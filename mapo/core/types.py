@@ -113,7 +113,44 @@ class Reward:
     cache_key: str = ""
 
 
-MEMBER_KINDS = frozenset({"juror"})
+@dataclass(frozen=True)
+class RecordKind:
+    """How the readers of ``judgements.jsonl`` (tables, agreement, report, view, reparse) treat records of
+    one ``kind``: by these traits, never by the kind's name. A kind not in :data:`RECORD_KINDS` (a cascade's,
+    a reward model's, a new evaluator's) is an evaluator of its own: scored, listed, kept by reparse."""
+
+    member: bool = False
+    """One member of another evaluator's verdict (``member_of`` names it: a jury's juror, a cascade's cheap
+    judge): listed after the evaluators; a jury's subsets are formed from its members."""
+    aggregate: bool = False
+    """Its verdict aggregates its members' records (``detail.members`` by ``detail.aggregate``: a jury)."""
+    single: bool = False
+    """One model judging a pair alone with a judge strategy: single judges sharing a setup form juries
+    (``mapo agreement`` subsets, the leaderboard)."""
+    replay: str | None = None
+    """How ``mapo reparse`` derives it again from its raw texts: ``attempts`` (a judge's conversations),
+    ``finals`` (a debate's referees), ``members`` (re-aggregated from its re-parsed members); None: kept as
+    stored (a note says so when it has raw texts)."""
+
+
+RECORD_KINDS: dict[str, RecordKind] = {
+    "judge": RecordKind(single=True, replay="attempts"),
+    "juror": RecordKind(member=True, replay="attempts"),
+    "jury": RecordKind(aggregate=True, replay="members"),
+    "debate": RecordKind(replay="finals"),
+    "winrate": RecordKind(replay="attempts"),  # mapo winrate's judgements.jsonl
+}
+"""The record kinds with traits (the one place a kind's name means something to a reader)."""
+
+_EVALUATOR_KIND = RecordKind()
+
+
+def record_kind(kind: object) -> RecordKind:
+    """The traits of record ``kind``; any kind not listed is an evaluator of its own (no trait)."""
+    return RECORD_KINDS.get(str(kind), _EVALUATOR_KIND)
+
+
+MEMBER_KINDS = frozenset(k for k, v in RECORD_KINDS.items() if v.member)
 """Record kinds that are one member of another evaluator (a jury's juror): listed after the evaluators."""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mapo.core.types import MEMBER_KINDS, Label
+from mapo.core.types import Label, record_kind
 from mapo.judging.jury import TIE_BREAKS
 from mapo.metrics.agreement import (
     PositionBias,
@@ -175,7 +175,7 @@ def build_tables(
         humans[r["item_id"]] = r["human"]
         if r.get("annotators"):
             annotators[r["item_id"]] = dict(r["annotators"])
-        if r["kind"] == "jury":
+        if record_kind(r["kind"]).aggregate:  # a jury: its rule forms its subsets
             detail = r.get("detail") or {}
             if "aggregate" in detail:
                 jury_rules[(r["judge"], r["setup"].split("/")[0])] = (
@@ -216,7 +216,7 @@ def build_tables(
         results.append(entry)
     results.sort(
         key=lambda e: (
-            e["kind"] in MEMBER_KINDS,  # evaluators of any kind first, then the members of one (jurors)
+            record_kind(e["kind"]).member,  # evaluators of any kind first, then the members of one (jurors)
             e["kappa"] is None,
             -(e["kappa"] or 0.0),
         )
@@ -227,7 +227,7 @@ def build_tables(
     if subsets:
         juries: dict[tuple[str, str], dict[str, dict[str, tuple]]] = defaultdict(dict)
         for (kind, judge, setup, member_of), verdicts in combined.items():
-            if kind == "juror" and member_of:
+            if record_kind(kind).member and member_of:
                 juries[(member_of, setup)][judge] = verdicts
         subset_out = []
         for (jury, setup), members in juries.items():
@@ -272,7 +272,9 @@ def _reference(tables: Mapping[str, Any], entries: list[dict[str, Any]], referen
         known = ", ".join(dict.fromkeys(_name(e) for e in tables.get("results", [])))
         raise ValueError(f"reference {reference!r} is not in the table; evaluators: {known}")
     candidates = [
-        i for i, e in enumerate(tables.get("results", [])) if e["kind"] != "juror" and e.get("kappa") is not None
+        i
+        for i, e in enumerate(tables.get("results", []))
+        if not record_kind(e["kind"]).member and e.get("kappa") is not None
     ]
     return max(candidates, key=lambda i: entries[i]["kappa"]) if candidates else None
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mapo.core.types import record_kind
 from mapo.metrics.uncertainty import verdict_words
 from mapo.report import plots
 from mapo.report.document import Document, Fig, Section, Table, Text, ci, render_html, render_markdown
@@ -204,7 +205,7 @@ def _judges_block(
     members = {m for s in block.get("subsets") or [] for m in s.get("members") or []}
     by_judge: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        if r.get("kind") == "judge" and r.get("judge") in members and r.get("setup") == block.get("setup"):
+        if record_kind(r.get("kind")).single and r.get("judge") in members and r.get("setup") == block.get("setup"):
             by_judge[str(r["judge"])][str(r["item_id"])].append(r)
     labels = {j: {i: combine_orders(rs, combine)[0] for i, rs in items.items()} for j, items in by_judge.items()}
     sizes = sorted({len(s.get("members") or []) for s in block.get("subsets") or []})
@@ -230,7 +231,7 @@ def collect(
     def keep(entry: Entry, mtime: float) -> None:
         key = (entry.dataset, entry.judge, entry.setup)
         old = best.get(key)
-        rank = lambda x, t: (x.n + x.n_failed, x.kind != "juror", t)  # noqa: E731 - more items, a judge run, newer
+        rank = lambda x, t: (x.n + x.n_failed, not record_kind(x.kind).member, t)  # noqa: E731 - more items, a judge run, newer
         if old is None or rank(entry, mtime) > rank(*old):
             best[key] = (entry, mtime)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.parsers import PARSERS, VERDICT_SHAPE, ParseResult
-from mapo.core.types import Verdict, pick_to_label
+from mapo.core.types import Verdict, is_judgement, pick_to_label, record_kind
 from mapo.judging.debate import FinalScore, aggregate_finals
 from mapo.judging.jury import TIE_BREAKS
 from mapo.judging.packs import PACKS
@@ -136,14 +136,15 @@ def _reparse_judged(rec: dict[str, Any], rule: str) -> tuple[dict[str, Any], lis
         a["verdict"] = v
     label, sa, sb = _combine_attempts(attempts, rule)
     failure = None if label is not None else "; ".join(a["verdict"].get("failure") or "" for a in attempts)
-    outer_swap = new.get("order") == "BA" and new.get("kind") in ("judge", "juror")
+    evaluated = is_judgement(new)  # mapo evaluate's: pick in presentation order, label in dataset terms
+    outer_swap = new.get("order") == "BA" and evaluated
     if outer_swap:  # evaluate's BA records: the pair was judged swapped, stored in dataset terms
         new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
         label, sa, sb = _SWAP[label], sb, sa
-    elif new.get("kind") in ("judge", "juror"):
+    elif evaluated:
         new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
     new.update(label=label, score_a=sa, score_b=sb, failure=failure)
-    if new.get("kind") == "winrate":
+    if "outcome" in new:  # mapo winrate's: the configuration's outcome follows the label
         new["outcome"] = {"model_a": "win", "model_b": "loss", "tie": "tie", None: "failed"}[label]
     return new, notes
 
@@ -214,19 +215,20 @@ def _judgements(
     records = list(iter_records(path, on_damaged="skip", damaged=damaged))
     out: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for rec in records:
-        kind = rec.get("kind")
-        if kind == "debate":
+        replay = record_kind(rec.get("kind")).replay  # how its kind is derived again (core.types.RECORD_KINDS)
+        if replay == "finals":
             out[rec["key"]] = (_reparse_debate(rec), [])
-        elif kind in ("judge", "juror", "winrate"):
+        elif replay == "attempts":
             out[rec["key"]] = _reparse_judged(rec, rec.get("order_combine", rule))
-        elif kind != "jury" and not rec.get("raw"):  # e.g. a reward model's: no text to re-parse, kept as is
-            out[rec["key"]] = (copy.deepcopy(rec), [])
+        elif replay is None:  # e.g. a reward model's (no text to re-parse) or a kind without a replay: kept as is
+            kept = [] if not rec.get("raw") else [f"kind {rec.get('kind')}: no re-parse rule for its raw texts; kept"]
+            out[rec["key"]] = (copy.deepcopy(rec), kept)
     jurors: dict[tuple, dict[str, Mapping[str, Any]]] = defaultdict(dict)
     for new, _ in out.values():
-        if new.get("kind") == "juror":
+        if record_kind(new.get("kind")).member:
             jurors[(new.get("member_of"), new["item_id"], new["order"], new["prompt_sha"])][new["judge"]] = new
     for rec in records:
-        if rec.get("kind") == "jury":
+        if record_kind(rec.get("kind")).replay == "members":
             out[rec["key"]] = _reparse_jury(
                 rec, jurors[(rec["judge"], rec["item_id"], rec["order"], rec["prompt_sha"])]
             )

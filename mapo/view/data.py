@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mapo.core.types import MEMBER_KINDS, is_judgement
+from mapo.core.types import is_judgement, record_kind
 from mapo.metrics.tables import combine_orders
 from mapo.report.run import Run, find_sources, load_run, read_json
 
@@ -338,7 +338,7 @@ class EvaluateView(View):
             mine = [r for r in mine if _evaluator_record(r)]
             if not mine:
                 continue
-            jurors = [r for r in recs if r.get("kind") == "juror" and r.get("member_of") == e["judge"]]
+            jurors = [r for r in recs if record_kind(r.get("kind")).member and r.get("member_of") == e["judge"]]
             evaluators.append(
                 {
                     "name": e["name"],
@@ -629,4 +629,4 @@ def load_views(paths: Sequence[str | Path]) -> tuple[list[View], list[tuple[RunR
 
 def _evaluator_record(record: dict[str, Any]) -> bool:
     """An evaluator's own verdict on an item, of any kind (judge, jury, debate, reward, ...), not a juror's."""
-    return is_judgement(record) and record.get("kind") not in MEMBER_KINDS
+    return is_judgement(record) and not record_kind(record.get("kind")).member

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.core.config import ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.core.config import CascadeConfig, ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
 from mapo.runs.build import build
 from mapo.runs.evaluate import evaluate
 from mapo.runs.reparse import _split_independent, main, reparse_run
@@ -128,6 +128,26 @@ async def test_build_run_selections_and_generations(fake_server, tmp_path, capsy
     assert "(3 of 9 review scores)" in out
     gens = [r for r in lines(tmp_path / "build" / "reparsed.jsonl") if r["reparse"]["file"] == "generations.jsonl"]
     assert all(g["iterations"][0]["reviews"][0]["score"] == 9.9 for g in gens)
+
+
+async def test_every_record_kind_is_in_the_reparsed_file(fake_server, tmp_path):
+    """A kind without a re-parse rule (a cascade's own record, whose raw texts are its strong judge's) is
+    kept as stored with a note saying so, never left out of reparsed.jsonl (it was, before the record-kind
+    traits: only judge/juror/jury/debate/winrate and raw-less records came back)."""
+    cfg = eval_config(fake_server, tmp_path, "run", evaluator="cascade", judge=JudgeConfig(both_orders=True))
+    cfg.roles.strong_judge = "j2"
+    cfg.cascade = CascadeConfig(max_margin=10)  # every item escalates: the cascade's record keeps raw texts
+    await evaluate(cfg)
+    stored = lines(tmp_path / "run" / "judgements.jsonl")
+    assert any(r["kind"] == "cascade" and r["raw"] for r in stored)
+    summary = reparse_run(tmp_path / "run")
+    reparsed = lines(tmp_path / "run" / "reparsed.jsonl")
+    assert [r["key"] for r in reparsed] == [r["key"] for r in stored]
+    assert summary["judgements.jsonl"]["records"] == len(stored)
+    for old, new in zip(stored, reparsed, strict=True):
+        assert (new["label"], new["failure"]) == (old["label"], old["failure"])
+        if old["kind"] == "cascade":
+            assert new["reparse"]["note"] == "kind cascade: no re-parse rule for its raw texts; kept"
 
 
 def test_main_on_a_folder_without_records(tmp_path, capsys):

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mapo.core.types import record_kind
 from mapo.metrics.uncertainty import VERDICT_WORDS, verdict_words
 from mapo.report import plots
 from mapo.report.document import Block, Example, Fig, Section, Table, Text, ci, num, pct
@@ -273,13 +274,13 @@ def _jury_subsets(
         for s in subsets[:15]
     ]
     safe = re.sub(r"[^A-Za-z0-9]+", "_", j.get("jury", "jury")).strip("_")[:60]
-    alone = [e for e in results if e.get("kind") == "juror" and e.get("member_of") == j.get("jury")]
+    alone = [e for e in results if record_kind(e.get("kind")).member and e.get("member_of") == j.get("jury")]
     if not alone:  # juries formed across single judges (mapo agreement --jury-subsets): the judges alone
         members = {m for s in subsets for m in s.get("members", [])}
         alone = [
             e
             for e in results
-            if e.get("kind") == "judge" and e.get("setup") == j.get("setup") and e.get("judge") in members
+            if record_kind(e.get("kind")).single and e.get("setup") == j.get("setup") and e.get("judge") in members
         ]
     singles = {e["judge"]: e.get("kappa") for e in alone}
     singles_ci = {e["judge"]: e.get("kappa_ci") for e in alone}
@@ -387,7 +388,7 @@ def _disagreements(run: Run, n: int) -> list[Example]:
     for r in run.records("judgements.jsonl"):
         if len(out) >= n:
             break
-        if r.get("kind") in ("juror",) or (main_judge and r.get("judge") != main_judge):
+        if record_kind(r.get("kind")).member or (main_judge and r.get("judge") != main_judge):
             continue
         if r.get("label") is None or r.get("label") == r.get("human"):
             continue

@@ -233,7 +233,7 @@ function evaluateItem(item) {
   ];
   const evs = item.evaluators.map((e) => {
     const recs = e.records.map((r) => el("div", { class: "rec" }, verdictLine(r), memberVotes(r), debateTurns(r),
-      rawTexts(r.kind === "debate" ? null : r.raw, "raw text"), attempts((r.detail || {}).attempts)));
+      rawTexts(Array.isArray((r.detail || {}).utterances) ? null : r.raw, "raw text"), attempts((r.detail || {}).attempts)));
     const jurors = e.jurors.length ? el("details", { class: "jurors" }, el("summary", {}, `jurors' judgements (${e.jurors.length})`),
       ...e.jurors.map((j) => el("div", { class: "rec" }, el("strong", {}, j.judge), verdictLine(j), rawTexts(j.raw, "raw text")))) : null;
     return el("div", { class: "ev" }, el("h3", {}, e.name), el("div", { class: "meta" }, `${e.setup} · run ${e.run}`), ...recs, jurors);
