@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import re
 import statistics
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +82,10 @@ def _text(messages: Any) -> str:
     return ""
 
 
-def _length(dpo: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    ratios, longer, chosen_len, rejected_len = [], 0, [], []
-    for row in dpo:
-        c, r = len(_text(row.get("chosen"))), len(_text(row.get("rejected")))
-        chosen_len.append(c)
-        rejected_len.append(r)
-        longer += c > r
-        if r:
-            ratios.append(c / r)
-    n = len(dpo)
+def _length(chosen_len: Sequence[int], rejected_len: Sequence[int]) -> dict[str, Any]:
+    ratios = [c / r for c, r in zip(chosen_len, rejected_len, strict=True) if r]
+    n = len(chosen_len)
+    longer = sum(c > r for c, r in zip(chosen_len, rejected_len, strict=True))
     return {
         "n": n,
         "ratio": _summary(ratios),
@@ -100,24 +95,10 @@ def _length(dpo: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _chosen_iteration(selections: Sequence[Mapping[str, Any]], n_iterations: Mapping[str, int]) -> dict[str, Any]:
-    chosen = [s for s in selections if s.get("best") is not None]
-    by_index = Counter(int(s["best"]) for s in chosen)
-    last = [s for s in chosen if s["key"] in n_iterations]
-    n_last = sum(int(s["best"]) == n_iterations[s["key"]] - 1 for s in last)
-    return {
-        "n": len(chosen),
-        "failed": sum(s.get("best") is None for s in selections),
-        "by_index": {str(k): by_index[k] for k in sorted(by_index)},
-        "last_share": n_last / len(last) if last else None,
-    }
-
-
 _BINS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
-def _margin(dpo: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    values = [float(r["margin"]) for r in dpo if isinstance(r.get("margin"), (int, float))]
+def _margin(values: Sequence[float], rows: int) -> dict[str, Any]:
     hist: dict[str, int] = {}
     for lo, hi in zip(_BINS, (*_BINS[1:], None), strict=True):
         label = f"[{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
@@ -127,80 +108,64 @@ def _margin(dpo: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         hist["< 0"] = below
     return {
         **_summary(values),
-        "without_margin": len(dpo) - len(values),
+        "without_margin": rows - len(values),
         "zero_share": sum(v == 0 for v in values) / len(values) if values else None,
         "histogram": hist,
     }
 
 
-def _order_consistency(selections: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _consistent_orders(selection: Mapping[str, Any]) -> tuple[int, int]:
+    """(comparisons judged in both orders, of which the two verdicts agree) in one selection record."""
     both = consistent = 0
-    for s in selections:
-        for j in s.get("judgements") or []:
-            picks = {}
-            for a in j.get("attempts") or []:
-                v = a.get("verdict") or {}
-                if v.get("failure") is None and v.get("pick") is not None:
-                    picks[a.get("order")] = v["pick"]
-            if "AB" in picks and "BA" in picks:
-                both += 1
-                consistent += pick_to_label(picks["AB"]) == pick_to_label(picks["BA"], swapped=True)
-    return {"n": both, "consistency": consistent / both if both else None}
+    for j in selection.get("judgements") or []:
+        picks = {}
+        for a in j.get("attempts") or []:
+            v = a.get("verdict") or {}
+            if v.get("failure") is None and v.get("pick") is not None:
+                picks[a.get("order")] = v["pick"]
+        if "AB" in picks and "BA" in picks:
+            both += 1
+            consistent += pick_to_label(picks["AB"]) == pick_to_label(picks["BA"], swapped=True)
+    return both, consistent
 
 
-def _duplicates(
-    generations: Mapping[str, Mapping[str, Any]],
-    selections: Sequence[Mapping[str, Any]],
-    dpo: Sequence[Mapping[str, Any]],
-    threshold: float,
-) -> dict[str, Any]:
-    identical = 0
-    for s in selections:
-        gen, best = generations.get(s["key"]), s.get("best")
-        if gen is None or best is None:
-            continue
-        texts = [it.get("response", "") for it in gen.get("iterations", [])]
-        if best < len(texts):
-            identical += sum(t.strip() == texts[best].strip() for i, t in enumerate(texts) if i != best)
-    sims = [similarity(_text(r.get("chosen")), _text(r.get("rejected"))) for r in dpo]
-    near = sum(x >= threshold for x in sims)
-    return {
-        "identical_pairs": identical,
-        "near_duplicate_threshold": threshold,
-        "near_duplicate_pairs_written": near,
-        "near_duplicate_share": near / len(dpo) if dpo else None,
-        "similarity": _summary(sims),
-    }
+class _ReviewerScores:
+    """The reviewers' scores per iteration, one generation record at a time."""
 
+    def __init__(self) -> None:
+        self.per_iter: dict[int, array[float]] = defaultdict(lambda: array("d"))
+        self.per_reviewer: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+        self.steps = self.improved = 0
 
-def _reviewer_scores(generations: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    per_iter: dict[int, list[float]] = defaultdict(list)
-    per_reviewer: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    steps = improved = 0
-    for gen in generations:
+    def add(self, gen: Mapping[str, Any]) -> None:
         prev: float | None = None
         for it in gen.get("iterations", []):
             idx = int(it.get("index", 0))
             score = it.get("score")
             if isinstance(score, (int, float)):
-                per_iter[idx].append(float(score))
+                self.per_iter[idx].append(float(score))
                 if prev is not None:
-                    steps += 1
-                    improved += score > prev
+                    self.steps += 1
+                    self.improved += score > prev
                 prev = float(score)
             else:
                 prev = None
             for rv in it.get("reviews") or []:
                 if isinstance(rv.get("score"), (int, float)):
-                    per_reviewer[str(rv.get("reviewer"))][idx].append(float(rv["score"]))
-    return {
-        "by_iteration": {str(i): _summary(per_iter[i]) for i in sorted(per_iter)},
-        "by_reviewer": {
-            r: {str(i): statistics.fmean(v) for i, v in sorted(d.items())} for r, d in sorted(per_reviewer.items())
-        },
-        "steps": steps,
-        "improved_share": improved / steps if steps else None,
-    }
+                    acc = self.per_reviewer[str(rv.get("reviewer"))][idx]
+                    acc[0] += float(rv["score"])
+                    acc[1] += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "by_iteration": {str(i): _summary(self.per_iter[i]) for i in sorted(self.per_iter)},
+            "by_reviewer": {
+                r: {str(i): total / n for i, (total, n) in sorted(d.items())}
+                for r, d in sorted(self.per_reviewer.items())
+            },
+            "steps": self.steps,
+            "improved_share": self.improved / self.steps if self.steps else None,
+        }
 
 
 def dataset_quality(
@@ -211,26 +176,76 @@ def dataset_quality(
     *,
     near_duplicate: float = NEAR_DUPLICATE,
 ) -> dict[str, Any]:
-    """Quality indicators of a build run's records (module doc); JSON-ready."""
-    gens = {str(g["key"]): g for g in generations}
-    sels = list(selections)
-    pairs = list(dpo)
-    kto_rows = list(kto)
-    n_iterations = {k: len(g.get("iterations", [])) for k, g in gens.items()}
+    """Quality indicators of a build run's records (module doc); JSON-ready.
+
+    Each stream is read once and no record is kept: what stays is numbers (the chosen index of each
+    selected item, and per DPO pair its lengths, margin and similarity), so a million-item run needs
+    tens of MB here, not its records' size. Keys are unique per file, as the record stores write them.
+    """
+    # selections first: the chosen index per item (for the generations' pass), failures, order consistency
+    chosen: dict[str, int] = {}
+    by_index: Counter[int] = Counter()
+    n_sels = failed = both = consistent = 0
+    for sel in selections:
+        n_sels += 1
+        if sel.get("best") is None:
+            failed += 1
+        else:
+            chosen[str(sel["key"])] = int(sel["best"])
+            by_index[int(sel["best"])] += 1
+        judged, agreed = _consistent_orders(sel)
+        both, consistent = both + judged, consistent + agreed
+    # generations: was the chosen one the last iteration; identical responses beside the chosen; reviewer scores
+    n_gens = with_generation = chosen_last = identical = 0
+    reviewers = _ReviewerScores()
+    for gen in generations:
+        n_gens += 1
+        reviewers.add(gen)
+        best = chosen.get(str(gen["key"]))
+        if best is None:
+            continue
+        texts = [it.get("response", "") for it in gen.get("iterations", [])]
+        with_generation += 1
+        chosen_last += best == len(texts) - 1
+        if best < len(texts):
+            identical += sum(t.strip() == texts[best].strip() for i, t in enumerate(texts) if i != best)
+    n_chosen = sum(by_index.values())
+    # DPO pairs: lengths, margins, similarity of chosen and rejected
+    chosen_len, rejected_len, margins, sims = array("l"), array("l"), array("d"), array("d")
+    n_pairs = 0
+    for row in dpo:
+        n_pairs += 1
+        c, r = _text(row.get("chosen")), _text(row.get("rejected"))
+        chosen_len.append(len(c))
+        rejected_len.append(len(r))
+        if isinstance(row.get("margin"), (int, float)):
+            margins.append(float(row["margin"]))
+        sims.append(similarity(c, r))
+    n_kto = desirable = 0
+    for row in kto:
+        n_kto += 1
+        desirable += bool(row.get("label"))
+    near = sum(x >= near_duplicate for x in sims)
     return {
-        "items": {
-            "generations": len(gens),
-            "selections": len(sels),
-            "dpo_pairs": len(pairs),
-            "kto_rows": len(kto_rows),
+        "items": {"generations": n_gens, "selections": n_sels, "dpo_pairs": n_pairs, "kto_rows": n_kto},
+        "kto_desirable_share": desirable / n_kto if n_kto else None,
+        "length": _length(chosen_len, rejected_len),
+        "chosen_iteration": {
+            "n": n_chosen,
+            "failed": failed,
+            "by_index": {str(k): by_index[k] for k in sorted(by_index)},
+            "last_share": chosen_last / with_generation if with_generation else None,
         },
-        "kto_desirable_share": sum(bool(r.get("label")) for r in kto_rows) / len(kto_rows) if kto_rows else None,
-        "length": _length(pairs),
-        "chosen_iteration": _chosen_iteration(sels, n_iterations),
-        "margin": _margin(pairs),
-        "order_consistency": _order_consistency(sels),
-        "duplicates": _duplicates(gens, sels, pairs, near_duplicate),
-        "reviewer_scores": _reviewer_scores(gens.values()),
+        "margin": _margin(margins, n_pairs),
+        "order_consistency": {"n": both, "consistency": consistent / both if both else None},
+        "duplicates": {
+            "identical_pairs": identical,
+            "near_duplicate_threshold": near_duplicate,
+            "near_duplicate_pairs_written": near,
+            "near_duplicate_share": near / n_pairs if n_pairs else None,
+            "similarity": _summary(sims),
+        },
+        "reviewer_scores": reviewers.result(),
     }
 
 
@@ -240,9 +255,9 @@ def dataset_quality_of_run(run_dir: str | Path, *, near_duplicate: float = NEAR_
 
     run = Path(run_dir)
 
-    def read(name: str) -> list[dict[str, Any]]:
+    def read(name: str) -> Iterator[dict[str, Any]]:  # streamed: the records are never all in memory
         path = run / f"{name}.jsonl"
-        return list(iter_records(path)) if path.is_file() else []
+        return iter_records(path) if path.is_file() else iter(())
 
     return dataset_quality(
         read("generations"), read("selections"), read("dpo"), read("kto"), near_duplicate=near_duplicate

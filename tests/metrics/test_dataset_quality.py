@@ -132,3 +132,32 @@ def test_similarity():
     assert similarity("one two three four", "one two three four") == 1.0
     assert similarity("", "") == 1.0 and similarity("a", "") == 0.0
     assert 0 < similarity("the cat sat on the mat", "the cat sat on a mat") < 1
+
+
+def test_a_run_folder_is_read_without_holding_its_records(tmp_path):
+    """The indicators of a big run cost numbers per item, not the records: peak memory stays far
+    below the size of the record files (they used to be read into lists: RSS grew with the run)."""
+    import tracemalloc
+
+    n, text = 3000, "word " * 200
+    with open(tmp_path / "generations.jsonl", "w") as fh:
+        for i in range(n):
+            fh.write(
+                json.dumps(_gen(f"p{i}", [f"{i} {text}", f"{i} b {text}", f"{i} c {text}"], [5.0, 6.0, 7.0])) + "\n"
+            )
+    with open(tmp_path / "selections.jsonl", "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps(_sel(f"p{i}", 2)) + "\n")
+    with open(tmp_path / "dpo.jsonl", "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps(_dpo(f"p{i}", 2, 0, f"{i} c {text}", f"{i} {text}", 1.0)) + "\n")
+    size = sum(p.stat().st_size for p in tmp_path.glob("*.jsonl"))
+    tracemalloc.start()
+    try:
+        q = dataset_quality_of_run(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert q["items"] == {"generations": n, "selections": n, "dpo_pairs": n, "kto_rows": 0}
+    assert q["chosen_iteration"]["last_share"] == 1.0 and q["reviewer_scores"]["by_iteration"]["2"]["n"] == n
+    assert peak < size / 10, f"peak {peak / 2**20:.1f} MB for {size / 2**20:.1f} MB of records"
