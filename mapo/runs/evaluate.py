@@ -265,7 +265,7 @@ class Evaluate(RunCommand):
         cfg, ev = self.cfg, self.ev
         keys: dict[str, Any] = {
             "evaluator": cfg.evaluator,
-            f"roles.{ev.config_roles[0]}": self.models(),
+            **{f"roles.{role}": self.models() for role in ev.config_roles[:1]},  # none for one that uses no model
             **model_keys(cfg, self.models()),
             **{f"eval_data.{k}": v for k, v in self.data_info.items() if k not in ("limit", "n_items")},
             "prompt_sha": self.prompt_sha,
@@ -322,15 +322,15 @@ class Evaluate(RunCommand):
         self.run.ended((recs[-1].get("failure") or "no verdict") if failed else None)
 
     def fields(self) -> dict[str, Any]:
-        cfg, models, role = self.cfg, self.models(), self.ev.config_roles[0]
-        named = getattr(cfg.roles, role)  # the models of its first role, as configured (one name or a list)
+        cfg, models = self.cfg, self.models()
+        named = {r: getattr(cfg.roles, r) for r in self.ev.config_roles[:1]}  # its first role's models, as configured
         done_now = max(1, len(self.units) - self.counts["resumed_done"])
         return {
             "evaluator": cfg.evaluator,
             "judge": self.judge_name,
             "setup": self.judge_setup,
             "orders": self.orders,
-            "roles": {role: named if isinstance(named, str) else list(named)},
+            "roles": {r: v if isinstance(v, str) else list(v) for r, v in named.items()},
             "models": models_manifest(cfg, models),
             "eval_data": self.data_info,
             "items": {"total": len(self.items_), **self.counts},
