@@ -378,7 +378,9 @@ WORKERS = {
 
 def worker_main(peer: str, stage: str, spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    cpu0 = time.process_time()
     result = WORKERS[peer](spec, stage)
+    result["cpu_s"] = time.process_time() - cpu0  # this process's CPU over the run call (bench/clientbound.py)
     Path(result_path).write_text(json.dumps(result))
 
 

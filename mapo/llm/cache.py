@@ -7,12 +7,14 @@ retries): a server restarted on a new port, or a second replica, still hits the 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,33 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+_OPEN: dict[str, weakref.WeakSet[ResponseCache]] = {}
+"""The caches of this process by file: a read commits the other instances' pending writes to the same file first."""
+
+
 class ResponseCache:
-    """sqlite (WAL) so several processes of a sweep can share one cache file safely."""
+    """sqlite (WAL) so several processes of a sweep can share one cache file safely.
+
+    Writes made inside a running event loop are committed together at the loop's next turn (one
+    transaction for every answer that arrived in the same turn, instead of one commit per answer:
+    bench/clientbound.py); :meth:`get` sees them at once, as does another cache on the same file in
+    this process (its read commits them first; another process sees them after that turn),
+    :meth:`flush` and :meth:`close` commit what is pending, and a write outside an event loop is
+    committed before :meth:`put` returns. A failed
+    commit (e.g. the disk is full) is raised by the next :meth:`put`, :meth:`flush` or :meth:`close`.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._pending: dict[str, tuple[str, str, str, float]] = {}
+        """Rows written but not yet committed (key -> row), committed by :meth:`flush`."""
+        self._scheduled = False
+        self._error: BaseException | None = None
         self._db = self._open()
+        self._peers = _OPEN.setdefault(str(self.path.resolve()), weakref.WeakSet())
+        self._peers.add(self)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -62,8 +83,16 @@ class ResponseCache:
 
     def get(self, key: str) -> dict | None:
         """The stored response for ``key``, or None (absent or unreadable)."""
+        for other in list(self._peers):
+            if other is not self and other._pending:
+                other._flush_quietly()
         with self._lock:
-            row = self._db.execute("SELECT response FROM responses WHERE key=?", (key,)).fetchone()
+            pending = self._pending.get(key)
+            row = (
+                (pending[2],)
+                if pending
+                else self._db.execute("SELECT response FROM responses WHERE key=?", (key,)).fetchone()
+            )
         if row is None:
             return None
         try:
@@ -73,13 +102,63 @@ class ResponseCache:
             return None
 
     def put(self, key: str, model: str, response: dict) -> None:
-        """Store (or replace) the response for ``key``."""
+        """Store (or replace) the response for ``key``: committed at the event loop's next turn (with
+        the other answers of this turn), at once outside an event loop."""
         blob = json.dumps(response, ensure_ascii=False)
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?,?,?,?)",
-                (key, model, blob, time.time()),
+            self._raise_failed_commit()
+            self._pending[key] = (key, model, blob, time.time())
+            if self._scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._commit()
+                return
+            self._scheduled = True
+        loop.call_soon(self._deferred_flush)
+
+    def flush(self) -> None:
+        """Commit every pending write now."""
+        with self._lock:
+            self._raise_failed_commit()
+            self._commit()
+
+    def _deferred_flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self._flush_quietly()
+
+    def _flush_quietly(self) -> None:
+        with self._lock:
+            try:
+                self._commit()
+            except sqlite3.ProgrammingError:  # closed meanwhile
+                pass
+            except Exception as e:  # nobody to raise it to here: the next put, flush or close raises it
+                log.error("response cache %s: could not store answers: %s", self.path, e)
+                self._error = e
+
+    def _commit(self) -> None:
+        """Write the pending rows in one transaction (call with the lock held); kept pending on failure."""
+        if not self._pending:
+            return
+        rows = list(self._pending.values())
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?,?,?,?)", rows
             )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._pending.clear()
+
+    def _raise_failed_commit(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     # ---- pending Batch API requests ----------------------------------------------------------
     def record_batch(self, model: str, file_id: str, keys: list[str]) -> None:
@@ -121,9 +200,16 @@ class ResponseCache:
 
     def __len__(self) -> int:
         with self._lock:
+            self._commit()
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
-        """Close the database; safe to call twice."""
+        """Commit what is pending and close the database; safe to call twice."""
         with self._lock:
-            self._db.close()
+            try:
+                self._raise_failed_commit()
+                self._commit()
+            except sqlite3.ProgrammingError:  # closed already
+                pass
+            finally:
+                self._db.close()

@@ -16,20 +16,23 @@ when the server answers a grammar error); both are counted. :meth:`LLMClient.tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
-from openai.types.chat import ChatCompletion
 
 from mapo.core import secrets
 from mapo.core.config import ConfigError, ModelConfig
@@ -160,10 +163,61 @@ class Constraint:
 class _Replica:
     base_url: str
     client: openai.AsyncOpenAI
+    """The SDK's client: the model listing (:meth:`LLMClient.check`) and the Batch API."""
     semaphore: asyncio.Semaphore
+    headers: dict[str, str]
+    """What every request of the fast transport carries (the key, the content type)."""
+    connections: int
+    timeout_s: float
     in_flight: int = 0
     errors: int = 0
     """Connection failures in a row; replicas that answer are preferred over ones that don't."""
+    session: aiohttp.ClientSession | None = None
+    """The HTTP session of chat, pooling and tokenize requests (:meth:`http`), made in the running loop."""
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        """This replica's aiohttp session in the running event loop (made on first use: a session
+        belongs to the loop it was made in)."""
+        loop = asyncio.get_running_loop()
+        if self.session is None or self.session.closed or self.loop is not loop:
+            self.loop = loop
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.connections, ssl=_ssl_context() if self.base_url.startswith("https") else False
+                ),
+                # like the SDK's httpx client: the timeout bounds connecting and each gap between bytes;
+                # the total deadline of an attempt is LLMClient._retrying's
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
+                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx honours them
+            )
+        return self.session
+
+    async def aclose(self) -> None:
+        await self.client.close()
+        if self.session is not None and not self.session.closed:
+            with contextlib.suppress(RuntimeError):  # made in an event loop that is gone: nothing left to close
+                await self.session.close()
+
+    async def post(self, url: str, body: Mapping[str, Any]) -> Any:
+        """POST ``body`` as JSON to ``url``; the answer's JSON. Faults are raised as the openai SDK's
+        exceptions (:class:`openai.APIStatusError` and its subclasses by status,
+        :class:`openai.APITimeoutError`, :class:`openai.APIConnectionError`), a body that is not UTF-8
+        or not JSON as :class:`UnicodeDecodeError` / :class:`json.JSONDecodeError`, so that one
+        classification (:func:`_retryable`, :func:`_fault_by_meaning`, :func:`describe`) serves every path."""
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            async with self.http().post(url, data=data, headers=self.headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except TimeoutError as e:  # aiohttp's connect and read timeouts (the attempt deadline cancels instead)
+            raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e  # type: ignore[arg-type]
+        except aiohttp.ClientError as e:  # refused, reset, dropped mid-answer, truncated body
+            raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e  # type: ignore[arg-type]
+        if status >= 300:
+            raise _status_error(url, status, headers, raw)
+        return json.loads(raw.decode("utf-8"))
 
 
 @dataclass
@@ -230,7 +284,7 @@ class LLMClient:
         self._no_usage_warned: set[str] = set()
         self._failed_constraints: set[tuple[str, str]] = set()
         """(model, constraint) pairs whose server failed to compile the constraint: sent unconstrained."""
-        self._retired: list[openai.AsyncOpenAI] = []
+        self._retired: list[_Replica] = []
         self._batches: dict[str, BatchQueue] = {}
         self._closed = False
         self._merge_system: set[str] = set()
@@ -312,7 +366,7 @@ class LLMClient:
             raise ConfigError(f"models.{name}: set base_url or endpoint")
         return [
             _Replica(
-                base_url=url,
+                base_url=url.rstrip("/"),
                 client=openai.AsyncOpenAI(
                     base_url=url,
                     api_key=key or "EMPTY",
@@ -325,6 +379,9 @@ class LLMClient:
                     ),
                 ),
                 semaphore=asyncio.Semaphore(cfg.max_concurrency),
+                headers={"Authorization": f"Bearer {key or 'EMPTY'}", "Content-Type": "application/json"},
+                connections=cfg.max_concurrency + 4,
+                timeout_s=cfg.timeout_s,
             )
             for url, key in targets
         ]
@@ -349,8 +406,8 @@ class LLMClient:
         if gone and len(gone) < len(model.replicas):  # unregistered (e.g. restarted elsewhere): stop using it
             log.warning("model %s: endpoint(s) %s left the registry", name, ", ".join(r.base_url for r in gone))
             model.replicas = [r for r in model.replicas if r.base_url in registered]
-            self._retired += [r.client for r in gone]  # requests may still be in flight on them: close at the end
-        self._retired += [r.client for r in fresh if r.base_url in known]  # duplicates of replicas we keep
+            self._retired += gone  # requests may still be in flight on them: close at the end
+        self._retired += [r for r in fresh if r.base_url in known]  # duplicates of replicas we keep
 
     async def check(self, names: Sequence[str]) -> None:
         """Probe each model's endpoints (GET /models); fail naming the model and URL."""
@@ -544,9 +601,9 @@ class LLMClient:
         }
 
         async def send(replica: _Replica) -> Any:
-            url = str(replica.client.base_url).rstrip("/")
+            url = replica.base_url
             root = url[: -len("/v1")] if url.endswith("/v1") else url  # vLLM serves /pooling beside /v1
-            return await replica.client.post(f"{root}/pooling", body=body, cast_to=object)
+            return await replica.post(f"{root}/pooling", body)
 
         def accept(answer: Any, latency: float) -> Reward:
             value, prompt_tokens = _pooled_reward(answer)  # a garbled answer is retried like a transient fault
@@ -669,8 +726,7 @@ class LLMClient:
         finally:
             self.stats.in_flight -= 1
         try:
-            resp = ChatCompletion.model_validate(reply)
-            return self._accept(m, key, usage, resp, time.perf_counter() - t0, "top_logprobs" in body, _chars(msgs))
+            return self._accept(m, key, usage, reply, time.perf_counter() - t0, "top_logprobs" in body, _chars(msgs))
         except _Garbage as e:
             usage.failures += 1
             raise BatchRequestRejected(f"model {m.name!r}: the batch reply is unusable ({e})") from None
@@ -697,10 +753,9 @@ class LLMClient:
     def _store_late_reply(self, m: _Model, key: str, reply: dict) -> None:
         """A batch reply nobody waits for any more: paid for, so it goes to the cache."""
         try:
-            resp = ChatCompletion.model_validate(reply)
-            choice = resp.choices[0] if resp.choices else None
-            asked = bool(choice is not None and choice.logprobs is not None and choice.logprobs.content)
-            record, _ = _record(resp, with_logprobs=asked)
+            record, logprobs = _record(reply, with_logprobs=True)
+            if logprobs is None:  # not asked for (or none sent): the record says nothing of them
+                del record["top_logprobs"]
         except (_Garbage, ValueError) as e:
             log.debug("late batch reply %s unusable: %s", key[:12], e)
             return
@@ -714,7 +769,7 @@ class LLMClient:
         m: _Model,
         key: str | None,
         usage: Usage,
-        resp: ChatCompletion,
+        resp: Any,
         latency: float,
         with_logprobs: bool,
         prompt_chars: int,
@@ -755,10 +810,9 @@ class LLMClient:
             usage.unconstrained += 1  # this server already failed to compile the same constraint
             extra = {}
 
-        async def send(replica: _Replica) -> ChatCompletion:
-            return await replica.client.chat.completions.create(
-                model=m.config.served_name, messages=msgs, extra_body=extra or None, **body
-            )
+        async def send(replica: _Replica) -> Any:
+            request = {"model": m.config.served_name, "messages": msgs, **body, **extra}
+            return await replica.post(f"{replica.base_url}/chat/completions", request)
 
         def unconstrained(e: Exception) -> bool:
             if not (extra and grammar_failure(e)):
@@ -876,12 +930,10 @@ class LLMClient:
         usage = Usage()  # a render is no chat request: only its retries and failures are accounted
 
         async def send(replica: _Replica) -> Any:
-            url = str(replica.client.base_url).rstrip("/")
+            url = replica.base_url
             root = url[: -len("/v1")] if url.endswith("/v1") else url  # vLLM serves /tokenize beside /v1
-            return await replica.client.post(
-                f"{root}/tokenize",
-                body={"model": m.config.served_name, "messages": msgs, "add_generation_prompt": True},
-                cast_to=object,
+            return await replica.post(
+                f"{root}/tokenize", {"model": m.config.served_name, "messages": msgs, "add_generation_prompt": True}
             )
 
         try:
@@ -936,13 +988,9 @@ class LLMClient:
             body |= {"logprobs": True, "top_logprobs": top_logprobs}
         extra = constraint.request_fields() if constraint else {}
 
-        async def send(replica: _Replica) -> ChatCompletion:
-            return await replica.client.chat.completions.create(
-                model=m.config.served_name,
-                messages=msgs,  # type: ignore[arg-type]
-                extra_body=extra or None,
-                **body,
-            )
+        async def send(replica: _Replica) -> Any:
+            request = {"model": m.config.served_name, "messages": msgs, **body, **extra}
+            return await replica.post(f"{replica.base_url}/chat/completions", request)
 
         def not_transport(e: Exception) -> bool:
             if extra and grammar_failure(e):
@@ -985,9 +1033,9 @@ class LLMClient:
             await queue.aclose()
         for m in self._models.values():
             for r in m.replicas:
-                await r.client.close()
-        for client in self._retired:
-            await client.close()
+                await r.aclose()
+        for r in self._retired:
+            await r.aclose()
         if self.cache is not None:
             self.cache.close()
 
@@ -1014,20 +1062,26 @@ def _check_encodable(msgs: Sequence[Message], model: str) -> None:
             )
 
 
-def _record(resp: ChatCompletion, with_logprobs: bool) -> tuple[dict, list[dict[str, float]] | None]:
-    """The cache record of a chat completion (text, tokens, finish reason, logprobs when asked for).
+def _record(answer: Any, with_logprobs: bool) -> tuple[dict, list[dict[str, float]] | None]:
+    """The cache record of a chat completion's JSON (text, tokens, finish reason, logprobs when asked for).
 
     Raises:
-        _Garbage: the answer has no message content.
+        _Garbage: the answer has no message content (or is not shaped like a chat completion).
     """
-    choice = resp.choices[0] if resp.choices else None
-    if choice is None or choice.message is None or choice.message.content is None:
+    try:
+        choice = answer["choices"][0]
+        text = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        text = None
+    if not isinstance(text, str):
         raise _Garbage("response had no message content")
+    usage = answer.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     record: dict[str, Any] = {
-        "text": choice.message.content,
-        "prompt_tokens": resp.usage.prompt_tokens if resp.usage else None,
-        "completion_tokens": resp.usage.completion_tokens if resp.usage else None,
-        "finish_reason": choice.finish_reason,
+        "text": text,
+        "prompt_tokens": _count(usage.get("prompt_tokens")),
+        "completion_tokens": _count(usage.get("completion_tokens")),
+        "finish_reason": choice.get("finish_reason"),
     }
     logprobs = _top_logprobs(choice) if with_logprobs else None
     if with_logprobs:
@@ -1035,18 +1089,31 @@ def _record(resp: ChatCompletion, with_logprobs: bool) -> tuple[dict, list[dict[
     return record, logprobs
 
 
-def _top_logprobs(choice: Any) -> list[dict[str, float]] | None:
+def _count(value: Any) -> int | None:
+    """A token count as the server sent it; None when it sent none (or not a number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _top_logprobs(choice: dict) -> list[dict[str, float]] | None:
     """``choice.logprobs.content`` -> one ``token -> logprob`` dict per generated token (the
-    chosen token always included), or None when the server sent none."""
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    chosen token always included), or None when the server sent none.
+
+    Raises:
+        _Garbage: the logprobs are not shaped as the OpenAI API sends them.
+    """
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not content:
         return None
     out = []
-    for pos in content:
-        # tokens may be partial UTF-8 sequences (lone surrogates after JSON decoding): keep them storable
-        entry = {_safe(t.token): t.logprob for t in pos.top_logprobs or []}
-        entry.setdefault(_safe(pos.token), pos.logprob)
-        out.append(entry)
+    try:
+        for pos in content:
+            # tokens may be partial UTF-8 sequences (lone surrogates after JSON decoding): keep them storable
+            entry = {_safe(t["token"]): t["logprob"] for t in pos.get("top_logprobs") or []}
+            entry.setdefault(_safe(pos["token"]), pos["logprob"])
+            out.append(entry)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _Garbage(f"logprobs not shaped as the API sends them ({type(e).__name__}: {e})") from None
     return out
 
 
@@ -1186,3 +1253,47 @@ def _retry_after(e: Exception) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+
+
+def _status_error(url: str, status: int, headers: Mapping[str, str], raw: bytes) -> openai.APIStatusError:
+    """An HTTP error answer as the openai SDK raises it: the class by status, ``body`` the JSON's
+    ``error`` object (else the whole JSON, else the text), ``response`` with the status and headers
+    (``Retry-After``), ``request`` with the URL."""
+    text = raw.decode("utf-8", "replace").strip()
+    body: object = text
+    message = f"Error code: {status}"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        error = body.get("error", body) if isinstance(body, dict) else None
+        said = error.get("message") if isinstance(error, dict) else None
+        if isinstance(said, str) and said:
+            message += f" - {said}"
+    data = body.get("error", body) if isinstance(body, dict) else body
+    response = httpx.Response(status, headers=list(headers.items()), content=raw, request=httpx.Request("POST", url))
+    cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    return cls(message, response=response, body=data)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The trust store of the SDK's httpx client (certifi's), for HTTPS endpoints."""
+    try:
+        import certifi
+
+        return ssl.create_default_context(cafile=certifi.where())
+    except ImportError:
+        return ssl.create_default_context()
