@@ -288,6 +288,16 @@ async def main(args: argparse.Namespace) -> dict:
     }
 
 
+def _busy(p: dict) -> float:
+    return sum(p.get("server_cpu_s", {}).values())
+
+
+def normalised(rep: dict) -> float:
+    """Two over one with each replica on a whole core: 2 x tokens per server CPU second (two) / the same (one)."""
+    one, two = rep["one"], rep["two"]
+    return 2 * (two["completion_tokens"] / _busy(two)) / (one["completion_tokens"] / _busy(one))
+
+
 def markdown(res: dict) -> str:
     cpu = res["cpu"]
     lines = [
@@ -304,21 +314,28 @@ def markdown(res: dict) -> str:
         "requests in flight per replica, cold prefix cache per phase. Command: `" + res["command"] + "`.",
         "",
         "| rep | one replica tok/s | two replicas tok/s | two / one | servers' CPU s (one / two) | "
-        "tokens per server CPU s (one / two) | client CPU s (one / two) | failed items |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "tokens per server CPU s (one / two) | two / one, each replica on a whole core | client CPU s (one / two) "
+        "| failed items |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def busy(p: dict) -> float:
-        return sum(p.get("server_cpu_s", {}).values())
-
+    busy = _busy
     for r in res["reps"]:
         one, two = r["one"], r["two"]
         lines.append(
             f"| {r['rep']} | {one['tok_per_s']} | {two['tok_per_s']} | **{r['ratio']}** | "
             f"{busy(one):.1f} / {busy(two):.1f} | "
             f"{one['completion_tokens'] / max(busy(one), 1e-9):.0f} / {two['completion_tokens'] / max(busy(two), 1e-9):.0f} | "
+            f"**{normalised(r):.2f}** | "
             f"{one['client_cpu_s']} / {two['client_cpu_s']} | {one['items_failed'] + two['items_failed']} |"
         )
+    lines += [
+        "",
+        "On a shared machine a replica gets what the other jobs leave of its core, so the raw ratio measures the load as "
+        "much as the replicas. The next column takes each phase's tokens per CPU second of its servers (API server, "
+        "engine, worker, all pinned to their core) and gives each replica a whole core: 2 x (tokens per CPU s, two) / "
+        "(tokens per CPU s, one). It is what the ratio is on a quiet machine if the servers are the only work.",
+    ]
     j, k = res["join"], res["kill"]
     lines += [
         "",
@@ -347,8 +364,9 @@ if __name__ == "__main__":
         help="leave each server's API server and engine free to use any core (only its OpenMP threads bound)",
     )
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--render", metavar="JSON", help="only write replicas.md again from a replicas.json")
     a = ap.parse_args()
-    result = asyncio.run(main(a))
+    result = json.loads(Path(a.render).read_text()) if a.render else asyncio.run(main(a))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "replicas.json").write_text(json.dumps(result, indent=2) + "\n")
