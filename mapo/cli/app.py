@@ -105,7 +105,7 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
 
     from mapo.core.config import ConfigError, RunConfig, register_configs, resource_dir
     from mapo.runs.runner import RunFailed, RunInterrupted, RunStopped
-    from mapo.runs.store import RunLocked, StoreError, WriteFailed
+    from mapo.core.store import RunLocked, StoreError, WriteFailed
 
     register_configs()
 

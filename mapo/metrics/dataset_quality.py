@@ -251,7 +251,7 @@ def dataset_quality(
 
 def dataset_quality_of_run(run_dir: str | Path, *, near_duplicate: float = NEAR_DUPLICATE) -> dict[str, Any]:
     """:func:`dataset_quality` of the JSONL files in a ``mapo build`` output folder (absent files: empty)."""
-    from mapo.runs.store import iter_records
+    from mapo.core.store import iter_records
 
     run = Path(run_dir)
 

@@ -54,7 +54,7 @@ from mapo.report.document import Document, Fig, Section, Table, Text, ci, render
 from mapo.report.evidence import bias_diagnostics, by_evaluator, evidence, settings_of
 from mapo.report.run import Run, find_sources, load_run
 from mapo.report.sections.evaluate import agreement
-from mapo.runs.store import atomic_write_text
+from mapo.core.store import atomic_write_text
 
 __all__ = ["Entry", "collect", "main", "wide_table", "write_leaderboard"]
 

@@ -56,7 +56,7 @@ from mapo.report.sections.build import build_sections
 from mapo.report.sections.evaluate import agreement_overview, evaluate_sections
 from mapo.report.sections.train import train_sections
 from mapo.report.sections.winrate import winrate_sections
-from mapo.runs.store import atomic_write_text
+from mapo.core.store import atomic_write_text
 
 __all__ = [
     "Code",

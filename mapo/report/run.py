@@ -1,7 +1,7 @@
 """Reading a run folder for a report: its manifest, config and JSONL records, without a model call.
 
 Works on a finished, stopped or resumed run and on a copy of one. A torn last line (a run killed
-mid-write) is skipped by :func:`mapo.runs.store.iter_records`; a damaged line elsewhere is
+mid-write) is skipped by :func:`mapo.core.store.iter_records`; a damaged line elsewhere is
 reported and skipped, so a report of a damaged run still shows what can be read.
 
 The JSON file ``mapo agreement ... --out FILE`` writes (its tables, and the sources it read)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapo.runs.store import iter_records
+from mapo.core.store import iter_records
 
 __all__ = [
     "AGREEMENT_GLOB",

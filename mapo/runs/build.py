@@ -44,7 +44,7 @@ from mapo.runs.runner import (
     section_keys,
     templates_sha,
 )
-from mapo.runs.store import RecordStore, iter_records
+from mapo.core.store import RecordStore, iter_records
 
 log = logging.getLogger(__name__)
 

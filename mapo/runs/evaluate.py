@@ -80,7 +80,7 @@ from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.metrics.uncertainty import stats_options
 from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
-from mapo.runs.store import atomic_write_json, iter_records
+from mapo.core.store import atomic_write_json, iter_records
 
 __all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
 

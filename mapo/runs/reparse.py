@@ -38,7 +38,7 @@ from mapo.judging.packs import PACKS
 from mapo.judging.scoring import stored_verdict
 from mapo.metrics.agreement import jury_pick
 from mapo.runs.evaluate import combine_orders
-from mapo.runs.store import atomic_write_text, iter_records
+from mapo.core.store import atomic_write_text, iter_records
 
 __all__ = ["main", "reparse_attempt", "reparse_run"]
 

@@ -72,7 +72,7 @@ from mapo.llm.client import (
 )
 from mapo.runs.preflight import PreflightFailed, preflight
 from mapo.runs.progress import Progress
-from mapo.runs.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
+from mapo.core.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
 from mapo.serving.cpu import cpu_info
 
 log = logging.getLogger(__name__)

@@ -75,7 +75,7 @@ from mapo.runs.runner import (
     section_keys,
     templates_sha,
 )
-from mapo.runs.store import atomic_write_json, atomic_write_text, iter_records
+from mapo.core.store import atomic_write_json, atomic_write_text, iter_records
 
 __all__ = ["OUTCOMES", "tally", "winrate", "winrate_table", "write_tables"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mapo.core.config import ConfigError
-from mapo.runs.store import atomic_write_json, atomic_write_text
+from mapo.core.store import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import datasets

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from mapo.core.config import ModelConfig
-from mapo.runs.store import atomic_write_text
+from mapo.core.store import atomic_write_text
 
 __all__ = ["merge_adapter", "model_entry", "save_dtype_of", "write_model_config"]
 

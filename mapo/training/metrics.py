@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mapo.runs.store import atomic_write_text, iter_records
+from mapo.core.store import atomic_write_text, iter_records
 
 __all__ = ["PLOTTED", "MetricsLog", "plot_metrics", "read_metrics", "truncate_after"]
 

@@ -34,7 +34,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mapo.core.config import ConfigError
-from mapo.runs.store import RunLock, atomic_write_json, atomic_write_text
+from mapo.core.store import RunLock, atomic_write_json, atomic_write_text
 from mapo.training import data, export, metrics
 from mapo.training.config import TrainRunConfig, check, register_schema, trl_config_class
 

@@ -281,7 +281,7 @@ def test_stopped_run_with_a_torn_line_still_reports(server, tmp_path):
 
 
 def test_a_damaged_middle_line_is_named_and_skipped(server, tmp_path, caplog):
-    """The report reads through mapo.runs.store; a line the store refuses costs that record only."""
+    """The report reads through mapo.core.store; a line the store refuses costs that record only."""
     run = build_run(server, tmp_path)
     lines = (run / "selections.jsonl").read_text().splitlines(keepends=True)
     (run / "selections.jsonl").write_text("".join(lines[:2]) + "{not json\n" + "".join(lines[3:]))

@@ -35,7 +35,7 @@ from mapo.core.prompts import prompts_root
 from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
 from mapo.runs.runner import RunStopped
-from mapo.runs.store import RunLocked, StoreError, WriteFailed
+from mapo.core.store import RunLocked, StoreError, WriteFailed
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer, default_responder, request_key
 

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from mapo.runs.store import RunLock, RunLocked
+from mapo.core.store import RunLock, RunLocked
 
 HOLDER = """
 import sys, time
-from mapo.runs.store import RunLock
+from mapo.core.store import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
@@ -71,7 +71,7 @@ def test_lock_held_by_another_process_then_freed_by_its_sigkill(tmp_path):
 def test_many_processes_racing_for_one_folder_exactly_one_wins(tmp_path):
     racer = """
 import os, sys, time
-from mapo.runs.store import RunLock, RunLocked
+from mapo.core.store import RunLock, RunLocked
 print("ready", flush=True)
 while not os.path.exists(sys.argv[2]):  # all start at once
     time.sleep(0.001)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mapo.runs.store import RecordStore, StoreError, atomic_write_json, iter_records
+from mapo.core.store import RecordStore, StoreError, atomic_write_json, iter_records
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -115,7 +115,7 @@ def test_atomic_write_json_leaves_no_partial_file(tmp_path):
 
 WRITER = """
 import sys
-from mapo.runs.store import RecordStore
+from mapo.core.store import RecordStore
 s = RecordStore(sys.argv[1])
 i = len(s)
 while True:
