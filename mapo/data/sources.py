@@ -6,6 +6,7 @@ invalid ones are an error naming the file and line, or skipped and counted.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,14 @@ from typing import Any
 
 from mapo.core.config import ConfigError, PromptSourceConfig
 from mapo.core.prompts import prompts_root
-from mapo.runs.shard import shard_of
+
+
+def shard_of(item_id: str, count: int) -> int:
+    """The shard (0..count-1) of an item: stable across runs, machines and Python versions."""
+    if count < 1:
+        raise ValueError(f"shard count must be >= 1, got {count}")
+    digest = hashlib.sha256(str(item_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
 
 
 @dataclass(frozen=True)

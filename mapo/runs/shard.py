@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import hashlib
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MergeError", "main", "merge", "merge_main", "shard_of", "summary", "summary_main"]
+__all__ = ["MergeError", "main", "merge", "merge_main", "summary", "summary_main"]
 
 RECORD_FILES = ("generations", "selections", "dpo", "kto")
 """JSONL stores of a build run, each keyed by ``key``; all are merged."""
@@ -39,14 +38,6 @@ _PER_SHARD_KEYS = ("prompts.shard_index", "output_dir", "run_name")
 
 class MergeError(RuntimeError):
     """The shards cannot be merged without loss or duplication; the message says which and why."""
-
-
-def shard_of(item_id: str, count: int) -> int:
-    """The shard (0..count-1) of an item: stable across runs, machines and Python versions."""
-    if count < 1:
-        raise ValueError(f"shard count must be >= 1, got {count}")
-    digest = hashlib.sha256(str(item_id).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
 
 
 # ---- merge ---------------------------------------------------------------------------------
@@ -151,8 +142,8 @@ def merge(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
     mismatched configs, a key present in two inputs, or an output that does not hold every
     input key exactly once. Returns the merged manifest.
     """
+    from mapo.core.store import atomic_write_json
     from mapo.generation.dataset import save_datasets
-    from mapo.runs.store import atomic_write_json
 
     dirs = _expand(run_dirs)
     if not dirs:

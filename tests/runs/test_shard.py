@@ -11,7 +11,8 @@ import pytest
 from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
 from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
-from mapo.runs.shard import MergeError, main, merge, shard_of, summary
+from mapo.data.sources import shard_of
+from mapo.runs.shard import MergeError, main, merge, summary
 from tests.conftest import fake_model
 
 
