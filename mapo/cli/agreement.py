@@ -43,12 +43,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mapo.core.store import iter_records
 from mapo.core.types import is_judgement, record_kind
 from mapo.metrics.agreement import cohen_kappa
 from mapo.metrics.tables import ANNOTATORS_KEY, LABELS_KEY, add_uncertainty, build_tables, combine_orders, format_table
 from mapo.metrics.tables import jury_subset_block as _subset_block
 from mapo.metrics.uncertainty import CONFIDENCE, MARGIN, N_RESAMPLES, SEED, Bootstrap
-from mapo.core.store import iter_records
 
 __all__ = ["authors_tables", "main", "parse_mapping", "run_tables"]
 

@@ -104,8 +104,8 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from mapo.core.config import ConfigError, RunConfig, register_configs, resource_dir
-    from mapo.runs.runner import RunFailed, RunInterrupted, RunStopped
     from mapo.core.store import RunLocked, StoreError, WriteFailed
+    from mapo.runs.runner import RunFailed, RunInterrupted, RunStopped
 
     register_configs()
 

@@ -30,14 +30,11 @@ from mapo.core.config import ConfigError, JudgeConfig, JuryConfig, RunConfig
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
-from mapo.metrics.agreement import jury_pick
+from mapo.metrics.agreement import TIE_BREAKS, jury_pick
 
-__all__ = ["Jury", "JuryJudgement", "TIE_BREAKS", "jury_name", "warn_self_judging"]
+__all__ = ["Jury", "JuryJudgement", "jury_name", "warn_self_judging"]
 
 log = logging.getLogger(__name__)
-
-TIE_BREAKS = {"tie": "tie", "first_juror": "first", "first": "first", "abstain": "abstain"}
-"""``jury.tie_break`` values -> the rule names of :func:`mapo.metrics.agreement.jury_pick`."""
 
 
 def jury_name(jurors: Sequence[str]) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "Agreement",
     "JuryAgreement",
     "PositionBias",
+    "TIE_BREAKS",
     "cohen_kappa",
     "confusion_matrix",
     "jury_labels",
@@ -192,6 +193,10 @@ def _mean_score(
     if not valid:
         return None
     return label_from_scores(sum(a for a, _ in valid) / len(valid), sum(b for _, b in valid) / len(valid))
+
+
+TIE_BREAKS = {"tie": "tie", "first_juror": "first", "first": "first", "abstain": "abstain"}
+"""``jury.tie_break`` values -> the rule names of :func:`jury_pick`."""
 
 
 def jury_pick(

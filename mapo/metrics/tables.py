@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from mapo.core.types import Label, record_kind
-from mapo.judging.jury import TIE_BREAKS
 from mapo.metrics.agreement import (
+    TIE_BREAKS,
     PositionBias,
     ScorePair,
     TieBreak,

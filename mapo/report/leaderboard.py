@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mapo.core.store import atomic_write_text
 from mapo.core.types import record_kind
 from mapo.metrics.uncertainty import verdict_words
 from mapo.report import plots
@@ -54,7 +55,6 @@ from mapo.report.document import Document, Fig, Section, Table, Text, ci, render
 from mapo.report.evidence import bias_diagnostics, by_evaluator, evidence, settings_of
 from mapo.report.run import Run, find_sources, load_run
 from mapo.report.sections.evaluate import agreement
-from mapo.core.store import atomic_write_text
 
 __all__ = ["Entry", "collect", "main", "wide_table", "write_leaderboard"]
 

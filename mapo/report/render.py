@@ -39,6 +39,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from mapo.core.store import atomic_write_text
 from mapo.report.document import (
     Code,
     Document,
@@ -56,7 +57,6 @@ from mapo.report.sections.build import build_sections
 from mapo.report.sections.evaluate import agreement_overview, evaluate_sections
 from mapo.report.sections.train import train_sections
 from mapo.report.sections.winrate import winrate_sections
-from mapo.core.store import atomic_write_text
 
 __all__ = [
     "Code",

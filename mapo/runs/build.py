@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.prompts import prompts_root
+from mapo.core.store import RecordStore, iter_records
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summary, save_datasets
 from mapo.generation.feedback import FeedbackLoop, Iteration
@@ -44,7 +45,6 @@ from mapo.runs.runner import (
     section_keys,
     templates_sha,
 )
-from mapo.core.store import RecordStore, iter_records
 
 log = logging.getLogger(__name__)
 

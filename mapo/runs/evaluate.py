@@ -72,6 +72,7 @@ from typing import Any
 
 from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
 from mapo.core.registry import UnknownNameError
+from mapo.core.store import atomic_write_json, iter_records
 from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.evaluators import evaluator_class, from_config, models_of
@@ -80,7 +81,6 @@ from mapo.llm.client import LLMClient
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.metrics.uncertainty import stats_options
 from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
-from mapo.core.store import atomic_write_json, iter_records
 
 __all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
 

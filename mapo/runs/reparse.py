@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.parsers import PARSERS, VERDICT_SHAPE, ParseResult
+from mapo.core.store import atomic_write_text, iter_records
 from mapo.core.types import Verdict, is_judgement, pick_to_label, record_kind
 from mapo.judging.debate import FinalScore, aggregate_finals
-from mapo.judging.jury import TIE_BREAKS
 from mapo.judging.packs import PACKS
 from mapo.judging.scoring import stored_verdict
-from mapo.metrics.agreement import jury_pick
+from mapo.metrics.agreement import TIE_BREAKS, jury_pick
 from mapo.runs.evaluate import combine_orders
-from mapo.core.store import atomic_write_text, iter_records
 
 __all__ = ["main", "reparse_attempt", "reparse_run"]
 

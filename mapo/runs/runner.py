@@ -59,6 +59,7 @@ from omegaconf import OmegaConf
 from mapo.core.config import ConfigError, RunConfig, cache_dir
 from mapo.core.prompts import prompts_root
 from mapo.core.secrets import scrub, scrub_value
+from mapo.core.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
 from mapo.judging.base import Probe
 from mapo.llm.cache import ResponseCache
 from mapo.llm.client import (
@@ -72,7 +73,6 @@ from mapo.llm.client import (
 )
 from mapo.runs.preflight import PreflightFailed, preflight
 from mapo.runs.progress import Progress
-from mapo.core.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
 from mapo.serving.cpu import cpu_info
 
 log = logging.getLogger(__name__)

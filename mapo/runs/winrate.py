@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.config import ConfigError, RunConfig, WinrateConfiguration, validate
+from mapo.core.store import atomic_write_json, atomic_write_text, iter_records
 from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FeedbackLoop
@@ -75,7 +76,6 @@ from mapo.runs.runner import (
     section_keys,
     templates_sha,
 )
-from mapo.core.store import atomic_write_json, atomic_write_text, iter_records
 
 __all__ = ["OUTCOMES", "tally", "winrate", "winrate_table", "write_tables"]
 

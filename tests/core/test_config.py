@@ -120,8 +120,7 @@ def test_the_enums_list_exactly_what_the_code_implements():
     from mapo.judging.debate import AGGREGATES
     from mapo.judging.evaluators import EVALUATORS
     from mapo.judging.judge import STRATEGIES
-    from mapo.judging.jury import TIE_BREAKS
-    from mapo.metrics.agreement import AGGREGATORS
+    from mapo.metrics.agreement import AGGREGATORS, TIE_BREAKS
     from mapo.runs.progress import MODES
 
     for enum, names in [

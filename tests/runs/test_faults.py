@@ -32,10 +32,10 @@ import pytest
 
 from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
 from mapo.core.prompts import prompts_root
+from mapo.core.store import RunLocked, StoreError, WriteFailed
 from mapo.data.sources import iter_prompts
 from mapo.runs.build import build
 from mapo.runs.runner import RunStopped
-from mapo.core.store import RunLocked, StoreError, WriteFailed
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer, default_responder, request_key
 

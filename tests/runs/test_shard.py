@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.data.sources import iter_prompts
+from mapo.data.sources import iter_prompts, shard_of
 from mapo.runs.build import build
-from mapo.data.sources import shard_of
 from mapo.runs.shard import MergeError, main, merge, summary
 from tests.conftest import fake_model
 
