@@ -47,11 +47,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mapo.core.store import iter_records  # noqa: E402
 from mapo.core.types import Label, Pick, pick_to_label  # noqa: E402
 from mapo.judging.scoring import stored_verdict  # noqa: E402
 from mapo.metrics.agreement import position_bias  # noqa: E402
 from mapo.metrics.tables import combine_orders  # noqa: E402
-from mapo.core.store import iter_records  # noqa: E402
 from mapo.serving import cpu_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -222,7 +222,7 @@ class Jury(Evaluator):
         return [p for j in self.judges for p in j.probes(question, response_a, response_b, produced)]
 
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
-        from mapo.runs.runner import item_failure
+        from mapo.llm.client import item_failure
 
         results = await asyncio.gather(
             *(j.judge_pair(question, response_a, response_b) for j in self.judges), return_exceptions=True

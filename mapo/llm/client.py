@@ -1151,6 +1151,15 @@ def _chars(msgs: Sequence[Mapping[str, Any]]) -> int:
     return sum(len(x["content"]) for x in msgs)
 
 
+def item_failure(e: Exception) -> str | None:
+    """Faults that belong to one item (recorded, the run goes on; scrubbed of secrets); None = fatal for the run."""
+    if isinstance(e, ItemFault):
+        return secrets.scrub(str(e))
+    if isinstance(e, openai.BadRequestError):
+        return f"request rejected (HTTP 400): {server_text(e)}"
+    return None
+
+
 def server_text(e: Exception, limit: int = 500) -> str:
     """The server's own words in an HTTP error (``error.message``, a plain ``error`` or ``detail``
     string as text-generation-inference and FastAPI send, else the body), on one line, scrubbed of

@@ -32,14 +32,13 @@ from mapo.generation.feedback import FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.base import Probe
 from mapo.judging.evaluators import pair_judge
-from mapo.llm.client import LLMClient
+from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.dataset_quality import dataset_quality_of_run, quality_markdown
 from mapo.runs.runner import (
     FEEDBACK_TEMPLATES,
     PROMPT_SOURCE_KEYS,
     RunCommand,
     execute,
-    item_failure,
     model_keys,
     models_manifest,
     section_keys,

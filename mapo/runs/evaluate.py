@@ -77,10 +77,10 @@ from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.evaluators import evaluator_class, from_config, models_of
 from mapo.judging.judge import judge_setup
-from mapo.llm.client import LLMClient
+from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.metrics.uncertainty import stats_options
-from mapo.runs.runner import RunCommand, execute, item_failure, model_keys, models_manifest, section_keys
+from mapo.runs.runner import RunCommand, execute, model_keys, models_manifest, section_keys
 
 __all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
 

@@ -65,7 +65,6 @@ from mapo.llm.cache import ResponseCache
 from mapo.llm.client import (
     BudgetExceeded,
     EndpointUnavailable,
-    ItemFault,
     LLMClient,
     RunHalt,
     describe,
@@ -182,15 +181,6 @@ def items_in_flight(cfg: RunConfig, models: Iterable[str]) -> int:
             "%s on the Batch API: up to %d items in flight, so that one batch carries them", ", ".join(batched), width
         )
     return width
-
-
-def item_failure(e: Exception) -> str | None:
-    """Faults that belong to one item (recorded, the run goes on; scrubbed of secrets); None = fatal for the run."""
-    if isinstance(e, ItemFault):
-        return scrub(str(e))
-    if isinstance(e, openai.BadRequestError):
-        return f"request rejected (HTTP 400): {server_text(e)}"
-    return None
 
 
 def write_config(cfg: RunConfig, run_dir: Path) -> None:

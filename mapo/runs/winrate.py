@@ -53,7 +53,7 @@ from mapo.generation.feedback import FeedbackLoop
 from mapo.judging.base import Probe
 from mapo.judging.evaluators import pair_judge
 from mapo.judging.jury import warn_self_judging
-from mapo.llm.client import LLMClient
+from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.length_control import ASSUMPTIONS as LC_ASSUMPTIONS
 from mapo.metrics.length_control import lc_note, length_controlled_cells
 from mapo.metrics.uncertainty import (
@@ -70,7 +70,6 @@ from mapo.runs.runner import (
     PROMPT_SOURCE_KEYS,
     RunCommand,
     execute,
-    item_failure,
     model_keys,
     models_manifest,
     section_keys,
