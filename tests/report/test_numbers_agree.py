@@ -12,7 +12,7 @@ from mapo.cli.agreement import main as agreement_main
 from mapo.report import leaderboard
 from mapo.report import render as report
 from mapo.report.document import ci, md_escape
-from mapo.report.sections.evaluate import verdict_cell
+from mapo.report.sections.common import verdict_cell
 from tests.metrics.test_agreement_cli import _authors
 from tests.metrics.test_annotators import COLUMNS, LABELS, THREE
 from tests.report.test_report import check_files, server  # noqa: F401 - server is a fixture

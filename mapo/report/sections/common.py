@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mapo.metrics.uncertainty import verdict_words
 from mapo.report import plots
 from mapo.report.document import Block, Code, Fig, Section, Table, Text, ci, dur, num, pct
 from mapo.report.run import Run
@@ -22,9 +23,21 @@ __all__ = [
     "preflight",
     "reason",
     "trajectory_section",
+    "verdict_cell",
     "versus_section",
     "winrate_section",
 ]
+
+
+def verdict_cell(e: Mapping[str, Any]) -> str:
+    """The verdict of ``e`` against the reference in words: "not worse", "worse", "cannot tell
+    (~924 items needed)", "reference"; "" without one."""
+    v = e.get("vs_reference") or {}
+    if not v.get("verdict"):
+        return ""
+    words = verdict_words(str(v["verdict"]), v.get("n_needed"))
+    # a jury that calls the reference is compared with it, never a stand-in for it
+    return words + (f" (contains {v['reference']})" if v.get("contains_reference") else "")
 
 
 def reason(text: Any, n: int = 120) -> str:
@@ -310,7 +323,6 @@ def _winrate_comparison(wr: Mapping[str, Any], c: str, b: str, cell: Mapping[str
 def winrate_section(wr: Mapping[str, Any]) -> Section:
     """The win-rate table of ``winrate.json`` (configurations x baselines) and its bars; each rate
     with its 95% interval and the verdict against the reference configuration where the file has them."""
-    from mapo.report.sections.evaluate import verdict_cell
 
     rows_names, cols = list(wr.get("rows") or []), list(wr.get("columns") or [])
     table = wr.get("table") or {}

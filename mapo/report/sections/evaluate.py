@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mapo.core.types import record_kind
-from mapo.metrics.uncertainty import VERDICT_WORDS, verdict_words
+from mapo.metrics.uncertainty import VERDICT_WORDS
 from mapo.report import plots
 from mapo.report.document import Block, Example, Fig, Section, Table, Text, ci, num, pct
 from mapo.report.run import Run
 from mapo.report.sections.bias import bias_sections
-from mapo.report.sections.common import reason
+from mapo.report.sections.common import reason, verdict_cell
 
-__all__ = ["VERDICT_WORDS", "agreement", "agreement_overview", "evaluate_sections", "verdict_cell"]
+__all__ = ["VERDICT_WORDS", "agreement", "agreement_overview", "evaluate_sections"]
 
 
 def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
@@ -35,17 +35,6 @@ def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
 
     note = "agreement.json is missing (the run did not finish): figures recomputed from judgements.jsonl."
     return agreement_tables(recs), note
-
-
-def verdict_cell(e: Mapping[str, Any]) -> str:
-    """The verdict of ``e`` against the reference in words: "not worse", "worse", "cannot tell
-    (~924 items needed)", "reference"; "" without one."""
-    v = e.get("vs_reference") or {}
-    if not v.get("verdict"):
-        return ""
-    words = verdict_words(str(v["verdict"]), v.get("n_needed"))
-    # a jury that calls the reference is compared with it, never a stand-in for it
-    return words + (f" (contains {v['reference']})" if v.get("contains_reference") else "")
 
 
 def diff_cell(e: Mapping[str, Any]) -> str:
