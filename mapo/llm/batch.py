@@ -27,6 +27,7 @@ import openai
 
 from mapo.core.config import ModelConfig
 from mapo.llm.cache import ResponseCache
+from mapo.llm.faults import BatchFailed, BatchRequestRejected
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,6 @@ class BatchQueue:
             self._watchers.pop(file_id, None)
 
     async def _collect(self, file_id: str, batch: Any, keys: list[str]) -> None:
-        from mapo.llm.client import BatchFailed, BatchRequestRejected
 
         if batch.status == "failed":
             reasons = "; ".join(e.message or e.code or "?" for e in (batch.errors.data or [])) if batch.errors else ""
