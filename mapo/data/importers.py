@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Label, pick_to_label
-from mapo.metrics.agreement import label_from_scores
+from mapo.core.types import Label, label_from_scores, pick_to_label
 
 __all__ = [
     "AUTHORS_FAILED",

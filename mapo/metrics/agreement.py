@@ -41,7 +41,7 @@ from typing import Any, Literal
 from sklearn.metrics import cohen_kappa_score
 
 from mapo.core.registry import Registry
-from mapo.core.types import LABELS, Label, Pick, pick_to_label
+from mapo.core.types import LABELS, Label, Pick, label_from_scores, pick_to_label
 
 __all__ = [
     "AGGREGATORS",
@@ -59,13 +59,6 @@ __all__ = [
 ]
 
 ScorePair = tuple[float, float]
-
-
-def label_from_scores(score_a: float | None, score_b: float | None) -> Label | None:
-    """The paper's rule in dataset terms: higher score wins, equal is a tie; a missing score -> None."""
-    if score_a is None or score_b is None or not (math.isfinite(score_a) and math.isfinite(score_b)):
-        return None
-    return "model_a" if score_a > score_b else "model_b" if score_b > score_a else "tie"
 
 
 def _check_labels(values: Sequence[Any], what: str, allow_none: bool) -> None:
