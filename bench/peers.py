@@ -34,6 +34,7 @@ peers alternates), and the CPU model and flags (lscpu) are recorded.
 
     .venv/bin/python bench/peers.py --pairs 64 --prompts 32 --reps 2         # the full benchmark
     .venv/bin/python bench/peers.py --fake --pairs 8 --prompts 4 --reps 1     # functional check
+    .venv/bin/python bench/peers.py --clientbound --requests 4000 --reps 2    # client-bound mode (bench/clientbound.py)
 
 Writes bench/results/peers.json and peers.md (--out). Phase logs go to <cache>/bench-peers/logs.
 """
@@ -993,6 +994,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
+    if "--clientbound" in sys.argv[1:]:  # the client-bound mode: an instant server, the clients' own cost
+        sys.argv.remove("--clientbound")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import clientbound
+
+        clientbound.main()
+        return
     args = parse_args()
     if args.worker:
         worker_main(args.worker, args.stage, args.spec, args.result)
