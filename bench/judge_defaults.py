@@ -7,7 +7,7 @@ and once score-only (``false``), always with ``judge.scoring=expected``. That is
 judge model; every other setting is recomputed from their records, with no model call:
 
 * argmax vs expected: a record keeps the written verdict (``argmax``) and the distribution at
-  each score (``logprobs``); :func:`mapo.judging.scoring.stored_verdict` gives either;
+  each score (``logprobs``); :meth:`mapo.judging.strategy.Strategy.stored_verdict` gives either;
 * one order vs both: one order is the AB record alone; both orders combine AB and BA, with
   each ``judge.order_combine``: ``both`` = ``inconsistent_tie`` (orders that disagree are a
   tie), ``both_mean`` = ``mean_score`` (the mean of the two orders' scores decides).
@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mapo.core.store import iter_records  # noqa: E402
 from mapo.core.types import Label, Pick, pick_to_label  # noqa: E402
-from mapo.judging.scoring import stored_verdict  # noqa: E402
+from mapo.core.verdicts import combine_orders  # noqa: E402
+from mapo.judging.judge import STRATEGIES  # noqa: E402
 from mapo.metrics.agreement import position_bias  # noqa: E402
-from mapo.metrics.tables import combine_orders  # noqa: E402
 from mapo.serving import cpu_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def order_verdict(rec: Mapping[str, Any], scoring: str, how: Counter[str]) -> tu
     if not attempts:  # a per-item fault (e.g. a rejected request)
         how["failed"] += 1
         return None, {"label": None}
-    v, reached = stored_verdict(attempts[-1], rec["strategy"], rec["scale"], scoring)
+    v, reached = STRATEGIES.get(rec["strategy"]).stored_verdict(attempts[-1], rec["scale"], scoring)
     how[reached if v.ok else "failed"] += 1
     if not v.ok or v.pick is None:
         return None, {"label": None}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -51,13 +50,6 @@ class Verdict:
         """The paper's pick rule: the higher score wins, equal scores are a tie."""
         pick: Pick = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
         return cls(pick=pick, score_a=score_a, score_b=score_b)
-
-
-def label_from_scores(score_a: float | None, score_b: float | None) -> Label | None:
-    """The paper's rule in dataset terms: higher score wins, equal is a tie; a missing score -> None."""
-    if score_a is None or score_b is None or not (math.isfinite(score_a) and math.isfinite(score_b)):
-        return None
-    return "model_a" if score_a > score_b else "model_b" if score_b > score_a else "tie"
 
 
 def pick_to_label(pick: Pick, swapped: bool = False) -> Label:

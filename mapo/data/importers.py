@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Label, label_from_scores, pick_to_label
+from mapo.core.types import Label, pick_to_label
+from mapo.core.verdicts import label_from_scores
 
 __all__ = [
     "AUTHORS_FAILED",

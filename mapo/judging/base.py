@@ -31,6 +31,7 @@ from mapo.core.config import JudgeConfig, RunConfig
 from mapo.core.parsers import ParseResult, constrained_regex, text_budget
 from mapo.core.registry import Registry
 from mapo.core.types import Label, Message
+from mapo.core.verdicts import label_pick, swap_label
 from mapo.llm.client import Constraint, LLMClient
 
 __all__ = [
@@ -51,9 +52,6 @@ __all__ = [
 
 NO_PROMPT = "none"
 """``prompt_sha`` of an evaluator that sends no prompt of mapo's (a reward model scores the conversation)."""
-
-_PICK: dict[Label, str] = {"model_a": "A", "model_b": "B", "tie": "tie"}
-_SWAP: dict[Label, Label] = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
 
 
 # --------------------------------------------------------------------------- records
@@ -115,8 +113,8 @@ def _record(
         "version": ctx.version,
         "order": ctx.order,
         "prompt_sha": prompt_sha,
-        "pick": _PICK[label] if label else None,
-        "label": _SWAP[label] if (label and ctx.order == "BA") else label,
+        "pick": label_pick(label),
+        "label": swap_label(label) if ctx.order == "BA" else label,
         "score_a": score_a,
         "score_b": score_b,
         "failure": failure,
@@ -133,7 +131,7 @@ def _record(
 
 def dataset_label(label: Label | None, order: str) -> Label | None:
     """A presentation-order label in dataset terms (undoing a BA swap)."""
-    return _SWAP[label] if label and order == "BA" else label
+    return swap_label(label) if order == "BA" else label
 
 
 @dataclass(kw_only=True)

@@ -41,9 +41,10 @@ from mapo.core import prompts
 from mapo.core.config import ConfigError, DebateConfig, JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS
 from mapo.core.types import Label, Message, Verdict
+from mapo.core.verdicts import label_from_scores
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
-from mapo.metrics.agreement import jury_pick, label_from_scores
+from mapo.metrics.agreement import jury_pick
 
 __all__ = ["AGGREGATES", "Debate", "DebateJudgement", "FinalScore", "Utterance", "debate_name", "role_title"]
 

@@ -1,8 +1,9 @@
 """Judge packs: specialised judge models with their own published prompts and output formats.
 
-Each pack is a judge strategy (``judge.strategy``), registered in
-:data:`mapo.judging.judge.STRATEGIES` like the paper's three, so a :class:`~mapo.judging.judge.Judge`
-runs it with everything a judge has: both orders, re-asks, constrained decoding where the
+Each pack is a judge strategy (``judge.strategy``): a :class:`Pack`, the same kind of
+:class:`~mapo.judging.strategy.Strategy` object as the paper's three, registered in
+:data:`mapo.judging.judge.STRATEGIES`, so a :class:`~mapo.judging.judge.Judge` runs it (and
+``mapo reparse`` replays it) with everything a judge has: both orders, re-asks, constrained decoding where the
 server supports it, ``judge.scoring=expected`` where the format allows, records and resume.
 
 =====================  ==============================  ===========================  ==========
@@ -24,45 +25,85 @@ disagreeing orders (``judge.both_orders``) or, for the scoring packs, equal scor
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from mapo.core import prompts
-from mapo.core.types import Message, Verdict
-
-if TYPE_CHECKING:
-    from mapo.judging.judge import Attempt, Judge
+from mapo.core.types import Message
+from mapo.judging.strategy import Asker, Strategy
 
 __all__ = ["PACKS", "Pack", "pack_prompt_sha"]
 
 
-@dataclass(frozen=True)
-class Pack:
+@dataclass(frozen=True, kw_only=True)
+class Pack(Strategy):
     """One pack: its prompt files (in ``judge.prompt_set``), parser kind and fixed scale."""
 
     system: str
     user: str
-    reask: str
-    parser: str
     scale: int | None
     """The score total its format fixes (None: a pick, any ``judge.scale`` is unused)."""
     rubric: str | None = None
     """A prompt file holding the score rubric (Prometheus), rendered into the user prompt."""
-    pointwise: bool = False
+
+    def parse_kwargs(self, scale: int) -> dict[str, Any]:
+        return {"scale": scale} if self.scale else {}
+
+    def prompt_sha(self, judge: Asker) -> str:
+        return pack_prompt_sha(judge.config.prompt_set, self)
+
+    def pair_messages(self, judge: Asker, question: str, first: str, second: str) -> list[Message]:
+        return self._messages(judge, question=question, response_a=first, response_b=second)
+
+    def single_messages(self, judge: Asker, question: str, response: str) -> list[Message]:
+        return self._messages(judge, question=question, response=response)
+
+    def _messages(self, judge: Asker, **fields: str) -> list[Message]:
+        values = {k: prompts.quote_untrusted(v) for k, v in fields.items()}
+        if self.rubric:
+            values["rubric"] = judge.template(self.rubric).text
+        system = judge.template(self.system).text
+        user = judge.template(self.user).render(**values)
+        out: list[Message] = [{"role": "system", "content": system}] if system.strip() else []
+        return [*out, {"role": "user", "content": user}]
 
 
 PACKS: dict[str, Pack] = {
-    "prometheus_absolute": Pack(
-        "absolute.system", "absolute.user", "reask_absolute", "prometheus_score", 5, "rubric_absolute", True
-    ),
-    "prometheus_relative": Pack(
-        "relative.system", "relative.user", "reask_relative", "prometheus_pick", None, "rubric_relative"
-    ),
-    "judgelm": Pack("judge.system", "judge.user", "reask", "judgelm_pair", 10),
-    "pandalm": Pack("judge.system", "judge.user", "reask", "pandalm_pick", None),
-    "skywork_critic": Pack("judge.system", "judge.user", "reask", "skywork_pick", None),
+    p.name: p
+    for p in (
+        Pack(
+            name="prometheus_absolute",
+            system="absolute.system",
+            user="absolute.user",
+            reask="reask_absolute",
+            parser="prometheus_score",
+            scale=5,
+            rubric="rubric_absolute",
+            pointwise=True,
+        ),
+        Pack(
+            name="prometheus_relative",
+            system="relative.system",
+            user="relative.user",
+            reask="reask_relative",
+            parser="prometheus_pick",
+            scale=None,
+            rubric="rubric_relative",
+        ),
+        Pack(name="judgelm", system="judge.system", user="judge.user", reask="reask", parser="judgelm_pair", scale=10),
+        Pack(
+            name="pandalm", system="judge.system", user="judge.user", reask="reask", parser="pandalm_pick", scale=None
+        ),
+        Pack(
+            name="skywork_critic",
+            system="judge.system",
+            user="judge.user",
+            reask="reask",
+            parser="skywork_pick",
+            scale=None,
+        ),
+    )
 }
 """``judge.strategy`` -> its pack."""
 
@@ -72,62 +113,3 @@ def pack_prompt_sha(prompt_set: str, pack: Pack) -> str:
     names = [pack.system, pack.user, pack.reask, *([pack.rubric] if pack.rubric else [])]
     joined = "\0".join(prompts.load(prompt_set, n).text for n in names)
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
-
-
-def _messages(judge: Judge, pack: Pack, **fields: str) -> list[Message]:
-    values = {k: prompts.quote_untrusted(v) for k, v in fields.items()}
-    if pack.rubric:
-        values["rubric"] = judge.template(pack.rubric).text
-    system = judge.template(pack.system).text
-    user = judge.template(pack.user).render(**values)
-    out: list[Message] = [{"role": "system", "content": system}] if system.strip() else []
-    return [*out, {"role": "user", "content": user}]
-
-
-async def _pairwise(name: str, judge: Judge, order: str, question: str, first: str, second: str) -> Attempt:
-    pack = PACKS[name]
-    messages = _messages(judge, pack, question=question, response_a=first, response_b=second)
-    kwargs = {"scale": judge.config.scale} if pack.scale else {}
-    return await judge.converse(messages, pack.parser, pack.reask, order, **kwargs)
-
-
-async def _pointwise(name: str, judge: Judge, order: str, question: str, first: str, second: str) -> Attempt:
-    """Each response scored alone in its own conversation; the pick compares the two scores."""
-    from mapo.judging.judge import Attempt
-
-    pack = PACKS[name]
-    a, b = await asyncio.gather(
-        *(
-            judge.converse(
-                _messages(judge, pack, question=question, response=r),
-                pack.parser,
-                pack.reask,
-                order,
-                scale=judge.config.scale,
-            )
-            for r in (first, second)
-        )
-    )
-    if not (a.verdict.ok and b.verdict.ok):
-        reason = "; ".join(f"{side}: {x.verdict.failure}" for side, x in (("A", a), ("B", b)) if not x.verdict.ok)
-        verdict = Verdict.failed(reason)
-    else:
-        verdict = Verdict.from_scores(a.verdict.score_a, b.verdict.score_a)  # type: ignore[arg-type]
-    return Attempt(
-        order=order,
-        raw=a.raw + b.raw,
-        verdict=verdict,
-        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-        completion_tokens=a.completion_tokens + b.completion_tokens,
-        latency_s=max(a.latency_s, b.latency_s),
-        cached=a.cached and b.cached,
-    )
-
-
-def register(strategies: object) -> None:
-    """Register every pack as a judge strategy (called once by :mod:`mapo.judging.judge`)."""
-    from functools import partial
-
-    for name, pack in PACKS.items():
-        fn = partial(_pointwise if pack.pointwise else _pairwise, name)
-        strategies.register(name)(fn)  # type: ignore[attr-defined]

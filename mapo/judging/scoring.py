@@ -220,22 +220,13 @@ def expected_verdict(kind: str, dists: Sequence[Mapping[str, Any]], scale: int) 
     raise ValueError(f"expected_verdict: no logprob scoring for parser kind {kind!r}; known: {', '.join(VALUE_NAMES)}")
 
 
-_KIND_OF_STRATEGY = {
-    "direct": "pick",
-    "combined": "score_pair",
-    "independent": "score_pair",
-    "prometheus_relative": "pick",
-    "judgelm": "score_pair",
-    "skywork_critic": "pick",
-}
-
-
-def rescore_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> Verdict | None:
+def rescore_attempt(attempt: Mapping[str, Any], kind: str | None, scale: int) -> Verdict | None:
     """The logprob-weighted verdict of a stored attempt (a record's ``detail.attempts[i]``) from the
-    distributions it kept (an independent attempt keeps ``score_a`` and ``score_b``); None when it
-    kept none. The written (argmax) verdict is the parser's reading of its raw text, as ever."""
+    distributions it kept, read as parser ``kind``'s values (a strategy's
+    :attr:`~mapo.judging.strategy.Strategy.scoring_kind`: an independent attempt keeps ``score_a`` and
+    ``score_b``, kind ``score_pair``); None when it kept none or ``kind`` is None (no logprob scoring).
+    The written (argmax) verdict is the parser's reading of its raw text, as ever."""
     dists = attempt.get("logprobs")
-    kind = _KIND_OF_STRATEGY.get(str(strategy))
     if not dists or kind is None:
         return None
     return expected_verdict(kind, dists, scale)
@@ -250,7 +241,7 @@ def _verdict_of(stored: Mapping[str, Any]) -> Verdict:
     )
 
 
-def stored_verdict(attempt: Mapping[str, Any], strategy: str, scale: int, scoring: str) -> tuple[Verdict, str]:
+def stored_verdict(attempt: Mapping[str, Any], kind: str | None, scale: int, scoring: str) -> tuple[Verdict, str]:
     """A stored attempt's verdict under ``scoring`` (``argmax`` | ``expected``), whichever scoring
     its run used, and how it was reached: ``argmax``, ``expected``, or ``argmax: <why>`` where the
     attempt kept no usable distribution (the written value stands, as the judge does live).
@@ -263,7 +254,7 @@ def stored_verdict(attempt: Mapping[str, Any], strategy: str, scale: int, scorin
         return written, "argmax"
     if not attempt.get("logprobs"):
         return written, "argmax: no logprobs stored"
-    weighted = rescore_attempt(attempt, strategy, scale)
+    weighted = rescore_attempt(attempt, kind, scale)
     if weighted is None:
         return written, "argmax: the stored logprobs hold no value"
     return weighted, "expected"

@@ -41,7 +41,8 @@ from typing import Any, Literal
 from sklearn.metrics import cohen_kappa_score
 
 from mapo.core.registry import Registry
-from mapo.core.types import LABELS, Label, Pick, label_from_scores, pick_to_label
+from mapo.core.types import LABELS, Label, Pick, pick_to_label
+from mapo.core.verdicts import label_from_scores
 
 __all__ = [
     "AGGREGATORS",

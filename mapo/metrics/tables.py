@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mapo.core.types import Label, record_kind
+from mapo.core.verdicts import combine_orders
 from mapo.metrics.agreement import (
     TIE_BREAKS,
     PositionBias,
@@ -32,7 +33,6 @@ from mapo.metrics.agreement import (
     cohen_kappa,
     jury_labels,
     jury_subsets,
-    label_from_scores,
     position_bias,
 )
 from mapo.metrics.bias import position_intervals
@@ -73,26 +73,6 @@ ANNOTATORS_KEY = "_annotators"
 
 LABELS_KEY = "_labels"
 """Private key of a table entry during construction: item id -> label; removed by :func:`add_uncertainty`."""
-
-
-def combine_orders(
-    records: Iterable[Mapping[str, Any]], rule: str = "inconsistent_tie"
-) -> tuple[Label | None, float | None, float | None]:
-    """One item's verdict from its per-order records (dataset terms), as :class:`mapo.judging.judge.Judge`
-    combines orders: a failed order is left out; two orders that disagree are a tie
-    (``inconsistent_tie``) or decided by the mean scores (``mean_score``)."""
-    ok = [r for r in records if r.get("label") is not None]
-    if not ok:
-        return None, None, None
-    if len(ok) == 1:
-        return ok[0]["label"], ok[0].get("score_a"), ok[0].get("score_b")
-    r1, r2 = ok[0], ok[1]
-    scores = (r1.get("score_a"), r1.get("score_b"), r2.get("score_a"), r2.get("score_b"))
-    mean = lambda x, y: None if x is None or y is None else (x + y) / 2  # noqa: E731
-    sa, sb = mean(scores[0], scores[2]), mean(scores[1], scores[3])
-    if rule == "mean_score" and None not in scores:
-        return label_from_scores(sa, sb), sa, sb
-    return (r1["label"] if r1["label"] == r2["label"] else "tie"), sa, sb
 
 
 def jury_subset_block(

@@ -86,9 +86,6 @@ __all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table", "lo
 
 log = logging.getLogger(__name__)
 
-_PICK = {"model_a": "A", "model_b": "B", "tie": "tie"}
-_SWAP = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
-
 
 # --------------------------------------------------------------------------- input
 

@@ -30,118 +30,77 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mapo.core.parsers import PARSERS, VERDICT_SHAPE, ParseResult
+from mapo.core.registry import UnknownNameError
 from mapo.core.store import atomic_write_text, iter_records
-from mapo.core.types import Verdict, is_judgement, pick_to_label, record_kind
+from mapo.core.types import Label, is_judgement, record_kind
+from mapo.core.verdicts import combine_orders, label_pick, order_row, swap_label
 from mapo.judging.debate import FinalScore, aggregate_finals
-from mapo.judging.packs import PACKS
-from mapo.judging.scoring import stored_verdict
+from mapo.judging.judge import STRATEGIES
+from mapo.judging.strategy import INDEPENDENT, Strategy, first_ok, verdict_dict
 from mapo.metrics.agreement import TIE_BREAKS, jury_pick
-from mapo.runs.evaluate import combine_orders
 
-__all__ = ["main", "reparse_attempt", "reparse_run"]
-
-_SWAP = {"model_a": "model_b", "model_b": "model_a", "tie": "tie", None: None}
-_KIND = {"direct": "pick", "combined": "score_pair"}
+__all__ = ["ReparseError", "main", "reparse_attempt", "reparse_run"]
 
 
-def _first_ok(raws: list[str], kind: str, **kw: Any) -> ParseResult:
-    """The first raw text that parses (the asker stops there); else the last failure."""
-    result = ParseResult.fail("no raw text stored")
-    for text in raws:
-        result = PARSERS.get(kind)(text, **kw)
-        if result.ok:
-            return result
-    return result
+class ReparseError(ValueError):
+    """A stored record that cannot be replayed (e.g. its strategy is not registered): nothing is written."""
 
 
-def _verdict(kind: str, r: ParseResult) -> Verdict:
-    if not r.ok:
-        return Verdict.failed(r.error or "unparseable")
-    if VERDICT_SHAPE.get(kind) == "pick":
-        return Verdict(pick=r.value)
-    a, b = r.value
-    return Verdict.from_scores(float(a), float(b))
-
-
-def _split_independent(raws: list[str], scale: int, kind: str = "score") -> int | None:
-    """Where side A's raw texts end in a flattened independent-scoring attempt (A's asks then
-    B's). A split is consistent when every text but each side's last fails to parse (the
-    judge re-asks only after a failure); None when zero or several splits fit."""
-    parse = PARSERS.get(kind)
-    fails = [not parse(t, scale=scale).ok for t in raws]
-    fits = [k for k in range(1, len(raws)) if all(fails[: k - 1]) and all(fails[k:-1])]
-    return fits[0] if len(fits) == 1 else None
+def _strategy(name: object, where: str) -> Strategy:
+    """The registered strategy a record names; a clear refusal for one that is not registered."""
+    try:
+        return STRATEGIES.get(str(name))
+    except UnknownNameError as e:
+        raise ReparseError(
+            f"{where}: {e}; it cannot be replayed (register it in mapo.judging.judge.STRATEGIES)"
+        ) from None
 
 
 def reparse_attempt(attempt: Mapping[str, Any], strategy: str, scale: int) -> tuple[dict[str, Any], str | None]:
-    """A stored attempt ({order, raw, verdict}) re-parsed -> (verdict dict, note)."""
-    raws = list(attempt.get("raw") or [])
-    pack = PACKS.get(strategy)
-    if strategy == "independent" or (pack is not None and pack.pointwise):
-        one = pack.parser if pack is not None else "score"
-        k = _split_independent(raws, scale, one)
-        if k is None:
-            return dict(
-                attempt["verdict"]
-            ), f"independent attempt of {len(raws)} texts cannot be split into A and B; kept"
-        a, b = _first_ok(raws[:k], one, scale=scale), _first_ok(raws[k:], one, scale=scale)
-        if a.ok and b.ok:
-            v = Verdict.from_scores(float(a.value), float(b.value))
-        else:
-            v = Verdict.failed("; ".join(f"{s}: {x.error}" for s, x in (("A", a), ("B", b)) if not x.ok))
-        return _vdict(v), None
-    kind = _KIND.get(strategy) or (pack.parser if pack is not None else None)
-    if kind is None:
-        return dict(attempt["verdict"]), f"unknown strategy {strategy!r}; kept"
-    return _vdict(_verdict(kind, _first_ok(raws, kind, scale=scale))), None
+    """A stored attempt ({order, raw, verdict}) re-parsed by its strategy -> (verdict dict, note)
+    (:meth:`mapo.judging.strategy.Strategy.replay`); :class:`ReparseError` for an unregistered strategy."""
+    return _strategy(strategy, "attempt").replay(attempt, scale)
 
 
-def _vdict(v: Verdict) -> dict[str, Any]:
-    return {"pick": v.pick, "score_a": v.score_a, "score_b": v.score_b, "failure": v.failure}
-
-
-def _combine_attempts(attempts: list[dict[str, Any]], rule: str) -> tuple[str | None, float | None, float | None]:
-    """Attempts (presentation order each) -> dataset-terms verdict, as mapo.judging.judge.Judge does."""
-    rows: list[dict[str, Any]] = []
-    for a in attempts:
-        v = a["verdict"]
-        if v.get("failure") is not None or v.get("pick") is None:
-            rows.append({"label": None})
-            continue
-        swapped = a.get("order") == "BA"
-        sa, sb = (v.get("score_b"), v.get("score_a")) if swapped else (v.get("score_a"), v.get("score_b"))
-        rows.append({"label": pick_to_label(v["pick"], swapped), "score_a": sa, "score_b": sb})
+def _combine_attempts(attempts: list[dict[str, Any]], rule: str) -> tuple[Label | None, float | None, float | None]:
+    """Attempts (presentation order each) -> dataset-terms verdict, by the judge's own rule
+    (:func:`mapo.core.verdicts.combine_orders`)."""
+    rows = [
+        order_row(v.get("pick"), v.get("score_a"), v.get("score_b"), v.get("failure"), a.get("order") or "AB")
+        for a in attempts
+        for v in [a["verdict"]]
+    ]
     return combine_orders(rows, rule)
 
 
-def _reparse_judged(rec: dict[str, Any], rule: str) -> tuple[dict[str, Any], list[str]]:
+def _reparse_judged(rec: dict[str, Any], rule: str, where: str) -> tuple[dict[str, Any], list[str]]:
     """A record with detail.attempts (evaluate judge/juror, winrate, build selections)."""
     new = copy.deepcopy(rec)
     attempts = (new.get("detail") or {}).get("attempts") if "detail" in new else new.get("attempts")
     notes: list[str] = []
     if not attempts:
         return new, notes
+    strategy = _strategy(new.get("strategy"), f"{where} (record {new.get('key')!r})")
     for a in attempts:
-        v, note = reparse_attempt(a, new["strategy"], new["scale"])
+        v, note = strategy.replay(a, new["scale"])
         if note:
             notes.append(note)
         elif "scoring" in a:  # judge.scoring=expected: the written text re-parsed, the kept logprobs weigh it
             a["argmax"] = v
-            weighted, how = stored_verdict(a, new["strategy"], new["scale"], "expected")
+            weighted, how = strategy.stored_verdict(a, new["scale"], "expected")
             if how == "expected" or not str(a["scoring"]).startswith("argmax"):
                 a["scoring"] = how  # else: the written value stood live too, for the reason recorded then
-            v = _vdict(weighted)
+            v = verdict_dict(weighted)
         a["verdict"] = v
     label, sa, sb = _combine_attempts(attempts, rule)
     failure = None if label is not None else "; ".join(a["verdict"].get("failure") or "" for a in attempts)
     evaluated = is_judgement(new)  # mapo evaluate's: pick in presentation order, label in dataset terms
     outer_swap = new.get("order") == "BA" and evaluated
     if outer_swap:  # evaluate's BA records: the pair was judged swapped, stored in dataset terms
-        new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
-        label, sa, sb = _SWAP[label], sb, sa
+        new["pick"] = label_pick(label)
+        label, sa, sb = swap_label(label), sb, sa
     elif evaluated:
-        new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
+        new["pick"] = label_pick(label)
     new.update(label=label, score_a=sa, score_b=sb, failure=failure)
     if "outcome" in new:  # mapo winrate's: the configuration's outcome follows the label
         new["outcome"] = {"model_a": "win", "model_b": "loss", "tie": "tie", None: "failed"}[label]
@@ -152,7 +111,7 @@ def _reparse_debate(rec: dict[str, Any]) -> dict[str, Any]:
     new = copy.deepcopy(rec)
     finals = []
     for f in new["detail"]["finals"]:
-        r = _first_ok(f["raw"], "debate_final", scale=new["scale"])
+        r = first_ok(f["raw"], "debate_final", scale=new["scale"])
         f.update(
             score_a=float(r.value[0]) if r.ok else None,
             score_b=float(r.value[1]) if r.ok else None,
@@ -162,9 +121,9 @@ def _reparse_debate(rec: dict[str, Any]) -> dict[str, Any]:
     label: str | None
     label, sa, sb = aggregate_finals(finals, new["detail"]["aggregate"])
     new["detail"]["n_failed"] = sum(not f.ok for f in finals)
-    new["pick"] = {"model_a": "A", "model_b": "B", "tie": "tie"}.get(label) if label else None
+    new["pick"] = label_pick(label)
     if new.get("order") == "BA":
-        label, sa, sb = _SWAP[label], sb, sa
+        label, sa, sb = swap_label(label), sb, sa
     failure = None if label is not None else "every referee's final scores failed to parse"
     new.update(label=label, score_a=sa, score_b=sb, failure=failure)
     return new
@@ -193,12 +152,12 @@ def _reparse_jury(rec: dict[str, Any], jurors: Mapping[str, Mapping[str, Any]]) 
     sb = sum(b for _, b in valid) / len(valid) if valid else None
     detail["members"] = dict(zip(members, labels, strict=True))
     detail["n_failed"] = sum(x is None for x in labels)
-    pick_label = _SWAP[label] if new.get("order") == "BA" else label
+    pick_label = swap_label(label) if new.get("order") == "BA" else label
     new.update(
         label=label,
         score_a=sa,
         score_b=sb,
-        pick={"model_a": "A", "model_b": "B", "tie": "tie"}.get(pick_label) if pick_label else None,
+        pick=label_pick(pick_label),
         failure=None if label is not None else "every juror failed",
     )
     return new, []
@@ -218,7 +177,7 @@ def _judgements(
         if replay == "finals":
             out[rec["key"]] = (_reparse_debate(rec), [])
         elif replay == "attempts":
-            out[rec["key"]] = _reparse_judged(rec, rec.get("order_combine", rule))
+            out[rec["key"]] = _reparse_judged(rec, rec.get("order_combine", rule), path.name)
         elif replay is None:  # e.g. a reward model's (no text to re-parse) or a kind without a replay: kept as is
             kept = [] if not rec.get("raw") else [f"kind {rec.get('kind')}: no re-parse rule for its raw texts; kept"]
             out[rec["key"]] = (copy.deepcopy(rec), kept)
@@ -247,7 +206,7 @@ def _selections(
         if new.get("method") == "tournament":
             best: int | None = 0
             for j in js:
-                j2, n = _reparse_judged(j, rule)
+                j2, n = _reparse_judged(j, rule, path.name)
                 j.update(j2)
                 notes += n
             for j in js:
@@ -272,7 +231,7 @@ def _selections(
                 if "tie_margin" in j:  # a pointwise evaluator's score (a reward): no text to re-parse
                     scores.append(j.get("score"))
                     continue
-                r = _first_ok(j.get("raw") or [], "score", scale=scale)
+                r = first_ok(j.get("raw") or [], INDEPENDENT.parser, scale=scale)  # Judge.score_single's ask
                 j["score"], j["failure"] = (float(r.value), None) if r.ok else (None, r.error)
                 scores.append(j["score"])
             new["scores"] = scores
@@ -289,7 +248,7 @@ def _generations(path: Path, damaged: list[int]) -> Iterable[tuple[dict[str, Any
         new = copy.deepcopy(rec)
         for it in new.get("iterations") or []:
             for rv in it.get("reviews") or []:
-                r = _first_ok(rv.get("raw") or [], "review")
+                r = first_ok(rv.get("raw") or [], "review")
                 if r.ok:
                     rv.update(
                         score=float(r.value.score),
@@ -371,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         summary = reparse_run(args.run_dir)
-    except OSError as e:  # no record file; or reparsed.jsonl cannot be written (e.g. disk full)
+    except (OSError, ReparseError) as e:  # no record file; a record it cannot replay; reparsed.jsonl unwritable
         print(f"mapo reparse: {e}", file=sys.stderr)
         return 2
     for name, c in summary.items():

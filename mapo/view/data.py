@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.types import is_judgement, record_kind
-from mapo.metrics.tables import combine_orders
+from mapo.core.verdicts import PICK_OF_LABEL, combine_orders
 from mapo.report.run import Run, find_sources, load_run, read_json
 
 __all__ = ["RunRef", "View", "load_views", "word_diff"]
@@ -40,7 +40,7 @@ _FIRST = (
     *("split", "step", "epoch", "loss", "eval_loss", "learning_rate"),
 )
 """Columns a records view shows first (winrate verdicts, training metrics), when present."""
-_SHORT = {"model_a": "A", "model_b": "B", "tie": "tie", None: "–"}
+_SHORT: dict[str | None, str] = {**{str(k): v for k, v in PICK_OF_LABEL.items()}, None: "–"}
 
 
 def snippet(text: Any, n: int = SNIPPET) -> str:

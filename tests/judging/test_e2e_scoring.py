@@ -21,7 +21,8 @@ import pytest
 
 from mapo.core.parsers import constrained_regex, text_budget
 from mapo.core.types import pick_to_label
-from mapo.judging.scoring import pick_probabilities, rescore_attempt, stored_verdict, value_probabilities
+from mapo.judging.judge import STRATEGIES
+from mapo.judging.scoring import pick_probabilities, value_probabilities
 from mapo.runs.reparse import reparse_attempt, reparse_run
 from tests.conftest import REPO
 
@@ -83,7 +84,7 @@ def test_expected_scoring_on_real_vllm_answers(embedded_registry, tmp_path, judg
             assert d["token"] in d["top"]  # the emitted token is among the alternatives kept
             assert sum(math.exp(lp) for lp in d["top"].values()) <= 1 + 1e-6  # a real distribution
         # the stored verdict is the one the stored distribution gives
-        again = rescore_attempt(attempt, rec["strategy"], rec["scale"])
+        again = STRATEGIES.get(rec["strategy"]).rescore(attempt, rec["scale"])
         assert again is not None and again.pick == attempt["verdict"]["pick"] == rec["pick"]
         written = attempt["argmax"]
         if kind == "score_pair":
@@ -117,8 +118,8 @@ def test_both_scorings_are_recomputed_from_the_stored_records(embedded_registry,
     # read back from disk, as `mapo reparse` would: no model call from here on
     for rec in recs:
         attempt = _attempt(rec)
-        argmax, how_a = stored_verdict(attempt, rec["strategy"], rec["scale"], "argmax")
-        expected, how_e = stored_verdict(attempt, rec["strategy"], rec["scale"], "expected")
+        argmax, how_a = STRATEGIES.get(rec["strategy"]).stored_verdict(attempt, rec["scale"], "argmax")
+        expected, how_e = STRATEGIES.get(rec["strategy"]).stored_verdict(attempt, rec["scale"], "expected")
         assert (how_a, how_e) == ("argmax", "expected")
         # argmax: re-parsing the raw text gives the written verdict the record kept
         reparsed, note = reparse_attempt(attempt, rec["strategy"], rec["scale"])

@@ -15,13 +15,11 @@ from aiohttp import web
 from mapo.core.config import JudgeConfig
 from mapo.core.parsers import PARSERS, to_verdict
 from mapo.judging.base import RecordContext
-from mapo.judging.judge import Judge
+from mapo.judging.judge import STRATEGIES, Judge
 from mapo.judging.scoring import (
     expected_verdict,
     locate,
     pick_probabilities,
-    rescore_attempt,
-    stored_verdict,
     value_probabilities,
 )
 from mapo.llm.client import LLMClient
@@ -195,7 +193,7 @@ async def test_expected_scoring_weighs_the_scores_and_keeps_the_distribution():
     stored = rec["detail"]["attempts"][0]
     assert [d["value"] for d in stored["logprobs"]] == ["score_a", "score_b"]
     json.dumps(rec)  # storable
-    again = rescore_attempt(stored, "combined", 10)
+    again = STRATEGIES.get("combined").rescore(stored, 10)
     assert (again.score_a, again.score_b) == (pytest.approx(8.5), pytest.approx(6.5))
     written = to_verdict(PARSERS.get("score_pair")(stored["raw"][-1], scale=10), "score_pair")
     assert (written.score_a, written.score_b) == (stored["argmax"]["score_a"], stored["argmax"]["score_b"])
@@ -221,26 +219,28 @@ async def test_expected_independent_weighs_each_score():
     assert (j.score_a, j.score_b) == (pytest.approx(7.5), pytest.approx(3.5))
     stored = j.attempts[0].to_record()
     assert [d["value"] for d in stored["logprobs"]] == ["score_a", "score_b"]
-    again = rescore_attempt(stored, "independent", 10)
+    again = STRATEGIES.get("independent").rescore(stored, 10)
     assert (again.score_a, again.score_b) == (pytest.approx(7.5), pytest.approx(3.5))
     assert (stored["argmax"]["score_a"], stored["argmax"]["score_b"]) == (7.0, 3.0)
-    assert rescore_attempt({"raw": ["x"]}, "combined", 10) is None  # an argmax-era attempt
+    assert STRATEGIES.get("combined").rescore({"raw": ["x"]}, 10) is None  # an argmax-era attempt
 
 
 async def test_stored_verdict_gives_either_scoring_from_one_record():
     _, j, _ = await judged(lambda r: combined_text(8, 6), scoring="expected")
     stored = json.loads(json.dumps(j.attempts[0].to_record()))  # as read back from judgements.jsonl
-    argmax, how = stored_verdict(stored, "combined", 10, "argmax")
+    argmax, how = STRATEGIES.get("combined").stored_verdict(stored, 10, "argmax")
     assert (argmax.pick, argmax.score_a, argmax.score_b, how) == ("A", 8.0, 6.0, "argmax")
-    weighted, how = stored_verdict(stored, "combined", 10, "expected")
+    weighted, how = STRATEGIES.get("combined").stored_verdict(stored, 10, "expected")
     assert (weighted.score_a, weighted.score_b, how) == (pytest.approx(8.5), pytest.approx(6.5), "expected")
     # an argmax-era record has no distribution: the written value stands, and says why
     _, old, _ = await judged(lambda r: combined_text(8, 6))
-    v, how = stored_verdict(old.attempts[0].to_record(), "combined", 10, "expected")
+    v, how = STRATEGIES.get("combined").stored_verdict(old.attempts[0].to_record(), 10, "expected")
     assert (v.score_a, v.score_b, how) == (8.0, 6.0, "argmax: no logprobs stored")
     # a failure stays a failure under both scorings
     failed = {"raw": ["x"], "verdict": {"pick": None, "score_a": None, "score_b": None, "failure": "unparseable"}}
-    assert [stored_verdict(failed, "combined", 10, s)[0].failure for s in ("argmax", "expected")] == ["unparseable"] * 2
+    assert [STRATEGIES.get("combined").stored_verdict(failed, 10, s)[0].failure for s in ("argmax", "expected")] == [
+        "unparseable"
+    ] * 2
 
 
 async def test_no_logprobs_falls_back_to_argmax_said_once_and_counted(caplog):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import CascadeConfig, ClientConfig, JudgeConfig, PromptSourceConfig, RolesConfig, RunConfig
+from mapo.judging.strategy import split_sides
 from mapo.runs.build import build
 from mapo.runs.evaluate import evaluate
-from mapo.runs.reparse import _split_independent, main, reparse_run
+from mapo.runs.reparse import main, reparse_run
 from tests.conftest import fake_model
 from tests.runs.test_evaluate import write_items
 
@@ -155,12 +156,12 @@ def test_main_on_a_folder_without_records(tmp_path, capsys):
     assert "no judgements.jsonl, selections.jsonl or generations.jsonl" in capsys.readouterr().err
 
 
-def test_split_independent():
+def testsplit_sides():
     ok, bad = "### Overall Score:\n7/10", "no score"
-    assert _split_independent([ok, ok], 10) == 1
-    assert _split_independent([bad, ok, ok], 10) == 2  # A re-asked once
-    assert _split_independent([ok, bad, ok], 10) == 1  # B re-asked once
-    assert _split_independent([bad, bad, bad], 10) is None  # ambiguous: kept as stored
+    assert split_sides([ok, ok], 10) == 1
+    assert split_sides([bad, ok, ok], 10) == 2  # A re-asked once
+    assert split_sides([ok, bad, ok], 10) == 1  # B re-asked once
+    assert split_sides([bad, bad, bad], 10) is None  # ambiguous: kept as stored
 
 
 def _expected_record(order: str = "AB") -> dict:
