@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mapo.core.types import Label, pick_to_label
+from mapo.core.verdicts import combine_orders
 from mapo.metrics.agreement import position_bias
 from mapo.metrics.uncertainty import Bootstrap, ratio_intervals
 
@@ -96,8 +97,6 @@ def _groups(records: Iterable[Mapping[str, Any]]) -> dict[GroupKey, dict[str, di
 
 def _item_verdicts(by_item: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, tuple[Label | None, Label]]:
     """item id -> (judge label with both orders combined as the judge does, human label)."""
-    from mapo.metrics.tables import combine_orders
-
     return {i: (combine_orders(o.values())[0], next(iter(o.values()))["human"]) for i, o in by_item.items()}
 
 
