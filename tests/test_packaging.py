@@ -160,7 +160,7 @@ def test_installed_mapo_agreement_reproduces_the_published_kappa(venv, tmp_path)
 def test_installed_mapo_finds_the_shipped_demo_pairs(venv, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     code = (
-        "from mapo.runs.evaluate import load_items; "
+        "from mapo.data.humans import load_items; "
         "rows, info = load_items({'loader': 'local', 'path': 'prompts/eval/demo_pairs.jsonl', 'limit': None}); "
         "print(info['n_items'])"
     )

@@ -6,7 +6,7 @@ response and which model wrote it. None of that is in ``agreement.json``; it is 
 a model call, from:
 
 * a ``mapo evaluate`` run: its ``judgements.jsonl``, and the items named by ``eval_data`` in
-  its ``config.yaml`` (:func:`mapo.runs.evaluate.load_items`; local files only, the report
+  its ``config.yaml`` (:func:`mapo.data.humans.load_items`; local files only, the report
   fetches nothing from the Hub);
 * a ``mapo agreement`` output: the record files it names (``sources``), or for ``--authors``
   the authors' strategy folders and the human-label file it names (``source``, ``humans``),
@@ -143,8 +143,8 @@ def _pairs_of(spec: Mapping[str, Any] | None, ev: Evidence) -> None:
         )
         return
     from mapo.core.config import ConfigError
+    from mapo.data.humans import load_items
     from mapo.metrics.bias import lengths_from_rows
-    from mapo.runs.evaluate import load_items
 
     try:
         rows, _ = load_items(spec)

@@ -66,14 +66,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-from mapo.core.config import ConfigError, RunConfig, shipped_path, validate
+from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.registry import UnknownNameError
 from mapo.core.store import atomic_write_json, iter_records
-from mapo.data.humans import LOADERS, MAJORITY_RULE, HumanDataError, HumanRow
+from mapo.data.humans import HumanRow, load_items
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.evaluators import evaluator_class, from_config, models_of
 from mapo.judging.judge import judge_setup
@@ -82,71 +81,12 @@ from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.metrics.uncertainty import stats_options
 from mapo.runs.runner import RunCommand, execute, model_keys, models_manifest, section_keys
 
-__all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table", "load_items"]
+__all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table"]
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- input
-
-
-def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]:
-    """The human-labelled rows named by ``eval_data`` ({loader, limit, <loader kwargs>}).
-
-    Relative paths are taken from the working directory, else from the repository root.
-    Any problem is a :class:`ConfigError` naming the key, file and line.
-    """
-    spec = dict(spec or {})
-    if not spec:
-        raise ConfigError("eval_data is empty: choose a set, e.g. eval_data=faireval (conf/eval_data/)")
-    loader = spec.pop("loader", None)
-    limit = spec.pop("limit", None)
-    families = spec.pop("families", None)  # candidate model -> family, for the bias diagnostics only
-    if families is not None and not (
-        isinstance(families, Mapping) and all(isinstance(v, str) and v for v in families.values())
-    ):
-        raise ConfigError(f"eval_data.families must map each candidate model to a family name, got {families!r}")
-    try:
-        fn = LOADERS.get(str(loader), key="eval_data.loader")
-    except UnknownNameError as e:
-        raise ConfigError(str(e)) from None
-    kwargs = {k: v for k, v in spec.items() if v is not None}
-    for key in ("path", "data_files"):
-        if isinstance(kwargs.get(key), str):
-            p = Path(kwargs[key]).expanduser()
-            if not p.is_absolute() and not p.exists():
-                p = shipped_path(p)
-            kwargs[key] = str(p)
-    try:
-        rows = fn(**kwargs)
-    except HumanDataError as e:
-        raise ConfigError(f"eval_data ({loader}): {e}") from None
-    except TypeError as e:
-        raise ConfigError(f"eval_data: loader {loader!r} does not take {sorted(kwargs)} ({e})") from None
-    if limit is not None:
-        if int(limit) < 1:
-            raise ConfigError(f"eval_data.limit must be >= 1 or null, got {limit}")
-        rows = rows[: int(limit)]
-    if not rows:
-        raise ConfigError(f"eval_data ({loader}): no items")
-    seen: set[str] = set()
-    for r in rows:
-        if r["id"] in seen:
-            raise ConfigError(f"eval_data ({loader}): duplicate item id {r['id']!r}")
-        seen.add(r["id"])
-    info = {
-        "loader": loader,
-        **{k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))},
-        "limit": limit,
-        "n_items": len(rows),
-    }
-    if families:
-        info["families"] = {str(k): str(v) for k, v in families.items()}
-    n_annotated = sum("annotators" in r for r in rows)
-    if n_annotated:
-        info["annotators"] = list(rows[0].get("annotators") or [])
-        info["majority_rule"] = MAJORITY_RULE
-    return rows, info
 
 
 # --------------------------------------------------------------------------- the evaluators

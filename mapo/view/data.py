@@ -250,7 +250,7 @@ class EvaluateView(View):
             )
             return
         from mapo.core.config import ConfigError
-        from mapo.runs.evaluate import load_items
+        from mapo.data.humans import load_items
 
         try:
             rows, _ = load_items(spec)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ConfigError
-from mapo.runs.evaluate import agreement_tables, combine_orders, load_items
+from mapo.data.humans import load_items
+from mapo.runs.evaluate import agreement_tables, combine_orders
 from tests.conftest import REPO, shared_dir
 from tests.fake_openai import FakeServer
 

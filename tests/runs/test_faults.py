@@ -1511,7 +1511,8 @@ async def test_u2028_in_human_labels_and_batch_output_is_data(tmp_path, referenc
     import csv
 
     from mapo.core.config import BatchConfig
-    from mapo.runs.evaluate import evaluate, load_items
+    from mapo.data.humans import load_items
+    from mapo.runs.evaluate import evaluate
 
     rows = _label_rows(ITEMS)
     labels = tmp_path / "labels.jsonl"

@@ -31,7 +31,7 @@ def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
     recs = run.records("judgements.jsonl")
     if not recs:
         return None, None
-    from mapo.runs.evaluate import agreement_tables  # the run layer: loaded only for a run that stopped early
+    from mapo.metrics.tables import agreement_tables  # loaded only for a run that stopped early
 
     note = "agreement.json is missing (the run did not finish): figures recomputed from judgements.jsonl."
     return agreement_tables(recs), note
