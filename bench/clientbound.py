@@ -475,17 +475,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
         versions[dist] = md.version(dist)
     server = InstantServer(args.server_procs).start()
     try:
-        spec_args = argparse.Namespace(
-            pairs_file=None,
-            pairs=args.requests,
-            prompts=0,
-            served_name="fake",
-            max_tokens=args.max_tokens,
-            concurrency=args.concurrency,
-            distilabel_batch=None,
-            request_timeout=args.request_timeout,
-        )
-        spec, source = peers.build_spec(spec_args, server.base_url, "clientbound")
+        spec, source = _spec(args, server.base_url)
         rows: list[dict] = []
         for rep in range(args.reps):
             order = list(args.clients) if rep % 2 == 0 else list(reversed(args.clients))
@@ -516,6 +506,21 @@ def orchestrate(args: argparse.Namespace) -> dict:
     }
 
 
+def _spec(args: argparse.Namespace, base_url: str) -> tuple[dict, str]:
+    """peers.py's judge-stage spec for ``args.requests`` distinct requests against ``base_url`` (and its source)."""
+    spec_args = argparse.Namespace(
+        pairs_file=None,
+        pairs=args.requests,
+        prompts=0,
+        served_name="fake",
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+        distilabel_batch=None,
+        request_timeout=args.request_timeout,
+    )
+    return peers.build_spec(spec_args, base_url, "clientbound")
+
+
 def profile(args: argparse.Namespace) -> None:
     """One client under cProfile against the instant server; the top functions by own and cumulative time."""
     import cProfile
@@ -523,17 +528,7 @@ def profile(args: argparse.Namespace) -> None:
 
     server = InstantServer(args.server_procs).start()
     try:
-        spec_args = argparse.Namespace(
-            pairs_file=None,
-            pairs=args.requests,
-            prompts=0,
-            served_name="fake",
-            max_tokens=args.max_tokens,
-            concurrency=args.concurrency,
-            distilabel_batch=None,
-            request_timeout=args.request_timeout,
-        )
-        spec, _ = peers.build_spec(spec_args, server.base_url, "clientbound")
+        spec, _ = _spec(args, server.base_url)
         prof = cProfile.Profile()
         prof.enable()
         result = WORKERS[args.profile](spec)
