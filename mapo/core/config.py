@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from omegaconf import MISSING
 
@@ -619,6 +619,9 @@ class PromptSourceConfig:
     """This task's shard, 0..shard_count-1 (a SLURM job array: slurm/array.sbatch)."""
     shard_count: int = 1
     """Shards the prompt set is split into; an item goes to sha256(id) % shard_count. 1 = all (mapo/runs/shard.py)."""
+
+    ITEM_KEYS: ClassVar[tuple[str, ...]] = ("source", "path", "split", "prompt_column", "id_column")
+    """The keys that decide what an item id stands for (``limit`` and sharding only choose items): a run's fingerprint."""
 
     def check(self, key: str = "prompts") -> None:
         """Validate, naming keys under ``key``."""

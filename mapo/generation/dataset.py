@@ -41,6 +41,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from mapo.core.config import OnTie, SelectionConfig
 from mapo.generation.selection import TRUNCATED, Loss
 
 DPO_COLUMNS = ("prompt", "chosen", "rejected")
@@ -196,7 +197,7 @@ def rows_for(
     judge: str,
     losses: Mapping[int, Loss] | None = None,
     finish_reasons: Sequence[str | None] | None = None,
-    on_tie: str = "drop",
+    on_tie: OnTie = OnTie.drop,
     allow_truncated: bool = False,
     max_length_ratio: float | None = None,
 ) -> tuple[list[dict], list[dict], RowCounts]:
@@ -211,8 +212,6 @@ def rows_for(
     the deciding scores come from ``losses`` (module doc). A rejected response whose text is the
     chosen one's gives no pair, and its KTO row is the chosen one's (one text, one label).
     """
-    if on_tie not in ("drop", "keep"):
-        raise ValueError(f"selection.on_tie must be drop or keep, got {on_tie!r}")
     counts = RowCounts()
     truncated = [r == TRUNCATED for r in finish_reasons] if finish_reasons is not None else [False] * len(responses)
     out = set() if allow_truncated else {i for i, t in enumerate(truncated) if t}
@@ -233,7 +232,7 @@ def rows_for(
             counts.ties_dropped["not_compared"] += 1
             continue
         if not loss.decisive:
-            if on_tie == "drop":
+            if on_tie == OnTie.drop:
                 counts.ties_dropped[loss.reason or "tie"] += 1
                 continue
             counts.ties_kept += 1
@@ -277,7 +276,7 @@ def rows_for(
             }
         )
     # the best is desirable only if the judge preferred it over something (or ties are kept)
-    if losses is None or on_tie == "keep" or any(decisive.values()):
+    if losses is None or on_tie == OnTie.keep or any(decisive.values()):
         labels[best], decisive[best] = True, losses is None or any(decisive.values())
     seen: set[str] = set()
     kept = []
@@ -324,7 +323,7 @@ def item_rows(
     iterations: Sequence[Mapping[str, Any]],
     best: int,
     losses: Mapping[int, Loss],
-    selection: Any,
+    selection: SelectionConfig,
     *,
     generator: str,
     judge: str,
@@ -341,9 +340,9 @@ def item_rows(
         judge=judge,
         losses=losses,
         finish_reasons=[it.get("finish_reason") for it in iterations],
-        on_tie=str(getattr(selection, "on_tie", "drop")),
-        allow_truncated=bool(getattr(selection, "allow_truncated", False)),
-        max_length_ratio=getattr(selection, "max_length_ratio", None),
+        on_tie=selection.on_tie,
+        allow_truncated=selection.allow_truncated,
+        max_length_ratio=selection.max_length_ratio,
     )
 
 

@@ -19,6 +19,10 @@ from mapo.core.types import Message
 from mapo.judging.base import Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
 
+FEEDBACK_TEMPLATES = ("generator_", "reviewer", "reask_review")
+"""Name prefixes of the loop's templates in ``prompts/<feedback.prompt_set>/``: a run's fingerprint hashes
+them (:func:`mapo.runs.runner.templates_sha`), so an edited prompt text changes it."""
+
 
 @dataclass
 class Review:

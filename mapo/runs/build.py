@@ -23,20 +23,18 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mapo.core.config import ConfigError, RunConfig, validate
+from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.core.store import RecordStore, iter_records
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summary, save_datasets
-from mapo.generation.feedback import FeedbackLoop, Iteration
+from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.base import Probe
 from mapo.judging.evaluators import pair_judge
 from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.dataset_quality import dataset_quality_of_run, quality_markdown
 from mapo.runs.runner import (
-    FEEDBACK_TEMPLATES,
-    PROMPT_SOURCE_KEYS,
     RunCommand,
     execute,
     model_keys,
@@ -108,7 +106,7 @@ class Build(RunCommand):
             **section_keys("feedback", cfg.feedback),
             **section_keys("judge", cfg.judge),
             **section_keys("selection", cfg.selection),
-            **section_keys("prompts", cfg.prompts, only=PROMPT_SOURCE_KEYS),
+            **section_keys("prompts", cfg.prompts, only=PromptSourceConfig.ITEM_KEYS),
             "prompt_sha.judge": self.judge.prompt_sha,
             **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),

@@ -247,10 +247,6 @@ def section_keys(prefix: str, section: Any, only: Iterable[str] | None = None) -
     return {f"{prefix}.{n}": _plain(getattr(section, n)) for n in names}
 
 
-PROMPT_SOURCE_KEYS = ("source", "path", "split", "prompt_column", "id_column")
-"""The prompt keys that decide what an item id stands for (``limit`` and sharding only choose items)."""
-
-
 def model_keys(cfg: RunConfig, names: Iterable[str]) -> dict[str, Any]:
     """The output-changing keys of each model: the served name and the generation parameters (not
     the URL, the concurrency, the retries, or ``structured_output``: transport, see :data:`TRANSPORT_KEYS`)."""
@@ -260,10 +256,6 @@ def model_keys(cfg: RunConfig, names: Iterable[str]) -> dict[str, Any]:
         out[f"models.{n}.served_name"] = m.served_name
         out.update(section_keys(f"models.{n}.generation", m.generation))
     return out
-
-
-FEEDBACK_TEMPLATES = ("generator_", "reviewer", "reask_review")
-"""Name prefixes of the feedback loop's templates (for :func:`templates_sha`)."""
 
 
 def templates_sha(prompt_set: str, prefixes: Sequence[str]) -> str:

@@ -45,11 +45,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mapo.core.config import ConfigError, RunConfig, WinrateConfiguration, validate
+from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, WinrateConfiguration, validate
 from mapo.core.store import atomic_write_json, atomic_write_text, iter_records
 from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
-from mapo.generation.feedback import FeedbackLoop
+from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop
 from mapo.judging.base import Probe
 from mapo.judging.evaluators import pair_judge
 from mapo.judging.jury import warn_self_judging
@@ -66,8 +66,6 @@ from mapo.metrics.uncertainty import (
     winrate_intervals,
 )
 from mapo.runs.runner import (
-    FEEDBACK_TEMPLATES,
-    PROMPT_SOURCE_KEYS,
     RunCommand,
     execute,
     model_keys,
@@ -462,7 +460,7 @@ class Winrate(RunCommand):
             **model_keys(cfg, self.models()),
             **section_keys("judge", cfg.judge),
             **section_keys("feedback", cfg.feedback),
-            **section_keys("prompts", cfg.prompts, only=PROMPT_SOURCE_KEYS),
+            **section_keys("prompts", cfg.prompts, only=PromptSourceConfig.ITEM_KEYS),
             "prompt_sha.judge": self.sha,
             **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mapo.core.config import ConfigError, SelectionConfig
 from mapo.generation.dataset import (
     DatasetError,
     DatasetMismatch,
@@ -107,8 +108,8 @@ def test_on_tie_keep_is_the_papers_behaviour_marked():
     assert [r["key"] for r in dpo] == [r["key"] for r in legacy] == ["p/2>0", "p/2>1", "p/2>3"]
     assert [r["label"] for r in kto] == [r["label"] for r in legacy_kto]
     assert [r["decisive"] for r in dpo] == [True, False, True] and counts.ties_kept == 1
-    with pytest.raises(ValueError, match="on_tie"):
-        rows_for("p", "Q?", TEXTS, [1, 2, 3, 4], 2, generator="g", judge="j", losses=LOSSES, on_tie="maybe")
+    with pytest.raises(ConfigError, match=r"selection.on_tie='maybe'; allowed: drop, keep"):
+        SelectionConfig(on_tie="maybe").check()  # type: ignore[arg-type]  # checked where the config is built, not per row
 
 
 def test_a_pick_only_judge_gives_no_margin():
