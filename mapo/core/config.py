@@ -638,6 +638,70 @@ class PromptSourceConfig:
 
 
 @dataclass
+class EvalDataConfig:
+    """``eval_data``: the human-labelled set of ``mapo evaluate`` (``conf/eval_data/<name>.yaml``), read by its
+    loader (``mapo.data.humans.LOADERS``). Each loader takes the keys it names; a key no loader takes is
+    refused where Hydra composes the config. A new loader with a new argument: a field here."""
+
+    loader: str | None = None
+    """faireval | local | pandalm | mt_bench | alpaca_eval (a key of ``mapo.data.humans.LOADERS``)."""
+    path: str | None = None
+    """faireval, local: the file (faireval: null = the shared copy)."""
+    limit: int | None = None
+    """The first N items (e.g. eval_data.limit=4 for a smoke run); null = all."""
+    name: str | None = None
+    """pandalm, mt_bench, alpaca_eval: the Hugging Face dataset."""
+    config: str | None = None
+    """alpaca_eval: the dataset config."""
+    split: str | None = None
+    """pandalm, mt_bench, alpaca_eval: the split."""
+    turn: int | None = None
+    """mt_bench: 1 | 2 | null (both)."""
+    data_files: str | None = None
+    """pandalm: a local testset-v1.json instead of the hub."""
+    columns: Any = None
+    """local: a mapping, our field -> the file's column (``{human: winner, question: prompt}``; ``human`` may list several)."""
+    labels: Any = None
+    """local: a mapping, the file's label value -> model_a | model_b | tie."""
+    fmt: str | None = None
+    """local: jsonl | json | csv (null: from the file's suffix)."""
+    families: Any = None
+    """A mapping, candidate model -> model family, for the bias diagnostics only."""
+
+    def check(self, key: str = "eval_data") -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.limit", self.limit, 1, optional=True)
+        if self.families is not None and not (
+            isinstance(self.families, Mapping) and all(isinstance(v, str) and v for v in self.families.values())
+        ):
+            raise ConfigError(f"{key}.families must map each candidate model to a family name, got {self.families!r}")
+
+    @classmethod
+    def of(cls, spec: EvalDataConfig | Mapping[str, Any], key: str = "eval_data") -> EvalDataConfig:
+        """``spec`` typed: a mapping (a run folder's config.yaml, a config built in Python) becomes the
+        config, a key that is not one of its fields a ConfigError naming it."""
+        if isinstance(spec, EvalDataConfig):
+            return spec
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in spec if k not in known)
+        if unknown:
+            raise ConfigError(
+                f"{key}: unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; known: {', '.join(sorted(known))}"
+            )
+        out = cls(**{str(k): v for k, v in spec.items()})
+        out.check(key)
+        return out
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The loader's arguments: the fields that are set (not null, not empty), but loader, limit and families."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("loader", "limit", "families") and getattr(self, f.name) not in (None, {})
+        }
+
+
+@dataclass
 class ClientConfig:
     """The LLM client layer."""
 
@@ -732,7 +796,7 @@ class RunConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
-    eval_data: dict[str, Any] = field(default_factory=dict)
+    eval_data: EvalDataConfig = field(default_factory=EvalDataConfig)
     """Human-labelled set for `mapo evaluate` (conf/eval_data/<name>.yaml)."""
     evaluator: EvaluatorKind = EvaluatorKind.judge
     """What `mapo evaluate` runs: judge (roles.judge) | jury (roles.jurors) | debate (roles.debaters) | reward
@@ -781,8 +845,8 @@ class RunConfig:
         self.stats.check("stats")
         for i, configuration in enumerate(self.configurations):
             configuration.check(f"configurations[{i}]")
-        if isinstance(self.eval_data, Mapping) and "limit" in self.eval_data:
-            _at_least("eval_data.limit", self.eval_data["limit"], 1, optional=True)
+        self.eval_data = EvalDataConfig.of(self.eval_data)  # a mapping given in Python becomes the typed config
+        self.eval_data.check("eval_data")
 
 
 def cache_dir() -> Path:

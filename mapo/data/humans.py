@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
-from mapo.core.config import ConfigError, shipped_path
+from mapo.core.config import ConfigError, EvalDataConfig, shipped_path
 from mapo.core.registry import Registry, UnknownNameError
 from mapo.core.types import LABELS, Label
 
@@ -499,27 +499,22 @@ for _name, _fn in (
     LOADERS.register(_name)(_fn)
 
 
-def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]:
-    """The human-labelled rows named by ``eval_data`` ({loader, limit, <loader kwargs>}).
+def load_items(spec: EvalDataConfig | Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]:
+    """The human-labelled rows named by ``eval_data`` (:class:`~mapo.core.config.EvalDataConfig`, or the
+    mapping a run folder's config.yaml holds).
 
     Relative paths are taken from the working directory, else from the repository root.
     Any problem is a :class:`ConfigError` naming the key, file and line.
     """
-    spec = dict(spec or {})
-    if not spec:
+    data = EvalDataConfig.of(spec or {})
+    if data.loader is None:
         raise ConfigError("eval_data is empty: choose a set, e.g. eval_data=faireval (conf/eval_data/)")
-    loader = spec.pop("loader", None)
-    limit = spec.pop("limit", None)
-    families = spec.pop("families", None)  # candidate model -> family, for the bias diagnostics only
-    if families is not None and not (
-        isinstance(families, Mapping) and all(isinstance(v, str) and v for v in families.values())
-    ):
-        raise ConfigError(f"eval_data.families must map each candidate model to a family name, got {families!r}")
+    loader, limit, families = data.loader, data.limit, data.families
     try:
         fn = LOADERS.get(str(loader), key="eval_data.loader")
     except UnknownNameError as e:
         raise ConfigError(str(e)) from None
-    kwargs = {k: v for k, v in spec.items() if v is not None}
+    kwargs = data.loader_kwargs()
     for key in ("path", "data_files"):
         if isinstance(kwargs.get(key), str):
             p = Path(kwargs[key]).expanduser()
@@ -543,7 +538,7 @@ def load_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], dict[str, Any]]
         if r["id"] in seen:
             raise ConfigError(f"eval_data ({loader}): duplicate item id {r['id']!r}")
         seen.add(r["id"])
-    info = {
+    info: dict[str, Any] = {
         "loader": loader,
         **{k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))},
         "limit": limit,

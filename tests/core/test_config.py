@@ -265,3 +265,28 @@ def test_stats_keys_are_range_checked_with_their_names():
         RunConfig(stats=StatsConfig(confidence=1.5))
     with pytest.raises(ConfigError, match=r"stats\.n_resamples must be >= 100"):
         RunConfig(stats=StatsConfig(n_resamples=5))
+
+
+# ---- eval_data is typed ---------------------------------------------------------------------------
+
+
+def test_eval_data_is_typed_and_a_key_no_loader_takes_fails_at_compose():
+    cfg = build("evaluate", ["eval_data=local", "eval_data.path=x.jsonl", "eval_data.labels={1: model_a, 0: tie}"])
+    assert isinstance(cfg.eval_data, C.EvalDataConfig)
+    assert cfg.eval_data.loader == "local" and cfg.eval_data.labels == {1: "model_a", 0: "tie"}
+    assert cfg.eval_data.loader_kwargs() == {"path": "x.jsonl", "labels": {1: "model_a", 0: "tie"}}
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="eval_data.colour"):
+        compose("evaluate", ["eval_data=demo", "eval_data.colour=1"])
+    for name in ("faireval", "local", "pandalm", "mt_bench", "alpaca_eval", "demo"):  # every shipped set fits it
+        assert build("evaluate", [f"eval_data={name}", "eval_data.path=x"]).eval_data.loader
+
+
+def test_eval_data_given_as_a_mapping_becomes_typed_and_an_unknown_key_is_named():
+    cfg = RunConfig(eval_data={"loader": "local", "path": "x.jsonl", "limit": 2})  # type: ignore[arg-type]
+    assert isinstance(cfg.eval_data, C.EvalDataConfig) and cfg.eval_data.limit == 2
+    with pytest.raises(ConfigError, match=r"eval_data: unknown key\(s\) eval_data.colour"):
+        RunConfig(eval_data={"loader": "local", "colour": 1})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"eval_data.limit must be >= 1"):
+        RunConfig(eval_data={"loader": "local", "limit": 0})  # type: ignore[arg-type]
