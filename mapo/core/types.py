@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -20,6 +21,26 @@ class Message(TypedDict):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended (``manifest.status``): the same four words for every command (build,
+    evaluate, winrate, train, merge). Only ``complete`` publishes; a run that did not finish never says it."""
+
+    complete = "complete"
+    """Every item done (some may have failed: counted in the manifest)."""
+    stopped = "stopped"
+    """A fault the run cannot ride out (endpoint, credentials, budget, disk, a config error found mid-run,
+    the K-failure rule), with a ``reason``; everything finished is saved, a rerun resumes."""
+    interrupted = "interrupted"
+    """SIGINT (Ctrl-C) or SIGTERM (SLURM's scancel), with a ``reason``; everything finished is saved."""
+    failed = "failed"
+    """An internal error, with the ``error``; everything finished is saved."""
+
+
+RUNNING = "running"
+"""``manifest.status`` while a run that writes its manifest as it goes (``mapo train``) runs; a job killed
+outright (SIGKILL, a node lost) leaves it: never an ending, never ``complete``."""
 
 
 @dataclass(frozen=True)

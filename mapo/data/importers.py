@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,10 @@ __all__ = [
     "SCALES",
     "SETUPS",
     "STRATEGIES",
+    "AuthorEvaluator",
     "AuthorRecord",
     "JudgmentsFormatError",
+    "author_evaluators",
     "default_root",
     "iter_author_records",
     "load_author_judgments",
@@ -269,3 +271,35 @@ def load_author_judgments(root: Path, strategy: str) -> dict[str, list[AuthorRec
     for rec in iter_author_records(root, strategy):
         out.setdefault(rec.judge, []).append(rec)
     return out
+
+
+@dataclass(frozen=True)
+class AuthorEvaluator:
+    """One of the authors' evaluators as mapo names it: a judge of one strategy folder, or a debate
+    (what ``mapo agreement --authors`` scores and the report's bias diagnostics re-read)."""
+
+    name: str
+    """The judge (its conf/model name), or ``debate[<judge>]``."""
+    kind: str
+    """The record kind mapo gives it: ``judge``, or ``debate`` for the debate folder."""
+    setup: str
+    """The mapo setup of the same judging (:data:`SETUPS`)."""
+    model: str
+    strategy: str
+    records: tuple[AuthorRecord, ...]
+
+    def labels(self, recorded: bool = False) -> dict[str, Label | None]:
+        """Item id -> label: mapo's re-parse of the raw texts, or (``recorded``) the authors' stored scores."""
+        return {str(r.index): (r.recorded_label if recorded else r.parsed_label) for r in self.records}
+
+
+_FOLDER_KINDS = {"debate": ("debate", "debate[{}]")}
+"""Strategy folder -> (record kind, evaluator name of a judge); any other folder holds single judges."""
+
+
+def author_evaluators(root: Path, strategies: Iterable[str]) -> Iterator[AuthorEvaluator]:
+    """Every evaluator of the strategy folders ``strategies`` under ``root``, judges in name order."""
+    for strategy in strategies:
+        kind, name = _FOLDER_KINDS.get(strategy, ("judge", "{}"))
+        for judge, recs in sorted(load_author_judgments(root, strategy).items()):
+            yield AuthorEvaluator(name.format(judge), kind, SETUPS[strategy], judge, strategy, tuple(recs))

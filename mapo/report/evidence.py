@@ -10,7 +10,8 @@ a model call, from:
   fetches nothing from the Hub);
 * a ``mapo agreement`` output: the record files it names (``sources``), or for ``--authors``
   the authors' strategy folders and the human-label file it names (``source``, ``humans``),
-  re-imported with :mod:`mapo.data.importers` as ``mapo agreement`` read them.
+  re-imported through :func:`mapo.data.importers.author_evaluators`, the evaluators ``mapo
+  agreement`` scored.
 
 Which model wrote each response comes from the items' ``model_a`` / ``model_b`` columns when
 the file has them (FairEval does: Vicuna-13B vs GPT-3.5). Whatever cannot be found is named in
@@ -192,7 +193,7 @@ def families_of(
 def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
     """Re-import the authors' judgements that ``mapo agreement --authors`` read (same labels, same items)."""
     from mapo.data.humans import HumanDataError, human_labels_spec, read_human_labels
-    from mapo.data.importers import SETUPS, JudgmentsFormatError, load_author_judgments
+    from mapo.data.importers import JudgmentsFormatError, author_evaluators
     from mapo.metrics.bias import lengths_from_rows
 
     root, humans = Path(str(tables["source"])), Path(str(tables.get("humans") or ""))
@@ -215,27 +216,23 @@ def _authors_records(tables: Mapping[str, Any], ev: Evidence) -> None:
     ev.annotators = {r["id"]: dict(r["annotators"]) for r in rows if "annotators" in r}
     recorded = str(tables.get("labels_from", "")).startswith("recorded")
     try:
-        for strategy in tables.get("strategies") or []:
-            for judge, recs in sorted(load_author_judgments(root, strategy).items()):
-                kind = "debate" if strategy == "debate" else "judge"
-                name = f"debate[{judge}]" if kind == "debate" else judge
-                for r in recs:
-                    if str(r.index) not in human:
-                        continue
-                    label = r.recorded_label if recorded else r.parsed_label
-                    ev.records.append(
-                        {
-                            "item_id": str(r.index),
-                            "kind": kind,
-                            "judge": name,
-                            "setup": SETUPS[strategy],
-                            "models": [judge],
-                            "order": "AB",
-                            "pick": None,
-                            "label": label,
-                            "human": human[str(r.index)],
-                        }
-                    )
+        for evaluator in author_evaluators(root, tables.get("strategies") or []):  # as mapo agreement read them
+            for item_id, label in evaluator.labels(recorded).items():
+                if item_id not in human:
+                    continue
+                ev.records.append(
+                    {
+                        "item_id": item_id,
+                        "kind": evaluator.kind,
+                        "judge": evaluator.name,
+                        "setup": evaluator.setup,
+                        "models": [evaluator.model],
+                        "order": "AB",
+                        "pick": None,
+                        "label": label,
+                        "human": human[item_id],
+                    }
+                )
     except (JudgmentsFormatError, OSError, ValueError) as e:
         ev.notes.append(f"The authors' judgements cannot be re-read ({e}); bias diagnostics left out.")
         ev.records = []

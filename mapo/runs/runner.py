@@ -28,7 +28,12 @@ else, in this order, the same for every command:
    (``publish(manifest)``): a run that did not finish never says complete.
 
 Each ending raises what the CLI turns into a one-line message and an exit code:
-:class:`RunStopped` (2), :class:`RunInterrupted` (130), :class:`RunFailed` (1).
+:class:`RunStopped` (2), :class:`RunInterrupted` (130), :class:`RunFailed` (1). The endings are the
+four words of :class:`~mapo.core.types.RunStatus`, for every command.
+
+A command that calls no model and works as one blocking step (``mapo train``) is a
+:class:`LocalCommand` run by :func:`execute_local`: the same lock, endings (:func:`ending_of`),
+signals and exceptions, with a manifest written as it goes (``running`` first).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from mapo.core.config import ConfigError, RunConfig, cache_dir
 from mapo.core.prompts import prompts_root
 from mapo.core.secrets import scrub, scrub_value
 from mapo.core.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
+from mapo.core.types import RunStatus
 from mapo.judging.base import Probe
 from mapo.llm.cache import ResponseCache
 from mapo.llm.client import (
@@ -541,7 +547,7 @@ async def execute(command: RunCommand) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class _Ending:
-    status: str
+    status: RunStatus
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
     raise_: BaseException | None = None
     cause: BaseException | None = None
@@ -575,7 +581,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
             command.resume()
             await run_pool(command.items(), command.work, items_in_flight(cfg, command.models()))
             _check_failures(run)
-            ending = _Ending("complete")
+            ending = _Ending(RunStatus.complete)
         except BaseException as e:  # every ending is named in the manifest, then raised as its kind
             ending = _ending(e, run, signals)
         finally:
@@ -594,7 +600,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
             "timings_s": {"wall": round(wall, 2), **fields.get("timings_s", {})},
             **run_accounting(run.client, wall),
         }
-        if ending.status == "complete":
+        if ending.status == RunStatus.complete:
             try:
                 command.publish(manifest)
             except Exception as e:
@@ -604,7 +610,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
             atomic_write_json(run.dir / "manifest.json", manifest)
         except OSError as e:
             log.error("the run's ending (%s) could not be recorded in manifest.json: %s", ending.status, e)
-            if ending.status == "complete":
+            if ending.status == RunStatus.complete:
                 ending = _ending(e, run, signals)
     if ending.raise_ is not None:
         raise ending.raise_ from ending.cause
@@ -636,9 +642,15 @@ def _withdraw(run_dir: Path, published: Iterable[str]) -> None:
 
 
 def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:
-    """How an exception ends a run: its status, the manifest detail, what to raise; every text in
-    them scrubbed of secrets (a server may echo the API key in its error text)."""
-    ending = _ending_unscrubbed(e, run, signals)
+    return ending_of(e, run.dir, run.saved(), signals.caught)
+
+
+def ending_of(e: BaseException, run_dir: Path, saved: str, caught: str | None) -> _Ending:
+    """How an exception ends a run (the one rule, for :func:`execute` and :func:`execute_local`): its
+    :class:`RunStatus`, the manifest detail, what to raise; every text in them scrubbed of secrets (a
+    server may echo the API key in its error text). ``saved``: what the folder holds, for the message;
+    ``caught``: the signal that interrupted the run (None: an exception not caused by our signal)."""
+    ending = _ending_unscrubbed(e, run_dir, saved, caught)
     ending.detail = scrub_value(ending.detail)
     raised = ending.raise_
     if isinstance(raised, (RunStopped, RunFailed, RunInterrupted, ConfigError)) and scrub(str(raised)) != str(raised):
@@ -646,21 +658,21 @@ def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:
     return ending
 
 
-def _ending_unscrubbed(e: BaseException, run: Run, signals: _Signals) -> _Ending:
-    resume = f"{run.saved()} are saved in {run.dir}; rerun the same command to resume"
+def _ending_unscrubbed(e: BaseException, run_dir: Path, saved: str, caught: str | None) -> _Ending:
+    resume = f"{saved} are saved in {run_dir}; rerun the same command to resume"
     if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
-        by = signals.caught or ("SIGINT" if isinstance(e, KeyboardInterrupt) else "cancelled")
-        if signals.caught is None:  # not our signal (a caller cancelled us): keep asyncio's semantics
-            return _Ending("interrupted", {"reason": f"interrupted ({by})"}, e, None)
+        by = caught or ("SIGINT" if isinstance(e, KeyboardInterrupt) else "cancelled")
+        if caught is None:  # not our signal (a caller cancelled us): keep asyncio's semantics
+            return _Ending(RunStatus.interrupted, {"reason": f"interrupted ({by})"}, e, None)
         msg = f"run interrupted by {by}: {resume}."
-        return _Ending("interrupted", {"reason": f"interrupted by {by}"}, RunInterrupted(msg), None)
+        return _Ending(RunStatus.interrupted, {"reason": f"interrupted by {by}"}, RunInterrupted(msg), None)
     if not isinstance(e, Exception):
-        return _Ending("failed", {"error": {"type": type(e).__name__, "message": str(e)}}, e, None)
+        return _Ending(RunStatus.failed, {"error": {"type": type(e).__name__, "message": str(e)}}, e, None)
     reason = _stop_reason(e)
     if reason is not None:
         if isinstance(e, RunStopped):
-            return _Ending("stopped", {"reason": reason}, e, e.__cause__)
-        return _Ending("stopped", {"reason": reason}, RunStopped(f"run stopped: {reason}. {resume}."), e)
+            return _Ending(RunStatus.stopped, {"reason": reason}, e, e.__cause__)
+        return _Ending(RunStatus.stopped, {"reason": reason}, RunStopped(f"run stopped: {reason}. {resume}."), e)
     detail = {
         "error": {
             "type": type(e).__name__,
@@ -669,9 +681,9 @@ def _ending_unscrubbed(e: BaseException, run: Run, signals: _Signals) -> _Ending
         }
     }
     if isinstance(e, ConfigError):  # found mid-run (a template, the registry): stopped, exit 2 as any config error
-        return _Ending("stopped", {"reason": f"config error: {e}"}, e, None)
-    msg = f"run failed: internal error {describe(e)} (traceback in {run.dir / 'manifest.json'}); {resume}."
-    return _Ending("failed", detail, RunFailed(msg), e)
+        return _Ending(RunStatus.stopped, {"reason": f"config error: {e}"}, e, None)
+    msg = f"run failed: internal error {describe(e)} (traceback in {run_dir / 'manifest.json'}); {resume}."
+    return _Ending(RunStatus.failed, detail, RunFailed(msg), e)
 
 
 def _stop_reason(e: Exception) -> str | None:
@@ -735,3 +747,118 @@ def _stop_on_signals(signals: _Signals) -> Iterator[None]:
             loop.remove_signal_handler(sig)
             if handler is not None:
                 signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- commands without items
+
+
+class Manifest:
+    """``manifest.json`` of a :class:`LocalCommand`, written as the run goes (``running`` at start,
+    fields as they become known, the ending last); written only where ``enabled`` (process 0 of a
+    multi-process job: the others keep the fields in memory)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self.data: dict[str, Any] = {}
+
+    @property
+    def started(self) -> bool:
+        return bool(self.data)
+
+    def write(self, **fields: Any) -> None:
+        self.data.update(fields)
+        if self.enabled:
+            atomic_write_json(self.path, self.data)
+
+
+class LocalCommand(ABC):
+    """A command that calls no model and works as one blocking step (``mapo train``), run by
+    :func:`execute_local`: the same lock, manifest, endings (:class:`RunStatus`), signals and
+    exceptions as :func:`execute`, without the client, the record stores and the item pool."""
+
+    name: ClassVar[str]
+    """The command (``manifest.command``)."""
+
+    def __init__(self, run_dir: Path, *, writer: bool = True) -> None:
+        self.run_dir = run_dir
+        self.writer = writer
+        """This process holds the lock and writes the folder (False: the other processes of a job)."""
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Config and input checks: before any file."""
+
+    @abstractmethod
+    def work(self, manifest: Manifest) -> dict[str, Any]:
+        """The run: calls ``manifest.write(status=RUNNING, ...)`` once it has started (an error before
+        that leaves an earlier manifest as it was) and returns the fields of a complete run."""
+
+    def saved(self) -> str:
+        """What the folder holds if the run ends early, for the message (``the checkpoints so far``)."""
+        return "the files written so far"
+
+    def finish(self) -> None:  # noqa: B027 - optional hook
+        """After the complete manifest is written (e.g. wait for the other processes of a job)."""
+
+
+def execute_local(command: LocalCommand) -> dict[str, Any] | None:
+    """Run ``command`` (:class:`LocalCommand`); returns its manifest (None in a process that does not
+    write) or raises as :func:`execute` does: :class:`RunStopped`, :class:`RunInterrupted`,
+    :class:`RunFailed`, or a ``ConfigError`` found before the run started. SIGINT and SIGTERM
+    interrupt the blocking work at once (no event loop turns while it works)."""
+    command.check()
+    lock: contextlib.AbstractContextManager[Any] = (
+        RunLock(command.run_dir) if command.writer else contextlib.nullcontext()
+    )
+    with lock:
+        manifest = Manifest(command.run_dir / "manifest.json", command.writer)
+        t_start = time.time()
+        try:
+            with _raise_on_signals():
+                result = command.work(manifest)
+        except BaseException as e:
+            caught = (str(e) or "SIGINT") if isinstance(e, KeyboardInterrupt) else None
+            ending = ending_of(e, command.run_dir, command.saved(), caught)
+            if manifest.started:
+                manifest.write(
+                    status=ending.status, **ending.detail, timings_s={"wall": round(time.time() - t_start, 2)}
+                )
+            if ending.raise_ is None or ending.raise_ is e:
+                raise
+            raise ending.raise_ from ending.cause
+        result["timings_s"] = {"wall": round(time.time() - t_start, 2), **result.get("timings_s", {})}
+        manifest.write(status=RunStatus.complete, **result)
+    command.finish()
+    return manifest.data if command.writer else None
+
+
+@contextlib.contextmanager
+def _raise_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt(<signal name>)`` in the main thread while a blocking
+    command works (asyncio's own SIGINT handler would only cancel a task that never yields)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        _caught.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(_caught[0])
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _caught.clear()
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+        _caught.clear()
+
+
+_caught: list[str] = []
+"""The signals a blocking command received (:func:`_raise_on_signals`)."""
+
+
+def raise_if_interrupted() -> None:
+    """Raise the ``KeyboardInterrupt`` of a signal already received: for a command's own loop to call at
+    safe points, should library code on the way have swallowed the first one (``mapo train``: each step)."""
+    if _caught:
+        raise KeyboardInterrupt(_caught[0])

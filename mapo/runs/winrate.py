@@ -29,24 +29,23 @@ Identical responses are a tie without a judge call (``identical: true`` in the r
 Files in ``output_dir``: ``generations.jsonl`` (one feedback-loop record per (X, prompt),
 every iteration and review kept), ``baselines.jsonl`` (one per (Y, prompt)),
 ``judgements.jsonl`` (one per (X, Y, prompt): raw texts, attempts, label, outcome),
-``winrate.{csv,md,json,png}`` (rows = configurations, columns = baselines) and
+``winrate.json`` (the data: rows = configurations, columns = baselines), ``winrate.{csv,md,png}`` rendered
+from it by :mod:`mapo.report.winrate`, and
 ``manifest.json``. Rerunning the same command resumes (keyed stores + the response cache).
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, WinrateConfiguration, validate
-from mapo.core.store import atomic_write_json, atomic_write_text, iter_records
+from mapo.core.store import atomic_write_json, iter_records
 from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop
@@ -55,16 +54,15 @@ from mapo.judging.evaluators import pair_judge
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.length_control import ASSUMPTIONS as LC_ASSUMPTIONS
-from mapo.metrics.length_control import lc_note, length_controlled_cells
+from mapo.metrics.length_control import length_controlled_cells
 from mapo.metrics.uncertainty import (
     MARGIN,
     Bootstrap,
-    needed_text,
     stats_options,
-    verdict_words,
     winrate_comparisons,
     winrate_intervals,
 )
+from mapo.report.winrate import write_files
 from mapo.runs.runner import (
     RunCommand,
     execute,
@@ -74,7 +72,7 @@ from mapo.runs.runner import (
     templates_sha,
 )
 
-__all__ = ["OUTCOMES", "tally", "winrate", "winrate_table", "write_tables"]
+__all__ = ["OUTCOMES", "tally", "winrate", "write_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -146,189 +144,6 @@ def tally(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str,
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _pct_ci(x: float | None, ci: Sequence[float | None] | None) -> str:
-    """``60.0% [40.0, 80.0]`` (the interval in percent; left out when unknown)."""
-    if x is None or not ci or ci[0] is None or ci[1] is None:
-        return _pct(x)
-    return f"{_pct(x)} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-
-
-def _verdict_md(comp: Mapping[str, Any] | None) -> str:
-    if not comp:
-        return "-"
-    if comp.get("verdict") == "reference":
-        return "reference"
-    d, ci = comp.get("diff"), comp.get("diff_ci") or [None, None]
-    if d is None:
-        return "cannot tell"
-    diff = f"{100 * d:+.1f} pts" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if None not in ci else "")
-    if comp["verdict"] == "cannot_tell":
-        words = f"cannot tell with n={comp.get('n')}{needed_text(comp.get('n_needed'))}"
-    else:
-        words = verdict_words(str(comp["verdict"]), comp.get("n_needed"))
-    return f"{diff}: {words}"
-
-
-def _matrix_md(title: str, rows: Sequence[str], cols: Sequence[str], cell: Callable[[str, str], str]) -> list[str]:
-    """A Markdown section: ``title``, then one row per configuration and one column per baseline."""
-    return [
-        title,
-        "",
-        "| configuration | " + " | ".join(f"vs {b}" for b in cols) + " |",
-        "|---|" + "---|" * len(cols),
-        *(f"| {c} | " + " | ".join(cell(c, b) for b in cols) + " |" for c in rows),
-    ]
-
-
-def winrate_table(
-    cells: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    rows: Sequence[str],
-    cols: Sequence[str],
-    comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
-) -> dict[str, str]:
-    """The Table 6 shape as CSV and Markdown (rows = configurations, columns = baselines).
-
-    Where the cells carry intervals (``*_ci``) they are shown; ``comparisons``
-    (:func:`mapo.metrics.uncertainty.winrate_comparisons`) adds the paired comparison with the
-    reference configuration. The CSV keeps its first columns (five per baseline) and appends
-    the intervals and comparisons after them.
-    """
-    cmp = comparisons or {}
-    has_ci = any((cells.get(c, {}).get(b) or {}).get("win_rate_ci") for c in rows for b in cols)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    header = ["configuration"]
-    for b in cols:
-        header += [f"vs {b} win%", f"vs {b} tie%", f"vs {b} win% (ties as half)", f"vs {b} n", f"vs {b} failed"]
-    if has_ci:
-        for b in cols:
-            for rate in ("win%", "tie%", "win% (ties as half)"):
-                header += [f"vs {b} {rate} ci low", f"vs {b} {rate} ci high"]
-    if cmp:
-        for b in cols:
-            header += [f"vs {b} win% minus reference", f"vs {b} diff ci low", f"vs {b} diff ci high", f"vs {b} verdict"]
-    w.writerow(header)
-    f = lambda x: "" if x is None else round(100 * x, 2)  # noqa: E731
-    for c in rows:
-        row: list[Any] = [c]
-        for b in cols:
-            cell = cells.get(c, {}).get(b)
-            if cell is None:
-                row += ["", "", "", 0, 0]
-                continue
-            row += [f(cell["win_rate"]), f(cell["tie_rate"]), f(cell["win_rate_ties_half"]), cell["n"], cell["failed"]]
-        if has_ci:
-            for b in cols:
-                cell = cells.get(c, {}).get(b) or {}
-                for key in ("win_rate_ci", "tie_rate_ci", "win_rate_ties_half_ci"):
-                    lo, hi = cell.get(key) or (None, None)
-                    row += [f(lo), f(hi)]
-        if cmp:
-            for b in cols:
-                comp = (cmp.get(c) or {}).get(b) or {}
-                lo, hi = comp.get("diff_ci") or (None, None)
-                diff = 0.0 if comp.get("verdict") == "reference" else comp.get("diff")
-                row += [f(diff), f(lo), f(hi), comp.get("verdict", "")]
-        w.writerow(row)
-    ci_note = " [95% CI]" if has_ci else ""
-
-    def both_rates(c: str, b: str) -> str:
-        cell = cells.get(c, {}).get(b)
-        if cell is None:
-            return "-"
-        return (
-            f"{_pct_ci(cell['win_rate'], cell.get('win_rate_ci'))} "
-            f"(ties {_pct_ci(cell['tie_rate'], cell.get('tie_rate_ci'))}, n={cell['n']}"
-            + (f", failed {cell['failed']}" if cell["failed"] else "")
-            + ")"
-        )
-
-    def ties_half(c: str, b: str) -> str:
-        cell = cells.get(c, {}).get(b) or {}
-        return _pct_ci(cell.get("win_rate_ties_half"), cell.get("win_rate_ties_half_ci"))
-
-    md = _matrix_md(f"## Win rate{ci_note}: wins / judged, ties reported separately", rows, cols, both_rates)
-    md += [
-        "",
-        *_matrix_md(
-            f"## Win rate{ci_note}: ties counted as half-wins, (wins + ties/2) / judged", rows, cols, ties_half
-        ),
-    ]
-    if any((cells.get(c, {}).get(b) or {}).get("lc_win_rate") is not None for c in rows for b in cols):
-        title = f"## Length-controlled win rate{ci_note}: at equal response length (alpaca_eval's GLM, fitted here)"
-        md += ["", *_matrix_md(title, rows, cols, lambda c, b: lc_note(cells.get(c, {}).get(b) or {}))]
-        md += ["", f"Length control assumes: {LC_ASSUMPTIONS}."]
-    if cmp:
-        ref = next(
-            (x.get("reference") for per in cmp.values() for x in per.values() if x.get("reference")), "the reference"
-        )
-        title = f"## Win rate against the reference configuration ({ref}), paired by prompt"
-        md += ["", *_matrix_md(title, rows, cols, lambda c, b: _verdict_md((cmp.get(c) or {}).get(b)))]
-    md += ["", "Judged = wins + losses + ties; judge failures are left out of every rate and counted as `failed`."]
-    if has_ci:
-        md.append("[low, high]: bootstrap interval over prompts (in percent).")
-    if cmp:
-        margin = next((x.get("margin") for per in cmp.values() for x in per.values() if "margin" in x), None)
-        md.append(
-            "Difference = win rate minus the reference configuration's against the same baseline, in percentage "
-            "points; 'better' = the interval lies above 0; 'not worse' = it lies above minus the margin"
-            + (f" ({100 * margin:g} pts)" if margin is not None else "")
-            + " and contains 0; 'significantly lower, within the margin' = it lies between minus the margin and 0; "
-            "'significantly lower (margin not excluded)' = it lies below 0 and contains minus the margin; "
-            "'worse' = it lies below minus the margin; n needed assumes the interval shrinks like 1/sqrt(n)."
-        )
-    return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
-
-
-def _plot(
-    cells: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    rows: Sequence[str],
-    cols: Sequence[str],
-    path: Path,
-    title: str,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = 0.8 / max(len(cols), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) * max(1, len(cols)) * 0.6 + 2), 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for j, b in enumerate(cols):
-        xs = [i + (j - (len(cols) - 1) / 2) * width for i in range(len(rows))]
-        wins = [100 * ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0) for c in rows]
-        half = [
-            100
-            * (
-                ((cells.get(c, {}).get(b) or {}).get("win_rate_ties_half") or 0.0)
-                - ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0)
-            )
-            for c in rows
-        ]
-        color = colors[j % len(colors)]
-        ax.bar(xs, wins, width, color=color, label=f"vs {b}")
-        ax.bar(xs, half, width, bottom=wins, color=color, alpha=0.35, hatch="//")
-        for x, c in zip(xs, rows, strict=True):  # the win rate's 95% interval
-            lo, hi = (cells.get(c, {}).get(b) or {}).get("win_rate_ci") or (None, None)
-            w = 100 * ((cells.get(c, {}).get(b) or {}).get("win_rate") or 0.0)
-            if lo is not None and hi is not None:
-                ax.errorbar([x], [w], yerr=[[w - 100 * lo], [100 * hi - w]], fmt="none", color="black", capsize=3)
-    ax.axhline(50, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
-    ax.set_ylabel("win rate (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title + "\nsolid: wins / judged (whisker: 95% interval); hatched: + ties as half-wins", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def write_tables(
     run_dir: Path,
     records: Sequence[Mapping[str, Any]],
@@ -337,8 +152,10 @@ def write_tables(
     meta: Mapping[str, Any],
     stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """winrate.{csv,md,json,png} of ``records``; ``stats``: :func:`stats_options` of the run's config
-    (intervals and comparisons; None = the module defaults of :mod:`mapo.metrics.uncertainty`)."""
+    """``winrate.json`` of ``records`` (the cells, their intervals, the comparisons), and the files the
+    report renders from it (:func:`mapo.report.winrate.write_files`: winrate.{csv,md,png}); ``stats``:
+    :func:`stats_options` of the run's config (intervals and comparisons; None = the module defaults of
+    :mod:`mapo.metrics.uncertainty`)."""
     opts = dict(stats or {})
     settings = Bootstrap(**{k: opts[k] for k in ("n_resamples", "seed", "confidence") if k in opts})
     cells = tally(records)
@@ -357,11 +174,6 @@ def write_tables(
         winrate_comparisons(records, opts.get("reference"), margin=float(opts.get("margin", MARGIN)), settings=settings)
         if len(rows) > 1
         else {}
-    )
-    tables = winrate_table(cells, rows, cols, comparisons)
-    atomic_write_text(run_dir / "winrate.csv", tables["csv"])
-    atomic_write_text(
-        run_dir / "winrate.md", f"# Win rates ({meta.get('judge')}, {meta.get('setup')})\n\n" + tables["md"]
     )
     out = {
         **meta,
@@ -387,7 +199,7 @@ def write_tables(
         },
     }
     atomic_write_json(run_dir / "winrate.json", out)
-    _plot(cells, rows, cols, run_dir / "winrate.png", f"win rate vs single-model baselines (judge {meta.get('judge')})")
+    write_files(run_dir, out)  # winrate.{csv,md,png}: rendered from the data by the report
     return out
 
 

@@ -15,13 +15,14 @@ Files in ``output_dir``:
 * ``checkpoints/checkpoint-<step>/``: TRL checkpoints; a rerun of the same command resumes from the last;
 * ``metrics.jsonl`` (one record per log event: train, eval, summary) and ``metrics.png``;
 * ``model/``: the trained model (LoRA merged), ``conf/model/<name>.yaml``: its model entry;
-* ``manifest.json``: status (running | complete | failed | stopped), counts, timings, steps/s,
-  eval metrics before and after training, the model entry's path.
+* ``manifest.json``: status (``running`` while it trains, then how it ended, as for every command:
+  complete | stopped | interrupted | failed; Ctrl-C and SLURM's scancel are ``interrupted``, exit 130,
+  and a rerun resumes from the last checkpoint), counts, timings, steps/s, eval metrics before and
+  after training, the model entry's path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -34,11 +35,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mapo.core.config import ConfigError
-from mapo.core.store import RunLock, atomic_write_json, atomic_write_text
+from mapo.core.store import atomic_write_text
+from mapo.core.types import RUNNING
+from mapo.runs.runner import LocalCommand, Manifest, execute_local, raise_if_interrupted
 from mapo.training import data, export, metrics
 from mapo.training.config import TrainRunConfig, check, register_schema, trl_config_class
 
-__all__ = ["IDENTITY_KEYS", "last_checkpoint", "train"]
+__all__ = ["IDENTITY_KEYS", "Train", "last_checkpoint", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -203,84 +206,71 @@ def _eval_summary(records: list[dict[str, Any]], step: int) -> dict[str, Any] | 
     return {"step": step, **{k: evals[-1][k] for k in _EVAL_KEYS if k in evals[-1]}}
 
 
-class _Manifest:
-    """manifest.json, written by process 0 only."""
+class Train(LocalCommand):
+    """``mapo train`` on the run skeleton (:func:`mapo.runs.runner.execute_local`): the lock, the
+    manifest's endings (:class:`~mapo.core.types.RunStatus`) and the signals are the runner's."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-        self.data: dict[str, Any] = {}
+    name = "train"
 
-    def write(self, **fields: Any) -> None:
-        self.data.update(fields)
-        if self.enabled:
-            atomic_write_json(self.path, self.data)
+    def __init__(self, cfg: TrainRunConfig) -> None:
+        super().__init__(Path(cfg.output_dir), writer=_rank() == 0)
+        self.cfg = cfg
+        self.state: Any = None
+
+    def check(self) -> None:
+        check(self.cfg)
+
+    def saved(self) -> str:
+        return "the checkpoints so far"
+
+    def work(self, manifest: Manifest) -> dict[str, Any]:
+        import torch
+        from accelerate import PartialState
+
+        cfg, run_dir, main = self.cfg, self.run_dir, self.writer
+        changed = _check_resume(run_dir, cfg)
+        # joins the process group under accelerate launch (a no-op alone); without a GPU the processes
+        # are CPU workers (gloo), which accelerate only assumes when told cpu=True
+        cpu = bool(cfg.trl.get("use_cpu")) or not torch.cuda.is_available()
+        state = self.state = PartialState(cpu=cpu)
+        if main:
+            atomic_write_text(run_dir / "config.yaml", _config_yaml(cfg))
+        with state.main_process_first():  # process 0 converts the embedded weights, the others reuse them
+            base_path, base_cfg, template = _base(cfg)
+        name = cfg.name or f"{cfg.base_model if base_cfg is not None else Path(base_path).name}-{cfg.method}"
+        name = name.replace(".", "-").replace("/", "-")
+
+        last = last_checkpoint(run_dir / "checkpoints")
+        if last and changed:
+            log.warning("resuming %s with changed settings: %s", last, ", ".join(changed))
+        manifest.write(
+            command=self.name,
+            status=RUNNING,
+            output_dir=str(run_dir),
+            method=cfg.method,
+            base_model=cfg.base_model,
+            base_weights=base_path,
+            dataset=cfg.dataset,
+            name=name,
+            resumed_from=last,
+            world_size=state.num_processes,
+            device=str(state.device),
+            host=platform.node(),
+            versions=_versions(),
+        )
+        return _fit(cfg, run_dir, main, state, manifest, base_path, base_cfg, template, name, last)
+
+    def finish(self) -> None:
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.state.wait_for_everyone()
 
 
 async def train(cfg: TrainRunConfig) -> dict[str, Any] | None:
-    """Run the training (async only to fit the CLI's command shape; it blocks). Returns the
-    manifest in process 0, None in the other processes of an ``accelerate launch``."""
-    check(cfg)
-    run_dir = Path(cfg.output_dir)
-    main = _rank() == 0
-    lock = RunLock(run_dir) if main else contextlib.nullcontext()
-    with lock:
-        return _train(cfg, run_dir, main)
-
-
-def _train(cfg: TrainRunConfig, run_dir: Path, main: bool) -> dict[str, Any] | None:
-    import torch
-    from accelerate import PartialState
-
-    t_start = time.time()
-    changed = _check_resume(run_dir, cfg)
-    # joins the process group under accelerate launch (a no-op alone); without a GPU the processes
-    # are CPU workers (gloo), which accelerate only assumes when told cpu=True
-    cpu = bool(cfg.trl.get("use_cpu")) or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
-    if main:
-        atomic_write_text(run_dir / "config.yaml", _config_yaml(cfg))
-    with state.main_process_first():  # process 0 converts the embedded weights, the others reuse them
-        base_path, base_cfg, template = _base(cfg)
-    name = cfg.name or f"{cfg.base_model if base_cfg is not None else Path(base_path).name}-{cfg.method}"
-    name = name.replace(".", "-").replace("/", "-")
-
-    manifest = _Manifest(run_dir / "manifest.json", main)
-    checkpoints = run_dir / "checkpoints"
-    last = last_checkpoint(checkpoints)
-    if last and changed:
-        log.warning("resuming %s with changed settings: %s", last, ", ".join(changed))
-    manifest.write(
-        command="train",
-        status="running",
-        output_dir=str(run_dir),
-        method=cfg.method,
-        base_model=cfg.base_model,
-        base_weights=base_path,
-        dataset=cfg.dataset,
-        name=name,
-        resumed_from=last,
-        world_size=state.num_processes,
-        device=str(state.device),
-        host=platform.node(),
-        versions=_versions(),
-    )
-    try:
-        result = _fit(cfg, run_dir, main, state, manifest, base_path, base_cfg, template, name, last)
-    except KeyboardInterrupt:
-        manifest.write(status="stopped", timings_s={"wall": round(time.time() - t_start, 2)})
-        raise
-    except BaseException as e:
-        manifest.write(
-            status="failed",
-            error=f"{type(e).__name__}: {e}"[:2000],
-            timings_s={"wall": round(time.time() - t_start, 2)},
-        )
-        raise
-    result["timings_s"] = {"wall": round(time.time() - t_start, 2), **result.get("timings_s", {})}
-    manifest.write(status="complete", **result)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        state.wait_for_everyone()
-    return manifest.data if main else None  # one "done" line per run, not one per process
+    """Run the training (async only to fit the CLI's command shape; it blocks). Returns the manifest
+    in process 0 (one "done" line per run), None in the other processes of an ``accelerate launch``."""
+    return execute_local(Train(cfg))
 
 
 def _versions() -> dict[str, str]:
@@ -302,7 +292,7 @@ def _fit(
     run_dir: Path,
     main: bool,
     state: Any,
-    manifest: _Manifest,
+    manifest: Manifest,
     base_path: str,
     base_cfg: Any,
     template: str | None,
@@ -359,7 +349,14 @@ def _fit(
     )
     log.info("train: %s", counts)
 
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, TrainerCallback
+
+    class _Interrupted(TrainerCallback):
+        """A signal the trainer's code swallowed still ends the run at the next step (runner's rule)."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            raise_if_interrupted()
+
     from trl import DPOTrainer, KTOTrainer
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -377,7 +374,7 @@ def _fit(
         eval_dataset=eval_rows,
         processing_class=_tokenizer(base_path, template),
         peft_config=_peft_config(cfg),
-        callbacks=[metrics.MetricsLog(metrics_path, echo=_progress(cfg) == "log")],
+        callbacks=[metrics.MetricsLog(metrics_path, echo=_progress(cfg) == "log"), _Interrupted()],
     )
     if args.disable_tqdm:  # our MetricsLog prints one line per log event; the raw dicts would double it
         trainer.remove_callback(PrinterCallback)

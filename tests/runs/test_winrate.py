@@ -21,7 +21,8 @@ from mapo.core.config import (
     StatsConfig,
     WinrateConfiguration,
 )
-from mapo.runs.winrate import tally, winrate, winrate_table
+from mapo.report.winrate import render_folder, winrate_table
+from mapo.runs.winrate import tally, winrate
 from tests.conftest import REPO, fake_model
 
 
@@ -85,6 +86,12 @@ async def test_winrate_end_to_end_and_resume(fake_server, tmp_path):
     for name in ("winrate.csv", "winrate.md", "winrate.json", "winrate.png", "manifest.json"):
         assert (run / name).is_file(), name
     assert (run / "winrate.png").read_bytes()[:4] == b"\x89PNG"
+    # the command writes the data; the Markdown and CSV are the report's rendering of winrate.json alone
+    written = {n: (run / n).read_bytes() for n in ("winrate.md", "winrate.csv")}
+    for n in written:
+        (run / n).unlink()
+    render_folder(run)
+    assert {n: (run / n).read_bytes() for n in written} == written
     table = json.loads((run / "winrate.json").read_text())
     assert table["rows"] == ["gen+rev", "gen alone"] and table["columns"] == ["base1", "base2"]
     for c in table["rows"]:

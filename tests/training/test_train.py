@@ -236,23 +236,45 @@ def test_trl_rejects_a_bad_value_as_a_config_error(tiny_model, build_dir, tmp_pa
         )
 
 
-@pytest.mark.timeout(300)
-def test_killed_job_resumes_from_its_last_checkpoint_with_the_same_command(tiny_model, build_dir, tmp_path):
-    """SIGKILL mid-training (no chance to clean up), then the very same command line finishes the job."""
+def _start_until_checkpoint(cmd: list[str], cwd: Path, env: dict, run: Path, after: str | None = None):
+    """Start the command; return it once a complete checkpoint newer than ``after`` exists."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    # a checkpoint folder appears before its trainer_state.json: wait for a complete one (a kill while it is
+    # written leaves a torn one, which the resume skips: test_a_checkpoint_torn_by_a_kill_is_skipped)
+    step = lambda c: int(c.rsplit("-", 1)[1]) if c else -1  # noqa: E731
+    while step(last_checkpoint(run / "checkpoints")) <= step(after) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no new complete checkpoint after 180 s"
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+    return proc
+
+
+@pytest.mark.timeout(420)
+def test_ctrl_c_then_a_kill_then_the_same_command_finishes_the_job(tiny_model, build_dir, tmp_path):
+    """Ctrl-C mid-training ends as every command's Ctrl-C does (manifest ``interrupted``, exit 130, one
+    line); SIGKILL (no chance to clean up) leaves ``running``; the very same command line then resumes
+    from the last checkpoint and finishes the job, every step logged once."""
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "mapo", "train", f"base_model={tiny_model}", f"dataset={build_dir}"]
     cmd += [f"hydra.run.dir={run}", *FAST, "trl.max_steps=40", "trl.save_steps=2", "trl.per_device_train_batch_size=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    # a checkpoint folder appears before its trainer_state.json: wait for a complete one (a kill while it is
-    # written leaves a torn one, which the resume skips: test_a_checkpoint_torn_by_a_kill_is_skipped)
-    while last_checkpoint(run / "checkpoints") is None and proc.poll() is None:
-        assert time.monotonic() < deadline, "no complete checkpoint after 180 s"
-        time.sleep(0.1)
+
+    proc = _start_until_checkpoint(cmd, tmp_path, env, run)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and sum("run interrupted by SIGINT" in line for line in err.splitlines()) == 1, err
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["reason"] == "interrupted by SIGINT", m
+    assert "model_dir" not in m and not (run / "model").exists()
+    first = last_checkpoint(run / "checkpoints")
+
+    proc = _start_until_checkpoint(cmd, tmp_path, env, run, after=first)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"  # killed: no chance to update
+
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((run / "manifest.json").read_text())

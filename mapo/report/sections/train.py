@@ -107,8 +107,13 @@ def _progress(run: Run, records: Sequence[Mapping[str, Any]]) -> Section:
     for k in ("train", "wall"):
         if timings.get(k) is not None:
             rows.append([f"{k} time", dur(timings[k])])
-    if m.get("error"):
-        rows.append(["error", m["error"]])
+    if m.get("reason"):  # stopped or interrupted: why
+        rows.append(["reason", m["reason"]])
+    error = m.get("error")
+    if isinstance(error, Mapping):  # {type, message, traceback}, as every command records a failure
+        rows.append(["error", f"{error.get('type')}: {error.get('message')}"])
+    elif error:  # manifests of older versions: one string
+        rows.append(["error", error])
     blocks: list[Block] = [Table(["field", "value"], rows)]
     if status != "complete":
         blocks.insert(
