@@ -238,7 +238,10 @@ def test_trl_rejects_a_bad_value_as_a_config_error(tiny_model, build_dir, tmp_pa
 
 def _start_until_checkpoint(cmd: list[str], cwd: Path, env: dict, run: Path, after: str | None = None):
     """Start the command; return it once a complete checkpoint newer than ``after`` exists."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # one file: the ending line is logged where Hydra logs (stdout), progress and warnings go to stderr
+    log_file = open(cwd / f"train-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - read back by the caller
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    proc.log_file = log_file  # type: ignore[attr-defined]
     deadline = time.monotonic() + 180
     # a checkpoint folder appears before its trainer_state.json: wait for a complete one (a kill while it is
     # written leaves a torn one, which the resume skips: test_a_checkpoint_torn_by_a_kill_is_skipped)
@@ -246,7 +249,7 @@ def _start_until_checkpoint(cmd: list[str], cwd: Path, env: dict, run: Path, aft
     while step(last_checkpoint(run / "checkpoints")) <= step(after) and proc.poll() is None:
         assert time.monotonic() < deadline, "no new complete checkpoint after 180 s"
         time.sleep(0.1)
-    assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+    assert proc.poll() is None, Path(log_file.name).read_text()[-3000:]
     return proc
 
 
@@ -262,7 +265,8 @@ def test_ctrl_c_then_a_kill_then_the_same_command_finishes_the_job(tiny_model, b
 
     proc = _start_until_checkpoint(cmd, tmp_path, env, run)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(60)
+    err = Path(proc.log_file.name).read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and sum("run interrupted by SIGINT" in line for line in err.splitlines()) == 1, err
     m = json.loads((run / "manifest.json").read_text())
