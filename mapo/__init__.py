@@ -10,99 +10,56 @@ The public API is importable from here; heavy modules load on first use, so
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.2.0"
 
-# name -> module that defines it (loaded lazily by __getattr__)
-_EXPORTS: dict[str, str] = {
+_EXPORTS: dict[str, tuple[str, ...]] = {
     # configs
-    "RunConfig": "mapo.core.config",
-    "ModelConfig": "mapo.core.config",
-    "GenerationConfig": "mapo.core.config",
-    "JudgeConfig": "mapo.core.config",
-    "JuryConfig": "mapo.core.config",
-    "DebateConfig": "mapo.core.config",
-    "FeedbackConfig": "mapo.core.config",
-    "SelectionConfig": "mapo.core.config",
-    "PromptSourceConfig": "mapo.core.config",
-    "ClientConfig": "mapo.core.config",
-    "ConfigError": "mapo.core.config",
+    "mapo.core.config": (
+        "ClientConfig",
+        "ConfigError",
+        "DebateConfig",
+        "FeedbackConfig",
+        "GenerationConfig",
+        "JudgeConfig",
+        "JuryConfig",
+        "ModelConfig",
+        "PromptSourceConfig",
+        "RunConfig",
+        "SelectionConfig",
+    ),
     # values
-    "Completion": "mapo.core.types",
-    "Label": "mapo.core.types",
-    "Message": "mapo.core.types",
-    "Pick": "mapo.core.types",
-    "Verdict": "mapo.core.types",
-    "PARSERS": "mapo.core.parsers",
-    "constrained_regex": "mapo.core.parsers",
+    "mapo.core.types": ("Completion", "Label", "Message", "Pick", "RunStatus", "Verdict"),
+    "mapo.core.parsers": ("PARSERS", "constrained_regex"),
     # the client layer
-    "LLMClient": "mapo.llm.client",
-    "Constraint": "mapo.llm.client",
-    "EndpointUnavailable": "mapo.llm.client",
-    # evaluators
-    "Judge": "mapo.judging.judge",
-    "PairJudgement": "mapo.judging.judge",
-    "Jury": "mapo.judging.jury",
-    "Debate": "mapo.judging.debate",
+    "mapo.llm.client": ("Constraint", "EndpointUnavailable", "LLMClient"),
+    # evaluators: the interface, the registries, the built-in ones, and building one from config
+    "mapo.judging.base": ("EVALUATORS", "Evaluator", "PointwiseEvaluator"),
+    "mapo.judging.evaluators": ("from_config",),
+    "mapo.judging.judge": ("STRATEGIES", "Judge", "PairJudgement"),
+    "mapo.judging.jury": ("Jury",),
+    "mapo.judging.debate": ("Debate",),
     # generation and the dataset
-    "FeedbackLoop": "mapo.generation.feedback",
-    "SELECTORS": "mapo.generation.selection",
-    "rows_for": "mapo.generation.dataset",
-    "save_datasets": "mapo.generation.dataset",
+    "mapo.generation.feedback": ("FeedbackLoop",),
+    "mapo.generation.selection": ("SELECTORS",),
+    "mapo.generation.dataset": ("rows_for", "save_datasets"),
     # metrics
-    "cohen_kappa": "mapo.metrics.agreement",
-    "jury_pick": "mapo.metrics.agreement",
-    "jury_subsets": "mapo.metrics.agreement",
-    "position_bias": "mapo.metrics.agreement",
+    "mapo.metrics.agreement": ("cohen_kappa", "jury_pick", "jury_subsets", "position_bias"),
     # commands as functions
-    "build": "mapo.runs.build",
-    "evaluate": "mapo.runs.evaluate",
-    "winrate": "mapo.runs.winrate",
+    "mapo.runs.build": ("build",),
+    "mapo.runs.evaluate": ("evaluate",),
+    "mapo.runs.winrate": ("winrate",),
 }
+"""module -> the names it defines that ``mapo`` re-exports (each loaded on first use by ``__getattr__``)."""
 
-__all__ = [
-    "ClientConfig",
-    "Completion",
-    "ConfigError",
-    "Constraint",
-    "Debate",
-    "DebateConfig",
-    "EndpointUnavailable",
-    "FeedbackConfig",
-    "FeedbackLoop",
-    "GenerationConfig",
-    "Judge",
-    "JudgeConfig",
-    "Jury",
-    "JuryConfig",
-    "LLMClient",
-    "Label",
-    "Message",
-    "ModelConfig",
-    "PARSERS",
-    "PairJudgement",
-    "Pick",
-    "PromptSourceConfig",
-    "RunConfig",
-    "SELECTORS",
-    "SelectionConfig",
-    "Verdict",
-    "build",
-    "cohen_kappa",
-    "constrained_regex",
-    "evaluate",
-    "jury_pick",
-    "jury_subsets",
-    "position_bias",
-    "rows_for",
-    "save_datasets",
-    "winrate",
-]
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'mapo' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -111,33 +68,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-if TYPE_CHECKING:
-    from mapo.core.config import (
-        ClientConfig,
-        ConfigError,
-        DebateConfig,
-        FeedbackConfig,
-        GenerationConfig,
-        JudgeConfig,
-        JuryConfig,
-        ModelConfig,
-        PromptSourceConfig,
-        RunConfig,
-        SelectionConfig,
-    )
-    from mapo.core.parsers import PARSERS, constrained_regex
-    from mapo.core.types import Completion, Label, Message, Pick, Verdict
-    from mapo.generation.dataset import rows_for, save_datasets
-    from mapo.generation.feedback import FeedbackLoop
-    from mapo.generation.selection import SELECTORS
-    from mapo.judging.debate import Debate
-    from mapo.judging.judge import Judge, PairJudgement
-    from mapo.judging.jury import Jury
-    from mapo.llm.client import Constraint, EndpointUnavailable, LLMClient
-    from mapo.metrics.agreement import cohen_kappa, jury_pick, jury_subsets, position_bias
-    from mapo.runs.build import build
-    from mapo.runs.evaluate import evaluate
-    from mapo.runs.winrate import winrate
+    return sorted([*globals(), *_MODULE_OF])

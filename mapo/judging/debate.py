@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from mapo.core import prompts
 from mapo.core.config import ConfigError, DebateConfig, JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Label, Message, Verdict
+from mapo.core.types import Label, Message
 from mapo.core.verdicts import label_from_scores
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
@@ -379,10 +379,3 @@ class Debate(Evaluator):
             answer.latency_s,
             answer.cached,
         )
-
-
-def final_verdict(final: FinalScore) -> Verdict:
-    """A referee's final as a presentation-order verdict (used by reparse and reports)."""
-    if not final.ok or final.score_a is None or final.score_b is None:
-        return Verdict.failed(final.failure or "unparseable")
-    return Verdict.from_scores(final.score_a, final.score_b)

