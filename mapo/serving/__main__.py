@@ -108,6 +108,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _StopOnce:
+    """``serve up --foreground``'s signal handler: the first signal raises SystemExit(128 + signum), every
+    later one returns. CPython runs a handler again for a signal that arrives while the first one's
+    exception unwinds, so ignoring the signals in the ``finally`` is not enough on its own."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.stopping:
+            log.info("signal %d while stopping: ignored", signum)
+            return
+        self.stopping = True
+        raise SystemExit(128 + signum)
+
+
 def _up(args: argparse.Namespace) -> int:
     overrides = {
         "tensor_parallel_size": args.tensor_parallel_size,
@@ -133,11 +152,12 @@ def _up(args: argparse.Namespace) -> int:
         _print(detached)
         return 0
 
-    # Foreground: a signal becomes SystemExit, so the finally below always runs.
-    def _exit(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # Foreground: the first signal becomes SystemExit, so the finally below always runs; any later one
+    # is ignored (_StopOnce), or it would raise a second SystemExit inside the finally, before the
+    # unregister (a SLURM scancel signals every process of the job and slurm/env.sh's run_one signals
+    # this group again: two TERMs moments apart).
+    _exit = _StopOnce()
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, _exit)
     servers: list[launch.Server] = []
     try:
@@ -166,8 +186,9 @@ def _up(args: argparse.Namespace) -> int:
             time.sleep(2)
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _exit.stopping = True  # a signal from here on (before the ignores below take) does nothing
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         for server in servers:
             launch.stop_server(server, registry=args.registry)
         if servers:

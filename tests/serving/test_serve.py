@@ -103,6 +103,72 @@ def test_stop_server_unregisters_before_it_signals_the_server(tmp_path, monkeypa
     assert proc.poll() is not None and endpoints.read_all(registry) == []
 
 
+# `serve up --foreground` with launch.up replaced by a registered fake server (no vLLM). A second SIGTERM is
+# sent at the worst moment: while the first one's SystemExit unwinds into the finally, before it ignores
+# the signals (SLURM's scancel TERMs every process of the job, and slurm/env.sh's run_one TERMs the
+# group again: CI once found the entry still registered and no "stopped and unregistered" line).
+_FOREGROUND_CHILD = """
+import os, signal, sys, time
+from pathlib import Path
+from mapo.llm import endpoints
+from mapo.serving import __main__ as serve_main, launch
+
+registry = sys.argv[1]
+
+def fake_up(models, registry=None, **kw):
+    ep = endpoints.Endpoint(name="fake", base_url="http://127.0.0.1:9/v1", served_name="fake", api_key_file=None,
+                            host="localhost", port=9, pid=None, job_id=None, started_at=time.time())
+    endpoints.register(ep, registry)
+    return [launch.Server(endpoint=ep, log_path=Path(os.devnull), proc=None)]
+
+real_signal = signal.signal
+def signal_with_a_second_term(sig, handler):
+    if handler is signal.SIG_IGN and not getattr(signal_with_a_second_term, "sent", False):
+        signal_with_a_second_term.sent = True
+        os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs before the ignore below takes
+    return real_signal(sig, handler)
+
+launch.up = fake_up
+signal.signal = signal_with_a_second_term
+sys.exit(serve_main.main(["up", "--model", "smollm2-135m", "--foreground", "--registry", registry]))
+"""
+
+
+def test_foreground_unregisters_when_a_second_signal_arrives_while_it_stops(tmp_path):
+    registry = tmp_path / "endpoints.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FOREGROUND_CHILD, str(registry)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (registry.exists() and endpoints.read_all(registry)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert endpoints.read_all(registry) == [], out
+    assert "stopped and unregistered 1 server(s)" in out and "while stopping: ignored" in out
+
+
+def test_foreground_signal_handler_stops_once():
+    from mapo.serving.__main__ import _StopOnce
+
+    handler = _StopOnce()
+    with pytest.raises(SystemExit) as first:
+        handler(signal.SIGTERM, None)
+    assert first.value.code == 128 + signal.SIGTERM
+    assert handler(signal.SIGTERM, None) is None and handler(signal.SIGINT, None) is None
+
+
 def test_pick_ports_are_distinct_and_free():
     ports = launch._pick_ports("127.0.0.1", 0, 4)
     assert len(set(ports)) == 4 and all(p > 0 for p in ports)
