@@ -23,7 +23,10 @@ as in the paper; rule ``--rule``, default the paper's mode with a multi-way mode
 
 Every kappa and accuracy carries a seeded bootstrap interval over the items, and every row a
 paired comparison with a reference evaluator (``--reference``; default the judge, jury or
-debate that was run with the highest kappa, never a jury subset formed afterwards): "better",
+debate that was run with the highest kappa, never a jury subset formed afterwards; that default
+is itself chosen on these items, so its kappa is optimistic and the verdicts against it lean
+towards "lower": the output says so and gives its selection-corrected kappa, as for the best
+jury; name the reference beforehand for verdicts that are no selection): "better",
 "not worse" (by more than ``--margin``), "significantly lower, within the margin",
 "significantly lower (margin not excluded)", "worse", or "cannot tell" with the number of items
 that would decide (:mod:`mapo.metrics.uncertainty`). With ``--recorded``
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MAP",
         help="--humans: our field=their column, e.g. id=idx,human=label (default: id=id, human=winner); "
         "human=a1,human=a2,human=a3 reads several annotators: their majority is the label (a split is a tie) "
-        "and their agreement with each other is the human ceiling",
+        "and their agreement with each other is the human ceiling; beside the majority kappas, each annotator "
+        "as a separate human (every evaluator's kappa against each annotator alone, and the mean)",
     )
     ap.add_argument(
         "--humans-labels",
@@ -159,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--reference",
         metavar="NAME",
-        help="evaluator the verdicts compare with (default: the judge, jury or debate that was run with the "
-        "highest kappa; jury subsets formed by --jury-subsets are never the default)",
+        help="evaluator the verdicts compare with, named beforehand (default: the judge, jury or debate that was "
+        "run with the highest kappa on these items; jury subsets formed by --jury-subsets are never the default; "
+        "a default chosen so is a best-of: its kappa is optimistic, and the output gives its selection-corrected "
+        "kappa)",
     )
     ap.add_argument("--margin", type=float, default=MARGIN, help=f"non-inferiority margin in kappa (default {MARGIN})")
     ap.add_argument("--n-resamples", type=int, default=N_RESAMPLES, help=f"bootstrap resamples (default {N_RESAMPLES})")

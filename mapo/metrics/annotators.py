@@ -13,6 +13,11 @@ human=a1,human=a2,human=a3``) the human label a judge is scored against is their
   kappa against the majority of all m is not comparable with the ceiling (it is scored against
   a better reference).
 
+**Each annotator as a separate human** (the other reading of several label columns, beside the
+majority one): every judge's kappa against each annotator alone, and its mean over the
+annotators; the human figure it compares with is the mean pairwise Cohen's kappa of two
+annotators (one human against another: both sides are scored against a single annotator).
+
 Every figure has a seeded bootstrap interval over items (:func:`mapo.metrics.uncertainty.bootstrap`),
 all from the same resamples. Items whose judgement failed are left out of that judge's kappa.
 """
@@ -30,9 +35,13 @@ from mapo.core.types import Label
 from mapo.data.humans import MAJORITY_RULE, _majority
 from mapo.metrics.uncertainty import Bootstrap, _features, _kappa_accuracy, bootstrap, label_codes
 
-__all__ = ["CEILING_WHAT", "human_agreement"]
+__all__ = ["CEILING_WHAT", "EACH_WHAT", "human_agreement"]
 
 CEILING_WHAT = "each annotator against the majority of the others, mean over the annotators (leave-one-out)"
+EACH_WHAT = (
+    "each annotator as a separate human: an evaluator's kappa against one annotator, mean over the annotators; "
+    "the human figure is the mean pairwise Cohen's kappa of two annotators (one human against another)"
+)
 
 
 def _ci(lo: float, hi: float) -> list[float | None]:
@@ -67,7 +76,8 @@ def human_agreement(
     for name, jc in jcodes.items():
         if len(jc) != n:
             raise ValueError(f"judge {name!r} has {len(jc)} labels for {n} items")
-        stats += [_features(jc[None], others[k]) for k in range(m)]
+        stats += [_features(jc[None], others[k]) for k in range(m)]  # leave-one-out
+        stats += [_features(jc[None], codes[:, k]) for k in range(m)]  # each annotator alone
     s = len(stats)
     feats = np.stack(stats, axis=2).reshape(n, 8 * s)  # column f * s + j: feature f of statistic j
     counts = np.stack([(codes == c).sum(axis=1) for c in range(3)], axis=1).astype(float)  # (n, 3)
@@ -85,9 +95,12 @@ def human_agreement(
         n_pairs = len(pairs)
         ceiling = np.nanmean(kappa[:, n_pairs : n_pairs + m], axis=1)
         out = [kappa[:, :n_pairs].T, fleiss[None], ceiling[None], kappa[:, n_pairs : n_pairs + m].T]
+        out.append(np.nanmean(kappa[:, :n_pairs], axis=1)[None])  # one human against another, mean
         for j in range(len(jcodes)):
-            start = n_pairs + m + j * m
+            start = n_pairs + m + 2 * j * m
             out.append(np.nanmean(kappa[:, start : start + m], axis=1)[None])
+            out.append(np.nanmean(kappa[:, start + m : start + 2 * m], axis=1)[None])
+            out.append(kappa[:, start + m : start + 2 * m].T)
         return np.concatenate(out)
 
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -122,13 +135,26 @@ def human_agreement(
                 for j in range(m)
             ],
         },
+        "each_annotator": {
+            "what": EACH_WHAT,
+            "human": {"kappa": _num(point[k + 2 + m]), "kappa_ci": _ci(low[k + 2 + m], high[k + 2 + m])},
+        },
         "judges": {},
     }
-    base = k + 2 + m
+    base = k + 3 + m
     for j, name in enumerate(jcodes):
+        at = base + j * (m + 2)
         out["judges"][name] = {
-            "kappa": _num(point[base + j]),
-            "kappa_ci": _ci(low[base + j], high[base + j]),
+            "kappa": _num(point[at]),
+            "kappa_ci": _ci(low[at], high[at]),
             "what": "the judge against the majority of the others, mean over the same leave-one-out splits",
+            "each": {
+                "kappa": _num(point[at + 1]),
+                "kappa_ci": _ci(low[at + 1], high[at + 1]),
+                "per_annotator": {
+                    names[x]: {"kappa": _num(point[at + 2 + x]), "kappa_ci": _ci(low[at + 2 + x], high[at + 2 + x])}
+                    for x in range(m)
+                },
+            },
         }
     return out

@@ -10,7 +10,9 @@ Uncertainty (:mod:`mapo.metrics.uncertainty`): every entry (and every jury subse
 ``vs_reference``: the paired difference of its kappa from the reference's (default: the
 evaluator with the highest kappa among the table's ``results`` that are not jurors, i.e. the
 judges, juries and debates that were run; never a jury subset formed afterwards, which is
-chosen on the same items) with its interval and a verdict (better / not_worse /
+chosen on the same items; the default is itself a choice on these items, so
+``tables["uncertainty"]["reference_choice"]`` says how it was chosen and carries its selection-corrected
+kappa, :func:`mapo.metrics.best_of.selection_corrected`) with its interval and a verdict (better / not_worse /
 lower_within_margin / lower / worse / cannot_tell: :func:`mapo.metrics.uncertainty.verdict`).
 The settings are in ``tables["uncertainty"]``.
 """
@@ -57,8 +59,10 @@ __all__ = [
     "build_tables",
     "ceiling_line",
     "combine_orders",
+    "each_annotator_lines",
     "format_table",
     "jury_subset_block",
+    "reference_choice_text",
 ]
 
 VERDICT_RULES = (
@@ -306,6 +310,7 @@ def add_uncertainty(
                 e["vs_reference"]["text"] += f" (the jury contains {ref_name}: it does not replace it)"
         for block in tables.get("jury_subsets", []):
             _selection(block, items, human, settings)
+        choice = _reference_choice(tables, entries, ref, reference, items, human, settings)
         for e in tables.get("results", []):
             for sub in (e.get("by_order") or {}).values():
                 rr = kappa_intervals([[sub[LABELS_KEY].get(i) for i in items]], human, settings=settings)
@@ -317,6 +322,7 @@ def add_uncertainty(
             "method": f"{settings.method} bootstrap over items",
             "n_items": len(items),
             "reference": ref_name,
+            "reference_choice": choice,
             "margin": margin,
             "verdicts": VERDICT_RULES,
         }
@@ -325,6 +331,75 @@ def add_uncertainty(
         e.pop("_picks", None)
         for sub in (e.get("by_order") or {}).values():
             sub.pop(LABELS_KEY, None)
+
+
+REFERENCE_CHOSEN = (
+    "the highest kappa among the judges, juries and debates that were run (never a jury subset formed "
+    "afterwards), chosen on these same items: a best-of, so its kappa is optimistic and the verdicts against it "
+    "lean towards 'lower'; name the reference beforehand (mapo agreement --reference NAME, stats.reference) "
+    "for verdicts that are not a selection"
+)
+"""What the default reference is, as written into ``tables["uncertainty"]["reference_choice"]["how"]``."""
+
+
+def _reference_choice(
+    tables: Mapping[str, Any],
+    entries: list[dict[str, Any]],
+    ref: int | None,
+    named: str | None,
+    items: list[str],
+    human: list[Label],
+    settings: Bootstrap,
+) -> dict[str, Any] | None:
+    """How the reference was chosen: named, or the best of the evaluators that were run on these items,
+    with that choice's selection-corrected kappa (:func:`mapo.metrics.best_of.selection_corrected`, the
+    correction the best jury gets) beside its optimistic one."""
+    if ref is None:
+        return None
+    if named is not None:
+        return {"how": "named (mapo agreement --reference, stats.reference), not chosen on these items"}
+    from mapo.metrics.best_of import selection_corrected
+
+    cands = [e for e in tables.get("results", []) if not record_kind(e["kind"]).member and e.get("kappa") is not None]
+    out: dict[str, Any] = {"how": REFERENCE_CHOSEN, "n_candidates": len(cands)}
+    if len(cands) < 2 or len(items) < 4:
+        out["optimistic"] = entries[ref].get("kappa")
+        return out  # nothing to choose between (or too few items to split): no correction
+    r = selection_corrected([[e[LABELS_KEY].get(i) for i in items] for e in cands], human, settings=settings)
+    out.update(
+        {
+            "optimistic": r["optimistic"],
+            "corrected": r["corrected"],
+            "corrected_ci": r["corrected_ci"],
+            "chosen_share": r["chosen_share"],
+            "most_chosen": [{"judge": _name(cands[c]), "share": x} for c, x in r["most_chosen"]],
+            "n_splits": r["n_splits"],
+            "method": r["method"],
+        }
+    )
+    return out
+
+
+def reference_choice_text(u: Mapping[str, Any]) -> str | None:
+    """One sentence on how ``u["reference"]`` (``tables["uncertainty"]``) was chosen, with its corrected kappa."""
+    c = u.get("reference_choice") or {}
+    if not c or not u.get("reference"):
+        return None
+    if "n_candidates" not in c:
+        return f"reference {u['reference']}: {c['how']}."
+    text = (
+        f"reference {u['reference']}: the highest kappa of the {c['n_candidates']} evaluators that were run, "
+        "chosen on these same items (a best-of: its kappa is optimistic and the verdicts against it lean towards "
+        "'lower')"
+    )
+    if c.get("corrected") is not None or c.get("corrected_ci"):
+        text += (
+            f"; {_fmt(c.get('optimistic'))} as chosen, selection-corrected "
+            f"{_with_ci(c.get('corrected'), c.get('corrected_ci'))} (chosen on half the items, scored on the other "
+            f"half); the split-half choice was {u['reference']} in {100 * float(c.get('chosen_share') or 0):.0f}% "
+            "of splits"
+        )
+    return text + ". Name one beforehand with --reference NAME (stats.reference) for verdicts that are no selection."
 
 
 def _selection(block: dict[str, Any], items: list[str], human: list[Label], settings: Bootstrap) -> None:
@@ -360,34 +435,58 @@ def _human_ceiling(
     settings: Bootstrap | None,
 ) -> None:
     """``tables["human_agreement"]`` (:func:`mapo.metrics.annotators.human_agreement`) on the items
-    whose annotators are known (all with the same annotators), and each result's leave-one-out
-    kappa (``loo_kappa``, ``loo_kappa_ci``) beside the ceiling; ``settings`` None: no intervals."""
+    whose annotators are known (all with the same annotators), and beside each result's majority kappa
+    its leave-one-out kappa (``loo_kappa``, ``loo_kappa_ci``: read it against the ceiling) and, each
+    annotator as a separate human, its kappa against each annotator alone (``per_annotator_kappa``)
+    and their mean (``each_annotator_kappa``, ``each_annotator_kappa_ci``: read it against two
+    annotators' mean pairwise kappa). The best subset of each jury block gets the same fields.
+    ``settings`` None: no intervals."""
     from mapo.metrics.annotators import human_agreement
 
     names = list(next(iter(annotators.values())))
     items = [i for i in humans if i in annotators and list(annotators[i]) == names]
     if not items:
         return
-    results = tables.get("results", [])
-    judges = {str(k): [e[LABELS_KEY].get(i) for i in items] for k, e in enumerate(results)}
+    scored = {f"r{k}": e for k, e in enumerate(tables.get("results", []))}
+    for b, block in enumerate(tables.get("jury_subsets", [])):
+        best = [s for s in block.get("subsets", []) if s.get("kappa") is not None][:1]
+        scored.update({f"s{b}": e for e in best})  # the selected jury: read against the ceiling too
+    judges = {key: [e[LABELS_KEY].get(i) for i in items] for key, e in scored.items()}
     block = human_agreement(
         [[annotators[i][a] for a in names] for i in items],
         names,
         judges,
         settings=settings or Bootstrap(n_resamples=1),
     )
-    for k, e in enumerate(results):
-        loo = block["judges"][str(k)]
+    keep_ci = settings is not None
+    for key, e in scored.items():
+        loo = block["judges"][key]
         e["loo_kappa"] = loo["kappa"]
-        e["loo_kappa_ci"] = loo["kappa_ci"] if settings is not None else None
+        e["loo_kappa_ci"] = loo["kappa_ci"] if keep_ci else None
+        e["each_annotator_kappa"] = loo["each"]["kappa"]
+        e["each_annotator_kappa_ci"] = loo["each"]["kappa_ci"] if keep_ci else None
+        e["per_annotator_kappa"] = {
+            a: {"kappa": x["kappa"], "kappa_ci": x["kappa_ci"] if keep_ci else None}
+            for a, x in loo["each"]["per_annotator"].items()
+        }
     del block["judges"]
-    if settings is None:
-        for x in [*block["pairwise"], block["fleiss"], block["ceiling"], *block["ceiling"]["per_annotator"]]:
+    if not keep_ci:
+        for x in [
+            *block["pairwise"],
+            block["fleiss"],
+            block["ceiling"],
+            *block["ceiling"]["per_annotator"],
+            block["each_annotator"]["human"],
+        ]:
             x["kappa_ci"] = None
     block["n_items_without_annotators"] = len(humans) - len(items)
     block["loo_kappa"] = (
         "loo_kappa of a result: the evaluator against the majority of the annotators other than one, "
         "mean over the annotators: the figure to read against the ceiling"
+    )
+    block["each_annotator"]["fields"] = (
+        "each_annotator_kappa of a result: the evaluator against one annotator, mean over the annotators "
+        "(per_annotator_kappa: each one): the figure to read against each_annotator.human"
     )
     tables["human_agreement"] = block
 
@@ -405,6 +504,26 @@ def ceiling_line(tables: Mapping[str, Any]) -> str | None:
         + ", ".join(f"{p['a']}-{p['b']} {_with_ci(p['kappa'], p.get('kappa_ci'))}" for p in h["pairwise"])
         + f" ({h['n_items']} items)"
     )
+
+
+def each_annotator_lines(tables: Mapping[str, Any]) -> list[str]:
+    """The "each annotator as a separate human" lines of the printed table (none without several annotators)."""
+    h = tables.get("human_agreement") or {}
+    each = h.get("each_annotator")
+    if not each:
+        return []
+    hum = each["human"]
+    lines = [
+        f"each annotator as a separate human (kappa against one annotator; read the mean against one human vs "
+        f"another: mean pairwise kappa {_with_ci(hum['kappa'], hum.get('kappa_ci'))}):"
+    ]
+    for e in tables["results"]:
+        per = e.get("per_annotator_kappa") or {}
+        lines.append(
+            f"  {_cut(e['judge'], 40):40} mean {_with_ci(e.get('each_annotator_kappa'), e.get('each_annotator_kappa_ci')):>22}"
+            "  " + ", ".join(f"{a} {_with_ci(x['kappa'], x.get('kappa_ci'))}" for a, x in per.items())
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- text
@@ -468,6 +587,7 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
                 f"{e['judge']} {_with_ci(e.get('loo_kappa'), e.get('loo_kappa_ci'))}" for e in tables["results"]
             )
         )
+        lines += each_annotator_lines(tables)
     for j in tables.get("jury_subsets", []):
         lines.append("")
         lines.append(
@@ -480,6 +600,12 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
                 f"selection-corrected (chosen on half the items, scored on the other half, {sel['n_splits']} splits): "
                 f"{_with_ci(sel['corrected'], sel['corrected_ci'])}; the split-half choice was this jury in "
                 f"{100 * sel['chosen_share']:.0f}% of splits"
+                + (
+                    f"; leave-one-out kappa {_with_ci(j['subsets'][0]['loo_kappa'], j['subsets'][0].get('loo_kappa_ci'))}"
+                    " (read it against the human ceiling)"
+                    if j["subsets"] and j["subsets"][0].get("loo_kappa") is not None
+                    else ""
+                )
             )
         for s in j["subsets"][:top_subsets]:
             lines.append(
@@ -496,6 +622,9 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
             f"[low, high]: {100 * u['confidence']:g}% {u['method']} ({u['n_items']} items, "
             f"{u['n_resamples']} resamples, seed {u['seed']})."
         )
+        chosen = reference_choice_text(u)
+        if chosen:
+            lines.append(chosen)
         if u.get("reference"):
             lines.append(
                 f"vs reference = kappa - kappa({u['reference']}), paired bootstrap: 'better' = the interval lies "

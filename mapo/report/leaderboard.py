@@ -49,6 +49,7 @@ from typing import Any
 
 from mapo.core.store import atomic_write_text
 from mapo.core.types import record_kind
+from mapo.metrics.tables import reference_choice_text
 from mapo.metrics.uncertainty import verdict_words
 from mapo.report import plots
 from mapo.report.document import Document, Fig, Section, Table, Text, ci, render_html, render_markdown
@@ -111,6 +112,11 @@ class Entry:
     """Several annotators: kappa against the majority of all but one, mean (compare with the ceiling)."""
     loo_kappa_low: float | None = None
     loo_kappa_high: float | None = None
+    each_annotator_kappa: float | None = None
+    """Several annotators, each a separate human: kappa against one annotator, mean over them (for the human
+    row: one annotator against another, the mean pairwise kappa)."""
+    each_annotator_kappa_low: float | None = None
+    each_annotator_kappa_high: float | None = None
 
     @property
     def name(self) -> str:
@@ -257,6 +263,9 @@ def collect(
         stamp = run.agreement_file or (run.dir / "agreement.json")
         mtime = stamp.stat().st_mtime if stamp.exists() else 0.0
         margin = (tables.get("uncertainty") or {}).get("margin")
+        u = tables.get("uncertainty") or {}
+        if "n_candidates" in (u.get("reference_choice") or {}):  # the default reference: a choice on these items
+            notes.append(f"{run.agreement_file or run.dir}: {reference_choice_text(u)}")
         for e in tables.get("results") or []:
             k = (e.get("kind"), e.get("judge"), e.get("setup"), e.get("member_of"))
             items = int(e.get("n", 0)) + int(e.get("n_failed", 0))
@@ -287,9 +296,7 @@ def collect(
                 length_bias=lb.get("diff"),
                 length_bias_low=_pair(lb.get("diff_ci"))[0],
                 length_bias_high=_pair(lb.get("diff_ci"))[1],
-                loo_kappa=e.get("loo_kappa"),
-                loo_kappa_low=_pair(e.get("loo_kappa_ci"))[0],
-                loo_kappa_high=_pair(e.get("loo_kappa_ci"))[1],
+                **_annotator_fields(e),
             )
             keep(entry, mtime)
         for entry in _extra_entries(tables, dataset, str(run.agreement_file or run.dir), margin):
@@ -313,6 +320,19 @@ def _against_reference(result: Mapping[str, Any], vs: Mapping[str, Any], margin:
         "diff_high": _pair(vs.get("diff_ci"))[1],
         "verdict": vs.get("verdict"),
         "n_needed": vs.get("n_needed"),
+    }
+
+
+def _annotator_fields(e: Mapping[str, Any]) -> dict[str, Any]:
+    """An agreement entry's leave-one-out and each-annotator kappas with their intervals (None without several
+    annotators)."""
+    return {
+        "loo_kappa": e.get("loo_kappa"),
+        "loo_kappa_low": _pair(e.get("loo_kappa_ci"))[0],
+        "loo_kappa_high": _pair(e.get("loo_kappa_ci"))[1],
+        "each_annotator_kappa": e.get("each_annotator_kappa"),
+        "each_annotator_kappa_low": _pair(e.get("each_annotator_kappa_ci"))[0],
+        "each_annotator_kappa_high": _pair(e.get("each_annotator_kappa_ci"))[1],
     }
 
 
@@ -350,11 +370,13 @@ def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: 
                 selection_corrected_low=_pair(sel.get("corrected_ci"))[0],
                 selection_corrected_high=_pair(sel.get("corrected_ci"))[1],
                 n_candidates=sel.get("n_candidates", len(subsets)),
+                **_annotator_fields(s),
             )
         )
     ha = tables.get("human_agreement")
     if ha:
         c = ha["ceiling"]
+        each = (ha.get("each_annotator") or {}).get("human") or {}
         out.append(
             Entry(
                 dataset=dataset,
@@ -375,6 +397,9 @@ def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: 
                 loo_kappa=c.get("kappa"),
                 loo_kappa_low=_pair(c.get("kappa_ci"))[0],
                 loo_kappa_high=_pair(c.get("kappa_ci"))[1],
+                each_annotator_kappa=each.get("kappa"),
+                each_annotator_kappa_low=_pair(each.get("kappa_ci"))[0],
+                each_annotator_kappa_high=_pair(each.get("kappa_ci"))[1],
             )
         )
     return out
@@ -403,7 +428,7 @@ def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
     header = ["judge (setup)", "kind", *[f"kappa {d}" for d in datasets]]
     for d in datasets:
         header += [f"kappa {d} low", f"kappa {d} high", f"verdict {d}", f"reference {d}"]
-        header += [f"selection-corrected {d}", f"leave-one-out kappa {d}"]
+        header += [f"selection-corrected {d}", f"leave-one-out kappa {d}", f"each-annotator kappa {d}"]
     header += ["mean kappa", "failure rate", "P(first)", "swap consistency", "length bias", "tokens / item"]
     rows = []
     for name, cells in by_name.items():
@@ -412,7 +437,7 @@ def wide_table(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
         for d in datasets:
             c = cells.get(d)
             row += [c.kappa_low, c.kappa_high, c.verdict, c.reference] if c else [None] * 4
-            row += [c.selection_corrected, c.loo_kappa] if c else [None] * 2
+            row += [c.selection_corrected, c.loo_kappa, c.each_annotator_kappa] if c else [None] * 3
         row += [
             _mean(e.kappa for e in es),
             _mean(e.failure_rate for e in es),
@@ -456,6 +481,7 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
         if not one:
             show[-1] += f" on {d}"
         show += [f"selection-corrected {d} [95% CI]", f"leave-one-out kappa {d} [95% CI]"]
+        show.append(f"kappa vs one annotator, mean {d} [95% CI]")
     if not one:
         show.append("mean kappa")
     show += ["failure rate", "P(first)" + (" [95% CI]" if one else ""), "length bias" + (" [95% CI]" if one else "")]
@@ -467,7 +493,7 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
         for d in datasets:
             e = cells.get((r[0], d))
             if e is None:
-                row += ["–"] * 4
+                row += ["–"] * 5
                 continue
             many = len(_references(entries, d)) > 1
             row += [
@@ -477,6 +503,7 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
                 if e.selected
                 else "–",
                 ci(e.loo_kappa, [e.loo_kappa_low, e.loo_kappa_high]),
+                ci(e.each_annotator_kappa, [e.each_annotator_kappa_low, e.each_annotator_kappa_high]),
             ]
         if not one:
             row.append(_r(r[at["mean kappa"]]))
@@ -499,7 +526,7 @@ def _display(entries: Sequence[Entry]) -> tuple[list[str], list[list[Any]], list
         "tokens / item": "tokens are not shown: no source recorded any (agreement outputs carry none)",
     }
     for i in reversed(range(len(show))):  # selection and ceiling columns only where a source has them
-        if show[i].startswith(("selection-corrected ", "leave-one-out kappa ")) and all(
+        if show[i].startswith(("selection-corrected ", "leave-one-out kappa ", "kappa vs one annotator")) and all(
             r[i] in (None, "–") for r in out
         ):
             del show[i]
@@ -540,6 +567,7 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
         "tokens / item",
         "selection-corrected [95% CI]",
         "leave-one-out kappa [95% CI]",
+        "kappa vs one annotator, mean [95% CI]",
     ]
     long_rows = [
         [
@@ -561,9 +589,16 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
             "–" if e.tokens_per_item is None else int(round(e.tokens_per_item)),
             ci(e.selection_corrected, [e.selection_corrected_low, e.selection_corrected_high]) if e.selected else "–",
             ci(e.loo_kappa, [e.loo_kappa_low, e.loo_kappa_high]),
+            ci(e.each_annotator_kappa, [e.each_annotator_kappa_low, e.each_annotator_kappa_high]),
         ]
         for e in entries
     ]
+    # a column no entry fills is left out (the lead notes say why for P(first), length and tokens)
+    empty = [i for i in range(len(long_header)) if long_rows and all(r[i] in (None, "–") for r in long_rows)]
+    for i in reversed(empty):
+        del long_header[i]
+        for r in long_rows:
+            del r[i]
     matrix = [[r[2 + i] for i in range(len(datasets))] for r in rows]
     cells = {(e.name, e.dataset): e for e in entries}
     intervals = [
@@ -583,7 +618,8 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
         "N subsets on the same items: its kappa is optimistic, and the selection-corrected column says what the "
         "choice is worth on items it was not made on. With several annotators, 'humans (ceiling)' is each "
         "annotator against the majority of the others, and the leave-one-out column scores every evaluator the same "
-        "way: compare those two."
+        "way: compare those two; the 'vs one annotator' column takes each annotator as a separate human (the mean "
+        "kappa against one annotator; the human row: one annotator against another)."
     )
     lead = [Text(explain, note=True)] + [Text(f"Note: {n}.", note=True) for n in left_out]
     lead += [Text(f"Note: {n}", note=True) for n in notes]

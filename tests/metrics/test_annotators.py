@@ -86,6 +86,20 @@ def test_human_agreement_matches_textbook_formulas_and_has_intervals():
     assert r["judges"]["j"]["kappa"] == pytest.approx(np.mean(jloo))
     lo, hi = r["ceiling"]["kappa_ci"]
     assert lo < r["ceiling"]["kappa"] < hi and hi - lo < 0.3
+    # each annotator as a separate human: the judge against each one alone, and one human against another
+    each = r["judges"]["j"]["each"]
+    alone = []
+    for k, name in enumerate("abc"):
+        kept = [(j, row[k]) for j, row in zip(judge, ann, strict=True) if j is not None]
+        alone.append(cohen_kappa_score([j for j, _ in kept], [x for _, x in kept]))
+        assert each["per_annotator"][name]["kappa"] == pytest.approx(alone[-1])
+        lo, hi = each["per_annotator"][name]["kappa_ci"]
+        assert lo < alone[-1] < hi
+    assert each["kappa"] == pytest.approx(np.mean(alone))
+    pair_mean = np.mean([p["kappa"] for p in r["pairwise"]])
+    assert r["each_annotator"]["human"]["kappa"] == pytest.approx(pair_mean)
+    lo, hi = r["each_annotator"]["human"]["kappa_ci"]
+    assert lo < pair_mean < hi
 
 
 def test_mapo_agreement_on_a_three_annotator_file(tmp_path, capsys):
@@ -111,3 +125,18 @@ def test_mapo_agreement_on_a_three_annotator_file(tmp_path, capsys):
     assert "human ceiling (each of 3 annotators vs the majority of the others, mean)" in printed
     assert f"{h['ceiling']['kappa']:.3f}" in printed
     assert "human_agreement" not in one  # one label column: no ceiling to report
+    # each annotator as a separate human, beside the majority kappas
+    codes = {"1": "model_a", "2": "model_b", "0": "tie"}
+    import csv
+
+    rows = list(csv.DictReader(THREE.open()))
+    for e in multi["results"]:
+        per = e["per_annotator_kappa"]
+        assert set(per) == {"annotator1", "annotator2", "annotator3"}
+        assert e["each_annotator_kappa"] == pytest.approx(np.nanmean([x["kappa"] for x in per.values()]))
+        assert all(len(x["kappa_ci"]) == 2 for x in per.values())
+    gpt = next(e for e in multi["results"] if e["judge"] == "gpt-4o")
+    # gpt-4o's labels are HUMANS (test_agreement_cli); against annotator3 alone:
+    a3 = [codes[r["annotator3"]] for r in rows]
+    assert gpt["per_annotator_kappa"]["annotator3"]["kappa"] == pytest.approx(cohen_kappa_score(HUMANS, a3))
+    assert "each annotator as a separate human" in printed and f"{gpt['each_annotator_kappa']:.3f}" in printed

@@ -45,3 +45,48 @@ def test_a_real_lead_survives_the_correction():
     assert r["corrected"] == pytest.approx(r["optimistic"], abs=0.03)
     lo, hi = r["corrected_ci"]
     assert lo < r["corrected"] < hi and lo > 0.5
+
+
+def test_default_reference_is_a_selection_and_says_so_with_its_correction():
+    """Six equally good judges: the default reference (the highest kappa of them on these items) is a
+    best-of, so the tables say how it was chosen and give its corrected kappa, below the optimistic one
+    (on average; here on one draw of 200 items); a named reference is no selection."""
+    from mapo.metrics.tables import add_uncertainty, reference_choice_text
+
+    rng = np.random.default_rng(4)
+    human = [str(x) for x in rng.choice(L, 200)]
+    ids = [str(i) for i in range(len(human))]
+
+    def tables():
+        return {
+            "results": [
+                {
+                    "judge": f"j{k}",
+                    "kind": "judge",
+                    "kappa": None,
+                    "_labels": dict(zip(ids, _noisy(human, 0.4, rng), strict=True)),
+                }
+                for k in range(6)
+            ]
+        }
+
+    from mapo.metrics.agreement import cohen_kappa
+
+    t = tables()
+    for e in t["results"]:
+        e["kappa"] = cohen_kappa([e["_labels"][i] for i in ids], human).kappa
+    settings = Bootstrap(n_resamples=300, seed=0)
+    add_uncertainty(t, dict(zip(ids, human, strict=True)), settings=settings)
+    c = t["uncertainty"]["reference_choice"]
+    best = max(t["results"], key=lambda e: e["kappa"])
+    assert t["uncertainty"]["reference"] == best["judge"] and c["n_candidates"] == 6
+    assert c["optimistic"] == pytest.approx(best["kappa"]) and c["corrected"] < c["optimistic"]
+    assert c["corrected_ci"][0] < 0.4 < c["corrected_ci"][1]
+    text = reference_choice_text(t["uncertainty"])
+    assert "highest kappa of the 6" in text and "optimistic" in text and "--reference" in text
+    named = tables()
+    for e in named["results"]:
+        e["kappa"] = cohen_kappa([e["_labels"][i] for i in ids], human).kappa
+    add_uncertainty(named, dict(zip(ids, human, strict=True)), settings=settings, reference="j3")
+    assert "n_candidates" not in named["uncertainty"]["reference_choice"]
+    assert "named" in reference_choice_text(named["uncertainty"])

@@ -28,6 +28,10 @@ def _f(cell: str) -> float | None:
     return None if cell in ("", None) else float(cell)
 
 
+def r_best_loo(long: dict, best: dict) -> str:
+    return long[" + ".join(best["members"])]["loo_kappa"]
+
+
 def test_report_and_leaderboard_say_what_agreement_json_says(tmp_path):
     root = _authors(tmp_path / "authors")
     out = tmp_path / "agreement.json"
@@ -68,6 +72,18 @@ def test_report_and_leaderboard_say_what_agreement_json_says(tmp_path):
     for s in block["subsets"]:
         row = next(r for r in table_rows(jury) if r[0] == md_name(" + ".join(s["members"])))
         assert row[2] == md_name(ci(s["kappa"], s["kappa_ci"])) and row[6] == md_name(verdict_cell(s))
+    each = {r[0]: r for r in table_rows(section(md, "Each annotator as a separate human"))}
+    names = t["human_agreement"]["annotators"]
+    for e in t["results"]:
+        r = each[md_name(e["judge"])]
+        for a, cell in zip(names, r[2:-1], strict=True):
+            x = e["per_annotator_kappa"][a]
+            assert cell == md_name(ci(x["kappa"], x["kappa_ci"]))
+        assert r[-1] == md_name(ci(e["each_annotator_kappa"], e["each_annotator_kappa_ci"]))
+    hum = t["human_agreement"]["each_annotator"]["human"]
+    assert each["humans (one vs another)"][-1] == md_name(ci(hum["kappa"], hum["kappa_ci"]))
+    choice = t["uncertainty"]["reference_choice"]
+    assert md_name(ci(choice["corrected"], choice["corrected_ci"])) in kappa_text and "a best-of" in kappa_text
     # the label file is read as the kappas read it: its response columns are found (no "holds no response texts")
     assert "holds no response texts" not in md and "## Bias: length" in md
 
@@ -96,7 +112,22 @@ def test_report_and_leaderboard_say_what_agreement_json_says(tmp_path):
     # no column contradicts its note: no token counts are shown when none were recorded
     assert "tokens are not shown" in lmd
     every = section(lmd, "Every entry")
-    assert all(row[14] == "–" for row in table_rows(every)[2:])
+    assert "tokens" not in table_rows(every)[0] and "P(first) [95% CI]" not in table_rows(every)[0]
+    # each annotator as a separate human, beside the majority: every evaluator's mean kappa against one
+    # annotator, and one human against another (the mean pairwise kappa)
+    each_h = t["human_agreement"]["each_annotator"]["human"]
+    for e in t["results"]:
+        r = long[e["judge"]]
+        assert _f(r["each_annotator_kappa"]) == round(e["each_annotator_kappa"], 6)
+        assert (_f(r["each_annotator_kappa_low"]), _f(r["each_annotator_kappa_high"])) == tuple(
+            round(x, 6) for x in e["each_annotator_kappa_ci"]
+        )
+    assert _f(long["humans (ceiling)"]["each_annotator_kappa"]) == round(each_h["kappa"], 6)
+    assert _f(r_best_loo(long, best)) == round(best["loo_kappa"], 6)  # the selected jury against the ceiling too
+    # the default reference is a best-of on these items: said, with its selection-corrected kappa
+    choice = t["uncertainty"]["reference_choice"]
+    assert choice["n_candidates"] == len(t["results"]) and choice["corrected_ci"][0] is not None
+    assert md_name(ci(choice["corrected"], choice["corrected_ci"])) in lmd and "a best-of" in lmd
 
 
 def test_evaluate_on_a_three_annotator_file_reports_the_ceiling(server, tmp_path):  # noqa: F811
@@ -139,8 +170,12 @@ def test_evaluate_on_a_three_annotator_file_reports_the_ceiling(server, tmp_path
     assert {r["item_id"]: r["human"] for r in recs}["2"] == "tie"  # a 0-1-2 split is a tie
     h = t["human_agreement"]
     assert h["n_items"] == 6 and len(h["pairwise"]) == 3 and all("loo_kappa" in e for e in t["results"])
+    # each annotator as a separate human, beside the majority (eval_data=local as mapo agreement)
+    assert all(set(e["per_annotator_kappa"]) == set(h["annotators"]) for e in t["results"])
+    assert h["each_annotator"]["human"]["kappa"] is not None
     again = run_tables([str(run)], n_resamples=int(t["uncertainty"]["n_resamples"]), seed=int(t["uncertainty"]["seed"]))
     assert again["human_agreement"]["ceiling"]["kappa"] == h["ceiling"]["kappa"]
+    assert [e["each_annotator_kappa"] for e in again["results"]] == [e["each_annotator_kappa"] for e in t["results"]]
     assert t["eval_data"]["annotators"] == ["annotator1", "annotator2", "annotator3"]
     assert "split" in t["eval_data"]["majority_rule"]
     paths = report.write_report(run)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mapo.core.types import record_kind
+from mapo.metrics.tables import reference_choice_text
 from mapo.metrics.uncertainty import VERDICT_WORDS
 from mapo.report import plots
 from mapo.report.document import Block, Example, Fig, Section, Table, Text, ci, num, pct
@@ -67,6 +68,9 @@ def reference_note(tables: Mapping[str, Any]) -> Text | None:
             "(mapo agreement --reference NAME, stats.reference). A jury that contains the reference still calls it: "
             "a verdict on such a jury says how it compares, not that it can stand in for the reference."
         )
+        chosen = reference_choice_text(u)
+        if chosen:
+            text += " " + chosen[0].upper() + chosen[1:]
     return Text(text, note=True)
 
 
@@ -81,6 +85,8 @@ def evaluate_sections(run: Run, n_examples: int) -> list[Section]:
         return [Section("Agreement with humans", [Text("No judgements recorded yet.", note=True)])]
     results = list(tables.get("results") or [])
     sections = [_kappa(run, tables, results, note)]
+    if (tables.get("human_agreement") or {}).get("each_annotator"):
+        sections.append(_each_annotator(tables["human_agreement"], results))
     if any(e.get("by_order") for e in results):
         sections.append(_by_order(results))
     sections.append(
@@ -158,6 +164,37 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
     blocks.append(Table(header, rows))
     blocks.append(Fig("kappa", plots.kappa_bars(results, ceiling=(ha or {}).get("ceiling")), caption))
     return Section("Agreement with humans (Cohen's kappa)", blocks)
+
+
+def _each_annotator(ha: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> Section:
+    """Each annotator as a separate human: every evaluator's kappa against each annotator alone and the mean,
+    beside one human against another (the mean pairwise kappa of two annotators)."""
+    names = list(ha["annotators"])
+    hum = ha["each_annotator"]["human"]
+    rows: list[list[Any]] = []
+    for e in results:
+        per = e.get("per_annotator_kappa") or {}
+        rows.append(
+            [e.get("judge"), e.get("kind")]
+            + [ci((per.get(a) or {}).get("kappa"), (per.get(a) or {}).get("kappa_ci")) for a in names]
+            + [ci(e.get("each_annotator_kappa"), e.get("each_annotator_kappa_ci"))]
+        )
+    rows.append(
+        ["humans (one vs another)", "humans"] + ["–"] * len(names) + [ci(hum.get("kappa"), hum.get("kappa_ci"))]
+    )
+    return Section(
+        "Each annotator as a separate human",
+        [
+            Text(
+                "Beside the majority kappas: each evaluator's kappa against one "
+                "annotator alone, with its 95% interval, and the mean over the annotators. The human row is one "
+                "annotator against another (the mean pairwise Cohen's kappa): both sides are scored against a single "
+                "human, so the mean column is the figure to compare with it.",
+                note=True,
+            ),
+            Table(["judge", "kind", *[f"vs {a} [95% CI]" for a in names], "mean [95% CI]"], rows),
+        ],
+    )
 
 
 def ceiling_note(ha: Mapping[str, Any]) -> str:
@@ -276,7 +313,15 @@ def _jury_subsets(
     sel = j.get("selection")
     extra: list[Block] = []
     if sel:
-        extra.append(Text(selection_note(sel), note=True))
+        best: Mapping[str, Any] = next((x for x in subsets if x.get("kappa") is not None), {})
+        loo = (
+            f" Its leave-one-out kappa (against the majority of all annotators but one, mean; read it against the "
+            f"human ceiling {ci(ceiling.get('kappa'), ceiling.get('kappa_ci'))}): "
+            f"{ci(best.get('loo_kappa'), best.get('loo_kappa_ci'))}."
+            if ceiling and best.get("loo_kappa") is not None
+            else ""
+        )
+        extra.append(Text(selection_note(sel) + loo, note=True))
         size_rows = [
             [
                 k,
@@ -417,7 +462,9 @@ def agreement_overview(run: Run) -> Section:
     u = t.get("uncertainty") or {}
     if u:
         rows.append(["intervals", f"{100 * float(u.get('confidence', 0.95)):g}% {u.get('method', '')}"])
-        rows.append(["reference", f"{u.get('reference')} (margin {u.get('margin')})"])
+        how = (u.get("reference_choice") or {}).get("n_candidates")
+        chosen = f"; the highest kappa of {how} on these items, a best-of" if how else ""
+        rows.append(["reference", f"{u.get('reference')} (margin {u.get('margin')}{chosen})"])
     blocks: list[Block] = [Table(["field", "value"], rows)]
     blocks += [Text(f"Note: {n}", note=True) for n in t.get("notes") or []]
     return Section("Overview", blocks)
