@@ -90,3 +90,60 @@ def test_default_reference_is_a_selection_and_says_so_with_its_correction():
     add_uncertainty(named, dict(zip(ids, human, strict=True)), settings=settings, reference="j3")
     assert "n_candidates" not in named["uncertainty"]["reference_choice"]
     assert "named" in reference_choice_text(named["uncertainty"])
+
+
+def test_null_through_the_jury_path_corrected_best_jury_is_not_biased_upward():
+    """Issue 25's null through the path `mapo agreement --jury-subsets` takes (juries formed by
+    jury_subset_block from stored labels, the best one corrected as add_uncertainty's selection does):
+    six judges that share their errors (each copies an item's consensus label 90% of the time; the
+    consensus is right 45% beyond chance), so no jury is better than its members by more than a little
+    (true kappas from 20,000 fresh items: members ~0.40, juries 0.38-0.45). On 120 items the corrected
+    estimate of the chosen jury is not above the true kappa of the jury it chose, nor above the best
+    true kappa there is. (With errors this shared the 57 estimates move together, so the winner's curse
+    itself is small here; test_null_optimistic_is_biased_upward_... shows it with independent ones.)"""
+    from itertools import combinations
+
+    from mapo.metrics.agreement import cohen_kappa, jury_labels
+    from mapo.metrics.tables import LABELS_KEY, jury_subset_block
+
+    rng = np.random.default_rng(31)
+    judges = [f"j{k}" for k in range(6)]
+
+    def draw(n):
+        human = rng.choice(L, n)
+        consensus = np.where(rng.random(n) < 0.45, human, rng.choice(L, n))
+        labels = {j: np.where(rng.random(n) < 0.9, consensus, rng.choice(L, n)) for j in judges}
+        return [str(h) for h in human], {j: [str(x) for x in v] for j, v in labels.items()}
+
+    fresh_h, fresh = draw(20000)
+    true = {
+        members: cohen_kappa(jury_labels(fresh, members), fresh_h).kappa
+        for k in range(2, 7)
+        for members in combinations(judges, k)
+    }
+    members_alone = [cohen_kappa(fresh[j], fresh_h).kappa for j in judges]
+    assert max(true.values()) < max(members_alone) + 0.06  # (near) null: no jury much better than a member
+    chosen_true, corrected, optimistic = [], [], []
+    for sim in range(10):
+        human, labels = draw(120)
+        ids = [str(i) for i in range(120)]
+        humans = dict(zip(ids, human, strict=True))
+        block = jury_subset_block(
+            {j: dict(zip(ids, v, strict=True)) for j, v in labels.items()}, humans, jury="sim", setup="s"
+        )
+        subsets = [x for x in block["subsets"] if x["kappa"] is not None]
+        r = selection_corrected(
+            [[x[LABELS_KEY][i] for i in ids] for x in subsets],
+            human,
+            settings=Bootstrap(n_resamples=150, seed=sim),
+            n_splits=200,
+        )
+        assert r["n_candidates"] == 57 and r["optimistic"] == pytest.approx(
+            subsets[0]["kappa"]
+        )  # the best is the one published
+        chosen_true.append(true[tuple(sorted(subsets[r["best"]]["members"]))])
+        corrected.append(r["corrected"])
+        optimistic.append(r["optimistic"])
+    assert np.mean(corrected) < np.mean(chosen_true) + 0.02  # not biased upward ...
+    assert np.mean(corrected) < max(true.values()) + 0.02  # ... nor above the best jury there is
+    assert np.mean(corrected) <= np.mean(optimistic)
