@@ -641,6 +641,7 @@ def document(entries: Sequence[Entry], sources: Sequence[str], notes: Sequence[s
                 "n": e.n,
                 "n_failed": e.n_failed,
                 "vs_reference": {"verdict": e.verdict},
+                "loo_kappa": e.loo_kappa,
             }
             for e in entries
             if e.kind != "humans"

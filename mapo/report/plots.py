@@ -360,11 +360,26 @@ def kappa_bars(
             "Cohen's kappa (3 classes: model_a / model_b / tie)" + ("; bars: 95% bootstrap interval" if has_ci else "")
         )
         ax.grid(axis="x", alpha=0.3)
-        handles = [Patch(color=c, label=k) for k, c in KIND_COLORS.items() if any(e.get("kind") == k for e in entries)]
-        if len(handles) > 1 or ceiling_line is not None:
-            ax.legend(
-                handles=handles + ([ceiling_line] if ceiling_line is not None else []), fontsize=8, loc="lower right"
+        handles: list[Any] = [
+            Patch(color=c, label=k) for k, c in KIND_COLORS.items() if any(e.get("kind") == k for e in entries)
+        ]
+        loo = [(y, float(e["loo_kappa"])) for y, e in zip(ys, entries, strict=True) if e.get("loo_kappa") is not None]
+        if ceiling_line is not None and loo:
+            # the bars score against the majority of all annotators; the ceiling against the majority of the
+            # others: the figure comparable with the ceiling is each evaluator's leave-one-out kappa
+            (marker,) = ax.plot(
+                [x for _, x in loo],
+                [y for y, _ in loo],
+                ls="none",
+                marker="D",
+                mfc="white",
+                mec="black",
+                ms=6,
+                label="leave-one-out kappa (compare with the ceiling)",
             )
+            handles.append(marker)
+        if len(handles) > 1 or ceiling_line is not None:
+            ax.legend(handles=handles + ([ceiling_line] if ceiling_line is not None else []), fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
     return _png(fig)
 

@@ -205,3 +205,30 @@ def test_leaderboard_reference_keeps_the_selected_jury_and_the_ceiling(tmp_path)
     assert r["selected"] == "True" and _f(r["kappa"]) == round(best["kappa"], 6) and r["reference"] == "gemma-2-9b"
     assert _f(long["humans (ceiling)"]["loo_kappa"]) == round(t["human_agreement"]["ceiling"]["kappa"], 6)
     assert all(long[e["judge"]]["loo_kappa"] for e in t["results"])
+
+
+def test_kappa_plot_shows_the_figure_comparable_with_the_ceiling(monkeypatch):
+    """The bars score against the majority of all annotators, the ceiling against the majority of the others:
+    the plot also marks each evaluator's leave-one-out kappa, the figure to compare with the ceiling."""
+    from matplotlib.axes import Axes
+
+    from mapo.report import plots
+
+    drawn: list[tuple[list, str | None]] = []
+    plot = Axes.plot
+
+    def recording(self, *args, **kwargs):
+        drawn.append((list(args[0]) if args else [], kwargs.get("label")))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
+    entries = [
+        {"judge": "a", "kind": "judge", "kappa": 0.5, "kappa_ci": [0.4, 0.6], "n": 9, "loo_kappa": 0.42},
+        {"judge": "b", "kind": "judge", "kappa": 0.3, "kappa_ci": [0.2, 0.4], "n": 9, "loo_kappa": 0.25},
+    ]
+    ceiling = {"kappa": 0.45, "kappa_ci": [0.35, 0.55]}
+    assert plots.kappa_bars(entries, ceiling=ceiling)[:4] == b"\x89PNG"
+    assert ([0.42, 0.25], "leave-one-out kappa (compare with the ceiling)") in drawn
+    drawn.clear()
+    plots.kappa_bars(entries)  # no ceiling: no leave-one-out markers
+    assert not [d for d in drawn if d[1] and "leave-one-out" in d[1]]

@@ -160,7 +160,10 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
             + ["ceiling", ci(c.get("kappa"), c.get("kappa_ci"))]
         )
         blocks.append(Text(ceiling_note(ha), note=True))
-        caption += " Dashed line: the human ceiling (leave-one-out, with its interval shaded)."
+        caption += (
+            " Dashed line: the human ceiling (leave-one-out, with its interval shaded); hollow diamonds: each "
+            "evaluator's leave-one-out kappa, the figure to compare with it (the bars score against all annotators)."
+        )
     blocks.append(Table(header, rows))
     blocks.append(Fig("kappa", plots.kappa_bars(results, ceiling=(ha or {}).get("ceiling")), caption))
     return Section("Agreement with humans (Cohen's kappa)", blocks)
