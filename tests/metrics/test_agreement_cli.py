@@ -212,3 +212,16 @@ def test_faireval_gemma_27b_lead_over_gpt4o_is_within_noise(faireval_tables):
     assert gemma["diff_ci"][0] < 0 < gemma["diff_ci"][1] and not gemma["significant"]
     llama = next(e for e in faireval_tables["results"] if e["judge"] == "llama31-8b")["vs_reference"]
     assert llama["diff_ci"][1] < 0  # the weakest judge is detectably below GPT-4o
+
+
+def test_faireval_default_reference_is_a_best_of_with_the_readme_correction():
+    """Without --reference the reference is the best of the 12 evaluators that were run, chosen on the same 80
+    items: debate GPT-4o, 0.404 as chosen, selection-corrected 0.322 [0.132, 0.516] (README)."""
+    if not (FAIREVAL / "fair_eval.jsonl").is_file() or not (FAIREVAL / "mapo-judgments").is_dir():
+        pytest.skip(f"FairEval and the authors' outputs are not under {FAIREVAL} (set MAPO_SHARED)")
+    t = authors_tables(FAIREVAL / "mapo-judgments", FAIREVAL / "fair_eval.jsonl", n_resamples=2000)
+    u = t["uncertainty"]
+    c = u["reference_choice"]
+    assert u["reference"] == "debate[gpt-4o]" and c["n_candidates"] == 12
+    assert round(c["optimistic"], 3) == 0.404 and round(c["corrected"], 3) == 0.322
+    assert [round(x, 3) for x in c["corrected_ci"]] == [0.132, 0.516] and round(c["chosen_share"], 2) == 0.40
