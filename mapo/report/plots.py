@@ -480,7 +480,7 @@ def jury_heatmap(
     )
     fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.03, label="kappa")
     ax1.set_xlabel("jury size")
-    ax1.set_title("best kappa of juries that include the judge [95% CI]", fontsize=9)
+    ax1.set_title("best kappa of juries that include the judge [95% CI] (a best-of: optimistic)", fontsize=9)
     lows: list[float] = [0.0]
     highs: list[float] = []
     by_size = (selection or {}).get("by_size") or {}

@@ -66,6 +66,7 @@ def test_report_and_leaderboard_say_what_agreement_json_says(tmp_path):
     jury = section(md, f"Jury subsets: {block['jury']}")
     sel = block["selection"]
     assert md_name(ci(sel["corrected"], sel["corrected_ci"])) in jury and f"{sel['optimistic']:.3f}" in jury
+    assert "is a best-of on these items, so optimistic" in jury  # the per-judge best-of heatmap says so too
     for k, v in sel["by_size"].items():
         row = next(r for r in table_rows(jury) if r[0] == k)
         assert row[4] == md_name(ci(v["corrected"], v["corrected_ci"]))

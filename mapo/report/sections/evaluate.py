@@ -374,7 +374,8 @@ def _jury_subsets(
                     title=f"Jury subsets of {j.get('jury')}",
                 ),
                 "Left: best kappa among juries of each size that include the judge (1 = the judge alone), with that "
-                "jury's 95% interval. Right: every subset; red: the best of each size with its interval (optimistic); "
+                "jury's 95% interval; each cell above size 1 is a best-of on these items, so optimistic (not "
+                "corrected: the corrected best of each size is the table above and the diamonds on the right). Right: every subset; red: the best of each size with its interval (optimistic); "
                 "hollow diamond: the same choice corrected for having been made on these items; dashed: the human "
                 "ceiling where there are several annotators.",
             ),
