@@ -7,7 +7,8 @@
 #   MAPO_VENV         virtualenv to activate when none is active (default: $MAPO_HOME/.venv)
 #   MAPO_CACHE        response cache + endpoint registry, on the shared filesystem (mapo's default: ~/.cache/mapo)
 #   MAPO_ENDPOINTS    endpoint registry file (default: $MAPO_CACHE/endpoints.json)
-#   MAPO_KILL_WAIT    seconds between TERM and KILL of the command's process group (default 20)
+#   MAPO_KILL_WAIT    seconds between TERM and KILL of the command's process group (default 20); `serve up
+#                     --foreground` gives its vLLM servers 5 s less, so it has killed them before its own KILL
 #
 # run_one CMD...: runs CMD in its own process group and waits. When the job is cancelled or
 # hits its time limit (SLURM sends TERM), the whole group gets TERM, then KILL: no orphan.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -111,6 +112,18 @@ def _parser() -> argparse.ArgumentParser:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def _stop_grace() -> float:
+    """Seconds ``serve up --foreground`` gives its vLLM servers between SIGTERM and SIGKILL when it stops: 5 s
+    less than slurm/env.sh's MAPO_KILL_WAIT (default 20), at most 30. ``run_one`` KILLs this process's group
+    MAPO_KILL_WAIT s after its TERM; were the grace longer, a vLLM slow to stop (its own session: not in
+    that group) would outlive us unkilled, reparented out of the job."""
+    try:
+        wait = float(os.environ.get("MAPO_KILL_WAIT") or 20)
+    except ValueError:
+        wait = 20.0
+    return max(1.0, min(30.0, wait - 5))
+
+
 class _StopOnce:
     """``serve up --foreground``'s signal handler: the first signal raises SystemExit(128 + signum), every
     later one returns. CPython runs a handler again for a signal that arrives while the first one's
@@ -189,8 +202,9 @@ def _up(args: argparse.Namespace) -> int:
         _exit.stopping = True  # a signal from here on (before the ignores below take) does nothing
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+        grace = _stop_grace()
         for server in servers:
-            launch.stop_server(server, registry=args.registry)
+            launch.stop_server(server, registry=args.registry, grace=grace)
         if servers:
             log.info("stopped and unregistered %d server(s)", len(servers))
 

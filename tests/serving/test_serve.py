@@ -128,7 +128,13 @@ def signal_with_a_second_term(sig, handler):
         os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs before the ignore below takes
     return real_signal(sig, handler)
 
+stop_server = launch.stop_server
+def reporting_stop_server(server, **kw):
+    print(f"grace={kw.get('grace')}", flush=True)
+    return stop_server(server, **kw)
+
 launch.up = fake_up
+launch.stop_server = reporting_stop_server
 signal.signal = signal_with_a_second_term
 sys.exit(serve_main.main(["up", "--model", "smollm2-135m", "--foreground", "--registry", registry]))
 """
@@ -139,6 +145,7 @@ def test_foreground_unregisters_when_a_second_signal_arrives_while_it_stops(tmp_
     proc = subprocess.Popen(
         [sys.executable, "-c", _FOREGROUND_CHILD, str(registry)],
         cwd=REPO,
+        env={**os.environ, "MAPO_KILL_WAIT": "12"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -157,6 +164,19 @@ def test_foreground_unregisters_when_a_second_signal_arrives_while_it_stops(tmp_
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert endpoints.read_all(registry) == [], out
     assert "stopped and unregistered 1 server(s)" in out and "while stopping: ignored" in out
+    # vLLM gets less time than run_one (slurm/env.sh) gives this process before its KILL: no vLLM outlives us
+    assert "grace=7.0" in out
+
+
+def test_foreground_stop_grace_is_shorter_than_run_ones_kill_wait(monkeypatch):
+    from mapo.serving.__main__ import _stop_grace
+
+    monkeypatch.delenv("MAPO_KILL_WAIT", raising=False)
+    assert _stop_grace() == 15.0  # env.sh's default 20 s, minus 5
+    monkeypatch.setenv("MAPO_KILL_WAIT", "60")
+    assert _stop_grace() == 30.0
+    monkeypatch.setenv("MAPO_KILL_WAIT", "3")
+    assert _stop_grace() == 1.0
 
 
 def test_foreground_signal_handler_stops_once():
