@@ -81,6 +81,7 @@ def run(
     log_dir: Path,
     server: psutil.Process,
     profile: Path | None = None,
+    resume: bool = False,
 ) -> dict:
     prompts = tmp / f"prompts-{n}.jsonl"
     with open(prompts, "w") as fh:
@@ -126,6 +127,7 @@ def run(
         t = frac * wall
         return round(min(samples, key=lambda s: abs(s[0] - t))[1] / mb, 1)
 
+    resumed = resume_run(cmd, tmp / f"run-{n}", log_dir / f"memory-{n}-resume.log", n) if resume else {}
     return {
         "items": n,
         "peak_rss_mb": round(max(r for _, r in samples) / mb, 1),
@@ -140,6 +142,51 @@ def run(
         "rows": manifest.get("rows"),
         "build_wall_s": manifest["timings_s"]["wall"],
         "marginal": marginal(marks, n),
+        **phases(marks, n, cpu, wall),
+        **resumed,
+    }
+
+
+def resume_run(cmd: list[str], run_dir: Path, log_path: Path, n: int) -> dict:
+    """The same command again into the finished folder: every record store scanned, every item skipped
+    as done, the datasets published again. Its CPU per item is the resume scan's (flat, or growing)."""
+    samples: list[int] = []
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            with contextlib.suppress(psutil.NoSuchProcess):
+                samples.append(ps.memory_info().rss)
+            time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"the resumed build failed for n={n}; see {log_path}")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["items"]["resumed_done"] == n, manifest["items"]
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "resume_cpu_s": round(cpu, 1),
+        "resume_cpu_ms_per_item": round(1000 * cpu / n, 3),
+        "resume_wall_s": round(wall, 1),
+        "resume_peak_rss_mb": round(max(samples, default=0) / 2**20, 1),
+        "resume_requests": manifest["throughput"]["requests"],
+    }
+
+
+def phases(marks: list[tuple[float, float, int]], n: int, cpu: float, wall: float) -> dict:
+    """CPU and wall before the first item was done (imports, config, pre-flight) and after the last
+    one (publishing the datasets, quality indicators, manifest): a one-off cost, or one that grows with N."""
+    first = next((m for m in marks if m[2] > 0), None)
+    last = next((m for m in marks if m[2] >= n), None)
+    return {
+        "startup_cpu_s": None if first is None else round(first[1], 1),
+        "startup_wall_s": None if first is None else round(first[0], 1),
+        "finish_cpu_s": None if last is None else round(cpu - last[1], 1),
+        "finish_wall_s": None if last is None else round(wall - last[0], 1),
     }
 
 
@@ -210,6 +257,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64, help="max_items_in_flight")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--profile", type=Path, help="run each build under cProfile, writing DIR/build-N.prof")
+    ap.add_argument(
+        "--resume", action="store_true", help="then rerun each build into its finished folder (resume scan)"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,13 +272,43 @@ def main() -> None:
             for n in sorted(args.sizes):
                 rows.append(
                     run(
-                        n, Path(d), port, args.iterations, args.width, log_dir, psutil.Process(server.pid), args.profile
+                        n,
+                        Path(d),
+                        port,
+                        args.iterations,
+                        args.width,
+                        log_dir,
+                        psutil.Process(server.pid),
+                        args.profile,
+                        args.resume,
                     )
                 )
                 print(json.dumps(rows[-1]), flush=True)
+                write(rows, args, out)  # after each row: a long run cut short keeps the rows it finished
     finally:
         server.terminate()
         server.wait(10)
+    result = write(rows, args, out)
+    plot(rows, out / "memory.png")
+    print(json.dumps(result, indent=2))
+
+
+def cpu_facts() -> dict:
+    """lscpu's model name and the vector flags (every figure is quoted with its CPU)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"model": platform.processor() or "unknown", "flags": []}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    keep = ("avx", "amx", "fma", "sse4")
+    return {
+        "model": fields.get("Model name", "unknown").strip(),
+        "flags": [f for f in flags if f.startswith(keep)],
+    }
+
+
+def write(rows: list[dict], args: argparse.Namespace, out: Path) -> dict:
     ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
     result = {
         "command": " ".join(
@@ -240,6 +320,7 @@ def main() -> None:
                 str(args.iterations),
                 "--width",
                 str(args.width),
+                *(["--resume"] if args.resume else []),
             ]
         ),
         "mapo_command": " ".join(
@@ -249,6 +330,7 @@ def main() -> None:
             "cpus": psutil.cpu_count(),
             "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
+            "cpu": cpu_facts(),
         },
         "rows": rows,
         "ratio_largest_to_smallest": round(ratio, 3),
@@ -256,10 +338,11 @@ def main() -> None:
             (rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]) * 1024 / max(1, rows[-1]["items"] - rows[0]["items"]), 3
         ),
         "flat": ratio <= 1.5,
+        "cpu_per_item_ratio_largest_to_smallest": round(rows[-1]["cpu_ms_per_item"] / rows[0]["cpu_ms_per_item"], 3),
+        "cpu_flat": rows[-1]["cpu_ms_per_item"] <= 1.15 * rows[0]["cpu_ms_per_item"],
     }
     (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, out / "memory.png")
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
