@@ -88,6 +88,51 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:
     return rc, time.perf_counter() - t0, cpu
 
 
+def group_cpu_s(pgids: set[int]) -> float:
+    """CPU seconds (user + system) of every live process in the process groups ``pgids`` (the vLLM
+    servers: each is a process group led by its pid). Exact whatever else runs on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def records_check(run_dir: Path) -> dict:
+    """From the run's records: responses cut per iteration, reviews that never parsed, items whose responses
+    are all the same text, and whether the DPO rows read sensibly (a decisive pair's chosen score above its
+    rejected one; no (prompt, chosen, rejected) twice)."""
+    cut: dict[int, int] = {}
+    review_failures = identical = 0
+    for rec in _jsonl(run_dir / "generations.jsonl"):
+        its = rec.get("iterations") or []
+        for it in its:
+            cut[it["index"]] = cut.get(it["index"], 0) + (it.get("finish_reason") == "length")
+            review_failures += sum(r.get("failure") is not None for r in it.get("reviews") or [])
+        identical += len(its) > 1 and len({it["response"] for it in its}) == 1
+    dpo = _jsonl(run_dir / "dpo.jsonl")
+    seen = [(json.dumps(r["prompt"]), json.dumps(r["chosen"]), json.dumps(r["rejected"])) for r in dpo]
+    decisive = [r for r in dpo if r.get("decisive")]
+    return {
+        "cut_by_iteration": cut,
+        "review_failures": review_failures,
+        "items_all_responses_identical": identical,
+        "dpo_decisive": len(decisive),
+        "dpo_decisive_chosen_above_rejected": sum(r["chosen_score"] > r["rejected_score"] for r in decisive),
+        "dpo_duplicate_pairs": len(seen) - len(set(seen)),
+        "dpo_same_text_pairs": sum(r["chosen"] == r["rejected"] for r in dpo),
+    }
+
+
 def build_row(name: str, overrides: list[str], env: dict, tmp: Path, registry: Path) -> dict:
     run_dir = tmp / f"run-{name}"
     cmd = [
@@ -101,6 +146,9 @@ def build_row(name: str, overrides: list[str], env: dict, tmp: Path, registry: P
         f"hydra.run.dir={run_dir}",
         *overrides,
     ]
+    pgids = {ep.pid for ep in endpoints.read_all(registry) if ep.pid is not None}
+    load = os.getloadavg()[0]
+    server_cpu = group_cpu_s(pgids)
     rc, wall, cpu = timed(cmd, env, tmp / f"build-{name}.log")
     row: dict = {
         "variant": name,
@@ -108,12 +156,15 @@ def build_row(name: str, overrides: list[str], env: dict, tmp: Path, registry: P
         "rc": rc,
         "wall_s": round(wall, 1),
         "client_cpu_s": round(cpu, 1),
+        "servers_cpu_s": round(group_cpu_s(pgids) - server_cpu, 1),
+        "load_avg_1min_before": round(load, 2),
     }
     path = run_dir / "manifest.json"
     if not path.exists():
         row["error"] = (tmp / f"build-{name}.log").read_text()[-2000:]
         return row
     m = json.loads(path.read_text())
+    row.update(records_check(run_dir))
     usage = m.get("usage") or []
     row.update(
         status=m["status"],

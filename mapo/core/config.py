@@ -280,6 +280,12 @@ class GenerationConfig:
     """Sampling seed (vLLM and OpenAI honour it); part of the cache key."""
     stop: list[str] | None = None
     """Stop strings, if any."""
+    frequency_penalty: float | None = None
+    """OpenAI/vLLM frequency penalty (-2..2); None = not sent (and not part of the cache key)."""
+    presence_penalty: float | None = None
+    """OpenAI/vLLM presence penalty (-2..2); None = not sent."""
+    repetition_penalty: float | None = None
+    """vLLM's multiplicative repetition penalty (> 0, 1 = off; an OpenAI API model rejects it); None = not sent."""
 
     def check(self, key: str = "generation") -> None:
         """Validate, naming keys under ``key``."""
@@ -287,6 +293,44 @@ class GenerationConfig:
         _at_least(f"{key}.max_tokens", self.max_tokens, 1)
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"{key}.top_p must be in (0, 1], got {self.top_p}")
+        _penalties(key, self)
+
+
+def _penalties(key: str, section: Any) -> None:
+    """The optional penalties of a generation section or of its overrides, range-checked."""
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(section, name)
+        if value is not None and not -2 <= value <= 2:
+            raise ConfigError(f"{key}.{name} must be in [-2, 2], got {value}")
+    if section.repetition_penalty is not None and section.repetition_penalty <= 0:
+        raise ConfigError(f"{key}.repetition_penalty must be > 0, got {section.repetition_penalty}")
+
+
+OPTIONAL_SAMPLING = ("frequency_penalty", "presence_penalty", "repetition_penalty")
+"""Sampling fields sent, cached and fingerprinted only when set (runs and caches from before they existed keep their keys)."""
+
+
+@dataclass
+class SamplingOverrides:
+    """Sampling parameters for one role's requests, over its model's ``generation`` (None = the model's).
+    Token limits stay on the model (the pre-flight sizes every role's context from them)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+
+    def request(self) -> dict[str, float]:
+        """The fields that are set, as request parameters."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def check(self, key: str) -> None:
+        """Validate, naming keys under ``key``."""
+        _at_least(f"{key}.temperature", self.temperature, 0, optional=True)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"{key}.top_p must be in (0, 1], got {self.top_p}")
+        _penalties(key, self)
 
 
 @dataclass
@@ -566,9 +610,13 @@ class FeedbackConfig:
     early_stop_no_improve: bool = False
     """Stop when the score stops improving (off by default)."""
     reask: int = 1
+    generator_sampling: SamplingOverrides = field(default_factory=SamplingOverrides)
+    """The generator's sampling in the loop, over its model's ``generation`` (e.g. a repetition penalty that
+    keeps a tiny model from looping under greedy decoding, without touching the same model as a judge)."""
 
     def check(self, key: str = "feedback") -> None:
         """Validate, naming keys under ``key``."""
+        self.generator_sampling.check(f"{key}.generator_sampling")
         self.constrained = Constrained.parse(self.constrained, f"{key}.constrained")
         _at_least(f"{key}.iterations", self.iterations, 1)
         _at_least(f"{key}.early_stop_score", self.early_stop_score, 0, optional=True)

@@ -101,7 +101,9 @@ class FeedbackLoop:
                 it = done[i]
                 conversation.append({"role": "assistant", "content": it.response})
             else:
-                completion = await self.client.chat(self.generator, conversation, role="generator")
+                completion = await self.client.chat(
+                    self.generator, conversation, role="generator", overrides=self.config.generator_sampling.request()
+                )
                 response = completion.text
                 conversation.append({"role": "assistant", "content": response})
                 reviews = await asyncio.gather(*(self.review(r, question, response) for r in self.reviewers))

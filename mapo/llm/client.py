@@ -35,7 +35,7 @@ import httpx
 import openai
 
 from mapo.core import secrets
-from mapo.core.config import ConfigError, ModelConfig
+from mapo.core.config import OPTIONAL_SAMPLING, ConfigError, ModelConfig
 from mapo.core.types import Completion, Message, Reward, Usage
 from mapo.llm.batch import BatchQueue, Errors
 from mapo.llm.cache import ResponseCache, cache_key
@@ -470,6 +470,10 @@ class LLMClient:
             "seed": m.config.generation.seed,
             "stop": list(m.config.generation.stop) if m.config.generation.stop else None,
         }
+        for name in OPTIONAL_SAMPLING:  # only when set: the cache keys of requests without them stay the same
+            value = getattr(m.config.generation, name)
+            if value is not None:
+                gen[name] = value
         gen.update(overrides or {})
         msgs = self.adapted(model, messages)
         _check_encodable(msgs, model)

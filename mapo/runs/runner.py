@@ -61,7 +61,7 @@ from typing import Any, ClassVar
 import openai
 from omegaconf import OmegaConf
 
-from mapo.core.config import ConfigError, RunConfig, cache_dir
+from mapo.core.config import OPTIONAL_SAMPLING, ConfigError, RunConfig, SamplingOverrides, cache_dir
 from mapo.core.prompts import prompts_root
 from mapo.core.secrets import scrub, scrub_value
 from mapo.core.store import RecordStore, RunLock, atomic_write_json, atomic_write_text
@@ -250,7 +250,14 @@ def section_keys(prefix: str, section: Any, only: Iterable[str] | None = None) -
         names = list(only)
     else:
         names = [f.name for f in dataclasses.fields(section) if f.name not in TRANSPORT_KEYS]
-    return {f"{prefix}.{n}": _plain(getattr(section, n)) for n in names}
+    out = {}
+    for n in names:
+        raw = getattr(section, n)
+        value = raw.request() if isinstance(raw, SamplingOverrides) else _plain(raw)
+        if value is None and n in OPTIONAL_SAMPLING or value == {} and isinstance(raw, SamplingOverrides):
+            continue  # unset: not a key, so the runs from before the field existed keep their fingerprint
+        out[f"{prefix}.{n}"] = value
+    return out
 
 
 def model_keys(cfg: RunConfig, names: Iterable[str]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -290,3 +291,36 @@ def test_eval_data_given_as_a_mapping_becomes_typed_and_an_unknown_key_is_named(
         RunConfig(eval_data={"loader": "local", "colour": 1})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"eval_data.limit must be >= 1"):
         RunConfig(eval_data={"loader": "local", "limit": 0})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "models.smollm2-135m.generation.frequency_penalty=3",
+            "models.smollm2-135m.generation.frequency_penalty must be in [-2, 2]",
+        ),
+        (
+            "models.smollm2-135m.generation.repetition_penalty=0",
+            "models.smollm2-135m.generation.repetition_penalty must be > 0",
+        ),
+        (
+            "feedback.generator_sampling.presence_penalty=-2.5",
+            "feedback.generator_sampling.presence_penalty must be in [-2, 2]",
+        ),
+        ("feedback.generator_sampling.temperature=-1", "feedback.generator_sampling.temperature must be >= 0"),
+    ],
+)
+def test_a_penalty_out_of_range_is_named(override, message):
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+        build("build", [override]).check()
+
+
+def test_unset_sampling_fields_are_not_fingerprint_keys():
+    from mapo.runs.runner import model_keys, section_keys
+
+    cfg = build("build", ["feedback.generator_sampling.temperature=null"])
+    keys = {**section_keys("feedback", cfg.feedback), **model_keys(cfg, ["smollm2-135m"])}
+    assert not any("penalty" in k or "generator_sampling" in k for k in keys)
+    cfg = build("build", ["feedback.generator_sampling.repetition_penalty=1.2"])
+    assert section_keys("feedback", cfg.feedback)["feedback.generator_sampling"] == {"repetition_penalty": 1.2}

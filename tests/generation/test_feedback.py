@@ -78,3 +78,33 @@ async def test_unparseable_review_is_a_failure_not_a_score(tmp_path):
     r = result.iterations[0].reviews[0]
     assert r.score is None and r.failure and r.raw == ["great job!", "great job!"]
     assert result.iterations[0].score is None
+
+
+async def test_generator_sampling_reaches_the_generator_only(tmp_path):
+    from mapo.core.config import SamplingOverrides
+
+    sent: list[tuple[str, dict]] = []
+
+    def spy(req):
+        sent.append(("reviewer" if req["messages"][0]["role"] == "system" else "generator", req))
+        return script(req)
+
+    sampling = SamplingOverrides(repetition_penalty=1.3, frequency_penalty=0.5)
+    await run_loop(tmp_path, spy, generator_sampling=sampling)
+    gen = [r for who, r in sent if who == "generator"]
+    rev = [r for who, r in sent if who == "reviewer"]
+    assert len(gen) == 3 and all(r["repetition_penalty"] == 1.3 and r["frequency_penalty"] == 0.5 for r in gen)
+    assert rev and not any("repetition_penalty" in r or "frequency_penalty" in r for r in rev)
+
+
+async def test_no_generator_sampling_sends_no_penalty(tmp_path):
+    sent = []
+
+    def spy(req):
+        sent.append(req)
+        return script(req)
+
+    await run_loop(tmp_path, spy)
+    assert sent and not any(
+        k in r for r in sent for k in ("repetition_penalty", "frequency_penalty", "presence_penalty")
+    )

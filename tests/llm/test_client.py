@@ -68,6 +68,28 @@ async def test_cache_key_ignores_transport(tmp_path):
         assert b.completed == 0
 
 
+async def test_a_model_penalty_is_sent_and_keyed_and_unset_keeps_the_old_key(tmp_path):
+    from mapo.core.config import GenerationConfig
+    from mapo.llm.cache import cache_key
+
+    bodies: list[dict] = []
+
+    def spy(req):
+        bodies.append(req)
+        return "ok"
+
+    with FakeServer(responder=spy) as server:
+        plain = LLMClient({"m": fake_model(server)}, cache=ResponseCache(tmp_path / "c.sqlite"))
+        c = await plain.chat("m", MSG, role="r")
+        # the key of a request without penalties is the key mapo computed before they existed
+        old = {"temperature": 0.0, "max_tokens": 64, "top_p": 1.0, "seed": 0, "stop": None}
+        assert c.cache_key == cache_key(model="m", served="fake", messages=MSG, params=old, constraint=None, sample=0)
+        penalised = fake_model(server, generation=GenerationConfig(max_tokens=64, repetition_penalty=1.2))
+        again = LLMClient({"m": penalised}, cache=ResponseCache(tmp_path / "c.sqlite"))
+        assert not (await again.chat("m", MSG, role="r")).cached  # another sampling: not the cached answer
+    assert "repetition_penalty" not in bodies[0] and bodies[1]["repetition_penalty"] == 1.2
+
+
 @pytest.mark.parametrize("fault", ["429", "500", "503", "drop", "empty", "truncated", "nonutf8"])
 async def test_transient_faults_are_retried(tmp_path, fault):
     with FakeServer(faults=lambda n, req: fault if n <= 2 else None) as server:
