@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mapo.core.store import iter_records
+from mapo.core.store import latest_records
 from mapo.metrics.recompute import authors_tables, record_tables
 from mapo.metrics.tables import format_table
 from mapo.metrics.uncertainty import CONFIDENCE, MARGIN, N_RESAMPLES, SEED
@@ -73,7 +73,8 @@ def run_tables(paths: Iterable[str], **options: Any) -> dict[str, Any]:
     """Agreement tables of the ``mapo evaluate`` records in ``paths`` (run folders or JSONL files);
     ``options``: those of :func:`mapo.metrics.recompute.record_tables`."""
     files = _record_files(paths)
-    return record_tables((r for f in files for r in iter_records(f)), [str(f) for f in files], **options)
+    # the last record of each key: a retried unit's failure is history
+    return record_tables((r for f in files for r in latest_records(f)), [str(f) for f in files], **options)
 
 
 def parse_mapping(text: str | None, what: str, *, repeatable: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Every record carries a ``key``; a rerun skips keys already present. In a store opened with
 ``retry_failed=True`` a record whose ``failure`` is set does not make its key done: a rerun does
 the item again and its new record supersedes the failure (the failure line stays, as history;
-readers take the last record of a key). A crash during a write
+readers take the last record of a key: :func:`latest_records`). The rule is the same for every
+command (build's selections, evaluate's and winrate's judgements). A crash during a write
 leaves at most one partial last line: it is detected on open and cut off (reported), never
 read as data. Damage anywhere else is an error naming the file and line. A write that fails
 (a full disk) is undone before the error is raised, and the error names the file: the store
@@ -70,8 +71,8 @@ class RecordStore:
         self.retry_failed = retry_failed
         self.repaired_bytes = 0
         self._keys: set[str] = set()
-        self.failed: set[str] = set()
-        """Keys whose last record is a failure (``retry_failed``): not done, a rerun retries them."""
+        self.failed: dict[str, str] = {}
+        """Keys whose last record is a failure (``retry_failed``) -> that failure: not done, a rerun retries them."""
         self.superseded = 0
         """Failure records followed by a later record of their key (retried failures, kept as history)."""
         self._end = 0
@@ -113,10 +114,10 @@ class RecordStore:
     def _note(self, record: dict[str, Any]) -> None:
         key = record["key"]
         if key in self.failed:
-            self.failed.discard(key)
+            del self.failed[key]
             self.superseded += 1
         if self.retry_failed and record.get("failure"):
-            self.failed.add(key)
+            self.failed[key] = str(record["failure"])
         self._keys.add(key)
 
     def __contains__(self, key: str) -> bool:
@@ -167,13 +168,13 @@ class RecordStore:
 
 
 def iter_records(
-    path: str | Path, *, on_damaged: str = "raise", damaged: list[int] | None = None
+    path: str | Path, *, on_damaged: str = "raise", damaged: list[int] | None = None, quiet: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Stream records from a JSONL file (memory flat in the number of records); a partial last
     line (a crash mid-write) is left out. A line that is not a JSON record raises
     (``on_damaged="raise"``) or is skipped with a warning naming the file and line (``"skip"``,
     for readers such as ``mapo reparse`` that should show what they can; the skipped line
-    numbers are appended to ``damaged``)."""
+    numbers are appended to ``damaged``; ``quiet``: without the warning)."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.endswith(b"\n"):
@@ -183,16 +184,37 @@ def iter_records(
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 if on_damaged != "skip":
                     raise
-                log.warning("%s:%d: unreadable record (%s); skipped", path, lineno, e)
+                if not quiet:
+                    log.warning("%s:%d: unreadable record (%s); skipped", path, lineno, e)
                 if damaged is not None:
                     damaged.append(lineno)
                 continue
             if on_damaged == "skip" and not (isinstance(record, dict) and isinstance(record.get("key"), str)):
-                log.warning("%s:%d: not a mapo record (no key); skipped", path, lineno)
+                if not quiet:
+                    log.warning("%s:%d: not a mapo record (no key); skipped", path, lineno)
                 if damaged is not None:
                     damaged.append(lineno)
                 continue
             yield record
+
+
+def latest_records(path: str | Path, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, only the last record of each key (a retried failure is superseded
+    by the record that redid it), in file order; ``kwargs`` go to :func:`iter_records`. Two passes
+    over the file, so memory holds the keys, not the records. Every reader of a record file that
+    counts or tabulates uses this."""
+    last: dict[Any, int] = {}
+    for n, record in enumerate(iter_records(path, **kwargs)):
+        last[_record_key(record, n)] = n
+    again = {**kwargs, "damaged": None, "quiet": True}  # the first pass has warned and listed damage
+    for n, record in enumerate(iter_records(path, **again)):
+        if last.get(_record_key(record, n)) == n:
+            yield record
+
+
+def _record_key(record: Any, n: int) -> Any:
+    key = record.get("key") if isinstance(record, dict) else None
+    return key if isinstance(key, str) else (n,)  # a line without a key is kept as it is
 
 
 class RunLock:

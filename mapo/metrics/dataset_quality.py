@@ -251,13 +251,16 @@ def dataset_quality(
 
 def dataset_quality_of_run(run_dir: str | Path, *, near_duplicate: float = NEAR_DUPLICATE) -> dict[str, Any]:
     """:func:`dataset_quality` of the JSONL files in a ``mapo build`` output folder (absent files: empty)."""
-    from mapo.core.store import iter_records
+    from mapo.core.store import iter_records, latest_records
 
     run = Path(run_dir)
 
     def read(name: str) -> Iterator[dict[str, Any]]:  # streamed: the records are never all in memory
         path = run / f"{name}.jsonl"
-        return iter_records(path) if path.is_file() else iter(())
+        if not path.is_file():
+            return iter(())
+        # a retried item's failed selection is history: its last selection counts
+        return latest_records(path) if name == "selections" else iter_records(path)
 
     return dataset_quality(
         read("generations"), read("selections"), read("dpo"), read("kto"), near_duplicate=near_duplicate

@@ -167,6 +167,7 @@ class Build(RunCommand):
         if item.id in sels and item.id not in self.redo:
             progress.update(resumed=True)
             return
+        before = sels.failed.get(item.id)  # an earlier run's failure of this item, done again now
         try:
             rec = self.resumable.pop(item.id, None)
             if rec is None:
@@ -193,7 +194,7 @@ class Build(RunCommand):
             if reason is None:
                 raise
             sels.append({"key": item.id, "best": None, "failure": reason})
-            self.run.ended(reason)
+            self.run.ended(reason, before)
             return
         if sel.best is not None:
             try:
@@ -227,7 +228,7 @@ class Build(RunCommand):
                 "failure": sel.failure,
             }
         )
-        self.run.ended(sel.failure)
+        self.run.ended(sel.failure, before)
 
     def fields(self) -> dict[str, Any]:
         cfg, roles, stats = self.cfg, self.cfg.roles, self.source_stats

@@ -71,7 +71,7 @@ from typing import Any
 
 from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.registry import UnknownNameError
-from mapo.core.store import atomic_write_json, iter_records
+from mapo.core.store import atomic_write_json, latest_records
 from mapo.data.humans import HumanRow, load_items
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.evaluators import evaluator_class, from_config, models_of
@@ -180,6 +180,7 @@ class Evaluate(RunCommand):
 
     name = "evaluate"
     stores = ("judgements",)
+    retried = ("judgements",)  # a failed unit is not done: a rerun judges it again (build's rule, the store's)
     published = ("agreement.json",)
 
     def check(self) -> None:
@@ -191,7 +192,7 @@ class Evaluate(RunCommand):
         self.ev = _build(self.cfg, client)  # unknown names, prompts, debaters: still before any call or file
         self.orders = _orders(self.cfg, self.ev)
         self.units = [(item, order) for item in self.items_ for order in self.orders]
-        self.counts = {"units": len(self.units), "resumed_done": 0, "failed": 0}
+        self.counts = {"units": len(self.units), "resumed_done": 0}
         self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
         _check_reference(self.cfg, self.ev)
 
@@ -235,9 +236,11 @@ class Evaluate(RunCommand):
     async def work(self, unit: tuple[HumanRow, str]) -> None:
         cfg, ev, progress = self.cfg, self.ev, self.run.progress
         item, order = unit
-        if self._done_key(item, order) in self.store:
+        key = self._done_key(item, order)
+        if key in self.store:
             progress.update(resumed=True)
             return
+        before = self.store.failed.get(key)  # an earlier run's failure of this unit, judged again now
         first, second = (
             (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])
         )
@@ -252,14 +255,14 @@ class Evaluate(RunCommand):
         else:
             recs = _records(cfg, ev, item, order, result)
         self.judging_s += time.perf_counter() - t0
+        if recs[-1]["label"] is None and not recs[-1].get("failure"):
+            recs[-1]["failure"] = "no verdict"  # a unit without a verdict is a failure: a rerun does it again
         for rec in recs:  # the evaluator's own record goes last: it marks the unit done
             self.store.append(rec)
-        failed = recs[-1]["label"] is None
-        self.counts["failed"] += failed
-        self.run.ended((recs[-1].get("failure") or "no verdict") if failed else None)
+        self.run.ended(recs[-1]["failure"] if recs[-1]["label"] is None else None, before)
 
     def fields(self) -> dict[str, Any]:
-        cfg, models = self.cfg, self.models()
+        cfg, models, store = self.cfg, self.models(), self.run.stores["judgements"]
         named = {r: getattr(cfg.roles, r) for r in self.ev.config_roles[:1]}  # its first role's models, as configured
         done_now = max(1, len(self.units) - self.counts["resumed_done"])
         return {
@@ -270,7 +273,13 @@ class Evaluate(RunCommand):
             "roles": {r: v if isinstance(v, str) else list(v) for r, v in named.items()},
             "models": models_manifest(cfg, models),
             "eval_data": self.data_info,
-            "items": {"total": len(self.items_), **self.counts},
+            # true after any number of resumes: from the records, whose last word per unit counts
+            "items": {
+                "total": len(self.items_),
+                **self.counts,
+                "failed": sum(self._done_key(i, o) in store.failed for i, o in self.units),
+                "failures_retried": store.superseded,
+            },
             # judge.scoring=expected: answers weighed by logprobs, and those kept as written (why), this run
             "scoring": dict(self.ev.scoring_counts),
             # judging_summed adds every unit's time (they overlap); per_unit is its mean
@@ -285,7 +294,7 @@ class Evaluate(RunCommand):
         # this run's records: the evaluator's own, plus its members' (jurors, a cascade's cheap judge) for the same items/orders
         records = [
             r
-            for r in iter_records(self.run.dir / "judgements.jsonl")
+            for r in latest_records(self.run.dir / "judgements.jsonl")  # a retried unit's failure is history
             if r["key"] in wanted
             or (
                 r.get("member_of") == name

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.registry import UnknownNameError
-from mapo.core.store import atomic_write_text, iter_records
+from mapo.core.store import atomic_write_text, iter_records, latest_records
 from mapo.core.types import Label, is_judgement, record_kind
 from mapo.core.verdicts import combine_orders, label_pick, order_row, swap_label
 from mapo.judging.debate import FinalScore, aggregate_finals
@@ -170,7 +170,7 @@ def _summary(rec: Mapping[str, Any]) -> dict[str, Any]:
 def _judgements(
     path: Path, rule: str, damaged: list[int]
 ) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
-    records = list(iter_records(path, on_damaged="skip", damaged=damaged))
+    records = list(latest_records(path, on_damaged="skip", damaged=damaged))  # a retried failure is history
     out: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for rec in records:
         replay = record_kind(rec.get("kind")).replay  # how its kind is derived again (core.types.RECORD_KINDS)
@@ -199,7 +199,7 @@ def _judgements(
 def _selections(
     path: Path, rule: str, damaged: list[int]
 ) -> Iterable[tuple[dict[str, Any], dict[str, Any], list[str]]]:
-    for rec in iter_records(path, on_damaged="skip", damaged=damaged):
+    for rec in latest_records(path, on_damaged="skip", damaged=damaged):  # a retried failure is history
         new = copy.deepcopy(rec)
         notes: list[str] = []
         js = new.get("judgements") or []

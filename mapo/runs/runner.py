@@ -380,18 +380,27 @@ class FailureWatch:
         self.failed = 0
         self.streak: list[str] = []
         """The failures in a row so far (reasons), reset by an item that succeeds or fails otherwise."""
+        self.first: str | None = None
+        """The first failure of this run."""
 
     @staticmethod
     def cause(reason: str) -> str:
         return reason.split(": ", 1)[0].strip()
 
-    def note(self, failure: str | None) -> None:
-        """One item ended (``failure`` its reason, None = it succeeded); raises :class:`RunStopped` by the rule."""
+    def note(self, failure: str | None, before: str | None = None) -> None:
+        """One item ended (``failure`` its reason, None = it succeeded; ``before``: the failure an
+        earlier run recorded for it, when this run did it again); raises :class:`RunStopped` by the rule.
+        An item done again that fails exactly as recorded (an unparseable answer the response cache
+        gives back) is counted, but tells nothing new about this run's cause: it neither extends nor
+        breaks the streak (a run whose every item failed still stops)."""
         self.ended += 1
         if failure is None:
             self.streak = []
             return
         self.failed += 1
+        self.first = self.first or failure
+        if before is not None and failure == before:
+            return
         if self.streak and self.cause(self.streak[0]) != self.cause(failure):
             self.streak = []
         self.streak.append(failure)
@@ -405,10 +414,10 @@ class FailureWatch:
 
     def all_failed(self) -> str | None:
         """Why a run in which every item failed stops (None: not so)."""
-        if self.ended and self.failed == self.ended and self.streak:
+        if self.ended and self.failed == self.ended and self.first is not None:
             return (
                 f"every item of this run failed ({self.failed} of {self.ended}); the first said: "
-                f"{scrub(self.streak[0])[:500]}; fix the cause and rerun: failed items are done again"
+                f"{scrub(self.first)[:500]}; fix the cause and rerun: failed items are done again"
             )
         return None
 
@@ -427,10 +436,11 @@ class Run:
     """What the pre-flight measured and found per model (``manifest.preflight``); None = not run."""
     watch: FailureWatch = dataclasses.field(default_factory=lambda: FailureWatch(None))
 
-    def ended(self, failure: str | None = None) -> None:
-        """An item of this run ended (``failure``: why it failed): progress, and the K-failure rule."""
+    def ended(self, failure: str | None = None, before: str | None = None) -> None:
+        """An item of this run ended (``failure``: why it failed; ``before``: the failure an earlier
+        run recorded for it, when it was done again): progress, and the K-failure rule."""
         self.progress.update(failed=failure is not None)
-        self.watch.note(failure)
+        self.watch.note(failure, before)
 
     def saved(self) -> str:
         """What the folder holds, for messages: ``3 generations, 3 selections, ...``."""

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, WinrateConfiguration, validate
-from mapo.core.store import atomic_write_json, iter_records
+from mapo.core.store import atomic_write_json, iter_records, latest_records
 from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop
@@ -222,6 +222,7 @@ class Winrate(RunCommand):
 
     name = "winrate"
     stores = ("generations", "baselines", "judgements")
+    retried = ("judgements",)  # a failed comparison is not done: a rerun judges it again (build's rule, the store's)
     published = ("winrate.csv", "winrate.md", "winrate.json", "winrate.png")
     stages = ("generation", "judge")
 
@@ -239,7 +240,7 @@ class Winrate(RunCommand):
         else:
             self.n_prompts = cfg.prompts.limit
         self.keys: set[str] = set()
-        self.counts = {"failed": 0, "identical": 0}
+        self.counts = {"identical": 0, "generation_failed": 0}
         self.stage_s = {"feedback": 0.0, "baselines": 0.0, "judging": 0.0}
         self.source_stats = SourceStats()
 
@@ -352,12 +353,17 @@ class Winrate(RunCommand):
         self.base_texts[key] = comp.text
         return comp.text
 
-    async def _compare(self, c: WinrateConfiguration, b: str, item: PromptItem, x: str, y: str) -> bool:
+    async def _compare(
+        self, c: WinrateConfiguration, b: str, item: PromptItem, x: str, y: str
+    ) -> tuple[str | None, str | None]:
+        """Judge X against Y (resumed when done): (its failure, None = a verdict; the failure an
+        earlier run recorded for it, when it is judged again)."""
         cfg = self.cfg
         key = self._jkey(c.name, b, item.id)
         self.keys.add(key)
         if key in self.judgements:
-            return False
+            return None, None
+        before = self.judgements.failed.get(key)
         rec: dict[str, Any] = {
             "key": key,
             "kind": "winrate",
@@ -401,10 +407,11 @@ class Winrate(RunCommand):
                     completion_tokens=j.completion_tokens,
                 )
             self.stage_s["judging"] += time.perf_counter() - t0
+        if rec["label"] is None and not rec.get("failure"):
+            rec["failure"] = "no verdict"  # a comparison without a verdict is a failure: a rerun does it again
         rec["outcome"] = OUTCOMES[rec["label"]]
         self.judgements.append(rec)
-        self.counts["failed"] += rec["label"] is None
-        return rec["label"] is None
+        return (rec["failure"] if rec["label"] is None else None), before
 
     async def work(self, item: PromptItem) -> None:
         configs, baselines = self.configs, self.baselines
@@ -419,10 +426,10 @@ class Winrate(RunCommand):
             if reason is None:
                 raise
             log.warning("prompt %s: generation failed (%s); it is left out of every win rate", item.id, reason)
-            self.counts["failed"] += 1
+            self.counts["generation_failed"] += 1
             self.run.ended(f"generation failed: {reason}")
             return
-        failed = await asyncio.gather(
+        judged = await asyncio.gather(
             *(
                 self._compare(c, b, item, x, y)
                 for c, x in zip(configs, xs, strict=True)
@@ -430,10 +437,14 @@ class Winrate(RunCommand):
             )
         )
         self.run.progress.stage("judge")
-        self.run.ended("a comparison of this prompt failed" if any(failed) else None)
+        failed = [(failure, before) for failure, before in judged if failure is not None]
+        # the prompt fails with its first failed comparison's reason; it failed as recorded when each did
+        self.run.ended(
+            failed[0][0] if failed else None, failed[0][0] if failed and all(f == b for f, b in failed) else None
+        )
 
     def fields(self) -> dict[str, Any]:
-        cfg, stats = self.cfg, self.source_stats
+        cfg, stats, judgements = self.cfg, self.source_stats, self.run.stores["judgements"]
         return {
             "judge": cfg.roles.judge,
             "setup": self.setup_name,
@@ -443,7 +454,14 @@ class Winrate(RunCommand):
             "baselines": self.baselines,
             "models": models_manifest(cfg, self.models()),
             "prompts": {"source": cfg.prompts.source, "read": stats.read, "skipped": stats.skipped},
-            "comparisons": {"done": len(self.keys), **self.counts},
+            # true after any number of resumes: from the records, whose last word per comparison counts
+            # (not "comparisons": a complete run's manifest holds the paired comparisons there)
+            "judgements": {
+                "done": len(self.keys),
+                "failed": sum(k in judgements.failed for k in self.keys),
+                "failures_retried": judgements.superseded,
+                **self.counts,
+            },
             "truncated_responses": _truncated(self.run.dir),
             # stage times add up every prompt's time in that stage (prompts overlap)
             "timings_s": {f"{k}_summed": round(v, 2) for k, v in self.stage_s.items()},
@@ -452,7 +470,8 @@ class Winrate(RunCommand):
     def publish(self, manifest: dict[str, Any]) -> None:
         """winrate.{csv,md,json,png} from this run's judgements; the table in the manifest."""
         cfg, run_dir = self.cfg, self.run.dir
-        records = [r for r in iter_records(run_dir / "judgements.jsonl") if r["key"] in self.keys]
+        # the last record of each comparison: a retried failure is history
+        records = [r for r in latest_records(run_dir / "judgements.jsonl") if r["key"] in self.keys]
         meta = {
             "judge": cfg.roles.judge,
             "setup": self.setup_name,

@@ -144,3 +144,24 @@ def test_sigkill_during_appends_loses_at_most_the_record_in_flight(tmp_path):
         assert s.repaired_bytes < 5100
         s.close()
         assert os.path.getsize(path) == sum(len(json.dumps({"key": k, "pad": "x" * 5000})) + 1 for k in keys)
+
+
+def test_latest_records_keeps_the_last_record_of_each_key_and_a_retried_failure_is_not_done(tmp_path):
+    """The one rule of every command's retried store: a failure is not done, the record that redoes
+    it supersedes it (the failure line stays as history), and readers take the last record per key."""
+    from mapo.core.store import latest_records
+
+    path = tmp_path / "judgements.jsonl"
+    store = RecordStore(path, retry_failed=True)
+    store.append({"key": "a", "label": None, "failure": "request rejected (HTTP 400): no system role"})
+    store.append({"key": "b", "label": "tie", "failure": None})
+    assert "a" not in store and "b" in store and store.failed == {"a": "request rejected (HTTP 400): no system role"}
+    store.close()
+    again = RecordStore(path, retry_failed=True)
+    assert "a" not in again and again.failed["a"].startswith("request rejected")
+    again.append({"key": "a", "label": "model_a", "failure": None})
+    assert "a" in again and not again.failed and again.superseded == 1
+    again.close()
+    assert [r["key"] for r in iter_records(path)] == ["a", "b", "a"]  # history kept
+    assert [(r["key"], r["label"]) for r in latest_records(path)] == [("b", "tie"), ("a", "model_a")]
+    assert RecordStore(path, retry_failed=True).superseded == 1

@@ -1775,3 +1775,153 @@ async def test_k_failures_with_the_same_cause_stop_the_run_and_a_rerun_after_the
         "manifest failed 0 after each resume, `mapo report` agrees",
         run,
     )
+
+
+# ---- evaluate and winrate: a failed unit is not done (issue 23: the rule of `mapo build`) ---------
+
+
+def _labels_file(tmp_path: Path, n: int = ITEMS) -> Path:
+    path = tmp_path / "labels.jsonl"
+    labels = ["model_a", "model_b", "tie"]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"Question {i}?",
+            "response_a": f"Answer A to {i}.",
+            "response_b": f"Answer B to {i}, longer.",
+            "human": labels[i % 3],
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _report_md(run: Path) -> str:
+    from mapo.report.render import main as report_main
+
+    assert report_main([str(run)]) == 0
+    return (run / "report" / "report.md").read_text()
+
+
+async def test_evaluate_redoes_its_failed_units_after_the_fix_and_its_counts_stay_true(tmp_path):
+    """Every judge request answered 400 (a template without a system role): `mapo evaluate` stops
+    after K units naming the cause. After the fix the same command judges the failed units again
+    (before: they counted as done, the manifest said failed 0 above a report listing them): the
+    manifest, agreement.json and `mapo report` agree with the last record of each unit, after any
+    number of resumes."""
+    from mapo.runs.evaluate import evaluate
+
+    broken = {"on": True}
+    with FakeServer(faults=lambda n, body: SYSTEM_ROLE_400 if broken["on"] else None) as server:
+
+        def config() -> RunConfig:
+            return RunConfig(
+                models={"judge": fake_model(server)},
+                roles=RolesConfig(judge="judge"),
+                eval_data={"loader": "local", "path": str(_labels_file(tmp_path))},
+                client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+                output_dir=str(tmp_path / "run"),
+                max_items_in_flight=3,
+            )
+
+        t0 = time.monotonic()
+        with pytest.raises(RunStopped, match=r"failed with the same cause \(request rejected \(HTTP 400\)\)"):
+            await evaluate(config())
+        stop_s = time.monotonic() - t0
+        run = tmp_path / "run"
+        stopped = manifest_of(run)
+        first_failed = stopped["items"]["failed"]
+        assert stopped["status"] == "stopped" and 5 <= first_failed <= 5 + 2, stopped["items"]
+        broken["on"] = False  # the template is fixed
+        t1 = time.monotonic()
+        fixed = await evaluate(config())
+        rerun_s = time.monotonic() - t1
+        sent = server.n
+        again = await evaluate(config())
+        assert server.n == sent, "a rerun of a complete run sent requests"
+    units = fixed["items"]["units"]
+    for m in (fixed, again):
+        assert m["status"] == "complete" and m["items"]["failed"] == 0, m["items"]
+        assert m["items"]["failures_retried"] == first_failed
+        assert m["agreement"]["n_failed"] == 0 and m["agreement"]["n"] == ITEMS
+    assert fixed["items"]["resumed_done"] == 0 and again["items"]["resumed_done"] == units
+    recs = read_lines(run / "judgements.jsonl")
+    assert sum(1 for r in recs if r["failure"]) == first_failed, "the failure records are kept as history"
+    last = {r["key"]: r for r in recs}
+    assert len(last) == units and all(r["label"] is not None for r in last.values())
+    agreement = json.loads((run / "agreement.json").read_text())
+    main = next(e for e in agreement["results"] if e["judge"] == fixed["judge"])
+    assert main["n_failed"] == 0 and main["n"] == ITEMS
+    report = _report_md(run)
+    assert "Failed records in judgements.jsonl" not in report, "the report lists failures the records no longer hold"
+    keys = [r["key"] for r in recs if not r["failure"]]
+    record_row(
+        "`mapo evaluate`: every judge request 400, K = 5, then the same command after the fix (then once more)",
+        {
+            "items_in": units,
+            "items_out": len(last),
+            "failed": sum(r["label"] is None for r in last.values()),
+            "duplicates": len(keys) - len(set(keys)),
+            "lost": units - len(last),
+        },
+        stop_s + rerun_s,
+        f"ending stopped after {first_failed} units, then complete: they were judged again; manifest, "
+        "agreement.json and `mapo report` say failed 0 after each resume",
+    )
+
+
+async def test_winrate_redoes_its_failed_comparisons_after_the_fix_and_its_counts_stay_true(tmp_path):
+    """Every judge request of `mapo winrate` answered 400: the run stops naming the cause; after the
+    fix the same command judges the failed comparisons again (before: a failed comparison counted
+    as done and stayed out of every rate) and winrate.json and the manifest count from the last
+    record of each comparison."""
+    from mapo.core.config import WinrateConfiguration
+    from mapo.runs.winrate import winrate
+
+    broken = {"on": True}
+    with FakeServer(faults=lambda n, body: SYSTEM_ROLE_400 if broken["on"] and is_judge(body) else None) as server:
+
+        def config() -> RunConfig:
+            return RunConfig(
+                models={name: fake_model(server, served_name=name) for name in ("gen", "rev", "base", "judge")},
+                roles=RolesConfig(judge="judge", baselines=["base"]),
+                configurations=[WinrateConfiguration(name="gen+rev", generator="gen", reviewers=["rev"])],
+                prompts=PromptSourceConfig(source="builtin", limit=ITEMS),
+                client=ClientConfig(cache_path=str(tmp_path / "cache.sqlite"), progress="off"),
+                output_dir=str(tmp_path / "run"),
+                max_items_in_flight=3,
+            )
+
+        t0 = time.monotonic()
+        with pytest.raises(RunStopped, match=r"failed with the same cause \(request rejected \(HTTP 400\)\)"):
+            await winrate(config())
+        run = tmp_path / "run"
+        stopped = manifest_of(run)
+        first_failed = stopped["judgements"]["failed"]
+        assert stopped["status"] == "stopped" and first_failed >= 5, stopped["judgements"]
+        broken["on"] = False
+        fixed = await winrate(config())
+        sent = server.n
+        again = await winrate(config())
+        seconds = time.monotonic() - t0
+        assert server.n == sent, "a rerun of a complete run sent requests"
+    for m in (fixed, again):
+        assert m["status"] == "complete" and m["judgements"]["failed"] == 0, m["judgements"]
+        assert m["judgements"]["done"] == ITEMS and m["judgements"]["failures_retried"] == first_failed
+    cell = json.loads((run / "winrate.json").read_text())["table"]["gen+rev"]["base"]
+    assert cell["failed"] == 0 and cell["n"] == ITEMS, cell
+    recs = read_lines(run / "judgements.jsonl")
+    last = {r["key"]: r for r in recs}
+    assert len(last) == ITEMS and all(r["outcome"] != "failed" for r in last.values())
+    assert sum(1 for r in recs if r["failure"]) == first_failed, "the failure records are kept as history"
+    report = _report_md(run)
+    assert "No failures recorded." in report or "request rejected" not in report
+    keys = [r["key"] for r in recs if not r["failure"]]
+    record_row(
+        "`mapo winrate`: every judge request 400, then the same command after the fix (then once more)",
+        {"items_in": ITEMS, "items_out": len(last), "failed": 0, "duplicates": len(keys) - len(set(keys)), "lost": 0},
+        seconds,
+        f"ending stopped after {first_failed} comparisons, then complete: they were judged again; "
+        "winrate.json, the manifest and `mapo report` say failed 0",
+    )

@@ -83,3 +83,22 @@ async def test_every_manifest_names_the_host_cpu(tmp_path):
     assert on_disk["host_cpu"] == manifest["host_cpu"] == cpu_info()
     assert manifest["host_cpu"]["cores"] >= 1 and isinstance(manifest["host_cpu"]["flags"], list)
     assert isinstance(manifest["host"], str)  # the node name, as before
+
+
+def test_an_item_done_again_that_fails_as_recorded_neither_extends_nor_breaks_the_streak():
+    """A rerun does failed items again; an unparseable answer the cache gives back fails exactly as
+    recorded: that is no new evidence for the K rule (a rerun of a run with 6 such items completes),
+    while new failures of one cause still stop it, and a run whose every item failed still stops."""
+    from mapo.runs.runner import FailureWatch, RunStopped
+
+    watch = FailureWatch(3)
+    for _ in range(6):
+        watch.note("unparseable verdict: no score", before="unparseable verdict: no score")
+    assert watch.failed == 6 and watch.streak == []
+    assert watch.all_failed() is not None  # nothing else was done: every item of this run failed
+    watch.note(None)
+    assert watch.all_failed() is None
+    watch.note("request rejected (HTTP 400): x", before="request rejected (HTTP 400): y")  # failed otherwise now
+    watch.note("request rejected (HTTP 400): x")
+    with pytest.raises(RunStopped, match=r"3 items in a row failed with the same cause \(request rejected"):
+        watch.note("request rejected (HTTP 400): x")
