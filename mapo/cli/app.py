@@ -131,13 +131,16 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
             sys.exit(1)
         if isinstance(result, dict):
             log.info("done: %s", {k: result[k] for k in ("output_dir", "items", "rows", "timings_s") if k in result})
-            failed = (result.get("items") or {}).get("failed") if isinstance(result.get("items"), dict) else None
-            if failed:  # the last line says so: complete, but not every item made it
+            items: dict[str, Any] = result["items"] if isinstance(result.get("items"), dict) else {}
+            failed, incomplete = items.get("failed"), items.get("incomplete")
+            if failed or incomplete:  # the last line says so: complete, but not every item made it
+                what = [f"{failed} failed item(s)"] if failed else []
+                what += [f"{incomplete} verdict(s) missing a member's (a failed juror)"] if incomplete else []
                 log.warning(
-                    "mapo %s: complete with %d failed item(s); their reasons are in the records of %s; "
+                    "mapo %s: complete with %s; their reasons are in the records of %s; "
                     "rerun the same command to do them again (client.max_failure_rate=F makes too many a stop)",
                     command,
-                    failed,
+                    " and ".join(what),
                     result.get("output_dir"),
                 )
         return result

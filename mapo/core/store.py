@@ -3,7 +3,9 @@
 Every record carries a ``key``; a rerun skips keys already present. In a store opened with
 ``retry_failed=True`` a record whose ``failure`` is set does not make its key done: a rerun does
 the item again and its new record supersedes the failure (the failure line stays, as history;
-readers take the last record of a key: :func:`latest_records`). The rule is the same for every
+readers take the last record of a key: :func:`latest_records`). A record marked ``incomplete``
+(a verdict made without some of its members, e.g. a jury one of whose jurors failed) is not done
+either: it counts as a result, not a failure, until a rerun redoes it. The rule is the same for every
 command (build's selections, evaluate's and winrate's judgements). A crash during a write
 leaves at most one partial last line: it is detected on open and cut off (reported), never
 read as data. Damage anywhere else is an error naming the file and line. A write that fails
@@ -73,6 +75,8 @@ class RecordStore:
         self._keys: set[str] = set()
         self.failed: dict[str, str] = {}
         """Keys whose last record is a failure (``retry_failed``) -> that failure: not done, a rerun retries them."""
+        self.incomplete: dict[str, str] = {}
+        """Keys whose last record is ``incomplete`` (``retry_failed``) -> why: a result, but not done."""
         self.superseded = 0
         """Failure records followed by a later record of their key (retried failures, kept as history)."""
         self._end = 0
@@ -116,13 +120,16 @@ class RecordStore:
         if key in self.failed:
             del self.failed[key]
             self.superseded += 1
+        self.incomplete.pop(key, None)
         if self.retry_failed and record.get("failure"):
             self.failed[key] = str(record["failure"])
+        elif self.retry_failed and record.get("incomplete"):
+            self.incomplete[key] = str(record["incomplete"])
         self._keys.add(key)
 
     def __contains__(self, key: str) -> bool:
-        """Whether ``key`` is done (a failure of a ``retry_failed`` store is not)."""
-        return key in self._keys and key not in self.failed
+        """Whether ``key`` is done (a failure or an incomplete record of a ``retry_failed`` store is not)."""
+        return key in self._keys and key not in self.failed and key not in self.incomplete
 
     def __len__(self) -> int:
         """Keys with a record (done or failed)."""

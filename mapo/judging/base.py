@@ -95,8 +95,11 @@ def _record(
     completion_tokens: int,
     latency_s: float,
     cached: bool,
+    incomplete: str | None = None,
 ) -> dict[str, Any]:
-    """One judgements.jsonl record; a presentation-order verdict is turned into dataset terms."""
+    """One judgements.jsonl record; a presentation-order verdict is turned into dataset terms.
+    ``incomplete``: why a verdict lacks some of its members (written only when set: the unit is not
+    done, a rerun redoes it; :class:`mapo.core.store.RecordStore`)."""
     if ctx.order == "BA":
         score_a, score_b = score_b, score_a
     return {
@@ -126,6 +129,7 @@ def _record(
         "completion_tokens": completion_tokens,
         "latency_s": round(latency_s, 4),
         "cached": cached,
+        **({"incomplete": incomplete} if incomplete else {}),
     }
 
 
@@ -160,6 +164,12 @@ class Judgement:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def incomplete(self) -> str | None:
+        """Why a verdict was reached without some of its members (a jury with a failed juror), else None:
+        such a unit is not done, a rerun asks the failed members again."""
+        return None
 
     @property
     def raw(self) -> list[str]:
@@ -224,6 +234,7 @@ class Judgement:
             completion_tokens=self.completion_tokens,
             latency_s=self.latency_s,
             cached=self.cached,
+            incomplete=self.incomplete,
         )
 
     def records(self, ctx: RecordContext) -> list[dict[str, Any]]:
@@ -405,6 +416,14 @@ class Evaluator(ABC):
     @abstractmethod
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> Judgement:
         """Judge one pair as presented (``model_a`` = ``response_a``, shown first)."""
+
+    async def judge_again(
+        self, question: str, response_a: str, response_b: str, kept: Mapping[str, Mapping[str, Any]]
+    ) -> Judgement:
+        """Judge an :attr:`Judgement.incomplete` unit again: ``kept`` holds its members' stored records
+        that have a verdict (member model -> record); an evaluator with members asks only the others.
+        By default the pair is judged anew."""
+        return await self.judge_pair(question, response_a, response_b)
 
     @property
     def scoring_counts(self) -> Counter[str]:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig, RunConfig
+from mapo.core.verdicts import swap_label
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
@@ -57,6 +58,14 @@ class JuryJudgement(Judgement):
     tie_break: str
     members: list[PairJudgement] = field(default_factory=list)
     n_failed: int = 0
+
+    @property
+    def incomplete(self) -> str | None:
+        """A verdict reached with some jurors failed: which, and the first one's reason (a rerun asks them again)."""
+        failed = [m for m in self.members if not m.ok]
+        if self.failure is not None or not failed:
+            return None
+        return f"{len(failed)} of {len(self.members)} jurors failed ({failed[0].judge}: {failed[0].failure})"
 
     @property
     def raw(self) -> list[str]:
@@ -112,6 +121,23 @@ class JuryJudgement(Judgement):
             "n_failed": self.n_failed,
             "members": [m.to_record() for m in self.members],
         }
+
+
+def _stored_member(judge: Judge, rec: Mapping[str, Any]) -> PairJudgement:
+    """A juror's stored record (dataset terms) as its judgement in presentation order: the verdict and
+    scores it recorded, no attempts (its raw texts stay in that record, which is not written again)."""
+    swapped = rec.get("order") == "BA"
+    sa, sb = rec.get("score_a"), rec.get("score_b")
+    return PairJudgement(
+        judge=judge.model,
+        strategy=judge.config.strategy,
+        scale=judge.config.scale,
+        prompt_sha=judge.prompt_sha,
+        setup=judge.setup,
+        label=swap_label(rec["label"]) if swapped else rec["label"],
+        score_a=sb if swapped else sa,
+        score_b=sa if swapped else sb,
+    )
 
 
 def warn_self_judging(judges: Iterable[str], producers: Iterable[str], what: str = "judge") -> list[str]:
@@ -222,11 +248,22 @@ class Jury(Evaluator):
         return [p for j in self.judges for p in j.probes(question, response_a, response_b, produced)]
 
     async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
+        return await self.judge_again(question, response_a, response_b, {})
+
+    async def judge_again(
+        self, question: str, response_a: str, response_b: str, kept: Mapping[str, Mapping[str, Any]]
+    ) -> JuryJudgement:
+        """The jury's verdict with the jurors in ``kept`` (stored juror records with a verdict) not asked
+        again: their stored verdicts are aggregated with the others' new ones."""
         from mapo.llm.client import item_failure
 
-        results = await asyncio.gather(
-            *(j.judge_pair(question, response_a, response_b) for j in self.judges), return_exceptions=True
-        )
+        async def verdict(judge: Judge) -> PairJudgement:
+            rec = kept.get(judge.model)
+            if rec is not None and rec.get("label") is not None and not rec.get("failure"):
+                return _stored_member(judge, rec)
+            return await judge.judge_pair(question, response_a, response_b)
+
+        results = await asyncio.gather(*(verdict(j) for j in self.judges), return_exceptions=True)
         members: list[PairJudgement] = []
         for judge, r in zip(self.judges, results, strict=True):
             if isinstance(r, BaseException):

@@ -229,6 +229,24 @@ class Evaluate(RunCommand):
     def resume(self) -> None:
         self.store = self.run.stores["judgements"]
         self.counts["resumed_done"] = sum(self._done_key(i, o) in self.store for i, o in self.units)
+        self.kept = self._kept_members()
+
+    def _kept_members(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """For each incomplete unit (a jury verdict with failed jurors): its members' last records that have
+        a verdict, (item id, order) -> member model -> record; one pass over the file, only when there are any."""
+        incomplete = set(self.store.incomplete)
+        if not incomplete:
+            return {}
+        units = {self._done_key(i, o): (i["id"], o) for i, o in self.units}
+        wanted = {units[k] for k in incomplete if k in units}
+        kept: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for r in latest_records(self.store.path):
+            unit = (r.get("item_id"), r.get("order"))
+            if r.get("member_of") == self.judge_name and unit in wanted and r.get("label") is not None:
+                same = r.get("setup") == _judge_setup(self.cfg) and r.get("version") == self.cfg.judge.version
+                if same and r.get("prompt_sha") in self.ev.member_prompt_shas:
+                    kept.setdefault(unit, {})[r["judge"]] = r
+        return kept
 
     def items(self) -> Iterator[tuple[HumanRow, str]]:
         return iter_units(self.items_, self.orders)
@@ -244,9 +262,13 @@ class Evaluate(RunCommand):
         first, second = (
             (item["response_a"], item["response_b"]) if order == "AB" else (item["response_b"], item["response_a"])
         )
+        kept = self.kept.get((item["id"], order)) if key in self.store.incomplete else None
         t0 = time.perf_counter()
         try:
-            result = await ev.judge_pair(item["question"], first, second)
+            if kept is not None:  # an incomplete unit: only its failed members are asked again
+                result = await ev.judge_again(item["question"], first, second, kept)
+            else:
+                result = await ev.judge_pair(item["question"], first, second)
         except Exception as e:
             reason = item_failure(e)
             if reason is None:
@@ -278,6 +300,8 @@ class Evaluate(RunCommand):
                 "total": len(self.items_),
                 **self.counts,
                 "failed": sum(self._done_key(i, o) in store.failed for i, o in self.units),
+                # a verdict without some of its members (a jury with a failed juror): a rerun asks them again
+                "incomplete": sum(self._done_key(i, o) in store.incomplete for i, o in self.units),
                 "failures_retried": store.superseded,
             },
             # judge.scoring=expected: answers weighed by logprobs, and those kept as written (why), this run

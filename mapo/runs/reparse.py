@@ -160,6 +160,11 @@ def _reparse_jury(rec: dict[str, Any], jurors: Mapping[str, Mapping[str, Any]]) 
         pick=label_pick(pick_label),
         failure=None if label is not None else "every juror failed",
     )
+    failed = [m for m, x in zip(members, labels, strict=True) if x is None]
+    new.pop("incomplete", None)
+    if label is not None and failed:  # a verdict without some jurors' (the live jury's rule): not done
+        reason = jurors[failed[0]].get("failure") or "no verdict"
+        new["incomplete"] = f"{len(failed)} of {len(members)} jurors failed ({failed[0]}: {reason})"
     return new, []
 
 

@@ -165,3 +165,20 @@ def test_latest_records_keeps_the_last_record_of_each_key_and_a_retried_failure_
     assert [r["key"] for r in iter_records(path)] == ["a", "b", "a"]  # history kept
     assert [(r["key"], r["label"]) for r in latest_records(path)] == [("b", "tie"), ("a", "model_a")]
     assert RecordStore(path, retry_failed=True).superseded == 1
+
+
+def test_an_incomplete_record_is_a_result_but_not_done(tmp_path):
+    """A verdict made without some of its members (a jury one of whose jurors failed) is not done in a
+    retried store: a rerun redoes it (the new record supersedes it); it is not a failure."""
+    path = tmp_path / "judgements.jsonl"
+    store = RecordStore(path, retry_failed=True)
+    store.append({"key": "u", "label": "model_a", "failure": None, "incomplete": "1 of 3 jurors failed"})
+    assert "u" not in store and store.incomplete == {"u": "1 of 3 jurors failed"} and not store.failed
+    store.close()
+    again = RecordStore(path, retry_failed=True)
+    assert "u" not in again and again.incomplete == {"u": "1 of 3 jurors failed"}
+    again.append({"key": "u", "label": "model_b", "failure": None})
+    assert "u" in again and not again.incomplete
+    again.close()
+    assert "u" in RecordStore(path, retry_failed=True)
+    assert "u" in RecordStore(path)  # a store that does not retry: any record is done

@@ -167,6 +167,37 @@ def test_jury_run_records_every_juror_and_every_subset(fake_server, tmp_path):
     assert [s["members"] for s in subsets] == [["gemma3-270m", "smollm2-135m"]]
 
 
+def test_jury_with_a_failed_juror_says_so_in_its_last_line_and_a_rerun_asks_that_juror_again(tmp_path):
+    """`mapo evaluate evaluator=jury`: one juror's request rejected on one item. The run completes (the
+    jury decided with the other juror) and its last line says a verdict lacks a juror's; after the fix
+    the same command asks that juror again (before: never) and ends without the warning."""
+    broken = {"on": True}
+    asked: list[tuple[str, str]] = []  # (model, question) of every request
+
+    def faults(n: int, body: dict):
+        text = json.dumps(body["messages"])
+        asked.append((body["model"], next((f"q{i}" for i in range(6) if f"Question {i}?" in text), "?")))
+        if broken["on"] and body["model"] == "gemma3-270m" and "Question 2?" in text:
+            return (400, {"error": {"message": "prompt is too long for this model", "code": 400}})
+        return None
+
+    args = ("evaluator=jury", "roles.jurors=[smollm2-135m,gemma3-270m]", "judge=direct", "client.cache=false")
+    with FakeServer(faults=faults) as server:
+        first = mapo(server, tmp_path, *args)
+        ok(first)
+        assert "complete with 1 verdict(s) missing a member's (a failed juror)" in first.stdout + first.stderr
+        assert "Traceback" not in first.stdout + first.stderr
+        broken["on"] = False
+        asked.clear()
+        fixed = mapo(server, tmp_path, *args)
+        ok(fixed)
+        items = [a for a in asked if a[1] != "q0"]  # q0: the pre-flight's probes
+        assert items == [("gemma3-270m", "q2")], f"the rerun asks the failed juror only, once: {items}"
+        assert "complete with" not in fixed.stdout + fixed.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["items"]["incomplete"] == 0 and manifest["items"]["failures_retried"] == 1
+
+
 def test_debate_run(fake_server, tmp_path):
     ok(
         mapo(

@@ -1925,3 +1925,90 @@ async def test_winrate_redoes_its_failed_comparisons_after_the_fix_and_its_count
         f"ending stopped after {first_failed} comparisons, then complete: they were judged again; "
         "winrate.json, the manifest and `mapo report` say failed 0",
     )
+
+
+async def test_evaluate_jury_redoes_a_failed_juror_and_keeps_the_others_verdicts(tmp_path):
+    """One juror of three answers 400 on one item (both orders): the jury still has a verdict from
+    the other two, and the juror's failure is recorded. Before: the unit counted as done, so no rerun
+    ever asked that juror again (its failure stayed in agreement.json for good). Now the unit is
+    incomplete, not done: after the fix the same command asks only that juror (the others' stored
+    verdicts are kept, nothing else is sent, response cache off), the jury's record is redone with
+    every juror, and the manifest, agreement.json and a further rerun agree."""
+    from mapo.runs.evaluate import evaluate
+
+    jurors = ["j1", "j2", "j3"]
+    broken = {"on": True}
+    sent: Counter = Counter()
+
+    def faults(n: int, body: dict):
+        sent[body["model"]] += 1
+        if broken["on"] and body["model"] == "j3" and "Question 2?" in json.dumps(body["messages"]):
+            return (400, {"error": {"message": "This model's maximum context length is 64 tokens", "code": 400}})
+        return None
+
+    with FakeServer(faults=faults) as server:
+
+        def config() -> RunConfig:
+            cfg = RunConfig(
+                models={name: fake_model(server, served_name=name) for name in jurors},
+                roles=RolesConfig(jurors=jurors),
+                eval_data={"loader": "local", "path": str(_labels_file(tmp_path))},
+                client=ClientConfig(cache=False, progress="off"),
+                output_dir=str(tmp_path / "run"),
+                max_items_in_flight=3,
+            )
+            cfg.evaluator = "jury"
+            cfg.judge.both_orders = True
+            return cfg
+
+        t0 = time.monotonic()
+        first = await evaluate(config())
+        units = first["items"]["units"]
+        assert first["status"] == "complete" and first["items"]["failed"] == 0
+        assert first["items"]["incomplete"] == 2, first["items"]  # q2 in both orders lacks j3's verdict
+        agreement = json.loads((tmp_path / "run" / "agreement.json").read_text())
+        j3 = next(e for e in agreement["results"] if e["judge"] == "j3")
+        assert j3["n_failed"] == 1, j3  # the item's two orders combined
+        broken["on"] = False  # the cause is fixed
+        sent.clear()
+        fixed = await evaluate(config())
+        assert set(sent) == {"j3"} and sent["j3"] == 2, f"only the failed juror is asked again: {dict(sent)}"
+        sent.clear()
+        again = await evaluate(config())
+        seconds = time.monotonic() - t0
+        assert not sent, f"a rerun of a complete run sent requests: {dict(sent)}"
+    for m in (fixed, again):
+        assert m["status"] == "complete" and m["items"]["failed"] == 0 and m["items"]["incomplete"] == 0, m["items"]
+        assert m["items"]["failures_retried"] == 2, m["items"]
+    assert fixed["items"]["resumed_done"] == units - 2 and again["items"]["resumed_done"] == units
+    run = tmp_path / "run"
+    agreement = json.loads((run / "agreement.json").read_text())
+    for e in agreement["results"]:
+        assert e["n_failed"] == 0, e
+    recs = read_lines(run / "judgements.jsonl")
+    last = {r["key"]: r for r in recs}
+    jury_last = [r for r in last.values() if r["kind"] == "jury"]
+    assert len(jury_last) == units and all(r["detail"]["n_failed"] == 0 and not r.get("incomplete") for r in jury_last)
+    assert len(last) == units * (len(jurors) + 1), "one record per juror and one per jury, per unit"
+    history = [r for r in recs if r["failure"] or r.get("incomplete")]
+    assert len(history) == 2 + 2, "the juror's failures and the jury's incomplete verdicts are kept as history"
+    current = [r["key"] for r in recs if not (r["failure"] or r.get("incomplete"))]
+    assert len(current) == len(set(current)), "a juror that answered was written twice"
+    # the kept jurors' verdicts are the ones the redone jury aggregated
+    juror_last = {(r["item_id"], r["order"], r["judge"]): r["label"] for r in last.values() if r["kind"] == "juror"}
+    for r in jury_last:
+        kept = {j: juror_last[(r["item_id"], r["order"], j)] for j in jurors}
+        assert r["detail"]["members"] == kept, "the jury aggregated other verdicts than its jurors' records"
+    record_row(
+        "`mapo evaluate evaluator=jury`: one juror of 3 answers 400 on one item (both orders), rerun after the fix",
+        {
+            "items_in": units,
+            "items_out": len(jury_last),
+            "failed": sum(r["label"] is None for r in jury_last),
+            "duplicates": len(current) - len(set(current)),
+            "lost": units - len(jury_last),
+        },
+        seconds,
+        "complete with 2 incomplete units (jury verdict from 2 of 3); rerun asked only that juror (2 requests, cache off), "
+        "the jury records redone; manifest and agreement.json say failed 0, incomplete 0",
+    )
