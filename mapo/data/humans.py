@@ -45,6 +45,7 @@ __all__ = [
     "LOADERS",
     "HumanDataError",
     "MAJORITY_RULE",
+    "majority_label",
     "HumanRow",
     "alpaca_eval_rows",
     "default_faireval_path",
@@ -281,7 +282,7 @@ def _row(
                 f"{where}: unknown label value {value!r} in column {name!r}; known: {', '.join(map(repr, labels))}"
             )
         votes.append(vote)
-    label = votes[0] if len(votes) == 1 else _majority(votes)
+    label = votes[0] if len(votes) == 1 else majority_label(votes)
     text: dict[str, str] = {}
     odd: list[str] = []
     for field in TEXT_FIELDS:
@@ -328,7 +329,7 @@ def _hub(name: str, *args: Any, **kwargs: Any) -> Any:
     return datasets.load_dataset(name, *args, **kwargs)
 
 
-def _majority(votes: Sequence[Label]) -> Label:
+def majority_label(votes: Sequence[Label]) -> Label:
     """Most common annotator label; a multi-way mode (e.g. 1-1-1, 2-2) is a tie (:data:`MAJORITY_RULE`)."""
     counts = Counter(votes).most_common()
     top = [label for label, c in counts if c == counts[0][1]]
@@ -363,7 +364,7 @@ def pandalm_rows(records: Iterable[Mapping[str, Any]], source: str = "PandaLM") 
             question=question,
             response_a=_lenient_text(rec, "response1", "response_a", where, odd),
             response_b=_lenient_text(rec, "response2", "response_b", where, odd),
-            human=_majority(votes),
+            human=majority_label(votes),
         )
         if odd:
             row["odd_fields"] = odd
@@ -468,7 +469,7 @@ def alpaca_eval_rows(records: Iterable[Mapping[str, Any]], source: str = "alpaca
             )
         groups.setdefault(key, []).append(label)
     return [
-        HumanRow(id=str(i), question=q, response_a=a, response_b=b, human=_majority(votes))
+        HumanRow(id=str(i), question=q, response_a=a, response_b=b, human=majority_label(votes))
         for i, ((q, a, b), votes) in enumerate(groups.items())
     ]
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mapo.core.types import Label
-from mapo.data.humans import MAJORITY_RULE, _majority
+from mapo.data.humans import MAJORITY_RULE, majority_label
 from mapo.metrics.uncertainty import Bootstrap, _features, _kappa_accuracy, bootstrap, label_codes
 
 __all__ = ["CEILING_WHAT", "EACH_WHAT", "human_agreement"]
@@ -68,7 +68,9 @@ def human_agreement(
     if len(names) != m:
         raise ValueError(f"{len(names)} annotator names for {m} annotator columns")
     judges = dict(judges or {})
-    others = [label_codes([_majority([row[j] for j in range(m) if j != k]) for row in annotators]) for k in range(m)]
+    others = [
+        label_codes([majority_label([row[j] for j in range(m) if j != k]) for row in annotators]) for k in range(m)
+    ]
     pairs = list(itertools.combinations(range(m), 2))
     stats: list[np.ndarray] = [_features(codes[:, a][None], codes[:, b]) for a, b in pairs]  # pairwise Cohen
     stats += [_features(codes[:, k][None], others[k]) for k in range(m)]  # annotator k vs the others

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,7 +35,22 @@ from mapo.core.types import is_judgement
 from mapo.metrics.uncertainty import CONFIDENCE, N_RESAMPLES, SEED, Bootstrap
 from mapo.report.run import Run, read_records
 
-__all__ = ["BIAS_RESAMPLES", "Evidence", "bias_diagnostics", "by_evaluator", "evidence", "families_of", "settings_of"]
+if TYPE_CHECKING:
+    from mapo.data.humans import HumanRow
+
+__all__ = [
+    "BIAS_RESAMPLES",
+    "Evidence",
+    "ItemsOnHub",
+    "ItemsUnreadable",
+    "bias_diagnostics",
+    "by_evaluator",
+    "eval_spec",
+    "evidence",
+    "families_of",
+    "offline_items",
+    "settings_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +114,7 @@ def _candidates(path: Path | None, id_column: str = "id") -> dict[str, tuple[str
     return out or None
 
 
-def _eval_spec(run_dir: Path, config_text: str | None, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+def eval_spec(run_dir: Path, config_text: str | None, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``eval_data`` of a run: from its config.yaml, else its manifest (without the counts)."""
     if config_text:
         try:
@@ -131,25 +146,46 @@ def _items_path(spec: Mapping[str, Any]) -> Path | None:
     return None
 
 
+class ItemsOnHub(Exception):
+    """The evaluated items are on the Hugging Face Hub (the message is the loader): readers read no network."""
+
+
+class ItemsUnreadable(Exception):
+    """The evaluated items' local file cannot be read (the message says why)."""
+
+
+def offline_items(spec: Mapping[str, Any]) -> tuple[list[HumanRow], Path | None]:
+    """The evaluated items of ``spec`` (a run's eval_data) read from local files only, and the file read;
+    raises :class:`ItemsOnHub` or :class:`ItemsUnreadable`. The report and the viewer both read them so."""
+    path = _items_path(spec)
+    if spec.get("loader") not in _LOCAL_LOADERS and (path is None or not path.exists()):
+        raise ItemsOnHub(str(spec.get("loader")))
+    from mapo.core.config import ConfigError
+    from mapo.data.humans import load_items
+
+    try:
+        rows, _ = load_items(spec)
+    except (ConfigError, OSError) as e:
+        raise ItemsUnreadable(str(e)) from e
+    return rows, path
+
+
 def _pairs_of(spec: Mapping[str, Any] | None, ev: Evidence) -> None:
     """Fill ``ev.lengths`` and ``ev.candidates`` from the items of ``spec`` (notes when they cannot be read)."""
     if not spec:
         ev.notes.append("The run names no eval_data, so response lengths and candidate models are unknown.")
         return
-    path = _items_path(spec)
-    if spec.get("loader") not in _LOCAL_LOADERS and (path is None or not path.exists()):
-        ev.notes.append(
-            f"The items come from the Hugging Face Hub (loader {spec.get('loader')}); the report reads no network, "
-            "so length bias and candidate preference are left out."
-        )
-        return
-    from mapo.core.config import ConfigError
-    from mapo.data.humans import load_items
     from mapo.metrics.bias import lengths_from_rows
 
     try:
-        rows, _ = load_items(spec)
-    except (ConfigError, OSError) as e:
+        rows, path = offline_items(spec)
+    except ItemsOnHub as e:
+        ev.notes.append(
+            f"The items come from the Hugging Face Hub (loader {e}); the report reads no network, "
+            "so length bias and candidate preference are left out."
+        )
+        return
+    except ItemsUnreadable as e:
         ev.notes.append(
             f"The evaluated items cannot be read ({e}), so length bias and candidate preference are left out."
         )
@@ -251,7 +287,7 @@ def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
     ev = Evidence()
     if run.agreement_file is None:
         ev.records = [r for r in run.records("judgements.jsonl") if is_judgement(r)]
-        spec = _eval_spec(run.dir, run.config_text, run.manifest)
+        spec = eval_spec(run.dir, run.config_text, run.manifest)
         _pairs_of(spec, ev)
         ev.families = families_of(run.config_text, spec, tables)
         return ev
@@ -275,7 +311,7 @@ def evidence(run: Run, tables: Mapping[str, Any] | None = None) -> Evidence:
         json.loads((first / "manifest.json").read_text(encoding="utf-8")) if (first / "manifest.json").is_file() else {}
     )
     config_text = cfg.read_text(encoding="utf-8") if cfg.is_file() else None
-    spec = _eval_spec(first, config_text, manifest)
+    spec = eval_spec(first, config_text, manifest)
     _pairs_of(spec, ev)
     ev.families = families_of(config_text, spec, tables)
     return ev

@@ -55,6 +55,7 @@ class Build(RunCommand):
     unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
     published = ("dataset",)
     stages = ("feedback", "judge")
+    reads = frozenset({"roles", "judge", "reward", "feedback", "selection", "prompts", "push_to_hub"})
 
     def check(self) -> None:
         cfg = self.cfg

@@ -182,6 +182,7 @@ class Evaluate(RunCommand):
     stores = ("judgements",)
     retried = ("judgements",)  # a failed unit is not done: a rerun judges it again (build's rule, the store's)
     published = ("agreement.json",)
+    reads = frozenset({"roles", "evaluator", "eval_data", "judge", "jury", "cascade", "debate", "reward"})
 
     def check(self) -> None:
         _check(self.cfg)

@@ -4,7 +4,9 @@ A command is a :class:`RunCommand`: it supplies its checks, its per-item work, i
 logic, its own manifest fields and its publishing step. :func:`execute` does everything
 else, in this order, the same for every command:
 
-1. ``check()``: config and input, before any file or model call;
+1. the command line: an override of a key the command does not read (``reads`` beside the shared
+   :data:`SHARED_KEYS`) is refused naming it (:func:`check_overrides`); then ``check()``: config
+   and input, before any file or model call;
 2. the client (``async with LLMClient``: the one place that closes it and its response cache),
    then ``setup(client)``: evaluators and loops (unknown names or prompts fail before any file);
 3. the run folder: the config fingerprint of the keys that change outputs (``fingerprint()``)
@@ -47,6 +49,7 @@ import hashlib
 import json
 import logging
 import platform
+import re
 import shutil
 import signal
 import sqlite3
@@ -463,6 +466,9 @@ class RunCommand(ABC):
     """What ``publish()`` writes (files or folders in the run folder): present only after a complete run."""
     stages: ClassVar[tuple[str, ...]] = ()
     """The stages an item passes (``progress.stage(name)``), shown by the progress display."""
+    reads: ClassVar[frozenset[str]] = frozenset()
+    """The top-level config keys it reads besides :data:`SHARED_KEYS` (``judge``, ``prompts``, ...): a
+    command-line override of any other key is an error naming it (:func:`check_overrides`)."""
     run: Run
     """Set by :func:`execute` before ``resume()``."""
 
@@ -524,6 +530,7 @@ async def execute(command: RunCommand) -> dict[str, Any]:
     """Run ``command`` through the skeleton (module doc); returns its manifest or raises
     :class:`RunStopped`, :class:`RunInterrupted`, :class:`RunFailed` (a config problem found before
     any work stays a ``ConfigError``; a locked folder ``RunLocked``; a damaged record file ``StoreError``)."""
+    check_overrides(command.name, command.reads, hydra_overrides())
     command.check()
     async with make_client(command.cfg) as client:
         command.setup(client)
@@ -560,6 +567,45 @@ async def execute(command: RunCommand) -> dict[str, Any]:
             finally:
                 for s in stores.values():
                     s.close()
+
+
+SHARED_KEYS = frozenset(
+    {"models", "model", "client", "stats", "run_name", "on_config_change", "output_dir", "max_items_in_flight", "hydra"}
+)
+"""Top-level keys every command reads: the model configs (``model`` is their conf group), the client, the
+statistics options, run naming and concurrency, and Hydra's own block."""
+
+
+def hydra_overrides() -> list[str]:
+    """The command line's overrides of the Hydra job running now (``[]`` outside Hydra: a config built in Python
+    sets only what its caller means)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def override_key(override: str) -> str:
+    """The top-level key an override sets: ``+judge.explain=true`` -> ``judge``, ``~prompts.limit`` -> ``prompts``,
+    ``model@models.x=smollm2-135m`` -> ``models`` (the package it writes to), ``hydra/launcher=x`` -> ``hydra``."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    if "@" in key:
+        key = key.split("@", 1)[1] or key.split("@", 1)[0]
+    return re.split(r"[./\[]", key, maxsplit=1)[0]
+
+
+def check_overrides(command: str, reads: frozenset[str], overrides: Sequence[str]) -> None:
+    """Refuse an override of a key ``mapo <command>`` does not read (it would be accepted and ignored:
+    ``mapo evaluate selection.on_tie=keep``), naming it and what the command does read. Raises ConfigError."""
+    known = SHARED_KEYS | reads
+    unread = [o for o in overrides if override_key(o) not in known]
+    if unread:
+        shared = ", ".join(sorted(SHARED_KEYS - {"model", "output_dir"}))
+        raise ConfigError(
+            f"{unread[0].split('=', 1)[0]}: mapo {command} does not read {override_key(unread[0])} "
+            f"(it reads {', '.join(sorted(reads))} and the shared keys {shared}); drop the override"
+        )
 
 
 @dataclasses.dataclass

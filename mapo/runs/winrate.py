@@ -225,6 +225,7 @@ class Winrate(RunCommand):
     retried = ("judgements",)  # a failed comparison is not done: a rerun judges it again (build's rule, the store's)
     published = ("winrate.csv", "winrate.md", "winrate.json", "winrate.png")
     stages = ("generation", "judge")
+    reads = frozenset({"roles", "judge", "reward", "feedback", "prompts", "configurations"})
 
     def check(self) -> None:
         cfg = self.cfg

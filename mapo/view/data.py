@@ -236,25 +236,21 @@ class EvaluateView(View):
 
     def _texts(self, run_dir: Path, config_text: str | None, manifest: Mapping[str, Any]) -> None:
         """The evaluated items (question, both responses) named by the run's eval_data, local files only."""
-        from mapo.report.evidence import _LOCAL_LOADERS, _eval_spec, _items_path
+        from mapo.report.evidence import ItemsOnHub, ItemsUnreadable, eval_spec, offline_items
 
-        spec = _eval_spec(run_dir, config_text, manifest)
+        spec = eval_spec(run_dir, config_text, manifest)
         if not spec:
             self.notes.append(f"{run_dir}: the run names no eval_data; item texts are not shown.")
             return
-        path = _items_path(spec)
-        if spec.get("loader") not in _LOCAL_LOADERS and (path is None or not path.exists()):
+        try:
+            rows, _ = offline_items(spec)
+        except ItemsOnHub as e:
             self.notes.append(
-                f"{run_dir}: items come from the Hugging Face Hub ({spec.get('loader')}); the viewer reads no "
+                f"{run_dir}: items come from the Hugging Face Hub ({e}); the viewer reads no "
                 "network, so item texts are not shown."
             )
             return
-        from mapo.core.config import ConfigError
-        from mapo.data.humans import load_items
-
-        try:
-            rows, _ = load_items(spec)
-        except (ConfigError, OSError) as e:
+        except ItemsUnreadable as e:
             self.notes.append(f"{run_dir}: the evaluated items cannot be read ({e}); item texts are not shown.")
             return
         for row in rows:

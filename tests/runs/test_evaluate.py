@@ -310,6 +310,16 @@ def test_a_config_error_exits_2_with_the_message(fake_server, tmp_path):
     assert fake_server.n == 0
 
 
+@pytest.mark.parametrize("override", ["selection.on_tie=keep", "feedback.iterations=3", "+prompts.limit=4"])
+def test_a_key_evaluate_does_not_read_exits_2_naming_it(fake_server, tmp_path, override):
+    """Accepted and ignored would be worse than refused: the user believes it changed the run."""
+    proc = mapo(fake_server, tmp_path, override)
+    out = proc.stdout + proc.stderr
+    key = override.lstrip("+").split("=")[0]
+    assert proc.returncode == 2 and f"{key}: mapo evaluate does not read {key.split('.')[0]}" in out, out[-2000:]
+    assert fake_server.n == 0 and not (tmp_path / "run" / "judgements.jsonl").exists()
+
+
 def test_bad_input_fails_before_any_model_call(fake_server, tmp_path):
     bad = write_items(tmp_path / "bad.jsonl")
     with open(bad, "a") as fh:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
 import signal
+from pathlib import Path
 
 import pytest
 
-from mapo.runs.build import build
-from mapo.runs.runner import Fingerprint, RunInterrupted
+from mapo.core.config import ConfigError
+from mapo.runs.build import Build, build
+from mapo.runs.evaluate import Evaluate
+from mapo.runs.runner import Fingerprint, RunInterrupted, check_overrides, override_key
+from mapo.runs.winrate import Winrate
 from tests.fake_openai import FakeServer
 from tests.runs.test_faults import published_vs_jsonl, run_config
 
@@ -102,3 +108,74 @@ def test_an_item_done_again_that_fails_as_recorded_neither_extends_nor_breaks_th
     watch.note("request rejected (HTTP 400): x")
     with pytest.raises(RunStopped, match=r"3 items in a row failed with the same cause \(request rejected"):
         watch.note("request rejected (HTTP 400): x")
+
+
+READS = {"build": Build.reads, "evaluate": Evaluate.reads, "winrate": Winrate.reads}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("judge.explain=false", "judge"),
+        ("+judge.explain=false", "judge"),
+        ("++models.x.base_url=http://h:1/v1", "models"),
+        ("~prompts.limit", "prompts"),
+        ("model@models.extra=smollm2-135m", "models"),
+        ("judge=direct", "judge"),
+        ("roles.jurors=[a,b]", "roles"),
+        ("hydra/launcher=submitit_slurm", "hydra"),
+    ],
+)
+def test_override_key_is_the_top_level_key_it_writes(override, key):
+    assert override_key(override) == key
+
+
+@pytest.mark.parametrize(
+    ("command", "override"),
+    [
+        ("evaluate", "selection.on_tie=keep"),
+        ("evaluate", "feedback.iterations=2"),
+        ("build", "eval_data.path=labels.jsonl"),
+        ("build", "jury.aggregate=majority"),
+        ("winrate", "selection.method=tournament"),
+        ("winrate", "evaluator=jury"),
+    ],
+)
+def test_an_override_the_command_does_not_read_is_refused_naming_it(command, override):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(override.split('=')[0])}: mapo {command} does not read"):
+        check_overrides(command, READS[command], ["client.progress=off", override])
+
+
+@pytest.mark.parametrize("command", sorted(READS))
+def test_shared_keys_and_the_commands_own_keys_pass(command):
+    shared = ["+models.x.base_url=u", "client.cache=false", "stats.resamples=10", "run_name=r", "hydra.run.dir=d"]
+    check_overrides(command, READS[command], shared + [f"{key}.x=1" for key in READS[command]])
+
+
+def _documented_command_lines() -> list[tuple[str, list[str]]]:
+    """Every ``mapo build|evaluate|winrate ...`` command line written in the README, the conf files' comments and
+    slurm/: (command, its key=value overrides)."""
+    files = [REPO / "README.md", *sorted((REPO / "conf").glob("*.yaml")), *sorted((REPO / "slurm").glob("*"))]
+    out = []
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text().replace("\\\n", " ")
+        for m in re.finditer(r"mapo (build|evaluate|winrate)((?: +(?:-m|'[^'\n]*'|[^\s`'|;&)]+))*)", text):
+            try:
+                words = shlex.split(m.group(2))
+            except ValueError:
+                continue
+            overrides = [w for w in words if "=" in w and not w.startswith("-") and "$" not in w.split("=")[0]]
+            if overrides:
+                out.append((m.group(1), overrides))
+    return out
+
+
+def test_every_documented_command_line_passes_the_override_check():
+    """The reads lists are complete: no README / conf / SLURM example is refused."""
+    lines = _documented_command_lines()
+    assert len(lines) >= 15, lines  # the scan found the examples (not vacuous)
+    for command, overrides in lines:
+        check_overrides(command, READS[command], overrides)
