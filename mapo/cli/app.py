@@ -15,7 +15,9 @@ SLURM's scancel sends: both stop cleanly, everything finished saved); 1 failed (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import io
 import logging
 import os
 import signal
@@ -110,6 +112,7 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     register_configs()
 
     def task(cfg: DictConfig) -> Any:
+        guard_log_files(command)
         try:
             run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
             result = asyncio.run(fn(run_cfg))
@@ -171,11 +174,55 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
             os.environ["HYDRA_FULL_ERROR"] = before
 
 
+def guard_log_files(command: str) -> None:
+    """Hydra's log file (``app.log`` in the run folder) that cannot be written (a full disk): said once, in
+    one line naming the file, and no longer written; the run goes on (its log still reaches the terminal).
+    Without this, logging prints a ``--- Logging error ---`` traceback for every line."""
+    for logger in (logging.getLogger(), log):
+        files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+        for handler in files:
+            handler.handleError = _stop_writing(command, logger, handler)  # type: ignore[method-assign]
+        # the file first: its notice comes before the line it failed on, so a run's ending stays the last line
+        logger.handlers = [*files, *(h for h in logger.handlers if h not in files)]
+
+
+def _stop_writing(command: str, logger: logging.Logger, handler: logging.FileHandler) -> Callable[..., None]:
+    def handle_error(record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        # a new list, not removeHandler: logging is iterating over the old one (its next handler must still run)
+        logger.handlers = [h for h in logger.handlers if h is not handler]
+        with contextlib.suppress(Exception):  # closing flushes what could not be written: it fails again
+            handler.close()
+        why = getattr(error, "strerror", None) or error
+        print(
+            f"mapo {command}: cannot write the log file {handler.baseFilename} (in hydra.run.dir): {why}; "
+            "it is no longer written (the terminal still gets every line)",
+            file=sys.stderr,
+        )
+
+    return handle_error
+
+
+def _failed_path(e: OSError) -> str | None:
+    """The file an OS error was about: its ``filename``, or the name of the file object being written where it
+    was raised (Hydra writes ``.hydra/config.yaml`` with ``file.write``, whose error names no file)."""
+    if e.filename:
+        return str(e.filename)
+    tb = e.__traceback__
+    names: list[str] = []
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                names.append(value.name)  # type: ignore[attr-defined]
+        tb = tb.tb_next
+    return names[-1] if names else None  # the innermost
+
+
 def run_folder_error(e: OSError) -> str:
     """An OS error of Hydra's start-up in words naming the setting: the run folder (hydra.run.dir)."""
     import errno
 
-    what = e.filename or "the run folder"
+    what = _failed_path(e) or "the run folder"
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return f"disk full: cannot write {what} in the run folder (hydra.run.dir): {e.strerror}; free space and rerun"
     return f"cannot create or write the run folder (hydra.run.dir): {what}: {e.strerror or e}"

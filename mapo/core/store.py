@@ -45,6 +45,16 @@ class WriteFailed(OSError):
         return f"cannot write {self.filename}: {self.strerror}"
 
 
+class LockFailed(WriteFailed):
+    """The run lock file could not be created or written (a folder in its place, a full disk)."""
+
+    def __str__(self) -> str:
+        return (
+            f"cannot create the run lock {self.filename}: {self.strerror}; "
+            "the run folder (output_dir, hydra.run.dir) must be a writable folder with free space"
+        )
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -233,7 +243,10 @@ class RunLock:
         self._fh: IO[str] | None = None
 
     def __enter__(self) -> RunLock:
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as e:  # a folder in its place, a full disk: the run cannot start, and says where
+            raise LockFailed(e.errno, e.strerror, str(self.path)) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -243,10 +256,16 @@ class RunLock:
             raise RunLocked(
                 f"another mapo run (pid {holder}) is writing to {self.path.parent}; wait for it or use another output_dir"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+            raise LockFailed(e.errno, e.strerror, str(self.path)) from None
         self._fh = fh
         return self
 

@@ -8,9 +8,12 @@ retries): a server restarted on a new port, or a second replica, still hits the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -19,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def _disk_full(e: sqlite3.Error) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL), or an I/O error under a full disk."""
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
 def cache_key(**parts: Any) -> str:
@@ -55,7 +63,8 @@ class ResponseCache:
         self._peers = _OPEN.setdefault(str(self.path.resolve()), weakref.WeakSet())
         self._peers.add(self)
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, fresh: bool = False) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
@@ -73,13 +82,20 @@ class ResponseCache:
                 raise sqlite3.DatabaseError("quick_check failed")
             return db
         except sqlite3.DatabaseError as e:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            if _disk_full(e):  # not damage: a cache that cannot be written (the caller names the setting)
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({e})", str(self.path)) from None
+            if fresh:  # a new, empty file fails too: not damage either
+                raise OSError(errno.EIO, f"cannot open a new response cache ({e})", str(self.path)) from None
             # A cache is only a cache: set the damaged file aside (never silently read it) and start anew.
             broken = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             self.path.rename(broken)
             for suffix in ("-wal", "-shm"):
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
             log.warning("response cache %s is damaged (%s); moved to %s and starting empty", self.path, e, broken)
-            return self._open()
+            return self._open(fresh=True)
 
     def get(self, key: str) -> dict | None:
         """The stored response for ``key``, or None (absent or unreadable)."""

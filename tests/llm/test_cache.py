@@ -64,3 +64,43 @@ async def test_a_failed_commit_is_raised_by_the_next_put(tmp_path):
     cache.flush()  # the pending answer is written; the put that raised stored nothing (as a failed commit)
     assert _committed(tmp_path / "c.sqlite") == 1 and cache.get("k2") is None
     cache.close()
+
+
+def _failing_connect(error: sqlite3.Error):
+    real = sqlite3.connect
+
+    class Failing:
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            raise error
+
+        def close(self):
+            self.db.close()
+
+    return lambda *a, **k: Failing(real(*a, **k))
+
+
+def test_a_full_disk_is_not_a_damaged_cache(tmp_path, monkeypatch):
+    """SQLite's "database or disk is full" at open: an OSError (ENOSPC) naming the file, which the run
+    reports naming client.cache_path; the file is not set aside as damaged. Before: set aside, a new one
+    failed the same way, again and again until a RecursionError (an internal error, `.corrupt-*` left)."""
+    import errno
+
+    path = tmp_path / "c.sqlite"
+    ResponseCache(path).close()
+    monkeypatch.setattr(sqlite3, "connect", _failing_connect(sqlite3.OperationalError("database or disk is full")))
+    with pytest.raises(OSError, match="No space left on device") as info:
+        ResponseCache(path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_a_cache_that_stays_unreadable_after_being_set_aside_is_an_error_not_a_loop(tmp_path, monkeypatch):
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(b"not a database")
+    monkeypatch.setattr(sqlite3, "connect", _failing_connect(sqlite3.DatabaseError("file is not a database")))
+    with pytest.raises(OSError, match="cannot open a new response cache"):
+        ResponseCache(path)
+    assert len(list(tmp_path.glob("*.corrupt-*"))) == 1  # the damaged one, set aside once

@@ -13,6 +13,7 @@ JSONL); ``python bench/faults_table.py`` prints it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib.util
 import json
@@ -2011,4 +2012,97 @@ async def test_evaluate_jury_redoes_a_failed_juror_and_keeps_the_others_verdicts
         seconds,
         "complete with 2 incomplete units (jury verdict from 2 of 3); rerun asked only that juror (2 requests, cache off), "
         "the jury records redone; manifest and agreement.json say failed 0, incomplete 0",
+    )
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: int):
+    """A real tmpfs of ``size`` bytes (rounded up to pages) at ``where``: a disk that fills for real."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs (a real full disk) needs root")
+    where.mkdir(parents=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _pages(folder: Path) -> int:
+    return sum(-(-f.stat().st_size // 4096) * 4096 for f in folder.rglob("*") if f.is_file())
+
+
+@pytest.mark.timeout(400)  # five CLI start-ups: slow on a loaded 2-core machine
+def test_cli_run_lock_log_file_and_cache_on_a_really_full_disk_end_in_one_line(tmp_path):
+    """Real full disks (tmpfs) and a run lock that cannot be created, through `mapo build`: each ends
+    with exit 2, no traceback, one line naming the path or setting. Before: a `.lock` that is a folder
+    and a lock on a full disk were "internal error" (exit 1); Hydra's app.log on a full disk printed a
+    `--- Logging error ---` traceback for every log line; a response cache on a full disk was taken
+    for a damaged one, set aside again and again until a RecursionError (exit 1, `.corrupt-*` files
+    left); a disk full at Hydra's config write named no file ("cannot write the run folder in the
+    run folder")."""
+    t0 = time.monotonic()
+    with FakeServer() as server:
+        env = cli_env(tmp_path)
+        base = cli_args(server, tmp_path)
+
+        def mapo_build(*extra: str) -> tuple[int, str]:
+            # one stream, in the order a terminal shows it (Hydra logs to stdout, the notices go to stderr)
+            p = subprocess.run(
+                [*base, *extra],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=180,
+            )
+            out = p.stdout
+            assert "Traceback" not in out and "Logging error" not in out, out[-3000:]
+            return p.returncode, out
+
+        def one_line(out: str, pattern: str) -> None:
+            lines = [line for line in out.splitlines() if re.search(pattern, line)]
+            assert len(lines) == 1, f"expected one line matching {pattern!r}:\n{out[-3000:]}"
+
+        # the run lock cannot be created: a folder stands where it goes (no root needed)
+        lock = tmp_path / "lock"
+        (lock / ".lock").mkdir(parents=True)
+        rc, out = mapo_build(f"hydra.run.dir={lock}")
+        assert rc == 2, out[-3000:]
+        one_line(out, rf"cannot create the run lock {lock / '.lock'}: Is a directory")
+        hydra_pages = _pages(lock / ".hydra")  # what Hydra writes before the run: the room for the next case
+
+        # room for Hydra's .hydra/ only: app.log and the lock find the disk full
+        with small_tmpfs(tmp_path / "full", hydra_pages):
+            rc, out = mapo_build(f"hydra.run.dir={tmp_path / 'full'}")
+            assert rc == 2, out[-3000:]
+            one_line(out, rf"cannot write the log file {tmp_path / 'full' / 'app.log'} .*No space left on device")
+            one_line(out, rf"cannot create the run lock {tmp_path / 'full' / '.lock'}: No space left on device")
+            assert "cannot create the run lock" in out.strip().splitlines()[-1], "the ending is not the last line"
+        # no room at all: Hydra's own config write
+        with small_tmpfs(tmp_path / "none", 4096) as none:
+            (none / "fill").write_bytes(b"\0" * 4096)
+            rc, out = mapo_build(f"hydra.run.dir={none / 'run'}")
+            assert rc == 2, out[-3000:]
+            one_line(out, rf"disk full: cannot write {none / 'run' / '.hydra' / 'config.yaml'} in the run folder")
+        # the response cache on a full disk
+        with small_tmpfs(tmp_path / "cachefs", 4096) as cachefs:
+            (cachefs / "fill").write_bytes(b"\0" * 4096)
+            rc, out = mapo_build(f"hydra.run.dir={tmp_path / 'cache-run'}", f"client.cache_path={cachefs / 'c.sqlite'}")
+            assert rc == 2, out[-3000:]
+            one_line(
+                out, rf"client\.cache_path={cachefs / 'c.sqlite'}: cannot create the response cache .*No space left"
+            )
+            assert not list(cachefs.glob("*.corrupt-*")), "a full disk was taken for a damaged cache"
+    assert server.n == 0, "a model was called"
+    record_row(
+        "run lock under a folder, app.log + lock on a full tmpfs, disk full at Hydra's config write, cache on a full tmpfs",
+        {"items_in": ITEMS, "items_out": 0, "failed": 0, "duplicates": 0, "lost": 0},
+        time.monotonic() - t0,
+        "each: exit 2, one line naming the path or setting (app.log said once), no traceback, 0 requests",
     )

@@ -95,3 +95,15 @@ except RunLocked as e:
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert sum(o.startswith("won") for o in outs) == 1, outs
     assert all(o.startswith("refused another mapo run") for o in outs if not o.startswith("won"))
+
+
+def test_a_lock_that_cannot_be_created_names_its_path(tmp_path):
+    """A folder where the lock file goes (or a full disk): a WriteFailed naming the lock (the CLI's exit 2,
+    one line), not an internal error."""
+    from mapo.core.store import LockFailed, WriteFailed
+
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    expected = rf"cannot create the run lock {tmp_path / 'run' / '.lock'}: Is a directory"
+    with pytest.raises(LockFailed, match=expected) as e, RunLock(tmp_path / "run"):
+        pass
+    assert isinstance(e.value, WriteFailed)
