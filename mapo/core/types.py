@@ -23,6 +23,87 @@ class Message(TypedDict):
     content: str
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """A question asked after earlier turns: what a judge, a reviewer and the generator see of a multi-turn item.
+
+    ``question`` is the last user turn (the one answered and judged); ``history`` the turns before it
+    (user and assistant, from a user turn on) as response A's model saw them; ``history_b`` response B's where
+    its earlier answers differ (MT-Bench: each model answered turn 1 itself), None when both saw ``history``.
+    A plain ``str`` question is a single-turn item and is judged exactly as before.
+    """
+
+    question: str
+    history: tuple[Message, ...]
+    history_b: tuple[Message, ...] | None = None
+
+    def side(self, b: bool = False) -> tuple[Message, ...]:
+        """The earlier turns as response A's (``b=False``) or response B's model saw them."""
+        return self.history_b if b and self.history_b is not None else self.history
+
+    def swapped(self) -> Conversation:
+        """The same conversation with the sides exchanged (response B shown first)."""
+        if self.history_b is None:
+            return self
+        return Conversation(self.question, self.history_b, self.history)
+
+    def for_side(self, b: bool = False) -> Conversation:
+        """The conversation one response was given (its side's earlier turns for both)."""
+        return Conversation(self.question, self.side(b))
+
+    def messages(self, b: bool = False) -> list[Message]:
+        """The chat messages one side's model answered: its earlier turns, then the question."""
+        return [*self.side(b), {"role": "user", "content": self.question}]
+
+
+Question = str | Conversation
+"""What an evaluator is asked about: a single-turn question's text, or a :class:`Conversation`."""
+
+
+def question_text(question: Question) -> str:
+    """The last user turn's text (a plain question is its own text)."""
+    return question if isinstance(question, str) else question.question
+
+
+def swap_question(question: Question) -> Question:
+    """``question`` for the swapped presentation order (response B shown first)."""
+    return question if isinstance(question, str) else question.swapped()
+
+
+def side_question(question: Question, b: bool = False) -> Question:
+    """``question`` as one response was given it (a pointwise judge scores each response with its own turns)."""
+    return question if isinstance(question, str) else question.for_side(b)
+
+
+def as_messages(question: Question, b: bool = False) -> list[Message]:
+    """The chat messages a model answers for ``question``: ``[user]`` alone for a plain question."""
+    if isinstance(question, str):
+        return [{"role": "user", "content": question}]
+    return question.messages(b)
+
+
+def conversation_of(turns: object, where: str) -> Conversation:
+    """A list of ``{role, content}`` turns ending with a user turn (a file's ``conversation``/``messages``
+    column) as a :class:`Conversation`; ValueError naming ``where`` and the fault otherwise. A leading system
+    turn is refused (mapo sends no system message to a generator)."""
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}: expected a non-empty list of {{role, content}} turns, got {type(turns).__name__}")
+    msgs: list[Message] = []
+    for i, t in enumerate(turns):
+        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and t.get("role") in ("user", "assistant")):
+            raise ValueError(f"{where}: turn {i} is not a {{role: user|assistant, content: text}} message: {t!r:.80}")
+        want = "user" if i % 2 == 0 else "assistant"
+        if t["role"] != want:
+            raise ValueError(
+                f"{where}: turn {i} is {t['role']!r}, expected {want!r} (turns alternate from a user turn; "
+                "earlier answers must be given)"
+            )
+        msgs.append({"role": t["role"], "content": t["content"]})
+    if msgs[-1]["role"] != "user":
+        raise ValueError(f"{where}: the last turn must be the user's question, got an assistant turn")
+    return Conversation(msgs[-1]["content"], tuple(msgs[:-1]))
+
+
 class RunStatus(enum.StrEnum):
     """How a run ended (``manifest.status``): the same four words for every command (build,
     evaluate, winrate, train, merge). Only ``complete`` publishes; a run that did not finish never says it."""

@@ -15,7 +15,14 @@ may be absent.
 * :func:`load_local`: any local JSONL / JSON / CSV, with a column mapping and a label-value
   mapping. ``columns["human"]`` may name several columns (one per annotator): the row keeps
   every annotator's label under ``annotators`` and ``human`` is their majority
-  (:data:`MAJORITY_RULE`).
+  (:data:`MAJORITY_RULE`). A ``conversation`` column (a list of ``{role, content}`` turns, user
+  and assistant alternating, ending with the user's question) makes the item multi-turn: its last
+  turn is the question, the turns before it the ``context`` both responses answered in.
+
+Multi-turn items carry ``context`` (the turns before the question, as response A's model saw them)
+and, where response B's model saw other earlier answers (MT-Bench: each model answered turn 1
+itself), ``context_b``; :func:`item_question` turns a row into what an evaluator is asked (a
+:class:`~mapo.core.types.Conversation`, or the plain question of a single-turn row, unchanged).
 * Hugging Face sets, loaded lazily with ``datasets.load_dataset`` (the mapping of their rows
   is separate and unit-tested): :func:`load_pandalm` (majority of 3 annotators),
   :func:`load_mt_bench` (``lmsys/mt_bench_human_judgments``), :func:`load_alpaca_eval`
@@ -37,7 +44,7 @@ from typing import Any, NotRequired, TypedDict
 
 from mapo.core.config import ConfigError, EvalDataConfig, shipped_path
 from mapo.core.registry import Registry, UnknownNameError
-from mapo.core.types import LABELS, Label
+from mapo.core.types import LABELS, Conversation, Label, Message, Question, conversation_of
 
 __all__ = [
     "load_items",
@@ -50,6 +57,7 @@ __all__ = [
     "alpaca_eval_rows",
     "default_faireval_path",
     "human_labels_spec",
+    "item_question",
     "load_alpaca_eval",
     "load_faireval",
     "load_local",
@@ -73,9 +81,13 @@ class HumanRow(TypedDict):
     human: Label
     odd_fields: NotRequired[list[str]]  # text fields that held no text: "<field>: <type>" (module doc)
     annotators: NotRequired[dict[str, Label]]  # several label columns: column -> that annotator's label
+    context: NotRequired[list[Message]]  # multi-turn: the turns before the question (module doc)
+    context_b: NotRequired[list[Message]]  # multi-turn, response B's earlier turns where they differ from A's
 
 
 FIELDS: tuple[str, ...] = ("id", "question", "response_a", "response_b", "human")
+OPTIONAL_FIELDS: tuple[str, ...] = ("conversation",)
+"""Columns read when a row has them (a single-turn file has none: its rows are read as before)."""
 TEXT_FIELDS: tuple[str, ...] = ("question", "response_a", "response_b")
 IDENTITY_LABELS: dict[Any, Label] = {label: label for label in LABELS}
 MAJORITY_RULE = (
@@ -136,12 +148,12 @@ def load_local(
     if not path.is_file():
         raise HumanDataError(f"{path}: no such file")
     records = _read(path, fmt)
-    cols: dict[str, Any] = {f: f for f in FIELDS} | dict(columns or {})
+    cols: dict[str, Any] = {f: f for f in (*FIELDS, *OPTIONAL_FIELDS)} | dict(columns or {})
     label_columns(cols)  # a clear error for a malformed human column before any row
-    unknown = set(cols) - set(FIELDS)
+    unknown = set(cols) - set(FIELDS) - set(OPTIONAL_FIELDS)
     if unknown:
         raise HumanDataError(
-            f"{path}: column mapping names unknown fields {sorted(unknown)}; fields: {', '.join(FIELDS)}"
+            f"{path}: column mapping names unknown fields {sorted(unknown)}; fields: {', '.join((*FIELDS, *OPTIONAL_FIELDS))}"
         )
     lab = dict(labels) if labels is not None else IDENTITY_LABELS
     rows = [
@@ -285,7 +297,22 @@ def _row(
     label = votes[0] if len(votes) == 1 else majority_label(votes)
     text: dict[str, str] = {}
     odd: list[str] = []
+    conversation = None
+    if need_text and cols.get("conversation") in rec:
+        try:
+            conversation = conversation_of(rec[cols["conversation"]], f"{where}: column {cols['conversation']!r}")
+        except ValueError as e:
+            raise HumanDataError(str(e)) from None
+        asked = rec.get(cols["question"], conversation.question)
+        if asked != conversation.question:
+            raise HumanDataError(
+                f"{where}: column {cols['question']!r} differs from the last user turn of {cols['conversation']!r} "
+                "(the question of a multi-turn item is its last user turn: drop one of them)"
+            )
     for field in TEXT_FIELDS:
+        if field == "question" and conversation is not None:
+            text[field] = conversation.question
+            continue
         v = get(field)
         if not isinstance(v, str):
             odd.append(f"{field}: {type(v).__name__}")
@@ -296,7 +323,19 @@ def _row(
         row["odd_fields"] = odd
     if len(votes) > 1:
         row["annotators"] = dict(zip(names, votes, strict=True))
+    if conversation is not None and conversation.history:
+        row["context"] = list(conversation.history)
     return row
+
+
+def item_question(row: HumanRow) -> Question:
+    """What an evaluator is asked about ``row``: its question, or for a multi-turn row a
+    :class:`~mapo.core.types.Conversation` with the earlier turns (each side's where they differ)."""
+    if "context" not in row:
+        return row["question"]
+    a = tuple(row["context"])
+    b = tuple(row["context_b"]) if "context_b" in row else None
+    return Conversation(row["question"], a, None if b == a else b)
 
 
 def _lookup(labels: Mapping[Any, Label], value: Any) -> Label | None:
@@ -393,8 +432,10 @@ def mt_bench_rows(
     """MT-Bench human judgments (one row per judge vote). ``turn=1``/``2`` keeps one turn.
 
     For turn 1 the question is the first user message and each response the first assistant
-    answer. For turn 2 the question is the second user message and each response is that
-    model's whole two-turn conversation, so the judge sees the context it is judging.
+    answer. For turn 2 the question is the second user message, each response that model's
+    second answer, and the turns before it (the first question and that model's own first
+    answer) its ``context``/``context_b``: the judge sees both conversations and judges turn 2's
+    answers (FastChat's multi-turn judging; :func:`item_question`).
     """
     rows: list[HumanRow] = []
     for i, rec in enumerate(records):
@@ -413,16 +454,32 @@ def mt_bench_rows(
         users = [m["content"] for m in conv_a if m["role"] == "user"]
         if len(users) < t:
             raise HumanDataError(f"{where}: conversation_a has {len(users)} user turns, needs {t}")
-        rows.append(
-            HumanRow(
-                id=f"{rec.get('question_id')}:{rec.get('model_a')}:{rec.get('model_b')}:t{t}:{rec.get('judge')}",
-                question=users[t - 1],
-                response_a=_answer(conv_a, t, where, "conversation_a"),
-                response_b=_answer(conv_b, t, where, "conversation_b"),
-                human=label,
-            )
+        row = HumanRow(
+            id=f"{rec.get('question_id')}:{rec.get('model_a')}:{rec.get('model_b')}:t{t}:{rec.get('judge')}",
+            question=users[t - 1],
+            response_a=_answer(conv_a, t, where, "conversation_a"),
+            response_b=_answer(conv_b, t, where, "conversation_b"),
+            human=label,
         )
+        if t > 1:
+            row["context"] = _before_turn(conv_a, t)
+            row["context_b"] = _before_turn(conv_b, t)
+        rows.append(row)
     return rows
+
+
+def _before_turn(conv: list[dict[str, str]], turn: int) -> list[Message]:
+    """The messages before the ``turn``-th user message (user and assistant only)."""
+    out: list[Message] = []
+    users = 0
+    for m in conv:
+        if m["role"] == "user":
+            users += 1
+            if users == turn:
+                break
+        if m["role"] in ("user", "assistant"):
+            out.append({"role": "user" if m["role"] == "user" else "assistant", "content": m["content"]})
+    return out
 
 
 def _conversation(rec: Mapping[str, Any], key: str, where: str) -> list[dict[str, str]]:
@@ -436,9 +493,7 @@ def _answer(conv: list[dict[str, str]], turn: int, where: str, key: str) -> str:
     answers = [m["content"] for m in conv if m["role"] == "assistant"]
     if len(answers) < turn:
         raise HumanDataError(f"{where}: {key} has {len(answers)} assistant turns, needs {turn}")
-    if turn == 1:
-        return answers[0]
-    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in conv)
+    return answers[turn - 1]
 
 
 def load_mt_bench(
@@ -547,6 +602,9 @@ def load_items(spec: EvalDataConfig | Mapping[str, Any]) -> tuple[list[HumanRow]
     }
     if families:
         info["families"] = {str(k): str(v) for k, v in families.items()}
+    n_multi = sum("context" in r for r in rows)
+    if n_multi:  # only then: a single-turn set's info (and evaluate's fingerprint) is as before
+        info["multi_turn"] = n_multi
     n_annotated = sum("annotators" in r for r in rows)
     if n_annotated:
         info["annotators"] = list(rows[0].get("annotators") or [])

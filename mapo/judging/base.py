@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from mapo.core.config import JudgeConfig, RunConfig
 from mapo.core.parsers import ParseResult, constrained_regex, text_budget
 from mapo.core.registry import Registry
-from mapo.core.types import Label, Message
+from mapo.core.types import Label, Message, Question
 from mapo.core.verdicts import label_pick, swap_label
 from mapo.llm.client import Constraint, LLMClient
 
@@ -401,7 +401,13 @@ class Evaluator(ABC):
     scores_alone: ClassVar[bool] = False
     """Whether it can score one response alone (:meth:`score`; ``selection.method=score_all``)."""
 
-    async def score(self, question: str, response: str) -> Score:
+    @property
+    def conversations(self) -> bool:
+        """Whether it judges a multi-turn question (a :class:`~mapo.core.types.Conversation`: the earlier turns
+        shown to its models); a run with conversations refuses one that does not, before any call."""
+        return False
+
+    async def score(self, question: Question, response: str) -> Score:
         """Score ``response`` to ``question`` alone (when :attr:`scores_alone`)."""
         raise NotImplementedError(f"evaluator {self.kind} cannot score one response alone")
 
@@ -414,11 +420,11 @@ class Evaluator(ABC):
         return {}
 
     @abstractmethod
-    async def judge_pair(self, question: str, response_a: str, response_b: str) -> Judgement:
+    async def judge_pair(self, question: Question, response_a: str, response_b: str) -> Judgement:
         """Judge one pair as presented (``model_a`` = ``response_a``, shown first)."""
 
     async def judge_again(
-        self, question: str, response_a: str, response_b: str, kept: Mapping[str, Mapping[str, Any]]
+        self, question: Question, response_a: str, response_b: str, kept: Mapping[str, Mapping[str, Any]]
     ) -> Judgement:
         """Judge an :attr:`Judgement.incomplete` unit again: ``kept`` holds its members' stored records
         that have a verdict (member model -> record); an evaluator with members asks only the others.
@@ -431,7 +437,7 @@ class Evaluator(ABC):
         return Counter()
 
     def probes(
-        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+        self, question: Question, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
     ) -> list[Probe]:
         """Its models' requests for one pair, for the pre-flight (:class:`Probe`); ``produced``: when the
         run writes the responses, (what, tokens at most) for each one (``response_a``/``b`` are then "").
@@ -516,7 +522,7 @@ class PointwiseEvaluator(Evaluator):
         return {"tie_margin": self.tie_margin}
 
     @abstractmethod
-    async def score(self, question: str, response: str) -> Score:
+    async def score(self, question: Question, response: str) -> Score:
         """Score ``response`` to ``question`` alone."""
 
 

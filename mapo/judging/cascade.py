@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mapo.core.config import CascadeConfig, JudgeConfig, RunConfig
+from mapo.core.types import Question
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.judge import Judge, PairJudgement
 from mapo.judging.scoring import pick_probabilities
@@ -175,13 +176,17 @@ class Cascade(Evaluator):
     def scale(self) -> int:
         return self.cheap.scale
 
+    @property
+    def conversations(self) -> bool:
+        return self.cheap.conversations and self.strong.conversations
+
     def probes(
-        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+        self, question: Question, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
     ) -> list[Probe]:
         args = (question, response_a, response_b, produced)
         return [*self.cheap.probes(*args), *self.strong.probes(*args)]
 
-    async def judge_pair(self, question: str, response_a: str, response_b: str) -> CascadeJudgement:
+    async def judge_pair(self, question: Question, response_a: str, response_b: str) -> CascadeJudgement:
         cheap = await self.cheap.judge_pair(question, response_a, response_b)
         v = cheap_verdict(cheap)
         base: dict[str, Any] = dict(

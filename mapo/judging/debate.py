@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from mapo.core import prompts
 from mapo.core.config import ConfigError, DebateConfig, JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Label, Message
+from mapo.core.types import Conversation, Label, Message, Question
 from mapo.core.verdicts import label_from_scores
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
@@ -235,8 +235,12 @@ class Debate(Evaluator):
         return self._system.render(scale=self.config.scale) if "scale" in self._system.fields else self._system.render()
 
     def _messages(
-        self, question: str, first: str, second: str, history: list[Utterance], role_prompt: str
+        self, question: Question, first: str, second: str, history: list[Utterance], role_prompt: str
     ) -> list[Message]:
+        if isinstance(question, Conversation):  # Debate.conversations is False: a run refuses this before any call
+            raise ConfigError(
+                "evaluator=debate has no multi-turn prompt: a conversation's earlier turns cannot be shown"
+            )
         hist = (
             "\n\n".join(f"[{role_title(u.role)}]: {prompts.quote_untrusted(u.text)}" for u in history) or "(none yet)"
         )
@@ -264,7 +268,7 @@ class Debate(Evaluator):
         )
 
     def probes(
-        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+        self, question: Question, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
     ) -> list[Probe]:
         """Per debater model: its final-scores request (it carries the constraint) after every round,
         the discussion history at its longest (every turn at most its speaker's max_tokens), re-asks
@@ -307,7 +311,7 @@ class Debate(Evaluator):
             )
         return out
 
-    async def judge_pair(self, question: str, response_a: str, response_b: str) -> DebateJudgement:
+    async def judge_pair(self, question: Question, response_a: str, response_b: str) -> DebateJudgement:
         """Debate one pair as presented: label model_a = ``response_a`` (shown as Assistant 1)."""
         history: list[Utterance] = []
         for rnd in range(self.config.rounds):
@@ -352,7 +356,7 @@ class Debate(Evaluator):
         )
 
     async def _final_scores(
-        self, role: str, model: str, question: str, first: str, second: str, history: list[Utterance]
+        self, role: str, model: str, question: Question, first: str, second: str, history: list[Utterance]
     ) -> FinalScore:
         final_ask = self._final_ask(role)
         parse = PARSERS.get("debate_final")

@@ -25,7 +25,7 @@ from mapo.core import prompts
 from mapo.core.config import JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS, to_verdict
 from mapo.core.registry import Registry
-from mapo.core.types import Message
+from mapo.core.types import Message, Question, swap_question
 from mapo.core.verdicts import combine_orders, order_row
 from mapo.judging.base import (
     EVALUATORS,
@@ -147,6 +147,10 @@ class Judge(Evaluator):
         return not self.config.pointwise  # a pointwise strategy judges each response alone
 
     @property
+    def conversations(self) -> bool:
+        return self._strategy.multi_turn
+
+    @property
     def pair_setup(self) -> str:
         """``mapo winrate``'s key: ``direct``, ``combined10``, ``/both`` when it judges both orders (no
         ``+expected`` / ``+score_only``: the fingerprint holds judge.*, and stored keys stay valid)."""
@@ -173,12 +177,18 @@ class Judge(Evaluator):
         return self._strategy.prompt_sha(self)
 
     # ---- judging -----------------------------------------------------------------------
-    async def judge_pair(self, question: str, response_a: str, response_b: str) -> PairJudgement:
+    async def judge_pair(self, question: Question, response_a: str, response_b: str) -> PairJudgement:
         orders = ["AB", "BA"] if self.config.both_orders and self._strategy.ordered else ["AB"]
         attempts = await asyncio.gather(
             *(
                 self._strategy.ask(
-                    self, order, question, *((response_a, response_b) if order == "AB" else (response_b, response_a))
+                    self,
+                    order,
+                    *(
+                        (question, response_a, response_b)
+                        if order == "AB"
+                        else (swap_question(question), response_b, response_a)
+                    ),
                 )
                 for order in orders
             )
@@ -211,18 +221,18 @@ class Judge(Evaluator):
             return PairJudgement(**base, label=None, failure="; ".join(a.verdict.failure or "" for a in attempts))
         return PairJudgement(**base, label=label, score_a=sa, score_b=sb)
 
-    async def score(self, question: str, response: str) -> Score:
+    async def score(self, question: Question, response: str) -> Score:
         """``response`` scored alone with the independent prompt (``selection.method=score_all``)."""
         a = await self.score_single(question, response)
         return Score(a.verdict.score_a if a.verdict.ok else None, failure=a.verdict.failure, raw=a.raw)
 
-    async def score_single(self, question: str, response: str, order: str = "AB") -> Attempt:
+    async def score_single(self, question: Question, response: str, order: str = "AB") -> Attempt:
         """One response scored alone out of ``scale`` in its own conversation (kept in verdict.score_a):
         the ``independent`` strategy's single ask, whatever this judge's strategy (best-of-N ``score_all``)."""
         return await INDEPENDENT.ask_one(self, question, response, order)
 
     def probes(
-        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+        self, question: Question, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
     ) -> list[Probe]:
         """The first request of this judge's strategy for one pair, grown by its re-asks (:class:`Probe`)."""
         strategy = self._strategy

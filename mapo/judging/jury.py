@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig, RunConfig
+from mapo.core.types import Question
 from mapo.core.verdicts import swap_label
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
@@ -237,21 +238,25 @@ class Jury(Evaluator):
         return list(self.jurors)
 
     @property
+    def conversations(self) -> bool:
+        return all(j.conversations for j in self.judges)
+
+    @property
     def scoring_counts(self) -> Counter[str]:
         """The jurors' :attr:`Judge.scoring_counts`, summed."""
         return sum((j.scoring_counts for j in self.judges), Counter())
 
     def probes(
-        self, question: str, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
+        self, question: Question, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
     ) -> list[Probe]:
         """Every juror's probes (:meth:`Judge.probes`)."""
         return [p for j in self.judges for p in j.probes(question, response_a, response_b, produced)]
 
-    async def judge_pair(self, question: str, response_a: str, response_b: str) -> JuryJudgement:
+    async def judge_pair(self, question: Question, response_a: str, response_b: str) -> JuryJudgement:
         return await self.judge_again(question, response_a, response_b, {})
 
     async def judge_again(
-        self, question: str, response_a: str, response_b: str, kept: Mapping[str, Mapping[str, Any]]
+        self, question: Question, response_a: str, response_b: str, kept: Mapping[str, Mapping[str, Any]]
     ) -> JuryJudgement:
         """The jury's verdict with the jurors in ``kept`` (stored juror records with a verdict) not asked
         again: their stored verdicts are aggregated with the others' new ones."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mapo.core import prompts
-from mapo.core.types import Message
+from mapo.core.types import Message, Question
 from mapo.judging.strategy import Asker, Strategy
 
 __all__ = ["PACKS", "Pack", "pack_prompt_sha"]
@@ -53,11 +53,11 @@ class Pack(Strategy):
     def prompt_sha(self, judge: Asker) -> str:
         return pack_prompt_sha(judge.config.prompt_set, self)
 
-    def pair_messages(self, judge: Asker, question: str, first: str, second: str) -> list[Message]:
-        return self._messages(judge, question=question, response_a=first, response_b=second)
+    def pair_messages(self, judge: Asker, question: Question, first: str, second: str) -> list[Message]:
+        return self._messages(judge, question=self.single_turn(question), response_a=first, response_b=second)
 
-    def single_messages(self, judge: Asker, question: str, response: str) -> list[Message]:
-        return self._messages(judge, question=question, response=response)
+    def single_messages(self, judge: Asker, question: Question, response: str) -> list[Message]:
+        return self._messages(judge, question=self.single_turn(question), response=response)
 
     def _messages(self, judge: Asker, **fields: str) -> list[Message]:
         values = {k: prompts.quote_untrusted(v) for k, v in fields.items()}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mapo.core.config import ConfigError, JudgeConfig, RewardConfig, RunConfig
-from mapo.core.types import Label, Message
+from mapo.core.types import Label, Message, Question, as_messages, side_question
 from mapo.judging.base import EVALUATORS, Judgement, PointwiseEvaluator, Score
 from mapo.llm.client import LLMClient
 
@@ -121,16 +121,20 @@ class RewardJudge(PointwiseEvaluator):
     def config_keys(self) -> dict[str, Any]:
         return {"reward.tie_margin": self.config.tie_margin}
 
-    async def score(self, question: str, response: str) -> Score:
-        conversation: list[Message] = [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": response},
-        ]
+    @property
+    def conversations(self) -> bool:
+        return True  # it scores the whole conversation
+
+    async def score(self, question: Question, response: str) -> Score:
+        # a multi-turn question: its earlier turns first (the conversation the reward model scores)
+        conversation: list[Message] = [*as_messages(question), {"role": "assistant", "content": response}]
         r = await self.client.reward(self.model, conversation, role=self.role)
         return Score(r.value, prompt_tokens=r.prompt_tokens, latency_s=r.latency_s, cached=r.cached)
 
-    async def judge_pair(self, question: str, response_a: str, response_b: str) -> RewardJudgement:
-        a, b = await asyncio.gather(self.score(question, response_a), self.score(question, response_b))
+    async def judge_pair(self, question: Question, response_a: str, response_b: str) -> RewardJudgement:
+        a, b = await asyncio.gather(
+            self.score(side_question(question), response_a), self.score(side_question(question, b=True), response_b)
+        )
         judgement = RewardJudgement(
             judge=self.name,
             strategy=self.strategy,

@@ -23,9 +23,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from mapo.core import prompts
-from mapo.core.config import JudgeConfig
+from mapo.core.config import ConfigError, JudgeConfig
 from mapo.core.parsers import PARSERS, ParseResult, to_verdict
-from mapo.core.types import Message, Verdict
+from mapo.core.types import Conversation, Message, Question, Verdict, side_question
 from mapo.judging.scoring import VALUE_NAMES, ValueDistribution, rescore_attempt, stored_verdict
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "PaperStrategy",
     "Strategy",
     "first_ok",
+    "render_conversation",
     "render_scaled",
     "split_sides",
     "verdict_dict",
@@ -141,6 +142,9 @@ class Strategy:
     """The prompt sent after an unparseable answer (in ``judge.prompt_set``)."""
     pointwise: bool = False
     """Each response is scored alone, in its own conversation: no presentation order."""
+    multi_turn: bool = False
+    """It has a prompt that shows a :class:`~mapo.core.types.Conversation`'s earlier turns (the paper's three:
+    ``multiturn_judge_*.user``); one without it refuses a multi-turn item before any call."""
 
     # ---- what each strategy says of itself ----------------------------------------------
     @property
@@ -168,34 +172,45 @@ class Strategy:
     def prompt_sha(self, judge: Asker) -> str:
         raise NotImplementedError
 
-    def pair_messages(self, judge: Asker, question: str, first: str, second: str) -> list[Message]:
+    def single_turn(self, question: Question) -> str:
+        """A plain question's text; a :class:`~mapo.core.types.Conversation` is refused by a strategy without
+        a multi-turn prompt (its earlier turns would silently be lost)."""
+        if isinstance(question, Conversation):
+            raise ConfigError(
+                f"judge.strategy={self.name} has no multi-turn prompt: a conversation's earlier turns cannot be "
+                "shown; use direct, combined or independent for multi-turn items"
+            )
+        return question
+
+    def pair_messages(self, judge: Asker, question: Question, first: str, second: str) -> list[Message]:
         """The first request of a pairwise strategy (``first`` shown as A)."""
         raise NotImplementedError
 
-    def single_messages(self, judge: Asker, question: str, response: str) -> list[Message]:
+    def single_messages(self, judge: Asker, question: Question, response: str) -> list[Message]:
         """The first request of a pointwise strategy: one response alone."""
         raise NotImplementedError
 
-    def first_messages(self, judge: Asker, question: str, response_a: str, response_b: str) -> list[Message]:
+    def first_messages(self, judge: Asker, question: Question, response_a: str, response_b: str) -> list[Message]:
         """The first request this strategy sends for a pair (a pointwise one: response A's)."""
         if self.pointwise:
             return self.single_messages(judge, question, response_a)
         return self.pair_messages(judge, question, response_a, response_b)
 
     # ---- live -------------------------------------------------------------------------
-    async def ask_one(self, judge: Asker, question: str, response: str, order: str = "AB") -> Attempt:
+    async def ask_one(self, judge: Asker, question: Question, response: str, order: str = "AB") -> Attempt:
         """One response scored alone in its own conversation (its score in ``verdict.score_a``)."""
         messages = self.single_messages(judge, question, response)
         return await judge.converse(messages, self.parser, self.reask, order, **self.parse_kwargs(judge.config.scale))
 
-    async def ask(self, judge: Asker, order: str, question: str, first: str, second: str) -> Attempt:
-        """One attempt in one presentation order (``first`` shown as A)."""
+    async def ask(self, judge: Asker, order: str, question: Question, first: str, second: str) -> Attempt:
+        """One attempt in one presentation order (``first`` shown as A; a conversation's sides in that order)."""
         if not self.pointwise:
             messages = self.pair_messages(judge, question, first, second)
             kwargs = self.parse_kwargs(judge.config.scale)
             return await judge.converse(messages, self.parser, self.reask, order, **kwargs)
         a, b = await asyncio.gather(
-            self.ask_one(judge, question, first, order), self.ask_one(judge, question, second, order)
+            self.ask_one(judge, side_question(question), first, order),
+            self.ask_one(judge, side_question(question, b=True), second, order),
         )
         return self.combine_singles(a, b, order)
 
@@ -255,6 +270,22 @@ class Strategy:
         return "score_pair" if self.keeps_side_logprobs else self.logprob_kind
 
 
+def render_conversation(
+    judge: Asker, conversation: Conversation, response: str, assistant: str, b: bool = False
+) -> str:
+    """One side's conversation as a judge reads it: its earlier turns, the question and ``response`` (the
+    answer judged), each turn through ``multiturn_turn_user`` / ``multiturn_turn_assistant``, untrusted
+    text defused (FastChat's MT-Bench multi-turn layout, prompts/SOURCE.md)."""
+    user, answer = judge.template("multiturn_turn_user"), judge.template("multiturn_turn_assistant")
+    turns: list[Message] = [*conversation.messages(b), {"role": "assistant", "content": response}]
+    return "\n\n".join(
+        user.render(content=prompts.quote_untrusted(m["content"]))
+        if m["role"] == "user"
+        else answer.render(assistant=assistant, content=prompts.quote_untrusted(m["content"]))
+        for m in turns
+    )
+
+
 def render_scaled(template: prompts.Template, scale: int) -> str:
     """A prompt rendered with ``scale`` where it has that field."""
     return template.render(scale=scale) if "scale" in template.fields else template.render()
@@ -267,6 +298,7 @@ class PaperStrategy(Strategy):
 
     scored: bool = True
     """A score out of ``judge.scale`` (in the setup name and given to the parser); direct picks."""
+    multi_turn: bool = True
 
     @property
     def system(self) -> str:
@@ -287,7 +319,13 @@ class PaperStrategy(Strategy):
             "content": render_scaled(judge.template(judge.variant(self.system)), judge.config.scale),
         }
 
-    def pair_messages(self, judge: Asker, question: str, first: str, second: str) -> list[Message]:
+    def pair_messages(self, judge: Asker, question: Question, first: str, second: str) -> list[Message]:
+        if isinstance(question, Conversation):  # the same system prompt; the user turn shows both conversations
+            user = judge.template("multiturn_judge_pair.user").render(
+                conversation_a=render_conversation(judge, question, first, "Assistant A"),
+                conversation_b=render_conversation(judge, question, second, "Assistant B", b=True),
+            )
+            return [self._system(judge), {"role": "user", "content": user}]
         user = judge.template("judge_pair.user").render(
             question=prompts.quote_untrusted(question),
             response_a=prompts.quote_untrusted(first),
@@ -295,7 +333,12 @@ class PaperStrategy(Strategy):
         )
         return [self._system(judge), {"role": "user", "content": user}]
 
-    def single_messages(self, judge: Asker, question: str, response: str) -> list[Message]:
+    def single_messages(self, judge: Asker, question: Question, response: str) -> list[Message]:
+        if isinstance(question, Conversation):
+            user = judge.template("multiturn_judge_single.user").render(
+                conversation=render_conversation(judge, question, response, "Assistant")
+            )
+            return [self._system(judge), {"role": "user", "content": user}]
         user = judge.template("judge_single.user").render(
             question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
         )

@@ -6,7 +6,11 @@ each judging with ``judge.*``, aggregated by ``jury.*``; ``debate``: ``roles.deb
 :mod:`mapo.judging.evaluators`) over every item of ``eval_data`` (a loader of :mod:`mapo.data.humans`), in one or
 both presentation orders (``judge.both_orders``; the independent strategy has no order).
 Items stream through a bounded pool (``max_items_in_flight``). Config and input are checked
-before any model call. A rerun into the same folder resumes: finished keys are skipped and
+before any model call. A multi-turn item (``context`` in its row: MT-Bench turn 2, a local file's
+``conversation`` column) is asked as a :class:`~mapo.core.types.Conversation`: the evaluator's models see
+the earlier turns (each side's own, in the order presented); an evaluator without a multi-turn prompt
+(a debate, a judge pack) is refused before any call, and the multi-turn templates join the fingerprint
+(``prompt_sha.multiturn``) only when the set has such items. A rerun into the same folder resumes: finished keys are skipped and
 the response cache answers the rest.
 
 Files written to ``output_dir``:
@@ -72,14 +76,15 @@ from typing import Any
 from mapo.core.config import ConfigError, RunConfig, validate
 from mapo.core.registry import UnknownNameError
 from mapo.core.store import atomic_write_json, latest_records
-from mapo.data.humans import HumanRow, load_items
+from mapo.core.types import Question, swap_question
+from mapo.data.humans import HumanRow, item_question, load_items
 from mapo.judging.base import Evaluator, Judgement, Probe, RecordContext
 from mapo.judging.evaluators import evaluator_class, from_config, models_of
 from mapo.judging.judge import judge_setup
 from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.tables import agreement_tables, combine_orders, format_table
 from mapo.metrics.uncertainty import stats_options
-from mapo.runs.runner import RunCommand, execute, model_keys, models_manifest, section_keys
+from mapo.runs.runner import RunCommand, execute, model_keys, models_manifest, section_keys, templates_sha
 
 __all__ = ["agreement_tables", "combine_orders", "evaluate", "format_table"]
 
@@ -145,6 +150,28 @@ def _identity(cfg: RunConfig, ev: Evaluator) -> tuple[str, str, str]:
     return ev.identity()
 
 
+MULTITURN_TEMPLATES = ("multiturn_",)
+"""Name prefix of the judge's multi-turn templates in ``judge.prompt_set`` (hashed into the fingerprint of a run
+with multi-turn items only, so a single-turn run's fingerprint is unchanged)."""
+
+
+def unit_question(item: HumanRow, order: str) -> Question:
+    """What the evaluator is asked for one unit: the item's question (:func:`~mapo.data.humans.item_question`),
+    a conversation's sides exchanged in the swapped order (response B shown first, with its own turns)."""
+    question = item_question(item)
+    return question if order == "AB" else swap_question(question)
+
+
+def _check_conversations(cfg: RunConfig, ev: Evaluator, n_multi: int) -> None:
+    """A set with multi-turn items needs an evaluator that shows the earlier turns (checked before any call)."""
+    if n_multi and not ev.conversations:
+        raise ConfigError(
+            f"eval_data has {n_multi} multi-turn items but evaluator={cfg.evaluator} (strategy {ev.strategy}) has no "
+            "multi-turn prompt (the earlier turns would be lost); use a judge, jury or cascade with "
+            "judge.strategy=direct|combined|independent, or a reward model"
+        )
+
+
 def _check_reference(cfg: RunConfig, ev: Evaluator) -> None:
     """``stats.reference`` names this run's evaluator, one of its jurors or a subset of them
     (``a+b``): a name the agreement table will hold, checked before any model call."""
@@ -196,6 +223,7 @@ class Evaluate(RunCommand):
         self.counts = {"units": len(self.units), "resumed_done": 0}
         self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
         _check_reference(self.cfg, self.ev)
+        _check_conversations(self.cfg, self.ev, int(self.data_info.get("multi_turn", 0)))
 
     def models(self) -> list[str]:
         return _models_of(self.cfg)
@@ -210,6 +238,8 @@ class Evaluate(RunCommand):
             "prompt_sha": self.prompt_sha,
             **ev.config_keys(),
         }
+        if self.data_info.get("multi_turn"):  # only then: a single-turn run's fingerprint is as before
+            keys["prompt_sha.multiturn"] = templates_sha(cfg.judge.prompt_set, MULTITURN_TEMPLATES)
         for section, only in ev.sections:  # the config sections that change its verdicts, as it declares them
             keys.update(section_keys(section, getattr(cfg, section), only=only))
         return keys
@@ -220,7 +250,7 @@ class Evaluate(RunCommand):
     def probes(self) -> list[Probe]:
         """The evaluator's requests on the first item (its real question and responses)."""
         item = self.items_[0]
-        return self.ev.probes(item["question"], item["response_a"], item["response_b"])
+        return self.ev.probes(unit_question(item, "AB"), item["response_a"], item["response_b"])
 
     def _done_key(self, item: HumanRow, order: str) -> str:
         return "|".join(
@@ -266,10 +296,11 @@ class Evaluate(RunCommand):
         kept = self.kept.get((item["id"], order)) if key in self.store.incomplete else None
         t0 = time.perf_counter()
         try:
+            question = unit_question(item, order)
             if kept is not None:  # an incomplete unit: only its failed members are asked again
-                result = await ev.judge_again(item["question"], first, second, kept)
+                result = await ev.judge_again(question, first, second, kept)
             else:
-                result = await ev.judge_pair(item["question"], first, second)
+                result = await ev.judge_pair(question, first, second)
         except Exception as e:
             reason = item_failure(e)
             if reason is None:

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from mapo.core.types import Conversation
 from mapo.data import humans
 from mapo.data.humans import (
     FIELDS,
     LOADERS,
     HumanDataError,
     alpaca_eval_rows,
+    item_question,
     load_faireval,
     load_local,
     mt_bench_rows,
@@ -224,7 +226,16 @@ def test_mt_bench_rows():
     rows = mt_bench_rows([_mt("model_a"), _mt("tie (bothbad)"), _mt("model_b", turn=2)])
     assert [r["human"] for r in rows] == ["model_a", "tie", "model_b"]
     assert (rows[0]["question"], rows[0]["response_a"], rows[0]["response_b"]) == ("Q1", "a1", "b1")
-    assert rows[2]["question"] == "Q2" and rows[2]["response_a"].endswith("a2") and "a1" in rows[2]["response_a"]
+    # turn 2 is judged on turn 2's answers; each side's own turn 1 is its context (shown to the judge)
+    assert (rows[2]["question"], rows[2]["response_a"], rows[2]["response_b"]) == ("Q2", "a2", "b2")
+    assert "context" not in rows[0] and "context_b" not in rows[0]
+    assert rows[2]["context"] == [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "a1"}]
+    assert rows[2]["context_b"] == [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "b1"}]
+    q = item_question(rows[2])
+    assert isinstance(q, Conversation) and q.question == "Q2"
+    assert q.side()[1]["content"] == "a1" and q.side(b=True)[1]["content"] == "b1"
+    assert q.swapped().side()[1]["content"] == "b1"
+    assert item_question(rows[0]) == "Q1"  # a single-turn row: the plain question, as before
     assert rows[0]["id"] == "81:gpt-4:vicuna:t1:author_0"
     assert len(mt_bench_rows([_mt("model_a"), _mt("model_b", turn=2)], turn=2)) == 1
     with pytest.raises(HumanDataError, match=r"row 0: unknown label value 'draw'"):
@@ -259,3 +270,34 @@ def test_hub_loader_without_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ImportError, match="pip install datasets"):
         humans.load_mt_bench()
+
+
+def test_local_conversation_column(tmp_path):
+    """A ``conversation`` column makes an item multi-turn: its last user turn is the question, the turns before
+    it the context; a row without the column stays single-turn and is read exactly as before."""
+    conv = [
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "7"},
+        {"role": "user", "content": "And the next one?"},
+    ]
+    path = tmp_path / "mt.jsonl"
+    lines = [
+        {"id": "m", "conversation": conv, "response_a": "11", "response_b": "9", "winner": "model_a"},
+        _row(1),
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = load_local(path, columns={"human": "winner"})
+    assert rows[0]["question"] == "And the next one?" and rows[0]["context"] == conv[:2]
+    assert item_question(rows[0]) == Conversation("And the next one?", tuple(conv[:2]))
+    assert rows[1] == {"id": "1", "question": "q1", "response_a": "a1", "response_b": "b1", "human": "model_a"}
+    for bad, match in (
+        (conv[:2], "the last turn must be the user's question"),
+        ([conv[0], conv[0]], r"turn 1 is 'user', expected 'assistant'"),
+        ("text", "expected a non-empty list"),
+    ):
+        path.write_text(json.dumps({**lines[0], "conversation": bad}) + "\n")
+        with pytest.raises(HumanDataError, match=match):
+            load_local(path, columns={"human": "winner"})
+    path.write_text(json.dumps({**lines[0], "question": "Another question"}) + "\n")
+    with pytest.raises(HumanDataError, match="differs from the last user turn"):
+        load_local(path, columns={"human": "winner"})
