@@ -53,9 +53,12 @@ class Choice(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: object, key: str) -> Self:
-        """``value`` as a member, or a ConfigError naming ``key`` and the allowed values."""
+        """``value`` as a member (or an alias's name: :class:`TieBreak`), or a ConfigError naming ``key``
+        and the allowed values."""
         if isinstance(value, str) and value in cls._value2member_map_:
             return cls(value)
+        if isinstance(value, str) and value in cls._member_map_:
+            return cls(cls._member_map_[value].value)
         raise ConfigError(f"{key}={value!r}; allowed: {', '.join(m.value for m in cls)}")
 
 
@@ -127,12 +130,13 @@ class JuryAggregate(Choice):
 
 
 class TieBreak(Choice):
-    """``jury.tie_break`` for ``majority`` (``first`` is an alias of ``first_juror``)."""
+    """``jury.tie_break`` for ``majority``: the names :func:`mapo.metrics.agreement.jury_pick` takes."""
 
     tie = "tie"
     first_juror = "first_juror"
-    first = "first"
     abstain = "abstain"
+    first = "first_juror"
+    """An alias: the old spelling, still read in configs and in the records written with it."""
 
 
 class DebateAggregate(Choice):

@@ -27,20 +27,74 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mapo.core.config import ConfigError, JudgeConfig, JuryConfig, RunConfig
-from mapo.core.types import Question
+from mapo.core.types import Label, Question
 from mapo.core.verdicts import swap_label
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, RecordContext, dataset_label
 from mapo.judging.judge import Judge, PairJudgement, judge_setup
 from mapo.llm.client import LLMClient
-from mapo.metrics.agreement import TIE_BREAKS, jury_pick
+from mapo.metrics.agreement import jury_pick
 
-__all__ = ["Jury", "JuryJudgement", "jury_name", "warn_self_judging"]
+__all__ = [
+    "Jury",
+    "JuryJudgement",
+    "JuryVerdict",
+    "combine_jurors",
+    "jury_incomplete",
+    "jury_name",
+    "warn_self_judging",
+]
 
 log = logging.getLogger(__name__)
 
 
 def jury_name(jurors: Sequence[str]) -> str:
     return "jury[" + "+".join(jurors) + "]"
+
+
+@dataclass(frozen=True)
+class JuryVerdict:
+    """The jurors' verdicts combined (:func:`combine_jurors`), in the jurors' terms (dataset terms live)."""
+
+    label: Label | None
+    score_a: float | None
+    """The mean of the answering jurors' scores (None where none answered with both)."""
+    score_b: float | None
+    n_failed: int
+    failure: str | None
+
+
+def combine_jurors(
+    verdicts: Sequence[tuple[Label | None, float | None, float | None]], aggregate: str, tie_break: str
+) -> JuryVerdict:
+    """The one jury rule on plain values: each juror's (label, score_a, score_b), label None where it
+    failed (it abstains), combined by ``aggregate`` / ``tie_break``
+    (:func:`mapo.metrics.agreement.jury_pick`). :meth:`Jury.aggregate` calls it on live judgements,
+    ``mapo reparse`` on stored juror records."""
+    labels = [label for label, _, _ in verdicts]
+    scores = [(a, b) if label is not None and a is not None and b is not None else None for label, a, b in verdicts]
+    label = jury_pick(labels, aggregate, scores=scores, tie_break=tie_break)
+    n_failed = sum(x is None for x in labels)
+    valid = [s for s in scores if s is not None]
+    sa = sum(a for a, _ in valid) / len(valid) if valid else None
+    sb = sum(b for _, b in valid) / len(valid) if valid else None
+    failure = None
+    if label is None:
+        failure = (
+            f"every juror failed ({n_failed}/{len(labels)})"
+            if n_failed == len(labels)
+            else f"no verdict under jury.aggregate={aggregate}, tie_break={tie_break}"
+        )
+    return JuryVerdict(label, sa, sb, n_failed, failure)
+
+
+def jury_incomplete(failed: Sequence[tuple[str, str | None]], n_members: int, failure: str | None) -> str | None:
+    """Why a jury verdict is incomplete (reached with some jurors failed: ``failed`` = (juror, its failure)),
+    or None (no juror failed, or the verdict itself failed); a rerun asks those jurors again. Live
+    (:attr:`JuryJudgement.incomplete`) and in ``mapo reparse``."""
+    if failure is not None or not failed:
+        return None
+    juror, why = failed[0]
+    return f"{len(failed)} of {n_members} jurors failed ({juror}: {why or 'no verdict'})"
 
 
 @dataclass(kw_only=True)
@@ -63,10 +117,8 @@ class JuryJudgement(Judgement):
     @property
     def incomplete(self) -> str | None:
         """A verdict reached with some jurors failed: which, and the first one's reason (a rerun asks them again)."""
-        failed = [m for m in self.members if not m.ok]
-        if self.failure is not None or not failed:
-            return None
-        return f"{len(failed)} of {len(self.members)} jurors failed ({failed[0].judge}: {failed[0].failure})"
+        failed = [(m.judge, m.failure) for m in self.members if not m.ok]
+        return jury_incomplete(failed, len(self.members), self.failure)
 
     @property
     def raw(self) -> list[str]:
@@ -281,23 +333,11 @@ class Jury(Evaluator):
 
     def aggregate(self, members: list[PairJudgement]) -> JuryJudgement:
         """Combine juror judgements (also used on stored ones: no model call)."""
-        labels = [m.label if m.ok else None for m in members]
-        scores = [
-            (m.score_a, m.score_b) if m.ok and m.score_a is not None and m.score_b is not None else None
-            for m in members
-        ]
-        label = jury_pick(labels, self.config.aggregate, scores=scores, tie_break=TIE_BREAKS[self.config.tie_break])  # type: ignore[arg-type]
-        n_failed = sum(not m.ok for m in members)
-        valid = [s for s in scores if s is not None]
-        sa = sum(a for a, _ in valid) / len(valid) if valid else None
-        sb = sum(b for _, b in valid) / len(valid) if valid else None
-        failure = None
-        if label is None:
-            failure = (
-                f"every juror failed ({n_failed}/{len(members)})"
-                if n_failed == len(members)
-                else f"no verdict under jury.aggregate={self.config.aggregate}, tie_break={self.config.tie_break}"
-            )
+        v = combine_jurors(
+            [(m.label, m.score_a, m.score_b) if m.ok else (None, None, None) for m in members],
+            self.config.aggregate,
+            self.config.tie_break,
+        )
         return JuryJudgement(
             judge=self.name,
             strategy=self.judge_config.strategy,
@@ -307,9 +347,9 @@ class Jury(Evaluator):
             aggregate=self.config.aggregate,
             tie_break=self.config.tie_break,
             members=members,
-            label=label,
-            score_a=sa,
-            score_b=sb,
-            failure=failure,
-            n_failed=n_failed,
+            label=v.label,
+            score_a=v.score_a,
+            score_b=v.score_b,
+            failure=v.failure,
+            n_failed=v.n_failed,
         )

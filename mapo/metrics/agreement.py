@@ -36,10 +36,11 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sklearn.metrics import cohen_kappa_score
 
+from mapo.core.config import TieBreak
 from mapo.core.registry import Registry
 from mapo.core.types import LABELS, Label, Pick, pick_to_label
 from mapo.core.verdicts import label_from_scores
@@ -49,7 +50,6 @@ __all__ = [
     "Agreement",
     "JuryAgreement",
     "PositionBias",
-    "TIE_BREAKS",
     "cohen_kappa",
     "confusion_matrix",
     "jury_labels",
@@ -137,7 +137,6 @@ def cohen_kappa(judge: Sequence[Label | None], human: Sequence[Label]) -> Agreem
 
 # --------------------------------------------------------------------------- jury
 
-TieBreak = Literal["tie", "first", "abstain"]
 Aggregator = Callable[[Sequence[Label | None], Sequence[ScorePair | None] | None, TieBreak], Label | None]
 AGGREGATORS: Registry[Aggregator] = Registry("jury aggregator")
 
@@ -158,22 +157,20 @@ def _mode(
 def _majority(
     labels: Sequence[Label | None], scores: Sequence[ScorePair | None] | None, tie_break: TieBreak
 ) -> Label | None:
-    """A pick held by more than half of the jurors that answered; otherwise ``tie_break``:
-    ``"tie"`` -> tie, ``"first"`` -> the first answering juror's pick (a chair),
-    ``"abstain"`` -> no verdict (None, counted as a failure)."""
+    """A pick held by more than half of the jurors that answered; otherwise ``tie_break``
+    (:class:`~mapo.core.config.TieBreak`): ``tie`` -> tie, ``first_juror`` -> the first answering
+    juror's pick (a chair), ``abstain`` -> no verdict (None, counted as a failure)."""
     valid = [x for x in labels if x is not None]
     if not valid:
         return None
     label, count = Counter(valid).most_common(1)[0]
     if 2 * count > len(valid):
         return label
-    if tie_break == "tie":
+    if tie_break is TieBreak.tie:
         return "tie"
-    if tie_break == "first":
+    if tie_break is TieBreak.first_juror:
         return valid[0]
-    if tie_break == "abstain":
-        return None
-    raise ValueError(f"jury tie_break {tie_break!r}; known: abstain, first, tie")
+    return None  # TieBreak.abstain
 
 
 @AGGREGATORS.register("mean_score")
@@ -189,18 +186,16 @@ def _mean_score(
     return label_from_scores(sum(a for a, _ in valid) / len(valid), sum(b for _, b in valid) / len(valid))
 
 
-TIE_BREAKS = {"tie": "tie", "first_juror": "first", "first": "first", "abstain": "abstain"}
-"""``jury.tie_break`` values -> the rule names of :func:`jury_pick`."""
-
-
 def jury_pick(
     labels: Sequence[Label | None],
     rule: str = "mode",
     *,
     scores: Sequence[ScorePair | None] | None = None,
-    tie_break: TieBreak = "tie",
+    tie_break: TieBreak | str = TieBreak.tie,
 ) -> Label | None:
-    """One item's jury verdict from its members' labels (None = that member failed).
+    """One item's jury verdict from its members' labels (None = that member failed), by the
+    aggregator ``rule`` (:data:`AGGREGATORS`) and, for ``majority``, ``tie_break`` (a
+    :class:`~mapo.core.config.TieBreak` or its name; an old spelling a stored record holds is read).
 
     >>> jury_pick(["model_a", "model_b", "model_a"])
     'model_a'
@@ -209,7 +204,7 @@ def jury_pick(
     >>> jury_pick([None, None]) is None
     True
     """
-    return AGGREGATORS.get(rule, key="jury.rule")(labels, scores, tie_break)
+    return AGGREGATORS.get(rule, key="jury.rule")(labels, scores, TieBreak.parse(tie_break, "jury.tie_break"))
 
 
 def jury_labels(
@@ -218,7 +213,7 @@ def jury_labels(
     rule: str = "mode",
     *,
     per_judge_scores: Mapping[str, Sequence[ScorePair | None]] | None = None,
-    tie_break: TieBreak = "tie",
+    tie_break: TieBreak | str = TieBreak.tie,
 ) -> list[Label | None]:
     """The jury's label for every item, from stored per-judge labels (no model call)."""
     columns = [per_judge_labels[m] for m in members]
@@ -254,7 +249,7 @@ def jury_subsets(
     rule: str = "mode",
     *,
     per_judge_scores: Mapping[str, Sequence[ScorePair | None]] | None = None,
-    tie_break: TieBreak = "tie",
+    tie_break: TieBreak | str = TieBreak.tie,
 ) -> list[JuryAgreement]:
     """Kappa of every jury (subset of the judges, sizes 2..n by default), best first.
 

@@ -28,10 +28,8 @@ import numpy as np
 from mapo.core.types import Label, record_kind
 from mapo.core.verdicts import combine_orders
 from mapo.metrics.agreement import (
-    TIE_BREAKS,
     PositionBias,
     ScorePair,
-    TieBreak,
     cohen_kappa,
     jury_labels,
     jury_subsets,
@@ -98,19 +96,18 @@ def jury_subset_block(
     ids = sorted(set.intersection(*(set(v) for v in per_judge.values())), key=position.__getitem__)
     labels = {j: [v[i] for i in ids] for j, v in per_judge.items()}
     scores = {j: [v.get(i) for i in ids] for j, v in per_judge_scores.items()} if per_judge_scores else None
-    tb: TieBreak = TIE_BREAKS.get(tie_break, tie_break)  # type: ignore[assignment]
     rows = jury_subsets(
         labels,
         [humans[i] for i in ids],
         sizes=sizes,
         rule=rule,
-        tie_break=tb,
+        tie_break=tie_break,
         per_judge_scores=scores if rule == "mean_score" else None,
     )
     subsets = []
     for r in rows:
         picks = jury_labels(
-            labels, r.members, rule, per_judge_scores=scores if rule == "mean_score" else None, tie_break=tb
+            labels, r.members, rule, per_judge_scores=scores if rule == "mean_score" else None, tie_break=tie_break
         )
         subsets.append({**r.to_dict(), "size": len(r.members), LABELS_KEY: dict(zip(ids, picks, strict=True))})
     return {"jury": jury, "setup": setup, "rule": rule, "tie_break": tie_break, "subsets": subsets}

@@ -36,8 +36,8 @@ from mapo.core.types import Label, is_judgement, record_kind
 from mapo.core.verdicts import combine_orders, label_pick, order_row, swap_label
 from mapo.judging.debate import FinalScore, aggregate_finals
 from mapo.judging.judge import STRATEGIES
+from mapo.judging.jury import combine_jurors, jury_incomplete
 from mapo.judging.strategy import INDEPENDENT, Strategy, first_ok, verdict_dict
-from mapo.metrics.agreement import TIE_BREAKS, jury_pick
 
 __all__ = ["ReparseError", "main", "reparse_attempt", "reparse_run"]
 
@@ -138,33 +138,22 @@ def _reparse_jury(rec: dict[str, Any], jurors: Mapping[str, Mapping[str, Any]]) 
     missing = [m for m in members if m not in jurors]
     if missing:
         return new, [f"juror records missing for {', '.join(missing)}; kept"]
-    labels = [jurors[m].get("label") for m in members]
-    scores = [
-        (jurors[m]["score_a"], jurors[m]["score_b"])
-        if jurors[m].get("label") is not None and None not in (jurors[m].get("score_a"), jurors[m].get("score_b"))
-        else None
-        for m in members
-    ]
-    tie_break: Any = TIE_BREAKS.get(detail.get("tie_break", "tie"), "tie")
-    label = jury_pick(labels, detail["aggregate"], scores=scores, tie_break=tie_break)
-    valid = [s for s in scores if s is not None]
-    sa = sum(a for a, _ in valid) / len(valid) if valid else None
-    sb = sum(b for _, b in valid) / len(valid) if valid else None
-    detail["members"] = dict(zip(members, labels, strict=True))
-    detail["n_failed"] = sum(x is None for x in labels)
-    pick_label = swap_label(label) if new.get("order") == "BA" else label
-    new.update(
-        label=label,
-        score_a=sa,
-        score_b=sb,
-        pick=label_pick(pick_label),
-        failure=None if label is not None else "every juror failed",
-    )
-    failed = [m for m, x in zip(members, labels, strict=True) if x is None]
+    try:
+        v = combine_jurors(
+            [(jurors[m].get("label"), jurors[m].get("score_a"), jurors[m].get("score_b")) for m in members],
+            detail["aggregate"],
+            detail.get("tie_break", "tie"),
+        )
+    except (ValueError, KeyError) as e:  # a tie_break or an aggregate that is not known (UnknownNameError)
+        raise ReparseError(f"jury record {rec.get('key')!r}: {e}") from None
+    detail["members"] = {m: jurors[m].get("label") for m in members}
+    detail["n_failed"] = v.n_failed
+    pick_label = swap_label(v.label) if new.get("order") == "BA" else v.label
+    new.update(label=v.label, score_a=v.score_a, score_b=v.score_b, pick=label_pick(pick_label), failure=v.failure)
     new.pop("incomplete", None)
-    if label is not None and failed:  # a verdict without some jurors' (the live jury's rule): not done
-        reason = jurors[failed[0]].get("failure") or "no verdict"
-        new["incomplete"] = f"{len(failed)} of {len(members)} jurors failed ({failed[0]}: {reason})"
+    failed = [(m, jurors[m].get("failure")) for m in members if jurors[m].get("label") is None]
+    if why := jury_incomplete(failed, len(members), v.failure):  # the live jury's rule: not done
+        new["incomplete"] = why
     return new, []
 
 

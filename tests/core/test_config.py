@@ -66,7 +66,7 @@ def test_a_wrong_choice_fails_at_compose_naming_key_and_allowed_values(key):
     with pytest.raises(ConfigCompositionException) as err:
         compose("evaluate", [f"{key}=bogus"])
     message = str(err.value.__cause__)
-    allowed = ", ".join(m.value for m in CHOICES[key])
+    allowed = ", ".join(CHOICES[key].__members__)  # OmegaConf names the aliases too (TieBreak.first)
     assert f"full_key: {key}" in message and f"expected one of [{allowed}]" in message
 
 
@@ -121,19 +121,33 @@ def test_the_enums_list_exactly_what_the_code_implements():
     from mapo.judging.debate import AGGREGATES
     from mapo.judging.evaluators import EVALUATORS
     from mapo.judging.judge import STRATEGIES
-    from mapo.metrics.agreement import AGGREGATORS, TIE_BREAKS
+    from mapo.metrics.agreement import AGGREGATORS
     from mapo.runs.progress import MODES
 
     for enum, names in [
         (C.JudgeStrategy, STRATEGIES.names()),
         (C.SelectionMethod, SELECTORS.names()),
         (C.JuryAggregate, AGGREGATORS.names()),
-        (C.TieBreak, TIE_BREAKS),
         (C.DebateAggregate, AGGREGATES),
         (C.EvaluatorKind, EVALUATORS),
         (C.ProgressMode, MODES),
     ]:
         assert sorted(m.value for m in enum) == sorted(names), enum.__name__
+
+
+def test_one_tie_break_vocabulary():
+    """jury.tie_break's members are the names jury_pick takes; the old spelling ``first`` is still read."""
+    from mapo.metrics.agreement import jury_pick
+
+    split = ["model_b", "model_a"]
+    picks = {m.value: jury_pick(split, "majority", tie_break=m) for m in C.TieBreak}
+    assert picks == {"tie": "tie", "first_juror": "model_b", "abstain": None}
+    assert {m: jury_pick(split, "majority", tie_break=m.value) for m in C.TieBreak} == picks
+    assert C.TieBreak.parse("first", "jury.tie_break") is C.TieBreak.first_juror
+    assert build("evaluate", ["jury.tie_break=first"]).jury.tie_break is C.TieBreak.first_juror
+    assert jury_pick(split, "majority", tie_break="first") == "model_b"  # a stored record's old spelling
+    with pytest.raises(ConfigError, match="^jury.tie_break='coin'; allowed: tie, first_juror, abstain$"):
+        jury_pick(split, "majority", tie_break="coin")
 
 
 # ---- every number is range-checked, naming the full key ---------------------------------------------

@@ -97,6 +97,8 @@ async def test_majority_tie_break_first_juror_and_the_even_jury_warning(server, 
     assert "even number of members (2)" in caplog.text
     j = await judge(server, ["j3", "j1"], jury_cfg=JuryConfig(aggregate="majority", tie_break="tie"))
     assert j.label == "tie"
+    j = await judge(server, ["j3", "j1"], jury_cfg=JuryConfig(aggregate="majority", tie_break="first"))
+    assert j.label == "model_b" and j.tie_break == "first_juror"  # the old spelling: one vocabulary
 
 
 async def test_mean_score_aggregates_scores(server):

@@ -87,6 +87,31 @@ async def test_a_changed_raw_text_changes_the_verdict_and_the_jury(fake_server, 
     assert summary["judgements.jsonl"]["changed"] == 1 + (jury["label"] != jury_before["label"])
 
 
+async def test_a_jury_is_combined_again_by_the_live_rule(fake_server, tmp_path):
+    """mapo reparse combines re-parsed jurors with the jury's own rule (judging.jury.combine_jurors): every
+    juror unparseable -> the live failure text; a stored old tie_break spelling (``first``) is read."""
+    cfg = eval_config(fake_server, tmp_path, "run", evaluator="jury", judge=JudgeConfig(strategy="direct"))
+    cfg.jury.aggregate = "majority"
+    await evaluate(cfg)
+    path = tmp_path / "run" / "judgements.jsonl"
+    item = lines(path)[0]["item_id"]
+
+    def edit(r):
+        if r["kind"] == "juror" and r["item_id"] == item:
+            r["detail"]["attempts"][0]["raw"] = ["no idea"]
+        if r["kind"] == "jury":
+            r["detail"]["tie_break"] = "first"
+        return r
+
+    rewrite(path, edit)
+    reparse_run(tmp_path / "run")
+    out = [r for r in lines(tmp_path / "run" / "reparsed.jsonl") if r["kind"] == "jury"]
+    failed = next(r for r in out if r["item_id"] == item)
+    assert failed["label"] is None and failed["failure"] == "every juror failed (3/3)"
+    assert failed["detail"]["n_failed"] == 3
+    assert all(r["label"] is not None for r in out if r["item_id"] != item)
+
+
 async def test_unparseable_text_becomes_a_failure_never_a_tie(fake_server, tmp_path):
     await evaluate(eval_config(fake_server, tmp_path, "run"))
     path = tmp_path / "run" / "judgements.jsonl"
