@@ -12,7 +12,6 @@ Pick = Literal["A", "B", "tie"]
 Label = Literal["model_a", "model_b", "tie"]
 """A pick in dataset terms (FairEval's ``winner`` column): independent of presentation order."""
 
-PICKS: tuple[Pick, ...] = ("A", "B", "tie")
 LABELS: tuple[Label, ...] = ("model_a", "model_b", "tie")
 
 
@@ -250,10 +249,6 @@ _EVALUATOR_KIND = RecordKind()
 def record_kind(kind: object) -> RecordKind:
     """The traits of record ``kind``; any kind not listed is an evaluator of its own (no trait)."""
     return RECORD_KINDS.get(str(kind), _EVALUATOR_KIND)
-
-
-MEMBER_KINDS = frozenset(k for k, v in RECORD_KINDS.items() if v.member)
-"""Record kinds that are one member of another evaluator (a jury's juror): listed after the evaluators."""
 
 
 def is_judgement(record: object) -> bool:

@@ -69,41 +69,31 @@ class Pack(Strategy):
         return [*out, {"role": "user", "content": user}]
 
 
+# fmt: off
+_PACK_TABLE: tuple[tuple[str, str, str, str, str, int | None, str | None, bool], ...] = (
+    # name                 system             user             reask             parser              scale rubric             pointwise
+    ("prometheus_absolute", "absolute.system", "absolute.user", "reask_absolute", "prometheus_score", 5,    "rubric_absolute", True),
+    ("prometheus_relative", "relative.system", "relative.user", "reask_relative", "prometheus_pick",  None, "rubric_relative", False),
+    ("judgelm",             "judge.system",    "judge.user",    "reask",          "judgelm_pair",     10,   None,              False),
+    ("pandalm",             "judge.system",    "judge.user",    "reask",          "pandalm_pick",     None, None,              False),
+    ("skywork_critic",      "judge.system",    "judge.user",    "reask",          "skywork_pick",     None, None,              False),
+)
+# fmt: on
+"""One row per pack (the module doc's table): its prompt files in ``prompts/<pack>/``, parser kind, fixed scale,
+rubric file and whether it scores each response alone."""
+
 PACKS: dict[str, Pack] = {
-    p.name: p
-    for p in (
-        Pack(
-            name="prometheus_absolute",
-            system="absolute.system",
-            user="absolute.user",
-            reask="reask_absolute",
-            parser="prometheus_score",
-            scale=5,
-            rubric="rubric_absolute",
-            pointwise=True,
-        ),
-        Pack(
-            name="prometheus_relative",
-            system="relative.system",
-            user="relative.user",
-            reask="reask_relative",
-            parser="prometheus_pick",
-            scale=None,
-            rubric="rubric_relative",
-        ),
-        Pack(name="judgelm", system="judge.system", user="judge.user", reask="reask", parser="judgelm_pair", scale=10),
-        Pack(
-            name="pandalm", system="judge.system", user="judge.user", reask="reask", parser="pandalm_pick", scale=None
-        ),
-        Pack(
-            name="skywork_critic",
-            system="judge.system",
-            user="judge.user",
-            reask="reask",
-            parser="skywork_pick",
-            scale=None,
-        ),
+    name: Pack(
+        name=name,
+        system=system,
+        user=user,
+        reask=reask,
+        parser=parser,
+        scale=scale,
+        rubric=rubric,
+        pointwise=pointwise,
     )
+    for name, system, user, reask, parser, scale, rubric, pointwise in _PACK_TABLE
 }
 """``judge.strategy`` -> its pack."""
 

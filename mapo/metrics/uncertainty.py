@@ -86,8 +86,6 @@ _GROUP = 32  # evaluators per bootstrap call
 Verdict = Literal["better", "not_worse", "lower_within_margin", "lower", "worse", "cannot_tell", "reference"]
 VERDICTS: tuple[str, ...] = ("better", "not_worse", "lower_within_margin", "lower", "worse", "cannot_tell", "reference")
 """Every verdict, best first (module doc)."""
-NON_INFERIOR: frozenset[str] = frozenset({"better", "not_worse", "lower_within_margin"})
-"""Verdicts whose interval lies above ``-margin``."""
 
 
 @dataclass(frozen=True)
