@@ -92,6 +92,7 @@ PACKS: dict[str, Pack] = {
         scale=scale,
         rubric=rubric,
         pointwise=pointwise,
+        keeps_side_logprobs=pointwise,  # judge.scoring=expected: each side's distributions, as independent keeps them
     )
     for name, system, user, reask, parser, scale, rubric, pointwise in _PACK_TABLE
 }

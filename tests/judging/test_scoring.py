@@ -282,3 +282,32 @@ async def test_score_only_prompts_exist_for_every_strategy(strategy, kind):
     _, j, bodies = await judged(lambda r: answer, structured=True, strategy=strategy, explain=False)
     assert j.ok and "Evaluation Evidence" not in bodies[0]["messages"][0]["content"]
     assert "Evaluation Evidence" not in bodies[0]["structured_outputs"]["regex"]
+
+
+async def test_expected_prometheus_absolute_keeps_each_side_and_reparse_reproduces_it(tmp_path):
+    """A pointwise pack keeps each side's distributions as independent does: the attempt stores them, so
+    ``mapo reparse`` re-weighs them instead of returning the written scores (issue 21 leftover g)."""
+    from mapo.runs.reparse import reparse_run
+
+    def responder(req):
+        return "Feedback: fine. [RESULT] " + ("4" if "ZEBRA" in req["messages"][-1]["content"] else "2")
+
+    server = LogprobServer(responder=responder)
+    server.bodies, server.send_logprobs = [], True
+    with server:
+        client = LLMClient({"j": fake_model(server)})
+        try:
+            cfg = JudgeConfig(strategy="prometheus_absolute", prompt_set="prometheus", scale=5, scoring="expected")
+            j = await Judge(client, "j", cfg).judge_pair("q?", "ZEBRA", "QUOKKA")
+        finally:
+            await client.aclose()
+    assert (j.score_a, j.score_b) == (pytest.approx(4.5), pytest.approx(2.5))  # 4|5 and 2|3 at 0.5 each
+    rec = j.record(RecordContext(item_id="x", human="model_a", order="AB", version=1, evaluator="judge"))
+    stored = rec["detail"]["attempts"][0]
+    assert stored["scoring"] == "expected" and [d["value"] for d in stored["logprobs"]] == ["score_a", "score_b"]
+    assert (stored["argmax"]["score_a"], stored["argmax"]["score_b"]) == (4.0, 2.0)
+    (tmp_path / "judgements.jsonl").write_text(json.dumps(rec) + "\n")
+    c = reparse_run(tmp_path)["judgements.jsonl"]
+    assert (c["changed"], c["scores_changed"]) == (0, 0)
+    (out,) = [json.loads(x) for x in (tmp_path / "reparsed.jsonl").read_text().splitlines()]
+    assert (out["score_a"], out["score_b"]) == (pytest.approx(4.5), pytest.approx(2.5))
