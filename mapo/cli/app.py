@@ -63,7 +63,7 @@ COMMANDS: dict[str, Command] = {
             "feedback-loop configurations against single-model baselines",
             hydra=True,
         ),
-        Command("train", "mapo.training.train:train", "DPO/KTO (TRL) on a built dataset -> servable model", hydra=True),
+        Command("train", "mapo.runs.train:train", "DPO/KTO (TRL) on a built dataset -> servable model", hydra=True),
         Command("agreement", "mapo.cli.agreement:main", "kappa tables from stored judgements or the authors' outputs"),
         Command("report", "mapo.report.render:main", "HTML + Markdown report of a run folder (mapo report RUN_DIR)"),
         Command("reparse", "mapo.runs.reparse:main", "re-run the parsers over stored raw texts (mapo reparse RUN_DIR)"),

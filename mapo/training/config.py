@@ -16,21 +16,46 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from mapo.core.config import ConfigError, ModelConfig
+from mapo.core.config import Choice, ConfigError, ModelConfig
 
 __all__ = [
-    "METHODS",
     "MANAGED_TRL_KEYS",
     "LoraSettings",
+    "SaveDtype",
     "SplitConfig",
+    "TrainMethod",
+    "TrainProgress",
     "TrainRunConfig",
     "check",
     "register_schema",
     "trl_config_class",
 ]
 
-METHODS = ("dpo", "kto")
-"""Preference-optimisation methods: DPO (paired, TRL DPOTrainer), KTO (unpaired, TRL KTOTrainer)."""
+
+class TrainMethod(Choice):
+    """``method``: preference optimisation, DPO (paired, TRL DPOTrainer) or KTO (unpaired, TRL KTOTrainer)."""
+
+    dpo = "dpo"
+    kto = "kto"
+
+
+class SaveDtype(Choice):
+    """``save_dtype``: auto (the training precision: bfloat16 after bf16 training, else float32) or a dtype."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class TrainProgress(Choice):
+    """``progress``: auto (a bar on a terminal, a log line per logging step otherwise) | bar | log | off."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    off = "off"
+
 
 MANAGED_TRL_KEYS = {
     "output_dir": "checkpoints go to <output_dir>/checkpoints (set output_dir or run_name instead)",
@@ -38,9 +63,6 @@ MANAGED_TRL_KEYS = {
     "push_to_hub": "the trained model is written to <output_dir>/model and a model config (see the manifest)",
 }
 """TRL/transformers fields that mapo sets itself; setting them in ``trl`` is an error that says why."""
-
-PROGRESS = ("auto", "bar", "log", "off")
-SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -82,17 +104,19 @@ class TrainRunConfig:
     dataset: str = "runs/build"
     """A `mapo build` run folder (uses dataset/<method>), a saved DatasetDict / Dataset, or a JSONL file."""
     method: str = MISSING
-    """dpo | kto (set by the train group: ``train=dpo`` or ``train=kto``)."""
+    """dpo | kto (:class:`TrainMethod`; set by the train group: ``train=dpo`` or ``train=kto``). The choices are
+    typed ``str`` for Hydra and become their enum in :func:`check`, whose message names the key."""
     trl: dict[str, Any] = field(default_factory=dict)
     """Fields of trl.DPOConfig / trl.KTOConfig, passed through (``++trl.KEY=VALUE`` adds any)."""
     name: str | None = None
     """Name of the trained model's config and endpoint; default ``<base_model>-<method>``."""
     split: SplitConfig = field(default_factory=SplitConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    save_dtype: str = "auto"
-    """dtype of the saved model: auto (bfloat16 after bf16 training, else float32) | float32 | bfloat16 | float16."""
-    progress: str = "auto"
-    """auto (a bar on a terminal, a log line per logging step otherwise) | bar | log | off."""
+    save_dtype: str = SaveDtype.auto
+    """dtype of the saved model (:class:`SaveDtype`): auto (bfloat16 after bf16 training, else float32) | float32 |
+    bfloat16 | float16."""
+    progress: str = TrainProgress.auto
+    """:class:`TrainProgress`: auto (a bar on a terminal, a log line per logging step otherwise) | bar | log | off."""
     run_name: str = "train"
     """Names the run folder (runs/<run_name>); rerunning the same command resumes from the last checkpoint."""
     output_dir: str = "runs/train"
@@ -131,8 +155,10 @@ def check(cfg: TrainRunConfig) -> None:
     forced = _forced_keys(cfg)
     if forced:
         raise ConfigError(f"unknown config key(s): {', '.join(forced)} (see mapo/training/config.py for the fields)")
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method={cfg.method!r}; allowed: {', '.join(METHODS)} (choose with train=dpo|kto)")
+    try:
+        cfg.method = TrainMethod.parse(cfg.method, "method")  # the choices: validated once, enums from here on
+    except ConfigError as e:
+        raise ConfigError(f"{e} (choose with train=dpo|kto)") from None
     import trl
 
     cls = trl_config_class(cfg.method)
@@ -144,10 +170,8 @@ def check(cfg: TrainRunConfig) -> None:
             raise ConfigError(f"trl.{key} is set by mapo: {why}")
     if not 0 <= cfg.split.eval_fraction < 1:
         raise ConfigError(f"split.eval_fraction must be in [0, 1), got {cfg.split.eval_fraction}")
-    if cfg.save_dtype not in SAVE_DTYPES:
-        raise ConfigError(f"save_dtype={cfg.save_dtype!r}; allowed: {', '.join(SAVE_DTYPES)}")
-    if cfg.progress not in PROGRESS:
-        raise ConfigError(f"progress={cfg.progress!r}; allowed: {', '.join(PROGRESS)}")
+    cfg.save_dtype = SaveDtype.parse(cfg.save_dtype, "save_dtype")
+    cfg.progress = TrainProgress.parse(cfg.progress, "progress")
     if cfg.name is not None and (not cfg.name or "/" in cfg.name or "." in cfg.name):
         raise ConfigError(f"name={cfg.name!r}: a model name without '/' or '.' (Hydra keys cannot hold dots)")
     if cfg.lora.enabled:

@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,14 @@ from omegaconf import OmegaConf
 from mapo.core.config import ConfigError
 from mapo.core.store import atomic_write_text
 from mapo.core.types import RUNNING
-from mapo.runs.runner import LocalCommand, Manifest, execute_local, raise_if_interrupted
 from mapo.training import data, export, metrics
 from mapo.training.config import TrainRunConfig, check, register_schema, trl_config_class
 
-__all__ = ["IDENTITY_KEYS", "Train", "last_checkpoint", "train"]
+__all__ = ["IDENTITY_KEYS", "Training", "last_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-register_schema()  # conf/train.yaml extends train_schema; the CLI imports this module before composing
+register_schema()  # conf/train.yaml extends train_schema; the command (mapo.runs.train) imports this module
 
 IDENTITY_KEYS = ("base_model", "dataset", "method", "split", "lora")
 """What a resumed run may not change: the checkpoint was trained on exactly these."""
@@ -206,24 +206,22 @@ def _eval_summary(records: list[dict[str, Any]], step: int) -> dict[str, Any] | 
     return {"step": step, **{k: evals[-1][k] for k in _EVAL_KEYS if k in evals[-1]}}
 
 
-class Train(LocalCommand):
-    """``mapo train`` on the run skeleton (:func:`mapo.runs.runner.execute_local`): the lock, the
-    manifest's endings (:class:`~mapo.core.types.RunStatus`) and the signals are the runner's."""
-
-    name = "train"
+class Training:
+    """One ``mapo train`` in this process: what the command (:class:`mapo.runs.train.Train`, on the run
+    skeleton: lock, manifest endings, signals) runs. ``write`` adds fields to the manifest;
+    ``interrupted`` raises a signal already received (called at each step)."""
 
     def __init__(self, cfg: TrainRunConfig) -> None:
-        super().__init__(Path(cfg.output_dir), writer=_rank() == 0)
         self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        self.writer = _rank() == 0
+        """Process 0 holds the lock and writes the folder."""
         self.state: Any = None
 
     def check(self) -> None:
         check(self.cfg)
 
-    def saved(self) -> str:
-        return "the checkpoints so far"
-
-    def work(self, manifest: Manifest) -> dict[str, Any]:
+    def run(self, write: Callable[..., None], interrupted: Callable[[], None]) -> dict[str, Any]:
         import torch
         from accelerate import PartialState
 
@@ -243,8 +241,8 @@ class Train(LocalCommand):
         last = last_checkpoint(run_dir / "checkpoints")
         if last and changed:
             log.warning("resuming %s with changed settings: %s", last, ", ".join(changed))
-        manifest.write(
-            command=self.name,
+        write(
+            command="train",
             status=RUNNING,
             output_dir=str(run_dir),
             method=cfg.method,
@@ -258,19 +256,13 @@ class Train(LocalCommand):
             host=platform.node(),
             versions=_versions(),
         )
-        return _fit(cfg, run_dir, main, state, manifest, base_path, base_cfg, template, name, last)
+        return _fit(cfg, run_dir, main, state, write, interrupted, base_path, base_cfg, template, name, last)
 
     def finish(self) -> None:
         import torch
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.state is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
             self.state.wait_for_everyone()
-
-
-async def train(cfg: TrainRunConfig) -> dict[str, Any] | None:
-    """Run the training (async only to fit the CLI's command shape; it blocks). Returns the manifest
-    in process 0 (one "done" line per run), None in the other processes of an ``accelerate launch``."""
-    return execute_local(Train(cfg))
 
 
 def _versions() -> dict[str, str]:
@@ -292,7 +284,8 @@ def _fit(
     run_dir: Path,
     main: bool,
     state: Any,
-    manifest: Manifest,
+    write: Callable[..., None],
+    interrupted: Callable[[], None],
     base_path: str,
     base_cfg: Any,
     template: str | None,
@@ -335,7 +328,7 @@ def _fit(
     if cfg.method == "kto":
         labels = train_rows["label"]
         counts.update(train_desirable=sum(labels), train_undesirable=len(labels) - sum(labels))
-    manifest.write(
+    write(
         data=counts,
         kto_weights={
             "desirable": args.desirable_weight,
@@ -355,7 +348,7 @@ def _fit(
         """A signal the trainer's code swallowed still ends the run at the next step (runner's rule)."""
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            raise_if_interrupted()
+            interrupted()
 
     from trl import DPOTrainer, KTOTrainer
 

@@ -40,7 +40,7 @@ def compose(*overrides: str):
 
 
 def run_train(*overrides: str):
-    from mapo.training.train import train
+    from mapo.runs.train import train
 
     return asyncio.run(train(compose(*overrides)))
 
