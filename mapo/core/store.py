@@ -184,21 +184,45 @@ class RecordStore:
         return iter_records(self.path)
 
 
-def iter_records(
-    path: str | Path, *, on_damaged: str = "raise", damaged: list[int] | None = None, quiet: bool = False
-) -> Iterator[dict[str, Any]]:
-    """Stream records from a JSONL file (memory flat in the number of records); a partial last
-    line (a crash mid-write) is left out. A line that is not a JSON record raises
-    (``on_damaged="raise"``) or is skipped with a warning naming the file and line (``"skip"``,
-    for readers such as ``mapo reparse`` that should show what they can; the skipped line
-    numbers are appended to ``damaged``; ``quiet``: without the warning)."""
+class DamagedLine(StoreError):
+    """A line of a record file that a reader asked to refuse (``on_damaged="error"``, ``torn="error"``):
+    ``partial`` (a last line without its newline) or not JSON; ``str()`` names the file and line."""
+
+    def __init__(self, path: str | Path, lineno: int, why: str, *, partial: bool = False) -> None:
+        super().__init__(f"{path}:{lineno}: {why}")
+        self.path, self.lineno, self.partial = Path(path), lineno, partial
+
+
+def read_lines(
+    path: str | Path,
+    *,
+    on_damaged: str = "raise",
+    damaged: list[int] | None = None,
+    quiet: bool = False,
+    keyed: bool = True,
+    torn: str = "skip",
+) -> Iterator[tuple[int, Any]]:
+    """The one JSONL reader: ``(line number, record)`` of each line, streamed (memory flat in the number of
+    records). Blank lines are passed over. A partial last line (a crash mid-write) is left out (``torn="skip"``)
+    or refused (``"error"``: :class:`DamagedLine`, e.g. ``mapo merge`` of a shard still being written). A line
+    that is not JSON raises its decode error (``on_damaged="raise"``), raises :class:`DamagedLine` (``"error"``),
+    or is skipped with a warning naming the file and line (``"skip"``, for readers that should show what they
+    can, such as ``mapo reparse`` and ``mapo report``; skipped line numbers are appended to ``damaged``;
+    ``quiet``: without the warning). With ``"skip"``, a line that is not a JSON object is skipped too, and so
+    is one without a string ``key`` unless ``keyed=False`` (dataset rows, metrics)."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.endswith(b"\n"):
+                if torn == "error" and raw.strip():
+                    raise DamagedLine(path, lineno, "partial last record", partial=True)
+                continue
+            if not raw.strip():
                 continue
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if on_damaged == "error":
+                    raise DamagedLine(path, lineno, f"unreadable record ({getattr(e, 'msg', e)})") from None
                 if on_damaged != "skip":
                     raise
                 if not quiet:
@@ -206,13 +230,23 @@ def iter_records(
                 if damaged is not None:
                     damaged.append(lineno)
                 continue
-            if on_damaged == "skip" and not (isinstance(record, dict) and isinstance(record.get("key"), str)):
+            if on_damaged == "skip" and not (
+                isinstance(record, dict) and (not keyed or isinstance(record.get("key"), str))
+            ):
                 if not quiet:
-                    log.warning("%s:%d: not a mapo record (no key); skipped", path, lineno)
+                    log.warning(
+                        "%s:%d: not a mapo record (%s); skipped", path, lineno, "no key" if keyed else "not an object"
+                    )
                 if damaged is not None:
                     damaged.append(lineno)
                 continue
-            yield record
+            yield lineno, record
+
+
+def iter_records(path: str | Path, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, streamed: :func:`read_lines` without the line numbers (same options)."""
+    for _, record in read_lines(path, **kwargs):
+        yield record
 
 
 def latest_records(path: str | Path, **kwargs: Any) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Reading a run folder for a report: its manifest, config and JSONL records, without a model call.
 
 Works on a finished, stopped or resumed run and on a copy of one. A torn last line (a run killed
-mid-write) is skipped by :func:`mapo.core.store.iter_records`; a damaged line elsewhere is
+mid-write) is skipped by :func:`mapo.core.store.read_lines`; a damaged line elsewhere is
 reported and skipped, so a report of a damaged run still shows what can be read.
 
 The JSON file ``mapo agreement ... --out FILE`` writes (its tables, and the sources it read)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapo.core.store import iter_records
+from mapo.core.store import read_lines
 
 __all__ = [
     "AGREEMENT_GLOB",
@@ -47,29 +47,15 @@ def read_json(path: Path) -> Any:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL file, last write per ``key`` winning; [] when the file is absent."""
+    """The records of a JSONL file, last write per ``key`` winning (at the place of its first), rows without
+    a key (dataset rows, metrics) kept in order; [] when the file is absent. A damaged line is named and
+    skipped (:func:`mapo.core.store.read_lines`), so a report of a damaged run still shows what can be read."""
     if not path.exists():
         return []
-    try:
-        records: Iterable[Any] = list(iter_records(path))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        records = _readable_lines(path)
     by_key: dict[Any, dict[str, Any]] = {}
-    for n, rec in enumerate(records):
-        by_key[rec.get("key", n) if isinstance(rec, dict) else n] = rec
+    for n, rec in read_lines(path, on_damaged="skip", keyed=False):
+        by_key[rec.get("key", (n,))] = rec
     return list(by_key.values())
-
-
-def _readable_lines(path: Path) -> Iterator[Any]:
-    # Only for a file the store's reader refused: a report shows what it can and names the rest.
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s: line %d is not JSON (damaged?); skipped", path, n)
 
 
 @dataclass

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mapo.core.store import DamagedLine, read_lines
+
 __all__ = ["MergeError", "main", "merge", "merge_main", "summary", "summary_main"]
 
 RECORD_FILES = ("generations", "selections", "dpo", "kto")
@@ -63,16 +65,12 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if not line.endswith("\n"):
-                raise MergeError(f"{path}:{lineno}: partial last record; rerun that shard (it resumes) before merging")
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MergeError(f"{path}:{lineno}: unreadable record ({e.msg})") from None
+    """A shard's records with their line numbers (:func:`mapo.core.store.read_lines`): a partial or unreadable
+    line is a :class:`MergeError`, never skipped."""
+    try:
+        yield from read_lines(path, on_damaged="error", torn="error")
+    except DamagedLine as e:
+        raise MergeError(f"{e}; rerun that shard (it resumes) before merging" if e.partial else str(e)) from None
 
 
 def _check_shards(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:

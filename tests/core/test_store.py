@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mapo.core.store import RecordStore, StoreError, atomic_write_json, iter_records
+from mapo.core.store import DamagedLine, RecordStore, StoreError, atomic_write_json, iter_records, read_lines
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -95,6 +95,27 @@ def test_iter_records_skips_a_partial_last_line(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"key": "a"}\n{"key": "b"}\n{"key": "c", "n"')
     assert [r["key"] for r in iter_records(path)] == ["a", "b"]
+
+
+def test_one_reader_for_every_jsonl_consumer(tmp_path, caplog):
+    """read_lines serves the stores' readers (iter_records), mapo merge (refuses damage, with line numbers) and
+    mapo report (skips damage, keeps keyless rows): one loop, one rule for torn and damaged lines."""
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"key": "a"}\n\n{"row": 1}\n{not json\n{"key": "b"}\n{"key": "c"')
+    assert [n for n, _ in read_lines(path, on_damaged="skip", keyed=False)] == [1, 3, 5]  # blank passed over, torn left
+    with caplog.at_level(logging.WARNING):
+        assert [r["key"] for r in iter_records(path, on_damaged="skip")] == ["a", "b"]  # keyless skipped too
+    assert "r.jsonl:4: unreadable record" in caplog.text and "r.jsonl:3: not a mapo record (no key)" in caplog.text
+    with pytest.raises(DamagedLine, match=r"r\.jsonl:4: unreadable record \(Expecting property name") as e:
+        list(read_lines(path, on_damaged="error"))
+    assert e.value.lineno == 4 and not e.value.partial
+    path.write_text('{"key": "a"}\n{"key": "c"')
+    with pytest.raises(DamagedLine, match=r"r\.jsonl:2: partial last record") as e:
+        list(read_lines(path, on_damaged="error", torn="error"))
+    assert e.value.partial
+    path.write_text('{"key": "a"}\nnope\n')
+    with pytest.raises(json.JSONDecodeError):  # the default: a store's reader raises the decode error itself
+        list(iter_records(path))
 
 
 def test_empty_and_missing_files(tmp_path):

@@ -288,7 +288,7 @@ def test_a_damaged_middle_line_is_named_and_skipped(server, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         _, md_text = check_files(report.write_report(run))
     assert f"| prompts selected | {len(lines) - 1} |" in md_text
-    assert "selections.jsonl: line 3 is not JSON" in caplog.text
+    assert "selections.jsonl:3: unreadable record" in caplog.text and "skipped" in caplog.text
 
 
 def test_winrate_run_and_winrate_json_in_a_build_run(server, tmp_path):
