@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import string
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from mapo.core.config import ConfigError, resource_dir
+from mapo.core.types import Message
 
 
 def prompts_root() -> Path:
@@ -85,3 +87,17 @@ def quote_untrusted(text: str) -> str:
         if marker in text:
             text = text.replace(marker, marker[0] + "\u200b" + marker[1:])
     return text
+
+
+def render_turns(template: Callable[[str], Template], turns: Sequence[Message], assistant: str) -> str:
+    """A conversation as one block of text for a judge or a reviewer to read: each turn through
+    ``multiturn_turn_user`` / ``multiturn_turn_assistant`` (``assistant`` names the answering side), joined
+    by a blank line, every turn's text defused (:func:`quote_untrusted`). ``template`` loads a prompt of
+    the caller's prompt set by name."""
+    user, answer = template("multiturn_turn_user"), template("multiturn_turn_assistant")
+    return "\n\n".join(
+        user.render(content=quote_untrusted(m["content"]))
+        if m["role"] == "user"
+        else answer.render(assistant=assistant, content=quote_untrusted(m["content"]))
+        for m in turns
+    )

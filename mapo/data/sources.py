@@ -1,6 +1,12 @@
 """Where instructions come from: the built-in set, local files (JSONL/CSV/parquet), or
 Hugging Face datasets by name with a column mapping. Prompts stream lazily (memory flat);
 invalid ones are an error naming the file and line, or skipped and counted.
+
+A prompt column may hold text or a chat list (``messages`` / ``conversation``: ``{role, content}`` turns,
+capybara / no_robots style). A chat list keeps every turn up to its last user turn: that turn is the
+prompt, the turns before it its ``history`` (a multi-turn prompt, answered with them in context); system
+turns and the assistant turns after the last user turn (a reference answer) are left out. A list with one
+user turn is the single-turn prompt it always was.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 from mapo.core.config import ConfigError, PromptSourceConfig
 from mapo.core.prompts import prompts_root
+from mapo.core.types import Conversation, Message, Question
 
 
 def shard_of(item_id: str, count: int) -> int:
@@ -31,6 +38,14 @@ class PromptItem:
 
     id: str
     prompt: str
+    """The (last) user turn: what the generator answers."""
+    history: tuple[Message, ...] = ()
+    """A multi-turn prompt's earlier turns (user and assistant, from a user turn); empty for a single turn."""
+
+    @property
+    def question(self) -> Question:
+        """What the loop, the reviewers and the judge are given: the text, or a Conversation with its turns."""
+        return Conversation(self.prompt, self.history) if self.history else self.prompt
 
 
 @dataclass
@@ -48,15 +63,29 @@ class SourceStats:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
-def _text_of(value: Any) -> str | None:
-    """A plain string, or the first user turn of a chat list (capybara / no_robots style)."""
+def _text_of(value: Any) -> tuple[str, tuple[Message, ...]] | str | None:
+    """(prompt, history) of a plain string or a chat list (module doc); a problem's text, or None when the
+    value is neither text nor a list holding a user turn."""
     if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        for turn in value:
-            if isinstance(turn, dict) and turn.get("role") == "user" and isinstance(turn.get("content"), str):
-                return turn["content"]
-    return None
+        return value, ()
+    if not isinstance(value, list):
+        return None
+    turns: list[Message] = [
+        {"role": t["role"], "content": t["content"]}
+        for t in value
+        if isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)
+    ]
+    last = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
+    if last is None:
+        return None
+    turns = turns[: last + 1]
+    for i, t in enumerate(turns):
+        if t["role"] != ("user" if i % 2 == 0 else "assistant"):
+            return (
+                f"chat turn {i} is {t['role']!r} where the turns must alternate from a user turn "
+                "(each earlier user turn needs its assistant answer)"
+            )
+    return turns[-1]["content"], tuple(turns[:-1])
 
 
 def _unencodable_at(text: str) -> int | None:
@@ -137,8 +166,11 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
         if cfg.prompt_column not in row:
             problem = f"missing column {cfg.prompt_column!r} (prompts.prompt_column)"
         else:
-            text = _text_of(row[cfg.prompt_column])
-            if text is None:
+            got = _text_of(row[cfg.prompt_column])
+            text, history = got if isinstance(got, tuple) else (None, ())
+            if isinstance(got, str):
+                problem = f"column {cfg.prompt_column!r}: {got}"
+            elif text is None:
                 problem = f"column {cfg.prompt_column!r} is {type(row[cfg.prompt_column]).__name__}, not text"
             elif not text.strip():
                 problem = f"empty prompt in column {cfg.prompt_column!r}"
@@ -166,7 +198,7 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             continue
         stats.read += 1
         assert text is not None  # no problem: the prompt column held text
-        yield PromptItem(item_id, text)
+        yield PromptItem(item_id, text, history)
 
 
 def validate_prompts(cfg: PromptSourceConfig) -> int:

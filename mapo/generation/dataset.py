@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.config import OnTie, SelectionConfig
+from mapo.core.types import Question, as_messages
 from mapo.generation.selection import TRUNCATED, Loss
 
 DPO_COLUMNS = ("prompt", "chosen", "rejected")
@@ -178,8 +179,9 @@ class RowCounts:
         }
 
 
-def _user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
+def _prompt(question: Question) -> list[dict[str, str]]:
+    """TRL's conversational prompt: ``[user]``, or a multi-turn prompt's every turn up to the question."""
+    return [{"role": m["role"], "content": m["content"]} for m in as_messages(question)]
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -188,7 +190,7 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 def rows_for(
     prompt_id: str,
-    question: str,
+    question: Question,
     responses: list[str],
     scores: list[float | None],
     best: int,
@@ -253,7 +255,7 @@ def rows_for(
         dpo.append(
             {
                 "key": f"{prompt_id}/{best}>{i}",
-                "prompt": _user(question),
+                "prompt": _prompt(question),
                 "chosen": _assistant(chosen),
                 "rejected": _assistant(text),
                 "prompt_id": prompt_id,
@@ -289,7 +291,7 @@ def rows_for(
     kto = [
         {
             "key": f"{prompt_id}/{i}",
-            "prompt": _user(question),
+            "prompt": _prompt(question),
             "completion": _assistant(responses[i]),
             "label": labels[i],
             "prompt_id": prompt_id,
@@ -319,7 +321,7 @@ def _count_length(counts: RowCounts, when: str, ratio: float) -> None:
 
 def item_rows(
     key: str,
-    question: str,
+    question: Question,
     iterations: Sequence[Mapping[str, Any]],
     best: int,
     losses: Mapping[int, Loss],

@@ -3,6 +3,10 @@ return an evaluation, a score out of 10 and feedback, and the generator revises 
 growing conversation. Every iteration is kept, with every raw review; ``on_iteration`` hands
 each one out as it finishes (the run saves it at once), and ``done`` continues a loop from the
 iterations saved before (a failure at iteration 3 keeps iterations 1-2; a rerun goes on from there).
+
+A multi-turn prompt (a :class:`~mapo.core.types.Conversation`) is answered with its earlier turns in
+context: the generator's conversation starts with them, the loop revises the final turn's answer only,
+and each reviewer reads the whole conversation (``multiturn_reviewer.user``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from mapo.core import prompts
 from mapo.core.config import FeedbackConfig
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Message
+from mapo.core.types import Conversation, Message, Question, as_messages
 from mapo.judging.base import Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
 
@@ -85,7 +89,7 @@ class FeedbackLoop:
 
     async def run(
         self,
-        question: str,
+        question: Question,
         *,
         done: Sequence[Iteration] = (),
         on_iteration: Callable[[Iteration], None] | None = None,
@@ -93,7 +97,7 @@ class FeedbackLoop:
         """The loop for ``question``: ``done`` are iterations saved by an earlier, unfinished run
         (the conversation is rebuilt from them and the loop goes on after the last); each new
         iteration goes to ``on_iteration`` as soon as it is complete."""
-        conversation: list[Message] = [{"role": "user", "content": question}]
+        conversation: list[Message] = as_messages(question)  # a multi-turn prompt: its earlier turns first
         iterations: list[Iteration] = []
         n = self.config.iterations
         for i in range(n):
@@ -136,7 +140,7 @@ class FeedbackLoop:
             return self._t("generator_single_feedback").render(feedback=texts[0])
         return self._t("generator_double_feedback").render(feedback_1=texts[0], feedback_2=texts[1])
 
-    def probes(self, question: str) -> list[Probe]:
+    def probes(self, question: Question) -> list[Probe]:
         """The generator's and each reviewer's requests for ``question``, for the pre-flight
         (:class:`~mapo.judging.base.Probe`). The generator's conversation grows by one response and one
         revision message per iteration: its longest is the last iteration, N-1 responses (each at most
@@ -144,7 +148,7 @@ class FeedbackLoop:
         at most that reviewer's max_tokens) after the question. A reviewer sees the question and one
         response, then its re-asks."""
         n, gen = self.config.iterations, self.generator
-        conversation: list[Message] = [{"role": "user", "content": question}]
+        conversation: list[Message] = as_messages(question)
         empty = [Review(r, [""], None, None, "") for r in self.reviewers]
         for _ in range(n - 1):
             conversation += [
@@ -172,7 +176,7 @@ class FeedbackLoop:
             Probe(
                 "generator",
                 gen,
-                [{"role": "user", "content": question}],
+                as_messages(question),
                 longest=conversation,
                 produced=tuple(produced),
                 turn=f"iteration {n} of {n}",
@@ -194,7 +198,16 @@ class FeedbackLoop:
             )
         return probes
 
-    def _review_messages(self, question: str, response: str) -> list[Message]:
+    def _review_messages(self, question: Question, response: str) -> list[Message]:
+        if isinstance(question, Conversation):  # the reviewer reads the conversation the response ends
+            turns: list[Message] = [*question.messages(), {"role": "assistant", "content": response}]
+            user = self._t("multiturn_reviewer.user").render(
+                conversation=prompts.render_turns(self._t, turns, "Assistant")
+            )
+            return [
+                {"role": "system", "content": self._t("reviewer.system").render()},
+                {"role": "user", "content": user},
+            ]
         return [
             {"role": "system", "content": self._t("reviewer.system").render()},
             {
@@ -205,7 +218,7 @@ class FeedbackLoop:
             },
         ]
 
-    async def review(self, reviewer: str, question: str, response: str) -> Review:
+    async def review(self, reviewer: str, question: Question, response: str) -> Review:
         """One reviewer's evaluation, score and feedback (re-asked, bounded, while unparseable)."""
         answer = await ask(
             self.client,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mapo.core.registry import Registry
-from mapo.core.types import pick_to_label
+from mapo.core.types import Question, pick_to_label
 from mapo.judging.base import Evaluator
 
 TRUNCATED = "length"
@@ -81,7 +81,7 @@ def _no_candidate(method: str, n: int, skip: Collection[int]) -> Selection:
 
 @SELECTORS.register("tournament")
 async def tournament(
-    judge: Evaluator, question: str, responses: Sequence[str], *, skip: Collection[int] = ()
+    judge: Evaluator, question: Question, responses: Sequence[str], *, skip: Collection[int] = ()
 ) -> Selection:
     """Incumbent vs challenger; a tie keeps the incumbent (the earlier response).
 
@@ -105,7 +105,7 @@ async def tournament(
 
 @SELECTORS.register("score_all")
 async def score_all(
-    judge: Evaluator, question: str, responses: Sequence[str], *, skip: Collection[int] = ()
+    judge: Evaluator, question: Question, responses: Sequence[str], *, skip: Collection[int] = ()
 ) -> Selection:
     """Score every response alone (:meth:`Evaluator.score`: a pointwise evaluator's score, e.g. a reward
     model's; a judge's independent scoring); the highest wins, ties go to the earliest.

@@ -276,14 +276,8 @@ def render_conversation(
     """One side's conversation as a judge reads it: its earlier turns, the question and ``response`` (the
     answer judged), each turn through ``multiturn_turn_user`` / ``multiturn_turn_assistant``, untrusted
     text defused (FastChat's MT-Bench multi-turn layout, prompts/SOURCE.md)."""
-    user, answer = judge.template("multiturn_turn_user"), judge.template("multiturn_turn_assistant")
     turns: list[Message] = [*conversation.messages(b), {"role": "assistant", "content": response}]
-    return "\n\n".join(
-        user.render(content=prompts.quote_untrusted(m["content"]))
-        if m["role"] == "user"
-        else answer.render(assistant=assistant, content=prompts.quote_untrusted(m["content"]))
-        for m in turns
-    )
+    return prompts.render_turns(judge.template, turns, assistant)
 
 
 def render_scaled(template: prompts.Template, scale: int) -> str:

@@ -10,11 +10,19 @@ publishing of the datasets. Each generated response keeps its ``finish_reason``;
 counts those cut by max_tokens (``truncated_responses``). Each feedback iteration is saved as it
 finishes (``iterations.jsonl``, key ``<item>#<index>``): an item that fails at iteration 3 keeps
 iterations 1-2 there, and when the item is done again its loop goes on from the last saved one.
+
+A multi-turn prompt (a chat list in the prompt column, :mod:`mapo.data.sources`) is a
+:class:`~mapo.core.types.Conversation`: the loop answers its last user turn with the earlier turns in
+context, reviewers and the judge read the whole conversation, the generation record keeps the turns
+(``history``) and the DPO/KTO rows carry them in TRL's conversational ``prompt`` (every turn up to the
+question). Its templates join the fingerprint (``prompt_sha.multiturn``) only when the source has such
+prompts; a single-turn source's records and fingerprint are as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -26,6 +34,7 @@ from omegaconf import OmegaConf
 from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.core.store import RecordStore, iter_records
+from mapo.core.types import Conversation, Message, Question
 from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
 from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summary, save_datasets
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop, Iteration
@@ -62,6 +71,7 @@ class Build(RunCommand):
         validate(cfg, ["generator", "reviewers", "judge"])
         if cfg.prompts.source != "hf":
             self.n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
+            self.n_multi = sum(bool(p.history) for p in iter_prompts(cfg.prompts))
             if self.n_prompts == 0 and cfg.prompts.shard_count == 1:
                 raise ConfigError(
                     f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
@@ -69,6 +79,7 @@ class Build(RunCommand):
                 )
         else:
             self.n_prompts = cfg.prompts.limit
+            self.n_multi = 0  # a streamed source is not read ahead: its multi-turn prompts are checked as they come
         for key, prompt_set in (
             ("judge.prompt_set", cfg.judge.prompt_set),
             ("feedback.prompt_set", cfg.feedback.prompt_set),
@@ -92,6 +103,8 @@ class Build(RunCommand):
         self.loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
         self.judge = pair_judge(cfg, client)  # a reward model when roles.judge is one
         self.select = SELECTORS.get(cfg.selection.method)
+        if self.n_multi:
+            self._check_conversations(self.n_multi)
 
     def models(self) -> list[str]:
         roles = self.cfg.roles
@@ -111,7 +124,23 @@ class Build(RunCommand):
             "prompt_sha.judge": self.judge.prompt_sha,
             **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
+            **self._multiturn_keys(),
         }
+
+    def _multiturn_keys(self) -> dict[str, Any]:
+        """The multi-turn templates' hashes, for a source with multi-turn prompts only (a single-turn run's
+        fingerprint is as before)."""
+        if not self.n_multi:
+            return {}
+        sets = dict.fromkeys((self.cfg.judge.prompt_set, self.cfg.feedback.prompt_set))
+        return {"prompt_sha.multiturn": "/".join(templates_sha(s, MULTITURN_TEMPLATES) for s in sets)}
+
+    def _check_conversations(self, n: int) -> None:
+        if not self.judge.conversations:
+            raise ConfigError(
+                f"prompts: {n} multi-turn prompt(s) but roles.judge judges with {self.cfg.judge.strategy}, which has no "
+                "multi-turn prompt (the earlier turns would be lost); use judge.strategy=direct|combined|independent"
+            )
 
     def total(self) -> int | None:
         return self.n_prompts
@@ -122,9 +151,7 @@ class Build(RunCommand):
         stored = _stored_prompts(run_dir / "generations.jsonl")
         if not stored or self.cfg.prompts.source == "hf":
             return []
-        return [
-            p.id for p in iter_prompts(self.cfg.prompts) if stored.get(p.id, _text_sha(p.prompt)) != _text_sha(p.prompt)
-        ]
+        return [p.id for p in iter_prompts(self.cfg.prompts) if stored.get(p.id, _item_sha(p)) != _item_sha(p)]
 
     def probes(self) -> list[Probe]:
         """The feedback loop's roles and the judge on the first prompt (the judge is shown two
@@ -137,7 +164,7 @@ class Build(RunCommand):
             f"a response of {gen} (<= {self.loop.client.max_tokens(gen)} max_tokens)",
             self.loop.client.max_tokens(gen),
         )
-        return [*self.loop.probes(first.prompt), *self.judge.probes(first.prompt, "", "", [response, response])]
+        return [*self.loop.probes(first.question), *self.judge.probes(first.question, "", "", [response, response])]
 
     def resume(self) -> None:
         cfg, roles, stores = self.cfg, self.cfg.roles, self.run.stores
@@ -159,7 +186,9 @@ class Build(RunCommand):
         cfg, roles, progress, counts = self.cfg, self.cfg.roles, self.run.progress, self.counts
         gens, sels, dpo, kto, pairs = self.gens, self.sels, self.dpo, self.kto, self.pairs
         stored = self.stored_prompts.get(item.id)
-        if stored is not None and stored != _text_sha(item.prompt):  # a streamed source: found only now
+        if item.history and not self.n_multi:  # a streamed source: its first multi-turn prompt, found only now
+            self._check_conversations(1)
+        if stored is not None and stored != _item_sha(item):  # a streamed source: found only now
             raise ConfigError(
                 f"{self.run.dir} holds records made from other input: item text changed under the same id: "
                 f"{item.id}. Restore the old text, give edited items new ids, choose another run_name, "
@@ -179,15 +208,16 @@ class Build(RunCommand):
                 def save(it: Iteration, item_id: str = item.id) -> None:  # as it arrives: a later failure keeps it
                     self.its.append({"key": f"{item_id}#{it.index}", "item": item_id, "iteration": it.to_record()})
 
-                result = await self.loop.run(item.prompt, done=done, on_iteration=save)
+                result = await self.loop.run(item.question, done=done, on_iteration=save)
                 self.stage_s["feedback"] += time.perf_counter() - t0
-                rec = {"key": item.id, "prompt": item.prompt, **result.to_record()}
+                turns = {"history": list(item.history)} if item.history else {}  # single-turn records: as before
+                rec = {"key": item.id, "prompt": item.prompt, **turns, **result.to_record()}
                 gens.append(rec)
             progress.stage("feedback")
             responses = [it["response"] for it in rec["iterations"]]
             t0 = time.perf_counter()
             skip = excluded(rec["iterations"], cfg.selection.allow_truncated)  # cut by max_tokens
-            sel = await self.select(self.judge, item.prompt, responses, skip=skip)
+            sel = await self.select(self.judge, item.question, responses, skip=skip)
             self.stage_s["selection"] += time.perf_counter() - t0
             progress.stage("judge")
         except Exception as e:
@@ -201,7 +231,7 @@ class Build(RunCommand):
             try:
                 d, k, rc = item_rows(
                     item.id,
-                    item.prompt,
+                    item.question,
                     rec["iterations"],
                     sel.best,
                     sel.losses(),
@@ -323,8 +353,29 @@ def _saved_iterations(its: RecordStore, gens: RecordStore) -> dict[str, list[Ite
     return out
 
 
+MULTITURN_TEMPLATES = ("multiturn_",)
+"""Name prefix of the multi-turn templates (judge and reviewer) in a prompt set."""
+
+
 def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _prompt_sha(prompt: str, history: list[Message] | tuple[Message, ...] | None) -> str:
+    """A prompt's text hash (a stale-item check); a multi-turn prompt's covers its earlier turns too."""
+    if not history:
+        return _text_sha(prompt)
+    return _text_sha(prompt + "\0" + json.dumps(list(history), ensure_ascii=False, sort_keys=True))
+
+
+def _item_sha(item: PromptItem) -> str:
+    return _prompt_sha(item.prompt, item.history)
+
+
+def _rec_question(rec: Mapping[str, Any]) -> Question:
+    """A generation record's question: its prompt, with its earlier turns when it kept them."""
+    history = rec.get("history")
+    return Conversation(rec["prompt"], tuple(history)) if history else rec["prompt"]
 
 
 def _stored_prompts(path: Path) -> dict[str, str]:
@@ -333,7 +384,11 @@ def _stored_prompts(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        return {r["key"]: _text_sha(r["prompt"]) for r in iter_records(path) if isinstance(r.get("prompt"), str)}
+        return {
+            r["key"]: _prompt_sha(r["prompt"], r.get("history"))
+            for r in iter_records(path)
+            if isinstance(r.get("prompt"), str)
+        }
     except (ValueError, KeyError, TypeError):
         return {}
 
@@ -376,7 +431,7 @@ def _resume(
         elif (best := picked[key]) is not None:
             d, k, rc = item_rows(
                 key,
-                rec["prompt"],
+                _rec_question(rec),
                 rec["iterations"],
                 best,
                 lost[key],

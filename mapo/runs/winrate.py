@@ -238,6 +238,9 @@ class Winrate(RunCommand):
                     f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
                     f"(prompts.limit={cfg.prompts.limit})"
                 )
+            multi = next((p for p in iter_prompts(cfg.prompts) if p.history), None)
+            if multi is not None:
+                _refuse_multi_turn(multi)
         else:
             self.n_prompts = cfg.prompts.limit
         self.keys: set[str] = set()
@@ -317,6 +320,8 @@ class Winrate(RunCommand):
         return "|".join([c, b, pid, self.setup_name, f"v{self.cfg.judge.version}", self.sha])
 
     async def _config_final(self, c: WinrateConfiguration, item: PromptItem) -> str:
+        if item.history:  # a streamed source: found only now
+            _refuse_multi_turn(item)
         key = f"{c.name}|{item.id}"
         if key in self.finals:
             return self.finals[key]
@@ -504,3 +509,11 @@ def _truncated(run_dir: Path) -> dict[str, int]:
 async def winrate(cfg: RunConfig) -> dict[str, Any]:
     """Compare every configuration with every baseline over the prompts (module doc)."""
     return await execute(Winrate(cfg))
+
+
+def _refuse_multi_turn(item: PromptItem) -> None:
+    """``mapo winrate`` answers single-turn prompts only (its baselines get the prompt alone)."""
+    raise ConfigError(
+        f"prompts: item {item.id!r} is a multi-turn prompt ({len(item.history)} earlier turns); mapo winrate takes "
+        "single-turn prompts only (mapo build and mapo evaluate take conversations)"
+    )

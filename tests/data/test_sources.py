@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ConfigError, PromptSourceConfig
+from mapo.core.types import Conversation
 from mapo.data.sources import SourceStats, iter_prompts, validate_prompts
 
 # json.dumps writes a lone surrogate as the valid JSON escape "\ud800"; json.loads turns it back
@@ -61,3 +62,30 @@ def test_a_bom_later_in_the_file_is_still_broken_json(tmp_path):
     path.write_bytes(good(1).encode() + b"\n" + codecs.BOM_UTF8 + good(2).encode() + b"\n")
     with pytest.raises(ConfigError, match=r"p\.jsonl:2: broken JSON"):
         validate_prompts(PromptSourceConfig(source="file", path=str(path)))
+
+
+def test_a_chat_list_keeps_every_turn_up_to_the_last_user_turn(tmp_path):
+    """Multi-turn prompts: the last user turn is the prompt, the turns before it its history; a chat list with
+    one user turn (system and a reference answer around it) is the single-turn prompt it always was."""
+    u1, a1, u2 = ({"role": r, "content": c} for r, c in (("user", "Q1"), ("assistant", "A1"), ("user", "Q2")))
+    rows = [
+        {
+            "id": "one",
+            "messages": [{"role": "system", "content": "be brief"}, u1, {"role": "assistant", "content": "ref"}],
+        },
+        {"id": "two", "messages": [u1, a1, u2, {"role": "assistant", "content": "reference answer"}]},
+        {"id": "text", "messages": "Just text."},
+    ]
+    path = write(tmp_path / "c.jsonl", [json.dumps(r) for r in rows])
+    items = list(iter_prompts(PromptSourceConfig(source="file", path=str(path), prompt_column="messages")))
+    assert [(i.id, i.prompt, i.history) for i in items] == [
+        ("one", "Q1", ()),
+        ("two", "Q2", (u1, a1)),
+        ("text", "Just text.", ()),
+    ]
+    assert items[0].question == "Q1" and items[1].question == Conversation("Q2", (u1, a1))
+    path = write(tmp_path / "bad.jsonl", [json.dumps({"id": "x", "messages": [u1, u2]})])
+    with pytest.raises(
+        ConfigError, match=r"bad\.jsonl:1: column 'messages': chat turn 1 is 'user' where the turns must alternate"
+    ):
+        validate_prompts(PromptSourceConfig(source="file", path=str(path), prompt_column="messages"))

@@ -149,3 +149,67 @@ async def test_a_single_turn_set_keeps_its_fingerprint_keys(recorded, tmp_path):
     await evaluate(compose(server, tmp_path, "roles.judge=smollm2-135m"))
     fp = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
     assert not any("multi" in k for k in fp.get("keys", fp))
+
+
+def _prompt_file(path: Path) -> Path:
+    rows = [
+        {"id": "mt", "messages": [*CONV_A, {"role": "user", "content": "And the next one after it?"}]},
+        {"id": "st", "messages": [{"role": "user", "content": "Name a colour."}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+async def test_build_answers_the_last_turn_in_context_and_writes_conversational_rows(recorded, tmp_path):
+    """mapo build on a multi-turn prompt: the generator answers with the earlier turns first, the reviewer and the
+    judge read the whole conversation, the record keeps the turns, and the DPO/KTO prompt is every turn up to
+    the question (TRL's conversational format); a rerun resumes without a request."""
+    from mapo.core.config import PromptSourceConfig
+    from mapo.runs.build import build
+    from tests.runs.test_build import lines, run_config
+
+    server, rec = recorded
+    cfg = run_config(server, tmp_path)
+    cfg.prompts = PromptSourceConfig(
+        source="file", path=str(_prompt_file(tmp_path / "p.jsonl")), prompt_column="messages"
+    )
+    manifest = await build(cfg)
+    assert manifest["status"] == "complete"
+    run = tmp_path / "run"
+    gens = {g["key"]: g for g in lines(run / "generations.jsonl")}
+    assert gens["mt"]["prompt"] == "And the next one after it?" and gens["mt"]["history"] == CONV_A
+    assert "history" not in gens["st"]  # a single-turn record: as before
+    generator = [m for m in rec.requests if m[0]["role"] == "user" and m[0]["content"] == CONV_A[0]["content"]]
+    assert generator and all(
+        m[:3] == [*CONV_A, {"role": "user", "content": "And the next one after it?"}] for m in generator
+    )
+    reviews = [m[-1]["content"] for m in rec.requests if m[0]["role"] == "system" and "### Feedback" in m[0]["content"]]
+    assert any("[Start of Conversation]" in r and "### Assistant:\nSeven is prime (A1)." in r for r in reviews)
+    assert any(r.startswith("[Start of User Question]\nName a colour.") for r in reviews)
+    judged = [m[-1]["content"] for m in rec.requests if "Assistant B's Conversation with User]" in m[-1]["content"]]
+    assert judged and all("### User:\nName a prime number." in j for j in judged)
+    prompt = [*CONV_A, {"role": "user", "content": "And the next one after it?"}]
+    for row in lines(run / "dpo.jsonl") + lines(run / "kto.jsonl"):
+        assert row["prompt"] == (
+            prompt if row["prompt_id"] == "mt" else [{"role": "user", "content": "Name a colour."}]
+        )
+    fp = json.loads((run / "fingerprint.json").read_text())
+    assert "prompt_sha.multiturn" in fp.get("keys", fp)
+    sent = server.completed
+    again = await build(cfg)
+    assert again["status"] == "complete" and server.completed - sent <= 2  # the pre-flight only
+
+
+async def test_winrate_refuses_multi_turn_prompts_before_any_call(recorded, tmp_path):
+    from mapo.core.config import PromptSourceConfig
+    from mapo.runs.winrate import Winrate
+    from tests.runs.test_winrate import run_config
+
+    server, _ = recorded
+    cfg = run_config(server, tmp_path)
+    cfg.prompts = PromptSourceConfig(
+        source="file", path=str(_prompt_file(tmp_path / "p.jsonl")), prompt_column="messages"
+    )
+    with pytest.raises(ConfigError, match="item 'mt' is a multi-turn prompt"):
+        Winrate(cfg).check()
+    assert server.n == 0
