@@ -49,10 +49,27 @@ def test_a_two_turn_conversation_through_build_and_evaluate(embedded_registry, t
         for row in map(json.loads, (run / name).read_text().splitlines()):
             assert row["prompt"] == (TURNS if row["prompt_id"] == "two-turn" else TURNS[:1]), row["prompt"]
 
-    # the built turn-2 answers, judged with the conversation shown (a label as a person might give it)
+    # the built answers judged, turn 2 with the conversation shown (labels as a person might give them; two
+    # items: the agreement statistics need two)
+    single = [it["response"] for it in gens["one-turn"]["iterations"]]
     items = tmp_path / "items.jsonl"
-    item = {"id": "two-turn", "conversation": TURNS, "response_a": answers[0], "response_b": answers[1]}
-    items.write_text(json.dumps({**item, "human": "model_b"}) + "\n")
+    rows = [
+        {
+            "id": "two-turn",
+            "conversation": TURNS,
+            "response_a": answers[0],
+            "response_b": answers[1],
+            "human": "model_b",
+        },
+        {
+            "id": "one-turn",
+            "question": TURNS[0]["content"],
+            "response_a": single[0],
+            "response_b": single[1],
+            "human": "model_a",
+        },
+    ]
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ev = tmp_path / "evaluate"
     _mapo(
         "evaluate",
@@ -65,7 +82,9 @@ def test_a_two_turn_conversation_through_build_and_evaluate(embedded_registry, t
         f"eval_data.path={items}",
     )
     recs = _judgements(ev)
-    assert {r["order"] for r in recs} == {"AB", "BA"} and all(r["item_id"] == "two-turn" for r in recs)
+    assert {(r["item_id"], r["order"]) for r in recs} == {
+        (i, o) for i in ("two-turn", "one-turn") for o in ("AB", "BA")
+    }
     assert all(r["failure"] is None and r["label"] in ("model_a", "model_b", "tie") for r in recs), recs
     agreement = json.loads((ev / "agreement.json").read_text())
-    assert agreement["eval_data"]["multi_turn"] == 1 and agreement["eval_data"]["n_items"] == 1
+    assert agreement["eval_data"]["multi_turn"] == 1 and agreement["eval_data"]["n_items"] == 2

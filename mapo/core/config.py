@@ -114,6 +114,19 @@ class Constrained(Choice):
     off = "off"
 
 
+class Reference(Choice):
+    """``judge.reference``: judge with the item's reference answer shown (``guided``: FastChat's / MT-Bench's
+    reference-guided judging, prompts/SOURCE.md) or without one (``none``, the paper's prompts)."""
+
+    none = "none"
+    guided = "guided"
+
+
+UNLESS_DEFAULT = {"fingerprint": "unless_default"}
+"""Field metadata: the key joins a run's fingerprint only when set to something other than its default, so the
+runs from before the field existed keep their fingerprint (:func:`mapo.runs.runner.section_keys`)."""
+
+
 class Scoring(Choice):
     """``judge.scoring``: the score as written, or its expectation under the top logprobs."""
 
@@ -502,6 +515,9 @@ class JudgeConfig:
     """argmax (the score the judge wrote) | expected (probability-weighted score from the top logprobs)."""
     explain: bool = True
     """False = a score-only constrained answer (no explanation)."""
+    reference: Reference = field(default=Reference.none, metadata=UNLESS_DEFAULT)
+    """none | guided: the item's reference answer shown to the judge (eval_data's ``reference`` column,
+    ``prompts.reference_column``); in the fingerprint and the setup (``+reference``) only when guided."""
 
     @property
     def pointwise(self) -> bool:
@@ -521,6 +537,7 @@ class JudgeConfig:
         self.order_combine = OrderCombine.parse(self.order_combine, f"{key}.order_combine")
         self.constrained = Constrained.parse(self.constrained, f"{key}.constrained")
         self.scoring = Scoring.parse(self.scoring, f"{key}.scoring")
+        self.reference = Reference.parse(self.reference, f"{key}.reference")
         _scale(f"{key}.scale", self.scale)
         _at_least(f"{key}.reask", self.reask, 0)
         _at_least(f"{key}.version", self.version, 1)
@@ -671,8 +688,11 @@ class PromptSourceConfig:
     """This task's shard, 0..shard_count-1 (a SLURM job array: slurm/array.sbatch)."""
     shard_count: int = 1
     """Shards the prompt set is split into; an item goes to sha256(id) % shard_count. 1 = all (mapo/runs/shard.py)."""
+    reference_column: str | None = field(default=None, metadata=UNLESS_DEFAULT)
+    """A column holding each prompt's reference answer (shown to the judge under judge.reference=guided);
+    in the fingerprint only when set."""
 
-    ITEM_KEYS: ClassVar[tuple[str, ...]] = ("source", "path", "split", "prompt_column", "id_column")
+    ITEM_KEYS: ClassVar[tuple[str, ...]] = ("source", "path", "split", "prompt_column", "id_column", "reference_column")
     """The keys that decide what an item id stands for (``limit`` and sharding only choose items): a run's fingerprint."""
 
     def check(self, key: str = "prompts") -> None:

@@ -29,12 +29,20 @@ class Conversation:
     ``question`` is the last user turn (the one answered and judged); ``history`` the turns before it
     (user and assistant, from a user turn on) as response A's model saw them; ``history_b`` response B's where
     its earlier answers differ (MT-Bench: each model answered turn 1 itself), None when both saw ``history``.
+    ``reference`` is a reference answer to the question (shown to a judge only under ``judge.reference=guided``);
+    a Conversation with no earlier turns carries just that and is asked as the single-turn question it is.
     A plain ``str`` question is a single-turn item and is judged exactly as before.
     """
 
     question: str
-    history: tuple[Message, ...]
+    history: tuple[Message, ...] = ()
     history_b: tuple[Message, ...] | None = None
+    reference: str | None = None
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether there are earlier turns to show."""
+        return bool(self.history or self.history_b)
 
     def side(self, b: bool = False) -> tuple[Message, ...]:
         """The earlier turns as response A's (``b=False``) or response B's model saw them."""
@@ -44,11 +52,11 @@ class Conversation:
         """The same conversation with the sides exchanged (response B shown first)."""
         if self.history_b is None:
             return self
-        return Conversation(self.question, self.history_b, self.history)
+        return Conversation(self.question, self.history_b, self.history, self.reference)
 
     def for_side(self, b: bool = False) -> Conversation:
         """The conversation one response was given (its side's earlier turns for both)."""
-        return Conversation(self.question, self.side(b))
+        return Conversation(self.question, self.side(b), reference=self.reference)
 
     def messages(self, b: bool = False) -> list[Message]:
         """The chat messages one side's model answered: its earlier turns, then the question."""
@@ -62,6 +70,16 @@ Question = str | Conversation
 def question_text(question: Question) -> str:
     """The last user turn's text (a plain question is its own text)."""
     return question if isinstance(question, str) else question.question
+
+
+def is_multi_turn(question: Question) -> bool:
+    """Whether ``question`` has earlier turns to show (a Conversation carrying only a reference has none)."""
+    return isinstance(question, Conversation) and question.multi_turn
+
+
+def reference_of(question: Question) -> str | None:
+    """The question's reference answer, if it carries one."""
+    return question.reference if isinstance(question, Conversation) else None
 
 
 def swap_question(question: Question) -> Question:

@@ -83,10 +83,11 @@ class HumanRow(TypedDict):
     annotators: NotRequired[dict[str, Label]]  # several label columns: column -> that annotator's label
     context: NotRequired[list[Message]]  # multi-turn: the turns before the question (module doc)
     context_b: NotRequired[list[Message]]  # multi-turn, response B's earlier turns where they differ from A's
+    reference: NotRequired[str]  # a reference answer (a local file's ``reference`` column; judge.reference=guided)
 
 
 FIELDS: tuple[str, ...] = ("id", "question", "response_a", "response_b", "human")
-OPTIONAL_FIELDS: tuple[str, ...] = ("conversation",)
+OPTIONAL_FIELDS: tuple[str, ...] = ("conversation", "reference")
 """Columns read when a row has them (a single-turn file has none: its rows are read as before)."""
 TEXT_FIELDS: tuple[str, ...] = ("question", "response_a", "response_b")
 IDENTITY_LABELS: dict[Any, Label] = {label: label for label in LABELS}
@@ -325,17 +326,21 @@ def _row(
         row["annotators"] = dict(zip(names, votes, strict=True))
     if conversation is not None and conversation.history:
         row["context"] = list(conversation.history)
+    reference = rec.get(cols["reference"]) if need_text else None
+    if isinstance(reference, str) and reference.strip():
+        row["reference"] = reference
     return row
 
 
 def item_question(row: HumanRow) -> Question:
     """What an evaluator is asked about ``row``: its question, or for a multi-turn row a
-    :class:`~mapo.core.types.Conversation` with the earlier turns (each side's where they differ)."""
-    if "context" not in row:
+    :class:`~mapo.core.types.Conversation` with the earlier turns (each side's where they differ) and its
+    reference answer, if any (shown to a judge only under ``judge.reference=guided``)."""
+    if "context" not in row and "reference" not in row:
         return row["question"]
-    a = tuple(row["context"])
+    a = tuple(row.get("context") or ())
     b = tuple(row["context_b"]) if "context_b" in row else None
-    return Conversation(row["question"], a, None if b == a else b)
+    return Conversation(row["question"], a, None if b == a else b, row.get("reference"))
 
 
 def _lookup(labels: Mapping[Any, Label], value: Any) -> Label | None:

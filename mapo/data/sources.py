@@ -41,11 +41,16 @@ class PromptItem:
     """The (last) user turn: what the generator answers."""
     history: tuple[Message, ...] = ()
     """A multi-turn prompt's earlier turns (user and assistant, from a user turn); empty for a single turn."""
+    reference: str | None = None
+    """Its reference answer (``prompts.reference_column``), for judge.reference=guided."""
 
     @property
     def question(self) -> Question:
-        """What the loop, the reviewers and the judge are given: the text, or a Conversation with its turns."""
-        return Conversation(self.prompt, self.history) if self.history else self.prompt
+        """What the loop, the reviewers and the judge are given: the text, or a Conversation with its turns
+        (and its reference answer)."""
+        if self.history or self.reference is not None:
+            return Conversation(self.prompt, self.history, reference=self.reference)
+        return self.prompt
 
 
 @dataclass
@@ -178,6 +183,9 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
                 problem = f"prompt longer than prompts.max_chars={cfg.max_chars} ({len(text)} characters)"
             elif (bad := _unencodable_at(text)) is not None:
                 problem = f"prompt is not valid Unicode (a lone surrogate at character {bad}; it cannot be sent)"
+        reference = row.get(cfg.reference_column) if cfg.reference_column else None
+        if problem is None and cfg.reference_column and not (isinstance(reference, str) and reference.strip()):
+            problem = f"no reference answer in column {cfg.reference_column!r} (prompts.reference_column)"
         if problem is None and cfg.id_column and cfg.id_column not in row:
             problem = f"missing column {cfg.id_column!r} (prompts.id_column)"
         if problem is None:
@@ -198,7 +206,7 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             continue
         stats.read += 1
         assert text is not None  # no problem: the prompt column held text
-        yield PromptItem(item_id, text, history)
+        yield PromptItem(item_id, text, history, reference)
 
 
 def validate_prompts(cfg: PromptSourceConfig) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from mapo.core import prompts
 from mapo.core.config import FeedbackConfig
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Conversation, Message, Question, as_messages
+from mapo.core.types import Conversation, Message, Question, as_messages, question_text
 from mapo.judging.base import Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
 
@@ -199,7 +199,7 @@ class FeedbackLoop:
         return probes
 
     def _review_messages(self, question: Question, response: str) -> list[Message]:
-        if isinstance(question, Conversation):  # the reviewer reads the conversation the response ends
+        if isinstance(question, Conversation) and question.multi_turn:  # the reviewer reads the whole conversation
             turns: list[Message] = [*question.messages(), {"role": "assistant", "content": response}]
             user = self._t("multiturn_reviewer.user").render(
                 conversation=prompts.render_turns(self._t, turns, "Assistant")
@@ -213,7 +213,8 @@ class FeedbackLoop:
             {
                 "role": "user",
                 "content": self._t("reviewer.user").render(
-                    question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
+                    question=prompts.quote_untrusted(question_text(question)),
+                    response=prompts.quote_untrusted(response),
                 ),
             },
         ]

@@ -407,6 +407,12 @@ class Evaluator(ABC):
         shown to its models); a run with conversations refuses one that does not, before any call."""
         return False
 
+    @property
+    def references(self) -> bool:
+        """Whether it shows a reference answer under ``judge.reference=guided`` (a paper-strategy judge, juries and
+        cascades of them); a run with ``judge.reference=guided`` refuses one that does not, before any call."""
+        return False
+
     async def score(self, question: Question, response: str) -> Score:
         """Score ``response`` to ``question`` alone (when :attr:`scores_alone`)."""
         raise NotImplementedError(f"evaluator {self.kind} cannot score one response alone")

@@ -180,6 +180,10 @@ class Cascade(Evaluator):
     def conversations(self) -> bool:
         return self.cheap.conversations and self.strong.conversations
 
+    @property
+    def references(self) -> bool:
+        return self.cheap.references and self.strong.references
+
     def probes(
         self, question: Question, response_a: str, response_b: str, produced: Sequence[tuple[str, int]] = ()
     ) -> list[Probe]:

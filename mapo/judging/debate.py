@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from mapo.core import prompts
 from mapo.core.config import ConfigError, DebateConfig, JudgeConfig, RunConfig
 from mapo.core.parsers import PARSERS
-from mapo.core.types import Conversation, Label, Message, Question
+from mapo.core.types import Label, Message, Question, is_multi_turn, question_text
 from mapo.core.verdicts import label_from_scores
 from mapo.judging.base import EVALUATORS, Evaluator, Judgement, Probe, ask, asked_probe, constraint_for
 from mapo.llm.client import LLMClient
@@ -237,10 +237,11 @@ class Debate(Evaluator):
     def _messages(
         self, question: Question, first: str, second: str, history: list[Utterance], role_prompt: str
     ) -> list[Message]:
-        if isinstance(question, Conversation):  # Debate.conversations is False: a run refuses this before any call
+        if is_multi_turn(question):  # Debate.conversations is False: a run refuses this before any call
             raise ConfigError(
                 "evaluator=debate has no multi-turn prompt: a conversation's earlier turns cannot be shown"
             )
+        question = question_text(question)
         hist = (
             "\n\n".join(f"[{role_title(u.role)}]: {prompts.quote_untrusted(u.text)}" for u in history) or "(none yet)"
         )

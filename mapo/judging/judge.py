@@ -94,6 +94,8 @@ def judge_setup(config: JudgeConfig) -> str:
         setup += "+expected"
     if not config.explain:
         setup += "+score_only"
+    if config.reference == "guided":
+        setup += "+reference"
     return setup
 
 
@@ -149,6 +151,10 @@ class Judge(Evaluator):
     @property
     def conversations(self) -> bool:
         return self._strategy.multi_turn
+
+    @property
+    def references(self) -> bool:
+        return self._strategy.reference_guided
 
     @property
     def pair_setup(self) -> str:

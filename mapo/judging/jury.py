@@ -294,6 +294,10 @@ class Jury(Evaluator):
         return all(j.conversations for j in self.judges)
 
     @property
+    def references(self) -> bool:
+        return all(j.references for j in self.judges)
+
+    @property
     def scoring_counts(self) -> Counter[str]:
         """The jurors' :attr:`Judge.scoring_counts`, summed."""
         return sum((j.scoring_counts for j in self.judges), Counter())

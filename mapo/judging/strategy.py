@@ -23,9 +23,18 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from mapo.core import prompts
-from mapo.core.config import ConfigError, JudgeConfig
+from mapo.core.config import ConfigError, JudgeConfig, Reference
 from mapo.core.parsers import PARSERS, ParseResult, to_verdict
-from mapo.core.types import Conversation, Message, Question, Verdict, side_question
+from mapo.core.types import (
+    Conversation,
+    Message,
+    Question,
+    Verdict,
+    is_multi_turn,
+    question_text,
+    reference_of,
+    side_question,
+)
 from mapo.judging.scoring import VALUE_NAMES, ValueDistribution, rescore_attempt, stored_verdict
 
 __all__ = [
@@ -145,6 +154,8 @@ class Strategy:
     multi_turn: bool = False
     """It has a prompt that shows a :class:`~mapo.core.types.Conversation`'s earlier turns (the paper's three:
     ``multiturn_judge_*.user``); one without it refuses a multi-turn item before any call."""
+    reference_guided: bool = False
+    """It can show a reference answer (``judge.reference=guided``: the paper's three, ``reference_guided.user``)."""
 
     # ---- what each strategy says of itself ----------------------------------------------
     @property
@@ -175,12 +186,12 @@ class Strategy:
     def single_turn(self, question: Question) -> str:
         """A plain question's text; a :class:`~mapo.core.types.Conversation` is refused by a strategy without
         a multi-turn prompt (its earlier turns would silently be lost)."""
-        if isinstance(question, Conversation):
+        if is_multi_turn(question):
             raise ConfigError(
                 f"judge.strategy={self.name} has no multi-turn prompt: a conversation's earlier turns cannot be "
                 "shown; use direct, combined or independent for multi-turn items"
             )
-        return question
+        return question_text(question)
 
     def pair_messages(self, judge: Asker, question: Question, first: str, second: str) -> list[Message]:
         """The first request of a pairwise strategy (``first`` shown as A)."""
@@ -293,6 +304,7 @@ class PaperStrategy(Strategy):
     scored: bool = True
     """A score out of ``judge.scale`` (in the setup name and given to the parser); direct picks."""
     multi_turn: bool = True
+    reference_guided: bool = True
 
     @property
     def system(self) -> str:
@@ -313,30 +325,45 @@ class PaperStrategy(Strategy):
             "content": render_scaled(judge.template(judge.variant(self.system)), judge.config.scale),
         }
 
+    def _guided(self, judge: Asker, question: Question, user: str) -> list[Message]:
+        """The request: the paper's system prompt and ``user``, under ``judge.reference=guided`` preceded by
+        the question's reference answer (``reference_guided.user``; FastChat's reference-guided judging)."""
+        if judge.config.reference == Reference.guided:
+            reference = reference_of(question)
+            if reference is None:
+                raise ConfigError(
+                    "judge.reference=guided: an item has no reference answer (eval_data's reference column, "
+                    "prompts.reference_column)"
+                )
+            user = judge.template("reference_guided.user").render(
+                reference=prompts.quote_untrusted(reference), judged=user
+            )
+        return [self._system(judge), {"role": "user", "content": user}]
+
     def pair_messages(self, judge: Asker, question: Question, first: str, second: str) -> list[Message]:
-        if isinstance(question, Conversation):  # the same system prompt; the user turn shows both conversations
+        if isinstance(question, Conversation) and question.multi_turn:  # the user turn shows both conversations
             user = judge.template("multiturn_judge_pair.user").render(
                 conversation_a=render_conversation(judge, question, first, "Assistant A"),
                 conversation_b=render_conversation(judge, question, second, "Assistant B", b=True),
             )
-            return [self._system(judge), {"role": "user", "content": user}]
+            return self._guided(judge, question, user)
         user = judge.template("judge_pair.user").render(
-            question=prompts.quote_untrusted(question),
+            question=prompts.quote_untrusted(question_text(question)),
             response_a=prompts.quote_untrusted(first),
             response_b=prompts.quote_untrusted(second),
         )
-        return [self._system(judge), {"role": "user", "content": user}]
+        return self._guided(judge, question, user)
 
     def single_messages(self, judge: Asker, question: Question, response: str) -> list[Message]:
-        if isinstance(question, Conversation):
+        if isinstance(question, Conversation) and question.multi_turn:
             user = judge.template("multiturn_judge_single.user").render(
                 conversation=render_conversation(judge, question, response, "Assistant")
             )
-            return [self._system(judge), {"role": "user", "content": user}]
+            return self._guided(judge, question, user)
         user = judge.template("judge_single.user").render(
-            question=prompts.quote_untrusted(question), response=prompts.quote_untrusted(response)
+            question=prompts.quote_untrusted(question_text(question)), response=prompts.quote_untrusted(response)
         )
-        return [self._system(judge), {"role": "user", "content": user}]
+        return self._guided(judge, question, user)
 
 
 DIRECT = PaperStrategy(name="direct", parser="pick", reask="reask_pick", scored=False)

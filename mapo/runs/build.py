@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, validate
+from mapo.core.config import ConfigError, PromptSourceConfig, Reference, RunConfig, validate
 from mapo.core.prompts import prompts_root
 from mapo.core.store import RecordStore, iter_records
 from mapo.core.types import Conversation, Message, Question
@@ -80,6 +80,10 @@ class Build(RunCommand):
         else:
             self.n_prompts = cfg.prompts.limit
             self.n_multi = 0  # a streamed source is not read ahead: its multi-turn prompts are checked as they come
+        if cfg.judge.reference == Reference.guided and not cfg.prompts.reference_column:
+            raise ConfigError(
+                "judge.reference=guided needs prompts.reference_column (the column holding each prompt's reference answer)"
+            )
         for key, prompt_set in (
             ("judge.prompt_set", cfg.judge.prompt_set),
             ("feedback.prompt_set", cfg.feedback.prompt_set),
@@ -105,6 +109,11 @@ class Build(RunCommand):
         self.select = SELECTORS.get(cfg.selection.method)
         if self.n_multi:
             self._check_conversations(self.n_multi)
+        if cfg.judge.reference == Reference.guided and not self.judge.references:
+            raise ConfigError(
+                f"judge.reference=guided: roles.judge judges with {cfg.judge.strategy}, which has no reference-guided "
+                "prompt; use judge.strategy=direct|combined|independent"
+            )
 
     def models(self) -> list[str]:
         roles = self.cfg.roles
@@ -125,6 +134,7 @@ class Build(RunCommand):
             **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
             **self._multiturn_keys(),
+            **self._reference_keys(),
         }
 
     def _multiturn_keys(self) -> dict[str, Any]:
@@ -134,6 +144,12 @@ class Build(RunCommand):
             return {}
         sets = dict.fromkeys((self.cfg.judge.prompt_set, self.cfg.feedback.prompt_set))
         return {"prompt_sha.multiturn": "/".join(templates_sha(s, MULTITURN_TEMPLATES) for s in sets)}
+
+    def _reference_keys(self) -> dict[str, Any]:
+        """The reference-guided template's hash, under judge.reference=guided only."""
+        if self.cfg.judge.reference != Reference.guided:
+            return {}
+        return {"prompt_sha.reference": templates_sha(self.cfg.judge.prompt_set, ("reference_",))}
 
     def _check_conversations(self, n: int) -> None:
         if not self.judge.conversations:
@@ -210,7 +226,11 @@ class Build(RunCommand):
 
                 result = await self.loop.run(item.question, done=done, on_iteration=save)
                 self.stage_s["feedback"] += time.perf_counter() - t0
-                turns = {"history": list(item.history)} if item.history else {}  # single-turn records: as before
+                turns: dict[str, Any] = (
+                    {"history": list(item.history)} if item.history else {}
+                )  # single turn: as before
+                if item.reference is not None:
+                    turns["reference"] = item.reference
                 rec = {"key": item.id, "prompt": item.prompt, **turns, **result.to_record()}
                 gens.append(rec)
             progress.stage("feedback")
@@ -361,21 +381,25 @@ def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _prompt_sha(prompt: str, history: list[Message] | tuple[Message, ...] | None) -> str:
-    """A prompt's text hash (a stale-item check); a multi-turn prompt's covers its earlier turns too."""
-    if not history:
+def _prompt_sha(prompt: str, history: list[Message] | tuple[Message, ...] | None, reference: str | None = None) -> str:
+    """A prompt's text hash (a stale-item check); a multi-turn prompt's covers its earlier turns too, and a
+    prompt with a reference answer its reference."""
+    if not history and reference is None:
         return _text_sha(prompt)
-    return _text_sha(prompt + "\0" + json.dumps(list(history), ensure_ascii=False, sort_keys=True))
+    extra = {"history": list(history or ()), "reference": reference}
+    return _text_sha(prompt + "\0" + json.dumps(extra, ensure_ascii=False, sort_keys=True))
 
 
 def _item_sha(item: PromptItem) -> str:
-    return _prompt_sha(item.prompt, item.history)
+    return _prompt_sha(item.prompt, item.history, item.reference)
 
 
 def _rec_question(rec: Mapping[str, Any]) -> Question:
     """A generation record's question: its prompt, with its earlier turns when it kept them."""
-    history = rec.get("history")
-    return Conversation(rec["prompt"], tuple(history)) if history else rec["prompt"]
+    history, reference = rec.get("history"), rec.get("reference")
+    if history or reference is not None:
+        return Conversation(rec["prompt"], tuple(history or ()), reference=reference)
+    return rec["prompt"]
 
 
 def _stored_prompts(path: Path) -> dict[str, str]:
@@ -385,7 +409,7 @@ def _stored_prompts(path: Path) -> dict[str, str]:
         return {}
     try:
         return {
-            r["key"]: _prompt_sha(r["prompt"], r.get("history"))
+            r["key"]: _prompt_sha(r["prompt"], r.get("history"), r.get("reference"))
             for r in iter_records(path)
             if isinstance(r.get("prompt"), str)
         }

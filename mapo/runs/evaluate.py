@@ -73,7 +73,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from mapo.core.config import ConfigError, RunConfig, validate
+from mapo.core.config import ConfigError, Reference, RunConfig, validate
 from mapo.core.registry import UnknownNameError
 from mapo.core.store import atomic_write_json, latest_records
 from mapo.core.types import Question, swap_question
@@ -172,6 +172,27 @@ def _check_conversations(cfg: RunConfig, ev: Evaluator, n_multi: int) -> None:
         )
 
 
+REFERENCE_TEMPLATES = ("reference_",)
+"""Name prefix of the reference-guided template (in the fingerprint under judge.reference=guided only)."""
+
+
+def _check_references(cfg: RunConfig, ev: Evaluator, items: list[HumanRow]) -> None:
+    """judge.reference=guided needs an evaluator that shows a reference and a reference for every item."""
+    if cfg.judge.reference != Reference.guided:
+        return
+    if not ev.references:
+        raise ConfigError(
+            f"judge.reference=guided: evaluator={cfg.evaluator} (strategy {ev.strategy}) has no reference-guided "
+            "prompt; use a judge, jury or cascade with judge.strategy=direct|combined|independent"
+        )
+    missing = [r["id"] for r in items if "reference" not in r]
+    if missing:
+        raise ConfigError(
+            f"judge.reference=guided: {len(missing)} of {len(items)} items have no reference answer (a 'reference' "
+            f"column; first: {', '.join(map(repr, missing[:3]))})"
+        )
+
+
 def _check_reference(cfg: RunConfig, ev: Evaluator) -> None:
     """``stats.reference`` names this run's evaluator, one of its jurors or a subset of them
     (``a+b``): a name the agreement table will hold, checked before any model call."""
@@ -224,6 +245,7 @@ class Evaluate(RunCommand):
         self.judge_name, self.judge_setup, self.prompt_sha = _identity(self.cfg, self.ev)
         _check_reference(self.cfg, self.ev)
         _check_conversations(self.cfg, self.ev, int(self.data_info.get("multi_turn", 0)))
+        _check_references(self.cfg, self.ev, self.items_)
 
     def models(self) -> list[str]:
         return _models_of(self.cfg)
@@ -240,6 +262,8 @@ class Evaluate(RunCommand):
         }
         if self.data_info.get("multi_turn"):  # only then: a single-turn run's fingerprint is as before
             keys["prompt_sha.multiturn"] = templates_sha(cfg.judge.prompt_set, MULTITURN_TEMPLATES)
+        if cfg.judge.reference == Reference.guided:  # (judge.reference joins through the judge section)
+            keys["prompt_sha.reference"] = templates_sha(cfg.judge.prompt_set, REFERENCE_TEMPLATES)
         for section, only in ev.sections:  # the config sections that change its verdicts, as it declares them
             keys.update(section_keys(section, getattr(cfg, section), only=only))
         return keys

@@ -254,11 +254,15 @@ def section_keys(prefix: str, section: Any, only: Iterable[str] | None = None) -
     else:
         names = [f.name for f in dataclasses.fields(section) if f.name not in TRANSPORT_KEYS]
     out = {}
+    declared = getattr(section, "__dataclass_fields__", {})
     for n in names:
         raw = getattr(section, n)
         value = raw.request() if isinstance(raw, SamplingOverrides) else _plain(raw)
         if value is None and n in OPTIONAL_SAMPLING or value == {} and isinstance(raw, SamplingOverrides):
             continue  # unset: not a key, so the runs from before the field existed keep their fingerprint
+        f = declared.get(n)
+        if f is not None and f.metadata.get("fingerprint") == "unless_default" and value == _plain(f.default):
+            continue  # at its default: not a key (config.UNLESS_DEFAULT), for the same reason
         out[f"{prefix}.{n}"] = value
     return out
 

@@ -238,6 +238,10 @@ class Winrate(RunCommand):
                     f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
                     f"(prompts.limit={cfg.prompts.limit})"
                 )
+            if cfg.judge.reference == "guided":
+                raise ConfigError(
+                    "judge.reference=guided: mapo winrate judges without a reference answer; leave it none"
+                )
             multi = next((p for p in iter_prompts(cfg.prompts) if p.history), None)
             if multi is not None:
                 _refuse_multi_turn(multi)

@@ -213,3 +213,69 @@ async def test_winrate_refuses_multi_turn_prompts_before_any_call(recorded, tmp_
     with pytest.raises(ConfigError, match="item 'mt' is a multi-turn prompt"):
         Winrate(cfg).check()
     assert server.n == 0
+
+
+def _reference_items(path: Path, *, with_reference: bool = True) -> Path:
+    rows = [
+        {"id": "r1", "question": "What is 6 x 7?", "response_a": "42", "response_b": "48", "human": "model_a"},
+        {
+            "id": "r2",
+            "conversation": [*CONV_A, {"role": "user", "content": "Double it."}],
+            "response_a": "14",
+            "response_b": "18",
+            "human": "model_a",
+        },
+    ]
+    if with_reference:
+        rows[0]["reference"], rows[1]["reference"] = "6 x 7 = 42.", "Fourteen."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+async def test_reference_guided_judging_shows_the_reference_only_when_asked(recorded, tmp_path):
+    """judge.reference=guided puts each item's reference answer before what is judged (single- and multi-turn),
+    keys its records +reference and joins the fingerprint; at its default a reference column changes nothing."""
+    from mapo.runs.evaluate import evaluate
+
+    server, rec = recorded
+    cfg = compose(server, tmp_path, "roles.judge=smollm2-135m", "judge=combined10", "judge.reference=guided")
+    _reference_items(tmp_path / "items.jsonl")
+    assert (await evaluate(cfg))["status"] == "complete"
+    users = {m[-1]["content"] for m in rec.requests if "Score Assistant A" in m[0]["content"]}
+    guided = [u for u in users if u.startswith("[Instruction]\nA reference answer")]
+    assert any(
+        "[The Start of Reference Answer]\n6 x 7 = 42.\n[The End of Reference Answer]\n\n[User Question]" in u
+        for u in guided
+    )
+    assert any("Fourteen." in u and "Assistant B's Conversation with User]" in u for u in guided)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "judgements.jsonl").read_text().splitlines()]
+    assert {r["setup"] for r in recs} == {"combined10+reference"}
+    keys = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
+    keys = keys.get("keys", keys)
+    assert keys["judge.reference"] == "guided" and "prompt_sha.reference" in keys
+
+    rec.requests.clear()
+    default = tmp_path / "default"
+    default.mkdir()
+    cfg = compose(server, default, "roles.judge=smollm2-135m", "judge=combined10")
+    _reference_items(default / "items.jsonl")
+    await evaluate(cfg)
+    users = [m[-1]["content"] for m in rec.requests if "Score Assistant A" in m[0]["content"]]
+    assert users and not any("Reference Answer" in u for u in users)
+    keys = json.loads((default / "run" / "fingerprint.json").read_text())
+    assert not any("reference" in k for k in keys.get("keys", keys))
+
+
+async def test_reference_guided_without_references_is_refused_before_any_call(recorded, tmp_path):
+    from mapo.runs.evaluate import evaluate
+
+    server, _ = recorded
+    cfg = compose(server, tmp_path, "roles.judge=smollm2-135m", "judge.reference=guided")
+    _reference_items(tmp_path / "items.jsonl", with_reference=False)
+    with pytest.raises(ConfigError, match="2 of 2 items have no reference answer"):
+        await evaluate(cfg)
+    cfg = compose(server, tmp_path, "roles.judge=smollm2-135m", "judge=pandalm", "judge.reference=guided")
+    _reference_items(tmp_path / "items.jsonl")
+    with pytest.raises(ConfigError, match="no (multi-turn|reference-guided) prompt"):
+        await evaluate(cfg)
+    assert server.n == 0
