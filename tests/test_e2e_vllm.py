@@ -53,6 +53,23 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
     assert manifest["rows"]["dpo"] == pairs["pairs_written"]
     decided = [json.loads(line) for line in (run_dir / "dpo.jsonl").read_text().splitlines() if line.strip()]
     assert len(decided) == pairs["pairs_written"]
+    # issue 25: not vacuous when the judge ties everything. The judge's own verdicts say which path this run
+    # took, and that path is asserted: a decisive verdict must give a pair (or a counted skip), none at all
+    # must give no pair with the ties counted, never an empty dataset that passes by saying nothing
+    judged = [j for s in _lines(run_dir / "selections.jsonl") for j in s["judgements"]]
+    assert judged, "the judge compared nothing"
+    decisive_verdicts = [j for j in judged if j["label"] in ("model_a", "model_b")]
+    skipped = (
+        sum(pairs[k] for k in ("identical_pairs_skipped", "duplicate_pairs_skipped", "length_ratio_skipped"))
+        + pairs["truncated_excluded"]
+    )
+    if decisive_verdicts:
+        assert decided or skipped, f"{len(decisive_verdicts)} decisive verdicts and no pair, nothing skipped: {pairs}"
+    else:  # the tie path, explicitly: every comparison a tie or a failure, no pair, and the ties counted
+        assert all(j["label"] == "tie" or j["failure"] for j in judged), judged
+        assert not decided and pairs["items_with_pairs"] == 0, pairs
+        assert pairs["ties_dropped"] + pairs["truncated_excluded"] >= 1, pairs
+    print(f"main job: {len(judged)} verdicts, {len(decisive_verdicts)} decisive, {len(decided)} DPO pairs")
     assert all(r["decisive"] and (r["margin"] is None or r["margin"] > 0) for r in decided), decided
     # issue 25: the score columns are the scores that decided, and no pair is written twice
     scored = [r for r in decided if r["chosen_score"] is not None]
@@ -69,6 +86,12 @@ def test_main_job_builds_trl_datasets(embedded_registry, tmp_path):
     why = f"pairs {keep.get('pairs')}, truncated responses {keep.get('truncated_responses')}"
     assert keep["rows"]["dpo"] >= max(1, pairs["pairs_written"]), f"no DPO row even with ties kept: {why}"
 
+    # the paper's rows: a decisive row's scores decided it; a row that is no decision is a kept tie, counted
+    keep_rows = _lines(keep_dir / "dpo.jsonl")
+    for r in keep_rows:
+        if r["decisive"]:
+            assert r["chosen_score"] is None or r["chosen_score"] > r["rejected_score"], r
+    assert sum(not r["decisive"] for r in keep_rows) <= keep["pairs"]["ties_kept"], keep["pairs"]
     dpo = datasets.load_from_disk(str(keep_dir / "dataset" / "dpo"))["train"]
     kto = datasets.load_from_disk(str(keep_dir / "dataset" / "kto"))["train"]
     assert {"prompt", "chosen", "rejected", "margin", "decisive"} <= set(dpo.column_names)
@@ -127,6 +150,23 @@ def _judgements(run_dir):
     return [json.loads(x) for x in (run_dir / "judgements.jsonl").read_text().splitlines()]
 
 
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _assert_labels_follow_the_verdicts(recs):
+    """Not vacuous when every label is a tie: each label is what its own scores (or pick) say, so a tie
+    is a tie the judge wrote (equal scores, or a tie pick), never a default."""
+    from mapo.core.types import pick_to_label
+    from mapo.core.verdicts import label_from_scores
+
+    for r in recs:
+        if r["score_a"] is not None and r["score_b"] is not None:
+            assert r["label"] == label_from_scores(r["score_a"], r["score_b"]), r
+        else:
+            assert r["label"] == pick_to_label(r["pick"], swapped=r["order"] == "BA"), r
+
+
 DEMO = [json.loads(x) for x in (REPO / "prompts" / "eval" / "demo_pairs.jsonl").read_text().splitlines()]
 HUMAN = {r["id"]: r["human"] for r in DEMO}
 
@@ -157,6 +197,15 @@ def test_every_judge_strategy_on_the_demo_pairs(embedded_registry, tmp_path, jud
     # kappa is computed from these very labels (None when the judge gave one label to all three)
     agree = sum(r["label"] == r["human"] for r in recs)
     assert entry["accuracy"] == pytest.approx(agree / 3)
+    # issue 25: these pass vacuously if the judge ties all three; assert what a tie means here
+    _assert_labels_follow_the_verdicts(recs)
+    from mapo.metrics.agreement import cohen_kappa
+
+    kappa = cohen_kappa([r["label"] for r in recs], [r["human"] for r in recs]).kappa
+    assert entry["kappa"] == (pytest.approx(kappa) if kappa is not None else None)
+    if all(r["label"] == "tie" for r in recs):  # the tie path: no human label is a tie, so nothing agrees
+        assert entry["accuracy"] == 0 and entry["kappa"] == 0, entry
+    print(f"{judge}: labels {[r['label'] for r in recs]}, kappa {entry['kappa']}")
 
 
 def test_jury_both_orders_and_debate_on_the_demo_pairs(embedded_registry, tmp_path):
@@ -179,6 +228,16 @@ def test_jury_both_orders_and_debate_on_the_demo_pairs(embedded_registry, tmp_pa
     assert all(r["human"] == HUMAN[r["item_id"]] for r in recs)
     kinds = {e["kind"] for e in json.loads((jury / "agreement.json").read_text())["results"]}
     assert {"juror", "jury"} <= kinds
+    # issue 25: each jury verdict is the mode of its jurors' recorded labels (a tie when they split or tie),
+    # so a jury that ties everything is checked against its jurors, not taken as passing
+    from mapo.metrics.agreement import jury_pick
+
+    jurors = {(r["item_id"], r["order"], r["judge"]): r["label"] for r in recs if r["kind"] == "juror"}
+    verdicts = [r for r in recs if r["kind"] == "jury"]
+    assert len(verdicts) == 4, verdicts  # 2 pairs, both orders
+    for r in verdicts:
+        members = [jurors[(r["item_id"], r["order"], m)] for m in ("smollm2-135m", "gemma3-270m")]
+        assert r["label"] == jury_pick(members, "mode", scores=None, tie_break="tie"), (r, members)
     debate = tmp_path / "debate"
     _mapo(
         "evaluate",
