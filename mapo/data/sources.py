@@ -112,6 +112,8 @@ def _rows(cfg: PromptSourceConfig) -> Iterator[tuple[str, int, dict]]:
         if not cfg.path:
             raise ConfigError("prompts.path is required when prompts.source=file")
         path = Path(cfg.path)
+        if path.is_dir():
+            raise ConfigError(f"prompts.path: {path} is a folder, not a file (jsonl, csv, parquet)")
         if not path.is_file():
             raise ConfigError(f"prompts.path: no such file {path}")
         if path.suffix in (".jsonl", ".json"):
@@ -127,13 +129,34 @@ def _rows(cfg: PromptSourceConfig) -> Iterator[tuple[str, int, dict]]:
     elif cfg.source == "hf":
         if not cfg.path:
             raise ConfigError("prompts.path must name the Hugging Face dataset when prompts.source=hf")
-        import datasets
-
-        ds = datasets.load_dataset(cfg.path, split=cfg.split, streaming=True)
+        ds = _hf_dataset(cfg)
         for i, row in enumerate(ds):
             yield f"{cfg.path}[{cfg.split}]", i, row
     else:
         raise ConfigError(f"prompts.source={cfg.source!r}; allowed: builtin, file, hf")
+
+
+def _hf_dataset(cfg: PromptSourceConfig) -> Any:
+    """The Hugging Face dataset ``prompts.path`` (split ``prompts.split``), streamed. A dataset that cannot
+    be found or reached, or a split it does not have, is a config error naming the keys (it was an
+    internal error: ``failed``, exit 1)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.path, split=cfg.split, streaming=True)
+    except (ConnectionError, FileNotFoundError, ValueError) as e:  # DatasetNotFoundError is a FileNotFoundError
+        offline = " (offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise ConfigError(
+            f"prompts.path={cfg.path} prompts.split={cfg.split}: cannot load this Hugging Face dataset{offline}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+def check_source(cfg: PromptSourceConfig) -> None:
+    """A streamed source (``prompts.source=hf``) opened and its first row read, before any model call or file:
+    what :func:`validate_prompts` does for a local source, without reading it all."""
+    if cfg.source == "hf":
+        next(iter(_rows(cfg)), None)
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, int, dict]]:

@@ -35,7 +35,7 @@ from mapo.core.config import ConfigError, PromptSourceConfig, Reference, RunConf
 from mapo.core.prompts import prompts_root
 from mapo.core.store import RecordStore, iter_records
 from mapo.core.types import Conversation, Message, Question
-from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
+from mapo.data.sources import PromptItem, SourceStats, check_source, iter_prompts, validate_prompts
 from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summary, save_datasets
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
@@ -78,6 +78,7 @@ class Build(RunCommand):
                     f"(empty, all invalid and skipped, or prompts.limit={cfg.prompts.limit})"
                 )
         else:
+            check_source(cfg.prompts)  # a dataset that cannot be found or reached: before any model call or file
             self.n_prompts = cfg.prompts.limit
             self.n_multi = 0  # a streamed source is not read ahead: its multi-turn prompts are checked as they come
         if cfg.judge.reference == Reference.guided and not cfg.prompts.reference_column:

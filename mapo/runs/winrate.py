@@ -47,7 +47,7 @@ from typing import Any
 from mapo.core.config import ConfigError, PromptSourceConfig, RunConfig, WinrateConfiguration, validate
 from mapo.core.store import atomic_write_json, iter_records, latest_records
 from mapo.core.types import Message
-from mapo.data.sources import PromptItem, SourceStats, iter_prompts, validate_prompts
+from mapo.data.sources import PromptItem, SourceStats, check_source, iter_prompts, validate_prompts
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop
 from mapo.judging.base import Probe
 from mapo.judging.evaluators import pair_judge
@@ -246,6 +246,7 @@ class Winrate(RunCommand):
             if multi is not None:
                 _refuse_multi_turn(multi)
         else:
+            check_source(cfg.prompts)  # a dataset that cannot be found or reached: before any model call or file
             self.n_prompts = cfg.prompts.limit
         self.keys: set[str] = set()
         self.counts = {"identical": 0, "generation_failed": 0}

@@ -89,3 +89,21 @@ def test_a_chat_list_keeps_every_turn_up_to_the_last_user_turn(tmp_path):
         ConfigError, match=r"bad\.jsonl:1: column 'messages': chat turn 1 is 'user' where the turns must alternate"
     ):
         validate_prompts(PromptSourceConfig(source="file", path=str(path), prompt_column="messages"))
+
+
+def test_a_folder_as_prompts_path_is_named_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=rf"prompts.path: {tmp_path} is a folder, not a file"):
+        validate_prompts(PromptSourceConfig(source="file", path=str(tmp_path)))
+
+
+def test_a_hub_dataset_that_cannot_be_found_is_a_config_error_naming_the_keys(monkeypatch):
+    import datasets
+
+    from mapo.data.sources import check_source
+
+    def missing(*args, **kwargs):
+        raise datasets.exceptions.DatasetNotFoundError("Dataset 'no-such/set' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(ConfigError, match=r"prompts.path=no-such/set prompts.split=train: cannot load .*doesn't exist"):
+        check_source(PromptSourceConfig(source="hf", path="no-such/set"))

@@ -220,6 +220,34 @@ def test_cli_composes_conf_winrate(fake_server, tmp_path):
     assert table["columns"] == ["smollm2-135m", "gemma3-270m"]
 
 
+def test_cli_a_hub_dataset_that_cannot_be_loaded_is_a_config_error_before_any_call(fake_server, tmp_path):
+    """`mapo winrate prompts.source=hf prompts.path=<not on the Hub>` (offline here): exit 2, one line naming
+    prompts.path, no model call, no manifest. Before: the run started, then ended `failed` (exit 1)
+    with "internal error ConnectionError"."""
+    endpoints = [
+        x
+        for m in ("smollm2-135m", "gemma3-270m")
+        for x in (f"models.{m}.endpoint=null", f"models.{m}.base_url={fake_server.base_url}")
+    ]
+    args = [str(Path(sys.executable).with_name("mapo")), "winrate", *endpoints, "client.progress=off"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    sent = fake_server.n
+    proc = subprocess.run(
+        [*args, "prompts.source=hf", "prompts.path=no-such-org/no-such-set", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out and "internal error" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "prompts.path=no-such-org/no-such-set" in line]
+    assert len(errors) == 1 and "cannot load this Hugging Face dataset" in errors[0], out[-3000:]
+    assert fake_server.n == sent and not (tmp_path / "run" / "manifest.json").exists()
+
+
 async def test_a_resume_with_another_config_is_refused_naming_the_keys(fake_server, tmp_path):
     await winrate(run_config(fake_server, tmp_path))
     sent = fake_server.n
