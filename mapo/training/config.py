@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +140,45 @@ def _unknown(keys: list[str], known: set[str], where: str, what: str) -> None:
             raise ConfigError(f"{where}.{key}: not a field of {what}{hint}")
 
 
+_WORDS = {float: "a number", int: "an integer", bool: "true or false"}
+
+
+def _scalars(hint: Any) -> set[Any]:
+    """The plain types a field's hint allows (``float | None`` -> {float, None}); ``object``: not checked here."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return set().union(*(_scalars(a) for a in typing.get_args(hint)))
+    if hint is type(None):
+        return {None}
+    return {hint} if hint in (bool, int, float) else {object}
+
+
+def _check_trl_values(values: dict[str, Any], cls: type) -> None:
+    """A number, integer or boolean field of TRL's config given something else (``trl.learning_rate=abc``):
+    a config error naming the key, before any model is loaded (TRL's dataclass takes it, and training
+    failed steps later with a TypeError: ``failed``, exit 1). A number written as text is read as one."""
+    hints = typing.get_type_hints(cls)
+    for key, value in list(values.items()):
+        allowed = _scalars(hints.get(key, object))
+        if object in allowed or (value is None and None in allowed):
+            continue
+        kind = float if float in allowed else int if int in allowed else bool
+        if isinstance(value, bool) or kind is bool:
+            ok = isinstance(value, bool) and bool in allowed
+        elif isinstance(value, (int, float, str)):
+            try:
+                number = float(value) if kind is float else int(value)  # int("2.5") fails, as it should
+            except (TypeError, ValueError):
+                ok = False
+            else:
+                ok = kind is float or float(value) == number
+                if ok and isinstance(value, str):  # numbers given as numbers stay as given
+                    values[key] = number
+        else:
+            ok = False
+        if not ok:
+            raise ConfigError(f"trl.{key}={value!r}: not {_WORDS[kind]} (trl.{cls.__name__}.{key})")
+
+
 def _forced_keys(obj: Any, prefix: str = "") -> list[str]:
     """Keys Hydra's ``+key=value`` forced into the typed sections (the dicts ``models``, ``trl`` and
     ``lora.options`` are checked elsewhere)."""
@@ -168,6 +209,7 @@ def check(cfg: TrainRunConfig) -> None:
     for key, why in MANAGED_TRL_KEYS.items():
         if key in cfg.trl:
             raise ConfigError(f"trl.{key} is set by mapo: {why}")
+    _check_trl_values(cfg.trl, cls)
     if not 0 <= cfg.split.eval_fraction < 1:
         raise ConfigError(f"split.eval_fraction must be in [0, 1), got {cfg.split.eval_fraction}")
     cfg.save_dtype = SaveDtype.parse(cfg.save_dtype, "save_dtype")

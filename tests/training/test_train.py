@@ -68,11 +68,21 @@ def test_defaults_compose_to_dpo_and_train_kto_switches():
         ("split.eval_fraction=1.0", r"split\.eval_fraction must be in \[0, 1\)"),
         ("save_dtype=int8", r"save_dtype='int8'"),
         ("name=a.b", r"name='a\.b'"),
+        ("trl.learning_rate=abc", r"trl\.learning_rate='abc': not a number \(trl\.DPOConfig\.learning_rate\)"),
+        ("++trl.max_steps=2.5", r"trl\.max_steps=2\.5: not an integer"),
+        ("++trl.gradient_checkpointing=maybe", r"trl\.gradient_checkpointing='maybe': not true or false"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         check(compose(override))
+
+
+def test_trl_numbers_written_as_text_are_read_as_numbers():
+    """Before: `trl.learning_rate=abc` loaded the model, trained, and ended `failed` (exit 1) on a TypeError."""
+    cfg = compose("++trl.learning_rate='5e-6'", "++trl.max_steps='3'")
+    check(cfg)
+    assert cfg.trl["learning_rate"] == 5e-6 and cfg.trl["max_steps"] == 3
 
 
 def test_kto_fields_are_checked_against_kto_config():
