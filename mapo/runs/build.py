@@ -40,7 +40,7 @@ from mapo.generation.dataset import RowCounts, RowError, item_rows, length_summa
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop, Iteration
 from mapo.generation.selection import SELECTORS, excluded, losses
 from mapo.judging.base import Probe
-from mapo.judging.evaluators import pair_judge
+from mapo.judging.evaluators import evaluator_class, from_config, models_of, selection_keys
 from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.dataset_quality import dataset_quality_of_run, quality_markdown
 from mapo.runs.runner import (
@@ -64,11 +64,26 @@ class Build(RunCommand):
     unstamped = ("dpo", "kto")  # rebuilt from generations + selections; their schema is the dataset's
     published = ("dataset",)
     stages = ("feedback", "judge")
-    reads = frozenset({"roles", "judge", "reward", "feedback", "selection", "prompts", "push_to_hub"})
+    reads = frozenset(
+        {
+            "roles",
+            "judge",
+            "reward",
+            "feedback",
+            "selection",
+            "prompts",
+            "push_to_hub",
+            "evaluator",
+            "jury",
+            "debate",
+            "cascade",
+        }
+    )
 
     def check(self) -> None:
         cfg = self.cfg
-        validate(cfg, ["generator", "reviewers", "judge"])
+        cfg.check()  # first: a valid evaluator names the roles to validate
+        validate(cfg, ["generator", "reviewers", *evaluator_class(cfg).config_roles])
         if cfg.prompts.source != "hf":
             self.n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
             self.n_multi = sum(bool(p.history) for p in iter_prompts(cfg.prompts))
@@ -106,7 +121,7 @@ class Build(RunCommand):
         cfg, roles = self.cfg, self.cfg.roles
         warn_family_judging(cfg)
         self.loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
-        self.judge = pair_judge(cfg, client)  # a reward model when roles.judge is one
+        self.judge = from_config(cfg, client)  # evaluator (default: roles.judge's judge; a reward model if it is one)
         self.select = SELECTORS.get(cfg.selection.method)
         if self.n_multi:
             self._check_conversations(self.n_multi)
@@ -118,10 +133,11 @@ class Build(RunCommand):
 
     def models(self) -> list[str]:
         roles = self.cfg.roles
-        return [roles.generator, *roles.reviewers, roles.judge]
+        return [roles.generator, *roles.reviewers, *models_of(self.cfg, evaluator_class(self.cfg))]
 
     def fingerprint(self) -> dict[str, Any]:
         cfg, roles = self.cfg, self.cfg.roles
+        chosen, sections = selection_keys(cfg)  # none for the default evaluator (the judge of roles.judge)
         return {
             "roles.generator": roles.generator,
             "roles.reviewers": list(roles.reviewers),
@@ -136,6 +152,8 @@ class Build(RunCommand):
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
             **self._multiturn_keys(),
             **self._reference_keys(),
+            **chosen,
+            **{k: v for name, only in sections for k, v in section_keys(name, getattr(cfg, name), only=only).items()},
         }
 
     def _multiturn_keys(self) -> dict[str, Any]:
@@ -189,7 +207,7 @@ class Build(RunCommand):
         pairs = self.pairs
         gens, sels, dpo, kto = self.gens, self.sels, self.dpo, self.kto
         resumable, redo, restored = _resume(
-            gens, sels, dpo, kto, generator=roles.generator, judge=roles.judge, selection=cfg.selection, pairs=pairs
+            gens, sels, dpo, kto, generator=roles.generator, judge=self.judge.name, selection=cfg.selection, pairs=pairs
         )
         self.resumable, self.redo, self.restored = resumable, redo, restored
         self.stored_prompts = _stored_prompts(self.run.dir / "generations.jsonl")
@@ -258,7 +276,7 @@ class Build(RunCommand):
                     sel.losses(),
                     cfg.selection,
                     generator=roles.generator,
-                    judge=roles.judge,
+                    judge=self.judge.name,
                 )
             except RowError as e:  # e.g. an empty response: this item fails, the run goes on
                 d, k, rc = [], [], RowCounts()
@@ -336,7 +354,9 @@ def warn_family_judging(cfg: RunConfig) -> list[str]:
     (the generator, or a reviewer whose feedback revised them): a judge tends to prefer its own
     family's answers (self- and family-preference bias). Returns the models named."""
     roles = cfg.roles
-    family = model_family(cfg, roles.judge)
+    family = model_family(
+        cfg, roles.judge
+    )  # the default evaluator's judge (another evaluator: its models are not checked)
     shaped = [("generator", roles.generator), *(("reviewer", r) for r in roles.reviewers)]
     same = [(role, m) for role, m in shaped if model_family(cfg, m) == family]
     if same:

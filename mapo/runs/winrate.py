@@ -50,7 +50,7 @@ from mapo.core.types import Message
 from mapo.data.sources import PromptItem, SourceStats, check_source, iter_prompts, validate_prompts
 from mapo.generation.feedback import FEEDBACK_TEMPLATES, FeedbackLoop
 from mapo.judging.base import Probe
-from mapo.judging.evaluators import pair_judge
+from mapo.judging.evaluators import evaluator_class, from_config, models_of, selection_keys
 from mapo.judging.jury import warn_self_judging
 from mapo.llm.client import LLMClient, item_failure
 from mapo.metrics.length_control import ASSUMPTIONS as LC_ASSUMPTIONS
@@ -94,7 +94,8 @@ def _check(cfg: RunConfig) -> list[WinrateConfiguration]:
         raise ConfigError(
             "roles.baselines is empty: name the single-model baselines (e.g. roles.baselines=[gpt-4o,llama31-8b])"
         )
-    validate(cfg, ["judge", "baselines"])
+    cfg.check()  # first: a valid evaluator names the roles to validate
+    validate(cfg, [*evaluator_class(cfg).config_roles, "baselines"])
     names = [c.name for c in configs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -225,7 +226,9 @@ class Winrate(RunCommand):
     retried = ("judgements",)  # a failed comparison is not done: a rerun judges it again (build's rule, the store's)
     published = ("winrate.csv", "winrate.md", "winrate.json", "winrate.png")
     stages = ("generation", "judge")
-    reads = frozenset({"roles", "judge", "reward", "feedback", "prompts", "configurations"})
+    reads = frozenset(
+        {"roles", "judge", "reward", "feedback", "prompts", "configurations", "evaluator", "jury", "debate", "cascade"}
+    )
 
     def check(self) -> None:
         cfg = self.cfg
@@ -256,10 +259,10 @@ class Winrate(RunCommand):
     def setup(self, client: LLMClient) -> None:
         cfg = self.cfg
         self.client = client
-        self.judge = pair_judge(cfg, client)  # a reward model when roles.judge is one
+        self.judge = from_config(cfg, client)  # evaluator (default: roles.judge's judge; a reward model if it is one)
         self.sha = self.judge.prompt_sha
         self.setup_name = self.judge.pair_setup  # it judges each pair in every order it judges itself
-        warn_self_judging([cfg.roles.judge], [c.generator for c in self.configs] + self.baselines, "roles.judge")
+        warn_self_judging(self.judge.models, [c.generator for c in self.configs] + self.baselines, "roles.judge")
         self.loops = {
             c.name: FeedbackLoop(client, c.generator, c.reviewers, cfg.feedback) if c.reviewers else None
             for c in self.configs
@@ -267,13 +270,14 @@ class Winrate(RunCommand):
 
     def models(self) -> list[str]:
         return [
-            self.cfg.roles.judge,
+            *models_of(self.cfg, evaluator_class(self.cfg)),
             *self.baselines,
             *(m for c in self.configs for m in (c.generator, *c.reviewers)),
         ]
 
     def fingerprint(self) -> dict[str, Any]:
         cfg = self.cfg
+        chosen, sections = selection_keys(cfg)  # none for the default evaluator (the judge of roles.judge)
         return {
             "roles.judge": cfg.roles.judge,
             "roles.baselines": self.baselines,
@@ -286,6 +290,8 @@ class Winrate(RunCommand):
             "prompt_sha.judge": self.sha,
             **self.judge.config_keys(),
             "prompt_sha.feedback": templates_sha(cfg.feedback.prompt_set, FEEDBACK_TEMPLATES),
+            **chosen,
+            **{k: v for name, only in sections for k, v in section_keys(name, getattr(cfg, name), only=only).items()},
         }
 
     def total(self) -> int | None:
@@ -381,7 +387,7 @@ class Winrate(RunCommand):
             "prompt_id": item.id,
             "configuration": c.name,
             "baseline": b,
-            "judge": cfg.roles.judge,
+            "judge": self.judge.name,
             "setup": self.setup_name,
             "strategy": self.judge.strategy,
             "scale": self.judge.scale,
@@ -457,7 +463,7 @@ class Winrate(RunCommand):
     def fields(self) -> dict[str, Any]:
         cfg, stats, judgements = self.cfg, self.source_stats, self.run.stores["judgements"]
         return {
-            "judge": cfg.roles.judge,
+            "judge": self.judge.name,
             "setup": self.setup_name,
             "configurations": [
                 {"name": c.name, "generator": c.generator, "reviewers": list(c.reviewers)} for c in self.configs
@@ -484,7 +490,7 @@ class Winrate(RunCommand):
         # the last record of each comparison: a retried failure is history
         records = [r for r in latest_records(run_dir / "judgements.jsonl") if r["key"] in self.keys]
         meta = {
-            "judge": cfg.roles.judge,
+            "judge": self.judge.name,
             "setup": self.setup_name,
             "n_prompts": self.source_stats.read,
             "feedback_iterations": cfg.feedback.iterations,

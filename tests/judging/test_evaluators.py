@@ -13,7 +13,7 @@ import pytest
 from mapo.core.config import ConfigError, PoolingTask, RolesConfig, RunConfig
 from mapo.core.types import RECORD_KINDS, record_kind
 from mapo.judging.base import EVALUATORS, PointwiseEvaluator
-from mapo.judging.evaluators import evaluator_class, from_config, models_of, pair_judge
+from mapo.judging.evaluators import evaluator_class, from_config, models_of, selection_keys
 from mapo.llm.client import LLMClient
 from tests.conftest import fake_model
 from tests.fake_openai import FakeServer
@@ -66,9 +66,10 @@ def test_the_pair_judge_of_a_reward_model_is_the_reward_model_and_reward_needs_o
     with FakeServer() as server:
         cfg = config(server, "judge")
         client = LLMClient(cfg.models)
-        assert EVALUATORS.get("judge") is type(pair_judge(cfg, client))
+        assert EVALUATORS.get("judge") is type(from_config(cfg, client))
+        assert selection_keys(cfg) == ({}, ())  # the default adds nothing to build's/winrate's fingerprint
         cfg.roles.judge = "rm"  # roles.judge=<reward model> is one override, in build, winrate and evaluate alike
-        assert isinstance(pair_judge(cfg, client), PointwiseEvaluator)
+        assert isinstance(from_config(cfg, client), PointwiseEvaluator)
         assert type(from_config(cfg, client)) is EVALUATORS.get("reward")
         cfg.roles.judge, cfg.evaluator = "j1", "reward"
         with pytest.raises(ConfigError, match=r"roles\.judge='j1' is not a reward model"):

@@ -202,3 +202,25 @@ async def test_max_length_ratio_shows_its_effect_in_the_manifest(fake_server, tm
         assert len(r["chosen"][0]["content"]) <= len(r["rejected"][0]["content"])
     card = tmp_path / "capped" / "run" / "dataset" / "dpo" / "README.md"
     assert not card.exists() or "selection.max_length_ratio 1.0" in card.read_text()
+
+
+async def test_build_selects_with_any_registered_evaluator(fake_server, tmp_path):
+    """evaluator=jury: best-of-N through the registry (judging.evaluators.from_config), the jurors asked, the
+    selections and rows naming the jury; its roles and sections join the fingerprint (the default's do not)."""
+    from mapo.core.config import JuryConfig
+
+    cfg = run_config(fake_server, tmp_path, evaluator="jury", jury=JuryConfig(aggregate="majority"))
+    cfg.models["judge2"] = fake_model(fake_server)
+    cfg.roles.jurors = ["judge", "judge2", "rev2"]
+    manifest = await build(cfg)
+    run = tmp_path / "run"
+    sels = lines(run / "selections.jsonl")
+    assert manifest["items"]["done"] == 6 and {j["judge"] for s in sels for j in s["judgements"]} == {
+        "jury[judge+judge2+rev2]"
+    }
+    assert all(len(j["members"]) == 3 for s in sels for j in s["judgements"])
+    assert {r["judge"] for r in lines(run / "dpo.jsonl")} <= {"jury[judge+judge2+rev2]"}
+    fp = json.loads((run / "fingerprint.json").read_text())
+    keys = fp.get("keys", fp)
+    assert keys["evaluator"] == "jury" and keys["roles.jurors"] == ["judge", "judge2", "rev2"]
+    assert keys["jury.aggregate"] == "majority"

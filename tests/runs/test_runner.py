@@ -137,9 +137,9 @@ def test_override_key_is_the_top_level_key_it_writes(override, key):
         ("evaluate", "selection.on_tie=keep"),
         ("evaluate", "feedback.iterations=2"),
         ("build", "eval_data.path=labels.jsonl"),
-        ("build", "jury.aggregate=majority"),
+        ("build", "configurations=[]"),  # winrate's (build reads evaluator, jury, ...: it selects with any evaluator)
         ("winrate", "selection.method=tournament"),
-        ("winrate", "evaluator=jury"),
+        ("winrate", "push_to_hub=true"),
     ],
 )
 def test_an_override_the_command_does_not_read_is_refused_naming_it(command, override):

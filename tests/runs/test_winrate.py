@@ -324,3 +324,15 @@ def test_table_with_intervals_and_comparisons():
     t = winrate_table(cells, ["c1"], ["b"], comps)
     assert "| c1 | 100.0% [50.0, 100.0] (ties 0.0% [0.0, 0.0], n=1) |" in t["md"]
     assert "| c1 | -20.0 pts [-50.0, +10.0]: cannot tell with n=4 (~40 needed) |" in t["md"]
+
+
+async def test_winrate_compares_with_any_registered_evaluator(fake_server, tmp_path):
+    """evaluator=jury: the comparisons are judged by the jury (judging.evaluators.from_config), named by it."""
+    cfg = run_config(fake_server, tmp_path, evaluator="jury")
+    cfg.models["judge2"] = fake_model(fake_server, served_name="judge2")
+    cfg.roles.jurors = ["judge", "judge2", "rev"]
+    manifest = await winrate(cfg)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "judgements.jsonl").read_text().splitlines()]
+    assert recs and {r["judge"] for r in recs} == {"jury[judge+judge2+rev]"} and manifest["judge"] == recs[0]["judge"]
+    fp = json.loads((tmp_path / "run" / "fingerprint.json").read_text())["keys"]
+    assert fp["evaluator"] == "jury" and fp["roles.jurors"] == ["judge", "judge2", "rev"] and "jury.aggregate" in fp
