@@ -69,6 +69,11 @@ EMBEDDED = ("smollm2-135m", "gemma3-270m")
 CPU_KVCACHE_GIB = 1
 """KV cache per CPU server (``VLLM_CPU_KVCACHE_SPACE``): ~46k tokens for SmolLM2-135M."""
 
+CPU_REGEX_COMPILE_TIMEOUT_S = 60
+"""``VLLM_REGEX_COMPILATION_TIMEOUT_S`` per CPU server (vLLM's default: 5 s). Compiling a structured-output regex
+(a review or a judge answer with its text budget) takes seconds of one CPU core; on a 2-core machine with other work
+on it, 5 s ran out and vLLM answered 500 (the README main job's retries, issue 24)."""
+
 CPU_COMPILE_ENV = "MAPO_VLLM_CPU_COMPILE"
 """Set to 1 to let vllm-cpu torch.compile the model. Off by default: vllm-cpu 0.32 cannot reload
 its compile cache, so every start compiles again (+60-170 s) for ~10% more tokens/s."""
@@ -442,7 +447,10 @@ def _cpu_env(index: int, count: int, cpus: list[int]) -> dict[str, str]:
     spin against each other. A lone server uses vLLM's "auto" binding (it keeps one core for
     the API server and scheduler). Variables already set in the environment win.
     """
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB)}
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB),
+        "VLLM_REGEX_COMPILATION_TIMEOUT_S": str(CPU_REGEX_COMPILE_TIMEOUT_S),
+    }
     if count > 1 and count <= len(cpus):
         share = len(cpus) // count
         mine = cpus[index * share : (index + 1) * share]

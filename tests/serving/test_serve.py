@@ -42,12 +42,15 @@ def test_unknown_serve_key_and_unknown_model_fail_clearly():
 def test_cpu_plan_splits_cores_and_runs_eager(monkeypatch):
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv("VLLM_REGEX_COMPILATION_TIMEOUT_S", raising=False)
     monkeypatch.delenv(launch.CPU_COMPILE_ENV, raising=False)
     specs = launch.select(None, launch.load_specs())
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
     plans = launch._plan(specs, gpus=[])
     assert [env["VLLM_CPU_OMP_THREADS_BIND"] for _, env, _ in plans] == ["0", "1"]
     assert all(env["VLLM_CPU_KVCACHE_SPACE"] == "1" for _, env, _ in plans)
+    # a structured-output regex compiles in seconds of a busy core: vLLM's 5 s limit answered 500 (issue 24)
+    assert all(env["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "60" for _, env, _ in plans)
     assert all(
         "--enforce-eager" in args and args[args.index("--tensor-parallel-size") + 1] == "1" for _, _, args in plans
     )
