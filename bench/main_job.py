@@ -122,6 +122,7 @@ def records_check(run_dir: Path) -> dict:
     dpo = _jsonl(run_dir / "dpo.jsonl")
     seen = [(json.dumps(r["prompt"]), json.dumps(r["chosen"]), json.dumps(r["rejected"])) for r in dpo]
     decisive = [r for r in dpo if r.get("decisive")]
+    texts = [r[side][-1]["content"] for r in dpo for side in ("chosen", "rejected")]
     return {
         "cut_by_iteration": cut,
         "review_failures": review_failures,
@@ -130,7 +131,22 @@ def records_check(run_dir: Path) -> dict:
         "dpo_decisive_chosen_above_rejected": sum(r["chosen_score"] > r["rejected_score"] for r in decisive),
         "dpo_duplicate_pairs": len(seen) - len(set(seen)),
         "dpo_same_text_pairs": sum(r["chosen"] == r["rejected"] for r in dpo),
+        # a DPO text that stops mid-sentence (see _unfinished); a response cut by max_tokens is never in a pair,
+        # so this counts stops the model chose itself
+        "dpo_texts": len(texts),
+        "dpo_texts_unfinished": sum(_unfinished(t) for t in texts),
     }
+
+
+def _unfinished(text: str) -> bool:
+    """Whether ``text`` ends mid-sentence: empty, a last line ending in , ; : or a last line of prose (8 words
+    or more) without a full stop, ! ? or a closing quote or bracket. A haiku or a list item (a short last line)
+    and code (a closing fence) read as finished."""
+    lines = text.rstrip().splitlines()
+    if not lines:
+        return True
+    last = lines[-1].strip()
+    return last[-1] in ",;:" or (len(last.split()) >= 8 and last[-1] not in ".!?\"')]*`")
 
 
 def build_row(name: str, overrides: list[str], env: dict, tmp: Path, registry: Path) -> dict:
