@@ -6,7 +6,9 @@ A prompt column may hold text or a chat list (``messages`` / ``conversation``: `
 capybara / no_robots style). A chat list keeps every turn up to its last user turn: that turn is the
 prompt, the turns before it its ``history`` (a multi-turn prompt, answered with them in context); system
 turns and the assistant turns after the last user turn (a reference answer) are left out. A list with one
-user turn is the single-turn prompt it always was.
+user turn is the single-turn prompt it always was. A list of texts (MT-Bench's ``question.jsonl`` ``turns``)
+is user turns without answers: the last is the prompt, the earlier ones ``unanswered`` (mapo build has the
+generator answer them in order first, then runs the loop on the last).
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class PromptItem:
     """A multi-turn prompt's earlier turns (user and assistant, from a user turn); empty for a single turn."""
     reference: str | None = None
     """Its reference answer (``prompts.reference_column``), for judge.reference=guided."""
+    unanswered: tuple[str, ...] = ()
+    """Earlier user turns given without answers (a list of texts): answered by the generator first
+    (:meth:`answered`); empty when the source gives the answers (``history``)."""
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.history or self.unanswered)
+
+    def answered(self, history: tuple[Message, ...]) -> PromptItem:
+        """This prompt with its earlier turns answered (``history``: user and assistant alternating)."""
+        return PromptItem(self.id, self.prompt, history, self.reference, self.unanswered)
 
     @property
     def question(self) -> Question:
@@ -68,13 +81,15 @@ class SourceStats:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
-def _text_of(value: Any) -> tuple[str, tuple[Message, ...]] | str | None:
-    """(prompt, history) of a plain string or a chat list (module doc); a problem's text, or None when the
-    value is neither text nor a list holding a user turn."""
+def _text_of(value: Any) -> tuple[str, tuple[Message, ...], tuple[str, ...]] | str | None:
+    """(prompt, history, unanswered) of a plain string, a chat list or a list of texts (module doc); a
+    problem's text, or None when the value is neither text nor a list holding a user turn."""
     if isinstance(value, str):
-        return value, ()
+        return value, (), ()
     if not isinstance(value, list):
         return None
+    if value and all(isinstance(t, str) for t in value):  # user turns without answers (MT-Bench's turns)
+        return value[-1], (), tuple(value[:-1])
     turns: list[Message] = [
         {"role": t["role"], "content": t["content"]}
         for t in value
@@ -90,7 +105,7 @@ def _text_of(value: Any) -> tuple[str, tuple[Message, ...]] | str | None:
                 f"chat turn {i} is {t['role']!r} where the turns must alternate from a user turn "
                 "(each earlier user turn needs its assistant answer)"
             )
-    return turns[-1]["content"], tuple(turns[:-1])
+    return turns[-1]["content"], tuple(turns[:-1]), ()
 
 
 def _unencodable_at(text: str) -> int | None:
@@ -195,7 +210,7 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             problem = f"missing column {cfg.prompt_column!r} (prompts.prompt_column)"
         else:
             got = _text_of(row[cfg.prompt_column])
-            text, history = got if isinstance(got, tuple) else (None, ())
+            text, history, unanswered = got if isinstance(got, tuple) else (None, (), ())
             if isinstance(got, str):
                 problem = f"column {cfg.prompt_column!r}: {got}"
             elif text is None:
@@ -229,7 +244,7 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             continue
         stats.read += 1
         assert text is not None  # no problem: the prompt column held text
-        yield PromptItem(item_id, text, history, reference)
+        yield PromptItem(item_id, text, history, reference, unanswered)
 
 
 def validate_prompts(cfg: PromptSourceConfig) -> int:

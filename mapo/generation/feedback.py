@@ -124,6 +124,18 @@ class FeedbackLoop:
             conversation.append({"role": "user", "content": self._revision_message(it.reviews)})
         return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early=False)
 
+    async def answer_turns(self, turns: Sequence[str]) -> tuple[Message, ...]:
+        """Earlier user turns given without answers (MT-Bench's ``turns``), answered in order by the generator,
+        each with the turns before it in context (as MT-Bench generates): the history the last turn is asked in."""
+        conversation: list[Message] = []
+        for text in turns:
+            conversation.append({"role": "user", "content": text})
+            completion = await self.client.chat(
+                self.generator, conversation, role="generator", overrides=self.config.generator_sampling.request()
+            )
+            conversation.append({"role": "assistant", "content": completion.text})
+        return tuple(conversation)
+
     def _should_stop(self, iterations: list[Iteration]) -> bool:
         score = iterations[-1].score
         if self.config.early_stop_score is not None and score is not None and score >= self.config.early_stop_score:

@@ -86,7 +86,7 @@ class Build(RunCommand):
         validate(cfg, ["generator", "reviewers", *evaluator_class(cfg).config_roles])
         if cfg.prompts.source != "hf":
             self.n_prompts: int | None = validate_prompts(cfg.prompts)  # bad input fails here, before any model call
-            self.n_multi = sum(bool(p.history) for p in iter_prompts(cfg.prompts))
+            self.n_multi = sum(p.multi_turn for p in iter_prompts(cfg.prompts))
             if self.n_prompts == 0 and cfg.prompts.shard_count == 1:
                 raise ConfigError(
                     f"prompts: no usable prompts in {cfg.prompts.path or cfg.prompts.source} "
@@ -199,6 +199,8 @@ class Build(RunCommand):
             f"a response of {gen} (<= {self.loop.client.max_tokens(gen)} max_tokens)",
             self.loop.client.max_tokens(gen),
         )
+        if first.unanswered:  # answers still to be written: empty ones stand in
+            first = first.answered(tuple(m for u in first.unanswered for m in _turn_pair(u)))
         return [*self.loop.probes(first.question), *self.judge.probes(first.question, "", "", [response, response])]
 
     def resume(self) -> None:
@@ -221,7 +223,7 @@ class Build(RunCommand):
         cfg, roles, progress, counts = self.cfg, self.cfg.roles, self.run.progress, self.counts
         gens, sels, dpo, kto, pairs = self.gens, self.sels, self.dpo, self.kto, self.pairs
         stored = self.stored_prompts.get(item.id)
-        if item.history and not self.n_multi:  # a streamed source: its first multi-turn prompt, found only now
+        if item.multi_turn and not self.n_multi:  # a streamed source: its first multi-turn prompt, found only now
             self._check_conversations(1)
         if stored is not None and stored != _item_sha(item):  # a streamed source: found only now
             raise ConfigError(
@@ -243,20 +245,23 @@ class Build(RunCommand):
                 def save(it: Iteration, item_id: str = item.id) -> None:  # as it arrives: a later failure keeps it
                     self.its.append({"key": f"{item_id}#{it.index}", "item": item_id, "iteration": it.to_record()})
 
+                if item.unanswered:  # user turns given without answers: the generator answers them first
+                    item = item.answered(await self.loop.answer_turns(item.unanswered))
                 result = await self.loop.run(item.question, done=done, on_iteration=save)
                 self.stage_s["feedback"] += time.perf_counter() - t0
-                turns: dict[str, Any] = (
-                    {"history": list(item.history)} if item.history else {}
-                )  # single turn: as before
+                turns: dict[str, Any] = {"history": list(item.history)} if item.history else {}  # single: as before
+                if item.unanswered:
+                    turns["unanswered"] = list(item.unanswered)
                 if item.reference is not None:
                     turns["reference"] = item.reference
                 rec = {"key": item.id, "prompt": item.prompt, **turns, **result.to_record()}
                 gens.append(rec)
             progress.stage("feedback")
+            question = _rec_question(rec)  # the turns as answered (a resumed item: as its record holds them)
             responses = [it["response"] for it in rec["iterations"]]
             t0 = time.perf_counter()
             skip = excluded(rec["iterations"], cfg.selection.allow_truncated)  # cut by max_tokens
-            sel = await self.select(self.judge, item.question, responses, skip=skip)
+            sel = await self.select(self.judge, question, responses, skip=skip)
             self.stage_s["selection"] += time.perf_counter() - t0
             progress.stage("judge")
         except Exception as e:
@@ -270,7 +275,7 @@ class Build(RunCommand):
             try:
                 d, k, rc = item_rows(
                     item.id,
-                    item.question,
+                    question,
                     rec["iterations"],
                     sel.best,
                     sel.losses(),
@@ -402,17 +407,30 @@ def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _prompt_sha(prompt: str, history: list[Message] | tuple[Message, ...] | None, reference: str | None = None) -> str:
-    """A prompt's text hash (a stale-item check); a multi-turn prompt's covers its earlier turns too, and a
-    prompt with a reference answer its reference."""
-    if not history and reference is None:
+def _prompt_sha(
+    prompt: str,
+    history: list[Message] | tuple[Message, ...] | None,
+    reference: str | None = None,
+    unanswered: list[str] | tuple[str, ...] | None = None,
+) -> str:
+    """A prompt's text hash (a stale-item check); a multi-turn prompt's covers its earlier turns too (the user
+    turns alone where the generator answered them), and a prompt with a reference answer its reference."""
+    if unanswered:
+        history = None  # its answers are the generator's, not input
+    if not history and reference is None and not unanswered:
         return _text_sha(prompt)
-    extra = {"history": list(history or ()), "reference": reference}
+    extra: dict[str, Any] = {"history": list(history or ()), "reference": reference}
+    if unanswered:
+        extra["unanswered"] = list(unanswered)
     return _text_sha(prompt + "\0" + json.dumps(extra, ensure_ascii=False, sort_keys=True))
 
 
+def _turn_pair(user: str) -> tuple[Message, Message]:
+    return {"role": "user", "content": user}, {"role": "assistant", "content": ""}
+
+
 def _item_sha(item: PromptItem) -> str:
-    return _prompt_sha(item.prompt, item.history, item.reference)
+    return _prompt_sha(item.prompt, item.history, item.reference, item.unanswered)
 
 
 def _rec_question(rec: Mapping[str, Any]) -> Question:
@@ -430,7 +448,7 @@ def _stored_prompts(path: Path) -> dict[str, str]:
         return {}
     try:
         return {
-            r["key"]: _prompt_sha(r["prompt"], r.get("history"), r.get("reference"))
+            r["key"]: _prompt_sha(r["prompt"], r.get("history"), r.get("reference"), r.get("unanswered"))
             for r in iter_records(path)
             if isinstance(r.get("prompt"), str)
         }

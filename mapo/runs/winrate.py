@@ -245,7 +245,7 @@ class Winrate(RunCommand):
                 raise ConfigError(
                     "judge.reference=guided: mapo winrate judges without a reference answer; leave it none"
                 )
-            multi = next((p for p in iter_prompts(cfg.prompts) if p.history), None)
+            multi = next((p for p in iter_prompts(cfg.prompts) if p.multi_turn), None)
             if multi is not None:
                 _refuse_multi_turn(multi)
         else:
@@ -331,7 +331,7 @@ class Winrate(RunCommand):
         return "|".join([c, b, pid, self.setup_name, f"v{self.cfg.judge.version}", self.sha])
 
     async def _config_final(self, c: WinrateConfiguration, item: PromptItem) -> str:
-        if item.history:  # a streamed source: found only now
+        if item.multi_turn:  # a streamed source: found only now
             _refuse_multi_turn(item)
         key = f"{c.name}|{item.id}"
         if key in self.finals:
@@ -525,6 +525,6 @@ async def winrate(cfg: RunConfig) -> dict[str, Any]:
 def _refuse_multi_turn(item: PromptItem) -> None:
     """``mapo winrate`` answers single-turn prompts only (its baselines get the prompt alone)."""
     raise ConfigError(
-        f"prompts: item {item.id!r} is a multi-turn prompt ({len(item.history)} earlier turns); mapo winrate takes "
+        f"prompts: item {item.id!r} is a multi-turn prompt ({len(item.history) or len(item.unanswered)} earlier turns); mapo winrate takes "
         "single-turn prompts only (mapo build and mapo evaluate take conversations)"
     )

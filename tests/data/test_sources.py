@@ -107,3 +107,11 @@ def test_a_hub_dataset_that_cannot_be_found_is_a_config_error_naming_the_keys(mo
     monkeypatch.setattr(datasets, "load_dataset", missing)
     with pytest.raises(ConfigError, match=r"prompts.path=no-such/set prompts.split=train: cannot load .*doesn't exist"):
         check_source(PromptSourceConfig(source="hf", path="no-such/set"))
+
+
+def test_a_list_of_texts_is_user_turns_without_answers(tmp_path):
+    path = write(tmp_path / "q.jsonl", [json.dumps({"id": "81", "turns": ["T1", "T2", "T3"]})])
+    (item,) = iter_prompts(PromptSourceConfig(source="file", path=str(path), prompt_column="turns"))
+    assert (item.prompt, item.history, item.unanswered, item.multi_turn) == ("T3", (), ("T1", "T2"), True)
+    answered = item.answered(({"role": "user", "content": "T1"}, {"role": "assistant", "content": "A1"}))
+    assert answered.question == Conversation("T3", answered.history) and answered.unanswered == ("T1", "T2")

@@ -279,3 +279,35 @@ async def test_reference_guided_without_references_is_refused_before_any_call(re
     with pytest.raises(ConfigError, match="no (multi-turn|reference-guided) prompt"):
         await evaluate(cfg)
     assert server.n == 0
+
+
+async def test_user_turns_without_answers_are_answered_by_the_generator_first(recorded, tmp_path):
+    """MT-Bench's question.jsonl gives the user turns only: the generator answers turn 1 (alone in context), the
+    loop then answers turn 2 with turn 1 and that answer before it; the record keeps both, the rows carry them,
+    and a rerun resumes with no request but the pre-flight's."""
+    from mapo.core.config import PromptSourceConfig
+    from mapo.runs.build import build
+    from tests.runs.test_build import lines, run_config
+
+    server, rec = recorded
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps({"question_id": 81, "turns": ["Write a haiku.", "Now make it rhyme."]}) + "\n")
+    cfg = run_config(server, tmp_path)
+    cfg.prompts = PromptSourceConfig(source="file", path=str(path), prompt_column="turns", id_column="question_id")
+    assert (await build(cfg))["status"] == "complete"
+    (gen,) = lines(tmp_path / "run" / "generations.jsonl")
+    assert gen["prompt"] == "Now make it rhyme." and gen["unanswered"] == ["Write a haiku."]
+    first = gen["history"]
+    assert [m["role"] for m in first] == ["user", "assistant"] and first[0]["content"] == "Write a haiku."
+    asked_alone = [m for m in rec.requests if m == [{"role": "user", "content": "Write a haiku."}]]
+    assert asked_alone  # turn 1 answered with nothing before it
+    loop = [m for m in rec.requests if m[:3] == [*first, {"role": "user", "content": "Now make it rhyme."}]]
+    assert loop  # turn 2 asked after turn 1 and its answer
+    for row in lines(tmp_path / "run" / "kto.jsonl"):
+        assert row["prompt"] == [*first, {"role": "user", "content": "Now make it rhyme."}]
+    sent = server.completed
+    again = run_config(server, tmp_path)
+    again.prompts = cfg.prompts
+    manifest = await build(again)
+    assert manifest["status"] == "complete" and manifest["items"]["resumed_done"] == 1
+    assert server.completed - sent <= 3  # the pre-flight's requests only: nothing regenerated
