@@ -146,6 +146,8 @@ def load_local(
     """
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if path.is_dir():
+        raise HumanDataError(f"{path} is a folder, not a file (jsonl, json, csv)")
     if not path.is_file():
         raise HumanDataError(f"{path}: no such file")
     records = _read(path, fmt)

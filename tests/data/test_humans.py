@@ -126,6 +126,8 @@ def test_other_bad_inputs(tmp_path, name, content, kwargs, match):
 def test_missing_file(tmp_path):
     with pytest.raises(HumanDataError, match="no such file"):
         load_local(tmp_path / "nope.jsonl")
+    with pytest.raises(HumanDataError, match=rf"{tmp_path} is a folder, not a file"):  # was "no such file"
+        load_local(tmp_path)
 
 
 # --------------------------------------------------------------------------- Hugging Face mappings
