@@ -9,8 +9,7 @@ The public API is importable from here; heavy modules load on first use, so
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mapo.core.exports import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -55,17 +54,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mapo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_MODULE_OF])
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

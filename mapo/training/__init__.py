@@ -4,7 +4,13 @@ The training lives in :mod:`mapo.training.train` (the command on the runner: :mo
 its config in :mod:`mapo.training.config` (conf/train.yaml + conf/train/{dpo,kto}.yaml). Importing this package loads neither torch nor TRL.
 """
 
-from mapo.training.config import LoraSettings, SplitConfig, TrainRunConfig
-from mapo.training.data import held_out, kto_weights, split_by_prompt
+from mapo.core.exports import lazy_exports
 
-__all__ = ["LoraSettings", "SplitConfig", "TrainRunConfig", "held_out", "kto_weights", "split_by_prompt"]
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "mapo.training.config": ("LoraSettings", "SplitConfig", "TrainRunConfig"),
+    "mapo.training.data": ("held_out", "kto_weights", "split_by_prompt"),
+    "mapo.training.train": ("Training",),
+}
+"""module -> the names other packages import from it (each loaded on first use)."""
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
