@@ -333,6 +333,23 @@ def _stored_changes(run_dir: Path, fp: Fingerprint) -> list[str] | None:
     return fp.changes(old)
 
 
+def refuse_foreign_run(run_dir: Path, command: str) -> None:
+    """A folder whose manifest names another command's run (``mapo train`` into a build folder, ``mapo build``
+    into a training's) is refused before anything is written there: its config.yaml and manifest.json would be
+    overwritten, and its records mixed with this command's. (Folders of build / evaluate / winrate are told
+    apart by their fingerprint too; a training keeps none.)"""
+    path = run_dir / "manifest.json"
+    try:
+        other = json.loads(path.read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return  # none, or not one we can read: the checks that follow report what matters
+    if isinstance(other, str) and other != command:
+        raise ConfigError(
+            f"{run_dir} holds a `mapo {other}` run (its manifest.json); `mapo {command}` would write over it: "
+            f"choose another run_name or hydra.run.dir"
+        )
+
+
 def _stale_text(ids: Sequence[str]) -> str:
     shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     return f"item text changed under the same id: {shown}"
@@ -542,6 +559,7 @@ async def execute(command: RunCommand) -> dict[str, Any]:
         run_dir = _run_folder(command.cfg, fp, command.stale_items)
         if str(run_dir) != command.cfg.output_dir:
             command.cfg = dataclasses.replace(command.cfg, output_dir=str(run_dir))
+        refuse_foreign_run(run_dir, command.name)
         try:
             lock = RunLock(run_dir)
         except OSError as e:
@@ -873,6 +891,7 @@ def execute_local(command: LocalCommand) -> dict[str, Any] | None:
     :class:`RunFailed`, or a ``ConfigError`` found before the run started. SIGINT and SIGTERM
     interrupt the blocking work at once (no event loop turns while it works)."""
     command.check()
+    refuse_foreign_run(command.run_dir, command.name)
     lock: contextlib.AbstractContextManager[Any] = (
         RunLock(command.run_dir) if command.writer else contextlib.nullcontext()
     )

@@ -142,3 +142,45 @@ def test_every_command_writes_only_the_run_status_words():
         assert not bad, f"{path}: status values outside RunStatus: {bad}"
     assert found["mapo.runs.shard"], "the scan reads the status literals (mapo merge writes one)"
     assert {"train", "merge", "summary", "wait"} <= set(COMMANDS)
+
+
+def test_a_local_command_refuses_a_folder_holding_another_commands_run(tmp_path):
+    """`mapo train hydra.run.dir=<a build folder>`: before, training started there and wrote its config.yaml and
+    manifest.json over the build's (the dataset's provenance lost). Now refused before anything is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    build_manifest = '{"command": "build", "status": "complete"}'
+    (run / "manifest.json").write_text(build_manifest)
+    (run / "config.yaml").write_text("build: config\n")
+    worked = []
+
+    class Train(LocalCommand):
+        name = "train"
+
+        def work(self, manifest: Manifest) -> dict[str, Any]:
+            worked.append(1)
+            return {}
+
+    with pytest.raises(ConfigError, match=rf"{run} holds a `mapo build` run.*another run_name or hydra.run.dir"):
+        execute_local(Train(run))
+    assert not worked and (run / "manifest.json").read_text() == build_manifest
+    assert (run / "config.yaml").read_text() == "build: config\n" and not (run / ".lock").exists()
+
+
+async def test_a_run_command_refuses_a_folder_holding_a_training(tmp_path):
+    """`mapo build hydra.run.dir=<a train folder>` (which has no fingerprint.json to compare): refused naming the
+    command, before any request or file (before: the build wrote its records, config and manifest there)."""
+    from mapo.runs.build import build
+    from tests.fake_openai import FakeServer
+    from tests.runs.test_faults import run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    train_manifest = '{"command": "train", "status": "complete"}'
+    (run / "manifest.json").write_text(train_manifest)
+    with FakeServer() as server:
+        with pytest.raises(ConfigError, match=rf"{run} holds a `mapo train` run"):
+            await build(run_config(tmp_path, server))
+        assert server.n == 0
+    assert (run / "manifest.json").read_text() == train_manifest
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]
