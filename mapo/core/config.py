@@ -729,6 +729,9 @@ class EvalDataConfig:
     """pandalm, mt_bench, alpaca_eval: the split."""
     turn: int | None = None
     """mt_bench: 1 | 2 | null (both)."""
+    references: str | None = None
+    """mt_bench: a FastChat reference-answer JSONL (``data/mt_bench/reference_answer/gpt-4.jsonl``: question_id,
+    choices[0].turns), each item's reference for its turn (judge.reference=guided); null = none."""
     data_files: str | None = None
     """pandalm: a local testset-v1.json instead of the hub."""
     columns: Any = None

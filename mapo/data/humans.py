@@ -66,6 +66,7 @@ __all__ = [
     "load_pandalm",
     "mt_bench_rows",
     "pandalm_rows",
+    "read_mt_bench_references",
     "read_human_labels",
 ]
 
@@ -434,7 +435,10 @@ MT_BENCH_LABELS: dict[Any, Label] = {"model_a": "model_a", "model_b": "model_b",
 
 
 def mt_bench_rows(
-    records: Iterable[Mapping[str, Any]], turn: int | None = None, source: str = "mt_bench"
+    records: Iterable[Mapping[str, Any]],
+    turn: int | None = None,
+    source: str = "mt_bench",
+    references: Mapping[str, Sequence[str]] | None = None,
 ) -> list[HumanRow]:
     """MT-Bench human judgments (one row per judge vote). ``turn=1``/``2`` keeps one turn.
 
@@ -442,7 +446,8 @@ def mt_bench_rows(
     answer. For turn 2 the question is the second user message, each response that model's
     second answer, and the turns before it (the first question and that model's own first
     answer) its ``context``/``context_b``: the judge sees both conversations and judges turn 2's
-    answers (FastChat's multi-turn judging; :func:`item_question`).
+    answers (FastChat's multi-turn judging; :func:`item_question`). ``references`` (question id -> the
+    reference answer of each turn, :func:`read_mt_bench_references`) gives each row its turn's ``reference``.
     """
     rows: list[HumanRow] = []
     for i, rec in enumerate(records):
@@ -471,8 +476,23 @@ def mt_bench_rows(
         if t > 1:
             row["context"] = _before_turn(conv_a, t)
             row["context_b"] = _before_turn(conv_b, t)
+        ref = (references or {}).get(str(rec.get("question_id")))
+        if ref is not None and len(ref) >= t and isinstance(ref[t - 1], str):
+            row["reference"] = ref[t - 1]
         rows.append(row)
     return rows
+
+
+def read_mt_bench_references(path: str | Path) -> dict[str, list[str]]:
+    """FastChat's reference answers (``data/mt_bench/reference_answer/gpt-4.jsonl``): question id -> the
+    reference of each turn (``choices[0].turns``); a line of another shape is an error naming it."""
+    out: dict[str, list[str]] = {}
+    for where, rec in _read(Path(path), "jsonl"):
+        turns = ((rec.get("choices") or [{}])[0] or {}).get("turns")
+        if "question_id" not in rec or not (isinstance(turns, list) and all(isinstance(t, str) for t in turns)):
+            raise HumanDataError(f"{path}: {where}: expected question_id and choices[0].turns (a list of texts)")
+        out[str(rec["question_id"])] = turns
+    return out
 
 
 def _before_turn(conv: list[dict[str, str]], turn: int) -> list[Message]:
@@ -504,9 +524,13 @@ def _answer(conv: list[dict[str, str]], turn: int, where: str, key: str) -> str:
 
 
 def load_mt_bench(
-    split: str = "human", turn: int | None = None, name: str = "lmsys/mt_bench_human_judgments"
+    split: str = "human",
+    turn: int | None = None,
+    name: str = "lmsys/mt_bench_human_judgments",
+    references: str | None = None,
 ) -> list[HumanRow]:
-    return mt_bench_rows(_hub(name, split=split), turn=turn, source=f"{name}[{split}]")
+    refs = read_mt_bench_references(references) if references else None
+    return mt_bench_rows(_hub(name, split=split), turn=turn, source=f"{name}[{split}]", references=refs)
 
 
 ALPACA_LABELS: dict[Any, Label] = {1: "model_a", 2: "model_b", 0: "tie", 1.5: "tie"}
@@ -578,7 +602,7 @@ def load_items(spec: EvalDataConfig | Mapping[str, Any]) -> tuple[list[HumanRow]
     except UnknownNameError as e:
         raise ConfigError(str(e)) from None
     kwargs = data.loader_kwargs()
-    for key in ("path", "data_files"):
+    for key in ("path", "data_files", "references"):
         if isinstance(kwargs.get(key), str):
             p = Path(kwargs[key]).expanduser()
             if not p.is_absolute() and not p.exists():

@@ -303,3 +303,16 @@ def test_local_conversation_column(tmp_path):
     path.write_text(json.dumps({**lines[0], "question": "Another question"}) + "\n")
     with pytest.raises(HumanDataError, match="differs from the last user turn"):
         load_local(path, columns={"human": "winner"})
+
+
+def test_mt_bench_references_give_each_row_its_turns_reference(tmp_path):
+    """FastChat's reference answers (question_id, choices[0].turns) -> each row's reference for its turn."""
+    refs = tmp_path / "gpt-4.jsonl"
+    refs.write_text(json.dumps({"question_id": 81, "choices": [{"index": 0, "turns": ["R1", "R2"]}]}) + "\n")
+    rows = mt_bench_rows([_mt("model_a"), _mt("model_b", turn=2)], references=humans.read_mt_bench_references(refs))
+    assert [r["reference"] for r in rows] == ["R1", "R2"]
+    assert item_question(rows[0]) == Conversation("Q1", (), None, "R1")  # no earlier turns: asked as single-turn
+    assert "reference" not in mt_bench_rows([_mt("model_a")])[0]
+    refs.write_text(json.dumps({"question_id": 81, "choices": []}) + "\n")
+    with pytest.raises(HumanDataError, match="line 1: expected question_id and choices"):
+        humans.read_mt_bench_references(refs)
