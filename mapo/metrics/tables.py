@@ -281,6 +281,9 @@ def add_uncertainty(
     annotators = tables.pop(ANNOTATORS_KEY, None)
     if annotators and entries:
         _human_ceiling(tables, humans, annotators, settings if intervals else None)
+    if intervals and entries and len(humans) < 2:  # a bootstrap over one item has no spread to show
+        tables["intervals_skipped"] = f"{len(humans)} item(s): a bootstrap needs at least 2; no interval, no verdict"
+        intervals = False
     if intervals and entries:
         items = list(humans)
         human = [humans[i] for i in items]
@@ -612,6 +615,8 @@ def format_table(tables: Mapping[str, Any], top_subsets: int = 10, json_path: st
         if len(j["subsets"]) > top_subsets:
             where = f" in {json_path}" if json_path else " (not shown)"
             lines.append(f"  ... {len(j['subsets']) - top_subsets} more{where}")
+    if tables.get("intervals_skipped"):
+        lines += ["", f"[low, high]: none ({tables['intervals_skipped']})."]
     u = tables.get("uncertainty")
     if u:
         lines.append("")

@@ -140,12 +140,14 @@ def bootstrap(
     ``statistic(w)`` gets item multiplicities ``w`` of shape (B, n_items) (all ones for the
     point estimate) and returns shape (K, B): K statistics per resample, NaN where one is
     undefined. Undefined resamples are left out of that output's interval (``nanpercentile``);
-    an output undefined in every resample gets NaN bounds.
+    an output undefined in every resample gets NaN bounds, as does every output over a single item.
     """
     settings = settings or Bootstrap()
     if n_items < 1:
         raise ValueError("bootstrap over no items")
     point = np.asarray(statistic(np.ones((1, n_items))))[:, 0]
+    if n_items < 2:  # one item resamples to itself: no spread, so no interval (NaN bounds, as an undefined output)
+        return point, np.full(point.shape, np.nan), np.full(point.shape, np.nan)
 
     def stat(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.intp)

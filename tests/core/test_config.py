@@ -333,8 +333,12 @@ def test_a_penalty_out_of_range_is_named(override, message):
 def test_unset_sampling_fields_are_not_fingerprint_keys():
     from mapo.runs.runner import model_keys, section_keys
 
-    cfg = build("build", ["feedback.generator_sampling.temperature=null"])
+    unset = ["feedback.generator_sampling.temperature=null", "feedback.generator_sampling.repetition_penalty=null"]
+    cfg = build("build", unset)
     keys = {**section_keys("feedback", cfg.feedback), **model_keys(cfg, ["smollm2-135m"])}
     assert not any("penalty" in k or "generator_sampling" in k for k in keys)
+    # the README main job's default (conf/build.yaml) sets one field, and only that one is a key
+    default = section_keys("feedback", build("build", []).feedback)["feedback.generator_sampling"]
+    assert default == {"repetition_penalty": 1.1}
     cfg = build("build", ["feedback.generator_sampling.repetition_penalty=1.2"])
     assert section_keys("feedback", cfg.feedback)["feedback.generator_sampling"] == {"repetition_penalty": 1.2}

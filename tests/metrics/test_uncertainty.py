@@ -11,6 +11,7 @@ from mapo.metrics.uncertainty import (
     MARGIN,
     N_RESAMPLES,
     Bootstrap,
+    bootstrap,
     compare_kappas,
     compare_winrates,
     kappa_intervals,
@@ -236,3 +237,9 @@ def test_resolved_below_zero_but_margin_not_excluded_has_its_own_words():
     assert verdict_words(v, need) == f"significantly lower (margin not excluded; ~{need:,} items needed)"
     assert verdict_words("lower_within_margin") == "significantly lower, within the margin"
     assert verdict_words("better") == "better"
+
+
+def test_one_item_has_a_point_and_no_interval():
+    """scipy refuses a bootstrap of one observation (it raised through mapo report as a traceback)."""
+    point, low, high = bootstrap(1, lambda w: np.stack([w.sum(axis=1)]))
+    assert point.tolist() == [1.0] and np.isnan(low).all() and np.isnan(high).all()

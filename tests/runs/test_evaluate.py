@@ -384,6 +384,18 @@ def test_agreement_tables_leave_failures_out():
     assert e["n"] == 3 and e["n_failed"] == 1 and e["kappa"] == pytest.approx(1.0)
 
 
+def test_a_one_item_set_gets_its_kappa_and_no_interval(fake_server, tmp_path):
+    """One item: the bootstrap has nothing to resample (it raised, an internal error, exit 1); now the run completes
+    with the point estimate and says why there is no interval."""
+    one = write_items(tmp_path / "one.jsonl", n=1)
+    proc = mapo(fake_server, tmp_path, "eval_data=local", f"eval_data.path={one}")
+    ok(proc)
+    agreement = json.loads((tmp_path / "run" / "agreement.json").read_text())
+    assert agreement["intervals_skipped"] == "1 item(s): a bootstrap needs at least 2; no interval, no verdict"
+    assert "uncertainty" not in agreement and all("kappa_ci" not in e for e in agreement["results"])
+    assert agreement["results"][0]["n"] == 1 and "[low, high]: none (1 item(s)" in proc.stdout + proc.stderr
+
+
 def test_load_items_errors(tmp_path):
     with pytest.raises(ConfigError, match="eval_data is empty"):
         load_items({})
