@@ -71,7 +71,9 @@ def test_vllm_cpu_serves_both_twins_with_their_templates_and_quirks(twin_registr
     status, tokens = _post(twin_registry, "gemma-2-9b-twin", "/tokenize", {"messages": USER_ONLY})
     assert status == 200 and tokens["tokens"] == _local_ids("gemma-2-9b-twin", USER_ONLY)
     # a prompt longer than the sliding window (512) runs: the windowed and the global layer both on CPU
-    long = [{"role": "user", "content": "word " * 450}]
+    # (made-up words: the twin's BPE is trained on prompts/, so a repeated real word can merge into one token each)
+    long = [{"role": "user", "content": " ".join(f"zq{i}x" for i in range(150))}]
+    assert 512 < len(_local_ids("gemma-2-9b-twin", long)) < 2000  # past the window, inside max_model_len 2048
     status, reply = _post(twin_registry, "gemma-2-9b-twin", "/v1/chat/completions", {"messages": long, "max_tokens": 4})
     assert status == 200 and reply["usage"]["prompt_tokens"] > 512, reply
 
