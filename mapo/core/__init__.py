@@ -15,6 +15,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ModelConfig",
         "OPTIONAL_SAMPLING",
         "OnTie",
+        "ProgressMode",
         "PromptSourceConfig",
         "Reference",
         "RewardConfig",

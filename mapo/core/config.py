@@ -189,7 +189,7 @@ class OnInvalid(Choice):
 
 
 class ProgressMode(Choice):
-    """``client.progress``."""
+    """``client.progress`` and ``mapo train``'s ``progress``."""
 
     auto = "auto"
     bar = "bar"

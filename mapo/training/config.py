@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from mapo.core.config import Choice, ConfigError, ModelConfig
+from mapo.core.config import Choice, ConfigError, ModelConfig, ProgressMode
 
 __all__ = [
     "MANAGED_TRL_KEYS",
@@ -26,7 +26,6 @@ __all__ = [
     "SaveDtype",
     "SplitConfig",
     "TrainMethod",
-    "TrainProgress",
     "TrainRunConfig",
     "check",
     "register_schema",
@@ -48,15 +47,6 @@ class SaveDtype(Choice):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
-
-
-class TrainProgress(Choice):
-    """``progress``: auto (a bar on a terminal, a log line per logging step otherwise) | bar | log | off."""
-
-    auto = "auto"
-    bar = "bar"
-    log = "log"
-    off = "off"
 
 
 MANAGED_TRL_KEYS = {
@@ -117,8 +107,9 @@ class TrainRunConfig:
     save_dtype: str = SaveDtype.auto
     """dtype of the saved model (:class:`SaveDtype`): auto (bfloat16 after bf16 training, else float32) | float32 |
     bfloat16 | float16."""
-    progress: str = TrainProgress.auto
-    """:class:`TrainProgress`: auto (a bar on a terminal, a log line per logging step otherwise) | bar | log | off."""
+    progress: str = ProgressMode.auto
+    """:class:`mapo.core.config.ProgressMode` (the choices of ``client.progress``): auto (a bar on a terminal, a
+    log line per logging step otherwise) | bar | log | off."""
     run_name: str = "train"
     """Names the run folder (runs/<run_name>); rerunning the same command resumes from the last checkpoint."""
     output_dir: str = "runs/train"
@@ -213,7 +204,7 @@ def check(cfg: TrainRunConfig) -> None:
     if not 0 <= cfg.split.eval_fraction < 1:
         raise ConfigError(f"split.eval_fraction must be in [0, 1), got {cfg.split.eval_fraction}")
     cfg.save_dtype = SaveDtype.parse(cfg.save_dtype, "save_dtype")
-    cfg.progress = TrainProgress.parse(cfg.progress, "progress")
+    cfg.progress = ProgressMode.parse(cfg.progress, "progress")
     if cfg.name is not None and (not cfg.name or "/" in cfg.name or "." in cfg.name):
         raise ConfigError(f"name={cfg.name!r}: a model name without '/' or '.' (Hydra keys cannot hold dots)")
     if cfg.lora.enabled:
