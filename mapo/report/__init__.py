@@ -3,9 +3,11 @@
 from mapo.core.exports import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "mapo.report.document": (
+    "mapo.report.document": (  # its whole public API: document.py's __all__ is this entry (one list)
+        "EXAMPLE_CHARS",
         "Block",
         "Code",
+        "Document",
         "Example",
         "Fig",
         "ItemRef",
@@ -13,9 +15,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "Table",
         "Text",
         "ci",
+        "cut",
         "dur",
+        "md_escape",
         "num",
         "pct",
+        "render_html",
+        "render_markdown",
     ),
     "mapo.report.evidence": ("ItemsOnHub", "ItemsUnreadable", "bias_diagnostics", "eval_spec", "offline_items"),
     "mapo.report.run": ("Run", "find_sources", "load_run", "read_json"),

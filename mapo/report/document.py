@@ -19,26 +19,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-__all__ = [
-    "EXAMPLE_CHARS",
-    "Block",
-    "Code",
-    "Document",
-    "Example",
-    "Fig",
-    "ItemRef",
-    "Section",
-    "Table",
-    "Text",
-    "ci",
-    "cut",
-    "dur",
-    "md_escape",
-    "num",
-    "pct",
-    "render_html",
-    "render_markdown",
-]
+from mapo.report import _EXPORTS
+
+__all__ = list(_EXPORTS[__name__])
+"""The package's entry for this module (``mapo/report/__init__.py``): the one list of its public names."""
 
 EXAMPLE_CHARS = 4000
 """Longest text shown in an example; longer ones are cut with a note (the run folder has all)."""
