@@ -19,6 +19,7 @@ The settings are in ``tables["uncertainty"]``.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "combine_orders",
     "each_annotator_lines",
     "format_table",
+    "item_order",
     "jury_subset_block",
     "reference_choice_text",
 ]
@@ -75,6 +77,15 @@ ANNOTATORS_KEY = "_annotators"
 
 LABELS_KEY = "_labels"
 """Private key of a table entry during construction: item id -> label; removed by :func:`add_uncertainty`."""
+
+_ID_PARTS = re.compile(r"(\d+)")
+
+
+def item_order(item_id: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    """Sort key of an item id: numbers as numbers (``"2" < "10"``, ``"q2-t1" < "q10-t1"``), the rest as
+    text, the id itself last (``"07"`` and ``"7"`` keep one order)."""
+    text = str(item_id)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _ID_PARTS.split(text) if p), text
 
 
 def jury_subset_block(
@@ -163,10 +174,14 @@ def build_tables(
                     detail["aggregate"],
                     detail.get("tie_break", "tie"),
                 )
+    # items in one order whatever order the records came in (mapo evaluate appends them as they finish):
+    # the bootstrap resamples positions, so the same records must give the same intervals
+    humans = {i: humans[i] for i in sorted(humans, key=item_order)}
+    position = {i: n for n, i in enumerate(humans)}
     results = []
     combined: dict[tuple[str, str, str, str | None], dict[str, tuple[Label | None, float | None, float | None]]] = {}
     for (kind, judge, setup, member_of), by_item in groups.items():
-        ids = list(by_item)
+        ids = sorted(by_item, key=position.__getitem__)
         human = [humans[i] for i in ids]
         verdicts = {i: combine_orders(by_item[i].values(), order_combine) for i in ids}
         combined[(kind, judge, setup, member_of)] = verdicts
