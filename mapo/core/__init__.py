@@ -37,6 +37,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "mapo.core.secrets": ("scrub", "scrub_value"),
     "mapo.core.store": (
         "DamagedLine",
+        "Line",
         "RecordStore",
         "RunLock",
         "RunLocked",
@@ -46,7 +47,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "atomic_write_text",
         "iter_records",
         "latest_records",
+        "read_at",
         "read_lines",
+        "read_lines_at",
     ),
     "mapo.core.types": (
         "Completion",

@@ -20,9 +20,9 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from mapo.core.secrets import scrub
 
@@ -98,23 +98,18 @@ class RecordStore:
         if not self.path.exists():
             return
         good_end = 0
-        with open(self.path, "rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.endswith(b"\n"):
-                    break  # partial last line from a crash mid-write
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    rest = fh.read()
-                    if rest.strip():
-                        raise StoreError(
-                            f"{self.path}:{lineno}: unreadable record ({e}); the file is damaged mid-way"
-                        ) from None
-                    break  # the last line is garbage: a torn write
-                if not isinstance(record, dict) or not isinstance(record.get("key"), str):
-                    raise StoreError(f"{self.path}:{lineno}: record has no 'key' (not a mapo record file?)")
-                self._note(record)
-                good_end += len(line)
+        try:  # the one reader; a blank line counts as damage here (a store never writes one)
+            for line in read_lines_at(self.path, on_damaged="error", blank="damaged"):
+                if not isinstance(line.record, dict) or not isinstance(line.record.get("key"), str):
+                    raise StoreError(f"{self.path}:{line.lineno}: record has no 'key' (not a mapo record file?)")
+                self._note(line.record)
+                good_end = line.end
+        except DamagedLine as e:
+            with open(self.path, "rb") as fh:
+                fh.seek(e.end)
+                if fh.read().strip():
+                    raise StoreError(f"{e}; the file is damaged mid-way") from None
+            # else the last line is garbage: a torn write, cut below
         self._end = good_end
         size = self.path.stat().st_size
         if size > good_end:
@@ -186,11 +181,82 @@ class RecordStore:
 
 class DamagedLine(StoreError):
     """A line of a record file that a reader asked to refuse (``on_damaged="error"``, ``torn="error"``):
-    ``partial`` (a last line without its newline) or not JSON; ``str()`` names the file and line."""
+    ``partial`` (a last line without its newline) or not JSON; ``str()`` names the file and line, ``start`` and
+    ``end`` are its byte offsets, ``detail`` the JSON decoder's message."""
 
-    def __init__(self, path: str | Path, lineno: int, why: str, *, partial: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        lineno: int,
+        why: str,
+        *,
+        partial: bool = False,
+        start: int = 0,
+        end: int = 0,
+        detail: str = "",
+    ) -> None:
         super().__init__(f"{path}:{lineno}: {why}")
         self.path, self.lineno, self.partial = Path(path), lineno, partial
+        self.start, self.end, self.detail = start, end, detail
+
+
+class Line(NamedTuple):
+    """One record line of a JSONL file: its number, its bytes ``[start, end)`` in the file, its record."""
+
+    lineno: int
+    start: int
+    end: int
+    record: Any
+
+
+def read_lines_at(
+    path: str | Path,
+    *,
+    on_damaged: str = "raise",
+    damaged: list[int] | None = None,
+    quiet: bool = False,
+    keyed: bool = True,
+    torn: str = "skip",
+    blank: str = "skip",
+) -> Iterator[Line]:
+    """The one JSONL reader, with byte offsets: a :class:`Line` for each record line (:func:`read_lines` without
+    the offsets is what most readers want; ``mapo view`` indexes a file by them, :func:`read_at` reads them
+    back). ``blank="damaged"``: a blank line is an unreadable one (a record store never writes one)."""
+    with open(path, "rb") as fh:
+        end = 0
+        for lineno, raw in enumerate(fh, 1):
+            start, end = end, end + len(raw)
+            if not raw.endswith(b"\n"):
+                if torn == "error" and raw.strip():
+                    raise DamagedLine(path, lineno, "partial last record", partial=True, start=start, end=end)
+                continue
+            if not raw.strip() and blank == "skip":
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if on_damaged == "error":
+                    detail = str(getattr(e, "msg", e))
+                    why = f"unreadable record ({detail})"
+                    raise DamagedLine(path, lineno, why, start=start, end=end, detail=detail) from None
+                if on_damaged != "skip":
+                    raise
+                if not quiet:
+                    log.warning("%s:%d: unreadable record (%s); skipped", path, lineno, e)
+                if damaged is not None:
+                    damaged.append(lineno)
+                continue
+            if on_damaged == "skip" and not (
+                isinstance(record, dict) and (not keyed or isinstance(record.get("key"), str))
+            ):
+                if not quiet:
+                    log.warning(
+                        "%s:%d: not a mapo record (%s); skipped", path, lineno, "no key" if keyed else "not an object"
+                    )
+                if damaged is not None:
+                    damaged.append(lineno)
+                continue
+            yield Line(lineno, start, end, record)
 
 
 def read_lines(
@@ -209,38 +275,21 @@ def read_lines(
     or is skipped with a warning naming the file and line (``"skip"``, for readers that should show what they
     can, such as ``mapo reparse`` and ``mapo report``; skipped line numbers are appended to ``damaged``;
     ``quiet``: without the warning). With ``"skip"``, a line that is not a JSON object is skipped too, and so
-    is one without a string ``key`` unless ``keyed=False`` (dataset rows, metrics)."""
+    is one without a string ``key`` unless ``keyed=False`` (dataset rows, metrics). :func:`read_lines_at` is
+    the same reader with each line's byte offsets."""
+    for line in read_lines_at(path, on_damaged=on_damaged, damaged=damaged, quiet=quiet, keyed=keyed, torn=torn):
+        yield line.lineno, line.record
+
+
+def read_at(path: str | Path, starts: Iterable[int]) -> list[Any]:
+    """The records that start at the byte offsets ``starts`` (:attr:`Line.start` from :func:`read_lines_at`),
+    in that order: one item's records read again without reading the file."""
+    out = []
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.endswith(b"\n"):
-                if torn == "error" and raw.strip():
-                    raise DamagedLine(path, lineno, "partial last record", partial=True)
-                continue
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                if on_damaged == "error":
-                    raise DamagedLine(path, lineno, f"unreadable record ({getattr(e, 'msg', e)})") from None
-                if on_damaged != "skip":
-                    raise
-                if not quiet:
-                    log.warning("%s:%d: unreadable record (%s); skipped", path, lineno, e)
-                if damaged is not None:
-                    damaged.append(lineno)
-                continue
-            if on_damaged == "skip" and not (
-                isinstance(record, dict) and (not keyed or isinstance(record.get("key"), str))
-            ):
-                if not quiet:
-                    log.warning(
-                        "%s:%d: not a mapo record (%s); skipped", path, lineno, "no key" if keyed else "not an object"
-                    )
-                if damaged is not None:
-                    damaged.append(lineno)
-                continue
-            yield lineno, record
+        for start in starts:
+            fh.seek(start)
+            out.append(json.loads(fh.readline()))
+    return out
 
 
 def iter_records(path: str | Path, **kwargs: Any) -> Iterator[dict[str, Any]]:

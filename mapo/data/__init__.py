@@ -14,6 +14,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "load_local",
         "majority_label",
         "read_human_labels",
+        "read_objects",
     ),
     "mapo.data.importers": (
         "JudgmentsFormatError",

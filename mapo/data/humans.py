@@ -53,6 +53,7 @@ __all__ = [
     "HumanDataError",
     "MAJORITY_RULE",
     "majority_label",
+    "read_objects",
     "HumanRow",
     "alpaca_eval_rows",
     "default_faireval_path",
@@ -256,6 +257,14 @@ def _read(path: Path, fmt: str) -> list[tuple[str, dict[str, Any]]]:
             start = reader.line_num + 1
         return out
     raise HumanDataError(f"{path}: unknown format {fmt!r}; known: csv, json, jsonl")
+
+
+def read_objects(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
+    """The objects of a local ``.jsonl``, ``.json`` (a list) or ``.csv`` file, as they are (every column, also
+    those :class:`HumanRow` drops: ``mapo report`` reads the candidates' names from them); the one reader of a
+    human-labelled file, :func:`load_local`'s."""
+    path = Path(path)
+    return [rec for _, rec in _read(path, (fmt or path.suffix.lstrip(".")).lower())]
 
 
 def _object(rec: Any, path: Path, where: str) -> dict[str, Any]:

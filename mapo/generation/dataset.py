@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.core.config import OnTie, SelectionConfig
+from mapo.core.store import DamagedLine, read_lines
 from mapo.core.types import Question, as_messages
 from mapo.generation.selection import TRUNCATED, Loss
 
@@ -367,14 +368,12 @@ def validate_row(row: dict[str, Any], columns: tuple[str, ...]) -> None:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for every complete line; a torn last line (no newline) is not a record."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.endswith("\n"):
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path}:{lineno}: not a JSON record ({e})") from None
+    """(line number, record) for every complete line (the one JSONL reader, ``core.store.read_lines``); a torn
+    last line (no newline) is not a record, a line that is not JSON is a :class:`DatasetError` naming it."""
+    try:
+        yield from read_lines(path, on_damaged="error")
+    except DamagedLine as e:
+        raise DatasetError(f"{path}:{e.lineno}: not a JSON record ({e.detail})") from None
 
 
 # rows are written with "key" first: read it without parsing the (long) rest of the line

@@ -20,8 +20,6 @@ a note, and the diagnostics it would feed are left out.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -86,24 +84,14 @@ def settings_of(tables: Mapping[str, Any] | None) -> Bootstrap:
 # --------------------------------------------------------------------------- items
 
 
-def _raw_rows(path: Path) -> list[dict[str, Any]]:
-    """The objects of a .jsonl, .json (a list) or .csv file, as they are (for columns HumanRow drops)."""
-    fmt = path.suffix.lower().lstrip(".")
-    text = path.read_text(encoding="utf-8")
-    if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    if fmt == "json":
-        data = json.loads(text)
-        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
-    return [r for r in (json.loads(line) for line in text.split("\n") if line.strip()) if isinstance(r, dict)]
-
-
 def _candidates(path: Path | None, id_column: str = "id") -> dict[str, tuple[str, str]] | None:
     """item id -> (model_a, model_b) from the file's columns; None when it names no models."""
     if path is None or not path.is_file():
         return None
+    from mapo.data.humans import read_objects
+
     try:
-        rows = _raw_rows(path)
+        rows = read_objects(path)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     out = {}

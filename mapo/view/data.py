@@ -14,8 +14,6 @@ run's ``eval_data`` (local files only, as for the report: :mod:`mapo.report.evid
 from __future__ import annotations
 
 import difflib
-import json
-import logging
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mapo.core.store import read_at, read_lines_at
 from mapo.core.types import is_judgement, record_kind
 from mapo.core.verdicts import PICK_OF_LABEL, combine_orders
 from mapo.report.run import Run, find_sources, load_run, read_json
 
 __all__ = ["RunRef", "View", "load_views", "word_diff"]
-
-log = logging.getLogger(__name__)
 
 SNIPPET = 160
 """Characters of a text shown in a table cell (the item's page has all of it)."""
@@ -125,32 +122,18 @@ class RecordIndex:
 
     def scan(self, item_of: str = "item_id") -> Iterator[dict[str, Any]]:
         """Every record (the last write of each key) as its :data:`SUMMARY` fields, noting its offset
-        under its item: the full records are never all in memory."""
+        under its item: the full records are never all in memory. Read through the one JSONL reader
+        (``core.store.read_lines_at``): damaged lines are skipped with a warning, a torn last line is left out."""
         latest: dict[Any, tuple[int, dict[str, Any]]] = {}
-        with open(self.path, "rb") as fh:
-            offset = 0
-            for n, line in enumerate(fh, 1):
-                start, offset = offset, offset + len(line)
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    log.warning("%s: line %d is not JSON (damaged or torn?); skipped", self.path, n)
-                    continue
-                if isinstance(rec, dict):
-                    latest[rec.get("key", n)] = (start, {k: rec.get(k) for k in SUMMARY if k in rec})
+        for line in read_lines_at(self.path, on_damaged="skip", keyed=False):
+            rec = line.record
+            latest[rec.get("key", line.lineno)] = (line.start, {k: rec.get(k) for k in SUMMARY if k in rec})
         for start, rec in latest.values():
             self.offsets[str(rec.get(item_of))].append(start)
             yield rec
 
     def read(self, item_id: str) -> list[dict[str, Any]]:
-        out = []
-        with open(self.path, "rb") as fh:
-            for start in self.offsets.get(item_id, []):
-                fh.seek(start)
-                out.append(json.loads(fh.readline()))
-        return out
+        return read_at(self.path, self.offsets.get(item_id, []))
 
 
 # --------------------------------------------------------------------------- evaluate and agreement

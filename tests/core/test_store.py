@@ -13,7 +13,16 @@ import time
 
 import pytest
 
-from mapo.core.store import DamagedLine, RecordStore, StoreError, atomic_write_json, iter_records, read_lines
+from mapo.core.store import (
+    DamagedLine,
+    RecordStore,
+    StoreError,
+    atomic_write_json,
+    iter_records,
+    read_at,
+    read_lines,
+    read_lines_at,
+)
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -116,6 +125,21 @@ def test_one_reader_for_every_jsonl_consumer(tmp_path, caplog):
     path.write_text('{"key": "a"}\nnope\n')
     with pytest.raises(json.JSONDecodeError):  # the default: a store's reader raises the decode error itself
         list(iter_records(path))
+
+
+def test_the_reader_with_offsets_serves_the_store_scan_and_the_view_index(tmp_path):
+    """read_lines_at is read_lines with each line's bytes: read_at reads a line back by its start (mapo view),
+    and blank="damaged" makes a blank line an unreadable one (the store's scan: a store never writes one)."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes('{"key": "a"}\n\n{"key": "é"}\n{"key": "c"'.encode())
+    lines = list(read_lines_at(path))
+    assert [(n, r["key"]) for n, _, _, r in lines] == [(1, "a"), (3, "é")]
+    assert [(line.start, line.end) for line in lines] == [(0, 13), (14, 28)]
+    assert [n for n, _ in read_lines(path)] == [line.lineno for line in lines]
+    assert read_at(path, [lines[1].start, lines[0].start]) == [{"key": "é"}, {"key": "a"}]
+    with pytest.raises(DamagedLine, match=r"r\.jsonl:2: unreadable record") as e:
+        list(read_lines_at(path, on_damaged="error", blank="damaged"))
+    assert (e.value.start, e.value.end) == (13, 14)
 
 
 def test_empty_and_missing_files(tmp_path):
