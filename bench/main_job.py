@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mapo.llm import endpoints  # noqa: E402
+from mapo.core import endpoints  # noqa: E402
 from mapo.serving import launch, weights  # noqa: E402
 from mapo.serving.cpu import cpu_info  # noqa: E402
 

@@ -45,11 +45,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mapo.core import endpoints  # noqa: E402
 from mapo.core.config import JudgeConfig, ModelConfig, PromptSourceConfig  # noqa: E402
 from mapo.data.sources import iter_prompts  # noqa: E402
 from mapo.judging.judge import Judge  # noqa: E402
 from mapo.llm import client as client_module  # noqa: E402
-from mapo.llm import endpoints  # noqa: E402
 from mapo.llm.client import LLMClient  # noqa: E402
 from mapo.runs.runner import run_pool  # noqa: E402
 from mapo.serving import launch  # noqa: E402

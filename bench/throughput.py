@@ -36,11 +36,11 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mapo.core import endpoints  # noqa: E402
 from mapo.core.config import DebateConfig, FeedbackConfig, JudgeConfig, RunConfig  # noqa: E402
 from mapo.data.sources import iter_prompts  # noqa: E402
 from mapo.generation.feedback import FeedbackLoop  # noqa: E402
 from mapo.judging.judge import Judge  # noqa: E402
-from mapo.llm import endpoints  # noqa: E402
 from mapo.llm.client import LLMClient  # noqa: E402
 from mapo.runs.runner import run_pool  # noqa: E402
 

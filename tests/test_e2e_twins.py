@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mapo.llm import endpoints
+from mapo.core import endpoints
 from mapo.serving import weights
 from tests.conftest import REAL_CACHE, REPO
 

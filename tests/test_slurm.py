@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from mapo.llm import endpoints
+from mapo.core import endpoints
 from tests.conftest import REPO, shared_dir
 from tests.fake_openai import FakeServer
 

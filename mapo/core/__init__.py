@@ -1,4 +1,5 @@
-"""Core: typed configs, registries, prompt templates, parsers, shared types, verdict rules, record stores."""
+"""Core: typed configs, registries, prompt templates, parsers, shared types, verdict rules, record stores, the endpoint
+registry."""
 
 from mapo.core.exports import lazy_exports
 
@@ -30,6 +31,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "shipped_path",
         "validate",
     ),
+    "mapo.core.endpoints": ("Endpoint", "EndpointNotFound", "RegistryCorrupt"),
     "mapo.core.exports": ("lazy_exports",),
     "mapo.core.parsers": ("PARSERS", "ParseResult", "VERDICT_SHAPE", "constrained_regex", "text_budget", "to_verdict"),
     "mapo.core.prompts": ("prompts_root",),

@@ -1,4 +1,5 @@
-"""Transport: the LLM client (chat, pooling, tokenize), its response cache, the endpoint registry, the Batch API."""
+"""Transport: the LLM client (chat, pooling, tokenize), its response cache, the Batch API (the endpoint registry it reads is
+``mapo.core.endpoints``)."""
 
 from mapo.core.exports import lazy_exports
 
@@ -17,7 +18,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "item_failure",
         "server_text",
     ),
-    "mapo.llm.endpoints": ("Endpoint",),
 }
 """module -> the names other packages import from it (each loaded on first use)."""
 

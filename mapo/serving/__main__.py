@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 
-from mapo.llm import endpoints
+from mapo.core import endpoints
 
 from . import gpu_plan, launch, weights
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
+from mapo.core import endpoints
 from mapo.core.config import resource_dir
-from mapo.llm import endpoints
-from mapo.llm.endpoints import Endpoint
+from mapo.core.endpoints import Endpoint
 
 from . import gpu_plan, weights
 from .cpu import choose_dtype, cpu_info

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
-from mapo.llm import endpoints
+from mapo.core import endpoints
 
 __all__ = ["answers", "wait_for", "main"]
 

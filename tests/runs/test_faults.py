@@ -273,9 +273,9 @@ async def test_server_restarted_on_a_new_port_found_in_the_registry(tmp_path, re
     """The server comes back on another port and registers there; the client re-reads the
     registry after connection errors. The old entry is either replaced (a supervisor's
     restart) or left behind pointing at a dead port (a crash nobody cleaned up)."""
-    if importlib.util.find_spec("mapo.llm.endpoints") is None:
-        pytest.skip("mapo/llm/endpoints.py (the endpoint registry) is not written yet")
-    from mapo.llm import endpoints
+    if importlib.util.find_spec("mapo.core.endpoints") is None:
+        pytest.skip("mapo/core/endpoints.py (the endpoint registry) is not written yet")
+    from mapo.core import endpoints
 
     registry = tmp_path / "endpoints.json"
 
@@ -334,8 +334,8 @@ async def test_a_replica_registered_mid_run_takes_requests_and_one_stopped_costs
     within seconds (the client looks at the registry file about once a second, not only after
     connection errors); the first one stopped mid-run costs only its requests in flight (sent
     again to the other); every item is done once, with the records of a fault-free run."""
+    from mapo.core import endpoints
     from mapo.llm import client as client_module
-    from mapo.llm import endpoints
 
     registry = tmp_path / "endpoints.json"
 

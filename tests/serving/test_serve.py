@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from mapo.llm import endpoints
+from mapo.core import endpoints
 from mapo.serving import launch, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_stop_server_unregisters_before_it_signals_the_server(tmp_path, monkeypa
 _FOREGROUND_CHILD = """
 import os, signal, sys, time
 from pathlib import Path
-from mapo.llm import endpoints
+from mapo.core import endpoints
 from mapo.serving import __main__ as serve_main, launch
 
 registry = sys.argv[1]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from mapo.cli.app import main as mapo_main
-from mapo.llm import endpoints
+from mapo.core import endpoints
 from mapo.serving import wait
 
 

@@ -94,7 +94,7 @@ def test_build_train_serve_winrate(embedded_registry, tmp_path):
         conf = train / "conf" / "model"
         assert (conf / f"{TRAINED}.yaml").is_file()
         _serve("up", "--conf-dir", str(conf), "--model", TRAINED, "--registry", str(registry), env=env)
-        from mapo.llm import endpoints
+        from mapo.core import endpoints
 
         ep = next(e for e in endpoints.read_all(registry) if e.name == TRAINED)
         import openai

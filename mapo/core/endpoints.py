@@ -9,6 +9,9 @@ The file is ``$MAPO_ENDPOINTS``, else ``${MAPO_CACHE:-~/.cache/mapo}/endpoints.j
 change is a read-modify-write under an ``fcntl`` lock on a sibling ``.lock`` file, written to a
 temporary file and moved into place with ``os.replace``, so readers never see half a file.
 The file is mode 0600. API keys are never stored in it: each entry names a 0600 key file.
+
+It lives in ``core`` because two layers share it: ``serving`` writes it and ``llm`` reads it, and
+neither imports the other.
 """
 
 from __future__ import annotations

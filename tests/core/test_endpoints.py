@@ -1,4 +1,4 @@
-"""mapo.llm.endpoints: the JSON endpoint registry (no server needed)."""
+"""mapo.core.endpoints: the JSON endpoint registry (no server needed)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from mapo.core import endpoints
 from mapo.core.config import ConfigError, ModelConfig
-from mapo.llm import endpoints
+from mapo.core.endpoints import Endpoint, EndpointNotFound, RegistryCorrupt
 from mapo.llm.client import LLMClient
-from mapo.llm.endpoints import Endpoint, EndpointNotFound, RegistryCorrupt
 
 
 def _ep(
