@@ -98,7 +98,7 @@ def usage() -> str:
     )
 
 
-def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
+def _run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     """Compose ``conf/<command>.yaml`` with the overrides and run ``fn`` on the typed config."""
     import hydra
     from hydra.errors import HydraException
@@ -112,7 +112,7 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     register_configs()
 
     def task(cfg: DictConfig) -> Any:
-        guard_log_files(command)
+        _guard_log_files(command)
         try:
             run_cfg: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
             result = asyncio.run(fn(run_cfg))
@@ -160,12 +160,12 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as e:  # composing: a bad choice, key, value or run folder
         if full_error:
             traceback.print_exc()
-        print(f"mapo {command}: config error: {one_line(e)}", file=sys.stderr)
+        print(f"mapo {command}: config error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # Hydra's own start: creating the run folder, writing .hydra/ and the log into it
         if full_error:
             traceback.print_exc()
-        print(f"mapo {command}: {run_folder_error(e)}", file=sys.stderr)
+        print(f"mapo {command}: {_run_folder_error(e)}", file=sys.stderr)
         sys.exit(2)
     finally:
         if before is None:
@@ -174,7 +174,7 @@ def run_hydra(command: str, fn: Callable[..., Any], argv: list[str]) -> None:
             os.environ["HYDRA_FULL_ERROR"] = before
 
 
-def guard_log_files(command: str) -> None:
+def _guard_log_files(command: str) -> None:
     """Hydra's log file (``app.log`` in the run folder) that cannot be written (a full disk): said once, in
     one line naming the file, and no longer written; the run goes on (its log still reaches the terminal).
     Without this, logging prints a ``--- Logging error ---`` traceback for every line."""
@@ -218,7 +218,7 @@ def _failed_path(e: OSError) -> str | None:
     return names[-1] if names else None  # the innermost
 
 
-def run_folder_error(e: OSError) -> str:
+def _run_folder_error(e: OSError) -> str:
     """An OS error of Hydra's start-up in words naming the setting: the run folder (hydra.run.dir)."""
     import errno
 
@@ -228,7 +228,7 @@ def run_folder_error(e: OSError) -> str:
     return f"cannot create or write the run folder (hydra.run.dir): {what}: {e.strerror or e}"
 
 
-def one_line(e: BaseException) -> str:
+def _one_line(e: BaseException) -> str:
     """An exception and its cause (Hydra wraps OmegaConf's) as one line: ``Error merging override
     x=1: Key 'x' is not in struct; full_key: x``. A list after a line ending in ``:`` is joined by commas."""
     parts = [str(e)] + ([str(e.__cause__)] if e.__cause__ is not None and str(e.__cause__) not in str(e) else [])
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         # SIGTERM (SLURM's scancel, `kill`) stops a run as Ctrl-C does; the runner catches both
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            run_hydra(name, command.load(), rest)
+            _run_hydra(name, command.load(), rest)
         except KeyboardInterrupt:
             print(f"mapo {name}: interrupted before any work", file=sys.stderr)
             sys.exit(130)

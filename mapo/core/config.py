@@ -267,7 +267,7 @@ def _scale(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be 5, 10 or 100, got {value}")
 
 
-def check_run_name(name: object) -> str:
+def _check_run_name(name: object) -> str:
     """``run_name`` names a folder under runs/: no path separator, no ``..``, not empty."""
     if not isinstance(name, str) or not name or name in (".", "..") or any(s in name for s in ("/", "\\", "..")):
         raise ConfigError(
@@ -897,7 +897,7 @@ class RunConfig:
     def check(self) -> None:
         """Validate every part, naming the full key (``models.<name>.generation.max_tokens``): choices
         become their enums, numbers are range-checked. Raises ConfigError."""
-        check_run_name(self.run_name)
+        _check_run_name(self.run_name)
         self.evaluator = EvaluatorKind.parse(self.evaluator, "evaluator")
         self.on_config_change = OnConfigChange.parse(self.on_config_change, "on_config_change")
         _at_least("max_items_in_flight", self.max_items_in_flight, 1)
@@ -942,9 +942,9 @@ def register_configs() -> None:
         """Raised inside ``hydra.run.dir``: OmegaConf passes it on unwrapped, Hydra prints its one line."""
 
     def run_name(name: object) -> str:
-        """check_run_name, raising what Hydra prints as one line."""
+        """_check_run_name, raising what Hydra prints as one line."""
         try:
-            return check_run_name(name)
+            return _check_run_name(name)
         except ConfigError as e:
             raise RunNameError(str(e)) from None
 

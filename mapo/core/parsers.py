@@ -169,12 +169,12 @@ _PICK_OF = {"A": "A", "B": "B", "C": "tie", "TIE": "tie"}
 
 
 @PARSERS.register("pick")
-def parse_pick(text: str, **_: Any) -> ParseResult:
+def _parse_pick(text: str, **_: Any) -> ParseResult:
     """Direct comparison: A, B or C (= tie) -> "A" | "B" | "tie"; the last answer wins.
 
-    >>> parse_pick("**Answer:** B").value
+    >>> _parse_pick("**Answer:** B").value
     'B'
-    >>> parse_pick("### Answer: A or B or C").ok   # the template echoed back
+    >>> _parse_pick("### Answer: A or B or C").ok   # the template echoed back
     False
     """
     if (bad := _not_text(text)) is not None:
@@ -262,14 +262,14 @@ _PAIR_REVERSED = re.compile(
 
 
 @PARSERS.register("score_pair")
-def parse_score_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
+def _parse_score_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
     """Combined scoring / debate final scores -> (score of A or 1, score of B or 2).
 
     The last score given to each assistant wins (a debater may restate or revise).
 
-    >>> parse_score_pair("**Assistant A:** 7.5/10, **Assistant B:** 9/10").value
+    >>> _parse_score_pair("**Assistant A:** 7.5/10, **Assistant B:** 9/10").value
     (7.5, 9.0)
-    >>> parse_score_pair("Assistant 1: 9/10\\nAssistant 2: 7/10\\n...revised:\\nAssistant 2: 8/10").value
+    >>> _parse_score_pair("Assistant 1: 9/10\\nAssistant 2: 7/10\\n...revised:\\nAssistant 2: 8/10").value
     (9.0, 8.0)
     """
     scale = _check_scale(scale)
@@ -290,7 +290,7 @@ def parse_score_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
 
 
 # a debate's final turn ("Assistant 1: X/10\nAssistant 2: Y/10") reads like a score pair
-PARSERS.register("debate_final")(parse_score_pair)
+PARSERS.register("debate_final")(_parse_score_pair)
 
 
 # --------------------------------------------------------------------------- review
@@ -318,10 +318,10 @@ def _sections(text: str) -> dict[str, str]:
 
 
 @PARSERS.register("review")
-def parse_review(text: str, **_: Any) -> ParseResult:
+def _parse_review(text: str, **_: Any) -> ParseResult:
     """Reviewer output -> :class:`Review`; score out of 10, rounded to one decimal.
 
-    >>> r = parse_review("### Evaluation: ok\\n### Overall Score: 7.5/10\\n### Feedback: add sources")
+    >>> r = _parse_review("### Evaluation: ok\\n### Overall Score: 7.5/10\\n### Feedback: add sources")
     >>> (r.value.score, r.value.feedback)
     (7.5, 'add sources')
     """
@@ -510,16 +510,16 @@ def _one_value(values: list[str], what: str) -> str | ParseResult:
 
 
 @PARSERS.register("prometheus_score")
-def parse_prometheus_score(text: str, scale: int = 5, **_: Any) -> ParseResult:
+def _parse_prometheus_score(text: str, scale: int = 5, **_: Any) -> ParseResult:
     """Prometheus-2 absolute grading: ``Feedback: ... [RESULT] 4`` -> 4.0 (an integer 1..scale).
 
     Repeated markers must agree; no marker, or a marker followed by no integer, is a failure.
 
-    >>> parse_prometheus_score("Feedback: clear and correct. [RESULT] 4").value
+    >>> _parse_prometheus_score("Feedback: clear and correct. [RESULT] 4").value
     4.0
-    >>> parse_prometheus_score("Feedback: fine. Score: 4").error
+    >>> _parse_prometheus_score("Feedback: fine. Score: 4").error
     "no '[RESULT] <1..5>' found"
-    >>> parse_prometheus_score("[RESULT] 5 ... on reflection [RESULT] 2").error
+    >>> _parse_prometheus_score("[RESULT] 5 ... on reflection [RESULT] 2").error
     'conflicting [RESULT] markers: 5, 2'
     """
     scale = _check_scale(scale)
@@ -540,12 +540,12 @@ def parse_prometheus_score(text: str, scale: int = 5, **_: Any) -> ParseResult:
 
 
 @PARSERS.register("prometheus_pick")
-def parse_prometheus_pick(text: str, **_: Any) -> ParseResult:
+def _parse_prometheus_pick(text: str, **_: Any) -> ParseResult:
     """Prometheus-2 relative grading: ``Feedback: ... [RESULT] B`` -> "B" (no tie in this format).
 
-    >>> parse_prometheus_pick("Feedback: Response A misses the point. [RESULT] B").value
+    >>> _parse_prometheus_pick("Feedback: Response A misses the point. [RESULT] B").value
     'B'
-    >>> parse_prometheus_pick("Feedback: ... [RESULT] (A or B)").ok   # the template echoed back
+    >>> _parse_prometheus_pick("Feedback: ... [RESULT] (A or B)").ok   # the template echoed back
     False
     """
     if (bad := _not_text(text)) is not None:
@@ -561,13 +561,13 @@ _JUDGELM_LINE = re.compile(r"^[ \t]*" + _NUM + r"[ \t]*[, \t][ \t]*(?P<num2>\d{1
 
 
 @PARSERS.register("judgelm_pair")
-def parse_judgelm_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
+def _parse_judgelm_pair(text: str, scale: int = 10, **_: Any) -> ParseResult:
     """JudgeLM: the first line holds exactly the two scores (Assistant 1, Assistant 2), space-
     or comma-separated, then the explanation. Anything else on the first line is a failure.
 
-    >>> parse_judgelm_pair("8 9\\nAssistant 2 gave more detail ...").value
+    >>> _parse_judgelm_pair("8 9\\nAssistant 2 gave more detail ...").value
     (8.0, 9.0)
-    >>> parse_judgelm_pair("Assistant 1: 8\\nAssistant 2: 9").ok
+    >>> _parse_judgelm_pair("Assistant 1: 8\\nAssistant 2: 9").ok
     False
     """
     scale = _check_scale(scale)
@@ -590,14 +590,14 @@ _PANDALM_FIRST = {"1": "A", "2": "B", "tie": "tie"}
 
 
 @PARSERS.register("pandalm_pick")
-def parse_pandalm_pick(text: str, **_: Any) -> ParseResult:
+def _parse_pandalm_pick(text: str, **_: Any) -> ParseResult:
     """PandaLM: the first line is ``1``, ``2`` or ``Tie``, then ``### Reason: ...`` (and a
     reference answer). Anything else on the first line is a failure (PandaLM's own parser calls
     it a tie).
 
-    >>> parse_pandalm_pick("2\\n\\n### Reason: Response 2 is more concise.\\n\\n### Reference: ...").value
+    >>> _parse_pandalm_pick("2\\n\\n### Reason: Response 2 is more concise.\\n\\n### Reference: ...").value
     'B'
-    >>> parse_pandalm_pick("Response 2 is better.").ok
+    >>> _parse_pandalm_pick("Response 2 is better.").ok
     False
     """
     if (bad := _not_text(text)) is not None:
@@ -615,12 +615,12 @@ _DOUBLE_BRACKET = re.compile(r"\[\[(?P<c>[A-Za-z]{1,3})\]\]")
 
 
 @PARSERS.register("skywork_pick")
-def parse_skywork_pick(text: str, **_: Any) -> ParseResult:
+def _parse_skywork_pick(text: str, **_: Any) -> ParseResult:
     """Skywork-Critic: ``[[A]]`` or ``[[B]]`` (its prompt allows no tie). Several verdicts must agree.
 
-    >>> parse_skywork_pick("[[B]]").value
+    >>> _parse_skywork_pick("[[B]]").value
     'B'
-    >>> parse_skywork_pick("[[C]]").error
+    >>> _parse_skywork_pick("[[C]]").error
     'verdict [[C]] is not [[A]] or [[B]]'
     """
     if (bad := _not_text(text)) is not None:

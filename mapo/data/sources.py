@@ -26,7 +26,7 @@ from mapo.core.prompts import prompts_root
 from mapo.core.types import Conversation, Message, Question
 
 
-def shard_of(item_id: str, count: int) -> int:
+def _shard_of(item_id: str, count: int) -> int:
     """The shard (0..count-1) of an item: stable across runs, machines and Python versions."""
     if count < 1:
         raise ValueError(f"shard count must be >= 1, got {count}")
@@ -240,7 +240,7 @@ def iter_prompts(cfg: PromptSourceConfig, stats: SourceStats | None = None) -> I
             continue
         seen.add(item_id)
         taken += 1  # limit counts the whole set, so the shards of a job array partition it
-        if cfg.shard_count > 1 and shard_of(item_id, cfg.shard_count) != cfg.shard_index:
+        if cfg.shard_count > 1 and _shard_of(item_id, cfg.shard_count) != cfg.shard_index:
             continue
         stats.read += 1
         assert text is not None  # no problem: the prompt column held text

@@ -306,9 +306,9 @@ def rows_for(
         for i in sorted(kept)
     ]
     for row in dpo:
-        validate_row(row, DPO_COLUMNS)
+        _validate_row(row, DPO_COLUMNS)
     for row in kto:
-        validate_row(row, KTO_COLUMNS)
+        _validate_row(row, KTO_COLUMNS)
     counts.pairs_written, counts.kto_rows = len(dpo), len(kto)
     counts.items_with_pairs, counts.items_without_pairs = (1, 0) if dpo else (0, 1)
     return dpo, kto, counts
@@ -349,7 +349,7 @@ def item_rows(
     )
 
 
-def validate_row(row: dict[str, Any], columns: tuple[str, ...]) -> None:
+def _validate_row(row: dict[str, Any], columns: tuple[str, ...]) -> None:
     for col in columns:
         if col not in row:
             raise RowError(f"row {row.get('key')}: missing column {col!r}")
@@ -465,7 +465,7 @@ def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: 
     The rows stream into an Arrow file in a fresh scratch folder (memory stays flat) that is
     removed afterwards: nothing is reused from an earlier save, so a resumed run never
     publishes stale rows. Raises :class:`DatasetMismatch` (nothing pushed) when a written
-    artifact does not hold the JSONL's rows (see :func:`check_published`).
+    artifact does not hold the JSONL's rows (see :func:`_check_published`).
     """
     import datasets
 
@@ -505,7 +505,7 @@ def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: 
             shutil.rmtree(scratch, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    counts = check_published(run_dir)  # read back what was published, not what was meant to be
+    counts = _check_published(run_dir)  # read back what was published, not what was meant to be
     if push_to_hub:
         for name, n in counts.items():
             if n:
@@ -514,7 +514,7 @@ def save_datasets(run_dir: str | Path, *, push_to_hub: str | None = None, card: 
     return counts
 
 
-def check_published(run_dir: str | Path) -> dict[str, int]:
+def _check_published(run_dir: str | Path) -> dict[str, int]:
     """Check that ``dataset/{dpo,kto}`` and ``dataset/{dpo,kto}.parquet`` hold exactly the rows
     of ``{dpo,kto}.jsonl`` (same count, same keys in the same order); returns the row counts.
 

@@ -156,7 +156,7 @@ def losses(
     for j in judgements:
         a, b, label = j["a"], j["b"], j.get("label")
         sa, sb = j.get("score_a"), j.get("score_b")
-        wa, wb = written_scores(j)
+        wa, wb = _written_scores(j)
         if label == "model_b":
             out[a] = Loss(b, True, _diff(sb, sa), None, sb, sa, wb, wa)
         elif label == "model_a":
@@ -166,7 +166,7 @@ def losses(
     return out
 
 
-def written_scores(judgement: Mapping[str, Any]) -> tuple[float | None, float | None]:
+def _written_scores(judgement: Mapping[str, Any]) -> tuple[float | None, float | None]:
     """(score of a, score of b) as the judge wrote them, both orders averaged, when the decision
     used other scores (judge.scoring=expected keeps the written verdict as ``argmax``); else (None, None)."""
     attempts = [a for a in judgement.get("attempts") or [] if a.get("argmax")]

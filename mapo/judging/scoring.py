@@ -175,7 +175,7 @@ def value_probabilities(dist: Mapping[str, Any], scale: int) -> dict[int, float]
     return {v: p / total for v, p in sorted(allowed.items())} if total > 0 else {}
 
 
-def expected_value(dist: Mapping[str, Any], scale: int) -> float | None:
+def _expected_value(dist: Mapping[str, Any], scale: int) -> float | None:
     """E[score] over 0..scale, or None when no alternative is a value."""
     probs = value_probabilities(dist, scale)
     return sum(v * p for v, p in probs.items()) if probs else None
@@ -210,12 +210,12 @@ def expected_verdict(kind: str, dists: Sequence[Mapping[str, Any]], scale: int) 
         pick: Pick = "A" if probs["A"] > probs["B"] else "B" if probs["B"] > probs["A"] else "tie"
         return Verdict(pick=pick)
     if kind == "score":
-        e = expected_value(by_name["score"], scale) if "score" in by_name else None
+        e = _expected_value(by_name["score"], scale) if "score" in by_name else None
         return None if e is None else Verdict(score_a=e)
     if kind == "score_pair":
         if "score_a" not in by_name or "score_b" not in by_name:
             return None
-        ea, eb = expected_value(by_name["score_a"], scale), expected_value(by_name["score_b"], scale)
+        ea, eb = _expected_value(by_name["score_a"], scale), _expected_value(by_name["score_b"], scale)
         return None if ea is None or eb is None else Verdict.from_scores(ea, eb)
     raise ValueError(f"expected_verdict: no logprob scoring for parser kind {kind!r}; known: {', '.join(VALUE_NAMES)}")
 

@@ -119,7 +119,7 @@ class Build(RunCommand):
 
     def setup(self, client: LLMClient) -> None:
         cfg, roles = self.cfg, self.cfg.roles
-        warn_family_judging(cfg)
+        _warn_family_judging(cfg)
         self.loop = FeedbackLoop(client, roles.generator, roles.reviewers, cfg.feedback)
         self.judge = from_config(cfg, client)  # evaluator (default: roles.judge's judge; a reward model if it is one)
         self.select = SELECTORS.get(cfg.selection.method)
@@ -348,22 +348,22 @@ class Build(RunCommand):
         manifest["rows"] = save_datasets(run_dir, push_to_hub=cfg.push_to_hub, card=card)
 
 
-def model_family(cfg: RunConfig, name: str) -> str:
+def _model_family(cfg: RunConfig, name: str) -> str:
     """``models.<name>.family``, or the model's name when it has none (a family of one)."""
     model = cfg.models.get(name)
     return (model.family if model is not None else None) or name
 
 
-def warn_family_judging(cfg: RunConfig) -> list[str]:
+def _warn_family_judging(cfg: RunConfig) -> list[str]:
     """Warn when the judge shares a model family with a model that shaped the responses it judges
     (the generator, or a reviewer whose feedback revised them): a judge tends to prefer its own
     family's answers (self- and family-preference bias). Returns the models named."""
     roles = cfg.roles
-    family = model_family(
+    family = _model_family(
         cfg, roles.judge
     )  # the default evaluator's judge (another evaluator: its models are not checked)
     shaped = [("generator", roles.generator), *(("reviewer", r) for r in roles.reviewers)]
-    same = [(role, m) for role, m in shaped if model_family(cfg, m) == family]
+    same = [(role, m) for role, m in shaped if _model_family(cfg, m) == family]
     if same:
         who = ", ".join(f"{role} {m}" + (" (the judge itself)" if m == roles.judge else "") for role, m in same)
         log.warning(

@@ -155,7 +155,7 @@ MULTITURN_TEMPLATES = ("multiturn_",)
 with multi-turn items only, so a single-turn run's fingerprint is unchanged)."""
 
 
-def unit_question(item: HumanRow, order: str) -> Question:
+def _unit_question(item: HumanRow, order: str) -> Question:
     """What the evaluator is asked for one unit: the item's question (:func:`~mapo.data.humans.item_question`),
     a conversation's sides exchanged in the swapped order (response B shown first, with its own turns)."""
     question = item_question(item)
@@ -274,7 +274,7 @@ class Evaluate(RunCommand):
     def probes(self) -> list[Probe]:
         """The evaluator's requests on the first item (its real question and responses)."""
         item = self.items_[0]
-        return self.ev.probes(unit_question(item, "AB"), item["response_a"], item["response_b"])
+        return self.ev.probes(_unit_question(item, "AB"), item["response_a"], item["response_b"])
 
     def _done_key(self, item: HumanRow, order: str) -> str:
         return "|".join(
@@ -304,7 +304,7 @@ class Evaluate(RunCommand):
         return kept
 
     def items(self) -> Iterator[tuple[HumanRow, str]]:
-        return iter_units(self.items_, self.orders)
+        return _iter_units(self.items_, self.orders)
 
     async def work(self, unit: tuple[HumanRow, str]) -> None:
         cfg, ev, progress = self.cfg, self.ev, self.run.progress
@@ -320,7 +320,7 @@ class Evaluate(RunCommand):
         kept = self.kept.get((item["id"], order)) if key in self.store.incomplete else None
         t0 = time.perf_counter()
         try:
-            question = unit_question(item, order)
+            question = _unit_question(item, order)
             if kept is not None:  # an incomplete unit: only its failed members are asked again
                 result = await ev.judge_again(question, first, second, kept)
             else:
@@ -421,7 +421,7 @@ async def evaluate(cfg: RunConfig) -> dict[str, Any]:
     return await execute(Evaluate(cfg))
 
 
-def iter_units(items: list[HumanRow], orders: list[str]) -> Iterator[tuple[HumanRow, str]]:
+def _iter_units(items: list[HumanRow], orders: list[str]) -> Iterator[tuple[HumanRow, str]]:
     """Every (item, order) unit, lazily."""
     for item in items:
         for order in orders:

@@ -333,7 +333,7 @@ async def _constrained(client: LLMClient, probe: Probe, model: _ModelReport) -> 
 def _start(constraint: Constraint) -> str:
     """The text every answer under ``constraint`` starts with ("" when it cannot be told)."""
     if constraint.regex is not None:
-        return literal_prefix(constraint.regex)
+        return _literal_prefix(constraint.regex)
     if constraint.json_schema is not None:
         return "{"
     return ""
@@ -354,7 +354,7 @@ _META = set(".^$*+?{}[]|()")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
 
-def literal_prefix(regex: str) -> str:
+def _literal_prefix(regex: str) -> str:
     """The literal text a regex's every match starts with (``### Answer:\\n`` of
     ``### Answer:\\n(A|B)``); stops at the first construct that is not a plain character."""
     out: list[str] = []

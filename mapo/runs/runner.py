@@ -34,7 +34,7 @@ Each ending raises what the CLI turns into a one-line message and an exit code:
 four words of :class:`~mapo.core.types.RunStatus`, for every command.
 
 A command that calls no model and works as one blocking step (``mapo train``) is a
-:class:`LocalCommand` run by :func:`execute_local`: the same lock, endings (:func:`ending_of`),
+:class:`LocalCommand` run by :func:`execute_local`: the same lock, endings (:func:`_ending_of`),
 signals and exceptions, with a manifest written as it goes (``running`` first).
 """
 
@@ -106,7 +106,7 @@ class RunFailed(RuntimeError):
 # --------------------------------------------------------------------------- helpers
 
 
-def make_client(cfg: RunConfig) -> LLMClient:
+def _make_client(cfg: RunConfig) -> LLMClient:
     """The client of a run, over ``cfg.models`` with the response cache (closed by ``async with``)."""
     cache = None
     if cfg.client.cache:
@@ -116,13 +116,13 @@ def make_client(cfg: RunConfig) -> LLMClient:
         except OSError as e:
             key = "client.cache_path" if cfg.client.cache_path else "client.cache_path (default under $MAPO_CACHE)"
             raise ConfigError(
-                f"{key}={path}: cannot create the response cache ({path_problem(e, path)}); "
+                f"{key}={path}: cannot create the response cache ({_path_problem(e, path)}); "
                 "choose a writable path, or client.cache=false"
             ) from None
     return LLMClient(cfg.models, cache=cache, registry=cfg.client.registry, budget_usd=cfg.client.budget_usd)
 
 
-def path_problem(e: OSError, path: str | Path) -> str:
+def _path_problem(e: OSError, path: str | Path) -> str:
     """Why a folder could not be made, in words: ``/x/file is a file, not a folder``."""
     where = e.filename or path
     if e.errno in (errno.EEXIST, errno.ENOTDIR):
@@ -178,7 +178,7 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[None]
 _END = object()
 
 
-def items_in_flight(cfg: RunConfig, models: Iterable[str]) -> int:
+def _items_in_flight(cfg: RunConfig, models: Iterable[str]) -> int:
     """``max_items_in_flight``, raised to ``batch.max_requests`` when a model of the run is on the
     Batch API: a batch can only carry the requests of the items in flight, and each round of
     batches may take hours."""
@@ -192,7 +192,7 @@ def items_in_flight(cfg: RunConfig, models: Iterable[str]) -> int:
     return width
 
 
-def write_config(cfg: RunConfig, run_dir: Path) -> None:
+def _write_config(cfg: RunConfig, run_dir: Path) -> None:
     """The composed config as ``config.yaml`` in the run folder."""
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
@@ -209,7 +209,7 @@ def models_manifest(cfg: RunConfig, names: Iterable[str]) -> dict:
     }
 
 
-def run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
+def _run_accounting(client: LLMClient, wall: float) -> dict[str, Any]:
     """The manifest fields every command reports: usage per (role, model), throughput, host and its CPU."""
     return {
         "usage": client.usage_table(),
@@ -333,7 +333,7 @@ def _stored_changes(run_dir: Path, fp: Fingerprint) -> list[str] | None:
     return fp.changes(old)
 
 
-def refuse_foreign_run(run_dir: Path, command: str) -> None:
+def _refuse_foreign_run(run_dir: Path, command: str) -> None:
     """A folder whose manifest names another command's run (``mapo train`` into a build folder, ``mapo build``
     into a training's) is refused before anything is written there: its config.yaml and manifest.json would be
     overwritten, and its records mixed with this command's. (Folders of build / evaluate / winrate are told
@@ -551,22 +551,22 @@ async def execute(command: RunCommand) -> dict[str, Any]:
     """Run ``command`` through the skeleton (module doc); returns its manifest or raises
     :class:`RunStopped`, :class:`RunInterrupted`, :class:`RunFailed` (a config problem found before
     any work stays a ``ConfigError``; a locked folder ``RunLocked``; a damaged record file ``StoreError``)."""
-    check_overrides(command.name, command.reads, hydra_overrides())
+    check_overrides(command.name, command.reads, _hydra_overrides())
     command.check()
-    async with make_client(command.cfg) as client:
+    async with _make_client(command.cfg) as client:
         command.setup(client)
         fp = Fingerprint.of({"command": command.name, **command.fingerprint()})
         run_dir = _run_folder(command.cfg, fp, command.stale_items)
         if str(run_dir) != command.cfg.output_dir:
             command.cfg = dataclasses.replace(command.cfg, output_dir=str(run_dir))
-        refuse_foreign_run(run_dir, command.name)
+        _refuse_foreign_run(run_dir, command.name)
         try:
             lock = RunLock(run_dir)
         except OSError as e:
             if e.errno in DISK_FULL:
                 raise
             raise ConfigError(
-                f"output_dir={run_dir} (hydra.run.dir): cannot create the run folder ({path_problem(e, run_dir)})"
+                f"output_dir={run_dir} (hydra.run.dir): cannot create the run folder ({_path_problem(e, run_dir)})"
             ) from None
         with lock:
             if _stored_changes(run_dir, fp):  # another run changed it while we waited for the lock
@@ -578,7 +578,7 @@ async def execute(command: RunCommand) -> dict[str, Any]:
                     stores[name] = RecordStore(
                         run_dir / f"{name}.jsonl", stamp=stamp, retry_failed=name in command.retried
                     )
-                write_config(command.cfg, run_dir)
+                _write_config(command.cfg, run_dir)
                 atomic_write_json(run_dir / FINGERPRINT_FILE, {"id": fp.id, "keys": fp.keys})
                 progress = Progress(
                     command.name, command.total(), client.stats, command.cfg.client.progress, stages=command.stages
@@ -598,7 +598,7 @@ SHARED_KEYS = frozenset(
 statistics options, run naming and concurrency, and Hydra's own block."""
 
 
-def hydra_overrides() -> list[str]:
+def _hydra_overrides() -> list[str]:
     """The command line's overrides of the Hydra job running now (``[]`` outside Hydra: a config built in Python
     sets only what its caller means)."""
     from hydra.core.hydra_config import HydraConfig
@@ -608,7 +608,7 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def override_key(override: str) -> str:
+def _override_key(override: str) -> str:
     """The top-level key an override sets: ``+judge.explain=true`` -> ``judge``, ``~prompts.limit`` -> ``prompts``,
     ``model@models.x=smollm2-135m`` -> ``models`` (the package it writes to), ``hydra/launcher=x`` -> ``hydra``."""
     key = override.split("=", 1)[0].lstrip("+~")
@@ -621,11 +621,11 @@ def check_overrides(command: str, reads: frozenset[str], overrides: Sequence[str
     """Refuse an override of a key ``mapo <command>`` does not read (it would be accepted and ignored:
     ``mapo evaluate selection.on_tie=keep``), naming it and what the command does read. Raises ConfigError."""
     known = SHARED_KEYS | reads
-    unread = [o for o in overrides if override_key(o) not in known]
+    unread = [o for o in overrides if _override_key(o) not in known]
     if unread:
         shared = ", ".join(sorted(SHARED_KEYS - {"model", "output_dir"}))
         raise ConfigError(
-            f"{unread[0].split('=', 1)[0]}: mapo {command} does not read {override_key(unread[0])} "
+            f"{unread[0].split('=', 1)[0]}: mapo {command} does not read {_override_key(unread[0])} "
             f"(it reads {', '.join(sorted(reads))} and the shared keys {shared}); drop the override"
         )
 
@@ -664,7 +664,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
                     raise RunStopped(f"run stopped before any item: {e}") from e
             _withdraw(run.dir, command.published)
             command.resume()
-            await run_pool(command.items(), command.work, items_in_flight(cfg, command.models()))
+            await run_pool(command.items(), command.work, _items_in_flight(cfg, command.models()))
             _check_failures(run)
             ending = _Ending(RunStatus.complete)
         except BaseException as e:  # every ending is named in the manifest, then raised as its kind
@@ -683,7 +683,7 @@ async def _drive(command: RunCommand) -> dict[str, Any]:
             "config_fingerprint": run.fingerprint.id,
             **fields,
             "timings_s": {"wall": round(wall, 2), **fields.get("timings_s", {})},
-            **run_accounting(run.client, wall),
+            **_run_accounting(run.client, wall),
         }
         if ending.status == RunStatus.complete:
             try:
@@ -727,10 +727,10 @@ def _withdraw(run_dir: Path, published: Iterable[str]) -> None:
 
 
 def _ending(e: BaseException, run: Run, signals: _Signals) -> _Ending:
-    return ending_of(e, run.dir, run.saved(), signals.caught)
+    return _ending_of(e, run.dir, run.saved(), signals.caught)
 
 
-def ending_of(e: BaseException, run_dir: Path, saved: str, caught: str | None) -> _Ending:
+def _ending_of(e: BaseException, run_dir: Path, saved: str, caught: str | None) -> _Ending:
     """How an exception ends a run (the one rule, for :func:`execute` and :func:`execute_local`): its
     :class:`RunStatus`, the manifest detail, what to raise; every text in them scrubbed of secrets (a
     server may echo the API key in its error text). ``saved``: what the folder holds, for the message;
@@ -891,7 +891,7 @@ def execute_local(command: LocalCommand) -> dict[str, Any] | None:
     :class:`RunFailed`, or a ``ConfigError`` found before the run started. SIGINT and SIGTERM
     interrupt the blocking work at once (no event loop turns while it works)."""
     command.check()
-    refuse_foreign_run(command.run_dir, command.name)
+    _refuse_foreign_run(command.run_dir, command.name)
     lock: contextlib.AbstractContextManager[Any] = (
         RunLock(command.run_dir) if command.writer else contextlib.nullcontext()
     )
@@ -903,7 +903,7 @@ def execute_local(command: LocalCommand) -> dict[str, Any] | None:
                 result = command.work(manifest)
         except BaseException as e:
             caught = (str(e) or "SIGINT") if isinstance(e, KeyboardInterrupt) else None
-            ending = ending_of(e, command.run_dir, command.saved(), caught)
+            ending = _ending_of(e, command.run_dir, command.saved(), caught)
             if manifest.started:
                 manifest.write(
                     status=ending.status, **ending.detail, timings_s={"wall": round(time.time() - t_start, 2)}

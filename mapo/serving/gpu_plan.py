@@ -434,7 +434,7 @@ def _layout(
     return plan
 
 
-def tp_candidates(shape: ModelShape, gpus: int) -> list[int]:
+def _tp_candidates(shape: ModelShape, gpus: int) -> list[int]:
     """Tensor-parallel sizes to try for this model on at most ``gpus`` GPUs: the powers of two that
     divide its attention heads (vLLM needs the heads to split evenly)."""
     sizes, tp = [], 1
@@ -498,10 +498,10 @@ def plan_memory(
         plan = layout(tp)
         if plan.fits:
             return plan
-        better = [p for p in map(layout, tp_candidates(shape, shape.num_attention_heads)) if p.fits]
+        better = [p for p in map(layout, _tp_candidates(shape, shape.num_attention_heads)) if p.fits]
         hint = f"; TP {better[0].tp} ({better[0].gpus} GPUs) fits" if better else ""
         raise PlanError(_refusal(plan) + hint)
-    candidates = [layout(size) for size in tp_candidates(shape, gpus // pp)]
+    candidates = [layout(size) for size in _tp_candidates(shape, gpus // pp)]
     if not candidates:
         raise PlanError(f"{model}: no tensor_parallel_size fits {gpus} GPUs at PP {pp}")
     for plan in candidates:

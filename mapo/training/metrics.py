@@ -20,10 +20,10 @@ PLOTTED = ("loss", "rewards/accuracies", "rewards/margins")
 _SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 
 
-def record_of(logs: dict[str, Any], step: int, epoch: float | None) -> dict[str, Any]:
+def _record_of(logs: dict[str, Any], step: int, epoch: float | None) -> dict[str, Any]:
     """A log dict of the HF Trainer -> ``{"split": train|eval|summary, "step", "epoch", <metric>: value}``.
 
-    >>> record_of({"eval_loss": 0.6, "eval_rewards/accuracies": 1.0}, 4, 2.0)["split"]
+    >>> _record_of({"eval_loss": 0.6, "eval_rewards/accuracies": 1.0}, 4, 2.0)["split"]
     'eval'
     """
     if any(k.startswith("eval_") for k in logs):
@@ -50,7 +50,7 @@ def MetricsLog(path: Path, *, echo: bool) -> Any:  # noqa: N802 (a class factory
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if not logs or not state.is_world_process_zero:
                 return
-            rec = record_of(dict(logs), state.global_step, state.epoch)
+            rec = _record_of(dict(logs), state.global_step, state.epoch)
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rec, default=float) + "\n")
             if echo and rec["split"] != "summary":

@@ -7,7 +7,7 @@ of a sweep compare side by side.
 
 An evaluate run's ``judgements.jsonl`` is read once, keeping per record only what a row shows
 (labels, failure) and its byte offset: opening an item reads its records again from the file,
-so 100,000 items cost a few bytes each (:class:`RecordIndex`). The items' texts come from the
+so 100,000 items cost a few bytes each (:class:`_RecordIndex`). The items' texts come from the
 run's ``eval_data`` (local files only, as for the report: :mod:`mapo.report.evidence`).
 """
 
@@ -40,7 +40,7 @@ _FIRST = (
 _SHORT: dict[str | None, str] = {**{str(k): v for k, v in PICK_OF_LABEL.items()}, None: "–"}
 
 
-def snippet(text: Any, n: int = SNIPPET) -> str:
+def _snippet(text: Any, n: int = SNIPPET) -> str:
     s = " ".join(str(text or "").split())
     return s if len(s) <= n else s[: n - 1] + "…"
 
@@ -112,7 +112,7 @@ SUMMARY = ("item_id", "kind", "judge", "setup", "order", "label", "human", "fail
 """The fields of a judgement record a table row needs (the rest is read when the item is opened)."""
 
 
-class RecordIndex:
+class _RecordIndex:
     """A JSONL record file, grouped by item as byte offsets (last write per ``key`` wins, as the
     report reads it); :meth:`read` reads one item's records again from the file."""
 
@@ -144,7 +144,7 @@ class _Source:
     """One judgements file (or the authors' records of an agreement output) of the evaluate view."""
 
     ref: RunRef
-    records: RecordIndex | None = None
+    records: _RecordIndex | None = None
     memory: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def read(self, item_id: str) -> list[dict[str, Any]]:
@@ -186,7 +186,7 @@ class EvaluateView(View):
         if run.agreement_file is None:
             path = run.dir / "judgements.jsonl"
             if path.exists():
-                self.sources.append(_Source(ref, RecordIndex(path)))
+                self.sources.append(_Source(ref, _RecordIndex(path)))
             self._texts(run.dir, run.config_text, run.manifest)
             return
         tables = run.json("agreement.json") or {}
@@ -194,7 +194,7 @@ class EvaluateView(View):
         if files:
             for f in files:
                 if f.is_file():
-                    self.sources.append(_Source(ref, RecordIndex(f)))
+                    self.sources.append(_Source(ref, _RecordIndex(f)))
                     cfg = f.parent / "config.yaml"
                     text = cfg.read_text(encoding="utf-8") if cfg.is_file() else None
                     self._texts(f.parent, text, read_json(f.parent / "manifest.json") or {})
@@ -270,7 +270,7 @@ class EvaluateView(View):
         for item in dict.fromkeys([*self.items, *cells]):
             text = self.items.get(item) or {}
             h = human.get(item, text.get("human"))
-            row: dict[str, Any] = {"id": item, "human": _SHORT.get(h, h), "question": snippet(text.get("question"))}
+            row: dict[str, Any] = {"id": item, "human": _SHORT.get(h, h), "question": _snippet(text.get("question"))}
             labels = []
             inconsistent = disagree = False
             for n, by_order in cells.get(item, {}).items():
@@ -444,7 +444,7 @@ class BuildView(View):
         best = s.get("best")
         return {
             "id": key,
-            "prompt": snippet(g.get("prompt")),
+            "prompt": _snippet(g.get("prompt")),
             "scores": scores,
             "best": None if best is None else best + 1,
             "outcome": outcome,
@@ -520,7 +520,7 @@ class RecordsView(View):
         self._rows = []
         for n, r in enumerate(self.records):
             row: dict[str, Any] = {"id": str(r.get(id_field, n))}
-            row.update({k: snippet(r.get(k)) if isinstance(r.get(k), str) else r.get(k) for k in shown})
+            row.update({k: _snippet(r.get(k)) if isinstance(r.get(k), str) else r.get(k) for k in shown})
             row["f_failed"] = bool(r.get("failure"))
             self._rows.append(row)
         self.by_id = {row["id"]: r for row, r in zip(self._rows, self.records, strict=True)}

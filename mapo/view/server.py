@@ -60,7 +60,7 @@ class ViewServer(ThreadingHTTPServer):
         self.refs = refs
         self._rows: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        super().__init__((HOST, port), Handler)
+        super().__init__((HOST, port), _Handler)
 
     @property
     def url(self) -> str:
@@ -82,7 +82,7 @@ class ViewServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class Handler(BaseHTTPRequestHandler):
+class _Handler(BaseHTTPRequestHandler):
     server: ViewServer
     server_version = "mapo-view"
 

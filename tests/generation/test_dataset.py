@@ -10,10 +10,10 @@ from mapo.generation.dataset import (
     DatasetMismatch,
     RowCounts,
     RowError,
-    check_published,
+    _check_published,
+    _validate_row,
     rows_for,
     save_datasets,
-    validate_row,
 )
 from mapo.generation.selection import Loss
 
@@ -67,7 +67,7 @@ def test_empty_text_is_rejected():
     with pytest.raises(RowError, match="chosen"):
         rows_for("p1", "Q?", ["", "b"], [1, 2], 0, generator="g", judge="j")
     with pytest.raises(RowError, match="label"):
-        validate_row(
+        _validate_row(
             {
                 "key": "k",
                 "prompt": [{"role": "user", "content": "x"}],
@@ -197,9 +197,9 @@ def test_check_published_names_a_stale_artifact(tmp_path):
     save_datasets(tmp_path)
     _append(tmp_path, [7])  # rows the published dataset does not hold yet
     with pytest.raises(DatasetMismatch, match=r"dataset/dpo does not match .*dpo.jsonl: it has 4 rows"):
-        check_published(tmp_path)
+        _check_published(tmp_path)
     save_datasets(tmp_path)
-    assert check_published(tmp_path) == {"dpo": 6, "kto": 9}
+    assert _check_published(tmp_path) == {"dpo": 6, "kto": 9}
 
 
 def test_an_emptied_jsonl_leaves_no_stale_artifact(tmp_path):
@@ -208,7 +208,7 @@ def test_an_emptied_jsonl_leaves_no_stale_artifact(tmp_path):
     save_datasets(tmp_path)
     (tmp_path / "dpo.jsonl").write_text("")
     with pytest.raises(DatasetMismatch, match="holds no rows"):
-        check_published(tmp_path)
+        _check_published(tmp_path)
     assert save_datasets(tmp_path) == {"dpo": 0, "kto": 6}
     assert not (tmp_path / "dataset" / "dpo").exists() and not (tmp_path / "dataset" / "dpo.parquet").exists()
 

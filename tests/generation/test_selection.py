@@ -217,7 +217,7 @@ def _core(losses):
 
 def test_written_scores_come_back_to_the_pairs_order_and_only_with_expected_scoring():
     """judge.scoring=expected keeps the written verdict as argmax; both orders averaged in the pair's order."""
-    from mapo.generation.selection import losses, written_scores
+    from mapo.generation.selection import _written_scores, losses
 
     j = {
         "a": 0,
@@ -230,9 +230,9 @@ def test_written_scores_come_back_to_the_pairs_order_and_only_with_expected_scor
             {"order": "BA", "verdict": {"pick": "B", "score_a": 8.88, "score_b": 9.5}, "argmax": {"pick": "B", "score_a": 9.0, "score_b": 10.0}},
         ],
     }  # fmt: skip
-    assert written_scores(j) == (10.0, 9.5)
+    assert _written_scores(j) == (10.0, 9.5)
     loss = losses("tournament", 0, [j], [])[1]
     assert (loss.winner_score, loss.loser_score, loss.winner_written, loss.loser_written) == (9.6, 8.89, 10.0, 9.5)
     assert loss.winner_score > loss.loser_score and loss.margin == pytest.approx(0.71)
     plain = {**j, "attempts": [{k: v for k, v in a.items() if k != "argmax"} for a in j["attempts"]]}
-    assert written_scores(plain) == (None, None)  # argmax scoring: the deciding scores are the written ones
+    assert _written_scores(plain) == (None, None)  # argmax scoring: the deciding scores are the written ones

@@ -161,7 +161,7 @@ async def test_manifest_and_card_carry_the_dataset_quality_indicators(fake_serve
 async def test_build_warns_when_the_judge_shares_a_family_with_a_candidate(
     fake_server, tmp_path, caplog, families, roles, warned
 ):
-    from mapo.runs.build import warn_family_judging
+    from mapo.runs.build import _warn_family_judging
 
     cfg = run_config(fake_server, tmp_path)
     for name, family in families.items():
@@ -169,7 +169,7 @@ async def test_build_warns_when_the_judge_shares_a_family_with_a_candidate(
     if roles:
         cfg.roles = RolesConfig(generator="gen", reviewers=["rev"], **roles)
     with caplog.at_level("WARNING", logger="mapo.runs.build"):
-        assert warn_family_judging(cfg) == warned
+        assert _warn_family_judging(cfg) == warned
     assert ("family-preference bias" in caplog.text) == bool(warned)
 
 

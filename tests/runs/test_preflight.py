@@ -23,7 +23,7 @@ from mapo.core.config import (
 from mapo.llm.client import Constraint, merge_system
 from mapo.runs.build import build
 from mapo.runs.evaluate import evaluate
-from mapo.runs.preflight import follows, literal_prefix
+from mapo.runs.preflight import _literal_prefix, follows
 from mapo.runs.runner import RunStopped
 from tests.conftest import REPO, fake_model
 from tests.fake_openai import FakeServer, default_responder
@@ -206,9 +206,9 @@ async def test_a_server_that_ignores_the_constraint_is_found(tmp_path):
 
 
 def test_follows_and_literal_prefix():
-    assert literal_prefix(r"### Answer:\n(A|B|C)") == "### Answer:\n"
-    assert literal_prefix(r"Assistant 1: (10|[0-9])/10") == "Assistant 1: "
-    assert literal_prefix(r"ab*c") == "a" and literal_prefix(r"\d+") == ""
+    assert _literal_prefix(r"### Answer:\n(A|B|C)") == "### Answer:\n"
+    assert _literal_prefix(r"Assistant 1: (10|[0-9])/10") == "Assistant 1: "
+    assert _literal_prefix(r"ab*c") == "a" and _literal_prefix(r"\d+") == ""
     regex = Constraint(regex=r"### Evaluation:\n[^#]{0,9}")
     assert follows("### Eval", regex) and follows("### Evaluation:\nok", regex) and not follows("Sure", regex)
     assert follows("", regex)  # nothing generated tells nothing

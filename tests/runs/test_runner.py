@@ -15,7 +15,7 @@ import pytest
 from mapo.core.config import ConfigError
 from mapo.runs.build import Build, build
 from mapo.runs.evaluate import Evaluate
-from mapo.runs.runner import Fingerprint, RunInterrupted, check_overrides, override_key
+from mapo.runs.runner import Fingerprint, RunInterrupted, _override_key, check_overrides
 from mapo.runs.winrate import Winrate
 from tests.fake_openai import FakeServer
 from tests.runs.test_faults import published_vs_jsonl, run_config
@@ -128,7 +128,7 @@ REPO = Path(__file__).resolve().parents[2]
     ],
 )
 def test_override_key_is_the_top_level_key_it_writes(override, key):
-    assert override_key(override) == key
+    assert _override_key(override) == key
 
 
 @pytest.mark.parametrize(

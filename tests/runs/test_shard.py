@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mapo.core.config import ClientConfig, ConfigError, PromptSourceConfig, RolesConfig, RunConfig
-from mapo.data.sources import iter_prompts, shard_of
+from mapo.data.sources import _shard_of, iter_prompts
 from mapo.runs.build import build
 from mapo.runs.shard import MergeError, main, merge, summary
 from tests.conftest import fake_model
@@ -17,12 +17,12 @@ from tests.conftest import fake_model
 
 def test_shard_of_is_stable_and_spreads():
     # pinned: a change here would reshuffle the prompts of arrays already running
-    assert [shard_of(str(i), 4) for i in range(8)] == [shard_of(str(i), 4) for i in range(8)]
-    assert shard_of("alpaca-17", 1) == 0
-    counts = Counter(shard_of(f"id-{i}", 4) for i in range(4000))
+    assert [_shard_of(str(i), 4) for i in range(8)] == [_shard_of(str(i), 4) for i in range(8)]
+    assert _shard_of("alpaca-17", 1) == 0
+    counts = Counter(_shard_of(f"id-{i}", 4) for i in range(4000))
     assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 900
     with pytest.raises(ValueError):
-        shard_of("x", 0)
+        _shard_of("x", 0)
 
 
 def test_shards_partition_the_limited_set():
@@ -30,7 +30,7 @@ def test_shards_partition_the_limited_set():
     parts = [[p.id for p in iter_prompts(PromptSourceConfig(limit=15, shard_index=i, shard_count=3))] for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(whole)
     assert len(set(sum(parts, []))) == len(whole) == 15
-    assert all(shard_of(pid, 3) == i for i, part in enumerate(parts) for pid in part)
+    assert all(_shard_of(pid, 3) == i for i, part in enumerate(parts) for pid in part)
 
 
 def test_shard_index_out_of_range_is_a_config_error():

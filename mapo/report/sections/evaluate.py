@@ -38,7 +38,7 @@ def agreement(run: Run) -> tuple[dict[str, Any] | None, str | None]:
     return agreement_tables(recs), note
 
 
-def diff_cell(e: Mapping[str, Any]) -> str:
+def _diff_cell(e: Mapping[str, Any]) -> str:
     """``kappa - kappa(reference)`` with its paired interval, e.g. "-0.016 [-0.132, +0.094]"."""
     v = e.get("vs_reference") or {}
     if v.get("verdict") == "reference":
@@ -46,7 +46,7 @@ def diff_cell(e: Mapping[str, Any]) -> str:
     return ci(v.get("diff"), v.get("diff_ci"), sign=True)
 
 
-def reference_note(tables: Mapping[str, Any]) -> Text | None:
+def _reference_note(tables: Mapping[str, Any]) -> Text | None:
     """How to read the intervals and the verdict column (None when the tables carry no intervals)."""
     u = tables.get("uncertainty") or {}
     if not u:
@@ -128,7 +128,7 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
     else:
         how = f"one order ({', '.join(orders)}), so no position bias can be measured"
     blocks.append(Text(f"{data}; {how}. Failed judgements are left out of kappa and counted.", note=True))
-    ref_note = reference_note(tables)
+    ref_note = _reference_note(tables)
     if ref_note:
         blocks.append(ref_note)
     rows = []
@@ -143,7 +143,7 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
                 e.get("n"),
                 e.get("n_failed"),
                 pct(e.get("failure_rate")),
-                diff_cell(e) if e.get("vs_reference") else "–",
+                _diff_cell(e) if e.get("vs_reference") else "–",
                 verdict_cell(e) or "–",
             ]
         )
@@ -159,7 +159,7 @@ def _kappa(run: Run, tables: Mapping[str, Any], results: Sequence[Mapping[str, A
             ["humans (ceiling)", "humans", "annotator vs the others", "–", "–", ha.get("n_items"), 0, "–", "–"]
             + ["ceiling", ci(c.get("kappa"), c.get("kappa_ci"))]
         )
-        blocks.append(Text(ceiling_note(ha), note=True))
+        blocks.append(Text(_ceiling_note(ha), note=True))
         caption += (
             " Dashed line: the human ceiling (leave-one-out, with its interval shaded); hollow diamonds: each "
             "evaluator's leave-one-out kappa, the figure to compare with it (the bars score against all annotators)."
@@ -200,7 +200,7 @@ def _each_annotator(ha: Mapping[str, Any], results: Sequence[Mapping[str, Any]])
     )
 
 
-def ceiling_note(ha: Mapping[str, Any]) -> str:
+def _ceiling_note(ha: Mapping[str, Any]) -> str:
     """How to read the human ceiling and the leave-one-out column."""
     c, f = ha["ceiling"], ha["fleiss"]
     pairs = "; ".join(f"{p['a']}–{p['b']} {ci(p.get('kappa'), p.get('kappa_ci'))}" for p in ha.get("pairwise") or [])
@@ -274,7 +274,7 @@ def _position_bias(results: Sequence[Mapping[str, Any]]) -> Section:
     )
 
 
-def selection_note(sel: Mapping[str, Any]) -> str:
+def _selection_note(sel: Mapping[str, Any]) -> str:
     """The best jury's kappa beside its selection-corrected estimate, in words."""
     return (
         f"The best jury ({' + '.join(sel['best'])}) is the maximum of {sel['n_candidates']} subsets scored on the same "
@@ -297,7 +297,7 @@ def _jury_subsets(
             ci(s.get("kappa"), s.get("kappa_ci")),
             s.get("n"),
             s.get("n_failed"),
-            diff_cell(s) if s.get("vs_reference") else "–",
+            _diff_cell(s) if s.get("vs_reference") else "–",
             verdict_cell(s) or "–",
         ]
         for s in subsets[:15]
@@ -324,7 +324,7 @@ def _jury_subsets(
             if ceiling and best.get("loo_kappa") is not None
             else ""
         )
-        extra.append(Text(selection_note(sel) + loo, note=True))
+        extra.append(Text(_selection_note(sel) + loo, note=True))
         size_rows = [
             [
                 k,
