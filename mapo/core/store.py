@@ -219,9 +219,16 @@ def read_lines_at(
     torn: str = "skip",
     blank: str = "skip",
 ) -> Iterator[Line]:
-    """The one JSONL reader, with byte offsets: a :class:`Line` for each record line (:func:`read_lines` without
-    the offsets is what most readers want; ``mapo view`` indexes a file by them, :func:`read_at` reads them
-    back). ``blank="damaged"``: a blank line is an unreadable one (a record store never writes one)."""
+    """The one JSONL reader: a :class:`Line` (line number, byte offsets, record) for each line, streamed (memory
+    flat in the number of records; :func:`read_lines` without the offsets is what most readers want, ``mapo view``
+    indexes a file by them and :func:`read_at` reads them back). Blank lines are passed over (``blank="damaged"``:
+    a blank line is an unreadable one, as a record store sees it: it never writes one). A partial last line (a crash
+    mid-write) is left out (``torn="skip"``) or refused (``"error"``: :class:`DamagedLine`, e.g. ``mapo merge`` of a
+    shard still being written). A line that is not JSON raises its decode error (``on_damaged="raise"``), raises
+    :class:`DamagedLine` (``"error"``), or is skipped with a warning naming the file and line (``"skip"``, for
+    readers that should show what they can, such as ``mapo reparse`` and ``mapo report``; skipped line numbers are
+    appended to ``damaged``; ``quiet``: without the warning). With ``"skip"``, a line that is not a JSON object is
+    skipped too, and so is one without a string ``key`` unless ``keyed=False`` (dataset rows, metrics)."""
     with open(path, "rb") as fh:
         end = 0
         for lineno, raw in enumerate(fh, 1):
@@ -259,25 +266,10 @@ def read_lines_at(
             yield Line(lineno, start, end, record)
 
 
-def read_lines(
-    path: str | Path,
-    *,
-    on_damaged: str = "raise",
-    damaged: list[int] | None = None,
-    quiet: bool = False,
-    keyed: bool = True,
-    torn: str = "skip",
-) -> Iterator[tuple[int, Any]]:
-    """The one JSONL reader: ``(line number, record)`` of each line, streamed (memory flat in the number of
-    records). Blank lines are passed over. A partial last line (a crash mid-write) is left out (``torn="skip"``)
-    or refused (``"error"``: :class:`DamagedLine`, e.g. ``mapo merge`` of a shard still being written). A line
-    that is not JSON raises its decode error (``on_damaged="raise"``), raises :class:`DamagedLine` (``"error"``),
-    or is skipped with a warning naming the file and line (``"skip"``, for readers that should show what they
-    can, such as ``mapo reparse`` and ``mapo report``; skipped line numbers are appended to ``damaged``;
-    ``quiet``: without the warning). With ``"skip"``, a line that is not a JSON object is skipped too, and so
-    is one without a string ``key`` unless ``keyed=False`` (dataset rows, metrics). :func:`read_lines_at` is
-    the same reader with each line's byte offsets."""
-    for line in read_lines_at(path, on_damaged=on_damaged, damaged=damaged, quiet=quiet, keyed=keyed, torn=torn):
+def read_lines(path: str | Path, **kwargs: Any) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of each line: :func:`read_lines_at` without the offsets (same options); stores,
+    datasets, ``mapo merge``, ``mapo report`` and reparse read through it."""
+    for line in read_lines_at(path, **kwargs):
         yield line.lineno, line.record
 
 

@@ -210,6 +210,13 @@ class Judgement:
         """Every field as plain data (selection and win-rate records embed it)."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "setup"}
 
+    def _named(self, *between: str) -> dict[str, Any]:
+        """The shared fields in record order, for a subclass's own ``to_record``: what names the evaluator (judge,
+        strategy, scale, prompt_sha), then the fields ``between`` (its own), then the verdict (label, scores,
+        failure)."""
+        names = ("judge", "strategy", "scale", "prompt_sha", *between, "label", "score_a", "score_b", "failure")
+        return {name: getattr(self, name) for name in names}
+
     def record(self, ctx: RecordContext, *, kind: str | None = None, member_of: str | None = None) -> dict[str, Any]:
         """This judgement's own judgements.jsonl record (``kind`` juror + ``member_of`` for a jury member)."""
         return _record(

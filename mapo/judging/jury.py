@@ -161,16 +161,7 @@ class JuryJudgement(Judgement):
 
     def to_record(self) -> dict[str, Any]:
         return {
-            "judge": self.judge,
-            "strategy": self.strategy,
-            "scale": self.scale,
-            "prompt_sha": self.prompt_sha,
-            "aggregate": self.aggregate,
-            "tie_break": self.tie_break,
-            "label": self.label,
-            "score_a": self.score_a,
-            "score_b": self.score_b,
-            "failure": self.failure,
+            **self._named("aggregate", "tie_break"),
             "n_failed": self.n_failed,
             "members": [m.to_record() for m in self.members],
         }

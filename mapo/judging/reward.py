@@ -61,17 +61,7 @@ class RewardJudgement(Judgement):
         return {"reward_a": ra, "reward_b": rb, "margin": margin, "tie_margin": self.tie_margin}
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "judge": self.judge,
-            "strategy": self.strategy,
-            "scale": self.scale,
-            "prompt_sha": self.prompt_sha,
-            "label": self.label,
-            "score_a": self.score_a,
-            "score_b": self.score_b,
-            "failure": self.failure,
-            **self.detail("AB"),
-        }
+        return {**self._named(), **self.detail("AB")}
 
 
 def is_reward_model(cfg: RunConfig, name: str) -> bool:

@@ -43,7 +43,7 @@ import statistics
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,13 @@ class Entry:
     kappa: float | None
     accuracy: float | None
     failure_rate: float
-    record_failure_rate: float | None
-    first_rate: float | None
-    consistency: float | None
-    tokens: int | None
+    # the figures that only records give (None = unknown: an entry read from agreement outputs has no records)
+    record_failure_rate: float | None = field(default=None, kw_only=True)
+    first_rate: float | None = field(default=None, kw_only=True)
+    consistency: float | None = field(default=None, kw_only=True)
+    tokens: int | None = field(default=None, kw_only=True)
     """None when no record of the entry was read (agreement outputs carry none): unknown, not 0."""
-    tokens_per_item: float | None
+    tokens_per_item: float | None = field(default=None, kw_only=True)
     run: str
     kappa_low: float | None = None
     kappa_high: float | None = None
@@ -357,11 +358,6 @@ def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: 
                 kappa=s.get("kappa"),
                 accuracy=s.get("accuracy"),
                 failure_rate=float(s.get("failure_rate") or 0.0),
-                record_failure_rate=None,
-                first_rate=None,
-                consistency=None,
-                tokens=None,
-                tokens_per_item=None,
                 run=where,
                 **_against_reference(s, vs, margin),
                 contains_reference=bool(vs.get("contains_reference")),
@@ -388,11 +384,6 @@ def _extra_entries(tables: Mapping[str, Any], dataset: str, where: str, margin: 
                 kappa=None,
                 accuracy=None,
                 failure_rate=0.0,
-                record_failure_rate=None,
-                first_rate=None,
-                consistency=None,
-                tokens=None,
-                tokens_per_item=None,
                 run=where,
                 loo_kappa=c.get("kappa"),
                 loo_kappa_low=_pair(c.get("kappa_ci"))[0],

@@ -11,6 +11,7 @@ python -m serve plan --model llama31-70b --gpu-mem-gib 40 --gpus 8   # GPU dtype
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -152,16 +153,18 @@ def _up(args: argparse.Namespace) -> int:
         ):
             print(line, flush=True)
         return 0
+    up = functools.partial(
+        launch.up,
+        args.models,
+        registry=args.registry,
+        host=args.host,
+        port=args.port,
+        timeout=args.timeout,
+        conf_dir=args.conf_dir,
+        overrides=overrides,
+    )
     if not args.foreground:
-        detached = launch.up(
-            args.models,
-            registry=args.registry,
-            host=args.host,
-            port=args.port,
-            timeout=args.timeout,
-            conf_dir=args.conf_dir,
-            overrides=overrides,
-        )
+        detached = up()
         _print(detached)
         return 0
 
@@ -174,16 +177,7 @@ def _up(args: argparse.Namespace) -> int:
         signal.signal(sig, _exit)
     servers: list[launch.Server] = []
     try:
-        servers = launch.up(
-            args.models,
-            registry=args.registry,
-            host=args.host,
-            port=args.port,
-            timeout=args.timeout,
-            conf_dir=args.conf_dir,
-            detach=False,
-            overrides=overrides,
-        )
+        servers = up(detach=False)
         _print(servers)
         while servers:
             for server in servers:
