@@ -163,13 +163,13 @@ def authors_tables(
             **a.to_dict(),
             LABELS_KEY: labels_,
         }
-        if ev.strategy == "debate":
+        if record_kind(ev.kind).replay == "finals":  # a debate's referees, who abstain when their final fails
             entry["referees_abstained"] = sum(r.n_abstained for r in recs)
         results.append(entry)
         if ev.strategy == "multi-rater10":
             per_judge[ev.model] = labels_
-    order = {s: i for i, s in enumerate(STRATEGIES)}
-    results.sort(key=lambda e: (e["source"] == "debate", order[e["source"]], e["kappa"] is None, -(e["kappa"] or 0.0)))
+    order = {s: i for i, s in enumerate(STRATEGIES)}  # the authors' folders in their order, the debates last
+    results.sort(key=lambda e: (order[e["source"]], e["kappa"] is None, -(e["kappa"] or 0.0)))
     failures = sum(e["authors_parse_failures"] for e in results)
     if recorded and failures:
         notes.append(
