@@ -143,8 +143,10 @@ class Counting(FakeServer):
 async def test_debates_interleave_and_the_finals_are_asked_at_once():
     import asyncio
 
-    # alone: the discussion goes one turn at a time; the three finals overlap
-    with Counting(latency_s=0.2) as server:
+    # alone: the discussion goes one turn at a time; the three finals overlap. Each answer takes 0.5 s so that
+    # the four debates below stay in step on a loaded CI machine (at 0.2 s one debate's finals could end before
+    # another's began: peak 11 of 12 under load 11)
+    with Counting(latency_s=0.5) as server:
         client = LLMClient({"m1": fake_model(server, served_name="m1", max_concurrency=32)})
         try:
             debate = Debate(client, ["m1"], DebateConfig(rounds=1))
