@@ -107,17 +107,28 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+# A revision that opens by talking to the reviewer instead of answering the question ("I'm glad to hear that
+# you're enjoying our conversation!", "Your request was met ...", "It seems ..."): what SmolLM2-135M wrote for
+# most revisions after the paper's revision message (the README main job, issue 24 item 5)
+_ADDRESSES_FEEDBACK = re.compile(
+    r"(?i)^\W*(i'?m glad|i am glad|i'?m happy|i am (pleased|happy)|your (request|answer|enthusiasm|feedback)|"
+    r"it seems|thank(s| you)|hi\b|hey\b|dear\b|i'?m ready|i'?ve (made|updated|revised)|i have (made|updated|revised))"
+)
+
+
 def records_check(run_dir: Path) -> dict:
     """From the run's records: responses cut per iteration, reviews that never parsed, items whose responses
-    are all the same text, and whether the DPO rows read sensibly (a decisive pair's chosen score above its
-    rejected one; no (prompt, chosen, rejected) twice)."""
+    are all the same text, revisions that open by addressing the feedback (_ADDRESSES_FEEDBACK), and whether
+    the DPO rows read sensibly (a decisive pair's chosen score above its rejected one; no (prompt, chosen,
+    rejected) twice)."""
     cut: dict[int, int] = {}
-    review_failures = identical = 0
+    review_failures = identical = addressing = 0
     for rec in _jsonl(run_dir / "generations.jsonl"):
         its = rec.get("iterations") or []
         for it in its:
             cut[it["index"]] = cut.get(it["index"], 0) + (it.get("finish_reason") == "length")
             review_failures += sum(r.get("failure") is not None for r in it.get("reviews") or [])
+            addressing += it["index"] > 0 and bool(_ADDRESSES_FEEDBACK.match(it["response"]))
         identical += len(its) > 1 and len({it["response"] for it in its}) == 1
     dpo = _jsonl(run_dir / "dpo.jsonl")
     seen = [(json.dumps(r["prompt"]), json.dumps(r["chosen"]), json.dumps(r["rejected"])) for r in dpo]
@@ -125,6 +136,7 @@ def records_check(run_dir: Path) -> dict:
     texts = [r[side][-1]["content"] for r in dpo for side in ("chosen", "rejected")]
     return {
         "cut_by_iteration": cut,
+        "revisions_addressing_feedback": addressing,
         "review_failures": review_failures,
         "items_all_responses_identical": identical,
         "dpo_decisive": len(decisive),

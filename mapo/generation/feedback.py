@@ -121,7 +121,7 @@ class FeedbackLoop:
                 break
             if self._should_stop(iterations):
                 return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early=True)
-            conversation.append({"role": "user", "content": self._revision_message(it.reviews)})
+            conversation.append({"role": "user", "content": self._revision_message(it.reviews, question)})
         return FeedbackResult(self.generator, self.reviewers, iterations, stopped_early=False)
 
     async def answer_turns(self, turns: Sequence[str]) -> tuple[Message, ...]:
@@ -145,12 +145,18 @@ class FeedbackLoop:
             return score is not None and prev is not None and score <= prev
         return False
 
-    def _revision_message(self, reviews: list[Review]) -> str:
+    def _revision_message(self, reviews: list[Review], question: Question) -> str:
+        """The generator's revision request: every reviewer's feedback, and the (last) question where the
+        template names ``{question}`` (the ``restate`` set: a tiny generator otherwise answers the feedback)."""
         # an unparseable review still carries words the generator can use: pass its raw text
         texts = [r.feedback if r.feedback else r.raw[-1] for r in reviews]
         if len(texts) == 1:
-            return self._t("generator_single_feedback").render(feedback=texts[0])
-        return self._t("generator_double_feedback").render(feedback_1=texts[0], feedback_2=texts[1])
+            t, values = self._t("generator_single_feedback"), {"feedback": texts[0]}
+        else:
+            t, values = self._t("generator_double_feedback"), {"feedback_1": texts[0], "feedback_2": texts[1]}
+        if "question" in t.fields:
+            values["question"] = question_text(question)
+        return t.render(**values)
 
     def probes(self, question: Question) -> list[Probe]:
         """The generator's and each reviewer's requests for ``question``, for the pre-flight
@@ -165,7 +171,7 @@ class FeedbackLoop:
         for _ in range(n - 1):
             conversation += [
                 {"role": "assistant", "content": ""},
-                {"role": "user", "content": self._revision_message(empty)},
+                {"role": "user", "content": self._revision_message(empty, question)},
             ]
         produced = [
             (

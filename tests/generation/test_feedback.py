@@ -15,6 +15,7 @@ def review(score: float, fb: str) -> str:
 async def run_loop(tmp_path, responder, reviewers=("r1",), **cfg):
     server = FakeServer(responder=responder).start()
     models = {n: fake_model(server) for n in ("g", "r1", "r2")}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     client = LLMClient(models, cache=ResponseCache(tmp_path / "c.sqlite"))
     loop = FeedbackLoop(client, "g", list(reviewers), FeedbackConfig(**cfg))
     try:
@@ -50,6 +51,32 @@ async def test_revision_message_carries_the_feedback(tmp_path):
     last = seen[-1]
     assert [m["role"] for m in last] == ["user", "assistant", "user", "assistant", "user"]
     assert "[Start of Feedback]\nfb2\n[End of Feedback]" in last[-1]["content"]
+
+
+async def test_restate_set_ends_each_revision_message_with_the_question(tmp_path):
+    """prompts/restate: the paper's revision message, then the question again (one and two reviewers); the
+    paper's own message is unchanged (no question in it)."""
+    for reviewers in (("r1",), ("r1", "r2")):
+        seen: list[str] = []
+
+        def spy(req, seen=seen):
+            if req["messages"][0]["role"] != "system":
+                seen.append(req["messages"][-1]["content"])
+            return script(req)
+
+        await run_loop(tmp_path / str(len(reviewers)), spy, reviewers=reviewers, prompt_set="restate")
+        assert seen[0] == "Write a haiku."  # the first request is the question alone
+        assert all(m.endswith("to this question:\nWrite a haiku.") for m in seen[1:]) and len(seen) == 3
+        assert "fb2" in seen[-1] and "Do not engage in formalities" in seen[-1]
+    paper: list[str] = []
+
+    def spy_paper(req):
+        if req["messages"][0]["role"] != "system":
+            paper.append(req["messages"][-1]["content"])
+        return script(req)
+
+    await run_loop(tmp_path / "paper", spy_paper)
+    assert all("Write a haiku." not in m for m in paper[1:])
 
 
 async def test_two_reviewers_double_feedback(tmp_path):
