@@ -54,8 +54,8 @@ async def test_revision_message_carries_the_feedback(tmp_path):
 
 
 async def test_restate_set_ends_each_revision_message_with_the_question(tmp_path):
-    """prompts/restate: the paper's revision message, then the question again (one and two reviewers); the
-    paper's own message is unchanged (no question in it)."""
+    """prompts/restate: the feedback, then the question again, last (one and two reviewers); the paper's own
+    message is unchanged (no question in it)."""
     for reviewers in (("r1",), ("r1", "r2")):
         seen: list[str] = []
 
@@ -66,8 +66,8 @@ async def test_restate_set_ends_each_revision_message_with_the_question(tmp_path
 
         await run_loop(tmp_path / str(len(reviewers)), spy, reviewers=reviewers, prompt_set="restate")
         assert seen[0] == "Write a haiku."  # the first request is the question alone
-        assert all(m.endswith("to this question:\nWrite a haiku.") for m in seen[1:]) and len(seen) == 3
-        assert "fb2" in seen[-1] and "Do not engage in formalities" in seen[-1]
+        assert all(m.endswith("Reply with the answer only.\n\nWrite a haiku.") for m in seen[1:]) and len(seen) == 3
+        assert seen[-1].startswith("Feedback on your response:\nfb2\n")
     paper: list[str] = []
 
     def spy_paper(req):
