@@ -416,11 +416,15 @@ def _decimal_range(hi: int) -> str:
     return f"({hi}(\\.0)?|{below}(\\.[0-9])?)"
 
 
-def _free_text(chars: int) -> str:
+def _free_text(chars: int, *, prose: bool = False) -> str:
     """Free text of at most ``chars`` characters, with no '#' (it would open the next section)
     and not starting with '[' or a space: small models otherwise copy the prompt's
-    "[Add your feedback here]" placeholder instead of writing."""
-    return f"[^#\\[\\s][^#]{{0,{max(chars - 1, 1)}}}"
+    "[Add your feedback here]" placeholder instead of writing. ``prose``: nor with a digit or a
+    list marker ('*', '-'), for a review's sections: Gemma-3-270M otherwise answers "Feedback:"
+    with an empty numbered list ("1. \\n2. \\n3. ..."), and the generator copies it into its
+    revision until max_tokens (README "The README main job on an AVX2-only CPU")."""
+    first = "[^#\\[\\s0-9*-]" if prose else "[^#\\[\\s]"
+    return f"{first}[^#]{{0,{max(chars - 1, 1)}}}"
 
 
 def text_budget(max_tokens: int) -> int:
@@ -464,8 +468,8 @@ def constrained_regex(kind: str, scale: int = 10, text_chars: int = 800, explain
             raise ValueError(f"constrained_regex: the review score is out of 10, got scale={scale}")
         half = max(8, text_chars // 2)
         return (
-            f"### Evaluation:\\n{_free_text(half)}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
-            f"\\n\\n### Feedback:\\n{_free_text(half)}"
+            f"### Evaluation:\\n{_free_text(half, prose=True)}\\n\\n### Overall Score:\\n{_decimal_range(10)}/10"
+            f"\\n\\n### Feedback:\\n{_free_text(half, prose=True)}"
         )
     known = ", ".join(sorted(["debate_final", "pick", "review", "score", "score_pair", *PACK_CONSTRAINTS]))
     raise ValueError(f"constrained_regex: unknown kind {kind!r}; known: {known}")

@@ -328,6 +328,30 @@ def test_review_regex_allows_one_decimal_only():
         assert not re.fullmatch(rx, good.format(v)), v
 
 
+def test_review_sections_open_with_a_word():
+    # Gemma-3-270M answered "### Feedback:" with an empty numbered list ("1. \n2. \n3. ...") and SmolLM2
+    # copied it into its revision until max_tokens (README main job, AVX2-only EPYC)
+    rx = constrained_regex("review")
+    review = "### Evaluation:\n{}\n\n### Overall Score:\n7/10\n\n### Feedback:\n{}"
+    for evaluation, feedback in [
+        ("ok", "more"),
+        ("Le texte", "Ajoutez 3 idées"),
+        ("回答", "更具体"),
+        ("ok", "Add: 1. a 2. b"),
+    ]:
+        assert re.fullmatch(rx, review.format(evaluation, feedback)), (evaluation, feedback)
+    for evaluation, feedback in [
+        ("ok", "1. \n2. \n3. "),
+        ("ok", "- a"),
+        ("* a", "ok"),
+        ("1. ok", "ok"),
+        ("ok", "[Add your feedback here]"),
+    ]:
+        assert not re.fullmatch(rx, review.format(evaluation, feedback)), (evaluation, feedback)
+    # a judge's evidence is unchanged: it may open with a number
+    assert re.fullmatch(constrained_regex("score"), "### Evaluation Evidence:\n1. ok\n\n### Overall Score:\n7/10")
+
+
 def test_constrained_regex_rejects_unknown_kind():
     with pytest.raises(ValueError, match="known"):
         constrained_regex("verdict", 10)
