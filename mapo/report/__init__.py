@@ -23,7 +23,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "render_html",
         "render_markdown",
     ),
-    "mapo.report.evidence": ("ItemsOnHub", "ItemsUnreadable", "bias_diagnostics", "eval_spec", "offline_items"),
+    "mapo.report.evidence": (
+        *("ItemsOnHub", "ItemsUnreadable", "bias_diagnostics", "earlier_turns", "eval_spec", "offline_items"),
+    ),
     "mapo.report.run": ("Run", "find_sources", "load_run", "read_json"),
     "mapo.report.winrate": ("write_files",),
 }

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mapo.core.types import is_judgement
+from mapo.core.types import Message, is_judgement
 from mapo.metrics.uncertainty import CONFIDENCE, N_RESAMPLES, SEED, Bootstrap
 from mapo.report.run import Run, read_records
 
@@ -43,6 +43,7 @@ __all__ = [
     "ItemsUnreadable",
     "bias_diagnostics",
     "by_evaluator",
+    "earlier_turns",
     "eval_spec",
     "evidence",
     "families_of",
@@ -82,6 +83,42 @@ def settings_of(tables: Mapping[str, Any] | None) -> Bootstrap:
 
 
 # --------------------------------------------------------------------------- items
+
+
+def _turns_of(messages: Sequence[Message]) -> list[tuple[str, str | None]]:
+    """(user text, the assistant's answer or None) per user turn, in order."""
+    out: list[tuple[str, str | None]] = []
+    for m in messages:
+        if not isinstance(m, Mapping):
+            continue
+        role, text = m.get("role"), str(m.get("content") or "")
+        if role == "user":
+            out.append((text, None))
+        elif role == "assistant" and out and out[-1][1] is None:
+            out[-1] = (out[-1][0], text)
+    return out
+
+
+def earlier_turns(
+    history: Sequence[Message] | None, history_b: Sequence[Message] | None = None
+) -> list[dict[str, Any]]:
+    """A multi-turn item's turns before its question (the judged turn is ``len(result) + 1``), one entry per
+    user turn, in order: ``{"turn": n, "user": text, "answer": text}`` when both sides' models saw the same
+    answer, ``"answer_a"`` / ``"answer_b"`` instead where each gave its own (MT-Bench turn 2: a row's
+    ``context_b``), and ``"user_b"`` where B's model was asked something else. Empty for a single-turn item.
+    The viewer's item and the report's examples show these (:mod:`mapo.view.data`, report sections)."""
+    a = _turns_of(history or ())
+    b = _turns_of(history_b) if history_b is not None else None
+    if b is None or b == a:
+        return [{"turn": n, "user": u, "answer": ans} for n, (u, ans) in enumerate(a, 1)]
+    out: list[dict[str, Any]] = []
+    for n in range(max(len(a), len(b))):
+        (ua, aa), (ub, ab) = (a[n] if n < len(a) else ("", None)), (b[n] if n < len(b) else ("", None))
+        turn: dict[str, Any] = {"turn": n + 1, "user": ua, "answer_a": aa, "answer_b": ab}
+        if ub != ua:
+            turn["user_b"] = ub
+        out.append(turn)
+    return out
 
 
 def _candidates(path: Path | None, id_column: str = "id") -> dict[str, tuple[str, str]] | None:

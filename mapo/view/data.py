@@ -136,6 +136,35 @@ class _RecordIndex:
         return read_at(self.path, self.offsets.get(item_id, []))
 
 
+# --------------------------------------------------------------------------- conversations
+
+
+def _conversation(
+    history: Sequence[Any] | None, history_b: Sequence[Any] | None = None, reference: Any = None
+) -> dict[str, Any]:
+    """An item's earlier turns for its page: ``turns`` (:func:`mapo.report.evidence.earlier_turns`, each side's
+    own answers where they differ) and ``turn``, the judged turn's number (the last); a reference answer as
+    ``reference``. Nothing for a single-turn item without a reference (its page is as before)."""
+    from mapo.report.evidence import earlier_turns
+
+    out: dict[str, Any] = {}
+    turns = earlier_turns(history, history_b)
+    if turns:
+        out.update(turns=turns, turn=len(turns) + 1)
+    if isinstance(reference, str) and reference:
+        out["reference"] = reference
+    return out
+
+
+def _question_cell(text: Mapping[str, Any], question: str = "question") -> str:
+    """The table cell of an item's question; a multi-turn item's says which turn it is (``[turn 2 of 2]``)."""
+    history = text.get("context") or text.get("history")
+    n = sum(1 for m in history or () if isinstance(m, Mapping) and m.get("role") == "user")
+    if not n:
+        return _snippet(text.get(question))
+    return _snippet(f"[turn {n + 1} of {n + 1}] {text.get(question) or ''}")
+
+
 # --------------------------------------------------------------------------- evaluate and agreement
 
 
@@ -270,7 +299,7 @@ class EvaluateView(View):
         for item in dict.fromkeys([*self.items, *cells]):
             text = self.items.get(item) or {}
             h = human.get(item, text.get("human"))
-            row: dict[str, Any] = {"id": item, "human": _SHORT.get(h, h), "question": _snippet(text.get("question"))}
+            row: dict[str, Any] = {"id": item, "human": _SHORT.get(h, h), "question": _question_cell(text)}
             labels = []
             inconsistent = disagree = False
             for n, by_order in cells.get(item, {}).items():
@@ -330,7 +359,7 @@ class EvaluateView(View):
             )
         human = next((r.get("human") for recs in by_source for r in recs if r.get("human")), None)
         text = text or {}
-        return {
+        out = {
             "kind": "evaluate",
             "id": item_id,
             "human": human or text.get("human"),
@@ -339,6 +368,8 @@ class EvaluateView(View):
             "response_b": text.get("response_b"),
             "evaluators": evaluators,
         }
+        out.update(_conversation(text.get("context"), text.get("context_b"), text.get("reference")))
+        return out
 
 
 # --------------------------------------------------------------------------- build
@@ -444,7 +475,7 @@ class BuildView(View):
         best = s.get("best")
         return {
             "id": key,
-            "prompt": _snippet(g.get("prompt")),
+            "prompt": _question_cell(g, "prompt"),
             "scores": scores,
             "best": None if best is None else best + 1,
             "outcome": outcome,
@@ -480,7 +511,7 @@ class BuildView(View):
                     "diff": word_diff(rejected, chosen),
                 }
             )
-        return {
+        out = {
             "kind": "build",
             "id": item_id,
             "prompt": (g or {}).get("prompt"),
@@ -490,6 +521,10 @@ class BuildView(View):
             "selection": s,
             "pairs": pairs,
         }
+        out.update(_conversation((g or {}).get("history"), None, (g or {}).get("reference")))
+        if (g or {}).get("unanswered") and "turns" in out:
+            out["answered_by"] = "generator"  # user turns given without answers: the generator answered them
+        return out
 
 
 # --------------------------------------------------------------------------- winrate, train, anything else

@@ -12,8 +12,9 @@ from typing import Any
 
 from mapo.report import plots
 from mapo.report.document import Block, Example, Fig, ItemRef, Section, Table, Text, num, pct
+from mapo.report.evidence import earlier_turns
 from mapo.report.run import Run
-from mapo.report.sections.common import iteration_scores, reason, trajectory_section, winrate_section
+from mapo.report.sections.common import iteration_scores, reason, trajectory_section, turn_fields, winrate_section
 
 __all__ = ["build_sections", "dataset_section", "generation_failures"]
 
@@ -29,7 +30,8 @@ def build_sections(run: Run, n_examples: int) -> list[Section]:
     sections.append(_selection(gens, sels))
     sections.append(dataset_section(run))
     sections.append(generation_failures(run, gens, sels))
-    examples = _examples(run.records("dpo.jsonl"), sels, n_examples)
+    answered = {g.get("key") for g in gens if g.get("unanswered")}  # user turns the generator answered first
+    examples = _examples(run.records("dpo.jsonl"), sels, n_examples, answered)
     if examples:
         sections.append(examples)
     wr = run.json("winrate.json")
@@ -158,7 +160,12 @@ def dataset_section(run: Run) -> Section:
     return Section("Dataset: pairs and quality", blocks)
 
 
-def _examples(dpo: Sequence[Mapping[str, Any]], sels: Sequence[Mapping[str, Any]], n_examples: int) -> Section | None:
+def _examples(
+    dpo: Sequence[Mapping[str, Any]],
+    sels: Sequence[Mapping[str, Any]],
+    n_examples: int,
+    answered: set[Any] | None = None,
+) -> Section | None:
     ex_blocks: list[Block] = []
     shown: set[Any] = set()
     sel_by_key = {s["key"]: s for s in sels}
@@ -171,8 +178,12 @@ def _examples(dpo: Sequence[Mapping[str, Any]], sels: Sequence[Mapping[str, Any]
         for j in (sel_by_key.get(pid) or {}).get("judgements") or []:
             if {j.get("a"), j.get("b")} == {row.get("chosen_iteration"), row.get("rejected_iteration")}:
                 judge_raw = "\n\n".join(t for a in j.get("attempts") or [] for t in a.get("raw") or [])
-        prompt = "\n\n".join(m.get("content", "") for m in row.get("prompt") or [])
-        fields = [("prompt", prompt)]
+        messages = list(row.get("prompt") or [])
+        if len(messages) > 1:  # a multi-turn prompt (TRL's conversational form): each earlier turn, then the question
+            shared = "assistant" + (" (the generator's answer)" if pid in (answered or set()) else "")
+            fields = turn_fields(earlier_turns(messages[:-1]), messages[-1].get("content", ""), "prompt", shared)
+        else:
+            fields = [("prompt", "\n\n".join(m.get("content", "") for m in messages))]
         if judge_raw:
             fields.append((f"judge's verdict on this pair ({row.get('judge', '')}, raw text)", judge_raw))
         chosen_it, rejected_it = (row.get("chosen_iteration") or 0) + 1, (row.get("rejected_iteration") or 0) + 1

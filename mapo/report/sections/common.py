@@ -11,10 +11,11 @@ from typing import Any
 
 from mapo.metrics.uncertainty import verdict_words
 from mapo.report import plots
-from mapo.report.document import Block, Code, Fig, Section, Table, Text, ci, dur, num, pct
+from mapo.report.document import Block, Code, Fig, Section, Table, Text, ci, cut, dur, num, pct
 from mapo.report.run import Run
 
 __all__ = [
+    "TURN_CHARS",
     "config",
     "costs",
     "iteration_scores",
@@ -23,10 +24,39 @@ __all__ = [
     "preflight",
     "reason",
     "trajectory_section",
+    "turn_fields",
     "verdict_cell",
     "versus_section",
     "winrate_section",
 ]
+
+
+TURN_CHARS = 600
+"""Longest earlier turn shown in an example (cut as :func:`~mapo.report.document.cut` cuts; the run folder has all)."""
+
+
+def turn_fields(
+    turns: Sequence[Mapping[str, Any]], question: str, last: str, shared: str = "assistant"
+) -> list[tuple[str, str]]:
+    """An example's fields for a multi-turn item: each earlier turn (:func:`mapo.report.evidence.earlier_turns`)
+    shortened to :data:`TURN_CHARS`, labelled "turn n of N", then the question as turn N labelled ``last``; a
+    single-turn item (no ``turns``) is ``[(last, question)]`` as before."""
+    if not turns:
+        return [(last, question)]
+    n = len(turns) + 1
+    out: list[tuple[str, str]] = []
+    for t in turns:
+        head = f"turn {t['turn']} of {n}"
+        out.append((f"{head} · user", cut(t.get("user") or "", TURN_CHARS)))
+        if "user_b" in t:
+            out.append((f"{head} · user, as response B's model was asked", cut(t["user_b"] or "", TURN_CHARS)))
+        if "answer" in t:
+            out.append((f"{head} · {shared}", cut(t["answer"] or "(none)", TURN_CHARS)))
+        else:
+            out.append((f"{head} · response A's model answered", cut(t.get("answer_a") or "(none)", TURN_CHARS)))
+            out.append((f"{head} · response B's model answered", cut(t.get("answer_b") or "(none)", TURN_CHARS)))
+    out.append((f"turn {n} of {n} · {last}", question))
+    return out
 
 
 def verdict_cell(e: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ from mapo.report import plots
 from mapo.report.document import Block, Example, Fig, Section, Table, Text, ci, num, pct
 from mapo.report.run import Run
 from mapo.report.sections.bias import bias_sections
-from mapo.report.sections.common import reason, verdict_cell
+from mapo.report.sections.common import reason, turn_fields, verdict_cell
 
 __all__ = ["VERDICT_WORDS", "agreement", "agreement_overview", "evaluate_sections"]
 
@@ -420,9 +420,37 @@ def _parse_failures(run: Run, results: Sequence[Mapping[str, Any]]) -> Section:
     return Section("Parse failures", blocks)
 
 
+def _items_with_turns(run: Run) -> dict[str, Mapping[str, Any]]:
+    """The run's multi-turn items (id -> row with ``context``), read from local files as the bias sections read
+    them; empty when there are none or they cannot be read here (the bias sections say why)."""
+    from mapo.report.evidence import ItemsOnHub, ItemsUnreadable, eval_spec, offline_items
+
+    spec = eval_spec(run.dir, run.config_text, run.manifest)
+    if not spec:
+        return {}
+    try:
+        rows, _ = offline_items(spec)
+    except (ItemsOnHub, ItemsUnreadable):
+        return {}
+    return {str(r["id"]): r for r in rows if r.get("context") or r.get("context_b")}
+
+
+def _turns(item: Mapping[str, Any] | None) -> tuple[list[tuple[str, str]], int]:
+    """A multi-turn item's earlier turns and its judged question as example fields, and the judged turn's number
+    (([], 1) for a single-turn item: its example is as before)."""
+    from mapo.report.evidence import earlier_turns
+
+    turns = earlier_turns(item.get("context"), item.get("context_b")) if item else []
+    if not turns or item is None:
+        return [], 1
+    shared = "assistant (both responses' models)"
+    return turn_fields(turns, str(item.get("question") or ""), "the question judged", shared), len(turns) + 1
+
+
 def _disagreements(run: Run, n: int) -> list[Example]:
     main_judge = run.manifest.get("judge")
     out: list[Example] = []
+    items: dict[str, Mapping[str, Any]] | None = None  # read at the first example only
     for r in run.records("judgements.jsonl"):
         if len(out) >= n:
             break
@@ -438,11 +466,14 @@ def _disagreements(run: Run, n: int) -> list[Example]:
         raw = r.get("raw") or []
         if not raw and (r.get("detail") or {}).get("members"):
             raw = [json.dumps(r["detail"]["members"], indent=1)]
+        if items is None:
+            items = _items_with_turns(run)
+        turns, turn = _turns(items.get(str(r.get("item_id"))))
         out.append(
             Example(
                 f"item {r.get('item_id')} ({r.get('order')}): human {r.get('human')}, "
-                f"{r.get('judge')} {r.get('label')}{scores}",
-                [(f"raw text {i + 1}", t) for i, t in enumerate(raw[-3:])] or [("raw", "(none kept)")],
+                f"{r.get('judge')} {r.get('label')}{scores}" + (f", turn {turn} of {turn}" if turns else ""),
+                turns + ([(f"raw text {i + 1}", t) for i, t in enumerate(raw[-3:])] or [("raw", "(none kept)")]),
                 open=not out,
                 item=str(r.get("item_id")),
             )

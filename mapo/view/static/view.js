@@ -222,10 +222,34 @@ function verdictLine(r) {
     r.failure ? el("span", { class: "fail" }, " · failure: ", r.failure) : null);
 }
 
+// a multi-turn item's earlier turns, in order, before its judged question (item.turns: mapo/view/data.py);
+// a single-turn item has none and its page is as before
+function earlierTurns(item, who) {
+  if (!Array.isArray(item.turns) || !item.turns.length) return [];
+  const of = ` of ${item.turn}`;
+  return [el("div", { class: "turns", id: "item-turns" },
+    el("h3", {}, `conversation: ${item.turns.length} earlier turn${item.turns.length > 1 ? "s" : ""}, then turn ${item.turn}${of} (${who.judged})`),
+    ...item.turns.map((t) => el("div", { class: "turn", "data-turn": t.turn },
+      el("div", { class: "meta" }, `turn ${t.turn}${of} · user`), pre(t.user),
+      t.user_b !== undefined ? el("div", {}, el("div", { class: "meta" }, `turn ${t.turn}${of} · user, as response B's model was asked`), pre(t.user_b)) : null,
+      "answer" in t
+        ? el("div", {}, el("div", { class: "meta" }, `turn ${t.turn}${of} · assistant (${who.shared})`), pre(t.answer))
+        : el("div", { class: "cols" },
+          el("div", {}, el("div", { class: "meta" }, `turn ${t.turn}${of} · response A's model answered`), pre(t.answer_a)),
+          el("div", {}, el("div", { class: "meta" }, `turn ${t.turn}${of} · response B's model answered`), pre(t.answer_b))))))];
+}
+
+function reference(item) {
+  return item.reference ? [el("h3", {}, "reference answer"), pre(item.reference)] : [];
+}
+
 function evaluateItem(item) {
+  const turns = earlierTurns(item, { judged: "judged", shared: "both responses' models saw this answer" });
   const out = [
     el("p", {}, "human label: ", el("span", { class: labelClass(SHORT[item.human]) , id: "item-human" }, SHORT[item.human] || item.human || "–")),
-    el("h3", {}, "question"), pre(item.question),
+    ...turns,
+    el("h3", {}, turns.length ? `question: turn ${item.turn} of ${item.turn}, the one judged` : "question"), pre(item.question),
+    ...reference(item),
     el("div", { class: "cols" },
       el("div", {}, el("h3", {}, "response A"), pre(item.response_a)),
       el("div", {}, el("h3", {}, "response B"), pre(item.response_b))),
@@ -264,7 +288,9 @@ function buildItem(item) {
   const s = item.selection || {};
   const out = [
     el("p", {}, "outcome: ", el("span", { class: labelClass(item.outcome), id: "item-outcome" }, item.outcome), item.reason ? ` (${item.reason})` : ""),
-    el("h3", {}, "prompt"), pre(item.prompt),
+    ...earlierTurns(item, { judged: "answered and judged", shared: item.answered_by === "generator" ? "the generator's answer, before the loop" : "as the prompt gives it" }),
+    el("h3", {}, item.turns ? `prompt: turn ${item.turn} of ${item.turn}, the one answered and judged` : "prompt"), pre(item.prompt),
+    ...reference(item),
   ];
   for (const p of item.pairs) {
     out.push(el("h3", {}, `pair: chosen iteration ${p.chosen_iteration + 1} (score ${fmt(p.chosen_score)}) vs rejected iteration ${p.rejected_iteration + 1} (score ${fmt(p.rejected_score)}), judge margin ${fmt(p.margin)}${p.decisive ? "" : ", a kept tie"}`));
