@@ -339,3 +339,47 @@ async def _real(srv, tmp_path: Path) -> None:
             assert " ".join(want.split())[:200] in " ".join(text.split()), "the raw model text is on the page"
             assert_safe(await facts(b))
             assert b.errors() == [], b.errors()
+
+
+# --------------------------------------------------------------------------- multi-turn items
+
+
+def test_a_multiturn_item_shows_every_turn_in_the_browser(server, tmp_path):  # noqa: F811
+    """The page of an evaluated two-turn conversation shows turn 1 (question and answer) before the judged
+    turn 2, numbered; a single-turn item of the same run has no turns block."""
+    from tests.view.test_view_multiturn import TURNS, write_conversations
+
+    run = evaluate_run(server, tmp_path / "mt", "judge", name="mt", items=write_conversations(tmp_path / "conv.jsonl"))
+    srv = serve([run.parent]).start()
+    try:
+
+        async def browse() -> None:
+            async with Browser(tmp_path / "profile") as b:
+                await ready(b, f"{srv.url}#view=evaluate&item=m0")
+                deadline = time.monotonic() + 30
+                while (await facts(b))["item"] != "m0":
+                    assert time.monotonic() < deadline, "item m0 did not open"
+                    await asyncio.sleep(0.05)
+                f = await facts(b)
+                assert_safe(f)
+                turns = await b.eval("document.getElementById('item-turns')?.innerText || null")
+                assert turns is not None, f["text"]
+                assert TURNS[0]["content"] in turns and TURNS[1]["content"] in turns
+                assert "turn 1 of 2" in turns and "then turn 2 of 2" in turns
+                text = f["text"]
+                assert "question: turn 2 of 2, the one judged" in text
+                # on the item's page turn 1 comes before the judged question (the table above shows the question only)
+                page = await b.eval("document.getElementById('item').innerText")
+                assert page.index(TURNS[0]["content"]) < page.index(f"{TURNS[2]['content']} (0)")
+                await b.screenshot(ARTIFACTS / "view_multiturn.png")
+                await ready(b, f"{srv.url}#view=evaluate&item=m1")
+                while (await facts(b))["item"] != "m1":
+                    assert time.monotonic() < deadline + 30, "item m1 did not open"
+                    await asyncio.sleep(0.05)
+                assert await b.eval("document.getElementById('item-turns')") is None
+                assert "Single question 1?" in (await facts(b))["text"]
+                assert b.errors() == [], b.errors()
+
+        asyncio.run(asyncio.wait_for(browse(), 120))
+    finally:
+        srv.close()
