@@ -10,7 +10,9 @@ command (build's selections, evaluate's and winrate's judgements). A crash durin
 leaves at most one partial last line: it is detected on open and cut off (reported), never
 read as data. Damage anywhere else is an error naming the file and line. A write that fails
 (a full disk) is undone before the error is raised, and the error names the file: the store
-and the folder stay resumable, and no temporary file is left behind.
+and the folder stay resumable, and no temporary file is left behind. Derived records that a redo
+replaces (build's DPO/KTO rows of a selection done again) are dropped with :meth:`RecordStore.discard`,
+which replaces the file at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -82,6 +84,11 @@ class RecordStore:
         self.stamp = dict(stamp or {})
         self.retry_failed = retry_failed
         self.repaired_bytes = 0
+        self._failed: WriteFailed | None = None
+        self._load()
+
+    def _load(self) -> None:
+        """Read the file's keys (cutting a torn last line) and open it for appending."""
         self._keys: set[str] = set()
         self.failed: dict[str, str] = {}
         """Keys whose last record is a failure (``retry_failed``) -> that failure: not done, a rerun retries them."""
@@ -90,7 +97,6 @@ class RecordStore:
         self.superseded = 0
         """Failure records followed by a later record of their key (retried failures, kept as history)."""
         self._end = 0
-        self._failed: WriteFailed | None = None
         self._scan()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
@@ -164,6 +170,36 @@ class RecordStore:
             raise self._failed from e
         self._end += len(data)
         self._note(record)
+
+    def discard(self, where: Callable[[dict[str, Any]], bool]) -> int:
+        """Drop the records ``where`` picks: the file is rewritten without them and replaced at once (a crash
+        leaves the old file or the new one, never a mix), then read again. For derived records that a redo
+        replaces (build's DPO/KTO rows of a selection done again); returns how many were dropped."""
+        if self._failed is not None:
+            raise self._failed
+        tmp = self.path.with_name(f".{self.path.name}.discard-{os.getpid()}")
+        dropped = 0
+        try:
+            with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                for raw in src:  # every line is a whole record: the open scan cut a torn one
+                    if where(json.loads(raw)):
+                        dropped += 1
+                    else:
+                        dst.write(raw)
+                if dropped and self.fsync:
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            if dropped:
+                os.replace(tmp, self.path)
+        except OSError as e:
+            raise WriteFailed(e.errno, e.strerror, str(self.path)) from e
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if dropped:
+            self.close()  # its descriptor writes to the replaced file
+            self._load()
+        return dropped
 
     def close(self) -> None:
         """Close the file (safe to call twice)."""

@@ -35,6 +35,12 @@ class Selection:
         """How each other judged response lost to the chosen one (see :func:`losses`)."""
         return losses(self.method, self.best, self.judgements, self.scores)
 
+    @property
+    def incomplete(self) -> str | None:
+        """Why a judgement behind the pick lacks a member's verdict (a jury with a failed juror), the first
+        one's; None when none does. Such a selection decided, but a rerun does it again."""
+        return next((j["incomplete"] for j in self.judgements if j.get("incomplete")), None)
+
 
 @dataclass(frozen=True)
 class Loss:
@@ -93,7 +99,8 @@ async def tournament(
     records = []
     for challenger in candidates[1:]:
         j = await judge.judge_pair(question, responses[best], responses[challenger])
-        records.append({"a": best, "b": challenger, **j.to_record()})
+        incomplete = {"incomplete": j.incomplete} if j.incomplete else {}  # only when set: records stay as before
+        records.append({"a": best, "b": challenger, **j.to_record(), **incomplete})
         if not j.ok:
             return Selection(
                 None, "tournament", records, failure=f"judge failed on {best} vs {challenger}: {j.failure}"

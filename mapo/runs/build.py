@@ -10,6 +10,9 @@ publishing of the datasets. Each generated response keeps its ``finish_reason``;
 counts those cut by max_tokens (``truncated_responses``). Each feedback iteration is saved as it
 finishes (``iterations.jsonl``, key ``<item>#<index>``): an item that fails at iteration 3 keeps
 iterations 1-2 there, and when the item is done again its loop goes on from the last saved one.
+A selection made while a member of the evaluator failed (a jury with a failed juror) is recorded ``incomplete``
+(``items.incomplete``): its rows are written, and a rerun drops them and selects the item again from its stored
+generation (the answered calls come back from the response cache), so the rows are always its last verdict's.
 
 A multi-turn prompt (a chat list in the prompt column, :mod:`mapo.data.sources`) is a
 :class:`~mapo.core.types.Conversation`: the loop answers its last user turn with the earlier turns in
@@ -25,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,13 +211,36 @@ class Build(RunCommand):
         self.gens, self.sels, self.dpo, self.kto, self.its = (stores[n] for n in self.stores)
         pairs = self.pairs
         gens, sels, dpo, kto = self.gens, self.sels, self.dpo, self.kto
+        rejudged = self._rejudged()
+        if rejudged:  # their redo writes the rows of its own verdict: the earlier verdict's must not stay beside them
+            dropped = sum(s.discard(lambda row: row.get("prompt_id") in rejudged) for s in (dpo, kto))
+            log.info(
+                "selecting again %d items whose jury lacked a juror's verdict (%d rows dropped)", len(rejudged), dropped
+            )
         resumable, redo, restored = _resume(
-            gens, sels, dpo, kto, generator=roles.generator, judge=self.judge.name, selection=cfg.selection, pairs=pairs
+            gens,
+            sels,
+            dpo,
+            kto,
+            generator=roles.generator,
+            judge=self.judge.name,
+            selection=cfg.selection,
+            pairs=pairs,
+            rejudged=rejudged,
         )
         self.resumable, self.redo, self.restored = resumable, redo, restored
         self.stored_prompts = _stored_prompts(self.run.dir / "generations.jsonl")
         self.saved_iterations = _saved_iterations(self.its, self.gens)
-        self.counts["resumed_done"] = len(sels) - len(sels.failed) - len(redo)
+        self.counts["resumed_done"] = len(sels) - len(sels.failed) - len(redo | rejudged)
+
+    def _rejudged(self) -> set[str]:
+        """The items whose last selection is incomplete (a judgement lacked a member's verdict: a jury with a
+        failed juror) that this run selects again, from their stored generations: those among its prompts (a
+        smaller prompts.limit leaves the others, and their rows, as they are)."""
+        incomplete = self.sels.incomplete
+        if not incomplete:
+            return set()
+        return {p.id for p in iter_prompts(self.cfg.prompts) if p.id in incomplete}
 
     def items(self) -> Iterator[PromptItem]:
         return iter_prompts(self.cfg.prompts, self.source_stats)
@@ -292,6 +318,8 @@ class Build(RunCommand):
                 dpo.append(row)
             for row in k:
                 kto.append(row)
+        # a pick made while a member of the evaluator failed: its rows stand, and a rerun selects it again
+        incomplete = {"incomplete": sel.incomplete} if sel.failure is None and sel.incomplete else {}
         # the selection record goes last: it marks the item done for a resume
         sels.append(
             {
@@ -301,6 +329,7 @@ class Build(RunCommand):
                 "scores": sel.scores,
                 "judgements": sel.judgements,
                 "failure": sel.failure,
+                **incomplete,
             }
         )
         self.run.ended(sel.failure, before)
@@ -323,6 +352,8 @@ class Build(RunCommand):
                 "done": len(sels),
                 **self.counts,
                 "failed": len(sels.failed),
+                # picked while a juror failed (their rows are written): a rerun selects them again
+                "incomplete": len(sels.incomplete),
                 "failures_retried": sels.superseded,
             },
             # what the dataset holds and left out (ties, truncation, length), and the length ratio before/after
@@ -473,8 +504,10 @@ def _resume(
     judge: str,
     selection: Any,
     pairs: RowCounts,
+    rejudged: Collection[str] = (),
 ) -> tuple[dict[str, dict], set[str], int]:
-    """What a rerun picks up: generations whose selection had not finished (``resumable``), and
+    """What a rerun picks up: generations whose selection had not finished (``resumable``; ``rejudged``,
+    items whose selection was incomplete, too: selected again, their rows dropped before), and
     repairs after a crash mid-write. A torn last line is cut when a store opens; if it held a
     DPO/KTO row of a finished item, the row is rebuilt from the stored generation and pick
     (``restored``); if it held the generation record, the item is redone from the cache (``redo``).
@@ -489,7 +522,7 @@ def _resume(
     restored = 0
     for rec in gens:
         key = rec["key"]
-        if key not in picked or key in sels.failed:  # not judged yet, or failed: judged (again) from it
+        if key not in picked or key in sels.failed or key in rejudged:  # not judged yet, failed, incomplete: (again)
             resumable[key] = rec
         elif (best := picked[key]) is not None:
             d, k, rc = item_rows(

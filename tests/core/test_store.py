@@ -227,3 +227,25 @@ def test_an_incomplete_record_is_a_result_but_not_done(tmp_path):
     again.close()
     assert "u" in RecordStore(path, retry_failed=True)
     assert "u" in RecordStore(path)  # a store that does not retry: any record is done
+
+
+def test_discard_drops_records_at_once_and_their_keys_can_be_written_again(tmp_path):
+    """Derived records a redo replaces (build's rows of a selection done again): the file is replaced without
+    them, the store reads it again (keys, stamp), appends go on to the new file and leave no temporary file."""
+    path = tmp_path / "rows.jsonl"
+    s = RecordStore(path, stamp={"by": "test"})
+    for r in records(5):
+        s.append(r)
+    assert s.discard(lambda r: r["n"] % 2 == 1) == 2
+    assert "k1" not in s and "k2" in s and len(s) == 3
+    assert s.discard(lambda r: False) == 0
+    s.append({"key": "k1", "n": 10})  # a dropped key is written again, once
+    s.append({"key": "k2", "n": 20})  # a kept one is still done
+    s.close()
+    assert [(r["key"], r["n"], r["by"]) for r in iter_records(path)] == [
+        ("k0", 0, "test"),
+        ("k2", 2, "test"),
+        ("k4", 4, "test"),
+        ("k1", 10, "test"),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 import pytest
 from aiohttp import web
@@ -224,3 +225,89 @@ async def test_build_selects_with_any_registered_evaluator(fake_server, tmp_path
     keys = fp.get("keys", fp)
     assert keys["evaluator"] == "jury" and keys["roles.jurors"] == ["judge", "judge2", "rev2"]
     assert keys["jury.aggregate"] == "majority"
+
+
+async def test_a_jury_pick_made_while_a_juror_failed_is_selected_again_and_only_its_last_rows_are_published(
+    tmp_path,
+):
+    """evaluator=jury (majority, tie_break=first_juror): j1 prefers the incumbent, j2 and j3 the challenger, and
+    every request of j3 is rejected (400) in the first run. Each pick is then made without j3 (j1 decides:
+    iteration 0): the run completes with its rows written, each selection marked ``incomplete`` and counted in
+    ``items.incomplete``. Before the fix such a selection counted as done: no rerun asked j3 again. Now the rerun
+    with j3 healthy selects again from the stored generations (nothing regenerated, j1 and j2 answered by the
+    response cache, only j3 asked), picks the last iteration, and dpo/kto (JSONL and published) hold exactly a
+    healthy run's rows: none of the first verdict's, none twice."""
+    import pyarrow.parquet as pq
+
+    from mapo.core.config import JuryConfig
+    from tests.fake_openai import default_responder
+
+    jurors, broken, sent = ["j1", "j2", "j3"], {"on": True}, []
+
+    def responder(body: dict) -> str:
+        if "Score Assistant A" not in json.dumps(body["messages"]):
+            return default_responder(body)
+        a, b = (9, 1) if body["model"] == "j1" else (1, 9)
+        return f"### Evaluation Evidence:\nfine.\n\n### Score Assistant A:\n{a}/10\n\n### Score Assistant B:\n{b}/10"
+
+    def faults(n: int, body: dict):
+        sent.append(body["model"])
+        if broken["on"] and body["model"] == "j3":
+            return (400, {"error": {"message": "prompt is too long for this model", "code": 400}})
+        return None
+
+    def config(server: FakeServer, out: str = "run") -> RunConfig:
+        cfg = run_config(
+            server, tmp_path, evaluator="jury", jury=JuryConfig(aggregate="majority", tie_break="first_juror")
+        )
+        cfg.models.update({j: fake_model(server, served_name=j) for j in jurors})
+        cfg.roles.jurors = jurors
+        cfg.client.preflight = False  # j3's probes would stop the first run before any item
+        cfg.output_dir = str(tmp_path / out)
+        return cfg
+
+    run = tmp_path / "run"
+    with FakeServer(responder=responder, faults=faults) as server:
+        first = await build(config(server))
+        first_sels = {s["key"]: s for s in lines(run / "selections.jsonl")}
+        first_dpo = {r["key"] for r in lines(run / "dpo.jsonl")}
+        broken["on"], sent[:] = False, []  # j3 is fixed
+        fixed = await build(config(server))
+        asked = list(sent)
+        sent.clear()
+        again = await build(config(server))
+        assert not sent, f"a rerun of a complete run sent requests: {sent}"
+        healthy = await build(config(server, "healthy"))  # the reference: j3 healthy from the start
+
+    assert first["status"] == "complete" and first["items"]["failed"] == 0
+    assert first["items"]["incomplete"] == len(first_sels) == 6, first["items"]
+    for s in first_sels.values():
+        assert s["best"] == 0 and s["incomplete"].startswith("1 of 3 jurors failed (j3: request rejected"), s
+    assert first["rows"]["dpo"] > 0 and first["rows"]["kto"] > 0, "a pick without j3 still writes its rows"
+
+    sels = lines(run / "selections.jsonl")
+    last = {s["key"]: s for s in sels}
+    assert len(sels) == 2 * len(last), "one more selection record per incomplete item, none for the others"
+    assert all(s["best"] == 2 and "incomplete" not in s for s in last.values()), last
+    # j3 on every comparison; j1 and j2 only on those the first verdict never made (its pick changed the path)
+    pairs = lambda s: [(j["a"], j["b"]) for j in s["judgements"]]  # noqa: E731
+    new = sum(p not in pairs(first_sels[k]) for k, s in last.items() for p in pairs(s))
+    judged = sum(len(s["judgements"]) for s in last.values())
+    assert 0 < new < judged and Counter(asked) == {"j3": judged, "j1": new, "j2": new}, Counter(asked)
+    for m in (fixed, again):
+        assert m["status"] == "complete" and m["items"]["failed"] == 0 and m["items"]["incomplete"] == 0, m["items"]
+    assert fixed["items"]["resumed_done"] == 0 and again["items"]["resumed_done"] == 6
+
+    want = {name: {r["key"]: r for r in lines(tmp_path / "healthy" / f"{name}.jsonl")} for name in ("dpo", "kto")}
+    for name in ("dpo", "kto"):
+        rows = lines(run / f"{name}.jsonl")
+        keys = [r["key"] for r in rows]
+        assert len(keys) == len(set(keys)), f"{name}: a row written twice"
+        assert {r["key"]: r for r in rows} == want[name], f"{name}: not the rows of the last selections"
+        published = pq.read_table(run / "dataset" / f"{name}.parquet", columns=["key"]).column("key").to_pylist()
+        assert published == keys and again["rows"][name] == len(keys) == healthy["rows"][name]
+    assert not first_dpo & set(want["dpo"]), "the first verdict's pairs are gone"
+    kto = lines(run / "kto.jsonl")
+    assert {r["prompt_id"] for r in kto if r["label"]} == set(last) and all(
+        r["iteration"] == 2 for r in kto if r["label"]
+    )
