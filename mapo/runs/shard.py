@@ -9,7 +9,8 @@ Each task writes its own run folder; :func:`merge` joins them::
     mapo summary multirun/NAME
 
 ``merge`` refuses incomplete shards, a missing or repeated shard index, shards built with
-different configs, and any key seen twice; it checks that every input key is in the output
+different configs, and any key in two shards (within a shard the last record of a key counts: a
+retried failure is history); it checks that every input key is in the output
 exactly once before it rebuilds the DPO/KTO datasets. ``summary`` gathers each run's
 ``manifest.json`` of a Hydra sweep into ``summary.csv`` and ``summary.md``.
 """
@@ -71,6 +72,18 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
         yield from read_lines(path, on_damaged="error", torn="error")
     except DamagedLine as e:
         raise MergeError(f"{e}; rerun that shard (it resumes) before merging" if e.partial else str(e)) from None
+
+
+def _last_lines(path: Path) -> dict[str, int]:
+    """Each key's last line in a shard's record file (a rerun appends a retried item's new record after its
+    failure, as every reader's :func:`~mapo.core.store.latest_records` reads it); a keyless record is an error."""
+    last: dict[str, int] = {}
+    for lineno, rec in _read_jsonl(path):
+        key = rec.get("key")
+        if not isinstance(key, str):
+            raise MergeError(f"{path}:{lineno}: record without a string key")
+        last[key] = lineno
+    return last
 
 
 def _check_shards(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -163,10 +176,11 @@ def merge(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
                     src = d / f"{name}.jsonl"
                     if not src.exists():
                         continue
+                    last = _last_lines(src)
                     for lineno, rec in _read_jsonl(src):
-                        key = rec.get("key")
-                        if not isinstance(key, str):
-                            raise MergeError(f"{src}:{lineno}: record without a string key")
+                        key = rec["key"]
+                        if last[key] != lineno:  # the shard's own history (a retried failure): its last record counts
+                            continue
                         where = f"{src}:{lineno}"
                         if key in first_seen:
                             raise MergeError(f"key {key!r} appears twice: {first_seen[key]} and {where}")

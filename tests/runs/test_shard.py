@@ -84,6 +84,46 @@ async def test_merge_equals_the_unsharded_run(shards, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
+async def test_merge_takes_a_shards_last_record_of_a_retried_item(tmp_path):
+    """A shard whose first run failed an item (its first judge request rejected) and whose rerun redid it holds
+    that key twice in selections.jsonl: the failure, then the record that superseded it. That is the shard's own
+    history, not a key of two shards: merge keeps the last record and equals the unsharded run. Before the fix
+    merge refused it ("appears twice"), so a job array whose shard resumed after a failure could not be merged."""
+    from tests.fake_openai import FakeServer
+
+    hit: dict = {"request": None, "broken": True}
+
+    def faults(n: int, body: dict):
+        text = json.dumps(body["messages"])
+        if not hit["broken"] or "Score Assistant A" not in text:
+            return None
+        hit["request"] = hit["request"] or text  # the first judge request: only its item fails
+        if text == hit["request"]:
+            return (400, {"error": {"message": "prompt is too long for this model", "code": 400}})
+        return None
+
+    arr = tmp_path / "arr"
+    with FakeServer(faults=faults) as server:
+        first = await build(_cfg(server, tmp_path, "arr/shard-0", shard_index=0, shard_count=3))
+        hit["broken"] = False
+        again = await build(_cfg(server, tmp_path, "arr/shard-0", shard_index=0, shard_count=3))
+        for i in (1, 2):
+            await build(_cfg(server, tmp_path, f"arr/shard-{i}", shard_index=i, shard_count=3))
+        await build(_cfg(server, tmp_path, "whole"))
+    assert first["items"]["failed"] == 1 and again["items"]["failed"] == 0, (first["items"], again["items"])
+    keys = _keys(arr / "shard-0" / "selections.jsonl")
+    assert len(keys) == len(set(keys)) + 1, "the retried item's failure record stays as history"
+
+    manifest = merge([arr / f"shard-{i}" for i in range(3)], arr / "merged")
+    for name in ("generations", "selections", "dpo", "kto"):
+        merged = _keys(arr / "merged" / f"{name}.jsonl")
+        assert len(merged) == len(set(merged)), name
+        assert sorted(merged) == sorted(_keys(tmp_path / "whole" / f"{name}.jsonl")), name
+    merged_sels = [json.loads(x) for x in (arr / "merged" / "selections.jsonl").read_text().splitlines()]
+    assert not [s for s in merged_sels if s.get("failure")], "the superseded failure was merged, not its redo"
+    assert manifest["items"]["done"] == 9 and manifest["items"]["failed"] == 0
+
+
 async def test_merge_refuses_a_missing_shard(shards, tmp_path):
     out = tmp_path / "m"
     with pytest.raises(MergeError, match=r"missing shard\(s\) \[2\] of 3"):
