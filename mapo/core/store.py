@@ -181,11 +181,13 @@ class RecordStore:
         dropped = 0
         try:
             with open(self.path, "rb") as src, open(tmp, "wb") as dst:
-                for raw in src:  # every line is a whole record: the open scan cut a torn one
-                    if where(json.loads(raw)):
+                # the one reader, as the open scan read it (that scan cut a torn last line); kept lines are copied
+                for line in read_lines_at(self.path, on_damaged="error", blank="damaged"):
+                    if where(line.record):
                         dropped += 1
                     else:
-                        dst.write(raw)
+                        src.seek(line.start)
+                        dst.write(src.read(line.end - line.start))
                 if dropped and self.fsync:
                     dst.flush()
                     os.fsync(dst.fileno())
